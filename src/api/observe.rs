@@ -1,0 +1,80 @@
+//! Observability routes: `/v1/stats` (the seed's `stats()`), `/metrics`,
+//! `/healthz`, `/readyz`.
+
+use std::rc::Rc;
+
+use serde_json::{json, Map, Value};
+
+use crate::http::response::Response;
+use crate::metrics::{self, FIELDS};
+use crate::shard::{Phase, ShardCtx};
+
+/// `GET /healthz`: the process runs.
+pub fn health() -> Response {
+    Response::json(200, &json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 while accepting subscribers, 503 otherwise.
+pub fn ready(ctx: &Rc<ShardCtx>) -> Response {
+    match ctx.shared.phase() {
+        Phase::Running => Response::json(200, &json!({ "status": "ready" })),
+        Phase::Draining => Response::json(503, &json!({ "status": "draining" })),
+        Phase::Closing => Response::json(503, &json!({ "status": "shutting_down" })),
+    }
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Running => "running",
+        Phase::Draining => "draining",
+        Phase::Closing => "closing",
+    }
+}
+
+/// `GET /v1/stats`: instance totals in the seed's shape, plus per shard.
+pub async fn stats(ctx: &Rc<ShardCtx>) -> Response {
+    let snapshots: Vec<_> = ctx.shared.stats.iter().map(|s| s.snapshot()).collect();
+    let totals = metrics::totals(&snapshots);
+    let rooms = ctx.distinct_rooms().await;
+    let mut body = Map::new();
+    for (slot, (key, _, _, _)) in FIELDS.iter().enumerate() {
+        body.insert((*key).into(), totals[slot].into());
+    }
+    body.insert("rooms".into(), rooms.into());
+    let shards: Vec<Value> = snapshots
+        .iter()
+        .enumerate()
+        .map(|(id, snapshot)| {
+            let mut shard = Map::new();
+            shard.insert("id".into(), id.into());
+            for (slot, (key, _, _, _)) in FIELDS.iter().enumerate() {
+                shard.insert((*key).into(), snapshot[slot].into());
+            }
+            Value::Object(shard)
+        })
+        .collect();
+    body.insert("shards".into(), shards.into());
+    body.insert("phase".into(), phase_name(ctx.shared.phase()).into());
+    body.insert("instance".into(), format!("{:08x}", ctx.shared.ids.instance()).into());
+    body.insert(
+        "bus".into(),
+        json!({ "state": "disabled", "published": 0, "received": 0, "reconnects": 0, "lastError": null }),
+    );
+    Response::json(200, &Value::Object(body))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(ctx: &Rc<ShardCtx>) -> Response {
+    let snapshots: Vec<_> = ctx.shared.stats.iter().map(|s| s.snapshot()).collect();
+    let rooms = ctx.distinct_rooms().await;
+    let ready = u64::from(ctx.shared.phase() == Phase::Running);
+    let text = metrics::render(
+        &snapshots,
+        &[
+            ("ssekify_rooms", "Distinct rooms with members on any shard.", rooms),
+            ("ssekify_ready", "1 while accepting subscribers.", ready),
+            ("ssekify_shards", "Shard threads.", snapshots.len() as u64),
+        ],
+    );
+    Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
+}

@@ -1,0 +1,211 @@
+//! Publish routes: one message per request, or a batch kept in order.
+//!
+//! Every message is validated and encoded once here, on the shard that read
+//! the request; the shard layer then routes the one `Bytes` frame to every
+//! recipient. A batch is validated whole before anything is delivered.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::names::{check_field, check_name, invalid};
+use super::{param, query_params};
+use crate::http::request::Request;
+use crate::http::response::Response;
+use crate::metrics::ShardStats;
+use crate::shard::envelope::{Delivery, Target};
+use crate::shard::ShardCtx;
+use crate::sse::frame;
+
+/// Who a single-message route addresses.
+pub enum To {
+    /// `/v1/users/{user}/events`
+    User(String),
+    /// `/v1/rooms/{room}/events`
+    Room(String),
+    /// `/v1/broadcast`
+    All,
+}
+
+/// A validated, encoded message.
+struct Prepared {
+    id: String,
+    delivery: Delivery,
+}
+
+/// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`.
+pub async fn single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To) -> Response {
+    let prepared = match prepare_single(ctx, request, body, to) {
+        Ok(prepared) => prepared,
+        Err(response) => return refused(ctx, response),
+    };
+    ShardStats::add(&ctx.stats().published, 1);
+    let delivered = ctx.publish(vec![prepared.delivery]).await;
+    Response::json(200, &json!({ "id": prepared.id, "delivered": delivered[0], "instances": Value::Null }))
+}
+
+/// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
+pub async fn batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
+    let prepared = match prepare_batch(ctx, request, body) {
+        Ok(prepared) => prepared,
+        Err(response) => return refused(ctx, response),
+    };
+    ShardStats::add(&ctx.stats().published, prepared.len() as u64);
+    let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
+    let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
+    let results: Vec<Value> = ids
+        .into_iter()
+        .zip(delivered)
+        .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }))
+        .collect();
+    Response::json(200, &json!({ "results": results }))
+}
+
+fn refused(ctx: &ShardCtx, response: Response) -> Response {
+    ShardStats::add(&ctx.stats().errors, 1);
+    response
+}
+
+fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Result<Prepared, Response> {
+    let params = query_params(request)?;
+    match param(&params, "scope") {
+        None | Some("cluster") | Some("local") => {}
+        Some(other) => return Err(invalid(format!("scope must be cluster or local, not `{other}`"))),
+    }
+    let target = match to {
+        To::User(user) => {
+            check_name("user id", &user)?;
+            Target::User(user.into())
+        }
+        To::Room(room) => {
+            check_name("room", &room)?;
+            Target::Room(room.into())
+        }
+        To::All => Target::All,
+    };
+    let is_json = request
+        .header_str("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if is_json {
+        serde_json::from_slice::<&RawValue>(body)
+            .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+    } else if std::str::from_utf8(body).is_err() {
+        return Err(invalid("the body is not valid UTF-8"));
+    }
+    prepare(ctx, target, param(&params, "event"), param(&params, "id"), body)
+}
+
+/// Checks fields and size, assigns the id, encodes the frame once.
+fn prepare(ctx: &ShardCtx, target: Target, event: Option<&str>, id: Option<&str>, data: &[u8]) -> Result<Prepared, Response> {
+    if let Some(event) = event {
+        check_field("event", event)?;
+    }
+    let id = match id {
+        Some(id) => {
+            check_field("id", id)?;
+            id.to_owned()
+        }
+        None => ctx.shared.ids.next(),
+    };
+    let size = frame::encoded_len(&id, event, data);
+    let limit = ctx.shared.config.max_payload;
+    if size > limit {
+        return Err(Response::error(
+            413,
+            "payload_too_large",
+            format!("the encoded event is {size} bytes, over --max-payload {limit}"),
+        ));
+    }
+    let frame = frame::encode(&id, event, data);
+    Ok(Prepared { id, delivery: Delivery { target, frame } })
+}
+
+type Object = HashMap<String, Box<RawValue>>;
+
+fn prepare_batch(ctx: &ShardCtx, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
+    let ndjson = request
+        .header_str("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
+    let messages: Vec<Box<RawValue>> = if ndjson {
+        let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .enumerate()
+            .map(|(index, line)| {
+                serde_json::from_str(line).map_err(|e| invalid(format!("messages[{index}]: not valid JSON: {e}")))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        let mut top: Object =
+            serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
+        let list = top.remove("messages").ok_or_else(|| invalid("the body needs a `messages` array"))?;
+        serde_json::from_str(list.get()).map_err(|_| invalid("`messages` must be an array"))?
+    };
+    if messages.is_empty() {
+        return Err(invalid("`messages` is empty"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| prepare_message(ctx, raw).map_err(|refusal| at_index(index, refusal)))
+        .collect()
+}
+
+/// The same refusal, its message prefixed with `messages[index]: `.
+fn at_index(index: usize, refusal: Response) -> Response {
+    let body: Value = serde_json::from_slice(&refusal.body).unwrap_or_default();
+    let code = body["error"].as_str().unwrap_or("invalid_request");
+    let message = body["message"].as_str().unwrap_or("invalid");
+    Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
+}
+
+fn prepare_message(ctx: &ShardCtx, raw: &RawValue) -> Result<Prepared, Response> {
+    let fields = parse_message(raw).map_err(invalid)?;
+    prepare(ctx, fields.target, fields.event.as_deref(), fields.id.as_deref(), fields.data.as_bytes())
+}
+
+/// The fields of one batch message.
+struct Fields {
+    target: Target,
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+}
+
+fn parse_message(raw: &RawValue) -> Result<Fields, String> {
+    let message: Object = serde_json::from_str(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
+    let text = |key: &str| -> Result<Option<String>, String> {
+        message
+            .get(key)
+            .map(|v| serde_json::from_str::<String>(v.get()).map_err(|_| format!("`{key}` must be a string")))
+            .transpose()
+    };
+    let all = match message.get("all") {
+        None => false,
+        Some(v) => serde_json::from_str::<bool>(v.get()).map_err(|_| "`all` must be true or false".to_owned())?,
+    };
+    let user = text("user")?;
+    let room = text("room")?;
+    let target = match (user, room, all) {
+        (Some(user), None, false) => {
+            check_name("user", &user).map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
+            Target::User(user.into())
+        }
+        (None, Some(room), false) => {
+            check_name("room", &room).map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
+            Target::Room(room.into())
+        }
+        (None, None, true) => Target::All,
+        _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
+    };
+    let data = message.get("data").ok_or("needs `data`")?;
+    let data: String = if data.get().starts_with('"') {
+        serde_json::from_str(data.get()).map_err(|_| "`data` is not a valid string")?
+    } else {
+        data.get().to_owned()
+    };
+    Ok(Fields { target, event: text("event")?, id: text("id")?, data })
+}

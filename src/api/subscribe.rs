@@ -1,0 +1,138 @@
+//! `GET /sse`: validate the request and turn it into a [`Subscription`].
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::names::check_name;
+use super::{param, query_params, Routed};
+use crate::http::request::{Method, Request};
+use crate::http::response::Response;
+use crate::metrics::ShardStats;
+use crate::shard::envelope::Subscription;
+use crate::shard::{Phase, ShardCtx};
+use crate::sse::frame;
+
+/// Most rooms one connection may join.
+pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
+
+/// Validates a subscribe request; reserves its connection slot on success.
+pub fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
+    match subscription(ctx, request) {
+        Ok(subscription) => Routed::Subscribe(subscription),
+        Err(response) => {
+            if response.status >= 400 {
+                ShardStats::add(&ctx.stats().errors, 1);
+            }
+            Routed::Response(response)
+        }
+    }
+}
+
+fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, Response> {
+    let shared = &ctx.shared;
+    let config = &shared.config;
+    if shared.phase() != Phase::Running {
+        return Err(Response::error(503, "not_accepting", "the server is not accepting new subscribers")
+            .header("Retry-After", "1"));
+    }
+    if !accepts_event_stream(request.header("accept")) {
+        return Err(Response::error(406, "not_acceptable", "this route only produces text/event-stream"));
+    }
+    let params = query_params(request)?;
+    let user = param(&params, "userId").filter(|u| !u.is_empty());
+    if let Some(user) = user {
+        check_name("userId", user)?;
+    }
+    let mut rooms: Vec<String> = Vec::new();
+    if let Some(list) = param(&params, "rooms").filter(|r| !r.is_empty()) {
+        for room in list.split(',') {
+            check_name("room", room)?;
+            if !rooms.iter().any(|r| r == room) {
+                rooms.push(room.to_owned());
+            }
+        }
+    }
+    if rooms.len() > MAX_ROOMS_PER_CONNECTION {
+        return Err(super::names::invalid(format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
+    }
+    if request.method == Method::Head {
+        return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
+            .header("Cache-Control", "no-cache, no-transform")
+            .closing());
+    }
+    let open = shared.connections.fetch_add(1, Ordering::AcqRel);
+    if let Some(limit) = config.max_connections {
+        if open >= limit.get() {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(Response::error(503, "at_capacity", format!("the server holds {limit} subscribers (--max-connections)"))
+                .header("Retry-After", "1"));
+        }
+    }
+    Ok(Subscription { user: user.map(str::to_owned), rooms, preamble: preamble(ctx) })
+}
+
+/// RFC 9110 §12.5.1: no Accept, or one admitting `text/event-stream`,
+/// `text/*` or `*/*`, is fine.
+fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else { return true };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let refused = parts.any(|p| matches!(p.trim().strip_prefix("q="), Some(q) if q.trim().parse::<f32>() == Ok(0.0)));
+        !refused && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+    })
+}
+
+/// Response head and `retry:` line, written before any event.
+fn preamble(ctx: &ShardCtx) -> Bytes {
+    let config = &ctx.shared.config;
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(
+        b"HTTP/1.1 200 OK\r\n\
+          Content-Type: text/event-stream; charset=utf-8\r\n\
+          Cache-Control: no-cache, no-transform\r\n\
+          Connection: keep-alive\r\n\
+          X-Accel-Buffering: no\r\n",
+    );
+    if let Some(origin) = &config.cors_origin {
+        out.put_slice(format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes());
+        if origin != "*" {
+            out.put_slice(b"Access-Control-Allow-Credentials: true\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(&frame::retry(config.retry.as_millis()));
+    out.freeze()
+}
+
+/// Adds the CORS preflight answer for `/sse`.
+pub fn cors_preflight(response: Response, origin: &str) -> Response {
+    let response = response
+        .header("Access-Control-Allow-Origin", origin)
+        .header("Access-Control-Allow-Methods", "GET, OPTIONS")
+        .header("Access-Control-Allow-Headers", "Last-Event-ID, Authorization, Cache-Control")
+        .header("Access-Control-Max-Age", "600")
+        .header("Vary", "Origin");
+    if origin == "*" {
+        response
+    } else {
+        response.header("Access-Control-Allow-Credentials", "true")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_event_stream;
+
+    #[test]
+    fn accept_header() {
+        assert!(accepts_event_stream(None));
+        assert!(accepts_event_stream(Some(b"text/event-stream")));
+        assert!(accepts_event_stream(Some(b"application/json, */*;q=0.1")));
+        assert!(accepts_event_stream(Some(b"text/*")));
+        assert!(!accepts_event_stream(Some(b"application/json")));
+        assert!(!accepts_event_stream(Some(b"text/event-stream;q=0")));
+    }
+}

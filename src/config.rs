@@ -1,0 +1,395 @@
+//! Command line and environment → validated [`Config`].
+//!
+//! clap parses a raw [`Cli`] (every flag also reads `SSEKIFY_<NAME>`), and
+//! [`Config::try_from`] turns it into typed values, failing start-up with one
+//! sentence that names the offending flag.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
+/// and load balancers, so an idle stream is never cut by one of them.
+pub const DEFAULT_KEEP_ALIVE: &str = "15s";
+/// Default `retry:` hint sent to browsers (the seed's `retryMs`).
+pub const DEFAULT_RETRY: &str = "2s";
+/// Default upper bound of one encoded frame (the seed's `maxPayloadBytes`).
+pub const DEFAULT_MAX_PAYLOAD: &str = "1MiB";
+/// Default bound of a batch publish body: room for a few thousand typical messages.
+pub const DEFAULT_MAX_BATCH_BODY: &str = "16MiB";
+/// Default queue bounds per connection (the seed's `maxQueueItems`/`maxQueueBytes`).
+pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 100;
+/// See [`DEFAULT_MAX_QUEUE_ITEMS`].
+pub const DEFAULT_MAX_QUEUE_BYTES: &str = "256KiB";
+/// Request heads above this answer 431 (nginx's default large header buffer is 8 KiB).
+pub const DEFAULT_MAX_HEAD: &str = "8KiB";
+
+/// How the process logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-24T10:00:00.000Z INFO message key=value`
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Lowest level that is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including per-connection events.
+    Debug,
+    /// Start-up, shutdown and state changes.
+    Info,
+    /// Recoverable trouble.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+/// Which kernel interface the shards drive their sockets with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail to start.
+    Uring,
+    /// epoll (mio) always.
+    Epoll,
+}
+
+/// What happens when a connection's queue is full (the seed's `dropPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DropPolicy {
+    /// Drop the oldest queued frames to make room.
+    Oldest,
+    /// Drop the frame that does not fit.
+    Newest,
+    /// Close the slow connection; the client reconnects and resumes.
+    Disconnect,
+}
+
+/// Raw command line; see [`Config`] for the validated form.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ssekify", version, about = "Server-Sent Events push server", long_about = None)]
+pub struct Cli {
+    /// Public listener: GET /sse, /healthz, /readyz.
+    #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Api listener: publish, admin, stats, metrics. May equal --listen.
+    #[arg(long, env = "SSEKIFY_API_LISTEN", default_value = "127.0.0.1:8081")]
+    pub api_listen: String,
+    /// Bearer key required on every api request; mandatory when --api-listen is not loopback.
+    #[arg(long, env = "SSEKIFY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Worker threads, one shard each (default: number of cores).
+    #[arg(long, env = "SSEKIFY_SHARDS")]
+    pub shards: Option<usize>,
+    /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
+    #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
+    pub cors_origin: Option<String>,
+    /// Heartbeat `: ping` after this much idleness on a stream.
+    #[arg(long, env = "SSEKIFY_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE)]
+    pub keep_alive: String,
+    /// `retry:` reconnect hint sent first on every stream.
+    #[arg(long, env = "SSEKIFY_RETRY", default_value = DEFAULT_RETRY)]
+    pub retry: String,
+    /// Largest encoded frame a publish may produce (413 above).
+    #[arg(long, env = "SSEKIFY_MAX_PAYLOAD", default_value = DEFAULT_MAX_PAYLOAD)]
+    pub max_payload: String,
+    /// Largest body of a batch publish (413 above).
+    #[arg(long, env = "SSEKIFY_MAX_BATCH_BODY", default_value = DEFAULT_MAX_BATCH_BODY)]
+    pub max_batch_body: String,
+    /// Frames a connection may have waiting to be written.
+    #[arg(long, env = "SSEKIFY_MAX_QUEUE_ITEMS", default_value_t = DEFAULT_MAX_QUEUE_ITEMS)]
+    pub max_queue_items: usize,
+    /// Bytes a connection may have waiting to be written.
+    #[arg(long, env = "SSEKIFY_MAX_QUEUE_BYTES", default_value = DEFAULT_MAX_QUEUE_BYTES)]
+    pub max_queue_bytes: String,
+    /// What a full queue does to the next frame.
+    #[arg(long, env = "SSEKIFY_DROP_POLICY", value_enum, default_value = "oldest")]
+    pub drop_policy: DropPolicy,
+    /// Subscribers the instance holds at most; 0 = no limit (503 above).
+    #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Connections one user may hold at most; 0 = no limit (429 above).
+    #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: usize,
+    /// Largest request head (request line + headers); 431 above.
+    #[arg(long, env = "SSEKIFY_MAX_HEAD", default_value = DEFAULT_MAX_HEAD)]
+    pub max_head: String,
+    /// Most headers a request may carry; 431 above.
+    #[arg(long, env = "SSEKIFY_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+    /// Time a client has to send a whole request once it started one (slow clients are closed).
+    #[arg(long, env = "SSEKIFY_READ_TIMEOUT", default_value = "10s")]
+    pub read_timeout: String,
+    /// How long a keep-alive api connection may sit between requests.
+    #[arg(long, env = "SSEKIFY_IDLE_TIMEOUT", default_value = "75s")]
+    pub idle_timeout: String,
+    /// Time over which shutdown spreads the closes of streams.
+    #[arg(long, env = "SSEKIFY_SHUTDOWN_GRACE", default_value = "5s")]
+    pub shutdown_grace: String,
+    /// Listen backlog of every socket.
+    #[arg(long, env = "SSEKIFY_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+    /// Kernel interface for sockets.
+    #[arg(long, env = "SSEKIFY_IO_DRIVER", value_enum, default_value = "auto")]
+    pub io_driver: IoDriver,
+    /// Log line format.
+    #[arg(long, env = "SSEKIFY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Lowest level logged.
+    #[arg(long, env = "SSEKIFY_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+}
+
+/// Validated settings shared read-only by every shard.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Api listener address (may equal `listen`).
+    pub api_listen: SocketAddr,
+    /// Bearer key for api routes.
+    pub api_key: Option<String>,
+    /// Number of shard threads.
+    pub shards: NonZeroUsize,
+    /// CORS origin for /sse.
+    pub cors_origin: Option<String>,
+    /// Idle time before a heartbeat.
+    pub keep_alive: Duration,
+    /// `retry:` hint.
+    pub retry: Duration,
+    /// Bound of one encoded frame.
+    pub max_payload: usize,
+    /// Bound of a batch publish body.
+    pub max_batch_body: usize,
+    /// Queue bound in frames.
+    pub max_queue_items: NonZeroUsize,
+    /// Queue bound in bytes.
+    pub max_queue_bytes: NonZeroUsize,
+    /// Full-queue behaviour.
+    pub drop_policy: DropPolicy,
+    /// Instance-wide subscriber limit (None = unlimited).
+    pub max_connections: Option<NonZeroUsize>,
+    /// Per-user subscriber limit (None = unlimited).
+    pub max_connections_per_user: Option<NonZeroUsize>,
+    /// Request head bound.
+    pub max_head: usize,
+    /// Header count bound.
+    pub max_headers: usize,
+    /// Whole-request read deadline.
+    pub read_timeout: Duration,
+    /// Keep-alive idle deadline.
+    pub idle_timeout: Duration,
+    /// Spread of closes on shutdown.
+    pub shutdown_grace: Duration,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Kernel interface.
+    pub io_driver: IoDriver,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log threshold.
+    pub log_level: LogLevel,
+}
+
+/// Why start-up refused the configuration; `Display` is one sentence naming the flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    flag: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError { flag, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--{}: {}", self.flag, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses `500ms`, `15s`, `30m`, `2h`; a bare number is milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 15s, 30m or 2h"))?;
+    let millis = match unit.trim() {
+        "" | "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses `4096`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as binary units).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 4096, 256KiB or 1MiB"))?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{text}` has an unknown unit; use B, KiB, MiB or GiB")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn duration(flag: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).map_err(|reason| ConfigError::new(flag, reason))
+}
+
+fn size(flag: &'static str, text: &str) -> Result<usize, ConfigError> {
+    parse_size(text).map_err(|reason| ConfigError::new(flag, reason))
+}
+
+fn address(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError::new(flag, format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081"))
+    })
+}
+
+fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(value).ok_or_else(|| ConfigError::new(flag, "must be at least 1"))
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let listen = address("listen", &cli.listen)?;
+        let api_listen = address("api-listen", &cli.api_listen)?;
+        let api_key = cli.api_key.filter(|key| !key.is_empty());
+        if api_key.is_none() && !api_listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "api-listen",
+                format!("{api_listen} is reachable from other hosts, so --api-key (SSEKIFY_API_KEY) is required"),
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let shards = positive("shards", cli.shards.unwrap_or(cores))?;
+        if shards.get() > 1024 {
+            return Err(ConfigError::new("shards", "must be at most 1024"));
+        }
+        let keep_alive = duration("keep-alive", &cli.keep_alive)?;
+        if keep_alive < Duration::from_millis(100) {
+            return Err(ConfigError::new("keep-alive", "must be at least 100ms"));
+        }
+        let max_payload = size("max-payload", &cli.max_payload)?;
+        if max_payload < 64 {
+            return Err(ConfigError::new("max-payload", "must be at least 64 bytes"));
+        }
+        let max_head = size("max-head", &cli.max_head)?;
+        if !(512..=1 << 20).contains(&max_head) {
+            return Err(ConfigError::new("max-head", "must be between 512B and 1MiB"));
+        }
+        if cli.max_headers == 0 || cli.max_headers > 1024 {
+            return Err(ConfigError::new("max-headers", "must be between 1 and 1024"));
+        }
+        if cli.backlog <= 0 {
+            return Err(ConfigError::new("backlog", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            api_listen,
+            api_key,
+            shards,
+            cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
+            keep_alive,
+            retry: duration("retry", &cli.retry)?,
+            max_payload,
+            max_batch_body: size("max-batch-body", &cli.max_batch_body)?,
+            max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
+            max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
+            drop_policy: cli.drop_policy,
+            max_connections: NonZeroUsize::new(cli.max_connections),
+            max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
+            max_head,
+            max_headers: cli.max_headers,
+            read_timeout: duration("read-timeout", &cli.read_timeout)?,
+            idle_timeout: duration("idle-timeout", &cli.idle_timeout)?,
+            shutdown_grace: duration("shutdown-grace", &cli.shutdown_grace)?,
+            backlog: cli.backlog,
+            io_driver: cli.io_driver,
+            log_format: cli.log_format,
+            log_level: cli.log_level,
+        })
+    }
+}
+
+impl Config {
+    /// True when both route sets share one listener (api routes then need the key).
+    pub fn shared_listener(&self) -> bool {
+        self.listen == self.api_listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["ssekify"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("arguments parse")
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_milliseconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("256KiB"), Ok(256 * 1024));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("1mb"), Ok(1 << 20));
+        assert!(parse_size("1 furlong").is_err());
+    }
+
+    #[test]
+    fn public_api_listener_needs_a_key() {
+        let err = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081"])).unwrap_err();
+        assert!(err.to_string().starts_with("--api-listen:"), "{err}");
+        let config = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
+        assert_eq!(config.api_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let err = Config::try_from(cli(&["--keep-alive", "soon"])).unwrap_err();
+        assert!(err.to_string().starts_with("--keep-alive:"), "{err}");
+        let err = Config::try_from(cli(&["--max-queue-items", "0"])).unwrap_err();
+        assert!(err.to_string().starts_with("--max-queue-items:"), "{err}");
+    }
+}

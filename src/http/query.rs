@@ -1,0 +1,88 @@
+//! Percent-decoding of path segments and query strings (RFC 3986 §2.1; query
+//! parameters also take `+` as a space, as HTML forms and most clients send them).
+
+/// Why a target component could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeError;
+
+/// Decodes `%XX` escapes (and `+` when `plus_is_space`) and checks UTF-8.
+pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
+    if !raw.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
+        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3).ok_or(DecodeError)?;
+                let value = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(DecodeError)?;
+                out.push(value);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| DecodeError)
+}
+
+/// Decoded `key=value` pairs of a query string, in order.
+pub fn pairs(query: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
+    query
+        .split(|&b| b == b'&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (key, value) = match part.iter().position(|&b| b == b'=') {
+                Some(at) => (&part[..at], &part[at + 1..]),
+                None => (part, &b""[..]),
+            };
+            Ok((decode(key, true)?, decode(value, true)?))
+        })
+        .collect()
+}
+
+/// Decoded path segments after the leading `/` (`+` stays literal in paths).
+pub fn segments(path: &[u8]) -> Result<Vec<String>, DecodeError> {
+    path.strip_prefix(b"/")
+        .unwrap_or(path)
+        .split(|&b| b == b'/')
+        .map(|segment| decode(segment, false))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_escapes_and_plus() {
+        assert_eq!(decode(b"a%20b+c", true).unwrap(), "a b c");
+        assert_eq!(decode(b"a+b", false).unwrap(), "a+b");
+        assert_eq!(decode(b"%E2%9C%93", true).unwrap(), "\u{2713}");
+        assert!(decode(b"%zz", true).is_err());
+        assert!(decode(b"%4", true).is_err());
+        assert!(decode(b"%ff", true).is_err(), "invalid UTF-8");
+    }
+
+    #[test]
+    fn query_pairs_and_segments() {
+        let query = pairs(b"userId=al%69ce&rooms=a,b&flag&&x=").unwrap();
+        assert_eq!(query, vec![
+            ("userId".into(), "alice".into()),
+            ("rooms".into(), "a,b".into()),
+            ("flag".into(), "".into()),
+            ("x".into(), "".into()),
+        ]);
+        assert_eq!(segments(b"/v1/users/a%2Fb/events").unwrap(), vec!["v1", "users", "a/b", "events"]);
+    }
+}

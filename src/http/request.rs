@@ -1,0 +1,273 @@
+//! Request heads: bytes in, a typed [`Request`] out, without touching a socket.
+//!
+//! "Not enough bytes yet" is `Ok(None)`. The head is split off the read buffer
+//! and frozen; header names and values are `Bytes` slices of it (no copies).
+
+use bytes::{Bytes, BytesMut};
+
+use super::Error;
+
+/// Upper bound of `--max-headers`: the parse array lives on the stack.
+pub const MAX_HEADERS_LIMIT: usize = 128;
+
+/// The methods the routes know; others are answered 405.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD: answered like GET without a body (RFC 9110 §9.3.2).
+    Head,
+    /// POST
+    Post,
+    /// DELETE
+    Delete,
+    /// OPTIONS: allowed methods, and CORS preflights.
+    Options,
+    /// Anything else.
+    Other,
+}
+
+/// How the body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Limits applied while parsing a head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Bytes of request line plus headers.
+    pub max_head: usize,
+    /// Number of header fields.
+    pub max_headers: usize,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The request target's path, still percent-encoded.
+    pub path: Bytes,
+    /// The query string without `?`, still encoded (empty when absent).
+    pub query: Bytes,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// Body framing.
+    pub body: BodyFraming,
+    headers: Vec<(Bytes, Bytes)>,
+}
+
+impl Request {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// A header value as UTF-8 text, when present and valid.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Parses a head from the front of `buf`. On success the head's bytes are split
+/// off `buf`, leaving any body or pipelined request behind.
+pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, Error> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
+    let slots = &mut storage[..limits.max_headers.clamp(1, MAX_HEADERS_LIMIT)];
+    let mut parsed = httparse::Request::new(slots);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_head { Err(Error::HeadTooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(Error::BadRequest("unsupported HTTP version")),
+        Err(_) => {
+            return if buf.len() > limits.max_head {
+                Err(Error::HeadTooLarge)
+            } else {
+                Err(Error::BadRequest("invalid request line or header"))
+            };
+        }
+    };
+    if head_len > limits.max_head {
+        return Err(Error::HeadTooLarge);
+    }
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let method = match parsed.method.unwrap_or_default() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let http11 = parsed.version == Some(1);
+    let target = offset(parsed.path.unwrap_or_default().as_bytes());
+    let header_offsets: Vec<_> =
+        parsed.headers.iter().map(|h| (offset(h.name.as_bytes()), offset(h.value))).collect();
+    let head = buf.split_to(head_len).freeze();
+    let slice = |(at, len): (usize, usize)| head.slice(at..at + len);
+    let headers: Vec<(Bytes, Bytes)> = header_offsets.into_iter().map(|(n, v)| (slice(n), slice(v))).collect();
+
+    let target = slice(target);
+    if target.first() != Some(&b'/') {
+        return Err(Error::BadRequest("request target must be an absolute path"));
+    }
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(at) => (target.slice(..at), target.slice(at + 1..)),
+        None => (target.clone(), Bytes::new()),
+    };
+    let mut request = Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, headers };
+    request.keep_alive = keep_alive(&request, http11);
+    request.body = framing(&request, http11)?;
+    Ok(Some(request))
+}
+
+/// RFC 9112 §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with `keep-alive`.
+fn keep_alive(request: &Request, http11: bool) -> bool {
+    let mut keep = http11;
+    for (name, value) in &request.headers {
+        if !name.eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    keep
+}
+
+/// RFC 9112 §6.1–6.3: chunked must be the only and final coding; a message with
+/// both Transfer-Encoding and Content-Length, or conflicting lengths, is refused
+/// (request smuggling defence).
+fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for (name, value) in &request.headers {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !http11 || chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(Error::BadRequest("only Transfer-Encoding: chunked is supported"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let value = value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 18 {
+                return Err(Error::BadRequest("invalid Content-Length"));
+            }
+            let parsed = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            match (length, parsed) {
+                (_, None) => return Err(Error::BadRequest("invalid Content-Length")),
+                (Some(previous), Some(n)) if previous != n => {
+                    return Err(Error::BadRequest("conflicting Content-Length headers"))
+                }
+                (_, Some(n)) => length = Some(n),
+            }
+        }
+    }
+    match (chunked, length) {
+        (true, Some(_)) => Err(Error::BadRequest("both Transfer-Encoding and Content-Length")),
+        (true, None) => Ok(BodyFraming::Chunked),
+        (false, Some(0)) | (false, None) => Ok(BodyFraming::Empty),
+        (false, Some(n)) => Ok(BodyFraming::Length(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits { max_head: 8192, max_headers: 64 };
+
+    fn parse_all(text: &[u8]) -> Result<Option<Request>, Error> {
+        parse(&mut BytesMut::from(text), LIMITS)
+    }
+
+    #[test]
+    fn parses_a_get_with_query() {
+        let request = parse_all(b"GET /sse?userId=a&rooms=x,y HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.method, Method::Get);
+        assert_eq!(&request.path[..], b"/sse");
+        assert_eq!(&request.query[..], b"userId=a&rooms=x,y");
+        assert_eq!(request.header("last-event-id"), Some(&b"5"[..]));
+        assert!(request.keep_alive);
+        assert_eq!(request.body, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn input_split_across_reads_completes_once_whole() {
+        let whole = b"POST /v1/broadcast HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n";
+        for cut in 1..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let first = parse(&mut buf, LIMITS).unwrap();
+            if cut < head_end {
+                assert!(first.is_none(), "cut {cut}");
+                buf.extend_from_slice(&whole[cut..]);
+                let request = parse(&mut buf, LIMITS).unwrap().unwrap();
+                assert_eq!(request.body, BodyFraming::Length(5));
+            } else {
+                assert_eq!(first.unwrap().body, BodyFraming::Length(5));
+                buf.extend_from_slice(&whole[cut..]);
+            }
+            assert!(buf.starts_with(b"hello"), "body and pipelined bytes stay in the buffer");
+        }
+    }
+
+    #[test]
+    fn connection_semantics() {
+        let close = parse_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        assert!(!close.keep_alive);
+        let old = parse_all(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.keep_alive);
+        let old_keep = parse_all(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        assert!(old_keep.keep_alive);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let chunked = parse_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(chunked.body, BodyFraming::Chunked);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+        ] {
+            assert!(matches!(parse_all(bad), Err(Error::BadRequest(_))), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn limits_answer_431_and_garbage_400() {
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat(b'a').take(9000));
+        assert_eq!(parse_all(&big).unwrap_err(), Error::HeadTooLarge);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..65 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_all(&many).unwrap_err(), Error::HeadTooLarge);
+        assert!(matches!(parse_all(b"\x01\x02 garbage\r\n\r\n"), Err(Error::BadRequest(_))));
+        assert!(matches!(parse_all(b"GET http://x/ HTTP/1.1\r\n\r\n"), Err(Error::BadRequest(_))));
+    }
+}

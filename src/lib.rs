@@ -1,0 +1,16 @@
+//! ssekify: a high-fan-out Server-Sent Events push server.
+//!
+//! Layers, top to bottom (arrows point down only): [`server`] boots shards and
+//! serves sockets → [`api`] routes requests → [`shard`] owns connections,
+//! queues and cross-shard inboxes → [`http`], [`sse`], [`metrics`], [`config`],
+//! [`log`] are leaves. See `docs/architecture.md` for the data path.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod server;
+pub mod shard;
+pub mod sse;

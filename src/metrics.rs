@@ -1,0 +1,177 @@
+//! Counters kept per shard and summed on scrape, plus their Prometheus text.
+//!
+//! Each shard writes only its own [`ShardStats`] (relaxed atomics on its own
+//! cache lines; hot paths add once per fan-out, not once per recipient), and
+//! readers on any thread sum them, so no statistic needs a cross-shard message.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One shard's counters and gauges.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct ShardStats {
+    /// Open subscriber connections (gauge).
+    pub connections: AtomicU64,
+    /// Distinct named users with a connection here (gauge).
+    pub users: AtomicU64,
+    /// Rooms with a member here (gauge).
+    pub rooms: AtomicU64,
+    /// Message frames handed to connections (replays included, pings not).
+    pub sent: AtomicU64,
+    /// Frames dropped from the front of full queues.
+    pub dropped_oldest: AtomicU64,
+    /// Frames refused by full queues.
+    pub dropped_newest: AtomicU64,
+    /// Connections closed because their queue overflowed (`--drop-policy disconnect`).
+    pub disconnected_by_backpressure: AtomicU64,
+    /// Largest number of frames any queue held (high-water mark).
+    pub queue_items_max: AtomicU64,
+    /// Largest number of bytes any queue held (high-water mark).
+    pub queue_bytes_max: AtomicU64,
+    /// Errors answered or logged (bad requests, failed writes, refused subscribers).
+    pub errors: AtomicU64,
+    /// Subscribers accepted (counter).
+    pub subscribes: AtomicU64,
+    /// Subscribers handed to this shard by another one (counter).
+    pub moved_in: AtomicU64,
+    /// Messages published through this shard's api connections (counter).
+    pub published: AtomicU64,
+    /// Heartbeats written.
+    pub pings: AtomicU64,
+}
+
+impl ShardStats {
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Raises a high-water mark.
+    pub fn raise(mark: &AtomicU64, value: u64) {
+        if value > mark.load(Ordering::Relaxed) {
+            mark.fetch_max(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Current values, in the order of [`FIELDS`].
+    pub fn snapshot(&self) -> [u64; FIELDS.len()] {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            load(&self.connections),
+            load(&self.users),
+            load(&self.rooms),
+            load(&self.sent),
+            load(&self.dropped_oldest),
+            load(&self.dropped_newest),
+            load(&self.disconnected_by_backpressure),
+            load(&self.queue_items_max),
+            load(&self.queue_bytes_max),
+            load(&self.errors),
+            load(&self.subscribes),
+            load(&self.moved_in),
+            load(&self.published),
+            load(&self.pings),
+        ]
+    }
+}
+
+/// How a field is exposed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Summed across shards; a level.
+    Gauge,
+    /// Summed across shards; only grows.
+    Counter,
+    /// Maximum across shards.
+    HighWater,
+}
+
+/// (stats JSON key, Prometheus name, kind, help) for each snapshot slot.
+pub const FIELDS: [(&str, &str, Kind, &str); 14] = [
+    ("connections", "ssekify_connections", Kind::Gauge, "Open subscriber connections."),
+    ("users", "ssekify_users", Kind::Gauge, "Distinct users with at least one connection."),
+    ("rooms", "ssekify_shard_rooms", Kind::Gauge, "Rooms with members, counted per shard."),
+    ("sent", "ssekify_sent_total", Kind::Counter, "Message frames handed to connections."),
+    ("droppedOldest", "ssekify_dropped_oldest_total", Kind::Counter, "Frames dropped from the front of full queues."),
+    ("droppedNewest", "ssekify_dropped_newest_total", Kind::Counter, "Frames refused by full queues."),
+    (
+        "disconnectedByBackpressure",
+        "ssekify_disconnected_by_backpressure_total",
+        Kind::Counter,
+        "Connections closed because their queue overflowed.",
+    ),
+    ("queueItemsMax", "ssekify_queue_items_max", Kind::HighWater, "Most frames any connection queue held."),
+    ("queueBytesMax", "ssekify_queue_bytes_max", Kind::HighWater, "Most bytes any connection queue held."),
+    ("errorCount", "ssekify_errors_total", Kind::Counter, "Errors answered or logged."),
+    ("subscribes", "ssekify_subscribes_total", Kind::Counter, "Subscriber connections accepted."),
+    ("movedIn", "ssekify_moved_subscribers_total", Kind::Counter, "Subscribers handed over from another shard."),
+    ("published", "ssekify_published_total", Kind::Counter, "Messages accepted by the publish routes."),
+    ("pings", "ssekify_heartbeats_total", Kind::Counter, "Heartbeat comments written."),
+];
+
+/// Combines per-shard snapshots into instance totals.
+pub fn totals(shards: &[[u64; FIELDS.len()]]) -> [u64; FIELDS.len()] {
+    let mut out = [0u64; FIELDS.len()];
+    for shard in shards {
+        for (slot, (_, _, kind, _)) in FIELDS.iter().enumerate() {
+            out[slot] = match kind {
+                Kind::HighWater => out[slot].max(shard[slot]),
+                Kind::Gauge | Kind::Counter => out[slot] + shard[slot],
+            };
+        }
+    }
+    out
+}
+
+/// Prometheus text exposition (format 0.0.4): instance totals, per-shard series
+/// labelled `shard`, and the extra gauges given by the caller.
+pub fn render(shards: &[[u64; FIELDS.len()]], extra: &[(&str, &str, u64)]) -> String {
+    let total = totals(shards);
+    let mut out = String::with_capacity(4096);
+    for (slot, (_, name, kind, help)) in FIELDS.iter().enumerate() {
+        let kind_name = if *kind == Kind::Counter { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_name}\n{name} {}", total[slot]);
+        let per_shard = format!("{}_by_shard", name.trim_end_matches("_total"));
+        let per_shard = if *kind == Kind::Counter { format!("{per_shard}_total") } else { per_shard };
+        let _ = writeln!(out, "# HELP {per_shard} {help} Per shard.\n# TYPE {per_shard} {kind_name}");
+        for (id, shard) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{per_shard}{{shard=\"{id}\"}} {}", shard[slot]);
+        }
+    }
+    for (name, help, value) in extra {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_counters_and_take_max_of_marks() {
+        let a = ShardStats::default();
+        let b = ShardStats::default();
+        ShardStats::add(&a.sent, 3);
+        ShardStats::add(&b.sent, 4);
+        ShardStats::raise(&a.queue_items_max, 9);
+        ShardStats::raise(&b.queue_items_max, 5);
+        let total = totals(&[a.snapshot(), b.snapshot()]);
+        assert_eq!(total[3], 7);
+        assert_eq!(total[7], 9);
+    }
+
+    #[test]
+    fn exposition_has_help_and_type_for_every_series() {
+        let text = render(&[ShardStats::default().snapshot()], &[("ssekify_rooms", "Rooms.", 2)]);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has a TYPE line");
+            assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(), "{line}");
+        }
+        assert!(text.contains("ssekify_rooms 2\n"));
+    }
+}

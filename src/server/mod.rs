@@ -1,0 +1,231 @@
+//! Boots the instance: shard threads (pinned, one runtime each, io_uring with
+//! epoll fallback), their SO_REUSEPORT listeners and accept loops, the signal
+//! thread; then waits for the lifecycle to end and returns the exit status.
+//!
+//! Parts: [`connection`] (HTTP on one socket), [`signals`] (SIGTERM/SIGINT →
+//! shutdown phases).
+
+pub mod connection;
+pub mod signals;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::api::Role;
+use crate::config::{Config, IoDriver};
+use crate::shard::inbox::{inbox, LocalInbox};
+use crate::shard::envelope::Envelope;
+use crate::shard::{heartbeat, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
+use crate::sse::id::{random_instance, IdGenerator};
+
+/// Submission queue entries per shard ring: enough for a burst of writes to
+/// thousands of connections per loop turn without a forced submit.
+const URING_ENTRIES: u32 = 4096;
+
+/// Envelopes handled per inbox wake-up before other tasks get a turn.
+const INBOX_BATCH: usize = 256;
+
+/// Why the instance could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Where one shard listens.
+#[derive(Clone, Copy)]
+struct Addresses {
+    public: SocketAddr,
+    api: SocketAddr,
+}
+
+/// Runs the instance until shutdown; returns the process exit status.
+pub fn run(config: Config) -> Result<i32, StartError> {
+    signals::block_in_this_thread();
+    let shard_count = config.shards.get();
+    let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
+    let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
+    let ids = IdGenerator::new(random_instance());
+    let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
+    signals::spawn_watcher(shared.clone());
+
+    let mut addresses = Addresses { public: shared.config.listen, api: shared.config.api_listen };
+    let shared_listener = shared.config.shared_listener();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut driver = "";
+    for (id, local) in locals.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        spawn_shard(id, shared.clone(), local, addresses, shared_listener, core)?;
+        match lifecycle_rx.recv() {
+            Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
+                // Shard 0 resolved port 0 (if asked); the others bind the same ports.
+                addresses = Addresses { public, api };
+                driver = used;
+            }
+            Ok(LifecycleEvent::Failed(why)) => return Err(StartError(why)),
+            _ => return Err(StartError(format!("shard {id} stopped during start-up"))),
+        }
+    }
+    let config = &shared.config;
+    if config.shards.get() > 1 && driver == "epoll" {
+        crate::log!(Info, "io_uring unavailable or disabled; using epoll");
+    }
+    crate::log!(
+        Info,
+        "ssekify ready",
+        public = addresses.public,
+        api = addresses.api,
+        shards = shard_count,
+        driver = driver,
+        instance = format!("{:08x}", shared.ids.instance()),
+    );
+    let mut drained = 0;
+    loop {
+        match lifecycle_rx.recv() {
+            Ok(LifecycleEvent::Drained(_)) => {
+                drained += 1;
+                if drained == shard_count {
+                    // Let in-flight api answers (the shutdown route's 202) leave.
+                    std::thread::sleep(Duration::from_millis(50));
+                    crate::log!(Info, "shutdown complete");
+                    return Ok(0);
+                }
+            }
+            Ok(LifecycleEvent::Exit(status)) => return Ok(status),
+            Ok(LifecycleEvent::Failed(why)) => {
+                crate::log!(Error, "shard failed", error = why);
+                return Ok(1);
+            }
+            Ok(LifecycleEvent::Ready { .. }) => {}
+            Err(_) => return Ok(1),
+        }
+    }
+}
+
+fn spawn_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    local: LocalInbox<Envelope>,
+    addresses: Addresses,
+    shared_listener: bool,
+    core: Option<core_affinity::CoreId>,
+) -> Result<(), StartError> {
+    let thread = std::thread::Builder::new().name(format!("shard-{id}"));
+    let spawned = thread.spawn(move || {
+        if let Some(core) = core {
+            if !core_affinity::set_for_current(core) {
+                crate::log!(Warn, "could not pin shard to its core", shard = id, core = core.id);
+            }
+        }
+        let lifecycle = shared.lifecycle.clone();
+        let driver = shared.config.io_driver;
+        let uring = match driver {
+            IoDriver::Uring => true,
+            IoDriver::Epoll => false,
+            IoDriver::Auto => monoio::utils::detect_uring(),
+        };
+        let boot = ShardBoot { id, shared, local, addresses, shared_listener };
+        let result = if uring {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(URING_ENTRIES)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut runtime) => Ok(runtime.block_on(boot.run("uring"))),
+                Err(error) if driver == IoDriver::Auto => {
+                    crate::log!(Warn, "io_uring runtime failed; falling back to epoll", error = error);
+                    build_epoll().map(|mut runtime| runtime.block_on(boot.run("epoll")))
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            build_epoll().map(|mut runtime| runtime.block_on(boot.run("epoll")))
+        };
+        if let Err(error) = result {
+            let _ = lifecycle.send(LifecycleEvent::Failed(format!("shard {id}: cannot start its runtime: {error}")));
+        }
+    });
+    spawned.map(drop).map_err(|e| StartError(format!("cannot spawn shard {id}: {e}")))
+}
+
+fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>> {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()
+}
+
+/// Everything a shard thread needs to start serving.
+struct ShardBoot {
+    id: usize,
+    shared: Arc<Shared>,
+    local: LocalInbox<Envelope>,
+    addresses: Addresses,
+    shared_listener: bool,
+}
+
+impl ShardBoot {
+    async fn run(self, driver: &'static str) {
+        let ShardBoot { id, shared, mut local, addresses, shared_listener } = self;
+        let lifecycle = shared.lifecycle.clone();
+        let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(shared.config.backlog);
+        let bind = |addr: SocketAddr, what: &str| {
+            TcpListener::bind_with_config(addr, &opts)
+                .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        };
+        let listeners = if shared_listener {
+            bind(addresses.public, "--listen and --api-listen").map(|l| vec![(l, Role::Both)])
+        } else {
+            bind(addresses.public, "--listen").and_then(|public| {
+                let api = bind(addresses.api, "--api-listen")?;
+                Ok(vec![(public, Role::Public), (api, Role::Api)])
+            })
+        };
+        let listeners = match listeners {
+            Ok(listeners) => listeners,
+            Err(why) => {
+                let _ = lifecycle.send(LifecycleEvent::Failed(why));
+                return;
+            }
+        };
+        let local_addr = |index: usize| listeners[index].0.local_addr().unwrap_or(addresses.public);
+        let public = local_addr(0);
+        let api = if shared_listener { public } else { local_addr(1) };
+        let ctx = ShardCtx::new(id, shared);
+        monoio::spawn(heartbeat::run(ctx.clone()));
+        for (listener, role) in listeners {
+            monoio::spawn(accept_loop(ctx.clone(), listener, role));
+        }
+        let _ = lifecycle.send(LifecycleEvent::Ready { shard: id, public, api, driver });
+        let mut batch = Vec::with_capacity(INBOX_BATCH);
+        loop {
+            local.recv_batch(&mut batch, INBOX_BATCH).await;
+            for envelope in batch.drain(..) {
+                ctx.handle(envelope);
+            }
+        }
+    }
+}
+
+/// Accepts connections for the life of the shard.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, role: Role) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(connection::serve(ctx.clone(), stream, role));
+            }
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                crate::log!(Warn, "accept failed", shard = ctx.id, error = error);
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

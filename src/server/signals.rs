@@ -1,0 +1,62 @@
+//! SIGTERM and SIGINT → shutdown phases, in one place.
+//!
+//! The signals are blocked in every thread (the mask is inherited from the
+//! main thread before any other starts) and received synchronously by one
+//! watcher thread with `sigwait`, so no handler runs in async-signal context.
+//! First signal: graceful shutdown over `--shutdown-grace`. Second: exit now.
+
+use std::sync::Arc;
+
+use crate::shard::{LifecycleEvent, Shared};
+
+/// Exit status when a second signal cuts the grace period short.
+pub const FORCED_EXIT: i32 = 1;
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set in place.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM/SIGINT in the calling thread and in threads it spawns later.
+pub fn block_in_this_thread() {
+    let set = signal_set();
+    // SAFETY: a valid set; the old mask is not needed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Starts the thread that turns signals into lifecycle steps.
+pub fn spawn_watcher(shared: Arc<Shared>) {
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let set = signal_set();
+        let mut received = 0;
+        loop {
+            let mut signal = 0;
+            // SAFETY: a valid set and out-pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            received += 1;
+            let name = if signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+            if received > 1 {
+                crate::log!(Warn, "second signal: exiting now", signal = name);
+                let _ = shared.lifecycle.send(LifecycleEvent::Exit(FORCED_EXIT));
+                continue;
+            }
+            let grace = shared.config.shutdown_grace;
+            crate::log!(Info, "shutting down", reason = name, grace_ms = grace.as_millis());
+            if let Some(order) = shared.begin_shutdown(grace, Some(crate::api::admin::SHUTDOWN_EVENT)) {
+                for shard in 0..shared.shard_count() {
+                    shared.send_blocking(shard, order.envelope());
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,117 @@
+//! One subscriber connection's state on its shard: identity, queue, and the
+//! handshake with its writer task.
+
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::queue::FrameQueue;
+
+/// Why and how a connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Write what is queued, then close (admin close, shutdown).
+    AfterFlush,
+    /// Close at once, abandoning queued frames (backpressure overflow).
+    Now,
+}
+
+/// What the writer should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Frames are waiting.
+    Write,
+    /// Everything is written and a graceful close was asked for.
+    Finish,
+    /// Stop immediately.
+    Abort,
+}
+
+/// A subscriber as the shard sees it.
+#[derive(Debug)]
+pub struct Conn {
+    /// The user, when the connection is not anonymous.
+    pub user: Option<Rc<str>>,
+    /// Rooms joined.
+    pub rooms: SmallVec<[Rc<str>; 2]>,
+    /// Frames waiting or in flight.
+    pub queue: FrameQueue,
+    /// Shard clock (ms) of the last completed write, for heartbeats.
+    pub last_write_ms: u64,
+    /// Set once a close was asked for.
+    pub closing: Option<Closing>,
+    waker: Option<Waker>,
+    parked: bool,
+}
+
+impl Conn {
+    /// A connection registered at shard time `now_ms`.
+    pub fn new(user: Option<Rc<str>>, rooms: SmallVec<[Rc<str>; 2]>, now_ms: u64) -> Self {
+        Conn { user, rooms, queue: FrameQueue::default(), last_write_ms: now_ms, closing: None, waker: None, parked: false }
+    }
+
+    /// Wakes the writer if it waits for frames.
+    pub fn notify(&mut self) {
+        if self.parked {
+            self.parked = false;
+            if let Some(waker) = &self.waker {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Queues a control frame outside the limits and wakes the writer.
+    pub fn push_control(&mut self, frame: Bytes) {
+        self.queue.push_unbounded(frame);
+        self.notify();
+    }
+
+    /// Asks for a close; `Now` also interrupts a write in progress.
+    pub fn close(&mut self, how: Closing) {
+        if self.closing != Some(Closing::Now) {
+            self.closing = Some(how);
+        }
+        self.parked = true;
+        self.notify();
+    }
+
+    /// The writer's wait: ready when there is work, else parks with the waker.
+    pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Work> {
+        let work = match self.closing {
+            Some(Closing::Now) => Some(Work::Abort),
+            _ if self.queue.has_waiting() => Some(Work::Write),
+            Some(Closing::AfterFlush) if self.queue.is_idle() => Some(Work::Finish),
+            _ => None,
+        };
+        match work {
+            Some(work) => {
+                self.parked = false;
+                Poll::Ready(work)
+            }
+            None => {
+                self.register(cx);
+                self.parked = true;
+                Poll::Pending
+            }
+        }
+    }
+
+    /// During a write: true when the write must be abandoned. Keeps the waker
+    /// registered but not parked, so frame pushes do not wake a busy writer.
+    pub fn poll_abort(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.closing == Some(Closing::Now) {
+            return true;
+        }
+        self.register(cx);
+        false
+    }
+
+    fn register(&mut self, cx: &mut Context<'_>) {
+        match &self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What travels between shards over their inboxes.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Who a message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of one user (on the user's owner shard).
+    User(Box<str>),
+    /// Every member of a room (on every shard).
+    Room(Box<str>),
+    /// Every connection (on every shard).
+    All,
+}
+
+/// One encoded frame for one target; the frame is shared, never copied.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Recipients.
+    pub target: Target,
+    /// The encoded SSE frame.
+    pub frame: Bytes,
+}
+
+/// A validated subscribe request, ready to register on the owning shard.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The user, or `None` for an anonymous connection.
+    pub user: Option<String>,
+    /// Rooms to join.
+    pub rooms: Vec<String>,
+    /// Response head plus `retry:` line, written first.
+    pub preamble: Bytes,
+}
+
+/// Where a reply goes: a pending slot on the asking shard.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo {
+    /// Asking shard.
+    pub shard: usize,
+    /// Pending slot there.
+    pub slot: usize,
+    /// Guards against a reused slot.
+    pub generation: u64,
+    /// Index of this reply among those awaited.
+    pub position: usize,
+}
+
+/// A cross-shard message.
+#[derive(Debug)]
+pub enum Envelope {
+    /// A subscriber accepted by another shard; this one owns its user.
+    Subscriber {
+        /// The socket.
+        fd: OwnedFd,
+        /// The parsed request.
+        subscription: Subscription,
+    },
+    /// Frames to queue locally, in order; replies with one count each.
+    Deliver {
+        /// In publish order.
+        deliveries: Vec<Delivery>,
+        /// Where to send the counts, if anyone waits.
+        reply: Option<ReplyTo>,
+    },
+    /// Close a user's connections (or all) after flushing; replies with the count.
+    Close {
+        /// `None` closes every connection.
+        user: Option<Box<str>>,
+        /// Where to send the count.
+        reply: ReplyTo,
+    },
+    /// Reply with the hashes of rooms with members here (for distinct counts).
+    RoomHashes {
+        /// Where to send them.
+        reply: ReplyTo,
+    },
+    /// Announce, then close every connection over `grace`.
+    Shutdown {
+        /// Spread of the closes.
+        grace: Duration,
+        /// Frame to send to every stream first.
+        announce: Option<Bytes>,
+    },
+    /// An answer to an earlier request.
+    Reply {
+        /// The request it answers.
+        to: ReplyTo,
+        /// Counts or hashes.
+        values: Vec<u64>,
+    },
+}

@@ -1,0 +1,659 @@
+//! Shards: one thread, one runtime, and the connections, users and rooms it owns.
+//!
+//! Parts: [`conn`] (a subscriber's state), [`queue`] (its bounded frame queue),
+//! [`registry`] (user and room indexes), [`writer`] (the task draining a queue
+//! into its socket), [`heartbeat`] (the paced ping sweep), [`inbox`] (the
+//! cross-shard channels) and [`envelope`] (what travels over them). This module
+//! ties them into [`ShardCtx`], the state of one shard, and [`Shared`], the
+//! read-mostly state every thread sees. Shard state is `!Send`, lives in a
+//! `RefCell` on its thread, and is never borrowed across an `.await`.
+
+pub mod conn;
+pub mod envelope;
+pub mod heartbeat;
+pub mod inbox;
+pub mod queue;
+pub mod registry;
+pub mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::config::Config;
+use crate::http::response::Response;
+use crate::metrics::ShardStats;
+use crate::sse::id::IdGenerator;
+use conn::{Closing, Conn};
+use envelope::{Delivery, Envelope, ReplyTo, Subscription, Target};
+use inbox::SharedInbox;
+use queue::{Pushed, QueueLimits};
+use registry::Registry;
+use writer::FrameBatch;
+
+/// Envelopes an inbox holds before senders must wait: a few milliseconds of
+/// traffic at full speed, bounded so a stalled shard cannot grow memory.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Lifecycle of the whole instance (one place changes it: `server::lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepting subscribers.
+    Running = 0,
+    /// Refusing new subscribers (stop-accepting); existing streams go on.
+    Draining = 1,
+    /// Shutting down: announce sent, closes spread over the grace period.
+    Closing = 2,
+}
+
+/// What shards report to the main thread.
+#[derive(Debug)]
+pub enum LifecycleEvent {
+    /// The shard has bound its listeners and serves.
+    Ready {
+        /// Shard id.
+        shard: usize,
+        /// Public listener address actually bound.
+        public: std::net::SocketAddr,
+        /// Api listener address actually bound.
+        api: std::net::SocketAddr,
+        /// "uring" or "epoll".
+        driver: &'static str,
+    },
+    /// The shard could not start.
+    Failed(String),
+    /// The shard closed all its connections after a shutdown.
+    Drained(usize),
+    /// Exit now with this status (second signal).
+    Exit(i32),
+}
+
+/// State visible to every thread.
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Inbox of each shard, by shard id.
+    pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
+    /// Counters of each shard, by shard id.
+    pub stats: Vec<ShardStats>,
+    /// Event id source.
+    pub ids: IdGenerator,
+    /// Subscribers open on the whole instance (for `--max-connections`).
+    pub connections: AtomicUsize,
+    /// Channel to the main thread.
+    pub lifecycle: mpsc::Sender<LifecycleEvent>,
+    phase: AtomicU8,
+    owner_hasher: ahash::RandomState,
+}
+
+impl Shared {
+    /// Shared state for `config.shards` shards with the given inboxes.
+    pub fn new(
+        config: Config,
+        inboxes: Vec<Arc<SharedInbox<Envelope>>>,
+        ids: IdGenerator,
+        lifecycle: mpsc::Sender<LifecycleEvent>,
+    ) -> Self {
+        let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
+        Shared {
+            config,
+            inboxes,
+            stats,
+            ids,
+            connections: AtomicUsize::new(0),
+            lifecycle,
+            phase: AtomicU8::new(Phase::Running as u8),
+            // Fixed keys: every thread must agree on a user's owner.
+            owner_hasher: ahash::RandomState::with_seeds(0x5e5e, 0xf1f1, 0x0a0a, 0x3c3c),
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// The shard owning `user`: its connections, counters and limits live there.
+    pub fn owner(&self, user: &str) -> usize {
+        (self.owner_hasher.hash_one(user) % self.inboxes.len() as u64) as usize
+    }
+
+    /// Current lifecycle phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Closing,
+        }
+    }
+
+    /// Moves the phase forward (never back); true when it changed.
+    pub fn advance_phase(&self, to: Phase) -> bool {
+        self.phase.fetch_max(to as u8, Ordering::AcqRel) < to as u8
+    }
+
+    /// Enters `Closing` once; returns the order every shard must get (the
+    /// announcement is encoded here, once, with one id for every recipient).
+    pub fn begin_shutdown(&self, grace: Duration, announce: Option<&str>) -> Option<ShutdownOrder> {
+        if !self.advance_phase(Phase::Closing) {
+            return None;
+        }
+        let announce = announce.map(|event| {
+            let data = format!("{{\"graceMs\":{}}}", grace.as_millis());
+            crate::sse::frame::encode(&self.ids.next(), Some(event), data.as_bytes())
+        });
+        Some(ShutdownOrder { grace, announce })
+    }
+
+    /// Sends from a thread that may block briefly (signal thread, start-up).
+    pub fn send_blocking(&self, shard: usize, mut envelope: Envelope) {
+        while let Err(back) = self.inboxes[shard].try_send(envelope) {
+            envelope = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// What every shard must do to shut down.
+#[derive(Debug, Clone)]
+pub struct ShutdownOrder {
+    grace: Duration,
+    announce: Option<Bytes>,
+}
+
+impl ShutdownOrder {
+    /// The envelope carrying this order to one shard.
+    pub fn envelope(&self) -> Envelope {
+        Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
+    }
+}
+
+/// Batch buffers kept for reuse; beyond this many concurrent writers, buffers are freed after use.
+const BATCH_POOL_MAX: usize = 4096;
+
+/// The mutable state of one shard.
+pub struct ShardState {
+    /// Subscribers by slab key.
+    pub conns: Slab<Conn>,
+    /// User and room indexes.
+    pub registry: Registry,
+    batches: Vec<FrameBatch>,
+    queue_items_max: usize,
+    queue_bytes_max: usize,
+}
+
+/// A reply awaited by a task on this shard.
+struct Pending {
+    generation: u64,
+    remaining: usize,
+    values: Vec<Vec<u64>>,
+    waker: Option<Waker>,
+}
+
+/// One shard: its id, its state, and the means to reach the others.
+pub struct ShardCtx {
+    /// Shard id (index into `Shared::inboxes` and `Shared::stats`).
+    pub id: usize,
+    /// State shared with all threads.
+    pub shared: Arc<Shared>,
+    /// This shard's connections and indexes; never borrowed across `.await`.
+    pub state: RefCell<ShardState>,
+    limits: QueueLimits,
+    pending: RefCell<Slab<Pending>>,
+    generation: Cell<u64>,
+    started: Instant,
+    clock_ms: Cell<u64>,
+}
+
+impl ShardCtx {
+    /// The context of shard `id`.
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
+        let config = &shared.config;
+        let limits = QueueLimits {
+            max_items: config.max_queue_items.get(),
+            max_bytes: config.max_queue_bytes.get(),
+            policy: config.drop_policy,
+        };
+        Rc::new(ShardCtx {
+            id,
+            limits,
+            state: RefCell::new(ShardState {
+                conns: Slab::new(),
+                registry: Registry::default(),
+                batches: Vec::new(),
+                queue_items_max: 0,
+                queue_bytes_max: 0,
+            }),
+            shared,
+            pending: RefCell::new(Slab::new()),
+            generation: Cell::new(0),
+            started: Instant::now(),
+            clock_ms: Cell::new(0),
+        })
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Milliseconds since the shard started, as of the last heartbeat tick.
+    pub fn now_ms(&self) -> u64 {
+        self.clock_ms.get()
+    }
+
+    /// Advances the coarse clock (once per heartbeat tick, not per write).
+    pub fn tick_clock(&self) -> u64 {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.clock_ms.set(now);
+        now
+    }
+
+    /// Takes a subscriber whose request was accepted: registers it here when
+    /// this shard owns its user (or it is anonymous), else moves the socket
+    /// and the request to the owner's inbox.
+    pub async fn subscribe(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
+        let owner = subscription.user.as_deref().map_or(self.id, |user| self.shared.owner(user));
+        if owner == self.id {
+            self.register(stream, subscription);
+            return;
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        self.send(owner, Envelope::Subscriber { fd, subscription }).await;
+    }
+
+    /// Registers a subscriber on its owning shard and starts its writer.
+    fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
+            if state.registry.user(user).len() >= limit.get() {
+                drop_connection_slot(&self.shared);
+                ShardStats::add(&self.stats().errors, 1);
+                let refusal = Response::error(
+                    429,
+                    "too_many_connections",
+                    format!("user already holds {limit} connections (--max-connections-per-user)"),
+                );
+                monoio::spawn(writer::answer_and_close(stream, refusal));
+                return;
+            }
+        }
+        let entry = state.conns.vacant_entry();
+        let key = entry.key();
+        let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
+        let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
+        let conn = entry.insert(Conn::new(user, rooms, self.now_ms()));
+        conn.push_control(subscription.preamble);
+        let stats = self.stats();
+        ShardStats::add(&stats.subscribes, 1);
+        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        monoio::spawn(writer::serve(self.clone(), key, stream));
+    }
+
+    /// Forgets a connection whose writer ended.
+    pub(crate) fn unregister(&self, key: usize) {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let conn = state.conns.remove(key);
+        if let Some(user) = &conn.user {
+            state.registry.remove_user(user, key);
+        }
+        for room in &conn.rooms {
+            state.registry.remove_member(room, key);
+        }
+        drop_connection_slot(&self.shared);
+        let stats = self.stats();
+        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes frames in order and returns, per delivery, the number of
+    /// connections it was queued to across all shards.
+    pub async fn publish(self: &Rc<Self>, deliveries: Vec<Delivery>) -> Vec<u64> {
+        let shards = self.shared.shard_count();
+        let mut totals = vec![0u64; deliveries.len()];
+        let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut routes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
+        for (index, delivery) in deliveries.into_iter().enumerate() {
+            match &delivery.target {
+                Target::User(user) => {
+                    let owner = self.shared.owner(user);
+                    routes[owner].push(index);
+                    per_shard[owner].push(delivery);
+                }
+                Target::Room(_) | Target::All => {
+                    for shard in 0..shards {
+                        routes[shard].push(index);
+                        per_shard[shard].push(delivery.clone());
+                    }
+                }
+            }
+        }
+        let local = std::mem::take(&mut per_shard[self.id]);
+        for (delivery, &index) in local.iter().zip(&routes[self.id]) {
+            totals[index] += self.deliver(&delivery.target, &delivery.frame);
+        }
+        let remote: Vec<usize> = (0..shards).filter(|&s| s != self.id && !per_shard[s].is_empty()).collect();
+        if !remote.is_empty() {
+            let replies = self
+                .ask(&remote, |shard, reply| Envelope::Deliver {
+                    deliveries: std::mem::take(&mut per_shard[shard]),
+                    reply: Some(reply),
+                })
+                .await;
+            for (shard, counts) in remote.iter().zip(replies) {
+                for (&index, count) in routes[*shard].iter().zip(counts) {
+                    totals[index] += count;
+                }
+            }
+        }
+        totals
+    }
+
+    /// Queues `frame` to the local connections `target` names; returns how many.
+    pub fn deliver(&self, target: &Target, frame: &Bytes) -> u64 {
+        let mut state = self.state.borrow_mut();
+        let ShardState { conns, registry, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let mut tally = Tally::default();
+        let mut push = |conn: &mut Conn| {
+            if conn.closing.is_some() {
+                return;
+            }
+            match conn.queue.push(frame.clone(), &self.limits) {
+                Pushed::Queued { dropped_oldest } => {
+                    tally.queued += 1;
+                    tally.dropped_oldest += dropped_oldest as u64;
+                    conn.notify();
+                    if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
+                        *queue_items_max = (*queue_items_max).max(conn.queue.items());
+                        *queue_bytes_max = (*queue_bytes_max).max(conn.queue.bytes());
+                        tally.raised_marks = true;
+                    }
+                }
+                Pushed::DroppedNewest => tally.dropped_newest += 1,
+                Pushed::Overflow => {
+                    tally.overflowed += 1;
+                    conn.close(Closing::Now);
+                }
+            }
+        };
+        match target {
+            Target::User(user) => {
+                for &key in registry.user(user) {
+                    push(&mut conns[key]);
+                }
+            }
+            Target::Room(room) => {
+                for &key in registry.room(room).into_iter().flatten() {
+                    push(&mut conns[key]);
+                }
+            }
+            Target::All => {
+                for (_, conn) in conns.iter_mut() {
+                    push(conn);
+                }
+            }
+        }
+        let stats = self.stats();
+        ShardStats::add(&stats.sent, tally.queued);
+        ShardStats::add(&stats.dropped_oldest, tally.dropped_oldest);
+        ShardStats::add(&stats.dropped_newest, tally.dropped_newest);
+        ShardStats::add(&stats.disconnected_by_backpressure, tally.overflowed);
+        if tally.raised_marks {
+            ShardStats::raise(&stats.queue_items_max, *queue_items_max as u64);
+            ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
+        }
+        tally.queued
+    }
+
+    /// Closes the local connections of `user` (or all) after their queues
+    /// flush; returns how many.
+    pub fn close_local(&self, user: Option<&str>) -> u64 {
+        let mut state = self.state.borrow_mut();
+        let ShardState { conns, registry, .. } = &mut *state;
+        match user {
+            Some(user) => {
+                let keys: SmallVec<[usize; 4]> = registry.user(user).iter().copied().collect();
+                for &key in &keys {
+                    conns[key].close(Closing::AfterFlush);
+                }
+                keys.len() as u64
+            }
+            None => {
+                for (_, conn) in conns.iter_mut() {
+                    conn.close(Closing::AfterFlush);
+                }
+                conns.len() as u64
+            }
+        }
+    }
+
+    /// Closes connections of `user` (on its owner) or of everyone (all shards).
+    pub async fn close(self: &Rc<Self>, user: Option<&str>) -> u64 {
+        let shards: Vec<usize> = match user {
+            Some(user) => vec![self.shared.owner(user)],
+            None => (0..self.shared.shard_count()).collect(),
+        };
+        let mut closed = 0;
+        let remote: Vec<usize> = shards.iter().copied().filter(|&s| s != self.id).collect();
+        if shards.contains(&self.id) {
+            closed += self.close_local(user);
+        }
+        if !remote.is_empty() {
+            let user: Option<Box<str>> = user.map(Box::from);
+            let replies = self.ask(&remote, |_, reply| Envelope::Close { user: user.clone(), reply }).await;
+            closed += replies.iter().flatten().sum::<u64>();
+        }
+        closed
+    }
+
+    /// Distinct rooms with members on any shard (each shard sends its names' hashes).
+    pub async fn distinct_rooms(self: &Rc<Self>) -> u64 {
+        let all: Vec<usize> = (0..self.shared.shard_count()).collect();
+        let replies = self.ask(&all, |_, reply| Envelope::RoomHashes { reply }).await;
+        let mut seen = ahash::AHashSet::new();
+        seen.extend(replies.into_iter().flatten());
+        seen.len() as u64
+    }
+
+    /// Hashes of the room names with members here.
+    fn room_hashes(&self) -> Vec<u64> {
+        let state = self.state.borrow();
+        state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
+    }
+
+    /// Starts the shutdown of this shard: the announcement to every stream,
+    /// then closes spread evenly over `grace`, then a report to the main thread.
+    pub fn shutdown(self: &Rc<Self>, grace: Duration, announce: Option<Bytes>) {
+        if let Some(frame) = announce {
+            let mut state = self.state.borrow_mut();
+            let count = state.conns.len() as u64;
+            for (_, conn) in state.conns.iter_mut() {
+                conn.push_control(frame.clone());
+            }
+            ShardStats::add(&self.stats().sent, count);
+        }
+        monoio::spawn(close_spread(self.clone(), grace));
+    }
+
+    /// Sends `envelope` to `shard`, waiting while its inbox is full.
+    pub async fn send(&self, shard: usize, mut envelope: Envelope) {
+        loop {
+            match self.shared.inboxes[shard].try_send(envelope) {
+                Ok(()) => return,
+                Err(back) => {
+                    envelope = back;
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends one request per shard in `shards` and waits for all replies, in
+    /// the order of `shards`.
+    pub async fn ask(
+        self: &Rc<Self>,
+        shards: &[usize],
+        mut request: impl FnMut(usize, ReplyTo) -> Envelope,
+    ) -> Vec<Vec<u64>> {
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        let slot = self.pending.borrow_mut().insert(Pending {
+            generation,
+            remaining: shards.len(),
+            values: vec![Vec::new(); shards.len()],
+            waker: None,
+        });
+        let guard = PendingGuard { ctx: self, slot };
+        for (position, &shard) in shards.iter().enumerate() {
+            let reply = ReplyTo { shard: self.id, slot, generation, position };
+            self.send(shard, request(shard, reply)).await;
+        }
+        let values = std::future::poll_fn(|cx| {
+            let mut pending = self.pending.borrow_mut();
+            let entry = &mut pending[slot];
+            if entry.remaining == 0 {
+                Poll::Ready(std::mem::take(&mut entry.values))
+            } else {
+                entry.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        drop(guard);
+        values
+    }
+
+    /// Handles one envelope from the inbox.
+    pub fn handle(self: &Rc<Self>, envelope: Envelope) {
+        match envelope {
+            Envelope::Subscriber { fd, subscription } => {
+                ShardStats::add(&self.stats().moved_in, 1);
+                match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                    Ok(stream) => self.register(stream, subscription),
+                    Err(error) => {
+                        drop_connection_slot(&self.shared);
+                        ShardStats::add(&self.stats().errors, 1);
+                        crate::log!(Warn, "could not adopt a moved subscriber", error = error);
+                    }
+                }
+            }
+            Envelope::Deliver { deliveries, reply } => {
+                let counts = deliveries.iter().map(|d| self.deliver(&d.target, &d.frame)).collect();
+                if let Some(reply) = reply {
+                    self.reply(reply, counts);
+                }
+            }
+            Envelope::Close { user, reply } => {
+                let closed = self.close_local(user.as_deref());
+                self.reply(reply, vec![closed]);
+            }
+            Envelope::RoomHashes { reply } => {
+                let hashes = self.room_hashes();
+                self.reply(reply, hashes);
+            }
+            Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
+            Envelope::Reply { to, values } => {
+                let mut pending = self.pending.borrow_mut();
+                if let Some(entry) = pending.get_mut(to.slot).filter(|e| e.generation == to.generation) {
+                    entry.values[to.position] = values;
+                    entry.remaining -= 1;
+                    if entry.remaining == 0 {
+                        if let Some(waker) = entry.waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(self: &Rc<Self>, to: ReplyTo, values: Vec<u64>) {
+        let envelope = Envelope::Reply { to, values };
+        if to.shard == self.id {
+            self.handle(envelope);
+        } else if let Err(back) = self.shared.inboxes[to.shard].try_send(envelope) {
+            let ctx = self.clone();
+            monoio::spawn(async move { ctx.send(to.shard, back).await });
+        }
+    }
+
+    /// A batch buffer from the pool (writers hold one only while writing).
+    pub(crate) fn take_batch(&self) -> FrameBatch {
+        self.state.borrow_mut().batches.pop().unwrap_or_default()
+    }
+
+    /// Returns a drained batch buffer to the pool.
+    pub(crate) fn return_batch(&self, mut batch: FrameBatch) {
+        batch.clear();
+        let mut state = self.state.borrow_mut();
+        if state.batches.len() < BATCH_POOL_MAX {
+            state.batches.push(batch);
+        }
+    }
+}
+
+/// Counts of one fan-out, added to the shard's counters once at the end.
+#[derive(Default)]
+struct Tally {
+    queued: u64,
+    dropped_oldest: u64,
+    dropped_newest: u64,
+    overflowed: u64,
+    raised_marks: bool,
+}
+
+/// Removes a pending reply slot when its task ends, even when cancelled.
+struct PendingGuard<'a> {
+    ctx: &'a ShardCtx,
+    slot: usize,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.pending.borrow_mut().remove(self.slot);
+    }
+}
+
+fn drop_connection_slot(shared: &Shared) {
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Closes this shard's connections one by one, evenly over `grace`, so that
+/// clients do not all reconnect at the same instant; then reports drained.
+async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
+    let keys: Vec<usize> = ctx.state.borrow().conns.iter().map(|(key, _)| key).collect();
+    let start = Instant::now();
+    let step = grace.checked_div(keys.len().max(1) as u32).unwrap_or_default();
+    for (index, key) in keys.iter().enumerate() {
+        let due = start + step * index as u32;
+        let now = Instant::now();
+        if due > now + Duration::from_millis(5) {
+            monoio::time::sleep(due - now).await;
+        }
+        if let Some(conn) = ctx.state.borrow_mut().conns.get_mut(*key) {
+            conn.close(Closing::AfterFlush);
+        }
+    }
+    // Anything that subscribed meanwhile (moved in flight) closes too.
+    ctx.close_local(None);
+    let deadline = start + grace + Duration::from_secs(2);
+    while !ctx.state.borrow().conns.is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = ctx.shared.lifecycle.send(LifecycleEvent::Drained(ctx.id));
+}

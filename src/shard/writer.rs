@@ -1,0 +1,177 @@
+//! The task that owns a subscriber's socket: drains its queue with vectored
+//! writes and notices a client that goes away.
+//!
+//! One task per connection does both jobs: it waits on a pending read (which
+//! completes only when the client closes or misbehaves) and on its queue, and
+//! while writing it still watches both, so a hang-up or an overflow close
+//! interrupts even a write that is stuck on a full socket.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes};
+use monoio::buf::IoVecBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::tcp::TcpOwnedReadHalf;
+use monoio::net::TcpStream;
+
+use super::conn::Work;
+use super::ShardCtx;
+use crate::http::response::Response;
+use crate::metrics::ShardStats;
+
+/// Frames per `writev`: plenty to empty a typical queue in one syscall while
+/// keeping the iovec array small (IOV_MAX is 1024).
+pub const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Bytes read at a time from a subscriber, which should send nothing at all.
+const HANGUP_READ: usize = 16;
+
+/// Frames being written and their iovecs; monoio owns it during the write,
+/// so the iovecs point into `Bytes` that cannot move or be freed meanwhile.
+#[derive(Default)]
+pub struct FrameBatch {
+    frames: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+}
+
+impl FrameBatch {
+    /// Drops the frames, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.iovecs.clear();
+    }
+
+    fn prepare(&mut self) {
+        self.iovecs.clear();
+        self.iovecs.extend(
+            self.frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }),
+        );
+    }
+
+    /// Accounts `written` bytes: drops whole frames, advances a partial one.
+    /// Returns the number of whole frames written.
+    fn consume(&mut self, mut written: usize) -> usize {
+        let mut done = 0;
+        for frame in &mut self.frames {
+            if written >= frame.len() {
+                written -= frame.len();
+                done += 1;
+            } else {
+                frame.advance(written);
+                break;
+            }
+        }
+        self.frames.drain(..done);
+        done
+    }
+}
+
+// SAFETY: the iovecs describe `frames`, which the batch owns and keeps alive
+// and unmoved (heap data of `Bytes`) for as long as the runtime holds it.
+unsafe impl IoVecBuf for FrameBatch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len()
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Finished,
+    Aborted,
+    HungUp,
+    WriteFailed,
+}
+
+/// Serves the connection registered under `key` until it ends, then unregisters it.
+pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
+    let (reader, mut writer) = stream.into_split();
+    let mut hangup = pin!(watch_hangup(reader));
+    let end = 'serve: loop {
+        let work = poll_fn(|cx| {
+            if hangup.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            ctx.state.borrow_mut().conns[key].poll_work(cx).map(Some)
+        })
+        .await;
+        match work {
+            None => break End::HungUp,
+            Some(Work::Abort) => break End::Aborted,
+            Some(Work::Finish) => break End::Finished,
+            Some(Work::Write) => {}
+        }
+        let mut batch = ctx.take_batch();
+        ctx.state.borrow_mut().conns[key].queue.take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
+        while !batch.frames.is_empty() {
+            batch.prepare();
+            let mut write = pin!(writer.writev(batch));
+            let outcome = poll_fn(|cx| {
+                if let Poll::Ready(result) = write.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(result));
+                }
+                if hangup.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(End::HungUp));
+                }
+                if ctx.state.borrow_mut().conns[key].poll_abort(cx) {
+                    return Poll::Ready(Err(End::Aborted));
+                }
+                Poll::Pending
+            })
+            .await;
+            let (result, returned) = match outcome {
+                Ok(completed) => completed,
+                Err(end) => break 'serve end,
+            };
+            batch = returned;
+            match result {
+                Ok(0) | Err(_) => break 'serve End::WriteFailed,
+                Ok(written) => {
+                    let frames = batch.consume(written);
+                    let mut state = ctx.state.borrow_mut();
+                    let conn = &mut state.conns[key];
+                    conn.queue.written(frames, written);
+                    conn.last_write_ms = ctx.now_ms();
+                }
+            }
+        }
+        ctx.return_batch(batch);
+    };
+    if end == End::Finished {
+        let _ = writer.shutdown().await;
+    }
+    if end == End::WriteFailed {
+        ShardStats::add(&ctx.stats().errors, 1);
+    }
+    ctx.unregister(key);
+}
+
+/// Completes when the client closes its side or the socket fails. A
+/// subscriber has nothing to say after its request, so anything it sends is
+/// read and ignored.
+async fn watch_hangup(mut reader: TcpOwnedReadHalf) {
+    let mut buf = Vec::with_capacity(HANGUP_READ);
+    loop {
+        let (result, returned) = reader.read(buf).await;
+        buf = returned;
+        buf.clear();
+        match result {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes a refusal and closes (a subscriber refused on its owner shard).
+pub async fn answer_and_close(mut stream: TcpStream, response: Response) {
+    let bytes = response.closing().encode(false, false).freeze();
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.shutdown().await;
+}

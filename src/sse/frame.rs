@@ -1,0 +1,141 @@
+//! Encodes one published message into one SSE frame, once, as shared `Bytes`.
+//!
+//! Every recipient on every shard gets a clone of the same `Bytes` (a reference
+//! count), so the cost of encoding is paid once per message, not per recipient.
+//! Field rules follow the WHATWG HTML "Server-sent events" parsing algorithm:
+//! lines end at CRLF, LF or CR, so a payload line break of any kind becomes a
+//! new `data:` line and the browser rejoins them with LF.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The heartbeat comment; static, so a ping costs no allocation.
+pub const PING: Bytes = Bytes::from_static(b": ping\n\n");
+
+/// Why a field cannot go into a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldError {
+    /// CR, LF or NUL would end or corrupt the field line.
+    LineBreakOrNul,
+}
+
+/// Event names and ids are single-line fields: CR/LF would start a new field and
+/// NUL makes browsers ignore the id (WHATWG: "If the field value does not contain
+/// U+0000 NULL, then set the last event ID buffer").
+pub fn check_field(value: &str) -> Result<(), FieldError> {
+    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        Err(FieldError::LineBreakOrNul)
+    } else {
+        Ok(())
+    }
+}
+
+/// Size of the frame [`encode`] would produce, without producing it (for the
+/// `--max-payload` check before any allocation).
+pub fn encoded_len(id: &str, event: Option<&str>, data: &[u8]) -> usize {
+    let mut len = 4 + id.len() + 1;
+    if let Some(event) = event.filter(|e| *e != "message") {
+        len += 7 + event.len() + 1;
+    }
+    for line in Lines::new(data) {
+        len += 6 + line.len() + 1;
+    }
+    len + 1
+}
+
+/// Encodes `id`, `event` (omitted when absent or `message`, the browser's default)
+/// and `data` split into lines. Fields must have passed [`check_field`].
+pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(encoded_len(id, event, data));
+    out.put_slice(b"id: ");
+    out.put_slice(id.as_bytes());
+    out.put_u8(b'\n');
+    if let Some(event) = event.filter(|e| *e != "message") {
+        out.put_slice(b"event: ");
+        out.put_slice(event.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in Lines::new(data) {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The `retry:` preamble every stream starts with.
+pub fn retry(millis: u128) -> Bytes {
+    Bytes::from(format!("retry: {millis}\n\n"))
+}
+
+/// Splits on CRLF, CR and LF; yields a final empty line after a trailing break,
+/// and one empty line for empty input (so an empty payload still dispatches).
+struct Lines<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Lines { rest: Some(data) }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+            Some(at) => {
+                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') { 2 } else { 1 };
+                self.rest = Some(&rest[at + skip..]);
+                Some(&rest[..at])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: &str, event: Option<&str>, data: &str) -> String {
+        let bytes = encode(id, event, data.as_bytes());
+        assert_eq!(bytes.len(), encoded_len(id, event, data.as_bytes()));
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn single_line() {
+        assert_eq!(frame("1", None, "hello"), "id: 1\ndata: hello\n\n");
+        assert_eq!(frame("1", Some("message"), "hello"), "id: 1\ndata: hello\n\n");
+        assert_eq!(frame("7", Some("notify"), "{\"a\":1}"), "id: 7\nevent: notify\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn every_line_break_splits() {
+        assert_eq!(frame("1", None, "a\nb"), "id: 1\ndata: a\ndata: b\n\n");
+        assert_eq!(frame("1", None, "a\r\nb"), "id: 1\ndata: a\ndata: b\n\n");
+        assert_eq!(frame("1", None, "a\rb"), "id: 1\ndata: a\ndata: b\n\n");
+        assert_eq!(frame("1", None, "a\r\rb"), "id: 1\ndata: a\ndata: \ndata: b\n\n");
+    }
+
+    #[test]
+    fn trailing_and_empty_lines_are_kept() {
+        assert_eq!(frame("1", None, "a\n"), "id: 1\ndata: a\ndata: \n\n");
+        assert_eq!(frame("1", None, ""), "id: 1\ndata: \n\n");
+        assert_eq!(frame("1", None, "\r\n"), "id: 1\ndata: \ndata: \n\n");
+    }
+
+    #[test]
+    fn fields_reject_breaks_and_nul() {
+        assert!(check_field("ok name").is_ok());
+        assert!(check_field("a\nb").is_err());
+        assert!(check_field("a\rb").is_err());
+        assert!(check_field("a\0b").is_err());
+    }
+}
