@@ -109,7 +109,12 @@ pub struct Cli {
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_BYTES", default_value = DEFAULT_MAX_QUEUE_BYTES)]
     pub max_queue_bytes: String,
     /// What a full queue does to the next frame.
-    #[arg(long, env = "SSEKIFY_DROP_POLICY", value_enum, default_value = "oldest")]
+    #[arg(
+        long,
+        env = "SSEKIFY_DROP_POLICY",
+        value_enum,
+        default_value = "oldest"
+    )]
     pub drop_policy: DropPolicy,
     /// Subscribers the instance holds at most; 0 = no limit (503 above).
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS", default_value_t = 0)]
@@ -129,6 +134,9 @@ pub struct Cli {
     /// How long a keep-alive api connection may sit between requests.
     #[arg(long, env = "SSEKIFY_IDLE_TIMEOUT", default_value = "75s")]
     pub idle_timeout: String,
+    /// A stream whose socket accepts no bytes for this long is closed (stalled or vanished client).
+    #[arg(long, env = "SSEKIFY_WRITE_TIMEOUT", default_value = "30s")]
+    pub write_timeout: String,
     /// Time over which shutdown spreads the closes of streams.
     #[arg(long, env = "SSEKIFY_SHUTDOWN_GRACE", default_value = "5s")]
     pub shutdown_grace: String,
@@ -185,6 +193,8 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Keep-alive idle deadline.
     pub idle_timeout: Duration,
+    /// Stalled-write deadline.
+    pub write_timeout: Duration,
     /// Spread of closes on shutdown.
     pub shutdown_grace: Duration,
     /// Listen backlog.
@@ -206,7 +216,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(flag: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError { flag, reason: reason.into() }
+        ConfigError {
+            flag,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -221,7 +234,9 @@ impl std::error::Error for ConfigError {}
 /// Parses `500ms`, `15s`, `30m`, `2h`; a bare number is milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits
         .parse()
@@ -241,7 +256,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `4096`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: usize = digits
         .parse()
@@ -251,7 +268,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{text}` has an unknown unit; use B, KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit; use B, KiB, MiB or GiB"
+            ))
+        }
     };
     value
         .checked_mul(factor)
@@ -268,7 +289,10 @@ fn size(flag: &'static str, text: &str) -> Result<usize, ConfigError> {
 
 fn address(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse().map_err(|_| {
-        ConfigError::new(flag, format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081"))
+        ConfigError::new(
+            flag,
+            format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081"),
+        )
     })
 }
 
@@ -289,6 +313,12 @@ impl TryFrom<Cli> for Config {
                 format!("{api_listen} is reachable from other hosts, so --api-key (SSEKIFY_API_KEY) is required"),
             ));
         }
+        if api_key.is_none() && listen == api_listen && listen.port() != 0 {
+            return Err(ConfigError::new(
+                "api-listen",
+                "equals --listen, so publish and admin routes would be public: --api-key is required",
+            ));
+        }
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let shards = positive("shards", cli.shards.unwrap_or(cores))?;
         if shards.get() > 1024 {
@@ -304,10 +334,17 @@ impl TryFrom<Cli> for Config {
         }
         let max_head = size("max-head", &cli.max_head)?;
         if !(512..=1 << 20).contains(&max_head) {
-            return Err(ConfigError::new("max-head", "must be between 512B and 1MiB"));
+            return Err(ConfigError::new(
+                "max-head",
+                "must be between 512B and 1MiB",
+            ));
         }
-        if cli.max_headers == 0 || cli.max_headers > 1024 {
-            return Err(ConfigError::new("max-headers", "must be between 1 and 1024"));
+        let header_cap = crate::http::request::MAX_HEADERS_LIMIT;
+        if cli.max_headers == 0 || cli.max_headers > header_cap {
+            return Err(ConfigError::new(
+                "max-headers",
+                format!("must be between 1 and {header_cap}"),
+            ));
         }
         if cli.backlog <= 0 {
             return Err(ConfigError::new("backlog", "must be at least 1"));
@@ -323,7 +360,10 @@ impl TryFrom<Cli> for Config {
             max_payload,
             max_batch_body: size("max-batch-body", &cli.max_batch_body)?,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
-            max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
+            max_queue_bytes: positive(
+                "max-queue-bytes",
+                size("max-queue-bytes", &cli.max_queue_bytes)?,
+            )?,
             drop_policy: cli.drop_policy,
             max_connections: NonZeroUsize::new(cli.max_connections),
             max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
@@ -331,6 +371,7 @@ impl TryFrom<Cli> for Config {
             max_headers: cli.max_headers,
             read_timeout: duration("read-timeout", &cli.read_timeout)?,
             idle_timeout: duration("idle-timeout", &cli.idle_timeout)?,
+            write_timeout: duration("write-timeout", &cli.write_timeout)?,
             shutdown_grace: duration("shutdown-grace", &cli.shutdown_grace)?,
             backlog: cli.backlog,
             io_driver: cli.io_driver,
@@ -341,9 +382,10 @@ impl TryFrom<Cli> for Config {
 }
 
 impl Config {
-    /// True when both route sets share one listener (api routes then need the key).
+    /// True when both route sets share one listener (api routes then need the
+    /// key). Port 0 asks for two fresh ports, so it never means "shared".
     pub fn shared_listener(&self) -> bool {
-        self.listen == self.api_listen
+        self.listen == self.api_listen && self.listen.port() != 0
     }
 }
 
@@ -381,7 +423,8 @@ mod tests {
     fn public_api_listener_needs_a_key() {
         let err = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081"])).unwrap_err();
         assert!(err.to_string().starts_with("--api-listen:"), "{err}");
-        let config = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
+        let config =
+            Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
         assert_eq!(config.api_key.as_deref(), Some("k"));
     }
 

@@ -14,7 +14,9 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), Response> {
     if valid {
         Ok(())
     } else {
-        Err(invalid(format!("{kind} must be 1-{MAX_NAME} bytes without control characters, ',' or '/'")))
+        Err(invalid(format!(
+            "{kind} must be 1-{MAX_NAME} bytes without control characters, ',' or '/'"
+        )))
     }
 }
 

@@ -34,11 +34,19 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
     let shared = &ctx.shared;
     let config = &shared.config;
     if shared.phase() != Phase::Running {
-        return Err(Response::error(503, "not_accepting", "the server is not accepting new subscribers")
-            .header("Retry-After", "1"));
+        return Err(Response::error(
+            503,
+            "not_accepting",
+            "the server is not accepting new subscribers",
+        )
+        .header("Retry-After", "1"));
     }
     if !accepts_event_stream(request.header("accept")) {
-        return Err(Response::error(406, "not_acceptable", "this route only produces text/event-stream"));
+        return Err(Response::error(
+            406,
+            "not_acceptable",
+            "this route only produces text/event-stream",
+        ));
     }
     let params = query_params(request)?;
     let user = param(&params, "userId").filter(|u| !u.is_empty());
@@ -55,28 +63,42 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
         }
     }
     if rooms.len() > MAX_ROOMS_PER_CONNECTION {
-        return Err(super::names::invalid(format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
+        return Err(super::names::invalid(format!(
+            "at most {MAX_ROOMS_PER_CONNECTION} rooms per connection"
+        )));
     }
     if request.method == Method::Head {
-        return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
-            .header("Cache-Control", "no-cache, no-transform")
-            .closing());
+        return Err(
+            Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
+                .header("Cache-Control", "no-cache, no-transform")
+                .closing(),
+        );
     }
     let open = shared.connections.fetch_add(1, Ordering::AcqRel);
     if let Some(limit) = config.max_connections {
         if open >= limit.get() {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err(Response::error(503, "at_capacity", format!("the server holds {limit} subscribers (--max-connections)"))
-                .header("Retry-After", "1"));
+            return Err(Response::error(
+                503,
+                "at_capacity",
+                format!("the server holds {limit} subscribers (--max-connections)"),
+            )
+            .header("Retry-After", "1"));
         }
     }
-    Ok(Subscription { user: user.map(str::to_owned), rooms, preamble: preamble(ctx) })
+    Ok(Subscription {
+        user: user.map(str::to_owned),
+        rooms,
+        preamble: preamble(ctx),
+    })
 }
 
 /// RFC 9110 §12.5.1: no Accept, or one admitting `text/event-stream`,
 /// `text/*` or `*/*`, is fine.
 fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
-    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else { return true };
+    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else {
+        return true;
+    };
     accept.split(',').any(|range| {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -97,7 +119,9 @@ fn preamble(ctx: &ShardCtx) -> Bytes {
           X-Accel-Buffering: no\r\n",
     );
     if let Some(origin) = &config.cors_origin {
-        out.put_slice(format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes());
+        out.put_slice(
+            format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes(),
+        );
         if origin != "*" {
             out.put_slice(b"Access-Control-Allow-Credentials: true\r\n");
         }
@@ -112,7 +136,10 @@ pub fn cors_preflight(response: Response, origin: &str) -> Response {
     let response = response
         .header("Access-Control-Allow-Origin", origin)
         .header("Access-Control-Allow-Methods", "GET, OPTIONS")
-        .header("Access-Control-Allow-Headers", "Last-Event-ID, Authorization, Cache-Control")
+        .header(
+            "Access-Control-Allow-Headers",
+            "Last-Event-ID, Authorization, Cache-Control",
+        )
         .header("Access-Control-Max-Age", "600")
         .header("Vary", "Origin");
     if origin == "*" {

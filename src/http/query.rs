@@ -7,8 +7,13 @@ pub struct DecodeError;
 
 /// Decodes `%XX` escapes (and `+` when `plus_is_space`) and checks UTF-8.
 pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
-    if !raw.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
-        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError);
+    if !raw
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -77,12 +82,18 @@ mod tests {
     #[test]
     fn query_pairs_and_segments() {
         let query = pairs(b"userId=al%69ce&rooms=a,b&flag&&x=").unwrap();
-        assert_eq!(query, vec![
-            ("userId".into(), "alice".into()),
-            ("rooms".into(), "a,b".into()),
-            ("flag".into(), "".into()),
-            ("x".into(), "".into()),
-        ]);
-        assert_eq!(segments(b"/v1/users/a%2Fb/events").unwrap(), vec!["v1", "users", "a/b", "events"]);
+        assert_eq!(
+            query,
+            vec![
+                ("userId".into(), "alice".into()),
+                ("rooms".into(), "a,b".into()),
+                ("flag".into(), "".into()),
+                ("x".into(), "".into()),
+            ]
+        );
+        assert_eq!(
+            segments(b"/v1/users/a%2Fb/events").unwrap(),
+            vec!["v1", "users", "a/b", "events"]
+        );
     }
 }

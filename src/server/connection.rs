@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -23,7 +24,10 @@ const READ_CHUNK: usize = 8 * 1024;
 /// close, an error ends it, or the socket becomes a stream.
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
     let config = &ctx.shared.config;
-    let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
+    let limits = HeadLimits {
+        max_head: config.max_head,
+        max_headers: config.max_headers,
+    };
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
@@ -51,7 +55,9 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
             }
             Routed::Response(response) => {
                 let keep_alive = request.keep_alive && !response.close;
-                let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
+                let bytes = response
+                    .encode(request.method == Method::Head, keep_alive)
+                    .freeze();
                 let (result, _) = stream.write_all(bytes).await;
                 if result.is_err() || !keep_alive {
                     break;
@@ -72,7 +78,9 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
         return;
     }
     let response = Response::error(error.status(), error.code(), error.to_string()).closing();
-    let _ = stream.write_all(response.encode(false, false).freeze()).await;
+    let _ = stream
+        .write_all(response.encode(false, false).freeze())
+        .await;
 }
 
 /// Reads until a whole head is buffered. The wait for a request's first byte
@@ -88,7 +96,12 @@ async fn read_head(
 ) -> Result<Option<Request>, Error> {
     let config = &ctx.shared.config;
     let mut receiving = first;
-    let mut deadline = Instant::now() + if first { config.read_timeout } else { config.idle_timeout };
+    let mut deadline = Instant::now()
+        + if first {
+            config.read_timeout
+        } else {
+            config.idle_timeout
+        };
     loop {
         if !buf.is_empty() {
             if let Some(request) = request::parse(buf, limits)? {
@@ -111,7 +124,12 @@ async fn read_head(
 }
 
 /// Reads the body the head announced, within `--read-timeout`.
-async fn read_body(stream: &mut TcpStream, buf: &mut BytesMut, request: &Request, ctx: &ShardCtx) -> Result<BytesMut, Error> {
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: &Request,
+    ctx: &ShardCtx,
+) -> Result<BytesMut, Error> {
     let limit = api::body_limit(request, &ctx.shared.config);
     let mut decoder = BodyDecoder::new(request.body, limit)?;
     let deadline = Instant::now() + ctx.shared.config.read_timeout;
@@ -135,11 +153,15 @@ enum ReadOutcome {
 
 async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> ReadOutcome {
     buf.reserve(READ_CHUNK);
-    let owned = std::mem::take(buf);
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    match monoio::time::timeout(remaining, stream.read(owned)).await {
+    // Reads fill from the buffer's start; a slice from `len` appends instead.
+    let filled = buf.len();
+    let spare = std::mem::take(buf).slice_mut(filled..);
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    match monoio::time::timeout(remaining, stream.read(spare)).await {
         Ok((result, returned)) => {
-            *buf = returned;
+            *buf = returned.into_inner();
             match result {
                 Ok(0) | Err(_) => ReadOutcome::Eof,
                 Ok(_) => ReadOutcome::Data,

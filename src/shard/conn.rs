@@ -42,6 +42,8 @@ pub struct Conn {
     pub last_write_ms: u64,
     /// Set once a close was asked for.
     pub closing: Option<Closing>,
+    /// Shard clock (ms) when the write in progress started, if one is.
+    pub writing_since_ms: Option<u64>,
     waker: Option<Waker>,
     parked: bool,
 }
@@ -49,7 +51,16 @@ pub struct Conn {
 impl Conn {
     /// A connection registered at shard time `now_ms`.
     pub fn new(user: Option<Rc<str>>, rooms: SmallVec<[Rc<str>; 2]>, now_ms: u64) -> Self {
-        Conn { user, rooms, queue: FrameQueue::default(), last_write_ms: now_ms, closing: None, waker: None, parked: false }
+        Conn {
+            user,
+            rooms,
+            queue: FrameQueue::default(),
+            last_write_ms: now_ms,
+            closing: None,
+            writing_since_ms: None,
+            waker: None,
+            parked: false,
+        }
     }
 
     /// Wakes the writer if it waits for frames.

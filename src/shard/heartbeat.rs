@@ -2,11 +2,13 @@
 //!
 //! Every tick visits the next slice of the connection slab, sized so the whole
 //! slab is visited once every quarter of `--keep-alive`; a connection idle for
-//! `--keep-alive` therefore gets its `: ping` within 1.25 × keep-alive.
+//! `--keep-alive` therefore gets its `: ping` within 1.25 × keep-alive. The same
+//! visit closes a stream whose write has made no progress for `--write-timeout`.
 
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::conn::Closing;
 use super::ShardCtx;
 use crate::metrics::ShardStats;
 use crate::sse::frame::PING;
@@ -20,6 +22,7 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 pub async fn run(ctx: Rc<ShardCtx>) {
     let keep_alive = ctx.shared.config.keep_alive;
     let keep_alive_ms = keep_alive.as_millis() as u64;
+    let write_timeout_ms = ctx.shared.config.write_timeout.as_millis() as u64;
     let period = keep_alive / 4;
     let tick = (period / 8).clamp(MIN_TICK, MAX_TICK);
     let mut cursor = 0usize;
@@ -33,12 +36,19 @@ pub async fn run(ctx: Rc<ShardCtx>) {
         }
         let visits = (slots as u128 * tick.as_nanos()).div_ceil(period.as_nanos().max(1)) as usize;
         let mut pinged = 0;
+        let mut stalled = 0;
         for _ in 0..visits.min(slots) {
             if cursor >= slots {
                 cursor = 0;
             }
             if let Some(conn) = state.conns.get_mut(cursor) {
-                if conn.closing.is_none()
+                let stuck = conn
+                    .writing_since_ms
+                    .is_some_and(|since| now.saturating_sub(since) >= write_timeout_ms);
+                if stuck && conn.closing != Some(Closing::Now) {
+                    conn.close(Closing::Now);
+                    stalled += 1;
+                } else if conn.closing.is_none()
                     && conn.queue.is_idle()
                     && now.saturating_sub(conn.last_write_ms) >= keep_alive_ms
                 {
@@ -50,5 +60,6 @@ pub async fn run(ctx: Rc<ShardCtx>) {
             cursor += 1;
         }
         ShardStats::add(&ctx.stats().pings, pinged);
+        ShardStats::add(&ctx.stats().write_timeouts, stalled);
     }
 }

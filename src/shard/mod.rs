@@ -174,7 +174,10 @@ pub struct ShutdownOrder {
 impl ShutdownOrder {
     /// The envelope carrying this order to one shard.
     pub fn envelope(&self) -> Envelope {
-        Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
+        Envelope::Shutdown {
+            grace: self.grace,
+            announce: self.announce.clone(),
+        }
     }
 }
 
@@ -263,20 +266,27 @@ impl ShardCtx {
     /// this shard owns its user (or it is anonymous), else moves the socket
     /// and the request to the owner's inbox.
     pub async fn subscribe(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
-        let owner = subscription.user.as_deref().map_or(self.id, |user| self.shared.owner(user));
+        let owner = subscription
+            .user
+            .as_deref()
+            .map_or(self.id, |user| self.shared.owner(user));
         if owner == self.id {
             self.register(stream, subscription);
             return;
         }
         let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
-        self.send(owner, Envelope::Subscriber { fd, subscription }).await;
+        self.send(owner, Envelope::Subscriber { fd, subscription })
+            .await;
     }
 
     /// Registers a subscriber on its owning shard and starts its writer.
     fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
+        if let (Some(limit), Some(user)) = (
+            self.shared.config.max_connections_per_user,
+            &subscription.user,
+        ) {
             if state.registry.user(user).len() >= limit.get() {
                 drop_connection_slot(&self.shared);
                 ShardStats::add(&self.stats().errors, 1);
@@ -291,15 +301,28 @@ impl ShardCtx {
         }
         let entry = state.conns.vacant_entry();
         let key = entry.key();
-        let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
-        let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
+        let user = subscription
+            .user
+            .as_deref()
+            .map(|user| state.registry.add_user(user, key));
+        let rooms = subscription
+            .rooms
+            .iter()
+            .map(|room| state.registry.add_member(room, key))
+            .collect();
         let conn = entry.insert(Conn::new(user, rooms, self.now_ms()));
         conn.push_control(subscription.preamble);
         let stats = self.stats();
         ShardStats::add(&stats.subscribes, 1);
-        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
-        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
-        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        stats
+            .connections
+            .store(state.conns.len() as u64, Ordering::Relaxed);
+        stats
+            .users
+            .store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats
+            .rooms
+            .store(state.registry.room_count() as u64, Ordering::Relaxed);
         monoio::spawn(writer::serve(self.clone(), key, stream));
     }
 
@@ -316,9 +339,15 @@ impl ShardCtx {
         }
         drop_connection_slot(&self.shared);
         let stats = self.stats();
-        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
-        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
-        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        stats
+            .connections
+            .store(state.conns.len() as u64, Ordering::Relaxed);
+        stats
+            .users
+            .store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats
+            .rooms
+            .store(state.registry.room_count() as u64, Ordering::Relaxed);
     }
 
     /// Publishes frames in order and returns, per delivery, the number of
@@ -347,7 +376,9 @@ impl ShardCtx {
         for (delivery, &index) in local.iter().zip(&routes[self.id]) {
             totals[index] += self.deliver(&delivery.target, &delivery.frame);
         }
-        let remote: Vec<usize> = (0..shards).filter(|&s| s != self.id && !per_shard[s].is_empty()).collect();
+        let remote: Vec<usize> = (0..shards)
+            .filter(|&s| s != self.id && !per_shard[s].is_empty())
+            .collect();
         if !remote.is_empty() {
             let replies = self
                 .ask(&remote, |shard, reply| Envelope::Deliver {
@@ -367,7 +398,13 @@ impl ShardCtx {
     /// Queues `frame` to the local connections `target` names; returns how many.
     pub fn deliver(&self, target: &Target, frame: &Bytes) -> u64 {
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, registry, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let ShardState {
+            conns,
+            registry,
+            queue_items_max,
+            queue_bytes_max,
+            ..
+        } = &mut *state;
         let mut tally = Tally::default();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {
@@ -378,7 +415,9 @@ impl ShardCtx {
                     tally.queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
                     conn.notify();
-                    if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
+                    if conn.queue.items() > *queue_items_max
+                        || conn.queue.bytes() > *queue_bytes_max
+                    {
                         *queue_items_max = (*queue_items_max).max(conn.queue.items());
                         *queue_bytes_max = (*queue_bytes_max).max(conn.queue.bytes());
                         tally.raised_marks = true;
@@ -424,7 +463,9 @@ impl ShardCtx {
     /// flush; returns how many.
     pub fn close_local(&self, user: Option<&str>) -> u64 {
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, registry, .. } = &mut *state;
+        let ShardState {
+            conns, registry, ..
+        } = &mut *state;
         match user {
             Some(user) => {
                 let keys: SmallVec<[usize; 4]> = registry.user(user).iter().copied().collect();
@@ -455,7 +496,12 @@ impl ShardCtx {
         }
         if !remote.is_empty() {
             let user: Option<Box<str>> = user.map(Box::from);
-            let replies = self.ask(&remote, |_, reply| Envelope::Close { user: user.clone(), reply }).await;
+            let replies = self
+                .ask(&remote, |_, reply| Envelope::Close {
+                    user: user.clone(),
+                    reply,
+                })
+                .await;
             closed += replies.iter().flatten().sum::<u64>();
         }
         closed
@@ -464,7 +510,9 @@ impl ShardCtx {
     /// Distinct rooms with members on any shard (each shard sends its names' hashes).
     pub async fn distinct_rooms(self: &Rc<Self>) -> u64 {
         let all: Vec<usize> = (0..self.shared.shard_count()).collect();
-        let replies = self.ask(&all, |_, reply| Envelope::RoomHashes { reply }).await;
+        let replies = self
+            .ask(&all, |_, reply| Envelope::RoomHashes { reply })
+            .await;
         let mut seen = ahash::AHashSet::new();
         seen.extend(replies.into_iter().flatten());
         seen.len() as u64
@@ -473,7 +521,11 @@ impl ShardCtx {
     /// Hashes of the room names with members here.
     fn room_hashes(&self) -> Vec<u64> {
         let state = self.state.borrow();
-        state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
+        state
+            .registry
+            .room_names()
+            .map(|name| self.shared.owner_hasher.hash_one(&**name))
+            .collect()
     }
 
     /// Starts the shutdown of this shard: the announcement to every stream,
@@ -520,7 +572,12 @@ impl ShardCtx {
         });
         let guard = PendingGuard { ctx: self, slot };
         for (position, &shard) in shards.iter().enumerate() {
-            let reply = ReplyTo { shard: self.id, slot, generation, position };
+            let reply = ReplyTo {
+                shard: self.id,
+                slot,
+                generation,
+                position,
+            };
             self.send(shard, request(shard, reply)).await;
         }
         let values = std::future::poll_fn(|cx| {
@@ -553,7 +610,10 @@ impl ShardCtx {
                 }
             }
             Envelope::Deliver { deliveries, reply } => {
-                let counts = deliveries.iter().map(|d| self.deliver(&d.target, &d.frame)).collect();
+                let counts = deliveries
+                    .iter()
+                    .map(|d| self.deliver(&d.target, &d.frame))
+                    .collect();
                 if let Some(reply) = reply {
                     self.reply(reply, counts);
                 }
@@ -569,7 +629,10 @@ impl ShardCtx {
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, values } => {
                 let mut pending = self.pending.borrow_mut();
-                if let Some(entry) = pending.get_mut(to.slot).filter(|e| e.generation == to.generation) {
+                if let Some(entry) = pending
+                    .get_mut(to.slot)
+                    .filter(|e| e.generation == to.generation)
+                {
                     entry.values[to.position] = values;
                     entry.remaining -= 1;
                     if entry.remaining == 0 {
@@ -636,9 +699,17 @@ fn drop_connection_slot(shared: &Shared) {
 /// Closes this shard's connections one by one, evenly over `grace`, so that
 /// clients do not all reconnect at the same instant; then reports drained.
 async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
-    let keys: Vec<usize> = ctx.state.borrow().conns.iter().map(|(key, _)| key).collect();
+    let keys: Vec<usize> = ctx
+        .state
+        .borrow()
+        .conns
+        .iter()
+        .map(|(key, _)| key)
+        .collect();
     let start = Instant::now();
-    let step = grace.checked_div(keys.len().max(1) as u32).unwrap_or_default();
+    let step = grace
+        .checked_div(keys.len().max(1) as u32)
+        .unwrap_or_default();
     for (index, key) in keys.iter().enumerate() {
         let due = start + step * index as u32;
         let now = Instant::now();

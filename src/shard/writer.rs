@@ -46,9 +46,10 @@ impl FrameBatch {
 
     fn prepare(&mut self) {
         self.iovecs.clear();
-        self.iovecs.extend(
-            self.frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }),
-        );
+        self.iovecs.extend(self.frames.iter().map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        }));
     }
 
     /// Accounts `written` bytes: drops whole frames, advances a partial one.
@@ -109,7 +110,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
             Some(Work::Write) => {}
         }
         let mut batch = ctx.take_batch();
-        ctx.state.borrow_mut().conns[key].queue.take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
+        {
+            let mut state = ctx.state.borrow_mut();
+            let conn = &mut state.conns[key];
+            conn.queue
+                .take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
+            conn.writing_since_ms = Some(ctx.now_ms());
+        }
         while !batch.frames.is_empty() {
             batch.prepare();
             let mut write = pin!(writer.writev(batch));
@@ -139,6 +146,8 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
                     let conn = &mut state.conns[key];
                     conn.queue.written(frames, written);
                     conn.last_write_ms = ctx.now_ms();
+                    // Progress restarts the stall clock; an empty batch ends the write.
+                    conn.writing_since_ms = (!batch.frames.is_empty()).then(|| ctx.now_ms());
                 }
             }
         }
