@@ -1,0 +1,152 @@
+//! Slow subscribers: a subscriber that never reads must not slow the others
+//! down nor grow the server without bound; the drop policy decides what it
+//! loses, and stats count it.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// Broadcasts per run: 3000 × 16 KiB ≈ 48 MiB, far more than the unread
+/// subscriber's queue plus the kernel's socket buffers hold.
+const MESSAGES: usize = 3000;
+const PAYLOAD: usize = 16 * 1024;
+/// Upper bound on the server's resident memory while one subscriber is stuck.
+const RSS_LIMIT_KIB: u64 = 200 * 1024;
+
+fn payload(seq: usize) -> String {
+    let mut p = format!("seq {seq:05} ");
+    p.push_str(&"x".repeat(PAYLOAD - p.len()));
+    p
+}
+
+/// Sequence number of a well-formed payload, panicking on a damaged one.
+fn seq_of(data: &str) -> usize {
+    assert_eq!(data.len(), PAYLOAD, "payload length changed: {:?}…", &data[..data.len().min(40)]);
+    assert!(data[10..].bytes().all(|b| b == b'x'), "payload damaged");
+    data[4..9].parse().unwrap_or_else(|_| panic!("payload damaged: {:?}", &data[..20]))
+}
+
+struct Outcome {
+    server: Server,
+    unread: SseClient,
+    /// Kept open so the connection counts stay meaningful.
+    _reader: SseClient,
+    stats: serde_json::Value,
+    max_rss_kib: u64,
+}
+
+/// One unread and one reading subscriber; publishes [`MESSAGES`] broadcasts on a
+/// keep-alive api connection and checks the reader got every one in order.
+fn run(policy: &str) -> Outcome {
+    let server = Server::start(&[
+        "--drop-policy",
+        policy,
+        "--max-queue-items",
+        "1000",
+        "--max-queue-bytes",
+        "2MiB",
+        "--shards",
+        "2",
+    ]);
+    let unread = SseClient::connect_unread(server.public, "/sse?userId=slow", &[]);
+    let mut reader = SseClient::open_ready(server.public, "/sse?userId=fast");
+    wait_connections(server.api, 2);
+
+    let reading = thread::spawn(move || {
+        let mut seqs = Vec::with_capacity(MESSAGES);
+        while seqs.len() < MESSAGES {
+            match reader.next_event(Duration::from_secs(30)) {
+                Some(ev) => seqs.push(seq_of(&ev.data)),
+                None => break,
+            }
+        }
+        // Hand the client back: it must stay connected for the stats checks.
+        (seqs, reader)
+    });
+
+    let mut conn = HttpConn::open(server.api);
+    let mut max_rss_kib = 0;
+    for seq in 0..MESSAGES {
+        let resp = conn.request("POST", "/v1/broadcast", &[], payload(seq).as_bytes());
+        assert_eq!(resp.status, 200, "publish {seq}: {:?}", resp.text());
+        let delivered = resp.json()["delivered"].as_u64().unwrap();
+        assert!((1..=2).contains(&delivered), "publish {seq}: delivered {delivered}");
+        if seq % 250 == 0 {
+            max_rss_kib = max_rss_kib.max(server.rss_kib());
+        }
+    }
+    max_rss_kib = max_rss_kib.max(server.rss_kib());
+
+    let (seqs, reader) = reading.join().expect("reader thread");
+    assert_eq!(seqs.len(), MESSAGES, "{policy}: the reading subscriber lost messages");
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| i == *s),
+        "{policy}: the reading subscriber got messages out of order"
+    );
+    assert!(max_rss_kib < RSS_LIMIT_KIB, "{policy}: server RSS grew to {max_rss_kib} KiB with one stuck subscriber");
+    let stats = server.stats();
+    Outcome { server, unread, _reader: reader, stats, max_rss_kib }
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_frames_for_a_stuck_subscriber() {
+    let Outcome { server, mut unread, stats, max_rss_kib, _reader: _keep_open } = run("oldest");
+    eprintln!("oldest: max RSS {max_rss_kib} KiB, stats {stats}");
+    assert!(stat(&stats, "droppedOldest") > 0, "{stats}");
+    assert_eq!(stat(&stats, "droppedNewest"), 0, "{stats}");
+    assert_eq!(stat(&stats, "disconnectedByBackpressure"), 0, "{stats}");
+    assert_eq!(stat(&stats, "connections"), 2, "{stats}");
+
+    // Now the stuck subscriber reads: whole frames, in order, ending with the newest.
+    ok_json(broadcast(server.api, "end", "event=end"));
+    assert_eq!(unread.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)));
+    let mut seqs = Vec::new();
+    loop {
+        let ev = unread.next_event(Duration::from_secs(20)).expect("the end marker");
+        if ev.event.as_deref() == Some("end") {
+            break;
+        }
+        seqs.push(seq_of(&ev.data));
+    }
+    assert!(seqs.len() < MESSAGES, "nothing was dropped?");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames reordered: {seqs:?}");
+    assert_eq!(seqs.last(), Some(&(MESSAGES - 1)), "drop-oldest must keep the newest frame");
+}
+
+#[test]
+fn drop_newest_keeps_the_oldest_frames_for_a_stuck_subscriber() {
+    let Outcome { server: _server, mut unread, stats, max_rss_kib, _reader: _keep_open } = run("newest");
+    eprintln!("newest: max RSS {max_rss_kib} KiB, stats {stats}");
+    assert!(stat(&stats, "droppedNewest") > 0, "{stats}");
+    assert_eq!(stat(&stats, "droppedOldest"), 0, "{stats}");
+    assert_eq!(stat(&stats, "disconnectedByBackpressure"), 0, "{stats}");
+
+    assert_eq!(unread.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)));
+    let mut seqs = Vec::new();
+    while let Some(ev) = unread.next_event(Duration::from_secs(2)) {
+        seqs.push(seq_of(&ev.data));
+    }
+    assert_eq!(seqs.first(), Some(&0), "drop-newest must keep the oldest frame");
+    assert!(seqs.len() < MESSAGES, "nothing was dropped?");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames reordered: {seqs:?}");
+}
+
+#[test]
+fn disconnect_policy_closes_only_the_stuck_subscriber() {
+    let Outcome { server, mut unread, stats, max_rss_kib, _reader: _keep_open } = run("disconnect");
+    eprintln!("disconnect: max RSS {max_rss_kib} KiB, stats {stats}");
+    assert_eq!(stat(&stats, "disconnectedByBackpressure"), 1, "{stats}");
+    // The stuck subscriber sees whole frames, in order, then EOF.
+    assert_eq!(unread.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)));
+    let mut seqs = Vec::new();
+    while let Some(ev) = unread.next_event(Duration::from_secs(20)) {
+        seqs.push(seq_of(&ev.data));
+    }
+    assert!(unread.is_eof(), "the disconnected subscriber never saw EOF");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames reordered");
+    assert!(seqs.len() < MESSAGES);
+    wait_connections(server.api, 1);
+}
