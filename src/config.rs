@@ -102,6 +102,24 @@ pub struct Cli {
     /// Largest body of a batch publish (413 above).
     #[arg(long, env = "SSEKIFY_MAX_BATCH_BODY", default_value = DEFAULT_MAX_BATCH_BODY)]
     pub max_batch_body: String,
+    /// Replay entries kept per user, per room and for broadcasts; 0 disables replay.
+    #[arg(long, env = "SSEKIFY_RECENT_BUFFER", default_value_t = 20)]
+    pub recent_buffer: usize,
+    /// A replay ring with no new message for this long is dropped; 0 keeps rings until evicted.
+    #[arg(long, env = "SSEKIFY_RECENT_TTL", default_value = "30m")]
+    pub recent_ttl: String,
+    /// Users with a replay ring per instance (least recently active evicted first).
+    #[arg(long, env = "SSEKIFY_RECENT_MAX_USERS", default_value_t = 10_000)]
+    pub recent_max_users: usize,
+    /// Rooms with a replay ring per instance (least recently active evicted first).
+    #[arg(long, env = "SSEKIFY_RECENT_MAX_ROOMS", default_value_t = 10_000)]
+    pub recent_max_rooms: usize,
+    /// Frame bytes the replay rings may reference per instance.
+    #[arg(long, env = "SSEKIFY_RECENT_MAX_BYTES", default_value = "256MiB")]
+    pub recent_max_bytes: String,
+    /// How long a publish's Idempotency-Key is remembered.
+    #[arg(long, env = "SSEKIFY_IDEMPOTENCY_WINDOW", default_value = "5m")]
+    pub idempotency_window: String,
     /// Frames a connection may have waiting to be written.
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_ITEMS", default_value_t = DEFAULT_MAX_QUEUE_ITEMS)]
     pub max_queue_items: usize,
@@ -109,12 +127,7 @@ pub struct Cli {
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_BYTES", default_value = DEFAULT_MAX_QUEUE_BYTES)]
     pub max_queue_bytes: String,
     /// What a full queue does to the next frame.
-    #[arg(
-        long,
-        env = "SSEKIFY_DROP_POLICY",
-        value_enum,
-        default_value = "oldest"
-    )]
+    #[arg(long, env = "SSEKIFY_DROP_POLICY", value_enum, default_value = "oldest")]
     pub drop_policy: DropPolicy,
     /// Subscribers the instance holds at most; 0 = no limit (503 above).
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS", default_value_t = 0)]
@@ -175,6 +188,18 @@ pub struct Config {
     pub max_payload: usize,
     /// Bound of a batch publish body.
     pub max_batch_body: usize,
+    /// Replay ring length (0: replay off).
+    pub recent_buffer: usize,
+    /// Replay ring idle lifetime (zero: no expiry).
+    pub recent_ttl: Duration,
+    /// Replay users per instance.
+    pub recent_max_users: usize,
+    /// Replay rooms per instance.
+    pub recent_max_rooms: usize,
+    /// Replay frame bytes per instance.
+    pub recent_max_bytes: usize,
+    /// Idempotency-Key memory.
+    pub idempotency_window: Duration,
     /// Queue bound in frames.
     pub max_queue_items: NonZeroUsize,
     /// Queue bound in bytes.
@@ -216,10 +241,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(flag: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            flag,
-            reason: reason.into(),
-        }
+        ConfigError { flag, reason: reason.into() }
     }
 }
 
@@ -234,13 +256,9 @@ impl std::error::Error for ConfigError {}
 /// Parses `500ms`, `15s`, `30m`, `2h`; a bare number is milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 15s, 30m or 2h"))?;
+    let value: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration such as 500ms, 15s, 30m or 2h"))?;
     let millis = match unit.trim() {
         "" | "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -248,35 +266,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value.checked_mul(3_600_000),
         _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
     };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    millis.map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses `4096`, `64KiB`, `1MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as binary units).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 4096, 256KiB or 1MiB"))?;
+    let value: usize = digits.parse().map_err(|_| format!("`{text}` is not a size such as 4096, 256KiB or 1MiB"))?;
     let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit; use B, KiB, MiB or GiB"
-            ))
-        }
+        _ => return Err(format!("`{text}` has an unknown unit; use B, KiB, MiB or GiB")),
     };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    value.checked_mul(factor).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 fn duration(flag: &'static str, text: &str) -> Result<Duration, ConfigError> {
@@ -288,12 +294,8 @@ fn size(flag: &'static str, text: &str) -> Result<usize, ConfigError> {
 }
 
 fn address(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| {
-        ConfigError::new(
-            flag,
-            format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081"),
-        )
-    })
+    text.parse()
+        .map_err(|_| ConfigError::new(flag, format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081")))
 }
 
 fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
@@ -334,17 +336,14 @@ impl TryFrom<Cli> for Config {
         }
         let max_head = size("max-head", &cli.max_head)?;
         if !(512..=1 << 20).contains(&max_head) {
-            return Err(ConfigError::new(
-                "max-head",
-                "must be between 512B and 1MiB",
-            ));
+            return Err(ConfigError::new("max-head", "must be between 512B and 1MiB"));
         }
         let header_cap = crate::http::request::MAX_HEADERS_LIMIT;
         if cli.max_headers == 0 || cli.max_headers > header_cap {
-            return Err(ConfigError::new(
-                "max-headers",
-                format!("must be between 1 and {header_cap}"),
-            ));
+            return Err(ConfigError::new("max-headers", format!("must be between 1 and {header_cap}")));
+        }
+        if cli.recent_buffer > 10_000 {
+            return Err(ConfigError::new("recent-buffer", "must be at most 10000"));
         }
         if cli.backlog <= 0 {
             return Err(ConfigError::new("backlog", "must be at least 1"));
@@ -359,11 +358,14 @@ impl TryFrom<Cli> for Config {
             retry: duration("retry", &cli.retry)?,
             max_payload,
             max_batch_body: size("max-batch-body", &cli.max_batch_body)?,
+            recent_buffer: cli.recent_buffer,
+            recent_ttl: duration("recent-ttl", &cli.recent_ttl)?,
+            recent_max_users: cli.recent_max_users,
+            recent_max_rooms: cli.recent_max_rooms,
+            recent_max_bytes: size("recent-max-bytes", &cli.recent_max_bytes)?,
+            idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
-            max_queue_bytes: positive(
-                "max-queue-bytes",
-                size("max-queue-bytes", &cli.max_queue_bytes)?,
-            )?,
+            max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
             drop_policy: cli.drop_policy,
             max_connections: NonZeroUsize::new(cli.max_connections),
             max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
@@ -423,8 +425,7 @@ mod tests {
     fn public_api_listener_needs_a_key() {
         let err = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081"])).unwrap_err();
         assert!(err.to_string().starts_with("--api-listen:"), "{err}");
-        let config =
-            Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
+        let config = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
         assert_eq!(config.api_key.as_deref(), Some("k"));
     }
 

@@ -15,16 +15,9 @@ fn main() {
     };
     ssekify::log::init(config.log_level, config.log_format);
     if config.api_key.is_none() {
-        ssekify::log!(
-            Info,
-            "api listener has no --api-key; it accepts any local caller",
-            api = config.api_listen
-        );
+        ssekify::log!(Info, "api listener has no --api-key; it accepts any local caller", api = config.api_listen);
     }
-    ssekify::log!(
-        Warn,
-        "subscriber auth is `none`: the userId query parameter is trusted (development mode)"
-    );
+    ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
     match server::run(config) {
         Ok(status) => std::process::exit(status),
         Err(error) => {

@@ -31,6 +31,14 @@ pub struct ShardStats {
     pub queue_bytes_max: AtomicU64,
     /// Streams closed because a write made no progress for `--write-timeout`.
     pub write_timeouts: AtomicU64,
+    /// User replay rings held (gauge).
+    pub replay_users: AtomicU64,
+    /// Room replay rings held (gauge).
+    pub replay_rooms: AtomicU64,
+    /// Replay entries held (gauge).
+    pub replay_entries: AtomicU64,
+    /// Frame bytes referenced by replay rings (gauge).
+    pub replay_bytes: AtomicU64,
     /// Errors answered or logged (bad requests, failed writes, refused subscribers).
     pub errors: AtomicU64,
     /// Subscribers accepted (counter).
@@ -72,6 +80,10 @@ impl ShardStats {
             load(&self.queue_items_max),
             load(&self.queue_bytes_max),
             load(&self.write_timeouts),
+            load(&self.replay_users),
+            load(&self.replay_rooms),
+            load(&self.replay_entries),
+            load(&self.replay_bytes),
             load(&self.errors),
             load(&self.subscribes),
             load(&self.moved_in),
@@ -93,97 +105,31 @@ pub enum Kind {
 }
 
 /// (stats JSON key, Prometheus name, kind, help) for each snapshot slot.
-pub const FIELDS: [(&str, &str, Kind, &str); 15] = [
-    (
-        "connections",
-        "ssekify_connections",
-        Kind::Gauge,
-        "Open subscriber connections.",
-    ),
-    (
-        "users",
-        "ssekify_users",
-        Kind::Gauge,
-        "Distinct users with at least one connection.",
-    ),
-    (
-        "rooms",
-        "ssekify_shard_rooms",
-        Kind::Gauge,
-        "Rooms with members, counted per shard.",
-    ),
-    (
-        "sent",
-        "ssekify_sent_total",
-        Kind::Counter,
-        "Message frames handed to connections.",
-    ),
-    (
-        "droppedOldest",
-        "ssekify_dropped_oldest_total",
-        Kind::Counter,
-        "Frames dropped from the front of full queues.",
-    ),
-    (
-        "droppedNewest",
-        "ssekify_dropped_newest_total",
-        Kind::Counter,
-        "Frames refused by full queues.",
-    ),
+pub const FIELDS: [(&str, &str, Kind, &str); 19] = [
+    ("connections", "ssekify_connections", Kind::Gauge, "Open subscriber connections."),
+    ("users", "ssekify_users", Kind::Gauge, "Distinct users with at least one connection."),
+    ("rooms", "ssekify_shard_rooms", Kind::Gauge, "Rooms with members, counted per shard."),
+    ("sent", "ssekify_sent_total", Kind::Counter, "Message frames handed to connections."),
+    ("droppedOldest", "ssekify_dropped_oldest_total", Kind::Counter, "Frames dropped from the front of full queues."),
+    ("droppedNewest", "ssekify_dropped_newest_total", Kind::Counter, "Frames refused by full queues."),
     (
         "disconnectedByBackpressure",
         "ssekify_disconnected_by_backpressure_total",
         Kind::Counter,
         "Connections closed because their queue overflowed.",
     ),
-    (
-        "queueItemsMax",
-        "ssekify_queue_items_max",
-        Kind::HighWater,
-        "Most frames any connection queue held.",
-    ),
-    (
-        "queueBytesMax",
-        "ssekify_queue_bytes_max",
-        Kind::HighWater,
-        "Most bytes any connection queue held.",
-    ),
-    (
-        "writeTimeouts",
-        "ssekify_write_timeouts_total",
-        Kind::Counter,
-        "Streams closed after a stalled write.",
-    ),
-    (
-        "errorCount",
-        "ssekify_errors_total",
-        Kind::Counter,
-        "Errors answered or logged.",
-    ),
-    (
-        "subscribes",
-        "ssekify_subscribes_total",
-        Kind::Counter,
-        "Subscriber connections accepted.",
-    ),
-    (
-        "movedIn",
-        "ssekify_moved_subscribers_total",
-        Kind::Counter,
-        "Subscribers handed over from another shard.",
-    ),
-    (
-        "published",
-        "ssekify_published_total",
-        Kind::Counter,
-        "Messages accepted by the publish routes.",
-    ),
-    (
-        "pings",
-        "ssekify_heartbeats_total",
-        Kind::Counter,
-        "Heartbeat comments written.",
-    ),
+    ("queueItemsMax", "ssekify_queue_items_max", Kind::HighWater, "Most frames any connection queue held."),
+    ("queueBytesMax", "ssekify_queue_bytes_max", Kind::HighWater, "Most bytes any connection queue held."),
+    ("writeTimeouts", "ssekify_write_timeouts_total", Kind::Counter, "Streams closed after a stalled write."),
+    ("replayUsers", "ssekify_replay_users", Kind::Gauge, "User replay rings held."),
+    ("replayRooms", "ssekify_replay_rooms", Kind::Gauge, "Room replay rings held, counted per shard."),
+    ("replayEntries", "ssekify_replay_entries", Kind::Gauge, "Replay entries held."),
+    ("replayBytes", "ssekify_replay_bytes", Kind::Gauge, "Frame bytes referenced by replay rings, counted per shard."),
+    ("errorCount", "ssekify_errors_total", Kind::Counter, "Errors answered or logged."),
+    ("subscribes", "ssekify_subscribes_total", Kind::Counter, "Subscriber connections accepted."),
+    ("movedIn", "ssekify_moved_subscribers_total", Kind::Counter, "Subscribers handed over from another shard."),
+    ("published", "ssekify_published_total", Kind::Counter, "Messages accepted by the publish routes."),
+    ("pings", "ssekify_heartbeats_total", Kind::Counter, "Heartbeat comments written."),
 ];
 
 /// Combines per-shard snapshots into instance totals.
@@ -206,35 +152,17 @@ pub fn render(shards: &[[u64; FIELDS.len()]], extra: &[(&str, &str, u64)]) -> St
     let total = totals(shards);
     let mut out = String::with_capacity(4096);
     for (slot, (_, name, kind, help)) in FIELDS.iter().enumerate() {
-        let kind_name = if *kind == Kind::Counter {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind_name}\n{name} {}",
-            total[slot]
-        );
+        let kind_name = if *kind == Kind::Counter { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_name}\n{name} {}", total[slot]);
         let per_shard = format!("{}_by_shard", name.trim_end_matches("_total"));
-        let per_shard = if *kind == Kind::Counter {
-            format!("{per_shard}_total")
-        } else {
-            per_shard
-        };
-        let _ = writeln!(
-            out,
-            "# HELP {per_shard} {help} Per shard.\n# TYPE {per_shard} {kind_name}"
-        );
+        let per_shard = if *kind == Kind::Counter { format!("{per_shard}_total") } else { per_shard };
+        let _ = writeln!(out, "# HELP {per_shard} {help} Per shard.\n# TYPE {per_shard} {kind_name}");
         for (id, shard) in shards.iter().enumerate() {
             let _ = writeln!(out, "{per_shard}{{shard=\"{id}\"}} {}", shard[slot]);
         }
     }
     for (name, help, value) in extra {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
     out
 }
@@ -258,20 +186,11 @@ mod tests {
 
     #[test]
     fn exposition_has_help_and_type_for_every_series() {
-        let text = render(
-            &[ShardStats::default().snapshot()],
-            &[("ssekify_rooms", "Rooms.", 2)],
-        );
+        let text = render(&[ShardStats::default().snapshot()], &[("ssekify_rooms", "Rooms.", 2)]);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(
-                text.contains(&format!("# TYPE {name} ")),
-                "{name} has a TYPE line"
-            );
-            assert!(
-                line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
-                "{line}"
-            );
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has a TYPE line");
+            assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(), "{line}");
         }
         assert!(text.contains("ssekify_rooms 2\n"));
     }

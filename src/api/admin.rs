@@ -61,18 +61,10 @@ pub async fn shutdown(ctx: &Rc<ShardCtx>, request: &Request) -> Response {
         return refusal;
     }
     if let Some(order) = ctx.shared.begin_shutdown(grace, announce.then_some(event)) {
-        crate::log!(
-            Info,
-            "shutting down",
-            reason = "admin route",
-            grace_ms = grace.as_millis()
-        );
+        crate::log!(Info, "shutting down", reason = "admin route", grace_ms = grace.as_millis());
         for shard in 0..ctx.shared.shard_count() {
             ctx.send(shard, order.envelope()).await;
         }
     }
-    Response::json(
-        202,
-        &json!({ "shuttingDown": true, "graceMs": grace.as_millis() as u64 }),
-    )
+    Response::json(202, &json!({ "shuttingDown": true, "graceMs": grace.as_millis() as u64 }))
 }

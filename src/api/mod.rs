@@ -94,20 +94,14 @@ fn find(segments: &[String]) -> Option<Route> {
         ["v1", "rooms", room, "events"] => (&[Post], true, Endpoint::PublishRoom((*room).into())),
         ["v1", "broadcast"] => (&[Post], true, Endpoint::Broadcast),
         ["v1", "publish"] => (&[Post], true, Endpoint::Batch),
-        ["v1", "users", user, "connections"] => {
-            (&[Delete], true, Endpoint::CloseUser((*user).into()))
-        }
+        ["v1", "users", user, "connections"] => (&[Delete], true, Endpoint::CloseUser((*user).into())),
         ["v1", "connections"] => (&[Delete], true, Endpoint::CloseAll),
         ["v1", "admin", "stop-accepting"] => (&[Post], true, Endpoint::StopAccepting),
         ["v1", "admin", "shutdown"] => (&[Post], true, Endpoint::Shutdown),
         ["v1", "stats"] => (&[Get], true, Endpoint::Stats),
         _ => return None,
     };
-    Some(Route {
-        allow,
-        api,
-        endpoint,
-    })
+    Some(Route { allow, api, endpoint })
 }
 
 fn allow_header(allow: &[Method]) -> String {
@@ -128,11 +122,7 @@ fn allow_header(allow: &[Method]) -> String {
 pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Bytes) -> Routed {
     let config = &ctx.shared.config;
     let Ok(segments) = query::segments(&request.path) else {
-        return Routed::Response(Response::error(
-            400,
-            "bad_request",
-            "the path is not valid percent-encoded UTF-8",
-        ));
+        return Routed::Response(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
     };
     let Some(route) = find(&segments) else {
         return Routed::Response(not_found());
@@ -142,11 +132,11 @@ pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Byte
     if !visible {
         return Routed::Response(not_found());
     }
-    let allowed = route.allow.contains(&request.method)
-        || (request.method == Method::Head && route.allow.contains(&Method::Get));
+    let allowed =
+        route.allow.contains(&request.method) || (request.method == Method::Head && route.allow.contains(&Method::Get));
     if request.method == Method::Options {
-        let mut response = Response::with_body(204, "text/plain", Bytes::new())
-            .header("Allow", allow_header(route.allow));
+        let mut response =
+            Response::with_body(204, "text/plain", Bytes::new()).header("Allow", allow_header(route.allow));
         if let (Endpoint::Subscribe, Some(origin)) = (&route.endpoint, &config.cors_origin) {
             response = subscribe::cors_preflight(response, origin);
         }
@@ -154,12 +144,8 @@ pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Byte
     }
     if !allowed {
         return Routed::Response(
-            Response::error(
-                405,
-                "method_not_allowed",
-                "this method is not allowed on this path",
-            )
-            .header("Allow", allow_header(route.allow)),
+            Response::error(405, "method_not_allowed", "this method is not allowed on this path")
+                .header("Allow", allow_header(route.allow)),
         );
     }
     if route.api && !is_health {
@@ -173,12 +159,8 @@ pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Byte
         Endpoint::Ready => observe::ready(ctx),
         Endpoint::Metrics => observe::metrics(ctx).await,
         Endpoint::Stats => observe::stats(ctx).await,
-        Endpoint::PublishUser(user) => {
-            publish::single(ctx, request, &body, publish::To::User(user)).await
-        }
-        Endpoint::PublishRoom(room) => {
-            publish::single(ctx, request, &body, publish::To::Room(room)).await
-        }
+        Endpoint::PublishUser(user) => publish::single(ctx, request, &body, publish::To::User(user)).await,
+        Endpoint::PublishRoom(room) => publish::single(ctx, request, &body, publish::To::Room(room)).await,
         Endpoint::Broadcast => publish::single(ctx, request, &body, publish::To::All).await,
         Endpoint::Batch => publish::batch(ctx, request, &body).await,
         Endpoint::CloseUser(user) => admin::close_user(ctx, &user).await,
@@ -196,20 +178,13 @@ fn not_found() -> Response {
 /// `Authorization: Bearer <key>`, compared in constant time.
 fn check_api_key(request: &Request, config: &Config) -> Option<Response> {
     let key = config.api_key.as_deref()?;
-    let given = request
-        .header("authorization")
-        .and_then(|v| v.strip_prefix(b"Bearer "))
-        .unwrap_or_default();
+    let given = request.header("authorization").and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
     if constant_time_eq(given, key.as_bytes()) {
         None
     } else {
         Some(
-            Response::error(
-                401,
-                "unauthorized",
-                "missing or wrong api key (Authorization: Bearer <key>)",
-            )
-            .header("WWW-Authenticate", "Bearer"),
+            Response::error(401, "unauthorized", "missing or wrong api key (Authorization: Bearer <key>)")
+                .header("WWW-Authenticate", "Bearer"),
         )
     }
 }
@@ -224,20 +199,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Decoded query parameters, or the 400 answer for an undecodable query.
 pub fn query_params(request: &Request) -> Result<Vec<(String, String)>, Response> {
-    query::pairs(&request.query).map_err(|_| {
-        Response::error(
-            400,
-            "bad_request",
-            "the query is not valid percent-encoded UTF-8",
-        )
-    })
+    query::pairs(&request.query)
+        .map_err(|_| Response::error(400, "bad_request", "the query is not valid percent-encoded UTF-8"))
 }
 
 /// The last value of a query parameter.
 pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }

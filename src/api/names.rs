@@ -8,15 +8,12 @@ pub const MAX_NAME: usize = 128;
 
 /// Checks a user id or room name: 1–128 bytes, no control characters, `,` or `/`.
 pub fn check_name(kind: &str, name: &str) -> Result<(), Response> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.chars().any(|c| c.is_control() || c == ',' || c == '/');
+    let valid =
+        !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/');
     if valid {
         Ok(())
     } else {
-        Err(invalid(format!(
-            "{kind} must be 1-{MAX_NAME} bytes without control characters, ',' or '/'"
-        )))
+        Err(invalid(format!("{kind} must be 1-{MAX_NAME} bytes without control characters, ',' or '/'")))
     }
 }
 

@@ -55,10 +55,7 @@ pub async fn stats(ctx: &Rc<ShardCtx>) -> Response {
         .collect();
     body.insert("shards".into(), shards.into());
     body.insert("phase".into(), phase_name(ctx.shared.phase()).into());
-    body.insert(
-        "instance".into(),
-        format!("{:08x}", ctx.shared.ids.instance()).into(),
-    );
+    body.insert("instance".into(), format!("{:08x}", ctx.shared.ids.instance()).into());
     body.insert(
         "bus".into(),
         json!({ "state": "disabled", "published": 0, "received": 0, "reconnects": 0, "lastError": null }),
@@ -74,11 +71,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>) -> Response {
     let text = metrics::render(
         &snapshots,
         &[
-            (
-                "ssekify_rooms",
-                "Distinct rooms with members on any shard.",
-                rooms,
-            ),
+            ("ssekify_rooms", "Distinct rooms with members on any shard.", rooms),
             ("ssekify_ready", "1 while accepting subscribers.", ready),
             ("ssekify_shards", "Shard threads.", snapshots.len() as u64),
         ],

@@ -44,10 +44,7 @@ pub async fn single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To)
     };
     ShardStats::add(&ctx.stats().published, 1);
     let delivered = ctx.publish(vec![prepared.delivery]).await;
-    Response::json(
-        200,
-        &json!({ "id": prepared.id, "delivered": delivered[0], "instances": Value::Null }),
-    )
+    Response::json(200, &json!({ "id": prepared.id, "delivered": delivered[0], "instances": Value::Null }))
 }
 
 /// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
@@ -58,15 +55,11 @@ pub async fn batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Respo
     };
     ShardStats::add(&ctx.stats().published, prepared.len() as u64);
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
-    let delivered = ctx
-        .publish(prepared.into_iter().map(|p| p.delivery).collect())
-        .await;
+    let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
     let results: Vec<Value> = ids
         .into_iter()
         .zip(delivered)
-        .map(
-            |(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }),
-        )
+        .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }))
         .collect();
     Response::json(200, &json!({ "results": results }))
 }
@@ -76,20 +69,11 @@ fn refused(ctx: &ShardCtx, response: Response) -> Response {
     response
 }
 
-fn prepare_single(
-    ctx: &ShardCtx,
-    request: &Request,
-    body: &Bytes,
-    to: To,
-) -> Result<Prepared, Response> {
+fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Result<Prepared, Response> {
     let params = query_params(request)?;
     match param(&params, "scope") {
         None | Some("cluster") | Some("local") => {}
-        Some(other) => {
-            return Err(invalid(format!(
-                "scope must be cluster or local, not `{other}`"
-            )))
-        }
+        Some(other) => return Err(invalid(format!("scope must be cluster or local, not `{other}`"))),
     }
     let target = match to {
         To::User(user) => {
@@ -102,24 +86,15 @@ fn prepare_single(
         }
         To::All => Target::All,
     };
-    let is_json = request.header_str("content-type").is_some_and(|t| {
-        t.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/json")
-    });
+    let is_json = request
+        .header_str("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if is_json {
-        serde_json::from_slice::<&RawValue>(body)
-            .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+        serde_json::from_slice::<&RawValue>(body).map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
     } else if std::str::from_utf8(body).is_err() {
         return Err(invalid("the body is not valid UTF-8"));
     }
-    prepare(
-        ctx,
-        target,
-        param(&params, "event"),
-        param(&params, "id"),
-        body,
-    )
+    prepare(ctx, target, param(&params, "event"), param(&params, "id"), body)
 }
 
 /// Checks fields and size, assigns the id, encodes the frame once.
@@ -150,40 +125,28 @@ fn prepare(
         ));
     }
     let frame = frame::encode(&id, event, data);
-    Ok(Prepared {
-        id,
-        delivery: Delivery { target, frame },
-    })
+    Ok(Prepared { id, delivery: Delivery { target, frame } })
 }
 
 type Object = HashMap<String, Box<RawValue>>;
 
-fn prepare_batch(
-    ctx: &ShardCtx,
-    request: &Request,
-    body: &Bytes,
-) -> Result<Vec<Prepared>, Response> {
-    let ndjson = request.header_str("content-type").is_some_and(|t| {
-        t.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("application/x-ndjson")
-    });
+fn prepare_batch(ctx: &ShardCtx, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
+    let ndjson = request
+        .header_str("content-type")
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
     let messages: Vec<Box<RawValue>> = if ndjson {
         let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
         text.lines()
             .filter(|line| !line.trim().is_empty())
             .enumerate()
             .map(|(index, line)| {
-                serde_json::from_str(line)
-                    .map_err(|e| invalid(format!("messages[{index}]: not valid JSON: {e}")))
+                serde_json::from_str(line).map_err(|e| invalid(format!("messages[{index}]: not valid JSON: {e}")))
             })
             .collect::<Result<_, _>>()?
     } else {
-        let mut top: Object = serde_json::from_slice(body)
-            .map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
-        let list = top
-            .remove("messages")
-            .ok_or_else(|| invalid("the body needs a `messages` array"))?;
+        let mut top: Object =
+            serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
+        let list = top.remove("messages").ok_or_else(|| invalid("the body needs a `messages` array"))?;
         serde_json::from_str(list.get()).map_err(|_| invalid("`messages` must be an array"))?
     };
     if messages.is_empty() {
@@ -201,22 +164,12 @@ fn at_index(index: usize, refusal: Response) -> Response {
     let body: Value = serde_json::from_slice(&refusal.body).unwrap_or_default();
     let code = body["error"].as_str().unwrap_or("invalid_request");
     let message = body["message"].as_str().unwrap_or("invalid");
-    Response::error(
-        refusal.status,
-        code,
-        format!("messages[{index}]: {message}"),
-    )
+    Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
 fn prepare_message(ctx: &ShardCtx, raw: &RawValue) -> Result<Prepared, Response> {
     let fields = parse_message(raw).map_err(invalid)?;
-    prepare(
-        ctx,
-        fields.target,
-        fields.event.as_deref(),
-        fields.id.as_deref(),
-        fields.data.as_bytes(),
-    )
+    prepare(ctx, fields.target, fields.event.as_deref(), fields.id.as_deref(), fields.data.as_bytes())
 }
 
 /// The fields of one batch message.
@@ -228,21 +181,16 @@ struct Fields {
 }
 
 fn parse_message(raw: &RawValue) -> Result<Fields, String> {
-    let message: Object =
-        serde_json::from_str(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
+    let message: Object = serde_json::from_str(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
     let text = |key: &str| -> Result<Option<String>, String> {
         message
             .get(key)
-            .map(|v| {
-                serde_json::from_str::<String>(v.get())
-                    .map_err(|_| format!("`{key}` must be a string"))
-            })
+            .map(|v| serde_json::from_str::<String>(v.get()).map_err(|_| format!("`{key}` must be a string")))
             .transpose()
     };
     let all = match message.get("all") {
         None => false,
-        Some(v) => serde_json::from_str::<bool>(v.get())
-            .map_err(|_| "`all` must be true or false".to_owned())?,
+        Some(v) => serde_json::from_str::<bool>(v.get()).map_err(|_| "`all` must be true or false".to_owned())?,
     };
     let user = text("user")?;
     let room = text("room")?;
@@ -266,10 +214,5 @@ fn parse_message(raw: &RawValue) -> Result<Fields, String> {
     } else {
         data.get().to_owned()
     };
-    Ok(Fields {
-        target,
-        event: text("event")?,
-        id: text("id")?,
-        data,
-    })
+    Ok(Fields { target, event: text("event")?, id: text("id")?, data })
 }

@@ -34,19 +34,11 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
     let shared = &ctx.shared;
     let config = &shared.config;
     if shared.phase() != Phase::Running {
-        return Err(Response::error(
-            503,
-            "not_accepting",
-            "the server is not accepting new subscribers",
-        )
-        .header("Retry-After", "1"));
+        return Err(Response::error(503, "not_accepting", "the server is not accepting new subscribers")
+            .header("Retry-After", "1"));
     }
     if !accepts_event_stream(request.header("accept")) {
-        return Err(Response::error(
-            406,
-            "not_acceptable",
-            "this route only produces text/event-stream",
-        ));
+        return Err(Response::error(406, "not_acceptable", "this route only produces text/event-stream"));
     }
     let params = query_params(request)?;
     let user = param(&params, "userId").filter(|u| !u.is_empty());
@@ -63,16 +55,12 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
         }
     }
     if rooms.len() > MAX_ROOMS_PER_CONNECTION {
-        return Err(super::names::invalid(format!(
-            "at most {MAX_ROOMS_PER_CONNECTION} rooms per connection"
-        )));
+        return Err(super::names::invalid(format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
     }
     if request.method == Method::Head {
-        return Err(
-            Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
-                .header("Cache-Control", "no-cache, no-transform")
-                .closing(),
-        );
+        return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
+            .header("Cache-Control", "no-cache, no-transform")
+            .closing());
     }
     let open = shared.connections.fetch_add(1, Ordering::AcqRel);
     if let Some(limit) = config.max_connections {
@@ -86,11 +74,13 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
             .header("Retry-After", "1"));
         }
     }
-    Ok(Subscription {
-        user: user.map(str::to_owned),
-        rooms,
-        preamble: preamble(ctx),
-    })
+    // The header wins over the query parameter (API.md "Subscribe").
+    let last_event_id = request
+        .header_str("last-event-id")
+        .map(str::to_owned)
+        .or_else(|| param(&params, "lastEventId").map(str::to_owned))
+        .filter(|id| !id.is_empty());
+    Ok(Subscription { user: user.map(str::to_owned), rooms, last_event_id, preamble: preamble(ctx) })
 }
 
 /// RFC 9110 §12.5.1: no Accept, or one admitting `text/event-stream`,
@@ -102,7 +92,8 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
     accept.split(',').any(|range| {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let refused = parts.any(|p| matches!(p.trim().strip_prefix("q="), Some(q) if q.trim().parse::<f32>() == Ok(0.0)));
+        let refused =
+            parts.any(|p| matches!(p.trim().strip_prefix("q="), Some(q) if q.trim().parse::<f32>() == Ok(0.0)));
         !refused && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
     })
 }
@@ -119,9 +110,7 @@ fn preamble(ctx: &ShardCtx) -> Bytes {
           X-Accel-Buffering: no\r\n",
     );
     if let Some(origin) = &config.cors_origin {
-        out.put_slice(
-            format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes(),
-        );
+        out.put_slice(format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes());
         if origin != "*" {
             out.put_slice(b"Access-Control-Allow-Credentials: true\r\n");
         }
@@ -136,10 +125,7 @@ pub fn cors_preflight(response: Response, origin: &str) -> Response {
     let response = response
         .header("Access-Control-Allow-Origin", origin)
         .header("Access-Control-Allow-Methods", "GET, OPTIONS")
-        .header(
-            "Access-Control-Allow-Headers",
-            "Last-Event-ID, Authorization, Cache-Control",
-        )
+        .header("Access-Control-Allow-Headers", "Last-Event-ID, Authorization, Cache-Control")
         .header("Access-Control-Max-Age", "600")
         .header("Vary", "Origin");
     if origin == "*" {

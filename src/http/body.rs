@@ -38,11 +38,7 @@ impl BodyDecoder {
             BodyFraming::Length(n) => State::Length(n),
             BodyFraming::Chunked => State::ChunkSize,
         };
-        Ok(BodyDecoder {
-            state,
-            limit,
-            body: BytesMut::new(),
-        })
+        Ok(BodyDecoder { state, limit, body: BytesMut::new() })
     }
 
     /// Consumes what it can from `input`. Returns the body once complete; bytes
@@ -69,11 +65,7 @@ impl BodyDecoder {
                     let Some(line) = take_line(input, MAX_CHUNK_LINE)? else {
                         return Ok(None);
                     };
-                    let size_text = line[..]
-                        .split(|&b| b == b';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim_ascii();
+                    let size_text = line[..].split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
                     let size = std::str::from_utf8(size_text)
                         .ok()
                         .filter(|s| !s.is_empty() && s.len() <= 15)
@@ -82,11 +74,7 @@ impl BodyDecoder {
                     if self.body.len() as u64 + size > self.limit as u64 {
                         return Err(Error::BodyTooLarge);
                     }
-                    self.state = if size == 0 {
-                        State::Trailers
-                    } else {
-                        State::ChunkData(size)
-                    };
+                    self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
                 }
                 State::ChunkData(remaining) => {
                     if input.is_empty() {
@@ -96,11 +84,7 @@ impl BodyDecoder {
                     self.body.extend_from_slice(&input[..take]);
                     input.advance(take);
                     let left = remaining - take as u64;
-                    self.state = if left == 0 {
-                        State::ChunkDataEnd
-                    } else {
-                        State::ChunkData(left)
-                    };
+                    self.state = if left == 0 { State::ChunkDataEnd } else { State::ChunkData(left) };
                 }
                 State::ChunkDataEnd => {
                     let Some(line) = take_line(input, 2)? else {
@@ -177,26 +161,12 @@ mod tests {
 
     #[test]
     fn limits_and_errors() {
-        assert_eq!(
-            BodyDecoder::new(BodyFraming::Length(11), 10).unwrap_err(),
-            Error::BodyTooLarge
-        );
+        assert_eq!(BodyDecoder::new(BodyFraming::Length(11), 10).unwrap_err(), Error::BodyTooLarge);
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 10).unwrap();
-        assert_eq!(
-            decoder
-                .decode(&mut BytesMut::from(&b"b\r\n"[..]))
-                .unwrap_err(),
-            Error::BodyTooLarge
-        );
+        assert_eq!(decoder.decode(&mut BytesMut::from(&b"b\r\n"[..])).unwrap_err(), Error::BodyTooLarge);
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 10).unwrap();
-        assert!(matches!(
-            decoder.decode(&mut BytesMut::from(&b"zz\r\n"[..])),
-            Err(Error::BadRequest(_))
-        ));
+        assert!(matches!(decoder.decode(&mut BytesMut::from(&b"zz\r\n"[..])), Err(Error::BadRequest(_))));
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 10).unwrap();
-        assert!(matches!(
-            decoder.decode(&mut BytesMut::from(&b"1\r\nab\r\n"[..])),
-            Err(Error::BadRequest(_))
-        ));
+        assert!(matches!(decoder.decode(&mut BytesMut::from(&b"1\r\nab\r\n"[..])), Err(Error::BadRequest(_))));
     }
 }

@@ -7,13 +7,8 @@ pub struct DecodeError;
 
 /// Decodes `%XX` escapes (and `+` when `plus_is_space`) and checks UTF-8.
 pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
-    if !raw
-        .iter()
-        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
-    {
-        return std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError);
+    if !raw.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
+        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -21,10 +16,8 @@ pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
         match raw[i] {
             b'%' => {
                 let hex = raw.get(i + 1..i + 3).ok_or(DecodeError)?;
-                let value = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(DecodeError)?;
+                let value =
+                    std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(DecodeError)?;
                 out.push(value);
                 i += 3;
             }
@@ -58,11 +51,7 @@ pub fn pairs(query: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
 
 /// Decoded path segments after the leading `/` (`+` stays literal in paths).
 pub fn segments(path: &[u8]) -> Result<Vec<String>, DecodeError> {
-    path.strip_prefix(b"/")
-        .unwrap_or(path)
-        .split(|&b| b == b'/')
-        .map(|segment| decode(segment, false))
-        .collect()
+    path.strip_prefix(b"/").unwrap_or(path).split(|&b| b == b'/').map(|segment| decode(segment, false)).collect()
 }
 
 #[cfg(test)]
@@ -91,9 +80,6 @@ mod tests {
                 ("x".into(), "".into()),
             ]
         );
-        assert_eq!(
-            segments(b"/v1/users/a%2Fb/events").unwrap(),
-            vec!["v1", "users", "a/b", "events"]
-        );
+        assert_eq!(segments(b"/v1/users/a%2Fb/events").unwrap(), vec!["v1", "users", "a/b", "events"]);
     }
 }

@@ -66,10 +66,7 @@ pub struct Request {
 impl Request {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_ref())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_ref())
     }
 
     /// A header value as UTF-8 text, when present and valid.
@@ -87,11 +84,7 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head {
-                Err(Error::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
+            return if buf.len() > limits.max_head { Err(Error::HeadTooLarge) } else { Ok(None) };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
         Err(httparse::Error::Version) => return Err(Error::BadRequest("unsupported HTTP version")),
@@ -118,17 +111,10 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
     };
     let http11 = parsed.version == Some(1);
     let target = offset(parsed.path.unwrap_or_default().as_bytes());
-    let header_offsets: Vec<_> = parsed
-        .headers
-        .iter()
-        .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
-        .collect();
+    let header_offsets: Vec<_> = parsed.headers.iter().map(|h| (offset(h.name.as_bytes()), offset(h.value))).collect();
     let head = buf.split_to(head_len).freeze();
     let slice = |(at, len): (usize, usize)| head.slice(at..at + len);
-    let headers: Vec<(Bytes, Bytes)> = header_offsets
-        .into_iter()
-        .map(|(n, v)| (slice(n), slice(v)))
-        .collect();
+    let headers: Vec<(Bytes, Bytes)> = header_offsets.into_iter().map(|(n, v)| (slice(n), slice(v))).collect();
 
     let target = slice(target);
     if target.first() != Some(&b'/') {
@@ -138,14 +124,7 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
         Some(at) => (target.slice(..at), target.slice(at + 1..)),
         None => (target.clone(), Bytes::new()),
     };
-    let mut request = Request {
-        method,
-        path,
-        query,
-        keep_alive: http11,
-        body: BodyFraming::Empty,
-        headers,
-    };
+    let mut request = Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, headers };
     request.keep_alive = keep_alive(&request, http11);
     request.body = framing(&request, http11)?;
     Ok(Some(request))
@@ -179,9 +158,7 @@ fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
     for (name, value) in &request.headers {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if !http11 || chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(Error::BadRequest(
-                    "only Transfer-Encoding: chunked is supported",
-                ));
+                return Err(Error::BadRequest("only Transfer-Encoding: chunked is supported"));
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -200,9 +177,7 @@ fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
         }
     }
     match (chunked, length) {
-        (true, Some(_)) => Err(Error::BadRequest(
-            "both Transfer-Encoding and Content-Length",
-        )),
+        (true, Some(_)) => Err(Error::BadRequest("both Transfer-Encoding and Content-Length")),
         (true, None) => Ok(BodyFraming::Chunked),
         (false, Some(0)) | (false, None) => Ok(BodyFraming::Empty),
         (false, Some(n)) => Ok(BodyFraming::Length(n)),
@@ -213,10 +188,7 @@ fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        max_head: 8192,
-        max_headers: 64,
-    };
+    const LIMITS: HeadLimits = HeadLimits { max_head: 8192, max_headers: 64 };
 
     fn parse_all(text: &[u8]) -> Result<Option<Request>, Error> {
         parse(&mut BytesMut::from(text), LIMITS)
@@ -224,11 +196,8 @@ mod tests {
 
     #[test]
     fn parses_a_get_with_query() {
-        let request = parse_all(
-            b"GET /sse?userId=a&rooms=x,y HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 5\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
+        let request =
+            parse_all(b"GET /sse?userId=a&rooms=x,y HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 5\r\n\r\n").unwrap().unwrap();
         assert_eq!(request.method, Method::Get);
         assert_eq!(&request.path[..], b"/sse");
         assert_eq!(&request.query[..], b"userId=a&rooms=x,y");
@@ -239,8 +208,7 @@ mod tests {
 
     #[test]
     fn input_split_across_reads_completes_once_whole() {
-        let whole =
-            b"POST /v1/broadcast HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n";
+        let whole = b"POST /v1/broadcast HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n";
         for cut in 1..whole.len() {
             let mut buf = BytesMut::from(&whole[..cut]);
             let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -254,32 +222,23 @@ mod tests {
                 assert_eq!(first.unwrap().body, BodyFraming::Length(5));
                 buf.extend_from_slice(&whole[cut..]);
             }
-            assert!(
-                buf.starts_with(b"hello"),
-                "body and pipelined bytes stay in the buffer"
-            );
+            assert!(buf.starts_with(b"hello"), "body and pipelined bytes stay in the buffer");
         }
     }
 
     #[test]
     fn connection_semantics() {
-        let close = parse_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let close = parse_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
         assert!(!close.keep_alive);
         let old = parse_all(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!old.keep_alive);
-        let old_keep = parse_all(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let old_keep = parse_all(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
         assert!(old_keep.keep_alive);
     }
 
     #[test]
     fn framing_rules() {
-        let chunked = parse_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let chunked = parse_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(chunked.body, BodyFraming::Chunked);
         for bad in [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
@@ -288,11 +247,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
         ] {
-            assert!(
-                matches!(parse_all(bad), Err(Error::BadRequest(_))),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(matches!(parse_all(bad), Err(Error::BadRequest(_))), "{}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -307,13 +262,7 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse_all(&many).unwrap_err(), Error::HeadTooLarge);
-        assert!(matches!(
-            parse_all(b"\x01\x02 garbage\r\n\r\n"),
-            Err(Error::BadRequest(_))
-        ));
-        assert!(matches!(
-            parse_all(b"GET http://x/ HTTP/1.1\r\n\r\n"),
-            Err(Error::BadRequest(_))
-        ));
+        assert!(matches!(parse_all(b"\x01\x02 garbage\r\n\r\n"), Err(Error::BadRequest(_))));
+        assert!(matches!(parse_all(b"GET http://x/ HTTP/1.1\r\n\r\n"), Err(Error::BadRequest(_))));
     }
 }

@@ -23,32 +23,17 @@ pub struct Response {
 impl Response {
     /// A JSON answer.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            content_type: JSON,
-            body: Bytes::from(value.to_string()),
-            close: false,
-        }
+        Response { status, headers: Vec::new(), content_type: JSON, body: Bytes::from(value.to_string()), close: false }
     }
 
     /// The error shape of the API: `{"error":"<code>","message":"<text>"}`.
     pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Response::json(
-            status,
-            &serde_json::json!({ "error": code, "message": message.into() }),
-        )
+        Response::json(status, &serde_json::json!({ "error": code, "message": message.into() }))
     }
 
     /// A body of any type.
     pub fn with_body(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            content_type,
-            body: body.into(),
-            close: false,
-        }
+        Response { status, headers: Vec::new(), content_type, body: body.into(), close: false }
     }
 
     /// Adds a header.
@@ -79,15 +64,7 @@ impl Response {
         for (name, value) in &self.headers {
             put_header(&mut out, name, value);
         }
-        put_header(
-            &mut out,
-            "Connection",
-            if keep_alive && !self.close {
-                "keep-alive"
-            } else {
-                "close"
-            },
-        );
+        put_header(&mut out, "Connection", if keep_alive && !self.close { "keep-alive" } else { "close" });
         out.put_slice(b"\r\n");
         if !head_only {
             out.put_slice(&self.body);
@@ -133,18 +110,9 @@ mod tests {
     fn encodes_json_errors_and_head() {
         let response = Response::error(404, "not_found", "no route").header("X-A", "1");
         let text = String::from_utf8(response.encode(false, true).to_vec()).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("X-A: 1\r\nConnection: keep-alive\r\n\r\n{"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with(r#"{"error":"not_found","message":"no route"}"#),
-            "{text}"
-        );
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"), "{text}");
+        assert!(text.contains("X-A: 1\r\nConnection: keep-alive\r\n\r\n{"), "{text}");
+        assert!(text.ends_with(r#"{"error":"not_found","message":"no route"}"#), "{text}");
         let head = String::from_utf8(response.encode(true, false).to_vec()).unwrap();
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         assert!(head.contains("Content-Length: 42\r\n"), "{head}");

@@ -24,10 +24,7 @@ const READ_CHUNK: usize = 8 * 1024;
 /// close, an error ends it, or the socket becomes a stream.
 pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
     let config = &ctx.shared.config;
-    let limits = HeadLimits {
-        max_head: config.max_head,
-        max_headers: config.max_headers,
-    };
+    let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
@@ -55,9 +52,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
             }
             Routed::Response(response) => {
                 let keep_alive = request.keep_alive && !response.close;
-                let bytes = response
-                    .encode(request.method == Method::Head, keep_alive)
-                    .freeze();
+                let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
                 let (result, _) = stream.write_all(bytes).await;
                 if result.is_err() || !keep_alive {
                     break;
@@ -78,9 +73,7 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
         return;
     }
     let response = Response::error(error.status(), error.code(), error.to_string()).closing();
-    let _ = stream
-        .write_all(response.encode(false, false).freeze())
-        .await;
+    let _ = stream.write_all(response.encode(false, false).freeze()).await;
 }
 
 /// Reads until a whole head is buffered. The wait for a request's first byte
@@ -96,12 +89,7 @@ async fn read_head(
 ) -> Result<Option<Request>, Error> {
     let config = &ctx.shared.config;
     let mut receiving = first;
-    let mut deadline = Instant::now()
-        + if first {
-            config.read_timeout
-        } else {
-            config.idle_timeout
-        };
+    let mut deadline = Instant::now() + if first { config.read_timeout } else { config.idle_timeout };
     loop {
         if !buf.is_empty() {
             if let Some(request) = request::parse(buf, limits)? {
@@ -156,9 +144,7 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
-    let remaining = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     match monoio::time::timeout(remaining, stream.read(spare)).await {
         Ok((result, returned)) => {
             *buf = returned.into_inner();

@@ -53,16 +53,12 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     signals::block_in_this_thread();
     let shard_count = config.shards.get();
     let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
-    let (inboxes, locals): (Vec<_>, Vec<_>) =
-        (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
+    let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
     let ids = IdGenerator::new(random_instance());
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
 
-    let mut addresses = Addresses {
-        public: shared.config.listen,
-        api: shared.config.api_listen,
-    };
+    let mut addresses = Addresses { public: shared.config.listen, api: shared.config.api_listen };
     let shared_listener = shared.config.shared_listener();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut driver = "";
@@ -70,12 +66,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         spawn_shard(id, shared.clone(), local, addresses, shared_listener, core)?;
         match lifecycle_rx.recv() {
-            Ok(LifecycleEvent::Ready {
-                public,
-                api,
-                driver: used,
-                ..
-            }) => {
+            Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
                 // Shard 0 resolved port 0 (if asked); the others bind the same ports.
                 addresses = Addresses { public, api };
                 driver = used;
@@ -132,12 +123,7 @@ fn spawn_shard(
     let spawned = thread.spawn(move || {
         if let Some(core) = core {
             if !core_affinity::set_for_current(core) {
-                crate::log!(
-                    Warn,
-                    "could not pin shard to its core",
-                    shard = id,
-                    core = core.id
-                );
+                crate::log!(Warn, "could not pin shard to its core", shard = id, core = core.id);
             }
         }
         let lifecycle = shared.lifecycle.clone();
@@ -147,13 +133,7 @@ fn spawn_shard(
             IoDriver::Epoll => false,
             IoDriver::Auto => monoio::utils::detect_uring(),
         };
-        let boot = ShardBoot {
-            id,
-            shared,
-            local,
-            addresses,
-            shared_listener,
-        };
+        let boot = ShardBoot { id, shared, local, addresses, shared_listener };
         let result = if uring {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                 .with_entries(URING_ENTRIES)
@@ -162,11 +142,7 @@ fn spawn_shard(
             {
                 Ok(mut runtime) => Ok(runtime.block_on(boot.run("uring"))),
                 Err(error) if driver == IoDriver::Auto => {
-                    crate::log!(
-                        Warn,
-                        "io_uring runtime failed; falling back to epoll",
-                        error = error
-                    );
+                    crate::log!(Warn, "io_uring runtime failed; falling back to epoll", error = error);
                     build_epoll().map(|mut runtime| runtime.block_on(boot.run("epoll")))
                 }
                 Err(error) => Err(error),
@@ -175,21 +151,14 @@ fn spawn_shard(
             build_epoll().map(|mut runtime| runtime.block_on(boot.run("epoll")))
         };
         if let Err(error) = result {
-            let _ = lifecycle.send(LifecycleEvent::Failed(format!(
-                "shard {id}: cannot start its runtime: {error}"
-            )));
+            let _ = lifecycle.send(LifecycleEvent::Failed(format!("shard {id}: cannot start its runtime: {error}")));
         }
     });
-    spawned
-        .map(drop)
-        .map_err(|e| StartError(format!("cannot spawn shard {id}: {e}")))
+    spawned.map(drop).map_err(|e| StartError(format!("cannot spawn shard {id}: {e}")))
 }
 
-fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>>
-{
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
+fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>> {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()
 }
 
 /// Everything a shard thread needs to start serving.
@@ -203,21 +172,11 @@ struct ShardBoot {
 
 impl ShardBoot {
     async fn run(self, driver: &'static str) {
-        let ShardBoot {
-            id,
-            shared,
-            mut local,
-            addresses,
-            shared_listener,
-        } = self;
+        let ShardBoot { id, shared, mut local, addresses, shared_listener } = self;
         let lifecycle = shared.lifecycle.clone();
-        let opts = ListenerOpts::new()
-            .reuse_port(true)
-            .reuse_addr(true)
-            .backlog(shared.config.backlog);
+        let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(shared.config.backlog);
         let bind = |addr: SocketAddr, what: &str| {
-            TcpListener::bind_with_config(addr, &opts)
-                .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+            TcpListener::bind_with_config(addr, &opts).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
         };
         let listeners = if shared_listener {
             bind(addresses.public, "--listen and --api-listen").map(|l| vec![(l, Role::Both)])
@@ -236,22 +195,13 @@ impl ShardBoot {
         };
         let local_addr = |index: usize| listeners[index].0.local_addr().unwrap_or(addresses.public);
         let public = local_addr(0);
-        let api = if shared_listener {
-            public
-        } else {
-            local_addr(1)
-        };
+        let api = if shared_listener { public } else { local_addr(1) };
         let ctx = ShardCtx::new(id, shared);
         monoio::spawn(heartbeat::run(ctx.clone()));
         for (listener, role) in listeners {
             monoio::spawn(accept_loop(ctx.clone(), listener, role));
         }
-        let _ = lifecycle.send(LifecycleEvent::Ready {
-            shard: id,
-            public,
-            api,
-            driver,
-        });
+        let _ = lifecycle.send(LifecycleEvent::Ready { shard: id, public, api, driver });
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         loop {
             local.recv_batch(&mut batch, INBOX_BATCH).await;

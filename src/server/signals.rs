@@ -34,42 +34,29 @@ pub fn block_in_this_thread() {
 
 /// Starts the thread that turns signals into lifecycle steps.
 pub fn spawn_watcher(shared: Arc<Shared>) {
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let set = signal_set();
-            let mut received = 0;
-            loop {
-                let mut signal = 0;
-                // SAFETY: a valid set and out-pointer.
-                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                    continue;
-                }
-                received += 1;
-                let name = if signal == libc::SIGTERM {
-                    "SIGTERM"
-                } else {
-                    "SIGINT"
-                };
-                if received > 1 {
-                    crate::log!(Warn, "second signal: exiting now", signal = name);
-                    let _ = shared.lifecycle.send(LifecycleEvent::Exit(FORCED_EXIT));
-                    continue;
-                }
-                let grace = shared.config.shutdown_grace;
-                crate::log!(
-                    Info,
-                    "shutting down",
-                    reason = name,
-                    grace_ms = grace.as_millis()
-                );
-                if let Some(order) =
-                    shared.begin_shutdown(grace, Some(crate::api::admin::SHUTDOWN_EVENT))
-                {
-                    for shard in 0..shared.shard_count() {
-                        shared.send_blocking(shard, order.envelope());
-                    }
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let set = signal_set();
+        let mut received = 0;
+        loop {
+            let mut signal = 0;
+            // SAFETY: a valid set and out-pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            received += 1;
+            let name = if signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+            if received > 1 {
+                crate::log!(Warn, "second signal: exiting now", signal = name);
+                let _ = shared.lifecycle.send(LifecycleEvent::Exit(FORCED_EXIT));
+                continue;
+            }
+            let grace = shared.config.shutdown_grace;
+            crate::log!(Info, "shutting down", reason = name, grace_ms = grace.as_millis());
+            if let Some(order) = shared.begin_shutdown(grace, Some(crate::api::admin::SHUTDOWN_EVENT)) {
+                for shard in 0..shared.shard_count() {
+                    shared.send_blocking(shard, order.envelope());
                 }
             }
-        });
+        }
+    });
 }

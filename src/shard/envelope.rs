@@ -32,6 +32,8 @@ pub struct Subscription {
     pub user: Option<String>,
     /// Rooms to join.
     pub rooms: Vec<String>,
+    /// `Last-Event-ID` (header, else `lastEventId` query parameter).
+    pub last_event_id: Option<String>,
     /// Response head plus `retry:` line, written first.
     pub preamble: Bytes,
 }
@@ -71,6 +73,13 @@ pub enum Envelope {
         /// `None` closes every connection.
         user: Option<Box<str>>,
         /// Where to send the count.
+        reply: ReplyTo,
+    },
+    /// Drop a user's replay ring (or all rings); replies when done.
+    ClearRecent {
+        /// `None` clears every ring.
+        user: Option<Box<str>>,
+        /// Where to confirm.
         reply: ReplyTo,
     },
     /// Reply with the hashes of rooms with members here (for distinct counts).

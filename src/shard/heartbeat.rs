@@ -30,6 +30,8 @@ pub async fn run(ctx: Rc<ShardCtx>) {
         monoio::time::sleep(tick).await;
         let now = ctx.tick_clock();
         let mut state = ctx.state.borrow_mut();
+        state.replay.expire(now);
+        ctx.report_replay(&state.replay);
         let slots = state.conns.capacity();
         if slots == 0 {
             continue;
@@ -42,9 +44,7 @@ pub async fn run(ctx: Rc<ShardCtx>) {
                 cursor = 0;
             }
             if let Some(conn) = state.conns.get_mut(cursor) {
-                let stuck = conn
-                    .writing_since_ms
-                    .is_some_and(|since| now.saturating_sub(since) >= write_timeout_ms);
+                let stuck = conn.writing_since_ms.is_some_and(|since| now.saturating_sub(since) >= write_timeout_ms);
                 if stuck && conn.closing != Some(Closing::Now) {
                     conn.close(Closing::Now);
                     stalled += 1;

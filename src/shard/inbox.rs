@@ -26,11 +26,7 @@ pub struct LocalInbox<T> {
 /// A new inbox holding at most `capacity` items in flight.
 pub fn inbox<T>(capacity: usize) -> (Arc<SharedInbox<T>>, LocalInbox<T>) {
     let (tx, rx) = sync_channel(capacity);
-    let shared = Arc::new(SharedInbox {
-        tx,
-        parked: AtomicBool::new(false),
-        waker: OnceLock::new(),
-    });
+    let shared = Arc::new(SharedInbox { tx, parked: AtomicBool::new(false), waker: OnceLock::new() });
     (shared.clone(), LocalInbox { rx, shared })
 }
 
@@ -43,8 +39,7 @@ impl<T> SharedInbox<T> {
                 // Pairs with the fence in `recv_batch`: either the receiver sees
                 // this item on its re-check, or this load sees `parked`.
                 fence(Ordering::SeqCst);
-                if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel)
-                {
+                if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
                     if let Some(waker) = self.waker.get() {
                         waker.wake_by_ref();
                     }
@@ -82,13 +77,15 @@ impl<T> LocalInbox<T> {
                 out.push(item);
                 continue;
             }
-            std::future::poll_fn(|_| {
-                if shared.parked.load(Ordering::Acquire) {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
+            std::future::poll_fn(
+                |_| {
+                    if shared.parked.load(Ordering::Acquire) {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                },
+            )
             .await;
         }
     }
@@ -130,11 +127,7 @@ mod tests {
             local.recv_batch(&mut batch, 256).await;
             for item in &batch {
                 let producer = (item >> 32) as usize;
-                assert_eq!(
-                    item & 0xffff_ffff,
-                    next[producer],
-                    "per-producer order is kept"
-                );
+                assert_eq!(item & 0xffff_ffff, next[producer], "per-producer order is kept");
                 next[producer] += 1;
             }
         }

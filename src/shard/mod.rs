@@ -14,6 +14,7 @@ pub mod heartbeat;
 pub mod inbox;
 pub mod queue;
 pub mod registry;
+pub mod replay;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -38,6 +39,7 @@ use envelope::{Delivery, Envelope, ReplyTo, Subscription, Target};
 use inbox::SharedInbox;
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
+use replay::{ReplayLimits, ReplayStore, Stream};
 use writer::FrameBatch;
 
 /// Envelopes an inbox holds before senders must wait: a few milliseconds of
@@ -174,10 +176,7 @@ pub struct ShutdownOrder {
 impl ShutdownOrder {
     /// The envelope carrying this order to one shard.
     pub fn envelope(&self) -> Envelope {
-        Envelope::Shutdown {
-            grace: self.grace,
-            announce: self.announce.clone(),
-        }
+        Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
     }
 }
 
@@ -190,6 +189,8 @@ pub struct ShardState {
     pub conns: Slab<Conn>,
     /// User and room indexes.
     pub registry: Registry,
+    /// Replay rings for `Last-Event-ID` resume.
+    pub replay: ReplayStore,
     batches: Vec<FrameBatch>,
     queue_items_max: usize,
     queue_bytes_max: usize,
@@ -222,6 +223,14 @@ impl ShardCtx {
     /// The context of shard `id`.
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let config = &shared.config;
+        let share = |total: usize| total.div_ceil(shared.shard_count()).max(1);
+        let replay = ReplayStore::new(ReplayLimits {
+            entries: config.recent_buffer,
+            ttl_ms: config.recent_ttl.as_millis() as u64,
+            max_users: share(config.recent_max_users),
+            max_rooms: share(config.recent_max_rooms),
+            max_bytes: share(config.recent_max_bytes),
+        });
         let limits = QueueLimits {
             max_items: config.max_queue_items.get(),
             max_bytes: config.max_queue_bytes.get(),
@@ -233,6 +242,7 @@ impl ShardCtx {
             state: RefCell::new(ShardState {
                 conns: Slab::new(),
                 registry: Registry::default(),
+                replay,
                 batches: Vec::new(),
                 queue_items_max: 0,
                 queue_bytes_max: 0,
@@ -266,27 +276,20 @@ impl ShardCtx {
     /// this shard owns its user (or it is anonymous), else moves the socket
     /// and the request to the owner's inbox.
     pub async fn subscribe(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
-        let owner = subscription
-            .user
-            .as_deref()
-            .map_or(self.id, |user| self.shared.owner(user));
+        let owner = subscription.user.as_deref().map_or(self.id, |user| self.shared.owner(user));
         if owner == self.id {
             self.register(stream, subscription);
             return;
         }
         let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
-        self.send(owner, Envelope::Subscriber { fd, subscription })
-            .await;
+        self.send(owner, Envelope::Subscriber { fd, subscription }).await;
     }
 
     /// Registers a subscriber on its owning shard and starts its writer.
     fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        if let (Some(limit), Some(user)) = (
-            self.shared.config.max_connections_per_user,
-            &subscription.user,
-        ) {
+        if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
             if state.registry.user(user).len() >= limit.get() {
                 drop_connection_slot(&self.shared);
                 ShardStats::add(&self.stats().errors, 1);
@@ -301,28 +304,26 @@ impl ShardCtx {
         }
         let entry = state.conns.vacant_entry();
         let key = entry.key();
-        let user = subscription
-            .user
-            .as_deref()
-            .map(|user| state.registry.add_user(user, key));
-        let rooms = subscription
-            .rooms
-            .iter()
-            .map(|room| state.registry.add_member(room, key))
-            .collect();
+        let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
+        let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(user, rooms, self.now_ms()));
         conn.push_control(subscription.preamble);
+        // Same turn of the shard as the registration: nothing published
+        // meanwhile can fall between the replayed part and the live part.
+        let replay = state.replay.replay(conn.user.as_deref(), &conn.rooms, subscription.last_event_id.as_deref());
+        if replay.gap {
+            conn.push_control(replay::gap_frame(subscription.last_event_id.as_deref().unwrap_or_default()));
+        }
+        let replayed = replay.frames.len() as u64;
+        for frame in replay.frames {
+            conn.push_control(frame);
+        }
         let stats = self.stats();
+        ShardStats::add(&stats.sent, replayed);
         ShardStats::add(&stats.subscribes, 1);
-        stats
-            .connections
-            .store(state.conns.len() as u64, Ordering::Relaxed);
-        stats
-            .users
-            .store(state.registry.user_count() as u64, Ordering::Relaxed);
-        stats
-            .rooms
-            .store(state.registry.room_count() as u64, Ordering::Relaxed);
+        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
         monoio::spawn(writer::serve(self.clone(), key, stream));
     }
 
@@ -339,15 +340,9 @@ impl ShardCtx {
         }
         drop_connection_slot(&self.shared);
         let stats = self.stats();
-        stats
-            .connections
-            .store(state.conns.len() as u64, Ordering::Relaxed);
-        stats
-            .users
-            .store(state.registry.user_count() as u64, Ordering::Relaxed);
-        stats
-            .rooms
-            .store(state.registry.room_count() as u64, Ordering::Relaxed);
+        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
     }
 
     /// Publishes frames in order and returns, per delivery, the number of
@@ -376,9 +371,7 @@ impl ShardCtx {
         for (delivery, &index) in local.iter().zip(&routes[self.id]) {
             totals[index] += self.deliver(&delivery.target, &delivery.frame);
         }
-        let remote: Vec<usize> = (0..shards)
-            .filter(|&s| s != self.id && !per_shard[s].is_empty())
-            .collect();
+        let remote: Vec<usize> = (0..shards).filter(|&s| s != self.id && !per_shard[s].is_empty()).collect();
         if !remote.is_empty() {
             let replies = self
                 .ask(&remote, |shard, reply| Envelope::Deliver {
@@ -398,13 +391,13 @@ impl ShardCtx {
     /// Queues `frame` to the local connections `target` names; returns how many.
     pub fn deliver(&self, target: &Target, frame: &Bytes) -> u64 {
         let mut state = self.state.borrow_mut();
-        let ShardState {
-            conns,
-            registry,
-            queue_items_max,
-            queue_bytes_max,
-            ..
-        } = &mut *state;
+        let ShardState { conns, registry, replay, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let stream = match target {
+            Target::User(user) => Stream::User(user),
+            Target::Room(room) => Stream::Room(room),
+            Target::All => Stream::All,
+        };
+        replay.record(stream, frame, self.clock_ms.get());
         let mut tally = Tally::default();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {
@@ -415,9 +408,7 @@ impl ShardCtx {
                     tally.queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
                     conn.notify();
-                    if conn.queue.items() > *queue_items_max
-                        || conn.queue.bytes() > *queue_bytes_max
-                    {
+                    if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
                         *queue_items_max = (*queue_items_max).max(conn.queue.items());
                         *queue_bytes_max = (*queue_bytes_max).max(conn.queue.bytes());
                         tally.raised_marks = true;
@@ -456,6 +447,7 @@ impl ShardCtx {
             ShardStats::raise(&stats.queue_items_max, *queue_items_max as u64);
             ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
         }
+        self.report_replay(replay);
         tally.queued
     }
 
@@ -463,9 +455,7 @@ impl ShardCtx {
     /// flush; returns how many.
     pub fn close_local(&self, user: Option<&str>) -> u64 {
         let mut state = self.state.borrow_mut();
-        let ShardState {
-            conns, registry, ..
-        } = &mut *state;
+        let ShardState { conns, registry, .. } = &mut *state;
         match user {
             Some(user) => {
                 let keys: SmallVec<[usize; 4]> = registry.user(user).iter().copied().collect();
@@ -483,6 +473,36 @@ impl ShardCtx {
         }
     }
 
+    /// Publishes the replay store's usage to this shard's gauges.
+    pub fn report_replay(&self, replay: &ReplayStore) {
+        let usage = replay.usage();
+        let stats = self.stats();
+        stats.replay_users.store(usage.users as u64, Ordering::Relaxed);
+        stats.replay_rooms.store(usage.rooms as u64, Ordering::Relaxed);
+        stats.replay_entries.store(usage.entries as u64, Ordering::Relaxed);
+        stats.replay_bytes.store(usage.bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Drops the local replay ring of `user` (or every ring).
+    pub fn clear_recent_local(&self, user: Option<&str>) {
+        let mut state = self.state.borrow_mut();
+        match user {
+            Some(user) => state.replay.clear_user(user),
+            None => state.replay.clear_all(),
+        }
+        self.report_replay(&state.replay);
+    }
+
+    /// Clears replay rings: a user's (on its owner) or all (every shard).
+    pub async fn clear_recent(self: &Rc<Self>, user: Option<&str>) {
+        let shards: Vec<usize> = match user {
+            Some(user) => vec![self.shared.owner(user)],
+            None => (0..self.shared.shard_count()).collect(),
+        };
+        let user: Option<Box<str>> = user.map(Box::from);
+        self.ask(&shards, |_, reply| Envelope::ClearRecent { user: user.clone(), reply }).await;
+    }
+
     /// Closes connections of `user` (on its owner) or of everyone (all shards).
     pub async fn close(self: &Rc<Self>, user: Option<&str>) -> u64 {
         let shards: Vec<usize> = match user {
@@ -496,12 +516,7 @@ impl ShardCtx {
         }
         if !remote.is_empty() {
             let user: Option<Box<str>> = user.map(Box::from);
-            let replies = self
-                .ask(&remote, |_, reply| Envelope::Close {
-                    user: user.clone(),
-                    reply,
-                })
-                .await;
+            let replies = self.ask(&remote, |_, reply| Envelope::Close { user: user.clone(), reply }).await;
             closed += replies.iter().flatten().sum::<u64>();
         }
         closed
@@ -510,9 +525,7 @@ impl ShardCtx {
     /// Distinct rooms with members on any shard (each shard sends its names' hashes).
     pub async fn distinct_rooms(self: &Rc<Self>) -> u64 {
         let all: Vec<usize> = (0..self.shared.shard_count()).collect();
-        let replies = self
-            .ask(&all, |_, reply| Envelope::RoomHashes { reply })
-            .await;
+        let replies = self.ask(&all, |_, reply| Envelope::RoomHashes { reply }).await;
         let mut seen = ahash::AHashSet::new();
         seen.extend(replies.into_iter().flatten());
         seen.len() as u64
@@ -521,11 +534,7 @@ impl ShardCtx {
     /// Hashes of the room names with members here.
     fn room_hashes(&self) -> Vec<u64> {
         let state = self.state.borrow();
-        state
-            .registry
-            .room_names()
-            .map(|name| self.shared.owner_hasher.hash_one(&**name))
-            .collect()
+        state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
     }
 
     /// Starts the shutdown of this shard: the announcement to every stream,
@@ -572,12 +581,7 @@ impl ShardCtx {
         });
         let guard = PendingGuard { ctx: self, slot };
         for (position, &shard) in shards.iter().enumerate() {
-            let reply = ReplyTo {
-                shard: self.id,
-                slot,
-                generation,
-                position,
-            };
+            let reply = ReplyTo { shard: self.id, slot, generation, position };
             self.send(shard, request(shard, reply)).await;
         }
         let values = std::future::poll_fn(|cx| {
@@ -610,10 +614,7 @@ impl ShardCtx {
                 }
             }
             Envelope::Deliver { deliveries, reply } => {
-                let counts = deliveries
-                    .iter()
-                    .map(|d| self.deliver(&d.target, &d.frame))
-                    .collect();
+                let counts = deliveries.iter().map(|d| self.deliver(&d.target, &d.frame)).collect();
                 if let Some(reply) = reply {
                     self.reply(reply, counts);
                 }
@@ -622,6 +623,10 @@ impl ShardCtx {
                 let closed = self.close_local(user.as_deref());
                 self.reply(reply, vec![closed]);
             }
+            Envelope::ClearRecent { user, reply } => {
+                self.clear_recent_local(user.as_deref());
+                self.reply(reply, Vec::new());
+            }
             Envelope::RoomHashes { reply } => {
                 let hashes = self.room_hashes();
                 self.reply(reply, hashes);
@@ -629,10 +634,7 @@ impl ShardCtx {
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, values } => {
                 let mut pending = self.pending.borrow_mut();
-                if let Some(entry) = pending
-                    .get_mut(to.slot)
-                    .filter(|e| e.generation == to.generation)
-                {
+                if let Some(entry) = pending.get_mut(to.slot).filter(|e| e.generation == to.generation) {
                     entry.values[to.position] = values;
                     entry.remaining -= 1;
                     if entry.remaining == 0 {
@@ -699,17 +701,9 @@ fn drop_connection_slot(shared: &Shared) {
 /// Closes this shard's connections one by one, evenly over `grace`, so that
 /// clients do not all reconnect at the same instant; then reports drained.
 async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
-    let keys: Vec<usize> = ctx
-        .state
-        .borrow()
-        .conns
-        .iter()
-        .map(|(key, _)| key)
-        .collect();
+    let keys: Vec<usize> = ctx.state.borrow().conns.iter().map(|(key, _)| key).collect();
     let start = Instant::now();
-    let step = grace
-        .checked_div(keys.len().max(1) as u32)
-        .unwrap_or_default();
+    let step = grace.checked_div(keys.len().max(1) as u32).unwrap_or_default();
     for (index, key) in keys.iter().enumerate() {
         let due = start + step * index as u32;
         let now = Instant::now();

@@ -75,8 +75,7 @@ impl FrameQueue {
     /// so a message larger than `max_bytes` (but within `--max-payload`) still
     /// reaches a connection that keeps up.
     pub fn push(&mut self, frame: Bytes, limits: &QueueLimits) -> Pushed {
-        let fits =
-            |q: &Self| q.items() < limits.max_items && q.bytes() + frame.len() <= limits.max_bytes;
+        let fits = |q: &Self| q.items() < limits.max_items && q.bytes() + frame.len() <= limits.max_bytes;
         if self.is_idle() || fits(self) {
             self.push_unbounded(frame);
             return Pushed::Queued { dropped_oldest: 0 };
@@ -95,9 +94,7 @@ impl FrameQueue {
                 }
                 if fits(self) || self.is_idle() {
                     self.push_unbounded(frame);
-                    Pushed::Queued {
-                        dropped_oldest: dropped,
-                    }
+                    Pushed::Queued { dropped_oldest: dropped }
                 } else {
                     // Only the in-flight batch is left and the frame still does
                     // not fit beside it: the frame is the one dropped.
@@ -139,11 +136,7 @@ mod tests {
     use super::*;
 
     fn limits(policy: DropPolicy) -> QueueLimits {
-        QueueLimits {
-            max_items: 3,
-            max_bytes: 10,
-            policy,
-        }
+        QueueLimits { max_items: 3, max_bytes: 10, policy }
     }
 
     fn frame(text: &'static str) -> Bytes {
@@ -162,15 +155,9 @@ mod tests {
     fn oldest_policy_drops_from_the_front() {
         let mut queue = FrameQueue::default();
         for f in ["a", "b", "c"] {
-            assert_eq!(
-                queue.push(frame(f), &limits(DropPolicy::Oldest)),
-                Pushed::Queued { dropped_oldest: 0 }
-            );
+            assert_eq!(queue.push(frame(f), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 0 });
         }
-        assert_eq!(
-            queue.push(frame("d"), &limits(DropPolicy::Oldest)),
-            Pushed::Queued { dropped_oldest: 1 }
-        );
+        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 1 });
         assert_eq!(drain(&mut queue), vec![frame("b"), frame("c"), frame("d")]);
         assert!(queue.is_idle());
     }
@@ -179,10 +166,7 @@ mod tests {
     fn byte_bound_applies_too() {
         let mut queue = FrameQueue::default();
         queue.push(frame("123456"), &limits(DropPolicy::Oldest));
-        assert_eq!(
-            queue.push(frame("12345"), &limits(DropPolicy::Oldest)),
-            Pushed::Queued { dropped_oldest: 1 }
-        );
+        assert_eq!(queue.push(frame("12345"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 1 });
         assert_eq!(queue.bytes(), 5);
     }
 
@@ -192,14 +176,8 @@ mod tests {
         for f in ["a", "b", "c"] {
             queue.push(frame(f), &limits(DropPolicy::Newest));
         }
-        assert_eq!(
-            queue.push(frame("d"), &limits(DropPolicy::Newest)),
-            Pushed::DroppedNewest
-        );
-        assert_eq!(
-            queue.push(frame("d"), &limits(DropPolicy::Disconnect)),
-            Pushed::Overflow
-        );
+        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Newest)), Pushed::DroppedNewest);
+        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Disconnect)), Pushed::Overflow);
         assert_eq!(drain(&mut queue), vec![frame("a"), frame("b"), frame("c")]);
     }
 
@@ -212,28 +190,16 @@ mod tests {
         }
         queue.take_batch(&mut batch, 8);
         assert_eq!(queue.items(), 3);
-        assert_eq!(
-            queue.push(frame("d"), &limits(DropPolicy::Oldest)),
-            Pushed::DroppedNewest
-        );
+        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::DroppedNewest);
         queue.written(3, 3);
-        assert_eq!(
-            queue.push(frame("d"), &limits(DropPolicy::Oldest)),
-            Pushed::Queued { dropped_oldest: 0 }
-        );
+        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 0 });
     }
 
     #[test]
     fn an_oversized_frame_reaches_an_idle_connection() {
         let mut queue = FrameQueue::default();
         let big = frame("0123456789abcdef");
-        assert_eq!(
-            queue.push(big.clone(), &limits(DropPolicy::Newest)),
-            Pushed::Queued { dropped_oldest: 0 }
-        );
-        assert_eq!(
-            queue.push(frame("x"), &limits(DropPolicy::Newest)),
-            Pushed::DroppedNewest
-        );
+        assert_eq!(queue.push(big.clone(), &limits(DropPolicy::Newest)), Pushed::Queued { dropped_oldest: 0 });
+        assert_eq!(queue.push(frame("x"), &limits(DropPolicy::Newest)), Pushed::DroppedNewest);
     }
 }

@@ -55,8 +55,7 @@ impl Registry {
             }
             None => {
                 let name: Rc<str> = Rc::from(user);
-                self.users
-                    .insert(name.clone(), SmallVec::from_elem(conn, 1));
+                self.users.insert(name.clone(), SmallVec::from_elem(conn, 1));
                 name
             }
         }

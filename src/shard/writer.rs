@@ -46,10 +46,9 @@ impl FrameBatch {
 
     fn prepare(&mut self) {
         self.iovecs.clear();
-        self.iovecs.extend(self.frames.iter().map(|f| libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
-        }));
+        self.iovecs.extend(
+            self.frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }),
+        );
     }
 
     /// Accounts `written` bytes: drops whole frames, advances a partial one.
@@ -113,8 +112,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
         {
             let mut state = ctx.state.borrow_mut();
             let conn = &mut state.conns[key];
-            conn.queue
-                .take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
+            conn.queue.take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
             conn.writing_since_ms = Some(ctx.now_ms());
         }
         while !batch.frames.is_empty() {

@@ -91,11 +91,7 @@ impl<'a> Iterator for Lines<'a> {
                 Some(rest)
             }
             Some(at) => {
-                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') { 2 } else { 1 };
                 self.rest = Some(&rest[at + skip..]);
                 Some(&rest[..at])
             }
@@ -116,14 +112,8 @@ mod tests {
     #[test]
     fn single_line() {
         assert_eq!(frame("1", None, "hello"), "id: 1\ndata: hello\n\n");
-        assert_eq!(
-            frame("1", Some("message"), "hello"),
-            "id: 1\ndata: hello\n\n"
-        );
-        assert_eq!(
-            frame("7", Some("notify"), "{\"a\":1}"),
-            "id: 7\nevent: notify\ndata: {\"a\":1}\n\n"
-        );
+        assert_eq!(frame("1", Some("message"), "hello"), "id: 1\ndata: hello\n\n");
+        assert_eq!(frame("7", Some("notify"), "{\"a\":1}"), "id: 7\nevent: notify\ndata: {\"a\":1}\n\n");
     }
 
     #[test]
@@ -131,10 +121,7 @@ mod tests {
         assert_eq!(frame("1", None, "a\nb"), "id: 1\ndata: a\ndata: b\n\n");
         assert_eq!(frame("1", None, "a\r\nb"), "id: 1\ndata: a\ndata: b\n\n");
         assert_eq!(frame("1", None, "a\rb"), "id: 1\ndata: a\ndata: b\n\n");
-        assert_eq!(
-            frame("1", None, "a\r\rb"),
-            "id: 1\ndata: a\ndata: \ndata: b\n\n"
-        );
+        assert_eq!(frame("1", None, "a\r\rb"), "id: 1\ndata: a\ndata: \ndata: b\n\n");
     }
 
     #[test]

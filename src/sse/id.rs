@@ -21,11 +21,7 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// `instance` distinguishes this process from others on the same bus.
     pub fn new(instance: u32) -> Self {
-        IdGenerator {
-            instance,
-            sequence: AtomicU64::new(0),
-            last_millis: AtomicU64::new(0),
-        }
+        IdGenerator { instance, sequence: AtomicU64::new(0), last_millis: AtomicU64::new(0) }
     }
 
     /// The instance id as it appears in ids and logs.
@@ -36,9 +32,7 @@ impl IdGenerator {
     /// A fresh id. The millisecond part never goes backwards within the process
     /// (a wall-clock step back reuses the last value), so ids stay ordered.
     pub fn next(&self) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let millis = self.last_millis.fetch_max(now, Ordering::AcqRel).max(now);
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) as u32;
         format!("{millis:013}-{:08x}-{sequence:08x}", self.instance)
@@ -47,9 +41,7 @@ impl IdGenerator {
 
 /// A random-enough instance id from the clock, the pid and ahash's per-process keys.
 pub fn random_instance() -> u32 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     ahash::RandomState::new().hash_one((nanos, std::process::id())) as u32
 }
 

@@ -1,0 +1,498 @@
+//! Per-shard replay rings for `Last-Event-ID` resume.
+//!
+//! A ring holds `(arrival sequence, shared frame)` — never a copy: the frame is
+//! the same `Bytes` every recipient got, and its id is read back from the
+//! frame's first line. There is a ring per user (on the user's owner shard),
+//! per room and one for broadcasts (on every shard, since room and broadcast
+//! frames reach every shard). Rings are kept whether or not anyone is
+//! connected, expire after `--recent-ttl` without a new message, and are
+//! evicted least-recently-active first beyond `--recent-max-users`,
+//! `--recent-max-rooms` or `--recent-max-bytes` (each shard enforces its share).
+//!
+//! A resume merges the rings that apply to a connection by arrival sequence,
+//! so replayed frames come in the order they were published on this shard.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+use ahash::AHashMap;
+use bytes::Bytes;
+
+/// Event name of the in-band "you may have missed messages" notice.
+pub const GAP_EVENT: &str = "ssekify.gap";
+
+/// Sizes and lifetimes of one shard's rings.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayLimits {
+    /// Entries per ring; 0 disables replay.
+    pub entries: usize,
+    /// Rings without a new message for this long are dropped (0 = never).
+    pub ttl_ms: u64,
+    /// User rings kept on this shard.
+    pub max_users: usize,
+    /// Room rings kept on this shard.
+    pub max_rooms: usize,
+    /// Frame bytes referenced by this shard's rings.
+    pub max_bytes: usize,
+}
+
+/// Which ring a published frame belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream<'a> {
+    /// A user's messages.
+    User(&'a str),
+    /// A room's messages.
+    Room(&'a str),
+    /// Broadcasts.
+    All,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    id_len: u16,
+    frame: Bytes,
+}
+
+impl Entry {
+    fn id(&self) -> &[u8] {
+        &self.frame[4..4 + self.id_len as usize]
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    /// Sequence of the newest entry pushed out by wrap-around (0: none).
+    wrapped_through: u64,
+    /// Sequence counter value when the ring was created.
+    created_at: u64,
+    touch: u64,
+    last_active_ms: u64,
+}
+
+/// Rings by name with least-recently-active order.
+#[derive(Debug, Default)]
+struct Keyed {
+    rings: AHashMap<Rc<str>, Ring>,
+    order: BTreeMap<u64, Rc<str>>,
+    /// Newest sequence held by a ring that was dropped whole (evicted, expired, cleared).
+    forgotten_through: u64,
+}
+
+/// What a connection gets before going live.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// True when the client must be told it may have missed messages.
+    pub gap: bool,
+    /// Frames to send, in arrival order.
+    pub frames: Vec<Bytes>,
+}
+
+/// Counts for stats and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayUsage {
+    /// User rings held.
+    pub users: usize,
+    /// Room rings held.
+    pub rooms: usize,
+    /// Entries across all rings.
+    pub entries: usize,
+    /// Frame bytes referenced by those entries.
+    pub bytes: usize,
+}
+
+/// All rings of one shard.
+#[derive(Debug)]
+pub struct ReplayStore {
+    limits: ReplayLimits,
+    users: Keyed,
+    rooms: Keyed,
+    broadcast: Ring,
+    broadcast_forgotten_through: u64,
+    next_seq: u64,
+    next_touch: u64,
+    entries: usize,
+    bytes: usize,
+}
+
+impl ReplayStore {
+    /// An empty store.
+    pub fn new(limits: ReplayLimits) -> Self {
+        ReplayStore {
+            limits,
+            users: Keyed::default(),
+            rooms: Keyed::default(),
+            broadcast: Ring::default(),
+            broadcast_forgotten_through: 0,
+            next_seq: 0,
+            next_touch: 0,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// False when `--recent-buffer 0` disabled replay.
+    pub fn enabled(&self) -> bool {
+        self.limits.entries > 0
+    }
+
+    /// Current usage.
+    pub fn usage(&self) -> ReplayUsage {
+        ReplayUsage {
+            users: self.users.rings.len(),
+            rooms: self.rooms.rings.len(),
+            entries: self.entries,
+            bytes: self.bytes,
+        }
+    }
+
+    /// Records a frame published to `stream` (frames start with `id: <id>\n`).
+    pub fn record(&mut self, stream: Stream<'_>, frame: &Bytes, now_ms: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(id_len) = frame_id_len(frame) else { return };
+        self.next_seq += 1;
+        self.next_touch += 1;
+        let (seq, touch, capacity) = (self.next_seq, self.next_touch, self.limits.entries);
+        let entry = Entry { seq, id_len, frame: frame.clone() };
+        let ring = match stream {
+            Stream::All => &mut self.broadcast,
+            Stream::User(name) => self.users.touch(name, touch, seq),
+            Stream::Room(name) => self.rooms.touch(name, touch, seq),
+        };
+        ring.last_active_ms = now_ms;
+        self.entries += 1;
+        self.bytes += frame.len();
+        ring.entries.push_back(entry);
+        if ring.entries.len() > capacity {
+            let old = ring.entries.pop_front().expect("over capacity");
+            ring.wrapped_through = old.seq;
+            self.entries -= 1;
+            self.bytes -= old.frame.len();
+        }
+        self.enforce_bounds();
+    }
+
+    /// Frames for a new connection of `user` in `rooms`, resuming after
+    /// `last_id` when given (see the module docs for the rules).
+    pub fn replay(&self, user: Option<&str>, rooms: &[Rc<str>], last_id: Option<&str>) -> Replay {
+        let Some(last_id) = last_id else { return Replay::default() };
+        let mut rings: Vec<(&Ring, u64)> = vec![(&self.broadcast, self.broadcast_forgotten_through)];
+        let mut missing_forgotten = 0;
+        for (keyed, name) in user.map(|u| (&self.users, u)).into_iter().chain(rooms.iter().map(|r| (&self.rooms, &**r)))
+        {
+            match keyed.rings.get(name) {
+                Some(ring) => rings.push((ring, keyed.forgotten_through)),
+                None => missing_forgotten = missing_forgotten.max(keyed.forgotten_through),
+            }
+        }
+        let found = rings
+            .iter()
+            .find_map(|(ring, _)| ring.entries.iter().find(|e| e.id() == last_id.as_bytes()).map(|e| e.seq));
+        let after = found.unwrap_or(0);
+        let lost = found.is_none()
+            || missing_forgotten > after
+            || rings.iter().any(|(ring, forgotten)| {
+                ring.wrapped_through > after || (ring.created_at > after && *forgotten > after)
+            });
+        let mut entries: Vec<&Entry> =
+            rings.iter().flat_map(|(ring, _)| ring.entries.iter().filter(|e| e.seq > after)).collect();
+        entries.sort_unstable_by_key(|e| e.seq);
+        Replay { gap: lost, frames: entries.into_iter().map(|e| e.frame.clone()).collect() }
+    }
+
+    /// Drops one user's ring (seed `clearRecent(userId)`).
+    pub fn clear_user(&mut self, user: &str) {
+        if let Some(ring) = self.users.remove(user) {
+            self.forget(&ring);
+        }
+    }
+
+    /// Drops every ring (seed `clearRecent()`).
+    pub fn clear_all(&mut self) {
+        let users: Vec<Rc<str>> = self.users.rings.keys().cloned().collect();
+        for user in users {
+            self.clear_user(&user);
+        }
+        let rooms: Vec<Rc<str>> = self.rooms.rings.keys().cloned().collect();
+        for room in rooms {
+            if let Some(ring) = self.rooms.remove(&room) {
+                self.forget(&ring);
+            }
+        }
+        self.drop_broadcast();
+    }
+
+    /// Drops rings idle for `--recent-ttl`; cheap when nothing is due (it
+    /// looks at the least recently active ring only).
+    pub fn expire(&mut self, now_ms: u64) {
+        let ttl = self.limits.ttl_ms;
+        if ttl == 0 {
+            return;
+        }
+        let due = |ring: &Ring| now_ms.saturating_sub(ring.last_active_ms) >= ttl;
+        for kind in [KeyedKind::Users, KeyedKind::Rooms] {
+            while self.keyed(kind).oldest().is_some_and(due) {
+                let ring = self.keyed_mut(kind).pop_oldest().expect("a due ring");
+                self.forget(&ring);
+            }
+        }
+        if !self.broadcast.entries.is_empty() && due(&self.broadcast) {
+            self.drop_broadcast();
+        }
+    }
+
+    fn drop_broadcast(&mut self) {
+        let broadcast = std::mem::take(&mut self.broadcast);
+        self.broadcast_forgotten_through = self.broadcast_forgotten_through.max(newest(&broadcast));
+        self.broadcast.created_at = self.next_seq;
+        self.forget(&broadcast);
+    }
+
+    fn keyed(&self, kind: KeyedKind) -> &Keyed {
+        match kind {
+            KeyedKind::Users => &self.users,
+            KeyedKind::Rooms => &self.rooms,
+        }
+    }
+
+    fn keyed_mut(&mut self, kind: KeyedKind) -> &mut Keyed {
+        match kind {
+            KeyedKind::Users => &mut self.users,
+            KeyedKind::Rooms => &mut self.rooms,
+        }
+    }
+
+    /// Evicts least-recently-active rings beyond the count and byte bounds.
+    fn enforce_bounds(&mut self) {
+        while self.users.rings.len() > self.limits.max_users {
+            let ring = self.users.pop_oldest().expect("over bound");
+            self.forget(&ring);
+        }
+        while self.rooms.rings.len() > self.limits.max_rooms {
+            let ring = self.rooms.pop_oldest().expect("over bound");
+            self.forget(&ring);
+        }
+        while self.bytes > self.limits.max_bytes {
+            let user_touch = self.users.oldest().map(|r| r.touch);
+            let room_touch = self.rooms.oldest().map(|r| r.touch);
+            let ring = match (user_touch, room_touch) {
+                (Some(u), Some(r)) if r < u => self.rooms.pop_oldest(),
+                (Some(_), _) => self.users.pop_oldest(),
+                (None, Some(_)) => self.rooms.pop_oldest(),
+                (None, None) => None,
+            };
+            match ring {
+                Some(ring) => self.forget(&ring),
+                None => {
+                    // Only broadcasts are left: shorten their ring.
+                    let Some(old) = self.broadcast.entries.pop_front() else { break };
+                    self.broadcast.wrapped_through = old.seq;
+                    self.entries -= 1;
+                    self.bytes -= old.frame.len();
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, ring: &Ring) {
+        self.entries -= ring.entries.len();
+        self.bytes -= ring.entries.iter().map(|e| e.frame.len()).sum::<usize>();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum KeyedKind {
+    Users,
+    Rooms,
+}
+
+fn newest(ring: &Ring) -> u64 {
+    ring.entries.back().map_or(ring.wrapped_through, |e| e.seq)
+}
+
+impl Keyed {
+    /// The ring of `name`, created if needed, marked most recently active.
+    fn touch(&mut self, name: &str, touch: u64, seq: u64) -> &mut Ring {
+        if !self.rings.contains_key(name) {
+            let name: Rc<str> = Rc::from(name);
+            self.rings.insert(name.clone(), Ring { created_at: seq - 1, touch, ..Ring::default() });
+            self.order.insert(touch, name);
+        }
+        let ring = self.rings.get_mut(name).expect("present");
+        if ring.touch != touch {
+            if let Some(name) = self.order.remove(&ring.touch) {
+                self.order.insert(touch, name);
+            }
+            ring.touch = touch;
+        }
+        ring
+    }
+
+    fn oldest(&self) -> Option<&Ring> {
+        self.order.values().next().and_then(|name| self.rings.get(name))
+    }
+
+    fn pop_oldest(&mut self) -> Option<Ring> {
+        let (_, name) = self.order.pop_first()?;
+        let ring = self.rings.remove(&name)?;
+        self.forgotten_through = self.forgotten_through.max(newest(&ring));
+        Some(ring)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Ring> {
+        let ring = self.rings.remove(name)?;
+        self.order.remove(&ring.touch);
+        self.forgotten_through = self.forgotten_through.max(newest(&ring));
+        Some(ring)
+    }
+}
+
+/// Length of the id in a frame starting `id: <id>\n`.
+fn frame_id_len(frame: &[u8]) -> Option<u16> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let len = rest.iter().position(|&b| b == b'\n')?;
+    u16::try_from(len).ok()
+}
+
+/// The `ssekify.gap` frame telling a client that `last_id` could not be
+/// resumed exactly; it carries no id, so the client's last id stays put.
+pub fn gap_frame(last_id: &str) -> Bytes {
+    let data = serde_json::json!({ "lastEventId": last_id }).to_string();
+    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::frame::encode;
+
+    fn limits(entries: usize) -> ReplayLimits {
+        ReplayLimits { entries, ttl_ms: 1_000, max_users: 3, max_rooms: 3, max_bytes: 1 << 20 }
+    }
+
+    fn ids(replay: &Replay) -> Vec<String> {
+        replay
+            .frames
+            .iter()
+            .map(|f| String::from_utf8(f[4..4 + frame_id_len(f).unwrap() as usize].to_vec()).unwrap())
+            .collect()
+    }
+
+    fn publish(store: &mut ReplayStore, stream: Stream<'_>, id: &str, now: u64) {
+        store.record(stream, &encode(id, None, b"x"), now);
+    }
+
+    #[test]
+    fn resume_after_a_found_id_sends_the_rest_in_order() {
+        let mut store = ReplayStore::new(limits(20));
+        for i in 1..=5 {
+            publish(&mut store, Stream::User("u"), &i.to_string(), 0);
+        }
+        let replay = store.replay(Some("u"), &[], Some("2"));
+        assert!(!replay.gap);
+        assert_eq!(ids(&replay), ["3", "4", "5"]);
+        assert_eq!(store.replay(Some("u"), &[], None), Replay::default());
+    }
+
+    #[test]
+    fn rings_merge_by_arrival_across_user_rooms_and_broadcast() {
+        let mut store = ReplayStore::new(limits(20));
+        let rooms: Vec<Rc<str>> = vec![Rc::from("a"), Rc::from("b")];
+        publish(&mut store, Stream::User("u"), "1", 0);
+        publish(&mut store, Stream::Room("a"), "2", 0);
+        publish(&mut store, Stream::All, "3", 0);
+        publish(&mut store, Stream::Room("c"), "not-mine", 0);
+        publish(&mut store, Stream::Room("b"), "4", 0);
+        publish(&mut store, Stream::User("other"), "not-mine-either", 0);
+        publish(&mut store, Stream::User("u"), "5", 0);
+        assert_eq!(ids(&store.replay(Some("u"), &rooms, Some("1"))), ["2", "3", "4", "5"]);
+        assert_eq!(ids(&store.replay(None, &rooms, Some("2"))), ["3", "4"], "anonymous: rooms and broadcast");
+    }
+
+    #[test]
+    fn unknown_or_wrapped_ids_give_a_gap_and_the_whole_buffer() {
+        let mut store = ReplayStore::new(limits(3));
+        for i in 1..=5 {
+            publish(&mut store, Stream::User("u"), &i.to_string(), 0);
+        }
+        let unknown = store.replay(Some("u"), &[], Some("nope"));
+        assert!(unknown.gap);
+        assert_eq!(ids(&unknown), ["3", "4", "5"]);
+        let wrapped = store.replay(Some("u"), &[], Some("1"));
+        assert!(wrapped.gap, "1 fell off the ring");
+        let kept = store.replay(Some("u"), &[], Some("3"));
+        assert!(!kept.gap);
+        assert_eq!(ids(&kept), ["4", "5"]);
+    }
+
+    #[test]
+    fn a_found_id_with_losses_in_another_ring_still_reports_the_gap() {
+        let mut store = ReplayStore::new(limits(2));
+        publish(&mut store, Stream::User("u"), "u1", 0);
+        for i in 1..=3 {
+            publish(&mut store, Stream::All, &format!("b{i}"), 0);
+        }
+        let replay = store.replay(Some("u"), &[], Some("u1"));
+        assert!(replay.gap, "b1 was pushed out of the broadcast ring");
+        assert_eq!(ids(&replay), ["b2", "b3"]);
+    }
+
+    #[test]
+    fn least_recently_active_users_are_evicted_and_counted() {
+        let mut store = ReplayStore::new(limits(2));
+        publish(&mut store, Stream::User("a"), "a1", 0);
+        publish(&mut store, Stream::User("b"), "b1", 0);
+        publish(&mut store, Stream::User("c"), "c1", 0);
+        publish(&mut store, Stream::User("a"), "a2", 0);
+        publish(&mut store, Stream::User("d"), "d1", 0);
+        let usage = store.usage();
+        assert_eq!((usage.users, usage.entries), (3, 4), "b was the least recently active");
+        assert!(store.replay(Some("b"), &[], Some("b1")).gap);
+        assert_eq!(ids(&store.replay(Some("a"), &[], Some("a1"))), ["a2"]);
+        let recreated = {
+            publish(&mut store, Stream::User("b"), "b2", 0);
+            store.replay(Some("b"), &[], Some("b2"))
+        };
+        assert!(!recreated.gap && recreated.frames.is_empty(), "found at the newest entry");
+    }
+
+    #[test]
+    fn ttl_clear_and_disable() {
+        let mut store = ReplayStore::new(limits(5));
+        publish(&mut store, Stream::User("old"), "o1", 0);
+        publish(&mut store, Stream::User("new"), "n1", 900);
+        publish(&mut store, Stream::Room("r"), "r1", 100);
+        store.expire(1_500);
+        assert_eq!(store.usage().users, 1);
+        assert_eq!(store.usage().rooms, 0);
+        assert!(store.replay(Some("old"), &[], Some("o1")).gap);
+        store.clear_user("new");
+        assert_eq!(store.usage(), ReplayUsage::default());
+        publish(&mut store, Stream::All, "b1", 2_000);
+        store.clear_all();
+        assert_eq!(store.usage(), ReplayUsage::default());
+
+        let mut off = ReplayStore::new(limits(0));
+        publish(&mut off, Stream::User("u"), "1", 0);
+        assert_eq!(off.usage(), ReplayUsage::default());
+        assert!(off.replay(Some("u"), &[], Some("1")).gap);
+    }
+
+    #[test]
+    fn byte_bound_evicts_oldest_rings() {
+        let mut store = ReplayStore::new(ReplayLimits { max_bytes: 100, ..limits(10) });
+        for i in 0..20 {
+            publish(&mut store, Stream::User(&format!("u{i}")), &format!("{i}"), 0);
+        }
+        assert!(store.usage().bytes <= 100, "{:?}", store.usage());
+        assert!(store.usage().users >= 1);
+    }
+
+    #[test]
+    fn gap_frame_names_the_id() {
+        assert_eq!(&gap_frame("a\"b")[..], b"event: ssekify.gap\ndata: {\"lastEventId\":\"a\\\"b\"}\n\n");
+    }
+}
