@@ -46,10 +46,7 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -72,17 +69,9 @@ async fn subscribe(target: SocketAddr, request: String) -> Option<TcpStream> {
 fn main() {
     let cli = Cli::parse();
     match cli.scenario {
-        Scenario::Idle {
-            target,
-            path,
-            connections,
-            server_pid,
-            settle,
-        } => {
-            let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build()
-                .expect("runtime");
+        Scenario::Idle { target, path, connections, server_pid, settle } => {
+            let mut runtime =
+                monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("runtime");
             runtime.block_on(async move {
                 let before = rss_kib(server_pid);
                 let started = Instant::now();
