@@ -120,6 +120,9 @@ pub struct Cli {
     /// How long a publish's Idempotency-Key is remembered.
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_WINDOW", default_value = "5m")]
     pub idempotency_window: String,
+    /// Idempotency keys remembered per instance (oldest forgotten first beyond it).
+    #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
+    pub idempotency_max_keys: usize,
     /// Frames a connection may have waiting to be written.
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_ITEMS", default_value_t = DEFAULT_MAX_QUEUE_ITEMS)]
     pub max_queue_items: usize,
@@ -200,6 +203,8 @@ pub struct Config {
     pub recent_max_bytes: usize,
     /// Idempotency-Key memory.
     pub idempotency_window: Duration,
+    /// Idempotency keys per instance.
+    pub idempotency_max_keys: usize,
     /// Queue bound in frames.
     pub max_queue_items: NonZeroUsize,
     /// Queue bound in bytes.
@@ -364,6 +369,7 @@ impl TryFrom<Cli> for Config {
             recent_max_rooms: cli.recent_max_rooms,
             recent_max_bytes: size("recent-max-bytes", &cli.recent_max_bytes)?,
             idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
+            idempotency_max_keys: cli.idempotency_max_keys,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
             max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
             drop_policy: cli.drop_policy,

@@ -1,4 +1,4 @@
-//! Admin routes: close connections, stop accepting, shut down.
+//! Admin routes: close connections, clear replay rings, stop accepting, shut down.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -27,6 +27,15 @@ pub async fn close_user(ctx: &Rc<ShardCtx>, user: &str) -> Response {
 pub async fn close_all(ctx: &Rc<ShardCtx>) -> Response {
     let closed = ctx.close(None).await;
     Response::json(200, &json!({ "closed": closed }))
+}
+
+/// `DELETE /v1/users/{u}/recent` and `DELETE /v1/recent` (seed `clearRecent`).
+pub async fn clear_recent(ctx: &Rc<ShardCtx>, user: Option<&str>) -> Response {
+    if let Some(refusal) = user.and_then(|user| check_name("user id", user).err()) {
+        return refusal;
+    }
+    ctx.clear_recent(user).await;
+    Response::json(200, &json!({ "cleared": true }))
 }
 
 /// `POST /v1/admin/stop-accepting` (seed `stopAccepting()`): new subscribers

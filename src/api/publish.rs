@@ -2,9 +2,11 @@
 //!
 //! Every message is validated and encoded once here, on the shard that read
 //! the request; the shard layer then routes the one `Bytes` frame to every
-//! recipient. A batch is validated whole before anything is delivered.
+//! recipient. A batch is validated whole before anything is delivered. With
+//! an `Idempotency-Key`, a retry gets the first answer and delivers nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -14,9 +16,10 @@ use serde_json::{json, Value};
 use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
 use crate::http::request::Request;
-use crate::http::response::Response;
+use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
 use crate::shard::envelope::{Delivery, Target};
+use crate::shard::idempotency::{valid_key, Claim};
 use crate::shard::ShardCtx;
 use crate::sse::frame;
 
@@ -38,6 +41,60 @@ struct Prepared {
 
 /// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`.
 pub async fn single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To) -> Response {
+    idempotent(ctx, request, publish_single(ctx, request, body, to)).await
+}
+
+/// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
+pub async fn batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
+    idempotent(ctx, request, publish_batch(ctx, request, body)).await
+}
+
+/// Runs `publish` once per `Idempotency-Key`: a repeat within the window gets
+/// the first successful answer again and delivers nothing.
+async fn idempotent(ctx: &Rc<ShardCtx>, request: &Request, publish: impl Future<Output = Response>) -> Response {
+    let Some(key) = request.header("idempotency-key") else { return publish.await };
+    let Some(key) = std::str::from_utf8(key).ok().filter(|k| valid_key(k.as_bytes())) else {
+        return refused(ctx, invalid("Idempotency-Key must be 1-256 visible ASCII characters"));
+    };
+    match ctx.claim_idempotency_key(key).await {
+        Claim::Done(body) => Response::with_body(200, JSON, body).header("Idempotent-Replayed", "true"),
+        Claim::InProgress => refused(
+            ctx,
+            Response::error(409, "idempotency_in_progress", "a request with this Idempotency-Key is being published"),
+        ),
+        Claim::Claimed => {
+            let mut claim = ClaimGuard { ctx, key, done: false };
+            let response = publish.await;
+            claim.finish((response.status == 200).then(|| response.body.clone()));
+            response
+        }
+    }
+}
+
+/// Releases a claimed key when its publish never finished (the connection
+/// went away mid-request), so a retry is not refused forever.
+struct ClaimGuard<'a> {
+    ctx: &'a Rc<ShardCtx>,
+    key: &'a str,
+    done: bool,
+}
+
+impl ClaimGuard<'_> {
+    fn finish(&mut self, answer: Option<Bytes>) {
+        self.done = true;
+        self.ctx.finish_idempotency_key(self.key, answer);
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ctx.finish_idempotency_key(self.key, None);
+        }
+    }
+}
+
+async fn publish_single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To) -> Response {
     let prepared = match prepare_single(ctx, request, body, to) {
         Ok(prepared) => prepared,
         Err(response) => return refused(ctx, response),
@@ -47,8 +104,7 @@ pub async fn single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To)
     Response::json(200, &json!({ "id": prepared.id, "delivered": delivered[0], "instances": Value::Null }))
 }
 
-/// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
-pub async fn batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
+async fn publish_batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
     let prepared = match prepare_batch(ctx, request, body) {
         Ok(prepared) => prepared,
         Err(response) => return refused(ctx, response),

@@ -51,6 +51,15 @@ pub struct ReplyTo {
     pub position: usize,
 }
 
+/// What a shard answers to a request.
+#[derive(Debug, Default, Clone)]
+pub struct Answer {
+    /// Counts, hashes or a status code, by request kind.
+    pub values: Vec<u64>,
+    /// A stored response body (idempotency).
+    pub body: Option<Bytes>,
+}
+
 /// A cross-shard message.
 #[derive(Debug)]
 pub enum Envelope {
@@ -94,11 +103,25 @@ pub enum Envelope {
         /// Frame to send to every stream first.
         announce: Option<Bytes>,
     },
+    /// Look up or claim an idempotency key owned by this shard.
+    IdempotencyClaim {
+        /// The key.
+        key: Box<str>,
+        /// Where to send the [`Answer`] (values `[0]` claimed, `[1]` in progress, `[2]` done + body).
+        reply: ReplyTo,
+    },
+    /// Store the answer for a claimed key, or release it (`None`).
+    IdempotencyFinish {
+        /// The key.
+        key: Box<str>,
+        /// The successful answer's body.
+        answer: Option<Bytes>,
+    },
     /// An answer to an earlier request.
     Reply {
         /// The request it answers.
         to: ReplyTo,
-        /// Counts or hashes.
-        values: Vec<u64>,
+        /// The answer.
+        answer: Answer,
     },
 }

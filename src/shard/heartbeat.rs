@@ -31,6 +31,7 @@ pub async fn run(ctx: Rc<ShardCtx>) {
         let now = ctx.tick_clock();
         let mut state = ctx.state.borrow_mut();
         state.replay.expire(now);
+        state.idempotency.expire(now);
         ctx.report_replay(&state.replay);
         let slots = state.conns.capacity();
         if slots == 0 {

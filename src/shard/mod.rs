@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod envelope;
 pub mod heartbeat;
+pub mod idempotency;
 pub mod inbox;
 pub mod queue;
 pub mod registry;
@@ -35,7 +36,8 @@ use crate::http::response::Response;
 use crate::metrics::ShardStats;
 use crate::sse::id::IdGenerator;
 use conn::{Closing, Conn};
-use envelope::{Delivery, Envelope, ReplyTo, Subscription, Target};
+use envelope::{Answer, Delivery, Envelope, ReplyTo, Subscription, Target};
+use idempotency::{Claim, IdempotencyTable};
 use inbox::SharedInbox;
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
@@ -191,6 +193,8 @@ pub struct ShardState {
     pub registry: Registry,
     /// Replay rings for `Last-Event-ID` resume.
     pub replay: ReplayStore,
+    /// Idempotency keys owned by this shard.
+    pub idempotency: IdempotencyTable,
     batches: Vec<FrameBatch>,
     queue_items_max: usize,
     queue_bytes_max: usize,
@@ -200,7 +204,7 @@ pub struct ShardState {
 struct Pending {
     generation: u64,
     remaining: usize,
-    values: Vec<Vec<u64>>,
+    answers: Vec<Answer>,
     waker: Option<Waker>,
 }
 
@@ -243,6 +247,10 @@ impl ShardCtx {
                 conns: Slab::new(),
                 registry: Registry::default(),
                 replay,
+                idempotency: IdempotencyTable::new(
+                    config.idempotency_window.as_millis() as u64,
+                    share(config.idempotency_max_keys),
+                ),
                 batches: Vec::new(),
                 queue_items_max: 0,
                 queue_bytes_max: 0,
@@ -379,8 +387,8 @@ impl ShardCtx {
                     reply: Some(reply),
                 })
                 .await;
-            for (shard, counts) in remote.iter().zip(replies) {
-                for (&index, count) in routes[*shard].iter().zip(counts) {
+            for (shard, answer) in remote.iter().zip(replies) {
+                for (&index, count) in routes[*shard].iter().zip(answer.values) {
                     totals[index] += count;
                 }
             }
@@ -517,9 +525,36 @@ impl ShardCtx {
         if !remote.is_empty() {
             let user: Option<Box<str>> = user.map(Box::from);
             let replies = self.ask(&remote, |_, reply| Envelope::Close { user: user.clone(), reply }).await;
-            closed += replies.iter().flatten().sum::<u64>();
+            closed += replies.iter().flat_map(|a| &a.values).sum::<u64>();
         }
         closed
+    }
+
+    /// Looks up or claims an idempotency key on the shard that owns it.
+    pub async fn claim_idempotency_key(self: &Rc<Self>, key: &str) -> Claim {
+        let owner = self.shared.owner(key);
+        if owner == self.id {
+            return self.state.borrow_mut().idempotency.claim(key, self.now_ms());
+        }
+        let answers = self.ask(&[owner], |_, reply| Envelope::IdempotencyClaim { key: key.into(), reply }).await;
+        let answer = answers.into_iter().next().unwrap_or_default();
+        match (answer.values.first(), answer.body) {
+            (Some(2), Some(body)) => Claim::Done(body),
+            (Some(1), _) => Claim::InProgress,
+            _ => Claim::Claimed,
+        }
+    }
+
+    /// Stores (or, with `None`, releases) the answer of a claimed key.
+    pub fn finish_idempotency_key(self: &Rc<Self>, key: &str, answer: Option<Bytes>) {
+        let owner = self.shared.owner(key);
+        if owner == self.id {
+            self.state.borrow_mut().idempotency.finish(key, answer);
+            return;
+        }
+        let ctx = self.clone();
+        let envelope = Envelope::IdempotencyFinish { key: key.into(), answer };
+        monoio::spawn(async move { ctx.send(owner, envelope).await });
     }
 
     /// Distinct rooms with members on any shard (each shard sends its names' hashes).
@@ -527,7 +562,7 @@ impl ShardCtx {
         let all: Vec<usize> = (0..self.shared.shard_count()).collect();
         let replies = self.ask(&all, |_, reply| Envelope::RoomHashes { reply }).await;
         let mut seen = ahash::AHashSet::new();
-        seen.extend(replies.into_iter().flatten());
+        seen.extend(replies.into_iter().flat_map(|a| a.values));
         seen.len() as u64
     }
 
@@ -570,13 +605,13 @@ impl ShardCtx {
         self: &Rc<Self>,
         shards: &[usize],
         mut request: impl FnMut(usize, ReplyTo) -> Envelope,
-    ) -> Vec<Vec<u64>> {
+    ) -> Vec<Answer> {
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         let slot = self.pending.borrow_mut().insert(Pending {
             generation,
             remaining: shards.len(),
-            values: vec![Vec::new(); shards.len()],
+            answers: vec![Answer::default(); shards.len()],
             waker: None,
         });
         let guard = PendingGuard { ctx: self, slot };
@@ -584,11 +619,11 @@ impl ShardCtx {
             let reply = ReplyTo { shard: self.id, slot, generation, position };
             self.send(shard, request(shard, reply)).await;
         }
-        let values = std::future::poll_fn(|cx| {
+        let answers = std::future::poll_fn(|cx| {
             let mut pending = self.pending.borrow_mut();
             let entry = &mut pending[slot];
             if entry.remaining == 0 {
-                Poll::Ready(std::mem::take(&mut entry.values))
+                Poll::Ready(std::mem::take(&mut entry.answers))
             } else {
                 entry.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -596,7 +631,7 @@ impl ShardCtx {
         })
         .await;
         drop(guard);
-        values
+        answers
     }
 
     /// Handles one envelope from the inbox.
@@ -623,6 +658,11 @@ impl ShardCtx {
                 let closed = self.close_local(user.as_deref());
                 self.reply(reply, vec![closed]);
             }
+            Envelope::IdempotencyClaim { key, reply } => {
+                let claim = self.state.borrow_mut().idempotency.claim(&key, self.now_ms());
+                self.answer(reply, claim_answer(claim));
+            }
+            Envelope::IdempotencyFinish { key, answer } => self.state.borrow_mut().idempotency.finish(&key, answer),
             Envelope::ClearRecent { user, reply } => {
                 self.clear_recent_local(user.as_deref());
                 self.reply(reply, Vec::new());
@@ -632,10 +672,10 @@ impl ShardCtx {
                 self.reply(reply, hashes);
             }
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
-            Envelope::Reply { to, values } => {
+            Envelope::Reply { to, answer } => {
                 let mut pending = self.pending.borrow_mut();
                 if let Some(entry) = pending.get_mut(to.slot).filter(|e| e.generation == to.generation) {
-                    entry.values[to.position] = values;
+                    entry.answers[to.position] = answer;
                     entry.remaining -= 1;
                     if entry.remaining == 0 {
                         if let Some(waker) = entry.waker.take() {
@@ -648,7 +688,11 @@ impl ShardCtx {
     }
 
     fn reply(self: &Rc<Self>, to: ReplyTo, values: Vec<u64>) {
-        let envelope = Envelope::Reply { to, values };
+        self.answer(to, Answer { values, body: None });
+    }
+
+    fn answer(self: &Rc<Self>, to: ReplyTo, answer: Answer) {
+        let envelope = Envelope::Reply { to, answer };
         if to.shard == self.id {
             self.handle(envelope);
         } else if let Err(back) = self.shared.inboxes[to.shard].try_send(envelope) {
@@ -669,6 +713,14 @@ impl ShardCtx {
         if state.batches.len() < BATCH_POOL_MAX {
             state.batches.push(batch);
         }
+    }
+}
+
+fn claim_answer(claim: Claim) -> Answer {
+    match claim {
+        Claim::Claimed => Answer { values: vec![0], body: None },
+        Claim::InProgress => Answer { values: vec![1], body: None },
+        Claim::Done(body) => Answer { values: vec![2], body: Some(body) },
     }
 }
 
