@@ -150,3 +150,45 @@ fn disconnect_policy_closes_only_the_stuck_subscriber() {
     assert!(seqs.len() < MESSAGES);
     wait_connections(server.api, 1);
 }
+
+#[test]
+fn a_stalled_write_is_cut_after_the_write_timeout() {
+    // Queues large enough never to overflow: only the stall rule can close it.
+    let server = Server::start(&[
+        "--write-timeout",
+        "1s",
+        "--max-queue-items",
+        "100000",
+        "--max-queue-bytes",
+        "256MiB",
+        "--shards",
+        "2",
+    ]);
+    let _unread = SseClient::connect_unread(server.public, "/sse?userId=stalled", &[]);
+    let mut reader = SseClient::open_ready(server.public, "/sse?userId=healthy");
+    wait_connections(server.api, 2);
+    let mut conn = HttpConn::open(server.api);
+    // Enough to fill the stalled client's socket buffers on both sides.
+    for seq in 0..1500 {
+        let resp = conn.request("POST", "/v1/broadcast", &[], payload(seq).as_bytes());
+        assert_eq!(resp.status, 200);
+        if seq % 100 == 0 {
+            while reader.next_event(Duration::from_millis(1)).is_some() {}
+        }
+    }
+    let cut = wait_until(Duration::from_secs(10), || {
+        while reader.next_event(Duration::from_millis(1)).is_some() {}
+        stat(&stats(server.api), "writeTimeouts") == 1
+    });
+    let stats = stats(server.api);
+    assert!(cut, "the stalled stream was not closed: {stats}");
+    assert_eq!(stat(&stats, "connections"), 1, "only the stalled stream closes: {stats}");
+    ok_json(broadcast(server.api, "still here", "event=after"));
+    let after = loop {
+        let ev = reader.next_event(IO_TIMEOUT).expect("the healthy stream keeps receiving");
+        if ev.event.as_deref() == Some("after") {
+            break ev;
+        }
+    };
+    assert_eq!(after.data, "still here");
+}
