@@ -51,6 +51,7 @@ struct Addresses {
 /// Runs the instance until shutdown; returns the process exit status.
 pub fn run(config: Config) -> Result<i32, StartError> {
     signals::block_in_this_thread();
+    raise_open_file_limit();
     let shard_count = config.shards.get();
     let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
@@ -107,6 +108,23 @@ pub fn run(config: Config) -> Result<i32, StartError> {
             }
             Ok(LifecycleEvent::Ready { .. }) => {}
             Err(_) => return Ok(1),
+        }
+    }
+}
+
+/// Every subscriber is a descriptor: lift the soft limit (often 1024 in
+/// containers and shells) to the hard one the administrator allows.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer to an rlimit for the calls' duration.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            crate::log!(Debug, "raised the open-file limit", from = soft, to = limit.rlim_max);
         }
     }
 }

@@ -591,6 +591,27 @@ pub fn broadcast(api: SocketAddr, body: &str, query: &str) -> HttpResponse {
     http(api, "POST", &path, &[], body.as_bytes())
 }
 
+/// `POST /v1/publish` with `{"messages": messages}` as JSON (one fresh connection).
+pub fn publish_batch(api: SocketAddr, messages: &serde_json::Value) -> HttpResponse {
+    let body = serde_json::json!({ "messages": messages }).to_string();
+    http(api, "POST", "/v1/publish", &[("Content-Type", "application/json")], body.as_bytes())
+}
+
+/// `DELETE /v1/users/{user}/connections`: closes every stream of `user`.
+pub fn close_user(api: SocketAddr, user: &str) -> HttpResponse {
+    http(api, "DELETE", &format!("/v1/users/{}/connections", pct(user)), &[], b"")
+}
+
+/// `DELETE /v1/users/{user}/recent`: drops `user`'s replay ring.
+pub fn clear_recent_user(api: SocketAddr, user: &str) -> HttpResponse {
+    http(api, "DELETE", &format!("/v1/users/{}/recent", pct(user)), &[], b"")
+}
+
+/// `DELETE /v1/recent`: drops every replay ring.
+pub fn clear_recent_all(api: SocketAddr) -> HttpResponse {
+    http(api, "DELETE", "/v1/recent", &[], b"")
+}
+
 /// Like the publish wrappers, asserting `200` and returning the JSON answer.
 pub fn ok_json(resp: HttpResponse) -> serde_json::Value {
     assert_eq!(resp.status, 200, "expected 200, got {resp:?} {:?}", resp.text());
@@ -872,6 +893,18 @@ impl SseClient {
     /// Connects, asserts `200` and consumes the initial `retry:` field.
     pub fn open_ready(addr: SocketAddr, path_and_query: &str) -> SseClient {
         let mut client = Self::open(addr, path_and_query);
+        match client.next_item(IO_TIMEOUT) {
+            Some(SseItem::Retry(_)) => {}
+            other => panic!("expected a retry: field first, got {other:?}"),
+        }
+        client
+    }
+
+    /// Resumes: opens `path_and_query` with `Last-Event-ID: last_id`, asserts
+    /// `200` and consumes the initial `retry:` field.
+    pub fn resume(addr: SocketAddr, path_and_query: &str, last_id: &str) -> SseClient {
+        let mut client = Self::connect(addr, path_and_query, &[("Last-Event-ID", last_id)]);
+        assert_eq!(client.status, 200, "resume {path_and_query} after {last_id:?}: {:?}", client.error_text());
         match client.next_item(IO_TIMEOUT) {
             Some(SseItem::Retry(_)) => {}
             other => panic!("expected a retry: field first, got {other:?}"),
