@@ -123,6 +123,16 @@ pub struct Cli {
     /// Idempotency keys remembered per instance (oldest forgotten first beyond it).
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
+    /// Redis for the cross-instance bus: redis://[user:pass@]host:port[/db],
+    /// redis-sentinel://h1:26379,h2:26379/<master>, redis-cluster://h1:7000,h2:7001.
+    #[arg(long, env = "SSEKIFY_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// Pub/Sub channel the instances share.
+    #[arg(long, env = "SSEKIFY_CHANNEL", default_value = "ssekify:bus")]
+    pub channel: String,
+    /// How long a publish waits for Redis before answering 503.
+    #[arg(long, env = "SSEKIFY_BUS_TIMEOUT", default_value = "2s")]
+    pub bus_timeout: String,
     /// Frames a connection may have waiting to be written.
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_ITEMS", default_value_t = DEFAULT_MAX_QUEUE_ITEMS)]
     pub max_queue_items: usize,
@@ -205,6 +215,12 @@ pub struct Config {
     pub idempotency_window: Duration,
     /// Idempotency keys per instance.
     pub idempotency_max_keys: usize,
+    /// The bus's Redis, when several instances share messages.
+    pub redis: Option<crate::bus::url::RedisUrl>,
+    /// Pub/Sub channel.
+    pub channel: String,
+    /// Publish acknowledgement deadline.
+    pub bus_timeout: Duration,
     /// Queue bound in frames.
     pub max_queue_items: NonZeroUsize,
     /// Queue bound in bytes.
@@ -370,6 +386,17 @@ impl TryFrom<Cli> for Config {
             recent_max_bytes: size("recent-max-bytes", &cli.recent_max_bytes)?,
             idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
             idempotency_max_keys: cli.idempotency_max_keys,
+            redis: cli
+                .redis
+                .filter(|r| !r.is_empty())
+                .map(|r| crate::bus::url::parse(&r).map_err(|why| ConfigError::new("redis", why)))
+                .transpose()?,
+            channel: if cli.channel.is_empty() {
+                return Err(ConfigError::new("channel", "must not be empty"));
+            } else {
+                cli.channel
+            },
+            bus_timeout: duration("bus-timeout", &cli.bus_timeout)?,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
             max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
             drop_policy: cli.drop_policy,

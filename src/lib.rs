@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod bus;
 pub mod config;
 pub mod http;
 pub mod log;

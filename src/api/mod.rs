@@ -12,8 +12,11 @@ pub mod subscribe;
 
 use std::rc::Rc;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::http::query;
 use crate::http::request::{Method, Request};
@@ -40,6 +43,13 @@ impl Role {
     fn api(self) -> bool {
         matches!(self, Role::Api | Role::Both)
     }
+}
+
+/// What routes need beyond the shard: the bus, when `--redis` is set.
+#[derive(Default)]
+pub struct Services {
+    /// The cross-instance bus.
+    pub bus: Option<Arc<Bus>>,
 }
 
 /// What a request turned into.
@@ -123,7 +133,8 @@ fn allow_header(allow: &[Method]) -> String {
 }
 
 /// Answers one request read on a listener with `role`.
-pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Bytes) -> Routed {
+pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request: &Request, body: Bytes) -> Routed {
+    let bus = services.bus.as_deref();
     let config = &ctx.shared.config;
     let Ok(segments) = query::segments(&request.path) else {
         return Routed::Response(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
@@ -160,13 +171,13 @@ pub async fn route(ctx: &Rc<ShardCtx>, role: Role, request: &Request, body: Byte
     let response = match route.endpoint {
         Endpoint::Subscribe => return subscribe::handle(ctx, request),
         Endpoint::Health => observe::health(),
-        Endpoint::Ready => observe::ready(ctx),
-        Endpoint::Metrics => observe::metrics(ctx).await,
-        Endpoint::Stats => observe::stats(ctx).await,
-        Endpoint::PublishUser(user) => publish::single(ctx, request, &body, publish::To::User(user)).await,
-        Endpoint::PublishRoom(room) => publish::single(ctx, request, &body, publish::To::Room(room)).await,
-        Endpoint::Broadcast => publish::single(ctx, request, &body, publish::To::All).await,
-        Endpoint::Batch => publish::batch(ctx, request, &body).await,
+        Endpoint::Ready => observe::ready(ctx, bus),
+        Endpoint::Metrics => observe::metrics(ctx, bus).await,
+        Endpoint::Stats => observe::stats(ctx, bus).await,
+        Endpoint::PublishUser(user) => publish::single(ctx, bus, request, &body, publish::To::User(user)).await,
+        Endpoint::PublishRoom(room) => publish::single(ctx, bus, request, &body, publish::To::Room(room)).await,
+        Endpoint::Broadcast => publish::single(ctx, bus, request, &body, publish::To::All).await,
+        Endpoint::Batch => publish::batch(ctx, bus, request, &body).await,
         Endpoint::CloseUser(user) => admin::close_user(ctx, &user).await,
         Endpoint::CloseAll => admin::close_all(ctx).await,
         Endpoint::ClearRecentUser(user) => admin::clear_recent(ctx, Some(&user)).await,

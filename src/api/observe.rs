@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
+use crate::bus::{Bus, BusState, BusStats};
 use crate::http::response::Response;
 use crate::metrics::{self, FIELDS};
 use crate::shard::{Phase, ShardCtx};
@@ -14,9 +15,13 @@ pub fn health() -> Response {
     Response::json(200, &json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 while accepting subscribers, 503 otherwise.
-pub fn ready(ctx: &Rc<ShardCtx>) -> Response {
+/// `GET /readyz`: 200 while accepting subscribers and, with a bus, while its
+/// subscription is verified live by the canary; 503 otherwise.
+pub fn ready(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     match ctx.shared.phase() {
+        Phase::Running if bus.is_some_and(|b| !b.is_live()) => {
+            Response::json(503, &json!({ "status": "bus_unavailable" }))
+        }
         Phase::Running => Response::json(200, &json!({ "status": "ready" })),
         Phase::Draining => Response::json(503, &json!({ "status": "draining" })),
         Phase::Closing => Response::json(503, &json!({ "status": "shutting_down" })),
@@ -32,7 +37,7 @@ fn phase_name(phase: Phase) -> &'static str {
 }
 
 /// `GET /v1/stats`: instance totals in the seed's shape, plus per shard.
-pub async fn stats(ctx: &Rc<ShardCtx>) -> Response {
+pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let snapshots: Vec<_> = ctx.shared.stats.iter().map(|s| s.snapshot()).collect();
     let totals = metrics::totals(&snapshots);
     let rooms = ctx.distinct_rooms().await;
@@ -56,24 +61,41 @@ pub async fn stats(ctx: &Rc<ShardCtx>) -> Response {
     body.insert("shards".into(), shards.into());
     body.insert("phase".into(), phase_name(ctx.shared.phase()).into());
     body.insert("instance".into(), format!("{:08x}", ctx.shared.ids.instance()).into());
-    body.insert(
-        "bus".into(),
-        json!({ "state": "disabled", "published": 0, "received": 0, "reconnects": 0, "lastError": null }),
-    );
+    let bus = match bus.map(Bus::stats) {
+        Some(s) => json!({
+            "state": s.state.name(),
+            "published": s.published,
+            "received": s.received,
+            "reconnects": s.reconnects,
+            "lastError": s.last_error,
+        }),
+        None => json!({ "state": "disabled", "published": 0, "received": 0, "reconnects": 0, "lastError": null }),
+    };
+    body.insert("bus".into(), bus);
     Response::json(200, &Value::Object(body))
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(ctx: &Rc<ShardCtx>) -> Response {
+pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let snapshots: Vec<_> = ctx.shared.stats.iter().map(|s| s.snapshot()).collect();
     let rooms = ctx.distinct_rooms().await;
-    let ready = u64::from(ctx.shared.phase() == Phase::Running);
+    let ready = u64::from(ctx.shared.phase() == Phase::Running && bus.is_none_or(Bus::is_live));
+    let bus = bus.map(Bus::stats);
+    let bus_value = |f: fn(&BusStats) -> u64| bus.as_ref().map_or(0, f);
     let text = metrics::render(
         &snapshots,
         &[
             ("ssekify_rooms", "Distinct rooms with members on any shard.", rooms),
             ("ssekify_ready", "1 while accepting subscribers.", ready),
             ("ssekify_shards", "Shard threads.", snapshots.len() as u64),
+            (
+                "ssekify_bus_live",
+                "1 while the Redis subscription is verified live.",
+                bus_value(|b| u64::from(b.state == BusState::Live)),
+            ),
+            ("ssekify_bus_published", "Messages acknowledged by Redis.", bus_value(|b| b.published)),
+            ("ssekify_bus_received", "Messages received from other instances.", bus_value(|b| b.received)),
+            ("ssekify_bus_reconnects", "Bus reconnect attempts.", bus_value(|b| b.reconnects)),
         ],
     );
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)

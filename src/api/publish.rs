@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
+use crate::bus::wire::WireMessage;
+use crate::bus::{self, Bus};
 use crate::http::request::Request;
 use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
@@ -36,17 +38,31 @@ pub enum To {
 /// A validated, encoded message.
 struct Prepared {
     id: String,
+    event: Option<String>,
+    data: Bytes,
     delivery: Delivery,
 }
 
+impl Prepared {
+    /// The message as other instances receive it.
+    fn wire(&self) -> WireMessage {
+        WireMessage {
+            target: self.delivery.target.clone(),
+            id: self.id.clone(),
+            event: self.event.clone(),
+            data: self.data.clone(),
+        }
+    }
+}
+
 /// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`.
-pub async fn single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To) -> Response {
-    idempotent(ctx, request, publish_single(ctx, request, body, to)).await
+pub async fn single(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes, to: To) -> Response {
+    idempotent(ctx, request, publish_single(ctx, bus, request, body, to)).await
 }
 
 /// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
-pub async fn batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
-    idempotent(ctx, request, publish_batch(ctx, request, body)).await
+pub async fn batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes) -> Response {
+    idempotent(ctx, request, publish_batch(ctx, bus, request, body)).await
 }
 
 /// Runs `publish` once per `Idempotency-Key`: a repeat within the window gets
@@ -94,30 +110,75 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-async fn publish_single(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes, to: To) -> Response {
-    let prepared = match prepare_single(ctx, request, body, to) {
+async fn publish_single(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes, to: To) -> Response {
+    let prepared = match scope(request).and_then(|scope| Ok((scope, prepare_single(ctx, request, body, to)?))) {
+        Ok((scope, prepared)) => (scope, vec![prepared]),
+        Err(response) => return refused(ctx, response),
+    };
+    match deliver(ctx, bus, prepared.0, prepared.1).await {
+        Ok(mut results) => Response::json(200, &results.remove(0)),
+        Err(response) => refused(ctx, response),
+    }
+}
+
+async fn publish_batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes) -> Response {
+    let prepared = match scope(request).and_then(|scope| Ok((scope, prepare_batch(ctx, request, body)?))) {
         Ok(prepared) => prepared,
         Err(response) => return refused(ctx, response),
     };
-    ShardStats::add(&ctx.stats().published, 1);
-    let delivered = ctx.publish(vec![prepared.delivery]).await;
-    Response::json(200, &json!({ "id": prepared.id, "delivered": delivered[0], "instances": Value::Null }))
+    match deliver(ctx, bus, prepared.0, prepared.1).await {
+        Ok(results) => Response::json(200, &json!({ "results": results })),
+        Err(response) => refused(ctx, response),
+    }
 }
 
-async fn publish_batch(ctx: &Rc<ShardCtx>, request: &Request, body: &Bytes) -> Response {
-    let prepared = match prepare_batch(ctx, request, body) {
-        Ok(prepared) => prepared,
-        Err(response) => return refused(ctx, response),
+/// Where a publish goes: `cluster` (default) through the bus when there is one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Cluster,
+    Local,
+}
+
+fn scope(request: &Request) -> Result<Scope, Response> {
+    let params = query_params(request)?;
+    match param(&params, "scope") {
+        None | Some("cluster") => Ok(Scope::Cluster),
+        Some("local") => Ok(Scope::Local),
+        Some(other) => Err(invalid(format!("scope must be cluster or local, not `{other}`"))),
+    }
+}
+
+/// Hands the messages to the bus first (cluster scope with a bus), and only
+/// once Redis acknowledged them delivers them here; returns one result each.
+async fn deliver(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    scope: Scope,
+    prepared: Vec<Prepared>,
+) -> Result<Vec<Value>, Response> {
+    let instances = match (scope, bus) {
+        (Scope::Cluster, Some(bus)) => {
+            let messages: Vec<WireMessage> = prepared.iter().map(Prepared::wire).collect();
+            let receivers = bus::publish(ctx, bus, &messages).await.map_err(|_| {
+                Response::error(
+                    503,
+                    "bus_unavailable",
+                    "the message could not be handed to Redis; nothing was delivered",
+                )
+                .header("Retry-After", "1")
+            })?;
+            Value::from(receivers)
+        }
+        _ => Value::Null,
     };
     ShardStats::add(&ctx.stats().published, prepared.len() as u64);
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
     let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
-    let results: Vec<Value> = ids
+    Ok(ids
         .into_iter()
         .zip(delivered)
-        .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }))
-        .collect();
-    Response::json(200, &json!({ "results": results }))
+        .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": instances }))
+        .collect())
 }
 
 fn refused(ctx: &ShardCtx, response: Response) -> Response {
@@ -127,10 +188,6 @@ fn refused(ctx: &ShardCtx, response: Response) -> Response {
 
 fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Result<Prepared, Response> {
     let params = query_params(request)?;
-    match param(&params, "scope") {
-        None | Some("cluster") | Some("local") => {}
-        Some(other) => return Err(invalid(format!("scope must be cluster or local, not `{other}`"))),
-    }
     let target = match to {
         To::User(user) => {
             check_name("user id", &user)?;
@@ -150,7 +207,7 @@ fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Re
     } else if std::str::from_utf8(body).is_err() {
         return Err(invalid("the body is not valid UTF-8"));
     }
-    prepare(ctx, target, param(&params, "event"), param(&params, "id"), body)
+    prepare(ctx, target, param(&params, "event"), param(&params, "id"), body.clone())
 }
 
 /// Checks fields and size, assigns the id, encodes the frame once.
@@ -159,7 +216,7 @@ fn prepare(
     target: Target,
     event: Option<&str>,
     id: Option<&str>,
-    data: &[u8],
+    data: Bytes,
 ) -> Result<Prepared, Response> {
     if let Some(event) = event {
         check_field("event", event)?;
@@ -171,7 +228,7 @@ fn prepare(
         }
         None => ctx.shared.ids.next(),
     };
-    let size = frame::encoded_len(&id, event, data);
+    let size = frame::encoded_len(&id, event, &data);
     let limit = ctx.shared.config.max_payload;
     if size > limit {
         return Err(Response::error(
@@ -180,8 +237,8 @@ fn prepare(
             format!("the encoded event is {size} bytes, over --max-payload {limit}"),
         ));
     }
-    let frame = frame::encode(&id, event, data);
-    Ok(Prepared { id, delivery: Delivery { target, frame } })
+    let frame = frame::encode(&id, event, &data);
+    Ok(Prepared { id, event: event.map(str::to_owned), data, delivery: Delivery { target, frame } })
 }
 
 type Object = HashMap<String, Box<RawValue>>;
@@ -225,7 +282,7 @@ fn at_index(index: usize, refusal: Response) -> Response {
 
 fn prepare_message(ctx: &ShardCtx, raw: &RawValue) -> Result<Prepared, Response> {
     let fields = parse_message(raw).map_err(invalid)?;
-    prepare(ctx, fields.target, fields.event.as_deref(), fields.id.as_deref(), fields.data.as_bytes())
+    prepare(ctx, fields.target, fields.event.as_deref(), fields.id.as_deref(), Bytes::from(fields.data))
 }
 
 /// The fields of one batch message.

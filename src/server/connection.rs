@@ -9,7 +9,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::api::{self, Role, Routed};
+use crate::api::{self, Role, Routed, Services};
 use crate::http::body::BodyDecoder;
 use crate::http::request::{self, HeadLimits, Method, Request};
 use crate::http::response::Response;
@@ -22,7 +22,7 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves requests on `stream` until the client closes, a request asks to
 /// close, an error ends it, or the socket becomes a stream.
-pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
+pub async fn serve(ctx: Rc<ShardCtx>, services: Rc<Services>, mut stream: TcpStream, role: Role) {
     let config = &ctx.shared.config;
     let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
     let mut buf = BytesMut::new();
@@ -44,7 +44,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream, role: Role) {
                 break;
             }
         };
-        match api::route(&ctx, role, &request, body.freeze()).await {
+        match api::route(&ctx, &services, role, &request, body.freeze()).await {
             Routed::Subscribe(subscription) => {
                 drop(buf);
                 ctx.subscribe(stream, subscription).await;

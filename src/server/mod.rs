@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use monoio::net::{ListenerOpts, TcpListener};
 
-use crate::api::Role;
+use crate::api::{Role, Services};
+use crate::bus::{self, Bus, BUS_INBOX_CAPACITY};
 use crate::config::{Config, IoDriver};
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
@@ -55,9 +56,23 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     let shard_count = config.shards.get();
     let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
-    let ids = IdGenerator::new(random_instance());
+    let instance = random_instance();
+    let ids = IdGenerator::new(instance);
+    let redis = config.redis.clone();
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
+    let bus = match redis {
+        Some(url) => {
+            let (inbox, local) = inbox(BUS_INBOX_CAPACITY);
+            let config = &shared.config;
+            let bus = Arc::new(Bus::new(inbox, config.channel.clone(), config.bus_timeout, instance));
+            crate::log!(Info, "starting the bus", redis = url, channel = config.channel);
+            bus::client::spawn(shared.clone(), bus.clone(), local, url)
+                .map_err(|e| StartError(format!("cannot spawn the bus thread: {e}")))?;
+            Some(bus)
+        }
+        None => None,
+    };
 
     let mut addresses = Addresses { public: shared.config.listen, api: shared.config.api_listen };
     let shared_listener = shared.config.shared_listener();
@@ -65,7 +80,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     let mut driver = "";
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        spawn_shard(id, shared.clone(), local, addresses, shared_listener, core)?;
+        spawn_shard(id, shared.clone(), bus.clone(), local, addresses, shared_listener, core)?;
         match lifecycle_rx.recv() {
             Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
                 // Shard 0 resolved port 0 (if asked); the others bind the same ports.
@@ -132,6 +147,7 @@ fn raise_open_file_limit() {
 fn spawn_shard(
     id: usize,
     shared: Arc<Shared>,
+    bus: Option<Arc<Bus>>,
     local: LocalInbox<Envelope>,
     addresses: Addresses,
     shared_listener: bool,
@@ -151,7 +167,7 @@ fn spawn_shard(
             IoDriver::Epoll => false,
             IoDriver::Auto => monoio::utils::detect_uring(),
         };
-        let boot = ShardBoot { id, shared, local, addresses, shared_listener };
+        let boot = ShardBoot { id, shared, bus, local, addresses, shared_listener };
         let result = if uring {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                 .with_entries(URING_ENTRIES)
@@ -183,6 +199,7 @@ fn build_epoll() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<mon
 struct ShardBoot {
     id: usize,
     shared: Arc<Shared>,
+    bus: Option<Arc<Bus>>,
     local: LocalInbox<Envelope>,
     addresses: Addresses,
     shared_listener: bool,
@@ -190,7 +207,8 @@ struct ShardBoot {
 
 impl ShardBoot {
     async fn run(self, driver: &'static str) {
-        let ShardBoot { id, shared, mut local, addresses, shared_listener } = self;
+        let ShardBoot { id, shared, bus, mut local, addresses, shared_listener } = self;
+        let services = Rc::new(Services { bus });
         let lifecycle = shared.lifecycle.clone();
         let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(shared.config.backlog);
         let bind = |addr: SocketAddr, what: &str| {
@@ -217,7 +235,7 @@ impl ShardBoot {
         let ctx = ShardCtx::new(id, shared);
         monoio::spawn(heartbeat::run(ctx.clone()));
         for (listener, role) in listeners {
-            monoio::spawn(accept_loop(ctx.clone(), listener, role));
+            monoio::spawn(accept_loop(ctx.clone(), services.clone(), listener, role));
         }
         let _ = lifecycle.send(LifecycleEvent::Ready { shard: id, public, api, driver });
         let mut batch = Vec::with_capacity(INBOX_BATCH);
@@ -231,12 +249,12 @@ impl ShardBoot {
 }
 
 /// Accepts connections for the life of the shard.
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, role: Role) {
+async fn accept_loop(ctx: Rc<ShardCtx>, services: Rc<Services>, listener: TcpListener, role: Role) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(connection::serve(ctx.clone(), stream, role));
+                monoio::spawn(connection::serve(ctx.clone(), services.clone(), stream, role));
             }
             Err(error) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -606,32 +606,40 @@ impl ShardCtx {
         shards: &[usize],
         mut request: impl FnMut(usize, ReplyTo) -> Envelope,
     ) -> Vec<Answer> {
+        let pending = self.open_pending(shards.len());
+        for (position, &shard) in shards.iter().enumerate() {
+            self.send(shard, request(shard, pending.reply_to(position))).await;
+        }
+        pending.wait().await
+    }
+
+    /// Sends one request through `send` (which returns false when it could not
+    /// be queued) and waits at most `timeout` for its answer.
+    pub async fn request_with_timeout(
+        self: &Rc<Self>,
+        send: impl FnOnce(ReplyTo) -> bool,
+        timeout: Duration,
+    ) -> Option<Answer> {
+        let pending = self.open_pending(1);
+        if !send(pending.reply_to(0)) {
+            return None;
+        }
+        let answers = monoio::time::timeout(timeout, pending.wait()).await.ok()?;
+        answers.into_iter().next()
+    }
+
+    /// A slot awaiting `count` answers; removed when dropped, so a late answer
+    /// to an abandoned request is ignored.
+    fn open_pending(self: &Rc<Self>, count: usize) -> PendingGuard<'_> {
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         let slot = self.pending.borrow_mut().insert(Pending {
             generation,
-            remaining: shards.len(),
-            answers: vec![Answer::default(); shards.len()],
+            remaining: count,
+            answers: vec![Answer::default(); count],
             waker: None,
         });
-        let guard = PendingGuard { ctx: self, slot };
-        for (position, &shard) in shards.iter().enumerate() {
-            let reply = ReplyTo { shard: self.id, slot, generation, position };
-            self.send(shard, request(shard, reply)).await;
-        }
-        let answers = std::future::poll_fn(|cx| {
-            let mut pending = self.pending.borrow_mut();
-            let entry = &mut pending[slot];
-            if entry.remaining == 0 {
-                Poll::Ready(std::mem::take(&mut entry.answers))
-            } else {
-                entry.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        drop(guard);
-        answers
+        PendingGuard { ctx: self, slot, generation }
     }
 
     /// Handles one envelope from the inbox.
@@ -738,6 +746,28 @@ struct Tally {
 struct PendingGuard<'a> {
     ctx: &'a ShardCtx,
     slot: usize,
+    generation: u64,
+}
+
+impl PendingGuard<'_> {
+    fn reply_to(&self, position: usize) -> ReplyTo {
+        ReplyTo { shard: self.ctx.id, slot: self.slot, generation: self.generation, position }
+    }
+
+    /// Waits until every answer arrived.
+    async fn wait(&self) -> Vec<Answer> {
+        std::future::poll_fn(|cx| {
+            let mut pending = self.ctx.pending.borrow_mut();
+            let entry = &mut pending[self.slot];
+            if entry.remaining == 0 {
+                Poll::Ready(std::mem::take(&mut entry.answers))
+            } else {
+                entry.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for PendingGuard<'_> {

@@ -1,0 +1,130 @@
+//! One Redis connection: connect with a timeout, handshake (HELLO/AUTH,
+//! SELECT), then commands and replies. Split into halves for pipelining.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
+use monoio::net::TcpStream;
+
+use super::resp::{self, Reply};
+use super::url::RedisUrl;
+
+/// Bytes requested per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A bus error: always the bus's (Redis's or the network's) fault, always
+/// answered by reconnecting.
+pub type BusError = String;
+
+/// The reading half: buffers bytes and yields replies.
+pub struct ReplyReader {
+    half: TcpOwnedReadHalf,
+    buf: BytesMut,
+    resp3: bool,
+}
+
+impl ReplyReader {
+    /// Waits for the next reply (or pushed message).
+    pub async fn next(&mut self) -> Result<Reply, BusError> {
+        loop {
+            if let Some(reply) = resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)? {
+                return Ok(reply);
+            }
+            self.buf.reserve(READ_CHUNK);
+            let filled = self.buf.len();
+            let spare = std::mem::take(&mut self.buf).slice_mut(filled..);
+            let (result, returned) = self.half.read(spare).await;
+            self.buf = returned.into_inner();
+            match result {
+                Ok(0) => return Err("Redis closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read from Redis failed: {e}")),
+            }
+        }
+    }
+}
+
+/// The writing half.
+pub struct CommandWriter {
+    half: TcpOwnedWriteHalf,
+}
+
+impl CommandWriter {
+    /// Writes already-encoded commands.
+    pub async fn write(&mut self, bytes: BytesMut) -> Result<(), BusError> {
+        let (result, _) = self.half.write_all(bytes.freeze()).await;
+        result.map(drop).map_err(|e| format!("write to Redis failed: {e}"))
+    }
+}
+
+/// A connected, authenticated Redis connection.
+pub struct RedisConn {
+    /// Replies.
+    pub reader: ReplyReader,
+    /// Commands.
+    pub writer: CommandWriter,
+    /// `host:port` it is connected to.
+    pub address: String,
+}
+
+impl RedisConn {
+    /// Connects to `address` and, when `url` is given, authenticates and
+    /// selects the database (Sentinels are contacted with `url` = None).
+    pub async fn open(address: &str, url: Option<&RedisUrl>, timeout: Duration) -> Result<Self, BusError> {
+        let target = address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} resolves to nothing"))?;
+        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
+            .await
+            .map_err(|_| format!("connect to {address} timed out"))?
+            .map_err(|e| format!("connect to {address} failed: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (half_r, half_w) = stream.into_split();
+        let resp3 = url.is_some_and(|u| u.resp3);
+        let mut conn = RedisConn {
+            reader: ReplyReader { half: half_r, buf: BytesMut::new(), resp3: false },
+            writer: CommandWriter { half: half_w },
+            address: address.to_owned(),
+        };
+        if let Some(url) = url {
+            let user = url.username.as_deref().unwrap_or("default");
+            if resp3 {
+                let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+                if let Some(password) = &url.password {
+                    hello.extend_from_slice(&[b"AUTH", user.as_bytes(), password.as_bytes()]);
+                }
+                conn.reader.resp3 = true;
+                conn.call(&hello, timeout).await?;
+            } else if let Some(password) = &url.password {
+                conn.call(&[b"AUTH", user.as_bytes(), password.as_bytes()], timeout).await?;
+            }
+            if url.db != 0 {
+                conn.call(&[b"SELECT", url.db.to_string().as_bytes()], timeout).await?;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends one command and waits for its reply; error replies become errors.
+    pub async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Reply, BusError> {
+        let mut out = BytesMut::new();
+        resp::command(&mut out, args);
+        let name = String::from_utf8_lossy(args[0]).into_owned();
+        let exchange = async {
+            self.writer.write(out).await?;
+            self.reader.next().await
+        };
+        match monoio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(format!("{name} to {} timed out", self.address)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Reply::Error(e))) => Err(format!("{name} to {}: {e}", self.address)),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+}

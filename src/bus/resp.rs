@@ -1,0 +1,123 @@
+//! RESP framing through `redis-protocol`: commands out, replies in, as one
+//! [`Reply`] type whichever protocol version (RESP2 or RESP3) the connection speaks.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame as Resp2;
+use redis_protocol::resp3::types::BytesFrame as Resp3;
+
+/// A reply or pushed message, protocol-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Simple or bulk string.
+    Text(Bytes),
+    /// Integer.
+    Int(i64),
+    /// Error reply.
+    Error(String),
+    /// Array (RESP3 pushes, maps and sets are flattened into arrays too).
+    Array(Vec<Reply>),
+    /// Null.
+    Null,
+}
+
+impl Reply {
+    /// The reply as UTF-8 text, when it is a string.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Reply::Text(bytes) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+/// Appends a command (an array of bulk strings) to `out`.
+pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
+    let frame = Resp2::Array(args.iter().map(|a| Resp2::BulkString(Bytes::copy_from_slice(a))).collect());
+    redis_protocol::resp2::encode::extend_encode(out, &frame, false).expect("encoding into a growable buffer");
+}
+
+/// Splits one complete reply off the front of `buf`, if there is one.
+pub fn decode(buf: &mut BytesMut, resp3: bool) -> Result<Option<Reply>, ProtocolError> {
+    let error = |e: redis_protocol::error::RedisProtocolError| ProtocolError(e.to_string());
+    if resp3 {
+        Ok(redis_protocol::resp3::decode::complete::decode_bytes_mut(buf).map_err(error)?.map(|(f, _, _)| from3(f)))
+    } else {
+        Ok(redis_protocol::resp2::decode::decode_bytes_mut(buf).map_err(error)?.map(|(f, _, _)| from2(f)))
+    }
+}
+
+fn from2(frame: Resp2) -> Reply {
+    match frame {
+        Resp2::SimpleString(b) | Resp2::BulkString(b) => Reply::Text(b),
+        Resp2::Error(e) => Reply::Error(e.to_string()),
+        Resp2::Integer(i) => Reply::Int(i),
+        Resp2::Array(items) => Reply::Array(items.into_iter().map(from2).collect()),
+        Resp2::Null => Reply::Null,
+    }
+}
+
+fn from3(frame: Resp3) -> Reply {
+    match frame {
+        Resp3::BlobString { data, .. }
+        | Resp3::SimpleString { data, .. }
+        | Resp3::VerbatimString { data, .. }
+        | Resp3::BigNumber { data, .. } => Reply::Text(data),
+        Resp3::BlobError { data, .. } => Reply::Error(String::from_utf8_lossy(&data).into_owned()),
+        Resp3::SimpleError { data, .. } => Reply::Error(data.to_string()),
+        Resp3::Number { data, .. } => Reply::Int(data),
+        Resp3::Boolean { data, .. } => Reply::Int(i64::from(data)),
+        Resp3::Double { data, .. } => Reply::Text(Bytes::from(data.to_string())),
+        Resp3::Array { data, .. } | Resp3::Push { data, .. } => Reply::Array(data.into_iter().map(from3).collect()),
+        Resp3::Set { data, .. } => Reply::Array(data.into_iter().map(from3).collect()),
+        Resp3::Map { data, .. } => Reply::Array(data.into_iter().flat_map(|(k, v)| [from3(k), from3(v)]).collect()),
+        Resp3::Null => Reply::Null,
+        other => Reply::Error(format!("unexpected RESP3 frame {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_bulk_string_arrays() {
+        let mut out = BytesMut::new();
+        command(&mut out, &[b"PUBLISH", b"ch", b"a\r\nb"]);
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$4\r\na\r\nb\r\n");
+    }
+
+    #[test]
+    fn replies_split_across_reads() {
+        let wire = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:5\r\n";
+        let mut buf = BytesMut::new();
+        let mut replies = Vec::new();
+        for byte in wire {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(reply) = decode(&mut buf, false).unwrap() {
+                replies.push(reply);
+            }
+        }
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Array(vec![
+                    Reply::Text(Bytes::from_static(b"message")),
+                    Reply::Text(Bytes::from_static(b"ch")),
+                    Reply::Text(Bytes::from_static(b"abc")),
+                ]),
+                Reply::Int(5),
+            ]
+        );
+    }
+
+    #[test]
+    fn resp3_pushes_look_like_arrays() {
+        let mut buf = BytesMut::from(&b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n-ERR no\r\n"[..]);
+        assert!(matches!(decode(&mut buf, true).unwrap(), Some(Reply::Array(items)) if items.len() == 3));
+        assert_eq!(decode(&mut buf, true).unwrap(), Some(Reply::Error("ERR no".into())));
+    }
+}
