@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// Where Redis is.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topology {
     /// One server.
     Single(String),
