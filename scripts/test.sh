@@ -4,10 +4,13 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test publish  # extra arguments go to `cargo test`
+#                                   # (the Node suite still runs afterwards)
 #
 # Environment:
 #   SSEKIFY_TEST_DRIVERS=epoll      # io drivers the "both drivers" tests use
 #                                   # (comma list; default uring,epoll)
+#   CI=true                         # a missing test dependency (node) fails the
+#                                   # run instead of skipping its suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,13 +33,97 @@ fi
 echo "ulimit -n = $(ulimit -n)"
 
 # --- 2. External services ---------------------------------------------------
-# Later suites (the Redis bus, Node/Python publisher examples) need
-# redis-server and node. Install or start them here, one function each, and
-# export what the tests read (e.g. SSEKIFY_TEST_REDIS_URL).
-step "external services: none needed yet"
+# The bus tests start their own redis-server / redis-sentinel processes on
+# free ports; the Node tests need node and tests/node's locked packages.
+
+# Missing test dependencies: fatal under CI, a loud warning (and that suite
+# skipped) on a developer machine.
+missing_dependency() {
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: $*" >&2
+    exit 1
+  fi
+  printf '\nWARNING: %s\n' "$*" >&2
+}
+
+# Node >= 18 (fetch, node:test) and tests/node's locked packages, for the
+# EventSource replay tests in tests/node/. Installs nodejs and npm with apt
+# when they are missing and we are root on Debian.
+node_tests=false
+setup_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing nodejs and npm with apt-get"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq || return 1
+      # Only what is missing: a NodeSource nodejs already ships npm.
+      local pkgs=()
+      command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+      command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+      apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || return 1
+    else
+      echo "node/npm are not installed (and this is not root on Debian, so they cannot be installed here)"
+      return 1
+    fi
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]') || return 1
+  if [ "$major" -lt 18 ]; then
+    echo "node $(node --version) is too old: the tests need node >= 18"
+    return 1
+  fi
+  echo "node $(node --version), npm $(npm --version)"
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error || return 1
+}
+# redis-server, redis-sentinel and redis-cli (Debian's redis-server and
+# redis-sentinel packages) for tests/bus*.rs. Under CI the tests must not skip:
+# SSEKIFY_REQUIRE_REDIS=1 makes a missing Redis fail them.
+setup_redis() {
+  if command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server and redis-sentinel with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || return 1
+    apt-get install -y -qq --no-install-recommends redis-server redis-sentinel >/dev/null || return 1
+    # The package starts a system instance on 6379; the tests use their own.
+    (service redis-server stop || systemctl stop redis-server || true) >/dev/null 2>&1
+    return 0
+  fi
+  echo "redis-server is not installed (and this is not root on Debian, so it cannot be installed here)"
+  return 1
+}
+if [ "${CI:-}" = "true" ]; then
+  export SSEKIFY_REQUIRE_REDIS=1
+fi
+step "external services: redis-server for tests/bus*.rs"
+if setup_redis; then
+  echo "$(redis-server --version)"
+else
+  missing_dependency "redis-server could not be set up: the bus tests will skip (they fail when SSEKIFY_REQUIRE_REDIS=1)"
+fi
+
+step "external services: node for tests/node"
+if setup_node; then
+  node_tests=true
+else
+  missing_dependency "node could not be set up: the Node EventSource tests (tests/node) are SKIPPED"
+fi
 
 # --- 3. Rust tests ----------------------------------------------------------
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
+
+# --- 4. Node tests -----------------------------------------------------------
+# A real EventSource client against the binary cargo just built.
+if [ "$node_tests" = true ]; then
+  step "node --test tests/node"
+  # An explicit file list: node's handling of a directory argument differs
+  # between versions.
+  SSEKIFY_BIN="$PWD/target/debug/ssekify" node --test tests/node/*.test.mjs
+else
+  missing_dependency "the Node EventSource tests (tests/node) were SKIPPED: node is not available"
+fi
 
 step "all tests passed"
