@@ -1,17 +1,29 @@
-//! Load generator for ssekify and peer SSE servers.
+//! Load generator for ssekify and peer SSE servers (Nchan, …).
 //!
-//! Scenarios grow with the load-testing work; today: `idle`, which opens N
-//! subscribers, holds them, and reports the server's resident memory per
-//! connection (RSS after − RSS before, divided by N).
+//! `run` opens N subscribers, publishes at a fixed rate (broadcast, per user
+//! or per room; single or batch route), and reports per-delivery latency,
+//! fan-out completion, loss, and the server's CPU time per delivery. `churn`
+//! measures subscriber accepts per second; `idle` the server's memory per
+//! connection. Every scenario prints a table and can write JSON.
 
-use std::cell::Cell;
-use std::net::SocketAddr;
+mod net;
+mod proc;
+mod publisher;
+mod record;
+mod subscriber;
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use clap::{Args, Parser, Subcommand};
+
+use net::{parse_url, Url};
+use publisher::{Mode, Plan, Sent};
+use record::{now_nanos, percentiles_ms, Recorder};
+use subscriber::Fleet;
 
 #[derive(Parser)]
 #[command(name = "ssekify-loadtest", about = "Load scenarios for SSE servers")]
@@ -22,87 +34,355 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// Open N idle subscribers and report server RSS per connection.
-    Idle {
-        /// Server address of the SSE listener.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        target: SocketAddr,
-        /// Path and query of the subscribe route; `{i}` becomes the subscriber number.
-        #[arg(long, default_value = "/sse?userId=u{i}")]
-        path: String,
-        /// Subscribers to open (keep under this process's open-file limit).
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-        /// Pid of the server whose /proc/<pid>/status VmRSS is measured.
-        #[arg(long)]
-        server_pid: u32,
-        /// Seconds to hold the connections before measuring.
-        #[arg(long, default_value_t = 2)]
-        settle: u64,
-    },
+    /// Subscribers plus paced publishers: latency, loss, server CPU per delivery.
+    Run(RunArgs),
+    /// Connect/disconnect storm: subscribers accepted per second, CPU per accept.
+    Churn(ChurnArgs),
+    /// N idle subscribers: server memory per connection.
+    Idle(IdleArgs),
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+#[derive(Args)]
+struct Common {
+    /// Subscribe URL; `{i}` is the subscriber index, `{r}` its room (i mod --rooms).
+    #[arg(long, default_value = "http://127.0.0.1:8080/sse?userId=u{i}&rooms=r{r}")]
+    sse_url: String,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Rooms subscribers are spread over.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Source addresses to connect from, round robin (e.g. 127.0.0.1,127.0.0.2) when
+    /// one address runs out of ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Server process ids whose CPU time and RSS are measured (repeat for several).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Name of the server in the output.
+    #[arg(long, default_value = "ssekify")]
+    label: String,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<String>,
 }
 
-async fn subscribe(target: SocketAddr, request: String) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect_addr(target).await.ok()?;
-    let (result, _) = stream.write_all(request.into_bytes()).await;
-    result.ok()?;
-    let mut seen = Vec::new();
-    while !seen.windows(6).any(|w| w == b"retry:") {
-        let (result, buf) = stream.read(Vec::with_capacity(1024)).await;
-        if result.ok()? == 0 {
-            return None;
-        }
-        seen.extend_from_slice(&buf);
-    }
-    Some(stream)
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Publish URL; `{i}` user index, `{r}` room index.
+    #[arg(long, default_value = "http://127.0.0.1:8081/v1/broadcast")]
+    publish_url: String,
+    /// Target selection.
+    #[arg(long, value_enum, default_value = "broadcast")]
+    mode: Mode,
+    /// Messages per second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Messages per request (use the batch route, e.g. http://…/v1/publish).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Share of subscribers that never read (the slow scenario).
+    #[arg(long, default_value_t = 0.0)]
+    slow_share: f64,
+    /// Seconds to wait for late deliveries after the last publish.
+    #[arg(long, default_value_t = 3.0)]
+    drain: f64,
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Connect/subscribe/close loops running at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds to hold the connections before measuring.
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
 }
 
 fn main() {
     let cli = Cli::parse();
-    match cli.scenario {
-        Scenario::Idle { target, path, connections, server_pid, settle } => {
-            let mut runtime =
-                monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("runtime");
-            runtime.block_on(async move {
-                let before = rss_kib(server_pid);
-                let started = Instant::now();
-                let open = Rc::new(Cell::new(0usize));
-                let mut held = Vec::with_capacity(connections);
-                for chunk in (0..connections).collect::<Vec<_>>().chunks(256) {
-                    let tasks: Vec<_> = chunk
-                        .iter()
-                        .map(|i| {
-                            let request = format!(
-                                "GET {} HTTP/1.1\r\nHost: loadtest\r\nAccept: text/event-stream\r\n\r\n",
-                                path.replace("{i}", &i.to_string())
-                            );
-                            monoio::spawn(subscribe(target, request))
-                        })
-                        .collect();
-                    for task in tasks {
-                        if let Some(stream) = task.await {
-                            open.set(open.get() + 1);
-                            held.push(stream);
-                        }
-                    }
-                }
-                let opened = open.get();
-                let elapsed = started.elapsed();
-                monoio::time::sleep(Duration::from_secs(settle)).await;
-                let after = rss_kib(server_pid);
-                let per = (after.saturating_sub(before) * 1024) as f64 / opened.max(1) as f64;
-                println!("scenario=idle connections={opened}/{connections} open_seconds={:.2} server_rss_before_kib={before} server_rss_after_kib={after} bytes_per_connection={per:.0}", elapsed.as_secs_f64());
-                drop(held);
-            });
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(8192)
+        .build()
+        .expect("runtime");
+    let report = runtime.block_on(async move {
+        match cli.scenario {
+            Scenario::Run(args) => run(args).await,
+            Scenario::Churn(args) => churn(args).await,
+            Scenario::Idle(args) => idle(args).await,
+        }
+    });
+    match report {
+        Ok(report) => report.print(),
+        Err(error) => {
+            eprintln!("ssekify-loadtest: {error}");
+            std::process::exit(1);
         }
     }
+}
+
+/// Ordered results: printed as a table, written as JSON.
+struct Report {
+    fields: Vec<(String, String)>,
+    json: Option<String>,
+}
+
+impl Report {
+    fn new(json: Option<String>) -> Self {
+        Report { fields: Vec::new(), json }
+    }
+
+    fn add(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.fields.push((key.to_owned(), value.to_string()));
+    }
+
+    fn print(&self) {
+        for (key, value) in &self.fields {
+            println!("{key:<34} {value}");
+        }
+        if let Some(path) = &self.json {
+            let mut out = String::from("{");
+            for (i, (key, value)) in self.fields.iter().enumerate() {
+                let quoted = value.parse::<f64>().is_err();
+                let value = if quoted { format!("\"{}\"", value.replace('"', "\\\"")) } else { value.clone() };
+                let _ = write!(out, "{}\"{key}\":{value}", if i == 0 { "" } else { "," });
+            }
+            out.push_str("}\n");
+            if let Err(error) = std::fs::write(path, out) {
+                eprintln!("cannot write {path}: {error}");
+            }
+        }
+    }
+}
+
+fn template(url: &Url, index: usize, rooms: usize) -> String {
+    url.path.replace("{i}", &index.to_string()).replace("{r}", &(index % rooms.max(1)).to_string())
+}
+
+/// Opens `count` subscribers, 256 at a time; returns the open streams by index.
+async fn open_fleet(common: &Common, url: &Url) -> Vec<Option<(monoio::net::TcpStream, Vec<u8>, bool)>> {
+    let mut open = Vec::with_capacity(common.subscribers);
+    let indexes: Vec<usize> = (0..common.subscribers).collect();
+    for chunk in indexes.chunks(256) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let source = (!common.source_ips.is_empty()).then(|| common.source_ips[i % common.source_ips.len()]);
+                let path = template(url, i, common.rooms);
+                let addr = url.addr;
+                monoio::spawn(async move { subscriber::open(addr, source, &path).await.ok() })
+            })
+            .collect();
+        for task in tasks {
+            open.push(task.await);
+        }
+    }
+    open
+}
+
+async fn run(args: RunArgs) -> Result<Report, String> {
+    let common = &args.common;
+    let sse = parse_url(&common.sse_url)?;
+    let publish_url = parse_url(&args.publish_url)?;
+    let messages = (args.rate * args.duration).round().max(1.0) as usize;
+    let recorder = Rc::new(RefCell::new(Recorder::new(messages)));
+    let fleet = Rc::new(Fleet::default());
+    let slow_every = if args.slow_share > 0.0 { (1.0 / args.slow_share).round().max(1.0) as usize } else { 0 };
+    let opened = open_fleet(common, &sse).await;
+    let mut reading = vec![false; common.subscribers];
+    let mut room_readers = vec![0u32; common.rooms.max(1)];
+    let mut held = Vec::new();
+    for (i, slot) in opened.into_iter().enumerate() {
+        let Some((stream, rest, chunked)) = slot else { continue };
+        fleet.connected.set(fleet.connected.get() + 1);
+        if slow_every > 0 && i % slow_every == 0 {
+            held.push(stream);
+            continue;
+        }
+        reading[i] = true;
+        room_readers[i % common.rooms.max(1)] += 1;
+        monoio::spawn(subscriber::read(stream, rest, chunked, recorder.clone(), fleet.clone()));
+    }
+    let readers = reading.iter().filter(|r| **r).count() as u32;
+    eprintln!("{} subscribers connected ({} reading, {} never reading)", fleet.connected.get(), readers, held.len());
+    monoio::time::sleep(Duration::from_millis(500)).await;
+    let plan = Rc::new(Plan {
+        mode: args.mode,
+        url: publish_url,
+        messages,
+        rate: args.rate,
+        batch: args.batch.max(1),
+        size: args.size,
+        subscribers: common.subscribers,
+        rooms: common.rooms.max(1),
+        reading: Rc::new(reading),
+        room_readers: Rc::new(room_readers),
+        readers,
+    });
+    let sent = Rc::new(Sent::default());
+    let cpu_before = proc::cpu_micros(&common.server_pids);
+    let started = Instant::now();
+    let start_ns = now_nanos() + 50_000_000;
+    let lanes = args.publishers.max(1);
+    let publishers: Vec<_> = (0..lanes)
+        .map(|lane| monoio::spawn(publisher::run(plan.clone(), lane, lanes, start_ns, recorder.clone(), sent.clone())))
+        .collect();
+    let progress = monoio::spawn(progress(fleet.clone(), sent.clone(), messages));
+    for publisher in publishers {
+        publisher.await;
+    }
+    let expected_total = || recorder.borrow().summary(messages).expected;
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
+    while recorder.borrow().summary(messages).received < expected_total() && Instant::now() < drain_until {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = proc::cpu_micros(&common.server_pids).saturating_sub(cpu_before);
+    drop(progress);
+    let recorder = recorder.borrow();
+    let summary = recorder.summary(messages);
+    let mut report = Report::new(common.json.clone());
+    report.add("server", &common.label);
+    report.add("mode", format!("{:?}", args.mode).to_lowercase());
+    report.add("subscribers", fleet.connected.get());
+    report.add("subscribers_reading", readers);
+    report.add("rate_msgs_per_s", args.rate);
+    report.add("batch", args.batch);
+    report.add("payload_bytes", args.size);
+    report.add("messages_sent", sent.ok.get());
+    report.add("messages_failed", sent.failed.get());
+    report.add("deliveries_expected", summary.expected);
+    report.add("deliveries_received", summary.received);
+    report.add("deliveries_lost", summary.expected - summary.received);
+    report.add("deliveries_unexpected", recorder.unexpected);
+    report.add("window_s", format!("{elapsed:.2}"));
+    report.add("deliveries_per_s", format!("{:.0}", summary.received as f64 / elapsed));
+    for (name, value) in percentiles_ms(&recorder.delivery) {
+        report.add(&format!("latency_{name}_ms"), format!("{value:.2}"));
+    }
+    for (name, value) in percentiles_ms(&summary.completion) {
+        report.add(&format!("fanout_complete_{name}_ms"), format!("{value:.2}"));
+    }
+    if !common.server_pids.is_empty() {
+        report.add("server_cpu_ms", format!("{:.1}", cpu as f64 / 1e3));
+        report.add("server_cpu_core_share", format!("{:.3}", cpu as f64 / 1e6 / elapsed));
+        report.add("server_cpu_us_per_delivery", format!("{:.3}", cpu as f64 / summary.received.max(1) as f64));
+        report.add("server_cpu_us_per_message", format!("{:.3}", cpu as f64 / sent.ok.get().max(1) as f64));
+        report.add("server_rss_kib", proc::rss_kib(&common.server_pids));
+    }
+    drop(held);
+    Ok(report)
+}
+
+async fn progress(fleet: Rc<Fleet>, sent: Rc<Sent>, messages: usize) {
+    let mut last = 0;
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let lines = fleet.lines.get();
+        eprintln!(
+            "sent {}/{} (failed {}), deliveries {} (+{}/s), subscribers {} (closed {})",
+            sent.ok.get(),
+            messages,
+            sent.failed.get(),
+            lines,
+            lines - last,
+            fleet.connected.get(),
+            fleet.failed.get()
+        );
+        last = lines;
+    }
+}
+
+async fn churn(args: ChurnArgs) -> Result<Report, String> {
+    let common = &args.common;
+    let sse = parse_url(&common.sse_url)?;
+    let done = Rc::new(std::cell::Cell::new(0usize));
+    let failed = Rc::new(std::cell::Cell::new(0usize));
+    let cpu_before = proc::cpu_micros(&common.server_pids);
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.duration);
+    let loops: Vec<_> = (0..args.concurrency.max(1))
+        .map(|lane| {
+            let (sse, done, failed) = (sse.clone(), done.clone(), failed.clone());
+            let sources = common.source_ips.clone();
+            let rooms = common.rooms;
+            monoio::spawn(async move {
+                let mut i = lane;
+                while Instant::now() < until {
+                    let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+                    match subscriber::open(sse.addr, source, &template(&sse, i, rooms)).await {
+                        Ok(_) => done.set(done.get() + 1),
+                        Err(_) => failed.set(failed.get() + 1),
+                    }
+                    i += args.concurrency;
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = proc::cpu_micros(&common.server_pids).saturating_sub(cpu_before);
+    let mut report = Report::new(common.json.clone());
+    report.add("server", &common.label);
+    report.add("scenario", "churn");
+    report.add("subscribes_completed", done.get());
+    report.add("subscribes_failed", failed.get());
+    report.add("window_s", format!("{elapsed:.2}"));
+    report.add("subscribes_per_s", format!("{:.0}", done.get() as f64 / elapsed));
+    if !common.server_pids.is_empty() {
+        report.add("server_cpu_core_share", format!("{:.3}", cpu as f64 / 1e6 / elapsed));
+        report.add("server_cpu_us_per_subscribe", format!("{:.2}", cpu as f64 / done.get().max(1) as f64));
+    }
+    Ok(report)
+}
+
+async fn idle(args: IdleArgs) -> Result<Report, String> {
+    let common = &args.common;
+    let sse = parse_url(&common.sse_url)?;
+    let before = proc::rss_kib(&common.server_pids);
+    let started = Instant::now();
+    let open = open_fleet(common, &sse).await;
+    let opened = open.iter().filter(|s| s.is_some()).count();
+    let elapsed = started.elapsed().as_secs_f64();
+    monoio::time::sleep(Duration::from_secs(args.settle)).await;
+    let after = proc::rss_kib(&common.server_pids);
+    let mut report = Report::new(common.json.clone());
+    report.add("server", &common.label);
+    report.add("scenario", "idle");
+    report.add("subscribers", format!("{opened}/{}", common.subscribers));
+    report.add("open_s", format!("{elapsed:.2}"));
+    report.add("server_rss_before_kib", before);
+    report.add("server_rss_after_kib", after);
+    report.add(
+        "server_bytes_per_subscriber",
+        format!("{:.0}", (after.saturating_sub(before) * 1024) as f64 / opened.max(1) as f64),
+    );
+    drop(open);
+    Ok(report)
 }
