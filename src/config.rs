@@ -87,6 +87,10 @@ pub struct Cli {
     /// Worker threads, one shard each (default: number of cores).
     #[arg(long, env = "SSEKIFY_SHARDS")]
     pub shards: Option<usize>,
+    /// Pin each shard thread to its own core; turn off where cores are shared
+    /// (containers without exclusive CPUs).
+    #[arg(long, env = "SSEKIFY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_cores: bool,
     /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -191,6 +195,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Number of shard threads.
     pub shards: NonZeroUsize,
+    /// Pin shard threads to cores.
+    pub pin_cores: bool,
     /// CORS origin for /sse.
     pub cors_origin: Option<String>,
     /// Idle time before a heartbeat.
@@ -374,6 +380,7 @@ impl TryFrom<Cli> for Config {
             api_listen,
             api_key,
             shards,
+            pin_cores: cli.pin_cores,
             cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
             keep_alive,
             retry: duration("retry", &cli.retry)?,

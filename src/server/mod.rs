@@ -76,7 +76,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
 
     let mut addresses = Addresses { public: shared.config.listen, api: shared.config.api_listen };
     let shared_listener = shared.config.shared_listener();
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = if shared.config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut driver = "";
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
