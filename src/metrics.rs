@@ -7,6 +7,44 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Upper bounds of the latency buckets, in microseconds (100 µs to 2.5 s).
+pub const LATENCY_BUCKETS_US: [u64; 14] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000];
+
+/// A Prometheus-style latency histogram a shard records into without locks.
+#[derive(Default, Debug)]
+pub struct LatencyHistogram {
+    /// Per bucket (not cumulative); the last slot is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&self, micros: u64) {
+        let slot = LATENCY_BUCKETS_US.iter().position(|&bound| micros <= bound).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes the sum of `histograms` in Prometheus text format (cumulative buckets, seconds).
+pub fn render_histogram(out: &mut String, name: &str, help: &str, histograms: &[&LatencyHistogram]) {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (slot, bound) in LATENCY_BUCKETS_US.iter().map(Some).chain([None]).enumerate() {
+        cumulative += histograms.iter().map(|h| load(&h.buckets[slot])).sum::<u64>();
+        let le = bound.map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let sum_us: u64 = histograms.iter().map(|h| load(&h.sum_us)).sum();
+    let count: u64 = histograms.iter().map(|h| load(&h.count)).sum();
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {count}", sum_us as f64 / 1e6);
+}
+
 /// One shard's counters and gauges.
 #[derive(Default, Debug)]
 #[repr(align(128))]
@@ -49,6 +87,8 @@ pub struct ShardStats {
     pub published: AtomicU64,
     /// Heartbeats written.
     pub pings: AtomicU64,
+    /// Publish requests: from validated to queued on every shard (bus included).
+    pub publish_latency: LatencyHistogram,
 }
 
 impl ShardStats {
@@ -148,7 +188,7 @@ pub fn totals(shards: &[[u64; FIELDS.len()]]) -> [u64; FIELDS.len()] {
 
 /// Prometheus text exposition (format 0.0.4): instance totals, per-shard series
 /// labelled `shard`, and the extra gauges given by the caller.
-pub fn render(shards: &[[u64; FIELDS.len()]], extra: &[(&str, &str, u64)]) -> String {
+pub fn render(shards: &[[u64; FIELDS.len()]], extra: &[(&str, &str, u64)], histograms: &[&LatencyHistogram]) -> String {
     let total = totals(shards);
     let mut out = String::with_capacity(4096);
     for (slot, (_, name, kind, help)) in FIELDS.iter().enumerate() {
@@ -164,6 +204,12 @@ pub fn render(shards: &[[u64; FIELDS.len()]], extra: &[(&str, &str, u64)]) -> St
     for (name, help, value) in extra {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
+    render_histogram(
+        &mut out,
+        "ssekify_publish_duration_seconds",
+        "Publish requests, from validated to queued on every shard (bus acknowledgement included).",
+        histograms,
+    );
     out
 }
 
@@ -186,11 +232,23 @@ mod tests {
 
     #[test]
     fn exposition_has_help_and_type_for_every_series() {
-        let text = render(&[ShardStats::default().snapshot()], &[("ssekify_rooms", "Rooms.", 2)]);
+        let stats = ShardStats::default();
+        stats.publish_latency.record(300);
+        stats.publish_latency.record(5_000_000);
+        let text = render(&[stats.snapshot()], &[("ssekify_rooms", "Rooms.", 2)], &[&stats.publish_latency]);
+        assert!(text.contains("ssekify_publish_duration_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
+        assert!(text.contains("ssekify_publish_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
+        assert!(text.contains("ssekify_publish_duration_seconds_count 2\n"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
+            let series = line.split(['{', ' ']).next().unwrap();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    series.strip_suffix(suffix).filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                })
+                .unwrap_or(series);
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} has a TYPE line");
-            assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(), "{line}");
+            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{line}");
         }
         assert!(text.contains("ssekify_rooms 2\n"));
     }

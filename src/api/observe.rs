@@ -82,6 +82,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let ready = u64::from(ctx.shared.phase() == Phase::Running && bus.is_none_or(Bus::is_live));
     let bus = bus.map(Bus::stats);
     let bus_value = |f: fn(&BusStats) -> u64| bus.as_ref().map_or(0, f);
+    let histograms: Vec<_> = ctx.shared.stats.iter().map(|s| &s.publish_latency).collect();
     let text = metrics::render(
         &snapshots,
         &[
@@ -97,6 +98,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
             ("ssekify_bus_received", "Messages received from other instances.", bus_value(|b| b.received)),
             ("ssekify_bus_reconnects", "Bus reconnect attempts.", bus_value(|b| b.reconnects)),
         ],
+        &histograms,
     );
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }

@@ -156,6 +156,7 @@ async fn deliver(
     scope: Scope,
     prepared: Vec<Prepared>,
 ) -> Result<Vec<Value>, Response> {
+    let started = std::time::Instant::now();
     let instances = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
             let messages: Vec<WireMessage> = prepared.iter().map(Prepared::wire).collect();
@@ -174,6 +175,7 @@ async fn deliver(
     ShardStats::add(&ctx.stats().published, prepared.len() as u64);
     let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
     let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
+    ctx.stats().publish_latency.record(started.elapsed().as_micros() as u64);
     Ok(ids
         .into_iter()
         .zip(delivered)

@@ -54,6 +54,7 @@ pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, 
 /// An acknowledgement the PUBLISH connection still owes, in write order.
 struct InFlight {
     reply: Option<ReplyTo>,
+    messages: u32,
     sent: Instant,
 }
 
@@ -246,13 +247,13 @@ impl Session {
                 error = &mut failover => return error,
                 _ = inbox.recv_batch(&mut batch, BATCH) => {
                     let now = Instant::now();
-                    for BusCommand::Publish { payload, deadline, reply } in batch.drain(..) {
+                    for BusCommand::Publish { payload, messages, deadline, reply } in batch.drain(..) {
                         if deadline <= now {
                             answer(shared, reply, Answer { values: vec![1], body: None }).await;
                             continue;
                         }
                         resp::command(&mut out, &[b"PUBLISH", bus.channel.as_bytes(), &payload]);
-                        in_flight.borrow_mut().push_back(InFlight { reply: Some(reply), sent: now });
+                        in_flight.borrow_mut().push_back(InFlight { reply: Some(reply), messages, sent: now });
                     }
                 }
                 _ = monoio::time::sleep(TICK) => {
@@ -268,7 +269,7 @@ impl Session {
                         canary_seq += 1;
                         next_canary = now + CANARY_EVERY;
                         resp::command(&mut out, &[b"PUBLISH", canary_channel.as_bytes(), canary_seq.to_string().as_bytes()]);
-                        in_flight.borrow_mut().push_back(InFlight { reply: None, sent: now });
+                        in_flight.borrow_mut().push_back(InFlight { reply: None, messages: 0, sent: now });
                     }
                 }
             }
@@ -303,9 +304,7 @@ async fn read_acks(
         };
         let result = match reply {
             Reply::Int(receivers) => {
-                if pending.reply.is_some() {
-                    bus.count_published();
-                }
+                bus.count_published(pending.messages);
                 Answer { values: vec![0, receivers.max(0) as u64], body: None }
             }
             other => {

@@ -36,6 +36,8 @@ pub enum BusCommand {
     Publish {
         /// Encoded [`wire`] message.
         payload: Bytes,
+        /// Messages in the payload (a batch is one PUBLISH).
+        messages: u32,
         /// After this the publisher has given up: do not send it any more.
         deadline: Instant,
         /// Where the acknowledgement goes.
@@ -157,8 +159,8 @@ impl Bus {
         }
     }
 
-    pub(crate) fn count_published(&self) {
-        self.published.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_published(&self, messages: u32) {
+        self.published.fetch_add(u64::from(messages), Ordering::Relaxed);
     }
 
     pub(crate) fn count_received(&self, n: u64) {
@@ -180,7 +182,10 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: &[WireMessage]) ->
     let deadline = Instant::now() + bus.timeout;
     let answer = ctx
         .request_with_timeout(
-            |reply| bus.inbox.try_send(BusCommand::Publish { payload, deadline, reply }).is_ok(),
+            |reply| {
+                let messages = messages.len() as u32;
+                bus.inbox.try_send(BusCommand::Publish { payload, messages, deadline, reply }).is_ok()
+            },
             bus.timeout,
         )
         .await
