@@ -1,0 +1,646 @@
+//! The cross-instance Redis bus, end to end: real `ssekify` processes talking
+//! through real `redis-server` / `redis-sentinel` / Redis Cluster processes.
+//!
+//! Covered: exactly-once delivery across two instances (user, room,
+//! broadcast, an ordered batch) with the publisher's ids; replay on another
+//! instance after a reconnect; the publisher skipping its own echo; Redis
+//! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
+//! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
+//! refused; RESP3.
+//!
+//! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
+//! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
+
+mod common;
+#[path = "support_redis/mod.rs"]
+mod support_redis;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use support_redis::*;
+
+/// How long an instance may take to report `/readyz` 200 (bus live).
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// `--bus-timeout` the tests use.
+const BUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Starts an instance on `redis` (`--shards 2 --bus-timeout 1s` + `extra`)
+/// and waits until its bus is live.
+fn instance(driver: Option<&str>, redis: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--redis", redis, "--shards", "2", "--bus-timeout", "1s"];
+    args.extend_from_slice(extra);
+    let server = match driver {
+        Some(driver) => Server::start_with_driver(driver, &args),
+        None => Server::start(&args),
+    };
+    wait_ready(&server, "after start");
+    server
+}
+
+fn readyz(server: &Server) -> HttpResponse {
+    http(server.public, "GET", "/readyz", &[], b"")
+}
+
+/// Waits (bounded) until `/readyz` answers 200.
+fn wait_ready(server: &Server, what: &str) {
+    wait_ready_within(server, READY_TIMEOUT, what);
+}
+
+fn wait_ready_within(server: &Server, timeout: Duration, what: &str) {
+    let mut last = None;
+    let ok = wait_until(timeout, || {
+        let resp = readyz(server);
+        let ok = resp.status == 200;
+        last = Some(resp);
+        ok
+    });
+    assert!(
+        ok,
+        "/readyz on {} not 200 within {timeout:?} ({what}); last answer {:?} {:?}; bus {}; logs:\n{}",
+        server.public,
+        last.as_ref().map(|r| r.status),
+        last.as_ref().map(HttpResponse::text),
+        bus(server),
+        server.logs()
+    );
+}
+
+/// `bus` object of `/v1/stats`.
+fn bus(server: &Server) -> Value {
+    server.stats()["bus"].clone()
+}
+
+/// An integer counter of the `bus` object.
+fn bus_count(server: &Server, key: &str) -> u64 {
+    let b = bus(server);
+    b[key].as_u64().unwrap_or_else(|| panic!("stats.bus has no integer `{key}`: {b}"))
+}
+
+/// Value of an unlabelled metric line `name value`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let resp = http(server.api, "GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200, "/metrics: {:?}", resp.text());
+    let text = resp.text();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("/metrics has no `{name}` line:\n{text}"))
+}
+
+/// Subscribes and waits until the server counts `expect_total` connections.
+fn subscribe(server: &Server, path: &str, expect_total: u64) -> SseClient {
+    let client = SseClient::open_ready(server.public, path);
+    wait_connections(server.api, expect_total);
+    client
+}
+
+/// An expected event.
+fn ev(id: &str, event: Option<&str>, data: &str) -> SseEvent {
+    SseEvent { id: Some(id.to_string()), event: event.map(str::to_string), data: data.to_string() }
+}
+
+/// Reads exactly `n` events (10 s each at most).
+fn take(client: &mut SseClient, n: usize, what: &str) -> Vec<SseEvent> {
+    (0..n).map(|i| client.expect_event(&format!("{what}: event {} of {n}", i + 1))).collect()
+}
+
+/// After a pause long enough for stragglers, no client has another event
+/// (catches duplicates and leaks without waiting a whole timeout per client).
+fn assert_quiet(clients: &mut [(&str, &mut SseClient)], pause: Duration) {
+    std::thread::sleep(pause);
+    for (name, client) in clients.iter_mut() {
+        if let Some(e) = client.next_event(Duration::from_millis(50)) {
+            panic!("{name}: unexpected extra event {e:?} (duplicate or leaked delivery)");
+        }
+    }
+}
+
+/// `id` of a publish answer.
+fn id_of(answer: &Value) -> String {
+    answer["id"].as_str().unwrap_or_else(|| panic!("publish answer has no string id: {answer}")).to_string()
+}
+
+/// Asserts a 200 publish answer with `instances` and `delivered`.
+fn check_answer(answer: &Value, instances: Value, delivered: u64, what: &str) {
+    assert_eq!(answer["instances"], instances, "{what}: `instances` in {answer}");
+    assert_eq!(answer["delivered"].as_u64(), Some(delivered), "{what}: `delivered` in {answer}");
+}
+
+/// Asserts `503 bus_unavailable` with the JSON error shape.
+fn assert_bus_unavailable(resp: &HttpResponse, what: &str) {
+    assert_eq!(resp.status, 503, "{what}: expected 503 bus_unavailable, got {} {:?}", resp.status, resp.text());
+    resp.assert_error(503, "bus_unavailable");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Two instances: each subscriber gets each message once, with A's ids
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_instances_deliver_every_message_once_with_the_same_ids() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    for driver in drivers() {
+        // A channel per driver: the previous round's instances are gone, but
+        // Redis may not have dropped their subscriptions yet.
+        let channel = format!("bus-test-{driver}");
+        let url = redis.url();
+        let a = instance(Some(driver), &url, &["--channel", &channel]);
+        let b = instance(Some(driver), &url, &["--channel", &channel]);
+
+        let mut a_user = subscribe(&a, &sse_path("u", &[]), 1);
+        let mut a_room = subscribe(&a, &sse_path("", &["r"]), 2);
+        let mut a_anon = subscribe(&a, "/sse", 3);
+        let mut b_user = subscribe(&b, &sse_path("u", &[]), 1);
+        let mut b_room = subscribe(&b, &sse_path("", &["r"]), 2);
+        let mut b_anon = subscribe(&b, "/sse", 3);
+
+        // Single publishes on A: `delivered` counts A's connections only,
+        // `instances` is both subscribers of the channel.
+        let to_user = ok_json(publish_user(a.api, "u", "to-u", ""));
+        check_answer(&to_user, json!(2), 1, &format!("[{driver}] user publish"));
+        let to_room = ok_json(publish_room(a.api, "r", "to-r", "event=note"));
+        check_answer(&to_room, json!(2), 1, &format!("[{driver}] room publish"));
+        let to_all = ok_json(broadcast(a.api, "to-all", ""));
+        check_answer(&to_all, json!(2), 3, &format!("[{driver}] broadcast"));
+        let (id_user, id_room, id_all) = (id_of(&to_user), id_of(&to_room), id_of(&to_all));
+
+        let user_events = vec![ev(&id_user, None, "to-u"), ev(&id_all, None, "to-all")];
+        let room_events = vec![ev(&id_room, Some("note"), "to-r"), ev(&id_all, None, "to-all")];
+        let anon_events = vec![ev(&id_all, None, "to-all")];
+        for (name, client, expected) in [
+            ("A user", &mut a_user, &user_events),
+            ("B user", &mut b_user, &user_events),
+            ("A room", &mut a_room, &room_events),
+            ("B room", &mut b_room, &room_events),
+            ("A anonymous", &mut a_anon, &anon_events),
+            ("B anonymous", &mut b_anon, &anon_events),
+        ] {
+            let got = take(client, expected.len(), &format!("[{driver}] {name}"));
+            assert_eq!(&got, expected, "[{driver}] {name}: events (ids must be the ones A answered)");
+        }
+
+        // A batch of 20 mixed messages: one PUBLISH, order kept on B.
+        let messages: Vec<Value> = (0..20)
+            .map(|i| {
+                let mut m = match i % 3 {
+                    0 => json!({ "user": "u" }),
+                    1 => json!({ "room": "r" }),
+                    _ => json!({ "all": true }),
+                };
+                m["data"] = if i == 7 { json!({ "n": 7, "s": "x" }) } else { json!(format!("b{i}")) };
+                if i % 2 == 0 {
+                    m["event"] = json!("batch");
+                }
+                m
+            })
+            .collect();
+        let answer = ok_json(publish_batch(a.api, &Value::Array(messages.clone())));
+        let results = answer["results"].as_array().unwrap_or_else(|| panic!("batch answer: {answer}"));
+        assert_eq!(results.len(), 20, "[{driver}] batch results: {answer}");
+        let mut user_expect = Vec::new();
+        let mut room_expect = Vec::new();
+        let mut anon_expect = Vec::new();
+        for (i, (m, r)) in messages.iter().zip(results).enumerate() {
+            let delivered = if m.get("all").is_some() { 3 } else { 1 };
+            check_answer(r, json!(2), delivered, &format!("[{driver}] batch message {i}"));
+            let data = if i == 7 { r#"{"n":7,"s":"x"}"#.to_string() } else { format!("b{i}") };
+            let e = ev(&id_of(r), m["event"].as_str(), &data);
+            if m.get("user").is_some() || m.get("all").is_some() {
+                user_expect.push(e.clone());
+            }
+            if m.get("room").is_some() || m.get("all").is_some() {
+                room_expect.push(e.clone());
+            }
+            if m.get("all").is_some() {
+                anon_expect.push(e);
+            }
+        }
+        for (name, client, expected) in [
+            ("B user", &mut b_user, &user_expect),
+            ("B room", &mut b_room, &room_expect),
+            ("B anonymous", &mut b_anon, &anon_expect),
+            ("A user", &mut a_user, &user_expect),
+            ("A room", &mut a_room, &room_expect),
+            ("A anonymous", &mut a_anon, &anon_expect),
+        ] {
+            let got = take(client, expected.len(), &format!("[{driver}] {name} batch"));
+            assert_eq!(&got, expected, "[{driver}] {name}: batch events in order with A's ids");
+        }
+
+        // No subscriber gets anything twice.
+        assert_quiet(
+            &mut [
+                ("A user", &mut a_user),
+                ("A room", &mut a_room),
+                ("A anonymous", &mut a_anon),
+                ("B user", &mut b_user),
+                ("B room", &mut b_room),
+                ("B anonymous", &mut b_anon),
+            ],
+            Duration::from_millis(400),
+        );
+
+        // B received the 23 messages from A; A received nothing (B published nothing).
+        let (a_bus, b_bus) = (bus(&a), bus(&b));
+        assert_eq!(b_bus["received"], json!(23), "[{driver}] B's bus.received: {b_bus}");
+        assert_eq!(a_bus["received"], json!(0), "[{driver}] A's bus.received: {a_bus}");
+        assert_eq!(a_bus["state"], "live", "[{driver}] A's bus: {a_bus}");
+        eprintln!("[{driver}] after 3 single publishes and one batch of 20 on A: A bus {a_bus}, B bus {b_bus}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Replay on another instance
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_client_resumes_on_another_instance_from_its_replay_ring() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let path = sse_path("replayer", &[]);
+
+    let mut on_a = subscribe(&a, &path, 1);
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let answer = ok_json(publish_user(a.api, "replayer", &format!("m{n}"), ""));
+        check_answer(&answer, json!(2), 1, &format!("m{n}"));
+        ids.push(id_of(&answer));
+    }
+    let got = take(&mut on_a, 2, "subscriber on A");
+    assert_eq!(got, vec![ev(&ids[0], None, "m1"), ev(&ids[1], None, "m2")]);
+    drop(on_a);
+    wait_connections(a.api, 0);
+
+    for n in 3..=5 {
+        let answer = ok_json(publish_user(a.api, "replayer", &format!("m{n}"), ""));
+        check_answer(&answer, json!(2), 0, &format!("m{n}"));
+        ids.push(id_of(&answer));
+    }
+    // B has taken in all five before the client comes back.
+    let ok = wait_until(Duration::from_secs(10), || bus_count(&b, "received") >= 5);
+    assert!(ok, "B's bus.received never reached 5: {}", bus(&b));
+
+    let mut on_b = SseClient::resume(b.public, &path, &ids[1]);
+    let got = take(&mut on_b, 3, "resumed on B after m2");
+    assert_eq!(
+        got,
+        vec![ev(&ids[2], None, "m3"), ev(&ids[3], None, "m4"), ev(&ids[4], None, "m5")],
+        "replay on B after Last-Event-ID {} (m2)",
+        ids[1]
+    );
+    // Then live, without duplicates.
+    let answer = ok_json(publish_user(a.api, "replayer", "m6", ""));
+    let got = take(&mut on_b, 1, "live on B after the replay");
+    assert_eq!(got, vec![ev(&id_of(&answer), None, "m6")]);
+    assert_quiet(&mut [("resumed on B", &mut on_b)], Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------------------
+// 3. Own echo skipped
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_instance_alone_delivers_once_and_skips_its_own_echo() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let s = instance(None, &redis.url(), &[]);
+    let mut client = subscribe(&s, &sse_path("solo", &[]), 1);
+
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        let answer = if n % 2 == 0 {
+            ok_json(publish_user(s.api, "solo", &format!("e{n}"), ""))
+        } else {
+            ok_json(broadcast(s.api, &format!("e{n}"), ""))
+        };
+        check_answer(&answer, json!(1), 1, &format!("publish {n}"));
+        expected.push(ev(&id_of(&answer), None, &format!("e{n}")));
+    }
+    assert_eq!(take(&mut client, 5, "alone"), expected);
+    assert_quiet(&mut [("subscriber", &mut client)], Duration::from_millis(500));
+
+    let b = bus(&s);
+    assert_eq!(b["received"], json!(0), "own echo must not count as received: {b}");
+    assert_eq!(b["published"], json!(5), "five publishes acknowledged: {b}");
+    assert_eq!(b["state"], "live", "{b}");
+    assert_eq!(metric(&s, "ssekify_bus_live"), 1.0);
+    assert_eq!(metric(&s, "ssekify_bus_published"), 5.0);
+    assert_eq!(metric(&s, "ssekify_bus_received"), 0.0);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Redis goes away and comes back
+// ---------------------------------------------------------------------------
+
+#[test]
+fn redis_outage_refuses_publishes_then_recovers_without_redelivery() {
+    if !require_redis() {
+        return;
+    }
+    let mut redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, "/sse", 1);
+
+    let mut acknowledged = Vec::new();
+    for n in 1..=3 {
+        let answer = ok_json(broadcast(a.api, &format!("before{n}"), ""));
+        check_answer(&answer, json!(2), 1, &format!("before{n}"));
+        acknowledged.push(ev(&id_of(&answer), None, &format!("before{n}")));
+    }
+    assert_eq!(take(&mut on_a, 3, "A before the outage"), acknowledged);
+    assert_eq!(take(&mut on_b, 3, "B before the outage"), acknowledged);
+    let reconnects_before = (bus_count(&a, "reconnects"), bus_count(&b, "reconnects"));
+
+    redis.stop();
+    let stopped = Instant::now();
+    // Every publish while Redis is gone: 503 bus_unavailable, within the bus timeout.
+    let slack = Duration::from_millis(700);
+    for n in 0..6 {
+        let (server, name) = if n % 3 == 2 { (&b, "B") } else { (&a, "A") };
+        let started = Instant::now();
+        let resp = if n == 4 {
+            publish_batch(server.api, &json!([{ "all": true, "data": "during-batch" }, { "user": "x", "data": "y" }]))
+        } else {
+            broadcast(server.api, &format!("during{n}"), "")
+        };
+        let took = started.elapsed();
+        assert_bus_unavailable(&resp, &format!("publish {n} on {name}, {:?} after Redis stopped", stopped.elapsed()));
+        assert!(
+            took <= BUS_TIMEOUT + slack,
+            "publish {n} on {name} took {took:?} to be refused (bus timeout {BUS_TIMEOUT:?})"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    for (server, name) in [(&a, "A"), (&b, "B")] {
+        let mut last = None;
+        let down = wait_until(Duration::from_secs(5), || {
+            let resp = readyz(server);
+            let down = resp.status == 503;
+            last = Some(resp);
+            down
+        });
+        let last = last.unwrap();
+        assert!(down, "{name}: /readyz still {} {:?} with Redis stopped", last.status, last.text());
+        assert_eq!(last.json()["status"], "bus_unavailable", "{name}: /readyz body {:?}", last.text());
+        let state = bus(server);
+        assert_ne!(state["state"], "live", "{name}: bus state with Redis stopped: {state}");
+        assert_eq!(metric(server, "ssekify_bus_live"), 0.0, "{name}: ssekify_bus_live with Redis stopped");
+    }
+    // Nothing refused was delivered anywhere.
+    assert_quiet(
+        &mut [("A during the outage", &mut on_a), ("B during the outage", &mut on_b)],
+        Duration::from_millis(300),
+    );
+
+    redis.restart();
+    let restarted = Instant::now();
+    wait_ready(&a, "after Redis came back");
+    wait_ready_within(&b, READY_TIMEOUT.saturating_sub(restarted.elapsed()), "after Redis came back");
+    eprintln!("both instances ready {:?} after the Redis restart", restarted.elapsed());
+
+    let mut after = Vec::new();
+    for n in 1..=3 {
+        let answer = ok_json(broadcast(a.api, &format!("after{n}"), ""));
+        check_answer(&answer, json!(2), 1, &format!("after{n} on A"));
+        after.push(ev(&id_of(&answer), None, &format!("after{n}")));
+    }
+    // The first events after the outage are after1..: nothing acknowledged
+    // before (and nothing refused during) the outage comes again.
+    assert_eq!(take(&mut on_a, 3, "A after the outage"), after);
+    assert_eq!(take(&mut on_b, 3, "B after the outage"), after);
+    let answer = ok_json(broadcast(b.api, "after4", ""));
+    check_answer(&answer, json!(2), 1, "after4 on B");
+    let from_b = vec![ev(&id_of(&answer), None, "after4")];
+    assert_eq!(take(&mut on_a, 1, "A after the outage, from B"), from_b);
+    assert_eq!(take(&mut on_b, 1, "B after the outage, from B"), from_b);
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(400));
+
+    assert!(bus_count(&a, "reconnects") > reconnects_before.0, "A's bus.reconnects did not grow: {}", bus(&a));
+    assert!(bus_count(&b, "reconnects") > reconnects_before.1, "B's bus.reconnects did not grow: {}", bus(&b));
+    assert!(metric(&a, "ssekify_bus_reconnects") > 0.0);
+    assert_eq!(bus(&a)["state"], "live");
+}
+
+// ---------------------------------------------------------------------------
+// 5. scope=local stays local
+// ---------------------------------------------------------------------------
+
+#[test]
+fn scope_local_publishes_stay_on_the_instance() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let mut a_anon = subscribe(&a, "/sse", 1);
+    let mut a_user = subscribe(&a, &sse_path("lu", &[]), 2);
+    let mut b_anon = subscribe(&b, "/sse", 1);
+    let mut b_user = subscribe(&b, &sse_path("lu", &[]), 2);
+
+    let local_all = ok_json(broadcast(a.api, "local-all", "scope=local"));
+    check_answer(&local_all, Value::Null, 2, "local broadcast");
+    let local_user = ok_json(publish_user(a.api, "lu", "local-user", "scope=local"));
+    check_answer(&local_user, Value::Null, 1, "local user publish");
+    let local_batch = ok_json(http(
+        a.api,
+        "POST",
+        "/v1/publish?scope=local",
+        &[("Content-Type", "application/json")],
+        json!({ "messages": [{ "room": "nobody", "data": "local-room" }] }).to_string().as_bytes(),
+    ));
+    check_answer(&local_batch["results"][0], Value::Null, 0, "local batch");
+    // A cluster publish after them: on B it must be the first event.
+    let cluster = ok_json(broadcast(a.api, "cluster-all", ""));
+    check_answer(&cluster, json!(2), 2, "cluster broadcast");
+
+    let (l_all, l_user, c_all) = (id_of(&local_all), id_of(&local_user), id_of(&cluster));
+    assert_eq!(
+        take(&mut a_anon, 2, "A anonymous"),
+        vec![ev(&l_all, None, "local-all"), ev(&c_all, None, "cluster-all")]
+    );
+    assert_eq!(
+        take(&mut a_user, 3, "A user"),
+        vec![ev(&l_all, None, "local-all"), ev(&l_user, None, "local-user"), ev(&c_all, None, "cluster-all")]
+    );
+    assert_eq!(take(&mut b_anon, 1, "B anonymous"), vec![ev(&c_all, None, "cluster-all")]);
+    assert_eq!(take(&mut b_user, 1, "B user"), vec![ev(&c_all, None, "cluster-all")]);
+    assert_quiet(
+        &mut [
+            ("A anonymous", &mut a_anon),
+            ("A user", &mut a_user),
+            ("B anonymous", &mut b_anon),
+            ("B user", &mut b_user),
+        ],
+        Duration::from_millis(300),
+    );
+    assert_eq!(bus(&b)["received"], json!(1), "B got only the cluster publish: {}", bus(&b));
+    assert_eq!(bus(&a)["published"], json!(1), "A put only the cluster publish on the bus: {}", bus(&a));
+}
+
+// ---------------------------------------------------------------------------
+// 6. Sentinel failover
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sentinel_failover_is_followed_without_restarting() {
+    if !require_sentinel() {
+        return;
+    }
+    let mut set = SentinelSet::start(1);
+    let url = set.url();
+    let a = instance(None, &url, &[]);
+    let b = instance(None, &url, &[]);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, "/sse", 1);
+
+    let before = ok_json(broadcast(a.api, "before-failover", ""));
+    check_answer(&before, json!(2), 1, "publish before the failover");
+    let first = vec![ev(&id_of(&before), None, "before-failover")];
+    assert_eq!(take(&mut on_a, 1, "A before the failover"), first);
+    assert_eq!(take(&mut on_b, 1, "B before the failover"), first);
+
+    let old_master = set.master.addr();
+    let new_master = set.replica.addr();
+    set.master.stop();
+    let killed = Instant::now();
+    let promoted = poll(Duration::from_secs(30), || {
+        set.master_seen_by(&set.sentinels[0]).as_deref() == Some(&new_master[..])
+            && set.replica.cli(&["ROLE"]).is_some_and(|r| r.lines().next().map(str::trim) == Some("master"))
+    });
+    assert!(
+        promoted,
+        "no failover from {old_master} to {new_master} within 30 s; sentinel says {:?}; logs:\n{}",
+        set.master_seen_by(&set.sentinels[0]),
+        set.logs()
+    );
+    eprintln!("sentinel promoted {new_master} {:?} after the master was killed", killed.elapsed());
+    let left = Duration::from_secs(30).saturating_sub(killed.elapsed()).max(READY_TIMEOUT);
+    wait_ready_within(&a, left, "after the failover");
+    wait_ready_within(&b, left, "after the failover");
+    eprintln!("both instances ready {:?} after the master was killed", killed.elapsed());
+
+    let from_a = ok_json(broadcast(a.api, "after-a", ""));
+    check_answer(&from_a, json!(2), 1, "publish on A after the failover");
+    let expected = vec![ev(&id_of(&from_a), None, "after-a")];
+    assert_eq!(take(&mut on_a, 1, "A after the failover, from A"), expected);
+    assert_eq!(take(&mut on_b, 1, "B after the failover, from A"), expected);
+    let from_b = ok_json(broadcast(b.api, "after-b", ""));
+    check_answer(&from_b, json!(2), 1, "publish on B after the failover");
+    let expected = vec![ev(&id_of(&from_b), None, "after-b")];
+    assert_eq!(take(&mut on_a, 1, "A after the failover, from B"), expected);
+    assert_eq!(take(&mut on_b, 1, "B after the failover, from B"), expected);
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+    assert!(bus_count(&a, "reconnects") > 0, "A: {}", bus(&a));
+    assert!(bus_count(&b, "reconnects") > 0, "B: {}", bus(&b));
+}
+
+// ---------------------------------------------------------------------------
+// 7. Cluster
+// ---------------------------------------------------------------------------
+
+#[test]
+fn cluster_instances_on_different_nodes_reach_each_other() {
+    if !require_redis() {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    let a = instance(None, &cluster.url_via(0), &[]);
+    let b = instance(None, &cluster.url_via(2), &[]);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, &sse_path("cu", &[]), 1);
+
+    // Messages from different publishers travel through different nodes (and
+    // the cluster bus between them), so only each publisher's own order is
+    // promised: B publishes once A's messages have arrived.
+    let from_a = ok_json(broadcast(a.api, "from-a", ""));
+    assert_eq!(from_a["delivered"], json!(1), "{from_a}");
+    let to_user = ok_json(publish_user(a.api, "cu", "a-to-cu", "event=direct"));
+    assert_eq!(to_user["delivered"], json!(0), "{to_user}");
+    assert_eq!(take(&mut on_a, 1, "A, from A"), vec![ev(&id_of(&from_a), None, "from-a")]);
+    assert_eq!(
+        take(&mut on_b, 2, "B, from A"),
+        vec![ev(&id_of(&from_a), None, "from-a"), ev(&id_of(&to_user), Some("direct"), "a-to-cu")]
+    );
+    let from_b = ok_json(broadcast(b.api, "from-b", ""));
+    assert_eq!(from_b["delivered"], json!(1), "{from_b}");
+    assert_eq!(take(&mut on_a, 1, "A, from B"), vec![ev(&id_of(&from_b), None, "from-b")]);
+    assert_eq!(take(&mut on_b, 1, "B, from B"), vec![ev(&id_of(&from_b), None, "from-b")]);
+    for answer in [&from_a, &to_user, &from_b] {
+        assert!(
+            answer["instances"].as_u64().is_some_and(|n| n >= 1),
+            "`instances` must be Redis's PUBLISH reply (a number): {answer}"
+        );
+    }
+    eprintln!(
+        "cluster: instances answered {} / {} / {} (PUBLISH in a cluster counts the receiving node's subscribers)",
+        from_a["instances"], to_user["instances"], from_b["instances"]
+    );
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------------------
+// 8. rediss:// refused
+// ---------------------------------------------------------------------------
+
+#[test]
+fn rediss_is_refused_at_start() {
+    let err = match Server::try_start(&["--redis", "rediss://x:1"]) {
+        Ok(server) => panic!("ssekify started with --redis rediss://x:1; logs:\n{}", server.logs()),
+        Err(err) => err,
+    };
+    assert!(err.contains("exit status: 2"), "expected exit status 2: {err}");
+    let output = err.split_once("output:").map(|(_, o)| o).unwrap_or(&err);
+    assert!(output.contains("TLS"), "the refusal should mention TLS: {err}");
+}
+
+// ---------------------------------------------------------------------------
+// 9. RESP3
+// ---------------------------------------------------------------------------
+
+#[test]
+fn resp3_instances_deliver_to_each_other() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let url = format!("{}?protocol=resp3", redis.url());
+    let a = instance(None, &url, &[]);
+    let b = instance(None, &url, &[]);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, "/sse", 1);
+
+    let from_a = ok_json(broadcast(a.api, "resp3-a", ""));
+    check_answer(&from_a, json!(2), 1, "publish on A");
+    let expected = vec![ev(&id_of(&from_a), None, "resp3-a")];
+    assert_eq!(take(&mut on_a, 1, "A, from A"), expected);
+    assert_eq!(take(&mut on_b, 1, "B, from A"), expected);
+    let from_b = ok_json(publish_batch(b.api, &json!([{ "all": true, "data": "resp3-b", "event": "x" }])));
+    check_answer(&from_b["results"][0], json!(2), 1, "batch on B");
+    let expected = vec![ev(&id_of(&from_b["results"][0]), Some("x"), "resp3-b")];
+    assert_eq!(take(&mut on_a, 1, "A, from B"), expected);
+    assert_eq!(take(&mut on_b, 1, "B, from B"), expected);
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+    assert_eq!(bus(&a)["received"], json!(1));
+    assert_eq!(bus(&b)["received"], json!(1));
+}

@@ -1,0 +1,592 @@
+//! Real Redis processes for the bus tests: a single server, a Sentinel set
+//! (master, replica, Sentinels) and a 3-master Cluster.
+//!
+//! Use it from a test file with
+//! ```ignore
+//! mod common;
+//! #[path = "support_redis/mod.rs"]
+//! mod support_redis;
+//! ```
+//!
+//! Everything runs on 127.0.0.1 with ports from [`free_port`] (below the
+//! kernel's ephemeral range, so an outgoing connection never takes the port of
+//! a stopped server), in its own directory under `std::env::temp_dir()`,
+//! removed on drop. Every wait is bounded; a process that does not come up
+//! panics with its log.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a Redis process may take to answer PING after spawning.
+pub const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for one `redis-cli` invocation.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Prerequisites
+// ---------------------------------------------------------------------------
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn require(program: &str) -> bool {
+    if on_path(program) {
+        return true;
+    }
+    if std::env::var("SSEKIFY_REQUIRE_REDIS").is_ok_and(|v| v.trim() == "1") {
+        panic!("{program} not found and SSEKIFY_REQUIRE_REDIS=1");
+    }
+    eprintln!("skipping: {program} not installed (set SSEKIFY_REQUIRE_REDIS=1 to make this a failure)");
+    false
+}
+
+/// True when `redis-server` (and `redis-cli`) are on PATH. Otherwise panics
+/// when `SSEKIFY_REQUIRE_REDIS=1`, else prints why the test is skipped and
+/// returns false (the test then returns early).
+pub fn require_redis() -> bool {
+    require("redis-server") && require("redis-cli")
+}
+
+/// Like [`require_redis`], for `redis-sentinel` as well.
+pub fn require_sentinel() -> bool {
+    require_redis() && require("redis-sentinel")
+}
+
+// ---------------------------------------------------------------------------
+// Ports and directories
+// ---------------------------------------------------------------------------
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn ephemeral_low() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32768)
+}
+
+/// A port on 127.0.0.1 that nothing listens on, never handed out twice in
+/// this process, chosen at random below the ephemeral range (so the kernel
+/// does not give it to an outgoing connection while a test has its server
+/// stopped).
+pub fn free_port() -> u16 {
+    let high = ephemeral_low().saturating_sub(1).max(12000);
+    let low = 10000u16;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u64;
+    let mut seed = nanos
+        ^ ((std::process::id() as u64) << 20)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut guard = HANDED_OUT.lock().unwrap();
+    let used = guard.get_or_insert_with(HashSet::new);
+    for _ in 0..10_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u16;
+        if used.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            used.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port found in {low}..{high}");
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ssekify-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+// ---------------------------------------------------------------------------
+// Talking to Redis
+// ---------------------------------------------------------------------------
+
+/// Runs `redis-cli -h 127.0.0.1 -p <port> <args…>` (bounded by [`CLI_TIMEOUT`]);
+/// `None` when it could not run, timed out or failed.
+pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let mut argv = vec!["-h".to_string(), "127.0.0.1".to_string(), "-p".to_string(), port.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    run_bounded("redis-cli", &argv, CLI_TIMEOUT)
+}
+
+/// Runs a program with a deadline; stdout on success.
+fn run_bounded(program: &str, args: &[String], timeout: Duration) -> Option<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let mut stderr = child.stderr.take()?;
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let _ = err.join();
+    match status {
+        Some(s) if s.success() => Some(out),
+        _ => None,
+    }
+}
+
+/// Runs a program with a deadline; `(success, stdout + stderr)`.
+pub fn run_logged(program: &str, args: &[String], timeout: Duration) -> (bool, String) {
+    let child =
+        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let Ok(mut child) = child else { return (false, format!("cannot run {program}")) };
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let ok = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.success(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+        }
+    };
+    let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+    (ok, text)
+}
+
+/// Sends an inline `PING` over TCP (1 s timeouts) and checks for `+PONG`.
+pub fn ping(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"+PONG")
+}
+
+/// Value of `field:` in an `INFO`-style answer.
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    let prefix = format!("{field}:");
+    info.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(|v| v.trim().to_string()))
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One Redis process
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` (or `redis-sentinel`) child on 127.0.0.1; killed (SIGKILL)
+/// and its directory removed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    program: &'static str,
+    /// Arguments after the program name (fixed at start, reused by restart).
+    args: Vec<String>,
+    starts: u32,
+}
+
+impl RedisServer {
+    /// `redis-server --port P --bind 127.0.0.1 --save '' --appendonly no
+    /// --protected-mode no --dir <tmp>` plus `extra_args`, on a fresh port;
+    /// returns once it answers PING.
+    pub fn start(extra_args: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra_args)
+    }
+
+    /// Like [`RedisServer::start`] on a given port.
+    pub fn start_on(port: u16, extra_args: &[&str]) -> RedisServer {
+        let dir = temp_dir(&format!("redis-{port}"));
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            dir.to_str().expect("utf-8 temp dir"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0 };
+        server.spawn();
+        server
+    }
+
+    /// `redis-sentinel <dir>/sentinel.conf` with `config` written first (the
+    /// Sentinel rewrites its file, so it lives in the server's own directory).
+    fn start_sentinel(port: u16, config: impl FnOnce(&Path) -> String) -> RedisServer {
+        let dir = temp_dir(&format!("sentinel-{port}"));
+        let file = dir.join("sentinel.conf");
+        fs::write(&file, config(&dir)).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+        let args = vec![file.to_str().expect("utf-8 temp dir").to_string()];
+        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0 };
+        server.spawn();
+        server
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}-{}.log", self.program, self.starts))
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} on port {} is already running", self.program, self.port);
+        self.starts += 1;
+        let log = fs::File::create(self.log_path()).expect("create the redis log file");
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", self.program));
+        self.child = Some(child);
+        let deadline = Instant::now() + REDIS_START_TIMEOUT;
+        loop {
+            if ping(self.port) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                panic!(
+                    "{} {:?} exited with {status} before answering PING; log:\n{}",
+                    self.program,
+                    self.args,
+                    self.logs()
+                );
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                panic!(
+                    "{} on port {} did not answer PING within {REDIS_START_TIMEOUT:?}; log:\n{}",
+                    self.program,
+                    self.port,
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its working directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Kills the process (SIGKILL: no save, no goodbye to clients beyond the
+    /// kernel closing its sockets) and reaps it. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same arguments (after
+    /// [`RedisServer::stop`]); returns once it answers PING.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        cli(self.port, args)
+    }
+
+    /// Everything the process logged (all runs).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for run in 1..=self.starts {
+            let path = self.dir.join(format!("{}-{run}.log", self.program));
+            if let Ok(text) = fs::read_to_string(&path) {
+                out.push_str(&format!("--- {} (run {run}) ---\n{text}", self.program));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------
+
+/// Master group name the Sentinels monitor.
+pub const SENTINEL_MASTER: &str = "m";
+
+/// A master, one replica and Sentinels monitoring them as [`SENTINEL_MASTER`].
+pub struct SentinelSet {
+    /// The initial master.
+    pub master: RedisServer,
+    /// Its replica (promoted by a failover).
+    pub replica: RedisServer,
+    /// The Sentinels.
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelSet {
+    /// Starts master, replica (in sync) and `count` Sentinels (quorum 1,
+    /// down-after 1 s, failover-timeout 5 s) that know the master and the
+    /// replica.
+    pub fn start(count: usize) -> SentinelSet {
+        assert!(count >= 1);
+        let master = RedisServer::start(&[]);
+        let master_port = master.port().to_string();
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]);
+        let synced = poll(Duration::from_secs(15), || {
+            replica.cli(&["INFO", "replication"]).and_then(|info| info_field(&info, "master_link_status")).as_deref()
+                == Some("up")
+        });
+        assert!(
+            synced,
+            "replica {} never synced with master {}; replica log:\n{}",
+            replica.port(),
+            master.port(),
+            replica.logs()
+        );
+        let sentinels: Vec<RedisServer> = (0..count)
+            .map(|_| {
+                let port = free_port();
+                RedisServer::start_sentinel(port, |dir| {
+                    format!(
+                        "port {port}\n\
+                         bind 127.0.0.1\n\
+                         protected-mode no\n\
+                         dir {}\n\
+                         sentinel resolve-hostnames no\n\
+                         sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 1\n\
+                         sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                         sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                        dir.display()
+                    )
+                })
+            })
+            .collect();
+        let set = SentinelSet { master, replica, sentinels };
+        for sentinel in &set.sentinels {
+            let knows = poll(Duration::from_secs(15), || {
+                set.master_seen_by(sentinel).as_deref() == Some(&set.master.addr()[..])
+                    && sentinel
+                        .cli(&["SENTINEL", "replicas", SENTINEL_MASTER])
+                        .is_some_and(|r| r.contains(&set.replica.port().to_string()))
+            });
+            assert!(
+                knows,
+                "sentinel {} never learnt master {} and replica {}; log:\n{}",
+                sentinel.port(),
+                set.master.port(),
+                set.replica.port(),
+                sentinel.logs()
+            );
+        }
+        set
+    }
+
+    /// `host:port` a Sentinel names as the master, if it answers.
+    pub fn master_seen_by(&self, sentinel: &RedisServer) -> Option<String> {
+        let out = sentinel.cli(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER])?;
+        let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+        let host = lines.next()?;
+        let port = lines.next()?;
+        Some(format!("{host}:{port}"))
+    }
+
+    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2/m`.
+    pub fn url(&self) -> String {
+        let list: Vec<String> = self.sentinels.iter().map(RedisServer::addr).collect();
+        format!("redis-sentinel://{}/{SENTINEL_MASTER}", list.join(","))
+    }
+
+    /// Every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = self.master.logs();
+        out.push_str(&self.replica.logs());
+        for s in &self.sentinels {
+            out.push_str(&s.logs());
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------
+
+/// A Redis Cluster of masters without replicas.
+pub struct RedisCluster {
+    /// The nodes, in the order they were created.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (`--cluster-enabled yes`, node timeout 2 s, each
+    /// in its own directory, cluster bus on its own free port), joins them with
+    /// `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, and
+    /// waits for `cluster_state:ok` on every node.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                let port = free_port();
+                let bus_port = free_port().to_string();
+                let conf = format!("nodes-{port}.conf");
+                RedisServer::start_on(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "2000",
+                        // The default bus port (port + 10000) may be past 65535 or taken.
+                        "--cluster-port",
+                        &bus_port,
+                    ],
+                )
+            })
+            .collect();
+        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        args.extend(nodes.iter().map(RedisServer::addr));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].iter().map(|s| s.to_string()));
+        let (ok, output) = run_logged("redis-cli", &args, Duration::from_secs(30));
+        assert!(ok, "redis-cli {args:?} failed:\n{output}");
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            let up = poll(Duration::from_secs(20), || {
+                node.cli(&["CLUSTER", "INFO"]).and_then(|i| info_field(&i, "cluster_state")).as_deref() == Some("ok")
+                    && node
+                        .cli(&["CLUSTER", "INFO"])
+                        .and_then(|i| info_field(&i, "cluster_known_nodes"))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        == Some(masters)
+            });
+            assert!(
+                up,
+                "cluster node {} never reached cluster_state:ok with {masters} nodes: {:?}\nlog:\n{}",
+                node.port(),
+                node.cli(&["CLUSTER", "INFO"]),
+                node.logs()
+            );
+        }
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:<port of node i>`.
+    pub fn url_via(&self, node: usize) -> String {
+        format!("redis-cluster://{}", self.nodes[node].addr())
+    }
+}
