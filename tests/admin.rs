@@ -324,3 +324,29 @@ fn new_subscribers_are_refused_while_shutting_down() {
         Err(e) => eprintln!("listener closed during drain: {e}"),
     }
 }
+
+#[test]
+fn shutdown_spreads_the_closes_over_the_grace() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let clients: Vec<SseClient> =
+        (0..12).map(|i| SseClient::open_ready(server.public, &format!("/sse?userId=spread{i}"))).collect();
+    wait_connections(server.api, 12);
+    let started = Instant::now();
+    let resp = http(server.api, "POST", "/v1/admin/shutdown?graceMs=1200", &[], b"");
+    assert_eq!(resp.status, 202);
+    let waiters: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                assert!(client.expect_closed(Duration::from_secs(4)), "a stream outlived the grace");
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut closed: Vec<Duration> = waiters.into_iter().map(|w| w.join().expect("waiter")).collect();
+    closed.sort();
+    let (first, last) = (closed[0], closed[closed.len() - 1]);
+    assert!(last - first >= Duration::from_millis(500), "closes not spread: first {first:?}, last {last:?}");
+    assert!(last <= Duration::from_millis(2200), "last close {last:?} too late for a 1200 ms grace");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)));
+}
