@@ -11,6 +11,7 @@ mod proc;
 mod publisher;
 mod record;
 mod subscriber;
+mod workers;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -45,8 +46,9 @@ enum Scenario {
 #[derive(Args)]
 struct Common {
     /// Subscribe URL; `{i}` is the subscriber index, `{r}` its room (i mod --rooms).
-    #[arg(long, default_value = "http://127.0.0.1:8080/sse?userId=u{i}&rooms=r{r}")]
-    sse_url: String,
+    /// Repeat to spread subscribers over several servers (subscriber i uses URL i mod n).
+    #[arg(long = "sse-url", default_value = "http://127.0.0.1:8080/sse?userId=u{i}&rooms=r{r}")]
+    sse_urls: Vec<String>,
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -66,6 +68,29 @@ struct Common {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<String>,
+    /// Generator processes holding the subscribers (each is bounded by its
+    /// open-file limit, ~19,000 here); the first one also publishes and reports.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Internal: run as worker k of --processes.
+    #[arg(long, hide = true)]
+    worker: Option<usize>,
+}
+
+impl Common {
+    /// This process's slot among the generator processes.
+    fn slot(&self) -> usize {
+        self.worker.unwrap_or(0)
+    }
+
+    /// True for the subscriber indexes this process holds.
+    fn owns(&self, index: usize) -> bool {
+        index % self.processes.max(1) == self.slot()
+    }
+
+    fn urls(&self) -> Result<Vec<Url>, String> {
+        self.sse_urls.iter().map(|u| parse_url(u)).collect()
+    }
 }
 
 #[derive(Args)]
@@ -183,22 +208,26 @@ fn template(url: &Url, index: usize, rooms: usize) -> String {
     url.path.replace("{i}", &index.to_string()).replace("{r}", &(index % rooms.max(1)).to_string())
 }
 
-/// Opens `count` subscribers, 256 at a time; returns the open streams by index.
-async fn open_fleet(common: &Common, url: &Url) -> Vec<Option<(monoio::net::TcpStream, Vec<u8>, bool)>> {
-    let mut open = Vec::with_capacity(common.subscribers);
-    let indexes: Vec<usize> = (0..common.subscribers).collect();
+/// An open subscriber: stream, bytes read past the head, chunked or not.
+type Opened = (monoio::net::TcpStream, Vec<u8>, bool);
+
+/// Opens this process's share of the subscribers, 256 at a time; returns
+/// `(index, stream or None)` in index order.
+async fn open_fleet(common: &Common, urls: &[Url]) -> Vec<(usize, Option<Opened>)> {
+    let indexes: Vec<usize> = (0..common.subscribers).filter(|&i| common.owns(i)).collect();
+    let mut open = Vec::with_capacity(indexes.len());
     for chunk in indexes.chunks(256) {
         let tasks: Vec<_> = chunk
             .iter()
             .map(|&i| {
                 let source = (!common.source_ips.is_empty()).then(|| common.source_ips[i % common.source_ips.len()]);
-                let path = template(url, i, common.rooms);
-                let addr = url.addr;
+                let url = &urls[i % urls.len()];
+                let (addr, path) = (url.addr, template(url, i, common.rooms));
                 monoio::spawn(async move { subscriber::open(addr, source, &path).await.ok() })
             })
             .collect();
-        for task in tasks {
-            open.push(task.await);
+        for (&i, task) in chunk.iter().zip(tasks) {
+            open.push((i, task.await));
         }
     }
     open
@@ -206,29 +235,54 @@ async fn open_fleet(common: &Common, url: &Url) -> Vec<Option<(monoio::net::TcpS
 
 async fn run(args: RunArgs) -> Result<Report, String> {
     let common = &args.common;
-    let sse = parse_url(&common.sse_url)?;
+    let urls = common.urls()?;
     let publish_url = parse_url(&args.publish_url)?;
     let messages = (args.rate * args.duration).round().max(1.0) as usize;
+    let workers = match common.worker {
+        None if common.processes > 1 => workers::spawn(common.processes)?,
+        _ => Vec::new(),
+    };
     let recorder = Rc::new(RefCell::new(Recorder::new(messages)));
     let fleet = Rc::new(Fleet::default());
     let slow_every = if args.slow_share > 0.0 { (1.0 / args.slow_share).round().max(1.0) as usize } else { 0 };
-    let opened = open_fleet(common, &sse).await;
-    let mut reading = vec![false; common.subscribers];
-    let mut room_readers = vec![0u32; common.rooms.max(1)];
+    let is_slow = |i: usize| slow_every > 0 && i % slow_every == 0;
+    let mut connected = vec![false; common.subscribers];
     let mut held = Vec::new();
-    for (i, slot) in opened.into_iter().enumerate() {
+    for (i, slot) in open_fleet(common, &urls).await {
         let Some((stream, rest, chunked)) = slot else { continue };
+        connected[i] = true;
         fleet.connected.set(fleet.connected.get() + 1);
-        if slow_every > 0 && i % slow_every == 0 {
+        if is_slow(i) {
             held.push(stream);
-            continue;
+        } else {
+            monoio::spawn(subscriber::read(stream, rest, chunked, recorder.clone(), fleet.clone()));
         }
-        reading[i] = true;
+    }
+    if common.worker.is_some() {
+        let failed: Vec<usize> = (0..common.subscribers).filter(|&i| common.owns(i) && !connected[i]).collect();
+        workers::serve(&failed, &recorder, || fleet.lines.get()).await;
+        std::process::exit(0);
+    }
+    for worker in &workers {
+        let failed = worker.ready()?;
+        for i in (0..common.subscribers).filter(|&i| !common.owns(i)) {
+            connected[i] = true;
+        }
+        for i in failed {
+            connected[i] = false;
+        }
+    }
+    let reading: Vec<bool> = (0..common.subscribers).map(|i| connected[i] && !is_slow(i)).collect();
+    let mut room_readers = vec![0u32; common.rooms.max(1)];
+    for i in (0..common.subscribers).filter(|&i| reading[i]) {
         room_readers[i % common.rooms.max(1)] += 1;
-        monoio::spawn(subscriber::read(stream, rest, chunked, recorder.clone(), fleet.clone()));
     }
     let readers = reading.iter().filter(|r| **r).count() as u32;
-    eprintln!("{} subscribers connected ({} reading, {} never reading)", fleet.connected.get(), readers, held.len());
+    let total_connected = connected.iter().filter(|c| **c).count();
+    eprintln!(
+        "{total_connected} subscribers connected ({readers} reading) over {} process(es)",
+        common.processes.max(1)
+    );
     monoio::time::sleep(Duration::from_millis(500)).await;
     let plan = Rc::new(Plan {
         mode: args.mode,
@@ -255,20 +309,26 @@ async fn run(args: RunArgs) -> Result<Report, String> {
     for publisher in publishers {
         publisher.await;
     }
-    let expected_total = || recorder.borrow().summary(messages).expected;
+    let expected_total = recorder.borrow().summary(messages).expected;
+    let seen_total =
+        || fleet.lines.get() + workers.iter().map(|w| w.seen.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>();
     let drain_until = Instant::now() + Duration::from_secs_f64(args.drain);
-    while recorder.borrow().summary(messages).received < expected_total() && Instant::now() < drain_until {
+    while seen_total() < expected_total && Instant::now() < drain_until {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = proc::cpu_micros(&common.server_pids).saturating_sub(cpu_before);
     drop(progress);
+    for worker in workers {
+        worker.finish(&mut recorder.borrow_mut());
+    }
     let recorder = recorder.borrow();
     let summary = recorder.summary(messages);
     let mut report = Report::new(common.json.clone());
     report.add("server", &common.label);
     report.add("mode", format!("{:?}", args.mode).to_lowercase());
-    report.add("subscribers", fleet.connected.get());
+    report.add("subscribers", total_connected);
+    report.add("generator_processes", common.processes.max(1));
     report.add("subscribers_reading", readers);
     report.add("rate_msgs_per_s", args.rate);
     report.add("batch", args.batch);
@@ -319,7 +379,7 @@ async fn progress(fleet: Rc<Fleet>, sent: Rc<Sent>, messages: usize) {
 
 async fn churn(args: ChurnArgs) -> Result<Report, String> {
     let common = &args.common;
-    let sse = parse_url(&common.sse_url)?;
+    let urls = common.urls()?;
     let done = Rc::new(std::cell::Cell::new(0usize));
     let failed = Rc::new(std::cell::Cell::new(0usize));
     let cpu_before = proc::cpu_micros(&common.server_pids);
@@ -327,14 +387,15 @@ async fn churn(args: ChurnArgs) -> Result<Report, String> {
     let until = started + Duration::from_secs_f64(args.duration);
     let loops: Vec<_> = (0..args.concurrency.max(1))
         .map(|lane| {
-            let (sse, done, failed) = (sse.clone(), done.clone(), failed.clone());
+            let (urls, done, failed) = (urls.clone(), done.clone(), failed.clone());
             let sources = common.source_ips.clone();
             let rooms = common.rooms;
             monoio::spawn(async move {
                 let mut i = lane;
                 while Instant::now() < until {
                     let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-                    match subscriber::open(sse.addr, source, &template(&sse, i, rooms)).await {
+                    let url = &urls[i % urls.len()];
+                    match subscriber::open(url.addr, source, &template(url, i, rooms)).await {
                         Ok(_) => done.set(done.get() + 1),
                         Err(_) => failed.set(failed.get() + 1),
                     }
@@ -364,11 +425,24 @@ async fn churn(args: ChurnArgs) -> Result<Report, String> {
 
 async fn idle(args: IdleArgs) -> Result<Report, String> {
     let common = &args.common;
-    let sse = parse_url(&common.sse_url)?;
+    let urls = common.urls()?;
     let before = proc::rss_kib(&common.server_pids);
+    let workers = match common.worker {
+        None if common.processes > 1 => workers::spawn(common.processes)?,
+        _ => Vec::new(),
+    };
     let started = Instant::now();
-    let open = open_fleet(common, &sse).await;
-    let opened = open.iter().filter(|s| s.is_some()).count();
+    let open = open_fleet(common, &urls).await;
+    if common.worker.is_some() {
+        let failed: Vec<usize> = open.iter().filter(|(_, s)| s.is_none()).map(|(i, _)| *i).collect();
+        workers::serve(&failed, &RefCell::new(Recorder::new(0)), || 0).await;
+        std::process::exit(0);
+    }
+    let mut opened = open.iter().filter(|(_, s)| s.is_some()).count();
+    for (k, worker) in workers.iter().enumerate().map(|(n, w)| (n + 1, w)) {
+        let share = (0..common.subscribers).filter(|i| i % common.processes == k).count();
+        opened += share - worker.ready()?.len();
+    }
     let elapsed = started.elapsed().as_secs_f64();
     monoio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = proc::rss_kib(&common.server_pids);

@@ -60,6 +60,37 @@ impl Recorder {
         }
     }
 
+    /// Lines describing what this recorder saw, for a parent process to merge:
+    /// `hist <µs> <count>` and `msg <seq> <received> <last_ns>`.
+    pub fn export(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .delivery
+            .iter_recorded()
+            .map(|v| format!("hist {} {}", v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        for (seq, message) in self.messages.iter().enumerate().filter(|(_, m)| m.received > 0) {
+            lines.push(format!("msg {seq} {} {}", message.received, message.last_ns));
+        }
+        lines
+    }
+
+    /// Merges one line of another process's [`Recorder::export`].
+    pub fn merge_line(&mut self, line: &str) {
+        let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        match (line.split_whitespace().next(), fields.as_slice()) {
+            (Some("hist"), [value, count]) => {
+                let _ = self.delivery.record_n(*value, *count);
+            }
+            (Some("msg"), [seq, received, last_ns]) => {
+                if let Some(message) = self.messages.get_mut(*seq as usize) {
+                    message.received += *received as u32;
+                    message.last_ns = message.last_ns.max(*last_ns);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Totals over the first `sent` messages.
     pub fn summary(&self, sent: usize) -> Summary {
         let mut completion = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
