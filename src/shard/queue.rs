@@ -66,6 +66,11 @@ impl FrameQueue {
         !self.waiting.is_empty()
     }
 
+    /// Frames waiting for the writer (not yet in flight).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// True when nothing is waiting or in flight.
     pub fn is_idle(&self) -> bool {
         self.items() == 0
@@ -122,6 +127,15 @@ impl FrameQueue {
         if self.waiting.is_empty() && self.waiting.capacity() > RETAINED_CAPACITY {
             self.waiting.shrink_to(RETAINED_CAPACITY);
         }
+    }
+
+    /// Moves the oldest waiting frame in flight.
+    pub fn take_one(&mut self) -> Option<Bytes> {
+        let frame = self.waiting.pop_front()?;
+        self.waiting_bytes -= frame.len();
+        self.in_flight_items += 1;
+        self.in_flight_bytes += frame.len();
+        Some(frame)
     }
 
     /// Records that in-flight frames reached the socket.

@@ -7,7 +7,7 @@
 //! interrupts even a write that is stuck on a full socket.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -108,48 +108,40 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
             Some(Work::Finish) => break End::Finished,
             Some(Work::Write) => {}
         }
-        let mut batch = ctx.take_batch();
-        {
+        let mut out = take_outgoing(&ctx, key);
+        loop {
+            let (result, returned) = match out {
+                Outgoing::One(frame) => match drive(writer.write(frame), hangup.as_mut(), &ctx, key).await {
+                    Ok((result, frame)) => (result, Outgoing::One(frame)),
+                    Err(end) => break 'serve end,
+                },
+                Outgoing::Many(mut batch) => {
+                    batch.prepare();
+                    match drive(writer.writev(batch), hangup.as_mut(), &ctx, key).await {
+                        Ok((result, batch)) => (result, Outgoing::Many(batch)),
+                        Err(end) => break 'serve end,
+                    }
+                }
+            };
+            out = returned;
+            let written = match result {
+                Ok(0) | Err(_) => break 'serve End::WriteFailed,
+                Ok(written) => written,
+            };
+            let frames = out.consume(written);
             let mut state = ctx.state.borrow_mut();
             let conn = &mut state.conns[key];
-            conn.queue.take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE);
-            conn.writing_since_ms = Some(ctx.now_ms());
-        }
-        while !batch.frames.is_empty() {
-            batch.prepare();
-            let mut write = pin!(writer.writev(batch));
-            let outcome = poll_fn(|cx| {
-                if let Poll::Ready(result) = write.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(result));
-                }
-                if hangup.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(End::HungUp));
-                }
-                if ctx.state.borrow_mut().conns[key].poll_abort(cx) {
-                    return Poll::Ready(Err(End::Aborted));
-                }
-                Poll::Pending
-            })
-            .await;
-            let (result, returned) = match outcome {
-                Ok(completed) => completed,
-                Err(end) => break 'serve end,
-            };
-            batch = returned;
-            match result {
-                Ok(0) | Err(_) => break 'serve End::WriteFailed,
-                Ok(written) => {
-                    let frames = batch.consume(written);
-                    let mut state = ctx.state.borrow_mut();
-                    let conn = &mut state.conns[key];
-                    conn.queue.written(frames, written);
-                    conn.last_write_ms = ctx.now_ms();
-                    // Progress restarts the stall clock; an empty batch ends the write.
-                    conn.writing_since_ms = (!batch.frames.is_empty()).then(|| ctx.now_ms());
-                }
+            conn.queue.written(frames, written);
+            conn.last_write_ms = ctx.now_ms();
+            // Progress restarts the stall clock; nothing left ends the write.
+            conn.writing_since_ms = (!out.is_empty()).then(|| ctx.now_ms());
+            if out.is_empty() {
+                break;
             }
         }
-        ctx.return_batch(batch);
+        if let Outgoing::Many(batch) = out {
+            ctx.return_batch(batch);
+        }
     };
     if end == End::Finished {
         let _ = writer.shutdown().await;
@@ -158,6 +150,72 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
         ShardStats::add(&ctx.stats().errors, 1);
     }
     ctx.unregister(key);
+}
+
+/// What one write sends: a lone frame goes out as it is (no batch buffer, no
+/// iovec: the common case of one message per connection); several go out in
+/// one `writev` from a pooled batch.
+enum Outgoing {
+    One(Bytes),
+    Many(FrameBatch),
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        match self {
+            Outgoing::One(frame) => frame.is_empty(),
+            Outgoing::Many(batch) => batch.frames.is_empty(),
+        }
+    }
+
+    /// Accounts `written` bytes; returns the number of whole frames written.
+    fn consume(&mut self, written: usize) -> usize {
+        match self {
+            Outgoing::One(frame) => {
+                frame.advance(written);
+                usize::from(frame.is_empty())
+            }
+            Outgoing::Many(batch) => batch.consume(written),
+        }
+    }
+}
+
+/// Moves the waiting frames (up to [`MAX_FRAMES_PER_WRITE`]) in flight.
+fn take_outgoing(ctx: &ShardCtx, key: usize) -> Outgoing {
+    let several = ctx.state.borrow().conns[key].queue.waiting() > 1;
+    let mut out = if several { Outgoing::Many(ctx.take_batch()) } else { Outgoing::One(Bytes::new()) };
+    let mut state = ctx.state.borrow_mut();
+    let conn = &mut state.conns[key];
+    match &mut out {
+        Outgoing::One(frame) => *frame = conn.queue.take_one().unwrap_or_default(),
+        Outgoing::Many(batch) => conn.queue.take_batch(&mut batch.frames, MAX_FRAMES_PER_WRITE),
+    }
+    conn.writing_since_ms = Some(ctx.now_ms());
+    out
+}
+
+/// Drives a write to completion unless the client hangs up or an overflow
+/// close interrupts it (which a write stuck on a full socket would never see).
+async fn drive<T>(
+    write: impl Future<Output = T>,
+    mut hangup: Pin<&mut impl Future<Output = ()>>,
+    ctx: &ShardCtx,
+    key: usize,
+) -> Result<T, End> {
+    let mut write = pin!(write);
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = write.as_mut().poll(cx) {
+            return Poll::Ready(Ok(result));
+        }
+        if hangup.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(End::HungUp));
+        }
+        if ctx.state.borrow_mut().conns[key].poll_abort(cx) {
+            return Poll::Ready(Err(End::Aborted));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Completes when the client closes its side or the socket fails. A
