@@ -193,7 +193,7 @@ async fn discover_master(
 
 /// The first cluster node that accepts a connection, starting after the one
 /// used last time so a dead node is skipped.
-async fn reachable_node(nodes: &mut Vec<String>, url: &RedisUrl, timeout: Duration) -> Result<String, BusError> {
+async fn reachable_node(nodes: &mut [String], url: &RedisUrl, timeout: Duration) -> Result<String, BusError> {
     let mut errors = Vec::new();
     for _ in 0..nodes.len() {
         let node = nodes[0].clone();

@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn limits_answer_431_and_garbage_400() {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.extend(std::iter::repeat(b'a').take(9000));
+        big.extend(std::iter::repeat_n(b'a', 9000));
         assert_eq!(parse_all(&big).unwrap_err(), Error::HeadTooLarge);
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..65 {

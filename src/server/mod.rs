@@ -174,7 +174,10 @@ fn spawn_shard(
                 .enable_timer()
                 .build()
             {
-                Ok(mut runtime) => Ok(runtime.block_on(boot.run("uring"))),
+                Ok(mut runtime) => {
+                    runtime.block_on(boot.run("uring"));
+                    Ok(())
+                }
                 Err(error) if driver == IoDriver::Auto => {
                     crate::log!(Warn, "io_uring runtime failed; falling back to epoll", error = error);
                     build_epoll().map(|mut runtime| runtime.block_on(boot.run("epoll")))

@@ -15,172 +15,35 @@ pub mod idempotency;
 pub mod inbox;
 pub mod queue;
 pub mod registry;
+mod requests;
+mod shared;
+mod shutdown;
+
+pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder, INBOX_CAPACITY};
 pub mod replay;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
 use slab::Slab;
 use smallvec::SmallVec;
 
-use crate::config::Config;
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
-use crate::sse::id::IdGenerator;
 use conn::{Closing, Conn};
-use envelope::{Answer, Delivery, Envelope, ReplyTo, Subscription, Target};
+use envelope::{Answer, Delivery, Envelope, Subscription, Target};
 use idempotency::{Claim, IdempotencyTable};
-use inbox::SharedInbox;
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
 use replay::{ReplayLimits, ReplayStore, Stream};
 use writer::FrameBatch;
-
-/// Envelopes an inbox holds before senders must wait: a few milliseconds of
-/// traffic at full speed, bounded so a stalled shard cannot grow memory.
-pub const INBOX_CAPACITY: usize = 16 * 1024;
-
-/// Lifecycle of the whole instance (one place changes it: `server::lifecycle`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Accepting subscribers.
-    Running = 0,
-    /// Refusing new subscribers (stop-accepting); existing streams go on.
-    Draining = 1,
-    /// Shutting down: announce sent, closes spread over the grace period.
-    Closing = 2,
-}
-
-/// What shards report to the main thread.
-#[derive(Debug)]
-pub enum LifecycleEvent {
-    /// The shard has bound its listeners and serves.
-    Ready {
-        /// Shard id.
-        shard: usize,
-        /// Public listener address actually bound.
-        public: std::net::SocketAddr,
-        /// Api listener address actually bound.
-        api: std::net::SocketAddr,
-        /// "uring" or "epoll".
-        driver: &'static str,
-    },
-    /// The shard could not start.
-    Failed(String),
-    /// The shard closed all its connections after a shutdown.
-    Drained(usize),
-    /// Exit now with this status (second signal).
-    Exit(i32),
-}
-
-/// State visible to every thread.
-pub struct Shared {
-    /// Validated configuration.
-    pub config: Config,
-    /// Inbox of each shard, by shard id.
-    pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
-    /// Counters of each shard, by shard id.
-    pub stats: Vec<ShardStats>,
-    /// Event id source.
-    pub ids: IdGenerator,
-    /// Subscribers open on the whole instance (for `--max-connections`).
-    pub connections: AtomicUsize,
-    /// Channel to the main thread.
-    pub lifecycle: mpsc::Sender<LifecycleEvent>,
-    phase: AtomicU8,
-    owner_hasher: ahash::RandomState,
-}
-
-impl Shared {
-    /// Shared state for `config.shards` shards with the given inboxes.
-    pub fn new(
-        config: Config,
-        inboxes: Vec<Arc<SharedInbox<Envelope>>>,
-        ids: IdGenerator,
-        lifecycle: mpsc::Sender<LifecycleEvent>,
-    ) -> Self {
-        let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
-        Shared {
-            config,
-            inboxes,
-            stats,
-            ids,
-            connections: AtomicUsize::new(0),
-            lifecycle,
-            phase: AtomicU8::new(Phase::Running as u8),
-            // Fixed keys: every thread must agree on a user's owner.
-            owner_hasher: ahash::RandomState::with_seeds(0x5e5e, 0xf1f1, 0x0a0a, 0x3c3c),
-        }
-    }
-
-    /// Number of shards.
-    pub fn shard_count(&self) -> usize {
-        self.inboxes.len()
-    }
-
-    /// The shard owning `user`: its connections, counters and limits live there.
-    pub fn owner(&self, user: &str) -> usize {
-        (self.owner_hasher.hash_one(user) % self.inboxes.len() as u64) as usize
-    }
-
-    /// Current lifecycle phase.
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Running,
-            1 => Phase::Draining,
-            _ => Phase::Closing,
-        }
-    }
-
-    /// Moves the phase forward (never back); true when it changed.
-    pub fn advance_phase(&self, to: Phase) -> bool {
-        self.phase.fetch_max(to as u8, Ordering::AcqRel) < to as u8
-    }
-
-    /// Enters `Closing` once; returns the order every shard must get (the
-    /// announcement is encoded here, once, with one id for every recipient).
-    pub fn begin_shutdown(&self, grace: Duration, announce: Option<&str>) -> Option<ShutdownOrder> {
-        if !self.advance_phase(Phase::Closing) {
-            return None;
-        }
-        let announce = announce.map(|event| {
-            let data = format!("{{\"graceMs\":{}}}", grace.as_millis());
-            crate::sse::frame::encode(&self.ids.next(), Some(event), data.as_bytes())
-        });
-        Some(ShutdownOrder { grace, announce })
-    }
-
-    /// Sends from a thread that may block briefly (signal thread, start-up).
-    pub fn send_blocking(&self, shard: usize, mut envelope: Envelope) {
-        while let Err(back) = self.inboxes[shard].try_send(envelope) {
-            envelope = back;
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-/// What every shard must do to shut down.
-#[derive(Debug, Clone)]
-pub struct ShutdownOrder {
-    grace: Duration,
-    announce: Option<Bytes>,
-}
-
-impl ShutdownOrder {
-    /// The envelope carrying this order to one shard.
-    pub fn envelope(&self) -> Envelope {
-        Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
-    }
-}
 
 /// Batch buffers kept for reuse; beyond this many concurrent writers, buffers are freed after use.
 const BATCH_POOL_MAX: usize = 4096;
@@ -200,14 +63,6 @@ pub struct ShardState {
     queue_bytes_max: usize,
 }
 
-/// A reply awaited by a task on this shard.
-struct Pending {
-    generation: u64,
-    remaining: usize,
-    answers: Vec<Answer>,
-    waker: Option<Waker>,
-}
-
 /// One shard: its id, its state, and the means to reach the others.
 pub struct ShardCtx {
     /// Shard id (index into `Shared::inboxes` and `Shared::stats`).
@@ -217,7 +72,7 @@ pub struct ShardCtx {
     /// This shard's connections and indexes; never borrowed across `.await`.
     pub state: RefCell<ShardState>,
     limits: QueueLimits,
-    pending: RefCell<Slab<Pending>>,
+    pending: RefCell<Slab<requests::Pending>>,
     generation: Cell<u64>,
     started: Instant,
     clock_ms: Cell<u64>,
@@ -572,76 +427,6 @@ impl ShardCtx {
         state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
     }
 
-    /// Starts the shutdown of this shard: the announcement to every stream,
-    /// then closes spread evenly over `grace`, then a report to the main thread.
-    pub fn shutdown(self: &Rc<Self>, grace: Duration, announce: Option<Bytes>) {
-        if let Some(frame) = announce {
-            let mut state = self.state.borrow_mut();
-            let count = state.conns.len() as u64;
-            for (_, conn) in state.conns.iter_mut() {
-                conn.push_control(frame.clone());
-            }
-            ShardStats::add(&self.stats().sent, count);
-        }
-        monoio::spawn(close_spread(self.clone(), grace));
-    }
-
-    /// Sends `envelope` to `shard`, waiting while its inbox is full.
-    pub async fn send(&self, shard: usize, mut envelope: Envelope) {
-        loop {
-            match self.shared.inboxes[shard].try_send(envelope) {
-                Ok(()) => return,
-                Err(back) => {
-                    envelope = back;
-                    monoio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-    }
-
-    /// Sends one request per shard in `shards` and waits for all replies, in
-    /// the order of `shards`.
-    pub async fn ask(
-        self: &Rc<Self>,
-        shards: &[usize],
-        mut request: impl FnMut(usize, ReplyTo) -> Envelope,
-    ) -> Vec<Answer> {
-        let pending = self.open_pending(shards.len());
-        for (position, &shard) in shards.iter().enumerate() {
-            self.send(shard, request(shard, pending.reply_to(position))).await;
-        }
-        pending.wait().await
-    }
-
-    /// Sends one request through `send` (which returns false when it could not
-    /// be queued) and waits at most `timeout` for its answer.
-    pub async fn request_with_timeout(
-        self: &Rc<Self>,
-        send: impl FnOnce(ReplyTo) -> bool,
-        timeout: Duration,
-    ) -> Option<Answer> {
-        let pending = self.open_pending(1);
-        if !send(pending.reply_to(0)) {
-            return None;
-        }
-        let answers = monoio::time::timeout(timeout, pending.wait()).await.ok()?;
-        answers.into_iter().next()
-    }
-
-    /// A slot awaiting `count` answers; removed when dropped, so a late answer
-    /// to an abandoned request is ignored.
-    fn open_pending(self: &Rc<Self>, count: usize) -> PendingGuard<'_> {
-        let generation = self.generation.get() + 1;
-        self.generation.set(generation);
-        let slot = self.pending.borrow_mut().insert(Pending {
-            generation,
-            remaining: count,
-            answers: vec![Answer::default(); count],
-            waker: None,
-        });
-        PendingGuard { ctx: self, slot, generation }
-    }
-
     /// Handles one envelope from the inbox.
     pub fn handle(self: &Rc<Self>, envelope: Envelope) {
         match envelope {
@@ -695,20 +480,6 @@ impl ShardCtx {
         }
     }
 
-    fn reply(self: &Rc<Self>, to: ReplyTo, values: Vec<u64>) {
-        self.answer(to, Answer { values, body: None });
-    }
-
-    fn answer(self: &Rc<Self>, to: ReplyTo, answer: Answer) {
-        let envelope = Envelope::Reply { to, answer };
-        if to.shard == self.id {
-            self.handle(envelope);
-        } else if let Err(back) = self.shared.inboxes[to.shard].try_send(envelope) {
-            let ctx = self.clone();
-            monoio::spawn(async move { ctx.send(to.shard, back).await });
-        }
-    }
-
     /// A batch buffer from the pool (writers hold one only while writing).
     pub(crate) fn take_batch(&self) -> FrameBatch {
         self.state.borrow_mut().batches.pop().unwrap_or_default()
@@ -742,65 +513,6 @@ struct Tally {
     raised_marks: bool,
 }
 
-/// Removes a pending reply slot when its task ends, even when cancelled.
-struct PendingGuard<'a> {
-    ctx: &'a ShardCtx,
-    slot: usize,
-    generation: u64,
-}
-
-impl PendingGuard<'_> {
-    fn reply_to(&self, position: usize) -> ReplyTo {
-        ReplyTo { shard: self.ctx.id, slot: self.slot, generation: self.generation, position }
-    }
-
-    /// Waits until every answer arrived.
-    async fn wait(&self) -> Vec<Answer> {
-        std::future::poll_fn(|cx| {
-            let mut pending = self.ctx.pending.borrow_mut();
-            let entry = &mut pending[self.slot];
-            if entry.remaining == 0 {
-                Poll::Ready(std::mem::take(&mut entry.answers))
-            } else {
-                entry.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.ctx.pending.borrow_mut().remove(self.slot);
-    }
-}
-
 fn drop_connection_slot(shared: &Shared) {
     shared.connections.fetch_sub(1, Ordering::AcqRel);
-}
-
-/// Closes this shard's connections one by one, evenly over `grace`, so that
-/// clients do not all reconnect at the same instant; then reports drained.
-async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
-    let keys: Vec<usize> = ctx.state.borrow().conns.iter().map(|(key, _)| key).collect();
-    let start = Instant::now();
-    let step = grace.checked_div(keys.len().max(1) as u32).unwrap_or_default();
-    for (index, key) in keys.iter().enumerate() {
-        let due = start + step * index as u32;
-        let now = Instant::now();
-        if due > now + Duration::from_millis(5) {
-            monoio::time::sleep(due - now).await;
-        }
-        if let Some(conn) = ctx.state.borrow_mut().conns.get_mut(*key) {
-            conn.close(Closing::AfterFlush);
-        }
-    }
-    // Anything that subscribed meanwhile (moved in flight) closes too.
-    ctx.close_local(None);
-    let deadline = start + grace + Duration::from_secs(2);
-    while !ctx.state.borrow().conns.is_empty() && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = ctx.shared.lifecycle.send(LifecycleEvent::Drained(ctx.id));
 }

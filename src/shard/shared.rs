@@ -1,0 +1,152 @@
+//! State every thread sees: configuration, the shards' inboxes and counters,
+//! the id source, the lifecycle phase, and the rule that assigns users to shards.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::envelope::Envelope;
+use super::inbox::SharedInbox;
+use crate::config::Config;
+use crate::metrics::ShardStats;
+use crate::sse::id::IdGenerator;
+
+/// Envelopes an inbox holds before senders must wait: a few milliseconds of
+/// traffic at full speed, bounded so a stalled shard cannot grow memory.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Lifecycle of the whole instance (one place changes it: `server::lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepting subscribers.
+    Running = 0,
+    /// Refusing new subscribers (stop-accepting); existing streams go on.
+    Draining = 1,
+    /// Shutting down: announce sent, closes spread over the grace period.
+    Closing = 2,
+}
+
+/// What shards report to the main thread.
+#[derive(Debug)]
+pub enum LifecycleEvent {
+    /// The shard has bound its listeners and serves.
+    Ready {
+        /// Shard id.
+        shard: usize,
+        /// Public listener address actually bound.
+        public: std::net::SocketAddr,
+        /// Api listener address actually bound.
+        api: std::net::SocketAddr,
+        /// "uring" or "epoll".
+        driver: &'static str,
+    },
+    /// The shard could not start.
+    Failed(String),
+    /// The shard closed all its connections after a shutdown.
+    Drained(usize),
+    /// Exit now with this status (second signal).
+    Exit(i32),
+}
+
+/// State visible to every thread.
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Inbox of each shard, by shard id.
+    pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
+    /// Counters of each shard, by shard id.
+    pub stats: Vec<ShardStats>,
+    /// Event id source.
+    pub ids: IdGenerator,
+    /// Subscribers open on the whole instance (for `--max-connections`).
+    pub connections: AtomicUsize,
+    /// Channel to the main thread.
+    pub lifecycle: mpsc::Sender<LifecycleEvent>,
+    phase: AtomicU8,
+    pub(super) owner_hasher: ahash::RandomState,
+}
+
+impl Shared {
+    /// Shared state for `config.shards` shards with the given inboxes.
+    pub fn new(
+        config: Config,
+        inboxes: Vec<Arc<SharedInbox<Envelope>>>,
+        ids: IdGenerator,
+        lifecycle: mpsc::Sender<LifecycleEvent>,
+    ) -> Self {
+        let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
+        Shared {
+            config,
+            inboxes,
+            stats,
+            ids,
+            connections: AtomicUsize::new(0),
+            lifecycle,
+            phase: AtomicU8::new(Phase::Running as u8),
+            // Fixed keys: every thread must agree on a user's owner.
+            owner_hasher: ahash::RandomState::with_seeds(0x5e5e, 0xf1f1, 0x0a0a, 0x3c3c),
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// The shard owning `user`: its connections, counters and limits live there.
+    pub fn owner(&self, user: &str) -> usize {
+        (self.owner_hasher.hash_one(user) % self.inboxes.len() as u64) as usize
+    }
+
+    /// Current lifecycle phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Closing,
+        }
+    }
+
+    /// Moves the phase forward (never back); true when it changed.
+    pub fn advance_phase(&self, to: Phase) -> bool {
+        self.phase.fetch_max(to as u8, Ordering::AcqRel) < to as u8
+    }
+
+    /// Enters `Closing` once; returns the order every shard must get (the
+    /// announcement is encoded here, once, with one id for every recipient).
+    pub fn begin_shutdown(&self, grace: Duration, announce: Option<&str>) -> Option<ShutdownOrder> {
+        if !self.advance_phase(Phase::Closing) {
+            return None;
+        }
+        let announce = announce.map(|event| {
+            let data = format!("{{\"graceMs\":{}}}", grace.as_millis());
+            crate::sse::frame::encode(&self.ids.next(), Some(event), data.as_bytes())
+        });
+        Some(ShutdownOrder { grace, announce })
+    }
+
+    /// Sends from a thread that may block briefly (signal thread, start-up).
+    pub fn send_blocking(&self, shard: usize, mut envelope: Envelope) {
+        while let Err(back) = self.inboxes[shard].try_send(envelope) {
+            envelope = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// What every shard must do to shut down.
+#[derive(Debug, Clone)]
+pub struct ShutdownOrder {
+    grace: Duration,
+    announce: Option<Bytes>,
+}
+
+impl ShutdownOrder {
+    /// The envelope carrying this order to one shard.
+    pub fn envelope(&self) -> Envelope {
+        Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
+    }
+}
