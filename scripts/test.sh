@@ -111,11 +111,22 @@ else
   missing_dependency "node could not be set up: the Node EventSource tests (tests/node) are SKIPPED"
 fi
 
-# --- 3. Rust tests ----------------------------------------------------------
+# --- 3. Lints -----------------------------------------------------------------
+# Formatting and clippy, where the toolchain has them (rustup's default does).
+if cargo fmt --version >/dev/null 2>&1; then
+  step "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  step "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+# --- 4. Rust tests ----------------------------------------------------------
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
 
-# --- 4. Node tests -----------------------------------------------------------
+# --- 5. Node tests -----------------------------------------------------------
 # A real EventSource client against the binary cargo just built.
 if [ "$node_tests" = true ]; then
   step "node --test tests/node"
