@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# broadcast: SUBSCRIBERS (10,000) streams, RATE (8) broadcasts/s of SIZE (100)
+# bytes for DURATION (20) s: delivery latency, fan-out completion, loss and
+# server CPU time per delivery (the cost of fan-out).
+# SWEEP=1: a rate sweep (RATES, default 2 4 8 16 msg/s at SIZE) and a size
+# sweep (SIZES, default 100 1000 10000 bytes at RATE), a fresh server per point.
+#   PEER=ssekify|nchan SUBSCRIBERS RATE SIZE DURATION PUBLISHERS=4 SWEEP=1 loadtest/scenarios/broadcast.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SUBSCRIBERS=${SUBSCRIBERS:-10000}
+ROOMS=${ROOMS:-100}
+RATE=${RATE:-8}
+SIZE=${SIZE:-100}
+DURATION=${DURATION:-20}
+PUBLISHERS=${PUBLISHERS:-4}
+RATES=${RATES:-2 4 8 16}
+SIZES=${SIZES:-100 1000 10000}
+
+lt_setup
+lt_gen_processes "$SUBSCRIBERS" "$PUBLISHERS"
+
+point() { # NAME RATE SIZE
+    peer_start
+    gen run "$(result_file "$1")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
+        --mode broadcast --publish-url "$PUB_ALL" --rate "$2" --size "$3" \
+        --duration "$DURATION" --publishers "$PUBLISHERS"
+    local status=$?
+    peer_stop
+    return $status
+}
+
+status=0
+if [[ ${SWEEP:-} == 1 ]]; then
+    for rate in $RATES; do point "broadcast-rate$rate-size$SIZE" "$rate" "$SIZE" || status=1; done
+    for size in $SIZES; do
+        [[ $size == "$SIZE" && " $RATES " == *" $RATE "* ]] && continue # measured in the rate sweep
+        point "broadcast-rate$RATE-size$size" "$RATE" "$size" || status=1
+    done
+else
+    point broadcast "$RATE" "$SIZE" || status=1
+fi
+exit $status

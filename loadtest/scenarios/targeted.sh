@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# targeted: SUBSCRIBERS (10,000) users, each message to one user, RATE (20,000)
+# publishes/s on the single-message route for DURATION (10) s: the publish path
+# (HTTP parse, lookup, one delivery); read server_cpu_us_per_message.
+# BATCH=100: ssekify's batch route (POST /v1/publish, BATCH messages a request)
+# at RATE (default then 200,000 msg/s). Nchan has no batch route: with
+# PEER=nchan, BATCH is refused.
+#   PEER=ssekify|nchan SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 loadtest/scenarios/targeted.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SUBSCRIBERS=${SUBSCRIBERS:-10000}
+ROOMS=${ROOMS:-100}
+BATCH=${BATCH:-1}
+if ((BATCH > 1)); then RATE=${RATE:-200000}; else RATE=${RATE:-20000}; fi
+DURATION=${DURATION:-10}
+SIZE=${SIZE:-100}
+PUBLISHERS=${PUBLISHERS:-32}
+
+lt_setup
+lt_gen_processes "$SUBSCRIBERS" "$PUBLISHERS"
+if ((BATCH > 1)) && [[ $PEER != ssekify ]]; then
+    lt_die "$PEER has no batch publish route; run BATCH=1 (single-message route) for it"
+fi
+peer_start
+if ((BATCH > 1)); then
+    name=targeted-batch$BATCH
+    route=(--publish-url "$PUB_BATCH" --batch "$BATCH")
+else
+    name=targeted
+    route=(--publish-url "$PUB_USER")
+fi
+gen run "$(result_file "$name")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
+    --mode users "${route[@]}" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
+    --publishers "$PUBLISHERS"
+status=$?
+peer_stop
+exit $status
