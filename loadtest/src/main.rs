@@ -29,8 +29,20 @@ use subscriber::Fleet;
 #[derive(Parser)]
 #[command(name = "ssekify-loadtest", about = "Load scenarios for SSE servers")]
 struct Cli {
+    /// The generator's own IO driver. epoll by default: with io_uring, every
+    /// delivery to a waiting generator socket costs the *server* a task-work
+    /// notification in its send path on loopback, which would inflate the
+    /// server's measured CPU time with the generator's choice.
+    #[arg(long, value_enum, default_value = "epoll", global = true)]
+    io_driver: GeneratorDriver,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GeneratorDriver {
+    Epoll,
+    Uring,
 }
 
 #[derive(Subcommand)]
@@ -149,18 +161,26 @@ struct IdleArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(8192)
-        .build()
-        .expect("runtime");
-    let report = runtime.block_on(async move {
+    let scenario = async move {
         match cli.scenario {
             Scenario::Run(args) => run(args).await,
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
         }
-    });
+    };
+    let report = match cli.io_driver {
+        GeneratorDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("epoll runtime")
+            .block_on(scenario),
+        GeneratorDriver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(8192)
+            .build()
+            .expect("io_uring runtime")
+            .block_on(scenario),
+    };
     match report {
         Ok(report) => report.print(),
         Err(error) => {
