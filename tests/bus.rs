@@ -524,7 +524,7 @@ fn sentinel_failover_is_followed_without_restarting() {
     let new_master = set.replica.addr();
     set.master.stop();
     let killed = Instant::now();
-    let promoted = poll(Duration::from_secs(30), || {
+    let promoted = wait_until(Duration::from_secs(30), || {
         set.master_seen_by(&set.sentinels[0]).as_deref() == Some(&new_master[..])
             && set.replica.cli(&["ROLE"]).is_some_and(|r| r.lines().next().map(str::trim) == Some("master"))
     });

@@ -80,7 +80,8 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     let mut driver = "";
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        spawn_shard(id, shared.clone(), bus.clone(), local, addresses, shared_listener, core)?;
+        let boot = ShardBoot { id, shared: shared.clone(), bus: bus.clone(), local, addresses, shared_listener };
+        spawn_shard(boot, core)?;
         match lifecycle_rx.recv() {
             Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
                 // Shard 0 resolved port 0 (if asked); the others bind the same ports.
@@ -144,15 +145,8 @@ fn raise_open_file_limit() {
     }
 }
 
-fn spawn_shard(
-    id: usize,
-    shared: Arc<Shared>,
-    bus: Option<Arc<Bus>>,
-    local: LocalInbox<Envelope>,
-    addresses: Addresses,
-    shared_listener: bool,
-    core: Option<core_affinity::CoreId>,
-) -> Result<(), StartError> {
+fn spawn_shard(boot: ShardBoot, core: Option<core_affinity::CoreId>) -> Result<(), StartError> {
+    let id = boot.id;
     let thread = std::thread::Builder::new().name(format!("shard-{id}"));
     let spawned = thread.spawn(move || {
         if let Some(core) = core {
@@ -160,14 +154,13 @@ fn spawn_shard(
                 crate::log!(Warn, "could not pin shard to its core", shard = id, core = core.id);
             }
         }
-        let lifecycle = shared.lifecycle.clone();
-        let driver = shared.config.io_driver;
+        let lifecycle = boot.shared.lifecycle.clone();
+        let driver = boot.shared.config.io_driver;
         let uring = match driver {
             IoDriver::Uring => true,
             IoDriver::Epoll => false,
             IoDriver::Auto => monoio::utils::detect_uring(),
         };
-        let boot = ShardBoot { id, shared, bus, local, addresses, shared_listener };
         let result = if uring {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                 .with_entries(URING_ENTRIES)

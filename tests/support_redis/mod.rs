@@ -27,6 +27,8 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::wait_until;
+
 /// How long a Redis process may take to answer PING after spawning.
 pub const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for one `redis-cli` invocation.
@@ -234,20 +236,6 @@ pub fn info_field(info: &str, field: &str) -> Option<String> {
     info.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(|v| v.trim().to_string()))
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 // ---------------------------------------------------------------------------
 // One Redis process
 // ---------------------------------------------------------------------------
@@ -446,7 +434,7 @@ impl SentinelSet {
         let master = RedisServer::start(&[]);
         let master_port = master.port().to_string();
         let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]);
-        let synced = poll(Duration::from_secs(15), || {
+        let synced = wait_until(Duration::from_secs(15), || {
             replica.cli(&["INFO", "replication"]).and_then(|info| info_field(&info, "master_link_status")).as_deref()
                 == Some("up")
         });
@@ -477,7 +465,7 @@ impl SentinelSet {
             .collect();
         let set = SentinelSet { master, replica, sentinels };
         for sentinel in &set.sentinels {
-            let knows = poll(Duration::from_secs(15), || {
+            let knows = wait_until(Duration::from_secs(15), || {
                 set.master_seen_by(sentinel).as_deref() == Some(&set.master.addr()[..])
                     && sentinel
                         .cli(&["SENTINEL", "replicas", SENTINEL_MASTER])
@@ -566,7 +554,7 @@ impl RedisCluster {
         assert!(ok, "redis-cli {args:?} failed:\n{output}");
         let cluster = RedisCluster { nodes };
         for node in &cluster.nodes {
-            let up = poll(Duration::from_secs(20), || {
+            let up = wait_until(Duration::from_secs(20), || {
                 node.cli(&["CLUSTER", "INFO"]).and_then(|i| info_field(&i, "cluster_state")).as_deref() == Some("ok")
                     && node
                         .cli(&["CLUSTER", "INFO"])
