@@ -247,28 +247,29 @@ fn shutdown_route_announces_drains_and_exits_zero() {
         let resp = http(api, "POST", "/v1/admin/shutdown?graceMs=1000&announce=true&event=server:shutdown", &[], b"");
         assert_eq!(resp.status, 202, "{driver}: {:?}", resp.text());
         assert_eq!(resp.json(), json!({"shuttingDown": true, "graceMs": 1000}));
-        for (i, c) in clients.iter_mut().enumerate() {
-            let ev = c.expect_event("shutdown announcement");
-            assert_eq!(ev.event.as_deref(), Some("server:shutdown"), "{driver}: client {i}");
-            let data: serde_json::Value = serde_json::from_str(&ev.data).expect("JSON data");
-            assert_eq!(data, json!({"graceMs": 1000}), "{driver}");
-        }
-        for (i, c) in clients.iter_mut().enumerate() {
-            let left = Duration::from_millis(2000).saturating_sub(started.elapsed());
-            assert!(
-                c.expect_closed(left.max(Duration::from_millis(1))),
-                "{driver}: client {i} still open {:?} after shutdown with graceMs=1000",
-                started.elapsed()
-            );
-        }
-        let status = server.wait_exit(Duration::from_secs(5));
-        assert_eq!(
-            status.map(|s| s.code()),
-            Some(Some(0)),
-            "{driver}: exit status {status:?}; logs:\n{}",
-            server.logs()
+        expect_announced_drained_exited(driver, &mut server, &mut clients, started);
+    }
+}
+
+/// Every client gets the `server:shutdown` event (graceMs 1000), then EOF
+/// within the grace (+1 s), and the process exits 0.
+fn expect_announced_drained_exited(driver: &str, server: &mut Server, clients: &mut [SseClient], started: Instant) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        let ev = c.expect_event("shutdown announcement");
+        assert_eq!(ev.event.as_deref(), Some("server:shutdown"), "{driver}: client {i}");
+        let data: serde_json::Value = serde_json::from_str(&ev.data).expect("JSON data");
+        assert_eq!(data, json!({"graceMs": 1000}), "{driver}");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let left = Duration::from_millis(2000).saturating_sub(started.elapsed());
+        assert!(
+            c.expect_closed(left.max(Duration::from_millis(1))),
+            "{driver}: client {i} still open {:?} after a shutdown with a 1 s grace",
+            started.elapsed()
         );
     }
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "{driver}: exit status {status:?}; logs:\n{}", server.logs());
 }
 
 #[test]
@@ -279,21 +280,7 @@ fn sigterm_drains_and_exits_zero() {
         wait_connections(server.api, 3);
         let started = Instant::now();
         server.signal("TERM");
-        for (i, c) in clients.iter_mut().enumerate() {
-            let left = Duration::from_millis(2000).saturating_sub(started.elapsed());
-            assert!(
-                c.expect_closed(left.max(Duration::from_millis(1))),
-                "{driver}: client {i} still open {:?} after SIGTERM with --shutdown-grace 1s",
-                started.elapsed()
-            );
-        }
-        let status = server.wait_exit(Duration::from_secs(5));
-        assert_eq!(
-            status.map(|s| s.code()),
-            Some(Some(0)),
-            "{driver}: exit status {status:?}; logs:\n{}",
-            server.logs()
-        );
+        expect_announced_drained_exited(driver, &mut server, &mut clients, started);
     }
 }
 
