@@ -127,8 +127,8 @@ pub struct Cli {
     /// Idempotency keys remembered per instance (oldest forgotten first beyond it).
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
-    /// Redis for the cross-instance bus: redis://[user:pass@]host:port[/db],
-    /// redis-sentinel://h1:26379,h2:26379/<master>, redis-cluster://h1:7000,h2:7001.
+    /// Redis for the cross-instance bus: `redis://[user:pass@]host:port[/db]`,
+    /// `redis-sentinel://h1:26379,h2:26379/<master>`, `redis-cluster://h1:7000,h2:7001`.
     #[arg(long, env = "SSEKIFY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// Pub/Sub channel the instances share.

@@ -3,7 +3,7 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`http`], [`sse`], [`metrics`], [`config`],
-//! [`log`] are leaves. See `docs/architecture.md` for the data path.
+//! [`log`](mod@log) are leaves. See `docs/architecture.md` for the data path.
 #![warn(missing_docs)]
 
 pub mod api;

@@ -17,7 +17,8 @@ use crate::sse::id::IdGenerator;
 /// traffic at full speed, bounded so a stalled shard cannot grow memory.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
-/// Lifecycle of the whole instance (one place changes it: `server::lifecycle`).
+/// Lifecycle of the whole instance; it only moves forward ([`Shared::advance_phase`]),
+/// driven by the signal thread and the admin routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
