@@ -644,3 +644,34 @@ fn resp3_instances_deliver_to_each_other() {
     assert_eq!(bus(&a)["received"], json!(1));
     assert_eq!(bus(&b)["received"], json!(1));
 }
+
+/// A publisher that got a 503 because Redis's acknowledgement was lost retries
+/// with the same id: the other instances, which did receive the first attempt,
+/// must not deliver it twice.
+#[test]
+fn a_retry_with_the_same_id_is_not_delivered_twice_on_other_instances() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let mut b_user = subscribe(&b, &sse_path("rt", &["lobby"]), 1);
+    for attempt in 0..2 {
+        ok_json(publish_user(a.api, "rt", "order shipped", "id=order-42"));
+        ok_json(publish_room(a.api, "lobby", "room news", "id=room-7"));
+        ok_json(broadcast(a.api, "for all", "id=all-3"));
+        if attempt == 0 {
+            assert_eq!(
+                take(&mut b_user, 3, "B user"),
+                vec![
+                    ev("order-42", None, "order shipped"),
+                    ev("room-7", None, "room news"),
+                    ev("all-3", None, "for all")
+                ]
+            );
+        }
+    }
+    ok_json(publish_user(a.api, "rt", "next", "id=order-43"));
+    assert_eq!(take(&mut b_user, 1, "B user after the retries"), vec![ev("order-43", None, "next")]);
+}

@@ -240,7 +240,12 @@ fn prepare(
         ));
     }
     let frame = frame::encode(&id, event, &data);
-    Ok(Prepared { id, event: event.map(str::to_owned), data, delivery: Delivery { target, frame } })
+    Ok(Prepared {
+        id,
+        event: event.map(str::to_owned),
+        data,
+        delivery: Delivery { target, frame, skip_known_id: false },
+    })
 }
 
 type Object = HashMap<String, Box<RawValue>>;

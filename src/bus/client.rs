@@ -372,11 +372,15 @@ async fn deliver_remote(shared: &Shared, bus: &Bus, payload: Bytes) {
         match &message.target {
             Target::User(user) => {
                 let owner = shared.owner(user);
-                per_shard[owner].push(Delivery { target: message.target, frame });
+                per_shard[owner].push(Delivery { target: message.target, frame, skip_known_id: true });
             }
             Target::Room(_) | Target::All => {
                 for deliveries in &mut per_shard {
-                    deliveries.push(Delivery { target: message.target.clone(), frame: frame.clone() });
+                    deliveries.push(Delivery {
+                        target: message.target.clone(),
+                        frame: frame.clone(),
+                        skip_known_id: true,
+                    });
                 }
             }
         }

@@ -23,6 +23,10 @@ pub struct Delivery {
     pub target: Target,
     /// The encoded SSE frame.
     pub frame: Bytes,
+    /// Skip it when its id is already in the target's replay ring: set for
+    /// frames from other instances, so a publisher's retry (same id) after a
+    /// lost acknowledgement from Redis is not delivered twice.
+    pub skip_known_id: bool,
 }
 
 /// A validated subscribe request, ready to register on the owning shard.

@@ -232,7 +232,7 @@ impl ShardCtx {
         }
         let local = std::mem::take(&mut per_shard[self.id]);
         for (delivery, &index) in local.iter().zip(&routes[self.id]) {
-            totals[index] += self.deliver(&delivery.target, &delivery.frame);
+            totals[index] += self.deliver(delivery);
         }
         let remote: Vec<usize> = (0..shards).filter(|&s| s != self.id && !per_shard[s].is_empty()).collect();
         if !remote.is_empty() {
@@ -252,7 +252,8 @@ impl ShardCtx {
     }
 
     /// Queues `frame` to the local connections `target` names; returns how many.
-    pub fn deliver(&self, target: &Target, frame: &Bytes) -> u64 {
+    pub fn deliver(&self, delivery: &Delivery) -> u64 {
+        let (target, frame) = (&delivery.target, &delivery.frame);
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, replay, queue_items_max, queue_bytes_max, .. } = &mut *state;
         let stream = match target {
@@ -260,6 +261,9 @@ impl ShardCtx {
             Target::Room(room) => Stream::Room(room),
             Target::All => Stream::All,
         };
+        if delivery.skip_known_id && replay.knows(stream, frame) {
+            return 0;
+        }
         replay.record(stream, frame, self.clock_ms.get());
         let mut tally = Tally::default();
         let mut push = |conn: &mut Conn| {
@@ -442,7 +446,7 @@ impl ShardCtx {
                 }
             }
             Envelope::Deliver { deliveries, reply } => {
-                let counts = deliveries.iter().map(|d| self.deliver(&d.target, &d.frame)).collect();
+                let counts = deliveries.iter().map(|d| self.deliver(d)).collect();
                 if let Some(reply) = reply {
                     self.reply(reply, counts);
                 }

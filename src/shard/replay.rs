@@ -175,6 +175,18 @@ impl ReplayStore {
         self.enforce_bounds();
     }
 
+    /// True when `frame`'s id is already in `stream`'s ring (a repeat).
+    pub fn knows(&self, stream: Stream<'_>, frame: &[u8]) -> bool {
+        let Some(id_len) = frame_id_len(frame) else { return false };
+        let id = &frame[4..4 + id_len as usize];
+        let ring = match stream {
+            Stream::All => Some(&self.broadcast),
+            Stream::User(name) => self.users.rings.get(name),
+            Stream::Room(name) => self.rooms.rings.get(name),
+        };
+        ring.is_some_and(|ring| ring.entries.iter().any(|e| e.id() == id))
+    }
+
     /// Frames for a new connection of `user` in `rooms`, resuming after
     /// `last_id` when given (see the module docs for the rules).
     pub fn replay(&self, user: Option<&str>, rooms: &[Rc<str>], last_id: Option<&str>) -> Replay {
@@ -489,6 +501,17 @@ mod tests {
         }
         assert!(store.usage().bytes <= 100, "{:?}", store.usage());
         assert!(store.usage().users >= 1);
+    }
+
+    #[test]
+    fn knows_ids_in_the_targets_ring_only() {
+        let mut store = ReplayStore::new(limits(5));
+        publish(&mut store, Stream::User("u"), "1", 0);
+        publish(&mut store, Stream::All, "2", 0);
+        assert!(store.knows(Stream::User("u"), &encode("1", None, b"other data")));
+        assert!(!store.knows(Stream::User("v"), &encode("1", None, b"x")));
+        assert!(!store.knows(Stream::All, &encode("1", None, b"x")));
+        assert!(store.knows(Stream::All, &encode("2", Some("e"), b"x")));
     }
 
     #[test]
