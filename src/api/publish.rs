@@ -111,25 +111,27 @@ impl Drop for ClaimGuard<'_> {
 }
 
 async fn publish_single(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes, to: To) -> Response {
-    let prepared = match scope(request).and_then(|scope| Ok((scope, prepare_single(ctx, request, body, to)?))) {
-        Ok((scope, prepared)) => (scope, vec![prepared]),
-        Err(response) => return refused(ctx, response),
-    };
-    match deliver(ctx, bus, prepared.0, prepared.1).await {
+    match validate_and_deliver(ctx, bus, request, || Ok(vec![prepare_single(ctx, request, body, to)?])).await {
         Ok(mut results) => Response::json(200, &results.remove(0)),
         Err(response) => refused(ctx, response),
     }
 }
 
 async fn publish_batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes) -> Response {
-    let prepared = match scope(request).and_then(|scope| Ok((scope, prepare_batch(ctx, request, body)?))) {
-        Ok(prepared) => prepared,
-        Err(response) => return refused(ctx, response),
-    };
-    match deliver(ctx, bus, prepared.0, prepared.1).await {
+    match validate_and_deliver(ctx, bus, request, || prepare_batch(ctx, request, body)).await {
         Ok(results) => Response::json(200, &json!({ "results": results })),
         Err(response) => refused(ctx, response),
     }
+}
+
+async fn validate_and_deliver(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    request: &Request,
+    prepare: impl FnOnce() -> Result<Vec<Prepared>, Response>,
+) -> Result<Vec<Value>, Response> {
+    let scope = scope(request)?;
+    deliver(ctx, bus, scope, prepare()?).await
 }
 
 /// Where a publish goes: `cluster` (default) through the bus when there is one.
