@@ -1,9 +1,11 @@
 //! Request heads: bytes in, a typed [`Request`] out, without touching a socket.
 //!
 //! "Not enough bytes yet" is `Ok(None)`. The head is split off the read buffer
-//! and frozen; header names and values are `Bytes` slices of it (no copies).
+//! and frozen; headers are byte ranges into it (no copies, and no reference
+//! count per header: a browser sends a dozen or more).
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::Error;
 
@@ -60,13 +62,27 @@ pub struct Request {
     pub keep_alive: bool,
     /// Body framing.
     pub body: BodyFraming,
-    headers: Vec<(Bytes, Bytes)>,
+    head: Bytes,
+    headers: SmallVec<[HeaderSpan; 16]>,
+}
+
+/// Where one header's name and value lie in the head.
+#[derive(Debug, Clone, Copy)]
+struct HeaderSpan {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 impl Request {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_ref())
+        self.header_pairs().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+
+    /// Every header as (name, value), in order.
+    fn header_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let at = |(start, end): (u32, u32)| &self.head[start as usize..end as usize];
+        self.headers.iter().map(move |span| (at(span.name), at(span.value)))
     }
 
     /// A header value as UTF-8 text, when present and valid.
@@ -101,6 +117,10 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
     }
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let span = |s: &[u8]| {
+        let (at, len) = offset(s);
+        (at as u32, (at + len) as u32)
+    };
     let method = match parsed.method.unwrap_or_default() {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -111,10 +131,10 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
     };
     let http11 = parsed.version == Some(1);
     let target = offset(parsed.path.unwrap_or_default().as_bytes());
-    let header_offsets: Vec<_> = parsed.headers.iter().map(|h| (offset(h.name.as_bytes()), offset(h.value))).collect();
+    let headers: SmallVec<[HeaderSpan; 16]> =
+        parsed.headers.iter().map(|h| HeaderSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
     let head = buf.split_to(head_len).freeze();
     let slice = |(at, len): (usize, usize)| head.slice(at..at + len);
-    let headers: Vec<(Bytes, Bytes)> = header_offsets.into_iter().map(|(n, v)| (slice(n), slice(v))).collect();
 
     let target = slice(target);
     if target.first() != Some(&b'/') {
@@ -124,7 +144,7 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
         Some(at) => (target.slice(..at), target.slice(at + 1..)),
         None => (target.clone(), Bytes::new()),
     };
-    let mut request = Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, headers };
+    let mut request = Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, head, headers };
     request.keep_alive = keep_alive(&request, http11);
     request.body = framing(&request, http11)?;
     Ok(Some(request))
@@ -133,7 +153,7 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
 /// RFC 9112 §9.3: HTTP/1.1 persists unless `close`; HTTP/1.0 only with `keep-alive`.
 fn keep_alive(request: &Request, http11: bool) -> bool {
     let mut keep = http11;
-    for (name, value) in &request.headers {
+    for (name, value) in request.header_pairs() {
         if !name.eq_ignore_ascii_case(b"connection") {
             continue;
         }
@@ -155,7 +175,7 @@ fn keep_alive(request: &Request, http11: bool) -> bool {
 fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    for (name, value) in &request.headers {
+    for (name, value) in request.header_pairs() {
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if !http11 || chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err(Error::BadRequest("only Transfer-Encoding: chunked is supported"));
