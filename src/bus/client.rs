@@ -22,7 +22,7 @@ use super::resp::{self, Reply};
 use super::url::{RedisUrl, Topology};
 use super::wire;
 use super::{Bus, BusCommand, BusState};
-use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
+use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
 use crate::sse::frame;
@@ -365,29 +365,18 @@ async fn deliver_remote(shared: &Shared, bus: &Bus, payload: Bytes) {
         return;
     }
     bus.count_received(messages.len() as u64);
-    let shards = shared.shard_count();
-    let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
-    for message in messages {
-        let frame = frame::encode(&message.id, message.event.as_deref(), &message.data);
-        match &message.target {
-            Target::User(user) => {
-                let owner = shared.owner(user);
-                per_shard[owner].push(Delivery { target: message.target, frame, skip_known_id: true });
-            }
-            Target::Room(_) | Target::All => {
-                for deliveries in &mut per_shard {
-                    deliveries.push(Delivery {
-                        target: message.target.clone(),
-                        frame: frame.clone(),
-                        skip_known_id: true,
-                    });
-                }
-            }
-        }
-    }
+    let deliveries = messages
+        .into_iter()
+        .map(|m| Delivery {
+            frame: frame::encode(&m.id, m.event.as_deref(), &m.data),
+            target: m.target,
+            skip_known_id: true,
+        })
+        .collect();
+    let (per_shard, _) = shared.route(deliveries);
     for (shard, deliveries) in per_shard.into_iter().enumerate() {
         if !deliveries.is_empty() {
-            send(shared, shard, Envelope::Deliver { deliveries, reply: None }).await;
+            shared.send(shard, Envelope::Deliver { deliveries, reply: None }).await;
         }
     }
 }
@@ -407,15 +396,7 @@ async fn watch_failover(sentinel: Option<ReplyReader>) -> BusError {
 }
 
 async fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
-    send(shared, to.shard, Envelope::Reply { to, answer }).await;
-}
-
-/// Sends to a shard, waiting while its inbox is full.
-async fn send(shared: &Shared, shard: usize, mut envelope: Envelope) {
-    while let Err(back) = shared.inboxes[shard].try_send(envelope) {
-        envelope = back;
-        monoio::time::sleep(Duration::from_millis(1)).await;
-    }
+    shared.send(to.shard, Envelope::Reply { to, answer }).await;
 }
 
 /// Exponential reconnect delay with ±50% jitter, so a fleet of instances does

@@ -108,7 +108,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
     let mut drained = 0;
     loop {
         match lifecycle_rx.recv() {
-            Ok(LifecycleEvent::Drained(_)) => {
+            Ok(LifecycleEvent::Drained) => {
                 drained += 1;
                 if drained == shard_count {
                     // Let in-flight api answers (the shutdown route's 202) leave.
@@ -253,7 +253,7 @@ impl ShardBoot {
         for (listener, role) in listeners {
             monoio::spawn(accept_loop(ctx.clone(), services.clone(), listener, role));
         }
-        let _ = lifecycle.send(LifecycleEvent::Ready { shard: id, public, api, driver });
+        let _ = lifecycle.send(LifecycleEvent::Ready { public, api, driver });
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         loop {
             local.recv_batch(&mut batch, INBOX_BATCH).await;

@@ -84,8 +84,12 @@ impl Conn {
         if self.closing != Some(Closing::Now) {
             self.closing = Some(how);
         }
-        self.parked = true;
-        self.notify();
+        // Wake the writer whether it waits for frames or is mid-write: a
+        // close must interrupt both.
+        self.parked = false;
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
     }
 
     /// The writer's wait: ready when there is work, else parks with the waker.

@@ -213,23 +213,7 @@ impl ShardCtx {
     pub async fn publish(self: &Rc<Self>, deliveries: Vec<Delivery>) -> Vec<u64> {
         let shards = self.shared.shard_count();
         let mut totals = vec![0u64; deliveries.len()];
-        let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
-        let mut routes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
-        for (index, delivery) in deliveries.into_iter().enumerate() {
-            match &delivery.target {
-                Target::User(user) => {
-                    let owner = self.shared.owner(user);
-                    routes[owner].push(index);
-                    per_shard[owner].push(delivery);
-                }
-                Target::Room(_) | Target::All => {
-                    for shard in 0..shards {
-                        routes[shard].push(index);
-                        per_shard[shard].push(delivery.clone());
-                    }
-                }
-            }
-        }
+        let (mut per_shard, routes) = self.shared.route(deliveries);
         let local = std::mem::take(&mut per_shard[self.id]);
         for (delivery, &index) in local.iter().zip(&routes[self.id]) {
             totals[index] += self.deliver(delivery);

@@ -19,16 +19,8 @@ pub(super) struct Pending {
 
 impl ShardCtx {
     /// Sends `envelope` to `shard`, waiting while its inbox is full.
-    pub async fn send(&self, shard: usize, mut envelope: Envelope) {
-        loop {
-            match self.shared.inboxes[shard].try_send(envelope) {
-                Ok(()) => return,
-                Err(back) => {
-                    envelope = back;
-                    monoio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
+    pub async fn send(&self, shard: usize, envelope: Envelope) {
+        self.shared.send(shard, envelope).await;
     }
 
     /// Sends one request per shard in `shards` and waits for all replies, in

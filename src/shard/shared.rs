@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::envelope::Envelope;
+use super::envelope::{Delivery, Envelope, Target};
 use super::inbox::SharedInbox;
 use crate::config::Config;
 use crate::metrics::ShardStats;
@@ -35,8 +35,6 @@ pub enum Phase {
 pub enum LifecycleEvent {
     /// The shard has bound its listeners and serves.
     Ready {
-        /// Shard id.
-        shard: usize,
         /// Public listener address actually bound.
         public: std::net::SocketAddr,
         /// Api listener address actually bound.
@@ -47,7 +45,7 @@ pub enum LifecycleEvent {
     /// The shard could not start.
     Failed(String),
     /// The shard closed all its connections after a shutdown.
-    Drained(usize),
+    Drained,
     /// Exit now with this status (second signal).
     Exit(i32),
 }
@@ -127,6 +125,41 @@ impl Shared {
             crate::sse::frame::encode(&self.ids.next(), Some(event), data.as_bytes())
         });
         Some(ShutdownOrder { grace, announce })
+    }
+
+    /// Sends from a runtime thread (a shard or the bus), waiting while the
+    /// inbox is full without blocking the thread.
+    pub async fn send(&self, shard: usize, mut envelope: Envelope) {
+        while let Err(back) = self.inboxes[shard].try_send(envelope) {
+            envelope = back;
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Splits deliveries by the shard that must queue them, keeping their
+    /// order: a user's go to its owner, a room's and a broadcast's to every
+    /// shard (the frame is shared, not copied). Also returns, per shard, the
+    /// index each of its deliveries had in `deliveries`.
+    pub fn route(&self, deliveries: Vec<Delivery>) -> (Vec<Vec<Delivery>>, Vec<Vec<usize>>) {
+        let shards = self.shard_count();
+        let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut indexes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
+        for (index, delivery) in deliveries.into_iter().enumerate() {
+            match &delivery.target {
+                Target::User(user) => {
+                    let owner = self.owner(user);
+                    indexes[owner].push(index);
+                    per_shard[owner].push(delivery);
+                }
+                Target::Room(_) | Target::All => {
+                    for shard in 0..shards {
+                        indexes[shard].push(index);
+                        per_shard[shard].push(delivery.clone());
+                    }
+                }
+            }
+        }
+        (per_shard, indexes)
     }
 
     /// Sends from a thread that may block briefly (signal thread, start-up).

@@ -48,5 +48,5 @@ async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
     while !ctx.state.borrow().conns.is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = ctx.shared.lifecycle.send(LifecycleEvent::Drained(ctx.id));
+    let _ = ctx.shared.lifecycle.send(LifecycleEvent::Drained);
 }
