@@ -82,6 +82,7 @@ fn a_repeat_gets_the_first_answer_and_delivers_nothing() {
         let key = format!("key-{name}");
         let first = post(api, route.path, Some(&key), route.content_type, route.body);
         assert_eq!(first.status, 200, "{name}: {:?}", first.text());
+        assert_eq!(first.header("idempotent-replayed"), None, "{name}: the first answer is not a replay");
         let first_body = first.json();
         let first_ids = answer_ids(&first_body);
 
@@ -93,6 +94,7 @@ fn a_repeat_gets_the_first_answer_and_delivers_nothing() {
             let again = post(api, route.path, Some(&key), route.content_type, route.body);
             assert_eq!(again.status, 200, "{name} repeat {attempt}: {:?}", again.text());
             assert_eq!(again.json(), first_body, "{name} repeat {attempt}: the first answer, unchanged");
+            assert_eq!(again.header("idempotent-replayed"), Some("true"), "{name} repeat {attempt}");
         }
 
         // Another key publishes again, with new ids.

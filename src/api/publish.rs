@@ -166,7 +166,7 @@ async fn deliver(
                 Response::error(
                     503,
                     "bus_unavailable",
-                    "the message could not be handed to Redis; nothing was delivered",
+                    "the message was not acknowledged by Redis (bus down or over --bus-timeout); retry it with the same id",
                 )
                 .header("Retry-After", "1")
             })?;

@@ -5,8 +5,10 @@
 //! commands), [`wire`] (the message format on the channel), [`client`] (the bus
 //! thread: sessions, reconnects, canary, Sentinel and Cluster). This module is
 //! the handle the publish routes use: [`publish`] hands a message to Redis and
-//! returns only once Redis acknowledged it, so a publish that fails here was
-//! delivered nowhere and the route answers 503.
+//! returns only once Redis acknowledged it; the route delivers locally only
+//! after that and answers 503 otherwise. (If the acknowledgement alone was
+//! lost, other instances may have the message; a retry with the same id is
+//! skipped where it already is, see `ShardCtx::deliver`.)
 
 pub mod client;
 pub mod conn;
