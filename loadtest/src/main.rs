@@ -4,8 +4,10 @@
 //! or per room; single or batch route), and reports per-delivery latency,
 //! fan-out completion, loss, and the server's CPU time per delivery. `churn`
 //! measures subscriber accepts per second; `idle` the server's memory per
-//! connection. Every scenario prints a table and can write JSON.
+//! connection; `floor` what the kernel alone charges per send, with no server.
+//! Every scenario prints a table and can write JSON.
 
+mod floor;
 mod net;
 mod proc;
 mod publisher;
@@ -53,6 +55,9 @@ enum Scenario {
     Churn(ChurnArgs),
     /// N idle subscribers: server memory per connection.
     Idle(IdleArgs),
+    /// No server: the kernel's CPU cost of one small TCP send, the floor under
+    /// any server's CPU per delivery on this machine.
+    Floor(FloorArgs),
 }
 
 #[derive(Args)]
@@ -159,13 +164,52 @@ struct IdleArgs {
     settle: u64,
 }
 
+#[derive(Args)]
+struct FloorArgs {
+    /// Loopback connections the sender writes to (one frame each per round).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Rounds per second (each round is one broadcast to every connection).
+    #[arg(long, default_value_t = 8.0)]
+    rate: f64,
+    /// Bytes per frame (ssekify's frame for a 100-byte payload is ~130 bytes).
+    #[arg(long, default_value_t = 130)]
+    size: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// How frames reach the kernel.
+    #[arg(long, value_enum, default_value = "uring")]
+    method: floor::SendMethod,
+    /// Core the sender thread is pinned to.
+    #[arg(long)]
+    sender_core: Option<usize>,
+    /// Core the reader thread is pinned to.
+    #[arg(long)]
+    reader_core: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Scenario::Floor(args) = &cli.scenario {
+        match floor_report(args) {
+            Ok(report) => report.print(),
+            Err(error) => {
+                eprintln!("ssekify-loadtest: {error}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let scenario = async move {
         match cli.scenario {
             Scenario::Run(args) => run(args).await,
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
+            Scenario::Floor(_) => unreachable!("handled before the runtime starts"),
         }
     };
     let report = match cli.io_driver {
@@ -188,6 +232,40 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+fn floor_report(args: &FloorArgs) -> Result<Report, String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let cores = (args.sender_core, args.reader_core);
+    let floor = floor::measure(args.connections, args.rate, args.size, duration, args.method, cores)
+        .map_err(|error| format!("floor: {error}"))?;
+    // Keys named as in `run`'s report (the sender in the server's place), so
+    // compare.sh prints the floor as one more row beside the servers.
+    let mut report = Report::new(args.json.clone());
+    let frames_received = floor.bytes_received / args.size.max(1) as u64;
+    let window = floor.window.as_secs_f64();
+    report.add("scenario", "floor");
+    report.add("mode", "broadcast");
+    report.add("method", if args.method == floor::SendMethod::Uring { "uring" } else { "syscall" });
+    report.add("subscribers", args.connections);
+    report.add("rate_msgs_per_s", args.rate);
+    report.add("payload_bytes", args.size);
+    report.add("messages_sent", floor.sends / args.connections.max(1) as u64);
+    report.add("deliveries_received", frames_received);
+    report.add("deliveries_lost", floor.sends.saturating_sub(frames_received));
+    report.add("window_s", format!("{window:.2}"));
+    report.add("deliveries_per_s", format!("{:.0}", floor.sends as f64 / window));
+    report.add("server_cpu_core_share", format!("{:.3}", floor.sender_cpu_us / 1e6 / window));
+    report.add("server_cpu_us_per_delivery", format!("{:.3}", floor.sender_cpu_us / floor.sends.max(1) as f64));
+    report.add("reader_cpu_us_per_delivery", format!("{:.3}", floor.reader_cpu_us / floor.sends.max(1) as f64));
+    let round_ms = |q: f64| {
+        let index = ((floor.rounds.len() as f64 * q).ceil() as usize).clamp(1, floor.rounds.len().max(1)) - 1;
+        floor.rounds.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    report.add("send_round_p50_ms", format!("{:.2}", round_ms(0.5)));
+    report.add("send_round_p99_ms", format!("{:.2}", round_ms(0.99)));
+    report.add("send_round_max_ms", format!("{:.2}", round_ms(1.0)));
+    Ok(report)
 }
 
 /// Ordered results: printed as a table, written as JSON.

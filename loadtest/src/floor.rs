@@ -1,0 +1,270 @@
+//! The kernel's floor: what one small TCP send costs the sending process on
+//! this machine, with no server around it.
+//!
+//! A sender thread on one core writes one `--size`-byte frame to each of
+//! `--connections` loopback sockets, `--rate` times a second (a broadcast, as
+//! a server does it), while a reader thread on another core drains them with
+//! epoll, as the generator does. The sender's CPU time per send is the least
+//! any server can spend per delivery here, because a delivery to a distinct
+//! connection is at least one `tcp_sendmsg`. Comparing a server's
+//! `server_cpu_us_per_delivery` with this number separates what the server
+//! adds from what the kernel charges it.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+
+/// How the sender hands frames to the kernel.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendMethod {
+    /// One `send(2)` system call per frame.
+    Syscall,
+    /// io_uring `SEND` operations, up to 1024 per `io_uring_enter`, with
+    /// deferred task work: what ssekify does.
+    Uring,
+}
+
+/// What the run measured.
+pub struct Floor {
+    /// Frames written by the sender.
+    pub sends: u64,
+    /// Bytes the reader received; equal to sends × size when nothing was lost.
+    pub bytes_received: u64,
+    /// Sender thread CPU time (user + system), microseconds.
+    pub sender_cpu_us: f64,
+    /// Reader thread CPU time, microseconds.
+    pub reader_cpu_us: f64,
+    /// Wall-clock length of the sending window.
+    pub window: Duration,
+    /// How long each round took from its first send to its last completion,
+    /// sorted: the least time any server on one core needs to reach the last
+    /// of the connections, so a floor under fan-out latency.
+    pub rounds: Vec<Duration>,
+}
+
+/// Runs the measurement; see the module doc. The reader is a forked child
+/// process so that each side stays under the per-process file limit.
+pub fn measure(
+    connections: usize,
+    rate: f64,
+    size: usize,
+    duration: Duration,
+    method: SendMethod,
+    cores: (Option<usize>, Option<usize>),
+) -> io::Result<Floor> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills two descriptors; fork happens before this process
+    // starts any thread, so the child may allocate and use std freely.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (mut results, report_to) =
+        unsafe { (std::fs::File::from_raw_fd(pipe[0]), std::fs::File::from_raw_fd(pipe[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(listener);
+            drop(results);
+            pin(cores.1);
+            let outcome = reader(addr, connections, report_to);
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) }
+        }
+        child => {
+            drop(report_to);
+            let sent = sender(&listener, connections, rate, size, duration, method, cores.0);
+            let mut text = String::new();
+            let read = results.read_to_string(&mut text);
+            let mut status = 0;
+            // SAFETY: child is this process's child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            let (sends, sender_cpu_us, window, rounds) = sent?;
+            read?;
+            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>());
+            let (Some(Ok(bytes_received)), Some(Ok(reader_cpu_us))) = (fields.next(), fields.next()) else {
+                return Err(io::Error::other("the reader process failed"));
+            };
+            Ok(Floor { sends, bytes_received: bytes_received as u64, sender_cpu_us, reader_cpu_us, window, rounds })
+        }
+    }
+}
+
+/// The parent: accepts the connections, sends the rounds, closes them.
+/// Returns (sends, sender CPU µs, window, sorted round durations).
+fn sender(
+    listener: &TcpListener,
+    connections: usize,
+    rate: f64,
+    size: usize,
+    duration: Duration,
+    method: SendMethod,
+    core: Option<usize>,
+) -> io::Result<(u64, f64, Duration, Vec<Duration>)> {
+    let mut servers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (server, _) = listener.accept()?;
+        server.set_nodelay(true)?;
+        servers.push(server);
+    }
+    pin(core);
+    let frame = frame(size);
+    let fds: Vec<i32> = servers.iter().map(|s| s.as_raw_fd()).collect();
+    let rounds = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut ring = match method {
+        SendMethod::Uring => Some(
+            IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(1024)
+                .or_else(|_| IoUring::new(1024))?,
+        ),
+        SendMethod::Syscall => None,
+    };
+    let mut took = Vec::with_capacity(rounds as usize);
+    let cpu_before = thread_cpu_micros();
+    let start = Instant::now();
+    for round in 0..rounds {
+        let due = start + period.mul_f64(round as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let began = Instant::now();
+        match ring.as_mut() {
+            Some(ring) => send_uring(ring, &fds, &frame)?,
+            None => send_syscalls(&fds, &frame)?,
+        }
+        took.push(began.elapsed());
+    }
+    let cpu = thread_cpu_micros() - cpu_before;
+    took.sort_unstable();
+    Ok((rounds * connections as u64, cpu, start.elapsed(), took))
+}
+
+/// The child: connects, drains every socket until each has closed, then
+/// writes "bytes cpu_us" to `report_to`.
+fn reader(addr: std::net::SocketAddr, connections: usize, mut report_to: std::fs::File) -> io::Result<()> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = TcpStream::connect(addr)?;
+        client.set_nonblocking(true)?;
+        clients.push(client);
+    }
+    let cpu_before = thread_cpu_micros();
+    let received = read_all(clients)?;
+    write!(report_to, "{received} {}", thread_cpu_micros() - cpu_before)
+}
+
+/// An SSE frame of exactly `size` bytes: `data: xxx…\n\n`.
+fn frame(size: usize) -> Vec<u8> {
+    let mut frame = b"data: ".to_vec();
+    frame.resize(size.max(8) - 2, b'x');
+    frame.extend_from_slice(b"\n\n");
+    frame
+}
+
+fn send_syscalls(fds: &[i32], frame: &[u8]) -> io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fd is an open socket owned by the caller; frame outlives the call.
+        let sent =
+            unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if sent != frame.len() as isize {
+            return Err(short_send(sent));
+        }
+    }
+    Ok(())
+}
+
+fn send_uring(ring: &mut IoUring, fds: &[i32], frame: &[u8]) -> io::Result<()> {
+    for chunk in fds.chunks(ring.params().sq_entries() as usize) {
+        for &fd in chunk {
+            let send = opcode::Send::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                .build();
+            // SAFETY: the frame outlives the operation: this function waits for
+            // every completion of the chunk before returning.
+            unsafe { ring.submission().push(&send) }.map_err(|_| io::Error::other("submission queue full"))?;
+        }
+        ring.submit_and_wait(chunk.len())?;
+        for completion in ring.completion() {
+            if completion.result() != frame.len() as i32 {
+                return Err(short_send(completion.result() as isize));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short_send(result: isize) -> io::Error {
+    if result < 0 {
+        io::Error::from_raw_os_error(-result as i32)
+    } else {
+        io::Error::other(format!("short send of {result} bytes: raise the socket buffers or lower the rate"))
+    }
+}
+
+/// Drains every client socket with level-triggered epoll until each has
+/// reached end of stream; returns the bytes read.
+fn read_all(mut clients: Vec<TcpStream>) -> io::Result<u64> {
+    // SAFETY: plain epoll calls on descriptors owned by `clients`, which outlives the loop.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (index, client) in clients.iter().enumerate() {
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: index as u64 };
+        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, client.as_raw_fd(), &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buffer = [0u8; 16 * 1024];
+    let (mut received, mut open) = (0u64, clients.len());
+    while open > 0 {
+        let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 1000) };
+        for event in &events[..ready.max(0) as usize] {
+            let client = &mut clients[event.u64 as usize];
+            loop {
+                match client.read(&mut buffer) {
+                    Ok(0) => {
+                        unsafe {
+                            libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, client.as_raw_fd(), std::ptr::null_mut())
+                        };
+                        open -= 1;
+                        break;
+                    }
+                    Ok(n) => received += n as u64,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+    // SAFETY: epoll is the descriptor created above.
+    unsafe { libc::close(epoll) };
+    Ok(received)
+}
+
+/// This thread's CPU time (user + system, including softirq work done in its
+/// context), microseconds.
+fn thread_cpu_micros() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 * 1e6 + now.tv_nsec as f64 / 1e3
+}
+
+fn pin(core: Option<usize>) {
+    let Some(core) = core else { return };
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within its bounds for core < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -1,0 +1,32 @@
+//! `ssekify-loadtest floor` end to end: the bare sender reaches every
+//! connection with every frame, through both send methods, and reports it.
+
+use std::process::Command;
+
+fn field(output: &str, key: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix(key).filter(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no `{key}` in:\n{output}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn every_frame_reaches_every_connection_with_both_send_methods() {
+    for method in ["uring", "syscall"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+            .args(["floor", "--connections", "50", "--rate", "20", "--size", "64", "--duration", "0.5"])
+            .args(["--method", method])
+            .output()
+            .expect("run ssekify-loadtest");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{method}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(field(&stdout, "method"), method);
+        assert_eq!(field(&stdout, "messages_sent"), "10", "{method}: 20 rounds/s for 0.5 s");
+        assert_eq!(field(&stdout, "deliveries_received"), "500", "{method}: 10 rounds × 50 connections");
+        assert_eq!(field(&stdout, "deliveries_lost"), "0");
+        let per_send: f64 = field(&stdout, "server_cpu_us_per_delivery").parse().expect("a number");
+        assert!(per_send >= 0.0);
+    }
+}
