@@ -2,11 +2,13 @@
 //!
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
-//! queues and cross-shard inboxes → [`http`], [`sse`], [`metrics`], [`config`],
-//! [`log`](mod@log) are leaves. See `docs/architecture.md` for the data path.
+//! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
+//! [`config`], [`log`](mod@log) are leaves. See `docs/architecture.md` for the
+//! data path.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;
