@@ -1,6 +1,7 @@
 //! The `ssekify` binary: command line → [`Config`] → [`server::run`].
 
 use clap::Parser;
+use ssekify::auth::Authenticator;
 use ssekify::config::{Cli, Config};
 use ssekify::server;
 
@@ -17,7 +18,11 @@ fn main() {
     if config.api_key.is_none() {
         ssekify::log!(Info, "api listener has no --api-key; it accepts any local caller", api = config.api_listen);
     }
-    ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
+    if matches!(config.auth, Authenticator::None) {
+        ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
+    } else {
+        ssekify::log!(Info, "subscriber auth", mode = config.auth.mode());
+    }
     match server::run(config) {
         Ok(status) => std::process::exit(status),
         Err(error) => {
