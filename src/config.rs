@@ -2,14 +2,15 @@
 //!
 //! clap parses a raw [`Cli`] (every flag also reads `SSEKIFY_<NAME>`), and
 //! [`Config::try_from`] turns it into typed values, failing start-up with one
-//! sentence that names the offending flag.
+//! sentence that names the offending flag. The same command line holds the
+//! tools that share the binary ([`Command`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 
@@ -84,14 +85,19 @@ pub enum AuthMode {
     None,
     /// An HS256 JWT (Authorization: Bearer, or ?token=) signed with --jwt-secret.
     Jwt,
-    /// A presigned URL (?user=&rooms=&exp=&sig=) signed with --sign-secret.
+    /// A presigned URL (?user=&rooms=&exp=&sig=) signed with --sign-secret; see `ssekify sign`.
     Signed,
 }
 
-/// Raw command line; see [`Config`] for the validated form.
+/// Raw command line; see [`Config`] for the validated form. Without a
+/// subcommand it runs the server.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ssekify", version, about = "Server-Sent Events push server", long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Public listener: GET /sse, /healthz, /readyz.
     #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -114,7 +120,7 @@ pub struct Cli {
     /// HS256 secret for --auth jwt, at least 32 bytes (prefer the environment: arguments show in `ps`).
     #[arg(long, env = "SSEKIFY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// HMAC-SHA256 secret for --auth signed, at least 32 bytes.
+    /// HMAC-SHA256 secret for --auth signed and `ssekify sign`, at least 32 bytes.
     #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
     pub sign_secret: Option<String>,
     /// Clock skew allowed on a credential's exp and nbf.
@@ -213,6 +219,33 @@ pub struct Cli {
     pub log_level: LogLevel,
 }
 
+/// Subcommands: tools that share the binary with the server.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print a presigned subscribe URL for --auth signed (for backends and scripts).
+    Sign(SignArgs),
+}
+
+/// Arguments of `ssekify sign` ([`crate::sign::url`] mints the URL).
+#[derive(Args, Debug, Clone)]
+pub struct SignArgs {
+    /// User the URL subscribes as; empty: anonymous (broadcasts and rooms only).
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// Comma-separated rooms the URL joins (exactly these: the list is signed).
+    #[arg(long, default_value = "")]
+    pub rooms: String,
+    /// How long the URL may be used to connect (an open stream is not cut at expiry).
+    #[arg(long, default_value = "5m")]
+    pub ttl: String,
+    /// The server's --sign-secret.
+    #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
+    pub sign_secret: Option<String>,
+    /// Subscribe URL to append the query to, such as http://host:8080/sse; without it only the query is printed.
+    #[arg(long)]
+    pub base_url: Option<String>,
+}
+
 /// Validated settings shared read-only by every shard.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -298,7 +331,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+    /// A refusal of `flag` (without its dashes) for `reason`.
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
         ConfigError { flag, reason: reason.into() }
     }
 }

@@ -3,8 +3,8 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`config`], [`log`](mod@log) are leaves. See `docs/architecture.md` for the
-//! data path.
+//! [`config`], [`log`](mod@log) are leaves. [`sign`] is the `ssekify sign`
+//! subcommand beside the server. See `docs/architecture.md` for the data path.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -16,4 +16,5 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod shard;
+pub mod sign;
 pub mod sse;

@@ -1,12 +1,25 @@
-//! The `ssekify` binary: command line → [`Config`] → [`server::run`].
+//! The `ssekify` binary: command line → [`Config`] → [`server::run`], or a
+//! subcommand ([`Command`]).
+
+use std::time::SystemTime;
 
 use clap::Parser;
 use ssekify::auth::Authenticator;
-use ssekify::config::{Cli, Config};
-use ssekify::server;
+use ssekify::config::{Cli, Command, Config};
+use ssekify::{server, sign};
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Sign(args)) = cli.command.take() {
+        match sign::url(&args, SystemTime::now()) {
+            Ok(url) => println!("{url}"),
+            Err(error) => {
+                eprintln!("ssekify sign: {error}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let config = match Config::try_from(cli) {
         Ok(config) => config,
         Err(error) => {

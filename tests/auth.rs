@@ -1,7 +1,7 @@
 //! Subscriber auth end to end: `--auth jwt` (HS256 tokens in the query or the
-//! `Authorization` header) and `--auth signed` (presigned URLs), refusals with
-//! their status and code, start-up checks of the secrets, and that no
-//! credential reaches the logs.
+//! `Authorization` header) and `--auth signed` (presigned URLs, also minted by
+//! the real `ssekify sign`), refusals with their status and code, start-up
+//! checks of the secrets, and that no credential reaches the logs.
 //!
 //! Tokens and signatures are minted here with HMAC-SHA256 (the `hmac` and
 //! `sha2` crates) and a base64url encoder of this file's own, from the
@@ -228,6 +228,37 @@ fn signed_url_refusals() {
     let logs = server.logs();
     assert!(!logs.contains(sig), "a signature reached the logs: {logs}");
     open(&server, &good, &[]);
+}
+
+#[test]
+fn ssekify_sign_mints_a_url_the_server_accepts() {
+    let server = signed_server();
+    let base = format!("http://{}/sse", server.public);
+    let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))
+        .args(["sign", "--user", "carol", "--rooms", "ops,news", "--ttl", "2m", "--base-url", &base])
+        .env("SSEKIFY_SIGN_SECRET", SIGN_SECRET)
+        .output()
+        .expect("run ssekify sign");
+    assert!(output.status.success(), "ssekify sign: {}", String::from_utf8_lossy(&output.stderr));
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let path = url.strip_prefix(&format!("http://{}", server.public)).unwrap_or_else(|| panic!("{url}"));
+    let mut carol = open(&server, path, &[]);
+    assert_eq!(delivered(publish_user(server.api, "carol", "to carol", "")), 1);
+    assert_eq!(delivered(publish_room(server.api, "ops", "ops", "")), 1);
+    assert_eq!(carol.expect_event("user frame").data, "to carol");
+    assert_eq!(carol.expect_event("room frame").data, "ops");
+
+    // Without --base-url: the query string only; with a short secret: exit 2.
+    let query = Command::new(env!("CARGO_BIN_EXE_ssekify"))
+        .args(["sign", "--sign-secret", SIGN_SECRET])
+        .env_remove("SSEKIFY_SIGN_SECRET")
+        .output()
+        .unwrap();
+    let query = String::from_utf8(query.stdout).unwrap();
+    assert!(query.starts_with("exp=") && query.contains("&sig="), "{query}");
+    open(&server, &format!("/sse?{}", query.trim()), &[]);
+    let short = Command::new(env!("CARGO_BIN_EXE_ssekify")).args(["sign", "--sign-secret", "short"]).output().unwrap();
+    assert_eq!(short.status.code(), Some(2));
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //!
 //! Parts: [`Authenticator`] (the `--auth` mode with its key, called by
 //! `api::subscribe`), [`jwt`] (HS256 tokens), [`signed`] (presigned URLs and
-//! their canonical string), [`base64url`]. Nothing here knows HTTP: the caller
-//! hands over the credential fields and turns a [`Denied`] into a `401` or
-//! `403`. Secrets and credentials are never logged or echoed in an answer, and
-//! every MAC is compared in constant time (`Mac::verify_slice`).
+//! their canonical string, also used by `ssekify sign` in [`crate::sign`]),
+//! [`base64url`]. Nothing here knows HTTP: the caller hands over the
+//! credential fields and turns a [`Denied`] into a `401` or `403`. Secrets and
+//! credentials are never logged or echoed in an answer, and every MAC is
+//! compared in constant time (`Mac::verify_slice`).
 
 pub mod base64url;
 pub mod jwt;
