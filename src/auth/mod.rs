@@ -242,8 +242,8 @@ impl Authenticator {
                 let token = credentials
                     .authorization
                     .and_then(bearer)
-                    .or(credentials.token.map(str::as_bytes))
                     .filter(|t| !t.is_empty())
+                    .or(credentials.token.map(str::as_bytes).filter(|t| !t.is_empty()))
                     .ok_or(Denied::Missing(Kind::Token))?;
                 jwt::verify(key, token, Clock::new(now, *leeway))
             }
@@ -310,6 +310,22 @@ mod tests {
         let credentials = Credentials { user_id: Some("alice"), user: Some("mallory"), ..Credentials::default() };
         let grant = Authenticator::None.verify(&credentials, SystemTime::now()).unwrap();
         assert_eq!(grant, Grant { user: Some("alice".into()), rooms: Rooms::Any });
+    }
+
+    #[test]
+    fn jwt_from_header_first_then_query() {
+        let key = Key::new(b"0123456789abcdef0123456789abcdef");
+        let auth = Authenticator::Jwt { key, leeway: Duration::ZERO };
+        let verify = |authorization: Option<&'static [u8]>, token: Option<&'static str>| {
+            auth.verify(&Credentials { authorization, token, ..Credentials::default() }, SystemTime::now())
+        };
+        assert_eq!(verify(None, None), Err(Denied::Missing(Kind::Token)));
+        assert_eq!(verify(Some(b"Bearer "), Some("")), Err(Denied::Missing(Kind::Token)));
+        let malformed = Err(Denied::Malformed(Kind::Token, "a JWT has three parts separated by dots"));
+        assert_eq!(verify(Some(b"Bearer x"), Some("a.b.c")), malformed, "the header wins");
+        assert!(matches!(verify(None, Some("a.b.c")), Err(Denied::Malformed(_, why)) if why.contains("header")));
+        assert_eq!(verify(Some(b"Bearer "), Some("x")), malformed, "an empty header falls back to the query");
+        assert_eq!(verify(Some(b"Basic eDp5"), Some("x")), malformed, "another scheme falls back to the query");
     }
 
     #[test]
