@@ -2,14 +2,17 @@
 //!
 //! clap parses a raw [`Cli`] (every flag also reads `SSEKIFY_<NAME>`), and
 //! [`Config::try_from`] turns it into typed values, failing start-up with one
-//! sentence that names the offending flag.
+//! sentence that names the offending flag. The same command line holds the
+//! tools that share the binary ([`Command`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
 /// and load balancers, so an idle stream is never cut by one of them.
@@ -26,6 +29,10 @@ pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 100;
 pub const DEFAULT_MAX_QUEUE_BYTES: &str = "256KiB";
 /// Request heads above this answer 431 (nginx's default large header buffer is 8 KiB).
 pub const DEFAULT_MAX_HEAD: &str = "8KiB";
+/// Default clock skew allowed on a credential's `exp` and `nbf`: covers hosts
+/// kept by NTP (well under a second apart) with room to spare, while a token
+/// still dies within a minute of its `exp`.
+pub const DEFAULT_AUTH_LEEWAY: &str = "30s";
 
 /// How the process logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -71,10 +78,26 @@ pub enum DropPolicy {
     Disconnect,
 }
 
-/// Raw command line; see [`Config`] for the validated form.
+/// How subscribers prove who they are (API.md "Subscriber auth").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Development: the userId query parameter is trusted, any room may be joined.
+    None,
+    /// An HS256 JWT (Authorization: Bearer, or ?token=) signed with --jwt-secret.
+    Jwt,
+    /// A presigned URL (?user=&rooms=&exp=&sig=) signed with --sign-secret; see `ssekify sign`.
+    Signed,
+}
+
+/// Raw command line; see [`Config`] for the validated form. Without a
+/// subcommand it runs the server.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ssekify", version, about = "Server-Sent Events push server", long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Public listener: GET /sse, /healthz, /readyz.
     #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -91,6 +114,18 @@ pub struct Cli {
     /// (containers without exclusive CPUs).
     #[arg(long, env = "SSEKIFY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_cores: bool,
+    /// How subscribers authenticate.
+    #[arg(long, env = "SSEKIFY_AUTH", value_enum, default_value = "none")]
+    pub auth: AuthMode,
+    /// HS256 secret for --auth jwt, at least 32 bytes (prefer the environment: arguments show in `ps`).
+    #[arg(long, env = "SSEKIFY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// HMAC-SHA256 secret for --auth signed and `ssekify sign`, at least 32 bytes.
+    #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
+    pub sign_secret: Option<String>,
+    /// Clock skew allowed on a credential's exp and nbf.
+    #[arg(long, env = "SSEKIFY_AUTH_LEEWAY", default_value = DEFAULT_AUTH_LEEWAY)]
+    pub auth_leeway: String,
     /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -184,6 +219,33 @@ pub struct Cli {
     pub log_level: LogLevel,
 }
 
+/// Subcommands: tools that share the binary with the server.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print a presigned subscribe URL for --auth signed (for backends and scripts).
+    Sign(SignArgs),
+}
+
+/// Arguments of `ssekify sign` ([`crate::sign::url`] mints the URL).
+#[derive(Args, Debug, Clone)]
+pub struct SignArgs {
+    /// User the URL subscribes as; empty: anonymous (broadcasts and rooms only).
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// Comma-separated rooms the URL joins (exactly these: the list is signed).
+    #[arg(long, default_value = "")]
+    pub rooms: String,
+    /// How long the URL may be used to connect (an open stream is not cut at expiry).
+    #[arg(long, default_value = "5m")]
+    pub ttl: String,
+    /// The server's --sign-secret.
+    #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
+    pub sign_secret: Option<String>,
+    /// Subscribe URL to append the query to, such as http://host:8080/sse; without it only the query is printed.
+    #[arg(long)]
+    pub base_url: Option<String>,
+}
+
 /// Validated settings shared read-only by every shard.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -197,6 +259,8 @@ pub struct Config {
     pub shards: NonZeroUsize,
     /// Pin shard threads to cores.
     pub pin_cores: bool,
+    /// Subscriber auth mode and its key.
+    pub auth: Authenticator,
     /// CORS origin for /sse.
     pub cors_origin: Option<String>,
     /// Idle time before a heartbeat.
@@ -267,7 +331,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+    /// A refusal of `flag` (without its dashes) for `reason`.
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
         ConfigError { flag, reason: reason.into() }
     }
 }
@@ -325,6 +390,39 @@ fn address(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::new(flag, format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081")))
 }
 
+/// Keys HMAC-SHA256 with the secret given to `flag`, refusing a missing one
+/// (`purpose` says what needs it) or one shorter than [`MIN_SECRET_BYTES`].
+pub fn hmac_key(flag: &'static str, secret: Option<&str>, purpose: &str) -> Result<Key, ConfigError> {
+    let env = format!("SSEKIFY_{}", flag.to_ascii_uppercase().replace('-', "_"));
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return Err(ConfigError::new(flag, format!("{purpose} needs a secret: set --{flag} or {env}")));
+    };
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::new(
+            flag,
+            format!(
+                "must be at least {MIN_SECRET_BYTES} bytes (it is {}): an HMAC-SHA256 key shorter than the hash \
+                 is easier to guess than a signature is to forge (RFC 7518 §3.2); `openssl rand -base64 32` makes one",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(Key::new(secret.as_bytes()))
+}
+
+fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
+    let leeway = duration("auth-leeway", &cli.auth_leeway)?;
+    Ok(match cli.auth {
+        AuthMode::None => Authenticator::None,
+        AuthMode::Jwt => {
+            Authenticator::Jwt { key: hmac_key("jwt-secret", cli.jwt_secret.as_deref(), "--auth jwt")?, leeway }
+        }
+        AuthMode::Signed => {
+            Authenticator::Signed { key: hmac_key("sign-secret", cli.sign_secret.as_deref(), "--auth signed")?, leeway }
+        }
+    })
+}
+
 fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
     NonZeroUsize::new(value).ok_or_else(|| ConfigError::new(flag, "must be at least 1"))
 }
@@ -335,6 +433,7 @@ impl TryFrom<Cli> for Config {
     fn try_from(cli: Cli) -> Result<Self, ConfigError> {
         let listen = address("listen", &cli.listen)?;
         let api_listen = address("api-listen", &cli.api_listen)?;
+        let auth = authenticator(&cli)?;
         let api_key = cli.api_key.filter(|key| !key.is_empty());
         if api_key.is_none() && !api_listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -381,6 +480,7 @@ impl TryFrom<Cli> for Config {
             api_key,
             shards,
             pin_cores: cli.pin_cores,
+            auth,
             cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
             keep_alive,
             retry: duration("retry", &cli.retry)?,
@@ -467,6 +567,22 @@ mod tests {
         assert!(err.to_string().starts_with("--api-listen:"), "{err}");
         let config = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
         assert_eq!(config.api_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn auth_modes_need_a_long_enough_secret() {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(Config::try_from(cli(&[])).unwrap().auth, Authenticator::None));
+        let err = Config::try_from(cli(&["--auth", "jwt"])).unwrap_err().to_string();
+        assert_eq!(err, "--jwt-secret: --auth jwt needs a secret: set --jwt-secret or SSEKIFY_JWT_SECRET");
+        let err = Config::try_from(cli(&["--auth", "signed", "--sign-secret", &SECRET[1..]])).unwrap_err();
+        assert!(err.to_string().starts_with("--sign-secret: must be at least 32 bytes (it is 31)"), "{err}");
+        let config = Config::try_from(cli(&["--auth", "jwt", "--jwt-secret", SECRET, "--auth-leeway", "5s"])).unwrap();
+        assert!(matches!(config.auth, Authenticator::Jwt { leeway, .. } if leeway == Duration::from_secs(5)));
+        assert!(!format!("{config:?}").contains(SECRET), "Debug must not print the secret");
+        let config = Config::try_from(cli(&["--auth", "signed", "--sign-secret", SECRET])).unwrap();
+        assert!(matches!(config.auth, Authenticator::Signed { leeway, .. } if leeway == Duration::from_secs(30)));
+        assert!(Cli::try_parse_from(["ssekify", "--auth", "webhook"]).is_err(), "webhook is not built yet");
     }
 
     #[test]

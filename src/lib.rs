@@ -2,11 +2,13 @@
 //!
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
-//! queues and cross-shard inboxes → [`http`], [`sse`], [`metrics`], [`config`],
-//! [`log`](mod@log) are leaves. See `docs/architecture.md` for the data path.
+//! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
+//! [`config`], [`log`](mod@log) are leaves. [`sign`] is the `ssekify sign`
+//! subcommand beside the server. See `docs/architecture.md` for the data path.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;
@@ -14,4 +16,5 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod shard;
+pub mod sign;
 pub mod sse;

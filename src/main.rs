@@ -1,11 +1,25 @@
-//! The `ssekify` binary: command line → [`Config`] → [`server::run`].
+//! The `ssekify` binary: command line → [`Config`] → [`server::run`], or a
+//! subcommand ([`Command`]).
+
+use std::time::SystemTime;
 
 use clap::Parser;
-use ssekify::config::{Cli, Config};
-use ssekify::server;
+use ssekify::auth::Authenticator;
+use ssekify::config::{Cli, Command, Config};
+use ssekify::{server, sign};
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Sign(args)) = cli.command.take() {
+        match sign::url(&args, SystemTime::now()) {
+            Ok(url) => println!("{url}"),
+            Err(error) => {
+                eprintln!("ssekify sign: {error}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     let config = match Config::try_from(cli) {
         Ok(config) => config,
         Err(error) => {
@@ -17,7 +31,11 @@ fn main() {
     if config.api_key.is_none() {
         ssekify::log!(Info, "api listener has no --api-key; it accepts any local caller", api = config.api_listen);
     }
-    ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
+    if matches!(config.auth, Authenticator::None) {
+        ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
+    } else {
+        ssekify::log!(Info, "subscriber auth", mode = config.auth.mode());
+    }
     match server::run(config) {
         Ok(status) => std::process::exit(status),
         Err(error) => {

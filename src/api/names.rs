@@ -6,11 +6,14 @@ use crate::sse::frame;
 /// Longest user id, room or tenant name, in bytes.
 pub const MAX_NAME: usize = 128;
 
-/// Checks a user id or room name: 1–128 bytes, no control characters, `,` or `/`.
+/// True for a valid user id or room name: 1–128 bytes, no control characters, `,` or `/`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/')
+}
+
+/// Checks a user id or room name ([`is_valid_name`]); `400` otherwise.
 pub fn check_name(kind: &str, name: &str) -> Result<(), Response> {
-    let valid =
-        !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/');
-    if valid {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(invalid(format!("{kind} must be 1-{MAX_NAME} bytes without control characters, ',' or '/'")))

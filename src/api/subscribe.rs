@@ -1,12 +1,17 @@
 //! `GET /sse`: validate the request and turn it into a [`Subscription`].
+//!
+//! The user and the rooms it may join come from the `--auth` mode
+//! ([`crate::auth`]): `?userId=` in development, else the credential only.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::names::check_name;
 use super::{param, query_params, Routed};
+use crate::auth::{Authenticator, Credentials, Denied};
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
@@ -41,9 +46,22 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
         return Err(Response::error(406, "not_acceptable", "this route only produces text/event-stream"));
     }
     let params = query_params(request)?;
-    let user = param(&params, "userId").filter(|u| !u.is_empty());
-    if let Some(user) = user {
-        check_name("userId", user)?;
+    let credentials = Credentials {
+        authorization: request.header("authorization"),
+        token: param(&params, "token"),
+        user_id: param(&params, "userId"),
+        user: param(&params, "user"),
+        rooms: param(&params, "rooms"),
+        exp: param(&params, "exp"),
+        sig: param(&params, "sig"),
+    };
+    let grant = config.auth.verify(&credentials, SystemTime::now()).map_err(|denied| refusal(&config.auth, &denied))?;
+    if let Some(user) = &grant.user {
+        check_name("userId", user).map_err(|invalid| match config.auth.kind() {
+            // The name came from a verified credential, not from the query.
+            Some(kind) => refusal(&config.auth, &Denied::InvalidUser(kind)),
+            None => invalid,
+        })?;
     }
     let mut rooms: Vec<String> = Vec::new();
     if let Some(list) = param(&params, "rooms").filter(|r| !r.is_empty()) {
@@ -57,6 +75,7 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
     if rooms.len() > MAX_ROOMS_PER_CONNECTION {
         return Err(super::names::invalid(format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
     }
+    grant.allow(&rooms).map_err(|denied| refusal(&config.auth, &denied))?;
     if request.method == Method::Head {
         return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
             .header("Cache-Control", "no-cache, no-transform")
@@ -80,7 +99,16 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
         .map(str::to_owned)
         .or_else(|| param(&params, "lastEventId").map(str::to_owned))
         .filter(|id| !id.is_empty());
-    Ok(Subscription { user: user.map(str::to_owned), rooms, last_event_id, preamble: preamble(ctx) })
+    Ok(Subscription { user: grant.user, rooms, last_event_id, preamble: preamble(ctx) })
+}
+
+/// The `401` or `403` answer; a `401` for a token names the scheme to use (RFC 6750 §3).
+fn refusal(auth: &Authenticator, denied: &Denied) -> Response {
+    let response = Response::error(denied.status(), denied.code(), denied.to_string());
+    match auth {
+        Authenticator::Jwt { .. } if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
+        _ => response,
+    }
 }
 
 /// RFC 9110 §12.5.1: no Accept, or one admitting `text/event-stream`,

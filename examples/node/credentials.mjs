@@ -1,0 +1,65 @@
+// Minting subscriber credentials for ssekify from Node 20+ with node:crypto — no dependencies.
+//
+//   SSEKIFY_JWT_SECRET=... SSEKIFY_SIGN_SECRET=... node credentials.mjs alice lobby,news
+//
+// Run it to print a JWT (--auth jwt) and a signed URL (--auth signed) with the
+// curl commands that use them, or import the functions in your backend:
+//   import { jwt, signedUrl } from './credentials.mjs'
+//   res.json({ url: signedUrl('https://push.example/sse', { user: session.userId, rooms: ['lobby'] }) })
+
+import { createHmac } from 'node:crypto'
+import { pathToFileURL } from 'node:url'
+
+const now = () => Math.floor(Date.now() / 1000)
+const b64url = (text) => Buffer.from(text).toString('base64url') // unpadded, as JWTs and ssekify want
+const hs256 = (secret, text) => createHmac('sha256', secret).update(text).digest('base64url')
+
+function need(secret, name) {
+  // The server refuses secrets under 32 bytes; so do we, before minting anything.
+  if (!secret || Buffer.byteLength(secret) < 32) throw new Error(`${name} must be set, at least 32 bytes`)
+  return secret
+}
+
+/**
+ * An HS256 JWT for --auth jwt: sub = the user, rooms = the rooms it may join
+ * (['*'] for any), valid for ttl seconds. Send it as `Authorization: Bearer`
+ * or as `?token=`; the subscriber picks its rooms with `?rooms=`.
+ */
+export function jwt({ user, rooms = [], ttl = 300, secret = process.env.SSEKIFY_JWT_SECRET }) {
+  const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))
+  const claims = b64url(JSON.stringify({ sub: user, rooms, exp: now() + ttl }))
+  return `${header}.${claims}.${hs256(need(secret, 'SSEKIFY_JWT_SECRET'), `${header}.${claims}`)}`
+}
+
+/**
+ * A presigned URL for --auth signed, the same as `ssekify sign`: the user
+ * (empty: anonymous) and exactly these rooms, usable for ttl seconds.
+ */
+export function signedUrl(base, { user = '', rooms = [], ttl = 300, secret = process.env.SSEKIFY_SIGN_SECRET }) {
+  const exp = String(now() + ttl)
+  const list = rooms.join(',')
+  const sig = hs256(need(secret, 'SSEKIFY_SIGN_SECRET'), `ssekify-sign-v1\n${user}\n${list}\n${exp}`)
+  return `${base}?${new URLSearchParams({ user, rooms: list, exp, sig })}`
+}
+
+// Prints what it can mint with the secrets in the environment; only when run as a script.
+function demo() {
+  const [user = 'alice', rooms = 'lobby'] = process.argv.slice(2)
+  const list = rooms ? rooms.split(',') : []
+  const base = `http://${process.env.SSEKIFY_PUBLIC ?? '127.0.0.1:8080'}/sse`
+  if (process.env.SSEKIFY_JWT_SECRET) {
+    const token = jwt({ user, rooms: list })
+    console.log('# --auth jwt')
+    console.log(`curl -N -H 'Authorization: Bearer ${token}' '${base}?rooms=${list.join(',')}'`)
+  }
+  if (process.env.SSEKIFY_SIGN_SECRET) {
+    console.log('# --auth signed')
+    console.log(`curl -N '${signedUrl(base, { user, rooms: list })}'`)
+  }
+  if (!process.env.SSEKIFY_JWT_SECRET && !process.env.SSEKIFY_SIGN_SECRET) {
+    console.error('set SSEKIFY_JWT_SECRET and/or SSEKIFY_SIGN_SECRET (the secrets the server was started with)')
+    process.exit(2)
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) demo()
