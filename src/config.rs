@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::webhook::Webhook;
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
@@ -33,6 +34,14 @@ pub const DEFAULT_MAX_HEAD: &str = "8KiB";
 /// kept by NTP (well under a second apart) with room to spare, while a token
 /// still dies within a minute of its `exp`.
 pub const DEFAULT_AUTH_LEEWAY: &str = "30s";
+/// Default bound on one webhook auth check: well above an app's usual few
+/// milliseconds, well below a browser giving up on the stream.
+pub const DEFAULT_AUTH_TIMEOUT: &str = "2s";
+/// Default reuse of a webhook answer: long enough to absorb a reconnect storm
+/// and several tabs, short enough that a logout takes effect within seconds.
+pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
+/// Default number of webhook answers kept per shard.
+pub const DEFAULT_AUTH_CACHE_MAX: usize = 10_000;
 
 /// How the process logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -87,6 +96,8 @@ pub enum AuthMode {
     Jwt,
     /// A presigned URL (?user=&rooms=&exp=&sig=) signed with --sign-secret; see `ssekify sign`.
     Signed,
+    /// The application answers at --auth-url, from the request's cookies and headers.
+    Webhook,
 }
 
 /// Raw command line; see [`Config`] for the validated form. Without a
@@ -126,6 +137,18 @@ pub struct Cli {
     /// Clock skew allowed on a credential's exp and nbf.
     #[arg(long, env = "SSEKIFY_AUTH_LEEWAY", default_value = DEFAULT_AUTH_LEEWAY)]
     pub auth_leeway: String,
+    /// The application's auth check for --auth webhook (http://host[:port]/path; resolved at start).
+    #[arg(long, env = "SSEKIFY_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Bound on one webhook auth check (connect, send, answer); past it the subscriber gets 503.
+    #[arg(long, env = "SSEKIFY_AUTH_TIMEOUT", default_value = DEFAULT_AUTH_TIMEOUT)]
+    pub auth_timeout: String,
+    /// How long a webhook answer is reused for the same cookies, headers and query (0: never).
+    #[arg(long, env = "SSEKIFY_AUTH_CACHE_TTL", default_value = DEFAULT_AUTH_CACHE_TTL)]
+    pub auth_cache_ttl: String,
+    /// Webhook answers kept per shard.
+    #[arg(long, env = "SSEKIFY_AUTH_CACHE_MAX", default_value_t = DEFAULT_AUTH_CACHE_MAX)]
+    pub auth_cache_max: usize,
     /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
@@ -420,6 +443,22 @@ fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
         AuthMode::Signed => {
             Authenticator::Signed { key: hmac_key("sign-secret", cli.sign_secret.as_deref(), "--auth signed")?, leeway }
         }
+        AuthMode::Webhook => {
+            let url = cli.auth_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    "auth-url",
+                    "--auth webhook needs the application's URL: set --auth-url or SSEKIFY_AUTH_URL",
+                )
+            })?;
+            let timeout = duration("auth-timeout", &cli.auth_timeout)?;
+            if timeout.is_zero() {
+                return Err(ConfigError::new("auth-timeout", "must be above zero"));
+            }
+            let ttl = duration("auth-cache-ttl", &cli.auth_cache_ttl)?;
+            let hook = Webhook::new(url, timeout, ttl, cli.auth_cache_max)
+                .map_err(|why| ConfigError::new("auth-url", format!("`{url}` {why}")))?;
+            Authenticator::Webhook(Box::new(hook))
+        }
     })
 }
 
@@ -582,7 +621,12 @@ mod tests {
         assert!(!format!("{config:?}").contains(SECRET), "Debug must not print the secret");
         let config = Config::try_from(cli(&["--auth", "signed", "--sign-secret", SECRET])).unwrap();
         assert!(matches!(config.auth, Authenticator::Signed { leeway, .. } if leeway == Duration::from_secs(30)));
-        assert!(Cli::try_parse_from(["ssekify", "--auth", "webhook"]).is_err(), "webhook is not built yet");
+        let err = Config::try_from(cli(&["--auth", "webhook"])).unwrap_err().to_string();
+        assert_eq!(err, "--auth-url: --auth webhook needs the application's URL: set --auth-url or SSEKIFY_AUTH_URL");
+        let err = Config::try_from(cli(&["--auth", "webhook", "--auth-url", "https://app/auth"])).unwrap_err();
+        assert!(err.to_string().starts_with("--auth-url: `https://app/auth` must start with http://"), "{err}");
+        let config = Config::try_from(cli(&["--auth", "webhook", "--auth-url", "http://127.0.0.1:3000/auth"])).unwrap();
+        assert!(matches!(config.auth, Authenticator::Webhook(hook) if hook.timeout == Duration::from_secs(2)));
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
         }
     }
     let response = match route.endpoint {
-        Endpoint::Subscribe => return subscribe::handle(ctx, request),
+        Endpoint::Subscribe => return subscribe::handle(ctx, request).await,
         Endpoint::Health => observe::health(),
         Endpoint::Ready => observe::ready(ctx, bus),
         Endpoint::Metrics => observe::metrics(ctx, bus).await,

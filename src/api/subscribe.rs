@@ -11,7 +11,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::names::check_name;
 use super::{param, query_params, Routed};
-use crate::auth::{Authenticator, Credentials, Denied};
+use crate::auth::webhook::Forwarded;
+use crate::auth::{Authenticator, Credentials, Denied, Kind};
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
@@ -23,8 +24,8 @@ use crate::sse::frame;
 pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
 
 /// Validates a subscribe request; reserves its connection slot on success.
-pub fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
-    match subscription(ctx, request) {
+pub async fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
+    match subscription(ctx, request).await {
         Ok(subscription) => Routed::Subscribe(subscription),
         Err(response) => {
             if response.status >= 400 {
@@ -35,7 +36,7 @@ pub fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
     }
 }
 
-fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, Response> {
+async fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, Response> {
     let shared = &ctx.shared;
     let config = &shared.config;
     if shared.phase() != Phase::Running {
@@ -54,10 +55,27 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
         rooms: param(&params, "rooms"),
         exp: param(&params, "exp"),
         sig: param(&params, "sig"),
+        forwarded: Forwarded {
+            query: &request.query,
+            cookie: request.header("cookie"),
+            authorization: request.header("authorization"),
+            forwarded_for: request.header("x-forwarded-for"),
+        },
     };
-    let grant = config.auth.verify(&credentials, SystemTime::now()).map_err(|denied| refusal(&config.auth, &denied))?;
+    let grant = config
+        .auth
+        .authenticate(&credentials, SystemTime::now())
+        .await
+        .map_err(|denied| refusal(&config.auth, &denied))?;
     if let Some(user) = &grant.user {
         check_name("userId", user).map_err(|invalid| match config.auth.kind() {
+            // The name came from the app, whose answer is at fault.
+            Some(Kind::AppAnswer) => refusal(
+                &config.auth,
+                &Denied::AppAnswerInvalid(
+                    "its user is not a valid user id (1-128 bytes without control characters, ',' or '/')".into(),
+                ),
+            ),
             // The name came from a verified credential, not from the query.
             Some(kind) => refusal(&config.auth, &Denied::InvalidUser(kind)),
             None => invalid,
@@ -102,11 +120,13 @@ fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, R
     Ok(Subscription { user: grant.user, rooms, last_event_id, preamble: preamble(ctx) })
 }
 
-/// The `401` or `403` answer; a `401` for a token names the scheme to use (RFC 6750 §3).
+/// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),
+/// a webhook outage says when to retry.
 fn refusal(auth: &Authenticator, denied: &Denied) -> Response {
     let response = Response::error(denied.status(), denied.code(), denied.to_string());
-    match auth {
-        Authenticator::Jwt { .. } if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
+    match (auth, denied) {
+        (Authenticator::Jwt { .. }, _) if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
+        (_, Denied::AppUnavailable(_)) => response.header("Retry-After", "1"),
         _ => response,
     }
 }

@@ -4,14 +4,16 @@
 //! Parts: [`Authenticator`] (the `--auth` mode with its key, called by
 //! `api::subscribe`), [`jwt`] (HS256 tokens), [`signed`] (presigned URLs and
 //! their canonical string, also used by `ssekify sign` in [`crate::sign`]),
-//! [`base64url`]. Nothing here knows HTTP: the caller hands over the
-//! credential fields and turns a [`Denied`] into a `401` or `403`. Secrets and
+//! [`webhook`] (the application decides, over HTTP), [`base64url`]. Apart
+//! from the webhook's own client, nothing here knows HTTP: the caller hands
+//! over the credential fields and turns a [`Denied`] into an answer. Secrets and
 //! credentials are never logged or echoed in an answer, and every MAC is
 //! compared in constant time (`Mac::verify_slice`).
 
 pub mod base64url;
 pub mod jwt;
 pub mod signed;
+pub mod webhook;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,6 +78,8 @@ pub enum Authenticator {
         /// `--auth-leeway`: clock skew allowed on `exp`.
         leeway: Duration,
     },
+    /// The application answers for each subscribe request (`--auth-url`).
+    Webhook(Box<webhook::Webhook>),
 }
 
 /// The credential fields of a subscribe request, as the caller found them.
@@ -95,6 +99,8 @@ pub struct Credentials<'a> {
     pub exp: Option<&'a str>,
     /// `?sig=` (signed).
     pub sig: Option<&'a str>,
+    /// What the webhook forwards: the query string and some headers.
+    pub forwarded: webhook::Forwarded<'a>,
 }
 
 /// What a verified credential allows.
@@ -136,6 +142,8 @@ pub enum Kind {
     Token,
     /// A presigned URL.
     SignedUrl,
+    /// The webhook app's answer.
+    AppAnswer,
 }
 
 impl fmt::Display for Kind {
@@ -143,12 +151,14 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Token => "token",
             Kind::SignedUrl => "signed URL",
+            Kind::AppAnswer => "application's answer",
         })
     }
 }
 
-/// Why a subscriber was refused; always the client's fault. `Display` is the
-/// answer's message and never contains the credential.
+/// Why a subscriber was refused: the client's credential, or (webhook) the
+/// app's answer. `Display` is the answer's message and never contains the
+/// credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     /// No credential at all.
@@ -167,22 +177,36 @@ pub enum Denied {
     InvalidUser(Kind),
     /// A requested room the credential does not allow.
     Room(String),
+    /// The webhook app refused with this `4xx`/`5xx` status.
+    AppRefused(u16),
+    /// The webhook app could not be asked: connection, timeout.
+    AppUnavailable(String),
+    /// The webhook app answered something that is neither an allowance nor a refusal.
+    AppAnswerInvalid(String),
 }
 
 impl Denied {
-    /// HTTP status: `403` for a room outside the grant, `401` otherwise.
+    /// HTTP status: `403` for a room outside the grant, the app's own status
+    /// when the webhook refused, `503`/`502` when the webhook app is down or
+    /// answered nonsense, `401` otherwise.
     pub fn status(&self) -> u16 {
         match self {
             Denied::Room(_) => 403,
+            Denied::AppRefused(status) => *status,
+            Denied::AppUnavailable(_) => 503,
+            Denied::AppAnswerInvalid(_) => 502,
             _ => 401,
         }
     }
 
     /// The `error` code of the answer.
     pub fn code(&self) -> &'static str {
-        match self {
-            Denied::Room(_) => "forbidden",
-            _ => "unauthorized",
+        match self.status() {
+            401 => "unauthorized",
+            403 => "forbidden",
+            502 => "auth_failed",
+            503 => "auth_unavailable",
+            _ => "refused",
         }
     }
 }
@@ -196,6 +220,7 @@ impl fmt::Display for Denied {
             Denied::Missing(Kind::SignedUrl) => {
                 f.write_str("a signed URL is required: the user, rooms, exp and sig query parameters")
             }
+            Denied::Missing(Kind::AppAnswer) => f.write_str("the application's auth check gave no answer"),
             Denied::Malformed(kind, why) => write!(f, "the {kind} is malformed: {why}"),
             Denied::Algorithm => f.write_str("only HS256 tokens are accepted"),
             Denied::Signature(kind) => write!(f, "the {kind}'s signature does not verify"),
@@ -206,6 +231,9 @@ impl fmt::Display for Denied {
                 "the {kind}'s user is not a valid user id (1-128 bytes without control characters, ',' or '/')"
             ),
             Denied::Room(room) => write!(f, "the credential does not allow room `{room}`"),
+            Denied::AppRefused(status) => write!(f, "the application's auth check refused this subscriber ({status})"),
+            Denied::AppUnavailable(why) => write!(f, "the application's auth check is unavailable: {why}"),
+            Denied::AppAnswerInvalid(why) => write!(f, "the application's auth check answered badly: {why}"),
         }
     }
 }
@@ -219,6 +247,7 @@ impl Authenticator {
             Authenticator::None => "none",
             Authenticator::Jwt { .. } => "jwt",
             Authenticator::Signed { .. } => "signed",
+            Authenticator::Webhook(_) => "webhook",
         }
     }
 
@@ -228,12 +257,24 @@ impl Authenticator {
             Authenticator::None => None,
             Authenticator::Jwt { .. } => Some(Kind::Token),
             Authenticator::Signed { .. } => Some(Kind::SignedUrl),
+            Authenticator::Webhook(_) => Some(Kind::AppAnswer),
         }
     }
 
-    /// Verifies the credential the mode asks for at time `now`.
+    /// Verifies the credential the mode asks for at time `now`; only the
+    /// webhook waits (for the app).
+    pub async fn authenticate(&self, credentials: &Credentials<'_>, now: SystemTime) -> Result<Grant, Denied> {
+        match self {
+            Authenticator::Webhook(hook) => hook.check(&credentials.forwarded).await,
+            local => local.verify(credentials, now),
+        }
+    }
+
+    /// Verifies a credential without asking anyone: every mode but the
+    /// webhook, which has no answer here ([`Authenticator::authenticate`] asks it).
     pub fn verify(&self, credentials: &Credentials<'_>, now: SystemTime) -> Result<Grant, Denied> {
         match self {
+            Authenticator::Webhook(_) => Err(Denied::Missing(Kind::AppAnswer)),
             Authenticator::None => {
                 Ok(Grant { user: credentials.user_id.filter(|u| !u.is_empty()).map(str::to_owned), rooms: Rooms::Any })
             }

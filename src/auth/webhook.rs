@@ -1,0 +1,362 @@
+//! `--auth webhook`: the application decides who a subscriber is, from the
+//! cookies and headers the browser sent — for sites whose session lives in a
+//! cookie and that cannot mint tokens for their pages.
+//!
+//! ssekify asks `--auth-url` with `GET`, forwarding the subscribe request's
+//! query string and its `Cookie`, `Authorization` and `X-Forwarded-For`
+//! headers. `200` with `{"user": …, "rooms": [...]}` allows (rooms as a JWT's
+//! claim: the ones the subscriber may join, `"*"` for any); any other `4xx`
+//! or `5xx` refuses the subscriber with that status. An app that cannot be
+//! reached within `--auth-timeout` gives the subscriber `503` (its
+//! `EventSource` retries), an answer that is not such JSON `502`.
+//!
+//! Answers (allowed, and refused with a `4xx`) are cached for `--auth-cache-ttl`
+//! per shard, keyed by exactly what was forwarded, so a reconnect storm after
+//! a deploy costs the app one request per session, not one per tab and retry.
+//! The cache lives in a thread-local: each shard is one thread, so no lock.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytes::{BufMut, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use serde_json::Value;
+
+use super::jwt::ANY_ROOM;
+use super::{Denied, Grant, Rooms};
+use crate::http::body::BodyDecoder;
+use crate::http::request::BodyFraming;
+
+/// Largest answer read from the app: a user, a few hundred room names.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The app's endpoint and how ssekify uses it.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Resolved once at start: a shard must not block on DNS.
+    addr: SocketAddr,
+    /// `Host` header value (`host[:port]` as configured).
+    host: String,
+    /// Path and query of `--auth-url`, to which the subscriber's query is appended.
+    target: String,
+    /// `--auth-timeout`: connect, send and answer together.
+    pub timeout: Duration,
+    /// `--auth-cache-ttl`: how long an answer is reused (zero: never).
+    pub cache_ttl: Duration,
+    /// `--auth-cache-max`: answers kept per shard.
+    pub cache_max: usize,
+}
+
+/// What is forwarded to the app (and keys the cache).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The subscribe request's query string, still encoded, without `?`.
+    pub query: &'a [u8],
+    /// Its `Cookie` header.
+    pub cookie: Option<&'a [u8]>,
+    /// Its `Authorization` header.
+    pub authorization: Option<&'a [u8]>,
+    /// Its `X-Forwarded-For` header.
+    pub forwarded_for: Option<&'a [u8]>,
+}
+
+impl Forwarded<'_> {
+    /// The cache key: every forwarded field, length-prefixed so that no two
+    /// different requests share a key (a hash alone could hand one user's
+    /// session to another on a collision).
+    fn key(&self) -> Vec<u8> {
+        let mut key = Vec::new();
+        for field in [Some(self.query), self.cookie, self.authorization, self.forwarded_for] {
+            match field {
+                Some(bytes) => {
+                    key.extend_from_slice(&(bytes.len() as u32 + 1).to_le_bytes());
+                    key.extend_from_slice(bytes);
+                }
+                None => key.extend_from_slice(&0u32.to_le_bytes()),
+            }
+        }
+        key
+    }
+}
+
+impl Webhook {
+    /// Parses and resolves `--auth-url` (`http://host[:port]/path[?query]`).
+    pub fn new(url: &str, timeout: Duration, cache_ttl: Duration, cache_max: usize) -> Result<Webhook, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            "must start with http:// (the app is reached on a private network; https is not supported)".to_owned()
+        })?;
+        let (host, target) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        let with_port = if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address"))?;
+        let target = match target {
+            "" => "/".to_owned(),
+            t if t.starts_with('?') => format!("/{t}"),
+            t => t.to_owned(),
+        };
+        if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err("has spaces or control characters in its path".into());
+        }
+        Ok(Webhook { addr, host: host.to_owned(), target, timeout, cache_ttl, cache_max })
+    }
+
+    /// Asks the app (or the cache) about one subscribe request.
+    pub async fn check(&self, request: &Forwarded<'_>) -> Result<Grant, Denied> {
+        let key = (!self.cache_ttl.is_zero()).then(|| request.key());
+        if let Some(answer) = key.as_deref().and_then(cached) {
+            return answer;
+        }
+        let answer = match monoio::time::timeout(self.timeout, self.ask(request)).await {
+            Err(_) => Err(Denied::AppUnavailable(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(error)) => Err(Denied::AppUnavailable(error)),
+            Ok(Ok((status, body))) => decide(status, &body),
+        };
+        // Allowances and the app's 4xx refusals are its decision and worth
+        // reusing; an outage (its 5xx included) or a broken answer is asked again.
+        if let Some(key) = key {
+            if matches!(answer, Ok(_) | Err(Denied::AppRefused(400..=499))) {
+                remember(key, answer.clone(), self.cache_ttl, self.cache_max);
+            }
+        }
+        answer
+    }
+
+    /// One HTTP/1.1 exchange on a fresh connection: (status, body).
+    async fn ask(&self, request: &Forwarded<'_>) -> Result<(u16, BytesMut), String> {
+        let mut stream = TcpStream::connect_addr(self.addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (result, _) = stream.write_all(self.request(request)).await;
+        result.map_err(|e| format!("send: {e}"))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if buf.len() > MAX_ANSWER {
+                return Err(format!("its answer is over {MAX_ANSWER} bytes"));
+            }
+            buf.reserve(4096);
+            let (result, returned) = stream.read(buf).await;
+            buf = returned;
+            let eof = result.map_err(|e| format!("read: {e}"))? == 0;
+            if let Some(answer) = parse_answer(&mut buf.clone(), eof)? {
+                return Ok(answer);
+            }
+            if eof {
+                return Err("the connection closed before a whole answer".into());
+            }
+        }
+    }
+
+    fn request(&self, request: &Forwarded<'_>) -> BytesMut {
+        let mut out = BytesMut::with_capacity(512);
+        out.put_slice(b"GET ");
+        out.put_slice(self.target.as_bytes());
+        if !request.query.is_empty() {
+            out.put_u8(if self.target.contains('?') { b'&' } else { b'?' });
+            out.put_slice(request.query);
+        }
+        out.put_slice(b" HTTP/1.1\r\nHost: ");
+        out.put_slice(self.host.as_bytes());
+        out.put_slice(b"\r\nAccept: application/json\r\nUser-Agent: ssekify\r\nConnection: close\r\n");
+        for (name, value) in [
+            ("Cookie", request.cookie),
+            ("Authorization", request.authorization),
+            ("X-Forwarded-For", request.forwarded_for),
+        ] {
+            if let Some(value) = value {
+                out.put_slice(name.as_bytes());
+                out.put_slice(b": ");
+                out.put_slice(value);
+                out.put_slice(b"\r\n");
+            }
+        }
+        out.put_slice(b"\r\n");
+        out
+    }
+}
+
+/// The app's answer once `buf` holds all of it: (status, body). `eof` says
+/// the app closed, which ends a body framed by neither length nor chunks.
+fn parse_answer(buf: &mut BytesMut, eof: bool) -> Result<Option<(u16, BytesMut)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("its answer is not HTTP: {e}")),
+    };
+    let status = response.code.unwrap_or(0);
+    let header = |name: &str| response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let framing = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
+        Some(BodyFraming::Chunked)
+    } else {
+        match header("content-length") {
+            Some(value) => {
+                let length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok());
+                Some(BodyFraming::Length(length.ok_or("its Content-Length is not a number")?))
+            }
+            None => None,
+        }
+    };
+    let _ = buf.split_to(head_len);
+    let Some(framing) = framing else {
+        return Ok(eof.then(|| (status, buf.split())));
+    };
+    let mut decoder =
+        BodyDecoder::new(framing, MAX_ANSWER).map_err(|_| format!("its answer is over {MAX_ANSWER} bytes"))?;
+    match decoder.decode(buf) {
+        Ok(Some(body)) => Ok(Some((status, body))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("its answer's body is malformed: {e:?}")),
+    }
+}
+
+/// What the app's answer means for the subscriber.
+fn decide(status: u16, body: &[u8]) -> Result<Grant, Denied> {
+    match status {
+        200 => grant(body).map_err(|why| Denied::AppAnswerInvalid(why.into())),
+        400..=599 => Err(Denied::AppRefused(status)),
+        other => Err(Denied::AppAnswerInvalid(format!("status {other}; it answers 200 to allow, 4xx/5xx to refuse"))),
+    }
+}
+
+/// `{"user": "alice" | null, "rooms": ["a", "b"] | ["*"]}`; a missing user is
+/// an anonymous subscriber, missing rooms allow none.
+fn grant(body: &[u8]) -> Result<Grant, &'static str> {
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
+        return Err("the 200 answer is not a JSON object");
+    };
+    let user = match answer.get("user") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(user)) => Some(user.clone()),
+        Some(_) => return Err("user must be a string or null"),
+    };
+    let rooms = match answer.get("rooms") {
+        None | Some(Value::Null) => Rooms::Only(Vec::new()),
+        Some(Value::Array(list)) => {
+            let names: Option<Vec<String>> = list.iter().map(|room| room.as_str().map(str::to_owned)).collect();
+            let names = names.ok_or("rooms must be an array of strings")?;
+            if names.iter().any(|room| room == ANY_ROOM) {
+                Rooms::Any
+            } else {
+                Rooms::Only(names)
+            }
+        }
+        Some(_) => return Err("rooms must be an array of strings"),
+    };
+    Ok(Grant { user, rooms })
+}
+
+/// Answers of this shard's thread: (expiry, answer) by forwarded request.
+type Cache = AHashMap<Vec<u8>, (Instant, Result<Grant, Denied>)>;
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(AHashMap::new());
+}
+
+fn cached(key: &[u8]) -> Option<Result<Grant, Denied>> {
+    CACHE.with_borrow(|cache| cache.get(key).filter(|(expiry, _)| *expiry > Instant::now()).map(|(_, a)| a.clone()))
+}
+
+/// Stores an answer; a full cache first drops what expired, and everything
+/// when nothing did, so it stays within `max` entries at a constant cost.
+fn remember(key: Vec<u8>, answer: Result<Grant, Denied>, ttl: Duration, max: usize) {
+    CACHE.with_borrow_mut(|cache| {
+        if cache.len() >= max && !cache.contains_key(&key) {
+            let now = Instant::now();
+            cache.retain(|_, (expiry, _)| *expiry > now);
+            if cache.len() >= max {
+                cache.clear();
+            }
+        }
+        if max > 0 {
+            cache.insert(key, (Instant::now() + ttl, answer));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str, eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> {
+        parse_answer(&mut BytesMut::from(text), eof).map(|a| a.map(|(s, b)| (s, b.to_vec())))
+    }
+
+    #[test]
+    fn answers_are_read_in_every_framing() {
+        let length = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"user\":\"a\"}\n";
+        assert_eq!(answer(length, false).unwrap(), Some((200, b"{\"user\":\"a\"}\n".to_vec())));
+        assert_eq!(answer(&length[..length.len() - 3], false).unwrap(), None, "partial body");
+        assert_eq!(answer("HTTP/1.1 401 No\r\nContent-Le", false).unwrap(), None, "partial head");
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        assert_eq!(answer(chunked, false).unwrap(), Some((200, b"{\"a\":1}".to_vec())));
+        let close = "HTTP/1.0 403 Forbidden\r\n\r\nno";
+        assert_eq!(answer(close, false).unwrap(), None, "until the app closes");
+        assert_eq!(answer(close, true).unwrap(), Some((403, b"no".to_vec())));
+        assert!(answer("SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
+        assert!(answer("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn the_answer_decides() {
+        let allowed = decide(200, br#"{"user":"alice","rooms":["r1","r2"]}"#).unwrap();
+        assert_eq!(allowed, Grant { user: Some("alice".into()), rooms: Rooms::Only(vec!["r1".into(), "r2".into()]) });
+        assert_eq!(decide(200, br#"{"user":null,"rooms":["*"]}"#).unwrap(), Grant { user: None, rooms: Rooms::Any });
+        assert_eq!(decide(200, b"{}").unwrap(), Grant { user: None, rooms: Rooms::Only(Vec::new()) });
+        assert_eq!(decide(401, b"").unwrap_err(), Denied::AppRefused(401));
+        assert_eq!(decide(503, b"").unwrap_err(), Denied::AppRefused(503));
+        for (status, body) in [(200, &b"[]"[..]), (200, br#"{"user":1}"#), (200, br#"{"rooms":"r1"}"#), (302, b"")] {
+            assert!(matches!(decide(status, body), Err(Denied::AppAnswerInvalid(_))), "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn the_url_is_checked_and_resolved_at_start() {
+        let hook = Webhook::new("http://127.0.0.1:9000/auth?app=1", Duration::ZERO, Duration::ZERO, 1).unwrap();
+        assert_eq!(
+            (hook.addr, hook.host.as_str(), hook.target.as_str()),
+            ("127.0.0.1:9000".parse().unwrap(), "127.0.0.1:9000", "/auth?app=1")
+        );
+        let request = hook.request(&Forwarded { query: b"rooms=a", cookie: Some(b"s=1"), ..Default::default() });
+        assert_eq!(
+            &request[..],
+            &b"GET /auth?app=1&rooms=a HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nAccept: application/json\r\n\
+               User-Agent: ssekify\r\nConnection: close\r\nCookie: s=1\r\n\r\n"[..]
+        );
+        assert_eq!(Webhook::new("http://localhost", Duration::ZERO, Duration::ZERO, 1).unwrap().target, "/");
+        assert!(Webhook::new("https://app/auth", Duration::ZERO, Duration::ZERO, 1).is_err());
+        assert!(Webhook::new("http:///auth", Duration::ZERO, Duration::ZERO, 1).is_err());
+    }
+
+    #[test]
+    fn keys_tell_fields_apart() {
+        let a = Forwarded { cookie: Some(b"ab"), ..Default::default() };
+        let b = Forwarded { authorization: Some(b"ab"), ..Default::default() };
+        let c = Forwarded { cookie: Some(b""), ..Default::default() };
+        assert_ne!(a.key(), b.key());
+        assert_ne!(c.key(), Forwarded::default().key(), "an empty header is not a missing one");
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let grant = || Ok(Grant { user: None, rooms: Rooms::Any });
+        for i in 0..10u8 {
+            remember(vec![i], grant(), Duration::from_secs(60), 4);
+            assert!(CACHE.with_borrow(|c| c.len()) <= 4);
+        }
+        assert!(cached(&[9]).is_some());
+        remember(vec![42], grant(), Duration::ZERO, 4);
+        assert!(cached(&[42]).is_none(), "expired at once");
+    }
+}
