@@ -152,6 +152,9 @@ pub struct Cli {
     /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
+    /// Serve a subscriber demo page at GET / on the public listener.
+    #[arg(long, env = "SSEKIFY_DEMO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub demo: bool,
     /// Heartbeat `: ping` after this much idleness on a stream.
     #[arg(long, env = "SSEKIFY_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE)]
     pub keep_alive: String,
@@ -286,6 +289,8 @@ pub struct Config {
     pub auth: Authenticator,
     /// CORS origin for /sse.
     pub cors_origin: Option<String>,
+    /// Whether `GET /` serves the demo page.
+    pub demo: bool,
     /// Idle time before a heartbeat.
     pub keep_alive: Duration,
     /// `retry:` hint.
@@ -521,6 +526,7 @@ impl TryFrom<Cli> for Config {
             pin_cores: cli.pin_cores,
             auth,
             cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
+            demo: cli.demo,
             keep_alive,
             retry: duration("retry", &cli.retry)?,
             max_payload,

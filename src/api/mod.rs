@@ -77,6 +77,7 @@ struct Route {
 }
 
 enum Endpoint {
+    Demo,
     Subscribe,
     Health,
     Ready,
@@ -98,6 +99,7 @@ fn find(segments: &[String]) -> Option<Route> {
     use Method::{Delete, Get, Post};
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (allow, api, endpoint): (&'static [Method], bool, Endpoint) = match seg.as_slice() {
+        [""] => (&[Get], false, Endpoint::Demo),
         ["sse"] => (&[Get], false, Endpoint::Subscribe),
         ["healthz"] => (&[Get], false, Endpoint::Health),
         ["readyz"] => (&[Get], false, Endpoint::Ready),
@@ -139,7 +141,7 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
     let Ok(segments) = query::segments(&request.path) else {
         return Routed::Response(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
     };
-    let Some(route) = find(&segments) else {
+    let Some(route) = find(&segments).filter(|r| config.demo || !matches!(r.endpoint, Endpoint::Demo)) else {
         return Routed::Response(not_found());
     };
     let is_health = matches!(route.endpoint, Endpoint::Health | Endpoint::Ready);
@@ -169,6 +171,7 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
         }
     }
     let response = match route.endpoint {
+        Endpoint::Demo => observe::demo_page(),
         Endpoint::Subscribe => return subscribe::handle(ctx, request).await,
         Endpoint::Health => observe::health(),
         Endpoint::Ready => observe::ready(ctx, bus),

@@ -102,3 +102,10 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     );
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
+
+/// The subscriber page of `examples/browser` at `GET /` with `--demo`: a
+/// first look at a running server from a browser, same origin, no CORS.
+pub fn demo_page() -> Response {
+    const PAGE: &str = include_str!("../../examples/browser/index.html");
+    Response::with_body(200, "text/html; charset=utf-8", PAGE).header("Cache-Control", "no-cache")
+}
