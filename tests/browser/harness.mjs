@@ -1,7 +1,8 @@
-// Shared pieces of the browser tests: the ssekify binary on port 0, a static
-// page server on another port (so the page's origin differs from ssekify's),
-// Debian's chromium driven by playwright-core, and a page whose EventSource
-// records everything it gets into `window.sub`.
+// Shared pieces of the browser tests: the ssekify binary on port 0 (from
+// tests/node/harness.mjs), a static page server on another port (so the
+// page's origin differs from ssekify's), Debian's chromium driven by
+// playwright-core, and a page whose EventSource records everything it gets
+// into `window.sub`.
 //
 // Environment: SSEKIFY_BIN (default ../../target/debug/ssekify) and
 // CHROMIUM_BIN (default /usr/bin/chromium, else `chromium` on PATH).
@@ -9,81 +10,19 @@
 // Every wait here is bounded by WAIT_MS.
 
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const BIN = process.env.SSEKIFY_BIN || path.resolve(here, '../../target/debug/ssekify');
+// The binary on port 0, as the Node EventSource tests start it (their
+// `--retry 300ms` default gives way to a test's own `--retry`).
+export { startServer } from '../node/harness.mjs';
+
 export const WAIT_MS = 10_000;
 export const GAP = 'ssekify.gap';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// Every ssekify started here, killed at the latest when this process exits
-// (a test's own `t.after(server.stop)` normally does it first).
-const children = new Set();
-process.on('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-});
-
-/** Starts ssekify on port 0 and resolves `{ publicUrl, apiUrl, stop, logs }` once it is ready. */
-export function startServer(extraArgs = []) {
-  const args = [
-    '--listen', '127.0.0.1:0',
-    '--api-listen', '127.0.0.1:0',
-    '--shards', '2',
-    '--pin-cores', 'false',
-    '--log-level', 'info',
-    '--log-format', 'text',
-    ...extraArgs,
-  ];
-  const env = { ...process.env };
-  delete env.RUST_LOG;
-  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  let logs = '';
-  const stop = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  };
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      stop();
-      reject(new Error(`${BIN} printed no ready line within ${WAIT_MS} ms; output:\n${logs}`));
-    }, WAIT_MS);
-    const onData = (chunk) => {
-      logs += chunk.toString();
-      for (const line of logs.split('\n').slice(0, -1)) {
-        if (!line.includes('ssekify ready')) continue;
-        const field = (key) => line.match(new RegExp(`\\b${key}=("?)([^\\s",]+)\\1`))?.[2];
-        const pub = field('public');
-        const api = field('api');
-        clearTimeout(timer);
-        if (!pub || !api) {
-          stop();
-          reject(new Error(`cannot parse the ready line: ${line}`));
-          return;
-        }
-        resolve({ publicUrl: `http://${pub}`, apiUrl: `http://${api}`, stop, logs: () => logs });
-        return;
-      }
-    };
-    child.stderr.on('data', onData);
-    child.stdout.on('data', onData);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot spawn ${BIN}: ${err.message}`));
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`ssekify exited (${code ?? signal}) before it was ready; output:\n${logs}`));
-    });
-  });
-}
 
 /** One api request with a bounded wait; asserts 200 and returns the parsed JSON answer. */
 export async function api(server, method, route, { body, contentType = 'text/plain' } = {}) {
