@@ -3,7 +3,8 @@
 # tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the
 # EventSource tests in tests/node (the `eventsource` npm package) and the
 # real-browser tests in tests/browser (Debian's chromium, driven by
-# playwright-core: CORS, reconnects with Last-Event-ID, retry:, heartbeats).
+# playwright-core: CORS, reconnects with Last-Event-ID, retry:, heartbeats,
+# the --demo page).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test publish  # extra arguments go to `cargo test`
