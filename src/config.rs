@@ -109,7 +109,7 @@ pub struct Cli {
     /// A tool instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Public listener: GET /sse, /healthz, /readyz.
+    /// Public listener: GET /sse, /t/{tenant}/sse, /healthz, /readyz.
     #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
     /// Api listener: publish, admin, stats, metrics. May equal --listen.
