@@ -271,6 +271,9 @@ pub struct SignArgs {
     /// The server's --sign-secret.
     #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
     pub sign_secret: Option<String>,
+    /// Tenant whose path the URL opens (signed too): give --base-url as http://host:8080/t/{tenant}/sse.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Subscribe URL to append the query to, such as http://host:8080/sse; without it only the query is printed.
     #[arg(long)]
     pub base_url: Option<String>,

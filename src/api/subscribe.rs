@@ -2,7 +2,8 @@
 //! into a [`Subscription`] in the route's namespace.
 //!
 //! The user and the rooms it may join come from the `--auth` mode
-//! ([`crate::auth`]): `?userId=` in development, else the credential only.
+//! ([`crate::auth`]): `?userId=` in development, else the credential only;
+//! a credential opens only the namespace it is for (`403` otherwise).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -57,11 +58,13 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
         rooms: param(&params, "rooms"),
         exp: param(&params, "exp"),
         sig: param(&params, "sig"),
+        tenant: namespace.tenant_name(),
         forwarded: Forwarded {
             query: &request.query,
             cookie: request.header("cookie"),
             authorization: request.header("authorization"),
             forwarded_for: request.header("x-forwarded-for"),
+            tenant: namespace.tenant_name(),
         },
     };
     let grant = config
@@ -69,6 +72,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
         .authenticate(&credentials, SystemTime::now())
         .await
         .map_err(|denied| refusal(&config.auth, &denied))?;
+    grant.allow_tenant(namespace.tenant_name()).map_err(|denied| refusal(&config.auth, &denied))?;
     if let Some(user) = &grant.user {
         check_name("userId", user).map_err(|invalid| match config.auth.kind() {
             // The name came from the app, whose answer is at fault.
