@@ -16,7 +16,7 @@ fn every_documented_route_is_served_with_its_methods() {
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 15, "the description lists the routes: {}", paths.len());
     for (template, item) in paths {
-        let path = template.replace("{user}", "alice").replace("{room}", "lobby");
+        let path = template.replace("{user}", "alice").replace("{room}", "lobby").replace("{tenant}", "acme");
         let listeners = match item["x-listener"].as_str() {
             Some("public") => vec![server.public],
             Some("api") => vec![server.api],
