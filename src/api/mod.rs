@@ -227,26 +227,35 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
         Ok(ns) => ns,
         Err(refusal) => return Routed::Response(refusal),
     };
+    // Routes that wait on other shards or the bus have large futures (up to
+    // ~7 KiB). Boxed, they cost one allocation per such request instead of
+    // making every connection's task that large — subscribers' too, whose
+    // tasks, thousands at once in a reconnect storm, would leave the heap
+    // fragmented under the streams' long-lived state.
     let response = match route.endpoint {
         Endpoint::Demo => observe::demo_page(),
         Endpoint::Subscribe => return subscribe::handle(ctx, ns, request).await,
         Endpoint::Health => observe::health(),
         Endpoint::Ready => observe::ready(ctx, bus),
-        Endpoint::Metrics => observe::metrics(ctx, bus).await,
+        Endpoint::Metrics => Box::pin(observe::metrics(ctx, bus)).await,
         Endpoint::Stats => match ns.tenant_name() {
-            None => observe::stats(ctx, bus).await,
-            Some(tenant) => observe::tenant_stats(ctx, tenant).await,
+            None => Box::pin(observe::stats(ctx, bus)).await,
+            Some(tenant) => Box::pin(observe::tenant_stats(ctx, tenant)).await,
         },
-        Endpoint::PublishUser(user) => publish::single(ctx, bus, &ns, request, &body, publish::To::User(user)).await,
-        Endpoint::PublishRoom(room) => publish::single(ctx, bus, &ns, request, &body, publish::To::Room(room)).await,
-        Endpoint::Broadcast => publish::single(ctx, bus, &ns, request, &body, publish::To::All).await,
-        Endpoint::Batch => publish::batch(ctx, bus, &ns, request, &body).await,
-        Endpoint::CloseUser(user) => admin::close_user(ctx, &ns, &user).await,
-        Endpoint::CloseAll => admin::close_all(ctx, ns).await,
-        Endpoint::ClearRecentUser(user) => admin::clear_recent(ctx, ns, Some(&user)).await,
-        Endpoint::ClearRecentAll => admin::clear_recent(ctx, ns, None).await,
+        Endpoint::PublishUser(user) => {
+            Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::User(user))).await
+        }
+        Endpoint::PublishRoom(room) => {
+            Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::Room(room))).await
+        }
+        Endpoint::Broadcast => Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::All)).await,
+        Endpoint::Batch => Box::pin(publish::batch(ctx, bus, &ns, request, &body)).await,
+        Endpoint::CloseUser(user) => Box::pin(admin::close_user(ctx, &ns, &user)).await,
+        Endpoint::CloseAll => Box::pin(admin::close_all(ctx, ns)).await,
+        Endpoint::ClearRecentUser(user) => Box::pin(admin::clear_recent(ctx, ns, Some(&user))).await,
+        Endpoint::ClearRecentAll => Box::pin(admin::clear_recent(ctx, ns, None)).await,
         Endpoint::StopAccepting => admin::stop_accepting(ctx),
-        Endpoint::Shutdown => admin::shutdown(ctx, request).await,
+        Endpoint::Shutdown => Box::pin(admin::shutdown(ctx, request)).await,
     };
     Routed::Response(response)
 }

@@ -293,7 +293,9 @@ impl Authenticator {
     /// webhook waits (for the app).
     pub async fn authenticate(&self, credentials: &Credentials<'_>, now: SystemTime) -> Result<Grant, Denied> {
         match self {
-            Authenticator::Webhook(hook) => hook.check(&credentials.forwarded).await,
+            // Boxed: an inline exchange with the app would enlarge every
+            // connection's task, idle streams included, by its whole state.
+            Authenticator::Webhook(hook) => Box::pin(hook.check(&credentials.forwarded)).await,
             local => local.verify(credentials, now),
         }
     }
