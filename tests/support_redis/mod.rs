@@ -1,5 +1,6 @@
-//! Real Redis processes for the bus tests: a single server, a Sentinel set
-//! (master, replica, Sentinels) and a 3-master Cluster.
+//! Real Redis processes for the bus tests: a single server (plain or TLS), a
+//! Sentinel set (master, replica, Sentinels) and a 3-master Cluster; and the
+//! certificates a TLS server needs ([`TestPki`]).
 //!
 //! Use it from a test file with
 //! ```ignore
@@ -230,6 +231,12 @@ pub fn ping(port: u16) -> bool {
     got.starts_with(b"+PONG")
 }
 
+/// True when a TCP connection to 127.0.0.1:`port` is accepted (1 s timeout).
+pub fn accepts(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
 /// Value of `field:` in an `INFO`-style answer.
 pub fn info_field(info: &str, field: &str) -> Option<String> {
     let prefix = format!("{field}:");
@@ -250,6 +257,8 @@ pub struct RedisServer {
     /// Arguments after the program name (fixed at start, reused by restart).
     args: Vec<String>,
     starts: u32,
+    /// Serves TLS only: up once its port accepts (PING needs a TLS client).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -281,7 +290,46 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0 };
+        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: false };
+        server.spawn();
+        server
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port P`) with `pki`'s server
+    /// certificate, trusting `pki`'s CA for client certificates, which it
+    /// requires when `require_client_cert` (`--tls-auth-clients yes|no`).
+    pub fn start_tls(pki: &TestPki, require_client_cert: bool) -> RedisServer {
+        let port = free_port();
+        let dir = temp_dir(&format!("redis-tls-{port}"));
+        let path = |p: &Path| p.to_str().expect("utf-8 temp dir").to_string();
+        let args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&pki.server_cert),
+            "--tls-key-file",
+            &path(&pki.server_key),
+            "--tls-ca-cert-file",
+            &path(&pki.ca),
+            "--tls-auth-clients",
+            if require_client_cert { "yes" } else { "no" },
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &path(&dir),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: true };
         server.spawn();
         server
     }
@@ -293,7 +341,7 @@ impl RedisServer {
         let file = dir.join("sentinel.conf");
         fs::write(&file, config(&dir)).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let args = vec![file.to_str().expect("utf-8 temp dir").to_string()];
-        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0 };
+        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: false };
         server.spawn();
         server
     }
@@ -317,7 +365,8 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + REDIS_START_TIMEOUT;
         loop {
-            if ping(self.port) {
+            let up = if self.tls { accepts(self.port) } else { ping(self.port) };
+            if up {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -347,9 +396,10 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let s = if self.tls { "s" } else { "" };
+        format!("redis{s}://127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:<port>`.
@@ -404,6 +454,72 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------
+
+/// A throwaway CA and two certificates it signed, as PEM files in a fresh
+/// directory (removed on drop): Redis's server certificate (for `127.0.0.1`
+/// and `localhost`) and a client certificate. Made with rcgen (ECDSA P-256).
+pub struct TestPki {
+    dir: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Redis's certificate and key.
+    pub server_cert: PathBuf,
+    /// See [`TestPki::server_cert`].
+    pub server_key: PathBuf,
+    /// A client certificate and key.
+    pub client_cert: PathBuf,
+    /// See [`TestPki::client_cert`].
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// A new CA named `name` and its two certificates.
+    pub fn generate(name: &str) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = temp_dir(&format!("pki-{name}"));
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, format!("ssekify test CA {name}"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, file: &str| -> (PathBuf, PathBuf) {
+            let mut params = CertificateParams::new(names).expect("certificate parameters");
+            params.distinguished_name.push(DnType::CommonName, format!("{file} ({name})"));
+            params.extended_key_usages = vec![usage];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("signed certificate");
+            let (cert_path, key_path) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
+            fs::write(&cert_path, cert.pem()).expect("write certificate");
+            fs::write(&key_path, key.serialize_pem()).expect("write key");
+            (cert_path, key_path)
+        };
+        let (server_cert, server_key) =
+            leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "server");
+        let (client_cert, client_key) = leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth, "client");
+        let ca_path = dir.join("ca.crt");
+        fs::write(&ca_path, ca.pem()).expect("write CA certificate");
+        TestPki { dir, ca: ca_path, server_cert, server_key, client_cert, client_key }
+    }
+
+    /// A path as a command-line argument.
+    pub fn arg(path: &Path) -> &str {
+        path.to_str().expect("utf-8 temp dir")
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
