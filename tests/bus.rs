@@ -6,8 +6,8 @@
 //! instance after a reconnect; the publisher skipping its own echo; Redis
 //! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
 //! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
-//! (TLS with a private CA, a wrong CA, a client certificate, unusable
-//! certificate files); RESP3.
+//! (TLS with a private CA, a wrong CA, a client certificate, a TLS Cluster,
+//! unusable certificate files); RESP3.
 //!
 //! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
 //! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
@@ -726,6 +726,44 @@ fn rediss_client_certificate_is_presented_when_redis_requires_one() {
     let without_cert = Server::start(&["--redis", &url, "--redis-ca", ca, "--bus-timeout", "1s"]);
     assert_bus_stays_down(&without_cert, Duration::from_millis(1500), &["TLS", "alert"], "no client certificate");
     eprintln!("without a client certificate: bus {}", bus(&without_cert));
+}
+
+#[test]
+fn rediss_cluster_reaches_seed_and_learned_nodes_over_tls() {
+    if !require_redis() {
+        return;
+    }
+    let pki = TestPki::generate("cluster");
+    let mut cluster = RedisCluster::start_tls(3, &pki);
+    let ca = ["--redis-ca", TestPki::arg(&pki.ca)];
+    let a = instance(None, &cluster.url_via(0), &ca);
+    let b = instance(None, &cluster.url_via(2), &ca);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, "/sse", 1);
+    let first = ok_json(broadcast(a.api, "tls-cluster", ""));
+    assert_eq!(first["delivered"], json!(1), "{first}");
+    let expected = vec![ev(&id_of(&first), None, "tls-cluster")];
+    assert_eq!(take(&mut on_a, 1, "A"), expected);
+    assert_eq!(take(&mut on_b, 1, "B"), expected);
+
+    // A was given node 0 only: with it gone, A must come back through a node
+    // it learnt from CLUSTER NODES, over TLS as well.
+    let gone = cluster.nodes[0].addr();
+    cluster.nodes[0].stop();
+    let back = wait_until(Duration::from_secs(20), || bus_count(&a, "reconnects") > 0 && readyz(&a).status == 200);
+    assert!(back, "A did not come back after {gone} stopped: bus {}; logs:\n{}", bus(&a), a.logs());
+    let learned = [cluster.nodes[1].addr(), cluster.nodes[2].addr()];
+    let logs = a.logs();
+    assert!(
+        learned.iter().any(|node| logs.contains(&format!("bus subscribed redis={node}"))),
+        "A should have subscribed on a learned node {learned:?}:\n{logs}"
+    );
+    let after = ok_json(broadcast(a.api, "after-seed-gone", ""));
+    assert_eq!(after["delivered"], json!(1), "{after}");
+    let expected = vec![ev(&id_of(&after), None, "after-seed-gone")];
+    assert_eq!(take(&mut on_a, 1, "A after the seed node stopped"), expected);
+    assert_eq!(take(&mut on_b, 1, "B after A's seed node stopped"), expected);
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
 }
 
 #[test]

@@ -257,8 +257,9 @@ pub struct RedisServer {
     /// Arguments after the program name (fixed at start, reused by restart).
     args: Vec<String>,
     starts: u32,
-    /// Serves TLS only: up once its port accepts (PING needs a TLS client).
-    tls: bool,
+    /// For a TLS-only server, the `redis-cli` arguments that reach it (it is
+    /// up once its port accepts: PING would need a TLS client).
+    tls: Option<Vec<String>>,
 }
 
 impl RedisServer {
@@ -290,7 +291,7 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: false };
+        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: None };
         server.spawn();
         server
     }
@@ -299,7 +300,11 @@ impl RedisServer {
     /// certificate, trusting `pki`'s CA for client certificates, which it
     /// requires when `require_client_cert` (`--tls-auth-clients yes|no`).
     pub fn start_tls(pki: &TestPki, require_client_cert: bool) -> RedisServer {
-        let port = free_port();
+        Self::start_tls_on(free_port(), pki, require_client_cert, &[])
+    }
+
+    /// Like [`RedisServer::start_tls`] on a given port, plus `extra_args`.
+    pub fn start_tls_on(port: u16, pki: &TestPki, require_client_cert: bool, extra_args: &[&str]) -> RedisServer {
         let dir = temp_dir(&format!("redis-tls-{port}"));
         let path = |p: &Path| p.to_str().expect("utf-8 temp dir").to_string();
         let args: Vec<String> = [
@@ -327,9 +332,15 @@ impl RedisServer {
             &path(&dir),
         ]
         .iter()
+        .chain(extra_args)
         .map(|s| s.to_string())
         .collect();
-        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: true };
+        let mut cli = vec!["--tls".to_string(), "--cacert".to_string(), path(&pki.ca)];
+        if require_client_cert {
+            cli.extend(["--cert".to_string(), path(&pki.client_cert), "--key".to_string(), path(&pki.client_key)]);
+        }
+        let mut server =
+            RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: Some(cli) };
         server.spawn();
         server
     }
@@ -341,7 +352,7 @@ impl RedisServer {
         let file = dir.join("sentinel.conf");
         fs::write(&file, config(&dir)).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let args = vec![file.to_str().expect("utf-8 temp dir").to_string()];
-        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: false };
+        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: None };
         server.spawn();
         server
     }
@@ -365,7 +376,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + REDIS_START_TIMEOUT;
         loop {
-            let up = if self.tls { accepts(self.port) } else { ping(self.port) };
+            let up = if self.tls.is_some() { accepts(self.port) } else { ping(self.port) };
             if up {
                 return;
             }
@@ -398,7 +409,7 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        let s = if self.tls { "s" } else { "" };
+        let s = if self.tls.is_some() { "s" } else { "" };
         format!("redis{s}://127.0.0.1:{}", self.port)
     }
 
@@ -435,7 +446,14 @@ impl RedisServer {
 
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        cli(self.port, args)
+        match &self.tls {
+            None => cli(self.port, args),
+            Some(tls) => {
+                let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+                all.extend_from_slice(args);
+                cli(self.port, &all)
+            }
+        }
     }
 
     /// Everything the process logged (all runs).
@@ -492,10 +510,10 @@ impl TestPki {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_key = KeyPair::generate().expect("CA key");
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, file: &str| -> (PathBuf, PathBuf) {
+        let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>, file: &str| -> (PathBuf, PathBuf) {
             let mut params = CertificateParams::new(names).expect("certificate parameters");
             params.distinguished_name.push(DnType::CommonName, format!("{file} ({name})"));
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usages;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             let key = KeyPair::generate().expect("key");
             let cert = params.signed_by(&key, &ca, &ca_key).expect("signed certificate");
@@ -504,9 +522,15 @@ impl TestPki {
             fs::write(&key_path, key.serialize_pem()).expect("write key");
             (cert_path, key_path)
         };
-        let (server_cert, server_key) =
-            leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "server");
-        let (client_cert, client_key) = leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth, "client");
+        // The server certificate is a client one too: a cluster node presents
+        // it to the nodes it dials (the cluster bus always wants one).
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            "server",
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["client".into()], vec![ExtendedKeyUsagePurpose::ClientAuth], "client");
         let ca_path = dir.join("ca.crt");
         fs::write(&ca_path, ca.pem()).expect("write CA certificate");
         TestPki { dir, ca: ca_path, server_cert, server_key, client_cert, client_key }
@@ -641,29 +665,45 @@ impl RedisCluster {
     /// `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, and
     /// waits for `cluster_state:ok` on every node.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_with(masters, None)
+    }
+
+    /// Like [`RedisCluster::start`] with TLS only, between the nodes too
+    /// (`--tls-cluster yes`), on `pki`'s certificates.
+    pub fn start_tls(masters: usize, pki: &TestPki) -> RedisCluster {
+        Self::start_with(masters, Some(pki))
+    }
+
+    fn start_with(masters: usize, tls: Option<&TestPki>) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
         let nodes: Vec<RedisServer> = (0..masters)
             .map(|_| {
                 let port = free_port();
                 let bus_port = free_port().to_string();
                 let conf = format!("nodes-{port}.conf");
-                RedisServer::start_on(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &conf,
-                        "--cluster-node-timeout",
-                        "2000",
-                        // The default bus port (port + 10000) may be past 65535 or taken.
-                        "--cluster-port",
-                        &bus_port,
-                    ],
-                )
+                let cluster_args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "2000",
+                    // The default bus port (port + 10000) may be past 65535 or taken.
+                    "--cluster-port",
+                    &bus_port,
+                ];
+                match tls {
+                    None => RedisServer::start_on(port, &cluster_args),
+                    Some(pki) => {
+                        let mut args = cluster_args.to_vec();
+                        args.extend_from_slice(&["--tls-cluster", "yes"]);
+                        RedisServer::start_tls_on(port, pki, false, &args)
+                    }
+                }
             })
             .collect();
-        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        let mut args = nodes[0].tls.clone().unwrap_or_default();
+        args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(nodes.iter().map(RedisServer::addr));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].iter().map(|s| s.to_string()));
         let (ok, output) = run_logged("redis-cli", &args, Duration::from_secs(30));
@@ -689,8 +729,9 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis-cluster://127.0.0.1:<port of node i>`.
+    /// `redis-cluster://127.0.0.1:<port of node i>` (`rediss-cluster://` with TLS).
     pub fn url_via(&self, node: usize) -> String {
-        format!("redis-cluster://{}", self.nodes[node].addr())
+        let s = if self.nodes[node].tls.is_some() { "s" } else { "" };
+        format!("redis{s}-cluster://{}", self.nodes[node].addr())
     }
 }
