@@ -189,8 +189,8 @@ pub struct Cli {
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
     /// Redis for the cross-instance bus: `redis://[user:pass@]host:port[/db]`,
-    /// `rediss://…` (TLS), `redis-sentinel://h1:26379,h2:26379/<master>`,
-    /// `redis-cluster://h1:7000,h2:7001`, `rediss-cluster://…` (TLS).
+    /// `redis-sentinel://h1:26379,h2:26379/<master>`, `redis-cluster://h1:7000,h2:7001`;
+    /// `rediss://…`, `rediss-sentinel://…`, `rediss-cluster://…` for TLS.
     #[arg(long, env = "SSEKIFY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// PEM file of the CA that signed Redis's TLS certificate, trusted besides Mozilla's roots (rediss:// only).

@@ -7,7 +7,7 @@
 //! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
 //! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
 //! (TLS with a private CA, a wrong CA, a client certificate, a TLS Cluster,
-//! unusable certificate files); RESP3.
+//! Sentinel failover over TLS, unusable certificate files); RESP3.
 //!
 //! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
 //! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
@@ -508,10 +508,15 @@ fn sentinel_failover_is_followed_without_restarting() {
     if !require_sentinel() {
         return;
     }
-    let mut set = SentinelSet::start(1);
+    follow_a_failover(SentinelSet::start(1), &[]);
+}
+
+/// Two instances on `set` (with `extra` flags) deliver to each other before
+/// and after the master is killed and Sentinel promotes the replica.
+fn follow_a_failover(mut set: SentinelSet, extra: &[&str]) {
     let url = set.url();
-    let a = instance(None, &url, &[]);
-    let b = instance(None, &url, &[]);
+    let a = instance(None, &url, extra);
+    let b = instance(None, &url, extra);
     let mut on_a = subscribe(&a, "/sse", 1);
     let mut on_b = subscribe(&b, "/sse", 1);
 
@@ -764,6 +769,17 @@ fn rediss_cluster_reaches_seed_and_learned_nodes_over_tls() {
     assert_eq!(take(&mut on_a, 1, "A after the seed node stopped"), expected);
     assert_eq!(take(&mut on_b, 1, "B after A's seed node stopped"), expected);
     assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+}
+
+#[test]
+fn rediss_sentinel_failover_is_followed_over_tls() {
+    if !require_sentinel() {
+        return;
+    }
+    let pki = TestPki::generate("sentinel");
+    let set = SentinelSet::start_tls(1, &pki);
+    assert!(set.url().starts_with("rediss-sentinel://"), "{}", set.url());
+    follow_a_failover(set, &["--redis-ca", TestPki::arg(&pki.ca)]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::resp::{self, Reply};
-use super::tls::{self, TlsReader, TlsWriter};
+use super::tls::{self, Tls, TlsReader, TlsWriter};
 use super::url::RedisUrl;
 
 /// Bytes requested per read.
@@ -96,37 +96,10 @@ pub struct RedisConn {
 
 impl RedisConn {
     /// Connects to `address` (over TLS when `url` says `rediss://`) and, when
-    /// `url` is given, authenticates and selects the database (Sentinels are
-    /// contacted with `url` = None, in plain TCP).
+    /// `url` is given, authenticates and selects the database.
     pub async fn open(address: &str, url: Option<&RedisUrl>, timeout: Duration) -> Result<Self, BusError> {
-        let target = address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{address} resolves to nothing"))?;
-        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
-            .await
-            .map_err(|_| format!("connect to {address} timed out"))?
-            .map_err(|e| format!("connect to {address} failed: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (half_r, half_w) = match url.and_then(|u| u.tls.as_ref()) {
-            Some(settings) => {
-                let (r, w) = monoio::time::timeout(timeout, tls::connect(stream, address, settings))
-                    .await
-                    .map_err(|_| format!("TLS handshake with {address} timed out"))??;
-                (ReadHalf::Tls(r), WriteHalf::Tls(w))
-            }
-            None => {
-                let (r, w) = stream.into_split();
-                (ReadHalf::Plain(r), WriteHalf::Plain(w))
-            }
-        };
+        let mut conn = Self::connect(address, url.and_then(|u| u.tls.as_ref()), timeout).await?;
         let resp3 = url.is_some_and(|u| u.resp3);
-        let mut conn = RedisConn {
-            reader: ReplyReader { half: half_r, buf: BytesMut::new(), resp3: false },
-            writer: CommandWriter { half: half_w },
-            address: address.to_owned(),
-        };
         if let Some(url) = url {
             let user = url.username.as_deref().unwrap_or("default");
             if resp3 {
@@ -144,6 +117,43 @@ impl RedisConn {
             }
         }
         Ok(conn)
+    }
+
+    /// Connects to a Sentinel: TLS as the address says (`rediss-sentinel://`),
+    /// no credentials (those are the master's).
+    pub async fn open_sentinel(address: &str, tls: Option<&Tls>, timeout: Duration) -> Result<Self, BusError> {
+        Self::connect(address, tls, timeout).await
+    }
+
+    /// TCP, then TLS when `tls` is given, within `timeout` each.
+    async fn connect(address: &str, tls: Option<&Tls>, timeout: Duration) -> Result<Self, BusError> {
+        let target = address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} resolves to nothing"))?;
+        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
+            .await
+            .map_err(|_| format!("connect to {address} timed out"))?
+            .map_err(|e| format!("connect to {address} failed: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (half_r, half_w) = match tls {
+            Some(settings) => {
+                let (r, w) = monoio::time::timeout(timeout, tls::connect(stream, address, settings))
+                    .await
+                    .map_err(|_| format!("TLS handshake with {address} timed out"))??;
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+            None => {
+                let (r, w) = stream.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+        };
+        Ok(RedisConn {
+            reader: ReplyReader { half: half_r, buf: BytesMut::new(), resp3: false },
+            writer: CommandWriter { half: half_w },
+            address: address.to_owned(),
+        })
     }
 
     /// Sends one command and waits for its reply; error replies become errors.

@@ -4,11 +4,12 @@
 //! redis://[user:pass@]host:port[/db][?protocol=resp3]
 //! rediss://…                       the same over TLS
 //! redis-sentinel://[user:pass@]h1:26379,h2:26379/<master>[/db][?protocol=resp3]
+//! rediss-sentinel://…              the same over TLS (Sentinels and master)
 //! redis-cluster://[user:pass@]h1:7000,h2:7001[?protocol=resp3]
 //! rediss-cluster://…               the same over TLS (every node)
 //! ```
 //! Credentials in a sentinel address authenticate to the master (Sentinels
-//! are contacted without credentials). Sentinel over TLS is not supported.
+//! are contacted without credentials).
 //! A TLS address trusts Mozilla's roots until the configuration adds
 //! `--redis-ca` and a client certificate ([`Tls::load`]).
 
@@ -45,7 +46,7 @@ pub struct RedisUrl {
     pub db: u32,
     /// Speak RESP3 (`HELLO 3`) instead of RESP2.
     pub resp3: bool,
-    /// TLS settings, for `rediss://` and `rediss-cluster://`.
+    /// TLS settings, for `rediss://`, `rediss-sentinel://` and `rediss-cluster://`.
     pub tls: Option<Tls>,
 }
 
@@ -55,7 +56,7 @@ impl fmt::Debug for RedisUrl {
         let s = if self.tls.is_some() { "s" } else { "" };
         let nodes = match &self.topology {
             Topology::Single(node) => format!("redis{s}://{node}"),
-            Topology::Sentinel { sentinels, master } => format!("redis-sentinel://{}/{master}", sentinels.join(",")),
+            Topology::Sentinel { sentinels, master } => format!("redis{s}-sentinel://{}/{master}", sentinels.join(",")),
             Topology::Cluster(nodes) => format!("redis{s}-cluster://{}", nodes.join(",")),
         };
         let auth = if self.password.is_some() { " (with password)" } else { "" };
@@ -71,17 +72,12 @@ impl fmt::Display for RedisUrl {
 
 /// Parses a `--redis` value; the error is a sentence for the flag's message.
 pub fn parse(text: &str) -> Result<RedisUrl, String> {
-    let (scheme, rest) = text
-        .split_once("://")
-        .ok_or("expected redis://, rediss://, redis-sentinel://, redis-cluster:// or rediss-cluster://")?;
+    let (scheme, rest) =
+        text.split_once("://").ok_or("expected redis[s]://, redis[s]-sentinel:// or redis[s]-cluster://")?;
     let (scheme, tls) = match scheme {
         "rediss" => ("redis", true),
         "rediss-cluster" => ("redis-cluster", true),
-        "rediss-sentinel" => {
-            return Err("Sentinel over TLS (rediss-sentinel://) is not supported; use redis-sentinel:// \
-                        or rediss:// to the master"
-                .into())
-        }
+        "rediss-sentinel" => ("redis-sentinel", true),
         other => (other, false),
     };
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -116,7 +112,7 @@ pub fn parse(text: &str) -> Result<RedisUrl, String> {
     };
     let topology = match scheme {
         "redis" if hosts.len() == 1 => Topology::Single(hosts[0].clone()),
-        "redis" => return Err("several hosts need redis-sentinel:// or redis[s]-cluster://".into()),
+        "redis" => return Err("several hosts need redis[s]-sentinel:// or redis[s]-cluster://".into()),
         "redis-sentinel" => {
             let master = parts.next().filter(|m| !m.is_empty()).ok_or("redis-sentinel:// needs /<master name>")?;
             Topology::Sentinel { sentinels: hosts, master: master.to_owned() }
@@ -180,7 +176,9 @@ mod tests {
         assert_eq!(cluster.topology, Topology::Cluster(vec!["a:7000".into(), "b:7001".into()]));
         assert!(cluster.tls.is_some());
         assert_eq!(format!("{cluster}"), "rediss-cluster://a:7000,b:7001");
-        assert!(parse("rediss-sentinel://s:1/m").unwrap_err().contains("not supported"));
+        let sentinel = parse("rediss-sentinel://s1:26379,s2:26380/m/2").unwrap();
+        assert!(sentinel.tls.is_some());
+        assert_eq!((format!("{sentinel}"), sentinel.db), ("rediss-sentinel://s1:26379,s2:26380/m".into(), 2));
         assert!(parse("rediss://a:1,b:2").is_err());
     }
 

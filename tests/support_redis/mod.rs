@@ -347,12 +347,15 @@ impl RedisServer {
 
     /// `redis-sentinel <dir>/sentinel.conf` with `config` written first (the
     /// Sentinel rewrites its file, so it lives in the server's own directory).
-    fn start_sentinel(port: u16, config: impl FnOnce(&Path) -> String) -> RedisServer {
+    /// With `tls_cli` (the `redis-cli` arguments that reach a TLS-only
+    /// Sentinel), up once its port accepts.
+    fn start_sentinel(port: u16, tls_cli: Option<Vec<String>>, config: impl FnOnce(&Path) -> String) -> RedisServer {
         let dir = temp_dir(&format!("sentinel-{port}"));
         let file = dir.join("sentinel.conf");
         fs::write(&file, config(&dir)).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let args = vec![file.to_str().expect("utf-8 temp dir").to_string()];
-        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: None };
+        let mut server =
+            RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: tls_cli };
         server.spawn();
         server
     }
@@ -570,10 +573,29 @@ impl SentinelSet {
     /// down-after 1 s, failover-timeout 5 s) that know the master and the
     /// replica.
     pub fn start(count: usize) -> SentinelSet {
+        Self::start_with(count, None)
+    }
+
+    /// Like [`SentinelSet::start`] with TLS only: master and replica (which
+    /// replicates over TLS) and the Sentinels (which reach them over TLS),
+    /// all on `pki`'s certificates.
+    pub fn start_tls(count: usize, pki: &TestPki) -> SentinelSet {
+        Self::start_with(count, Some(pki))
+    }
+
+    fn start_with(count: usize, tls: Option<&TestPki>) -> SentinelSet {
         assert!(count >= 1);
-        let master = RedisServer::start(&[]);
+        let server = |args: &[&str]| match tls {
+            None => RedisServer::start(args),
+            Some(pki) => {
+                let mut all = vec!["--tls-replication", "yes"];
+                all.extend_from_slice(args);
+                RedisServer::start_tls_on(free_port(), pki, false, &all)
+            }
+        };
+        let master = server(&[]);
         let master_port = master.port().to_string();
-        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]);
+        let replica = server(&["--replicaof", "127.0.0.1", &master_port]);
         let synced = wait_until(Duration::from_secs(15), || {
             replica.cli(&["INFO", "replication"]).and_then(|info| info_field(&info, "master_link_status")).as_deref()
                 == Some("up")
@@ -588,9 +610,19 @@ impl SentinelSet {
         let sentinels: Vec<RedisServer> = (0..count)
             .map(|_| {
                 let port = free_port();
-                RedisServer::start_sentinel(port, |dir| {
+                let listen = match tls {
+                    None => format!("port {port}\n"),
+                    Some(pki) => format!(
+                        "port 0\ntls-port {port}\ntls-replication yes\ntls-auth-clients no\n\
+                         tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                        pki.server_cert.display(),
+                        pki.server_key.display(),
+                        pki.ca.display()
+                    ),
+                };
+                RedisServer::start_sentinel(port, master.tls.clone(), |dir| {
                     format!(
-                        "port {port}\n\
+                        "{listen}\
                          bind 127.0.0.1\n\
                          protected-mode no\n\
                          dir {}\n\
@@ -632,10 +664,11 @@ impl SentinelSet {
         Some(format!("{host}:{port}"))
     }
 
-    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2/m`.
+    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2/m` (`rediss-sentinel://` with TLS).
     pub fn url(&self) -> String {
         let list: Vec<String> = self.sentinels.iter().map(RedisServer::addr).collect();
-        format!("redis-sentinel://{}/{SENTINEL_MASTER}", list.join(","))
+        let s = if self.master.tls.is_some() { "s" } else { "" };
+        format!("redis{s}-sentinel://{}/{SENTINEL_MASTER}", list.join(","))
     }
 
     /// Every log, for failure messages.
