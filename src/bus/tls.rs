@@ -267,6 +267,10 @@ fn ciphertext(session: &mut ClientConnection) -> std::io::Result<Vec<u8>> {
 }
 
 /// The reading half: ciphertext from the socket, plaintext to the caller.
+///
+/// A TLS message this side must answer (a TLS 1.3 KeyUpdate that requests
+/// one back) is queued in the shared session and goes out with the next
+/// write on the connection; the reader never writes.
 pub struct TlsReader {
     half: TcpOwnedReadHalf,
     session: Rc<RefCell<ClientConnection>>,
