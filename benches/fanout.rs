@@ -10,6 +10,12 @@
 //! A counting `#[global_allocator]` (this binary only) shows allocations per
 //! recipient once warm: the shared frame needs none, the copy needs one.
 //!
+//! A second section broadcasts through the shard itself (`ShardCtx::deliver`
+//! with `Target::All` to 10,000 registered connections, replay ring included),
+//! beside the bare queue round of the first section measured in the same run;
+//! then the same with 10,000 more connections of a tenant on the shard (which
+//! the default broadcast skips), and that tenant's broadcast (its member set).
+//!
 //! Run: `cargo bench --bench fanout`
 
 mod common;
@@ -19,11 +25,20 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+
 use bytes::Bytes;
+use clap::Parser;
 use common::{header, measure_per, ratio};
-use ssekify::config::DropPolicy;
+use ssekify::config::{Cli, Config, DropPolicy};
+use ssekify::shard::conn::Conn;
+use ssekify::shard::envelope::{Delivery, Target};
+use ssekify::shard::inbox::inbox;
 use ssekify::shard::queue::{FrameQueue, Pushed, QueueLimits};
+use ssekify::shard::{ShardCtx, Shared, INBOX_CAPACITY};
 use ssekify::sse::frame::encode;
+use ssekify::sse::id::IdGenerator;
 
 /// Counts every allocation (and growth by `realloc`) made through it.
 struct Counting;
@@ -111,6 +126,102 @@ fn frame_of(len: usize) -> Bytes {
     frame
 }
 
+/// A one-shard context, as the server builds it, with `conns` anonymous
+/// connections of the default namespace and `tenant_conns` of tenant `acme`
+/// registered directly in its slab (no sockets, no writers).
+fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
+    let config = Config::try_from(Cli::parse_from(["ssekify", "--shards", "1"])).expect("default config");
+    let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
+    let (lifecycle, _) = mpsc::channel();
+    let shared = Arc::new(Shared::new(config, vec![shared_inbox], IdGenerator::new(1), lifecycle));
+    let ctx = ShardCtx::new(0, shared);
+    {
+        let mut state = ctx.state.borrow_mut();
+        for _ in 0..conns {
+            state.conns.insert(Conn::new(None, None, Default::default(), 0));
+        }
+        for _ in 0..tenant_conns {
+            let key = state.conns.vacant_key();
+            let tenant = state.registry.add_tenant_member("acme", key);
+            state.conns.insert(Conn::new(Some(tenant), None, Default::default(), 0));
+        }
+    }
+    ctx
+}
+
+/// One broadcast through the shard (`deliver`), then every queue drained as
+/// the writer does.
+fn shard_round(ctx: &ShardCtx, batch: &mut Vec<Bytes>, delivery: &Delivery) -> usize {
+    let queued = ctx.deliver(delivery) as usize;
+    let mut state = ctx.state.borrow_mut();
+    for (_, conn) in state.conns.iter_mut() {
+        conn.queue.take_batch(batch, BATCH);
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        conn.queue.written(batch.len(), bytes);
+        batch.clear();
+    }
+    queued
+}
+
+/// Like [`shard_round`], draining only the queues that got the frame (a
+/// shard's writers are woken only for those), so the rows with connections
+/// that the broadcast does not reach count the broadcast, not the drain.
+fn shard_round_reached(ctx: &ShardCtx, batch: &mut Vec<Bytes>, delivery: &Delivery) -> usize {
+    let queued = ctx.deliver(delivery) as usize;
+    let mut state = ctx.state.borrow_mut();
+    for (_, conn) in state.conns.iter_mut().filter(|(_, conn)| conn.queue.has_waiting()) {
+        conn.queue.take_batch(batch, BATCH);
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        conn.queue.written(batch.len(), bytes);
+        batch.clear();
+    }
+    queued
+}
+
+fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
+    let frame = frame_of(100);
+    let ctx = shard_with(RECIPIENTS, 0);
+    let all = Delivery { target: Target::All, frame: frame.clone(), skip_known_id: false };
+    assert_eq!(shard_round(&ctx, batch, &all), RECIPIENTS);
+    header(
+        &format!(
+            "Broadcast of one 100 B frame through ShardCtx::deliver to {RECIPIENTS} connections; op = one recipient"
+        ),
+        "recipient",
+    );
+    let iterations = 300;
+    let bare = measure_per("bare FrameQueue round (section 1)", iterations, RECIPIENTS as u64, || {
+        shared_round(queues, batch, &frame)
+    });
+    let shard =
+        measure_per("ShardCtx::deliver, Target::All", iterations, RECIPIENTS as u64, || shard_round(&ctx, batch, &all));
+    ratio("shard broadcast against the bare queue round", shard, bare);
+    let allocs = allocations_in(|| shard_round(&ctx, batch, &all));
+    println!(
+        "  allocations in one warm broadcast round: {allocs} ({:.4} per recipient)",
+        allocs as f64 / RECIPIENTS as f64
+    );
+
+    // 10,000 more connections on the shard, all of tenant `acme`.
+    let mixed = shard_with(RECIPIENTS, RECIPIENTS);
+    let tenant = Delivery { target: Target::Tenant("acme".into()), frame: frame.clone(), skip_known_id: false };
+    assert_eq!(shard_round_reached(&mixed, batch, &all), RECIPIENTS);
+    assert_eq!(shard_round_reached(&mixed, batch, &tenant), RECIPIENTS);
+    let reached = measure_per("  same, draining only the queues reached", iterations, RECIPIENTS as u64, || {
+        shard_round_reached(&ctx, batch, &all)
+    });
+    let skipping = measure_per("  Target::All, 10,000 tenant conns also here", iterations, RECIPIENTS as u64, || {
+        shard_round_reached(&mixed, batch, &all)
+    });
+    let members = measure_per("  Target::Tenant, its 10,000 of 20,000", iterations, RECIPIENTS as u64, || {
+        shard_round_reached(&mixed, batch, &tenant)
+    });
+    ratio("default broadcast with a tenant beside it", skipping, reached);
+    ratio("tenant broadcast (member set)", members, reached);
+    let allocs = allocations_in(|| shard_round_reached(&mixed, batch, &tenant));
+    println!("  allocations in one warm tenant broadcast round: {allocs}");
+}
+
 fn main() {
     let mut queues: Vec<FrameQueue> = (0..RECIPIENTS).map(|_| FrameQueue::default()).collect();
     let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
@@ -153,4 +264,5 @@ fn main() {
             println!("    {name:<40} {allocs:>8} total  {:>8.4} per recipient", allocs as f64 / RECIPIENTS as f64);
         }
     }
+    shard_broadcast(&mut queues, &mut batch);
 }

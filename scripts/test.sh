@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests beside the code and the end-to-end
-# tests in tests/ (which spawn the real ssekify binary on 127.0.0.1).
+# Runs the whole test suite: unit tests beside the code, the end-to-end
+# tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the
+# EventSource tests in tests/node (the `eventsource` npm package) and the
+# real-browser tests in tests/browser (Debian's chromium, driven by
+# playwright-core: CORS, reconnects with Last-Event-ID, retry:, heartbeats,
+# the --demo page).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test publish  # extra arguments go to `cargo test`
-#                                   # (the Node suite still runs afterwards)
+#                                   # (the Node and browser suites still run afterwards)
+#
+# Missing tools are installed with apt-get when we are root on Debian: nodejs
+# and npm, redis-server and redis-sentinel, chromium.
 #
 # Environment:
 #   SSEKIFY_TEST_DRIVERS=epoll      # io drivers the "both drivers" tests use
 #                                   # (comma list; default uring,epoll)
-#   CI=true                         # a missing test dependency (node) fails the
-#                                   # run instead of skipping its suite
+#   CHROMIUM_BIN=/path/to/chromium  # the browser for tests/browser (default
+#                                   # /usr/bin/chromium, else chromium on PATH)
+#   CI=true                         # a missing test dependency (node, redis,
+#                                   # chromium) fails the run instead of
+#                                   # skipping its suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -75,6 +85,47 @@ setup_node() {
   echo "node $(node --version), npm $(npm --version)"
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error || return 1
 }
+# Chromium and tests/browser's locked packages (playwright-core, which drives
+# the system's chromium and downloads no browser of its own), for the
+# real-browser tests in tests/browser/. Needs node >= 20 (setup_node first).
+# Installs Debian's chromium when it is missing and we are root on Debian.
+browser_tests=false
+find_chromium() {
+  if [ -n "${CHROMIUM_BIN:-}" ]; then
+    [ -x "$CHROMIUM_BIN" ] && printf '%s\n' "$CHROMIUM_BIN"
+  elif [ -x /usr/bin/chromium ]; then
+    printf '%s\n' /usr/bin/chromium
+  else
+    command -v chromium
+  fi
+}
+setup_browser() {
+  local major chromium
+  major=$(node -p 'process.versions.node.split(".")[0]') || return 1
+  if [ "$major" -lt 20 ]; then
+    echo "node $(node --version) is too old: playwright-core needs node >= 20"
+    return 1
+  fi
+  if ! chromium=$(find_chromium); then
+    if [ -n "${CHROMIUM_BIN:-}" ]; then
+      echo "CHROMIUM_BIN=$CHROMIUM_BIN is not an executable"
+      return 1
+    elif [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing chromium with apt-get"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq || return 1
+      apt-get install -y -qq --no-install-recommends chromium >/dev/null || return 1
+      chromium=$(find_chromium) || return 1
+    else
+      echo "chromium is not installed (and this is not root on Debian, so it cannot be installed here)"
+      return 1
+    fi
+  fi
+  export CHROMIUM_BIN="$chromium"
+  # Debian's /usr/bin/chromium is a shell wrapper that complains on stderr.
+  echo "$("$chromium" --version 2>/dev/null) ($chromium)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error || return 1
+}
 # redis-server, redis-sentinel and redis-cli (Debian's redis-server and
 # redis-sentinel packages) for tests/bus*.rs. Under CI the tests must not skip:
 # SSEKIFY_REQUIRE_REDIS=1 makes a missing Redis fail them.
@@ -111,6 +162,15 @@ else
   missing_dependency "node could not be set up: the Node EventSource tests (tests/node) are SKIPPED"
 fi
 
+step "external services: chromium for tests/browser"
+if [ "$node_tests" != true ]; then
+  missing_dependency "node is not available: the browser tests (tests/browser) are SKIPPED"
+elif setup_browser; then
+  browser_tests=true
+else
+  missing_dependency "chromium (or node >= 20, or tests/browser's packages) could not be set up: the browser tests (tests/browser) are SKIPPED"
+fi
+
 # --- 3. Lints -----------------------------------------------------------------
 # Formatting and clippy, where the toolchain has them (rustup's default does).
 if cargo fmt --version >/dev/null 2>&1; then
@@ -135,6 +195,16 @@ if [ "$node_tests" = true ]; then
   SSEKIFY_BIN="$PWD/target/debug/ssekify" node --test tests/node/*.test.mjs
 else
   missing_dependency "the Node EventSource tests (tests/node) were SKIPPED: node is not available"
+fi
+
+# --- 6. Browser tests ---------------------------------------------------------
+# Debian's chromium loads pages from a static server on one port and opens
+# EventSource streams on the binary's public listener, another origin.
+if [ "$browser_tests" = true ]; then
+  step "node --test tests/browser"
+  SSEKIFY_BIN="$PWD/target/debug/ssekify" CHROMIUM_BIN="$CHROMIUM_BIN" node --test tests/browser/*.test.mjs
+else
+  missing_dependency "the browser tests (tests/browser) were SKIPPED: node or chromium is not available"
 fi
 
 step "all tests passed"

@@ -112,7 +112,7 @@ pub struct Cli {
     /// A tool instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Public listener: GET /sse, /healthz, /readyz.
+    /// Public listener: GET /sse, /t/{tenant}/sse, /healthz, /readyz.
     #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
     /// Api listener: publish, admin, stats, metrics. May equal --listen.
@@ -155,6 +155,9 @@ pub struct Cli {
     /// Access-Control-Allow-Origin for /sse (also answers OPTIONS preflights).
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
+    /// Serve a subscriber demo page at GET / on the public listener.
+    #[arg(long, env = "SSEKIFY_DEMO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub demo: bool,
     /// Heartbeat `: ping` after this much idleness on a stream.
     #[arg(long, env = "SSEKIFY_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE)]
     pub keep_alive: String,
@@ -205,6 +208,10 @@ pub struct Cli {
     /// Pub/Sub channel the instances share.
     #[arg(long, env = "SSEKIFY_CHANNEL", default_value = "ssekify:bus")]
     pub channel: String,
+    /// Tenants allowed under /t/{tenant}/sse and /v1/t/{tenant}/…, comma-separated
+    /// (others get 404); without it any valid name is a tenant.
+    #[arg(long, env = "SSEKIFY_TENANTS")]
+    pub tenants: Option<String>,
     /// How long a publish waits for Redis before answering 503.
     #[arg(long, env = "SSEKIFY_BUS_TIMEOUT", default_value = "2s")]
     pub bus_timeout: String,
@@ -277,6 +284,9 @@ pub struct SignArgs {
     /// The server's --sign-secret.
     #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
     pub sign_secret: Option<String>,
+    /// Tenant whose path the URL opens (signed too): give --base-url as http://host:8080/t/{tenant}/sse.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Subscribe URL to append the query to, such as http://host:8080/sse; without it only the query is printed.
     #[arg(long)]
     pub base_url: Option<String>,
@@ -299,6 +309,8 @@ pub struct Config {
     pub auth: Authenticator,
     /// CORS origin for /sse.
     pub cors_origin: Option<String>,
+    /// Whether `GET /` serves the demo page.
+    pub demo: bool,
     /// Idle time before a heartbeat.
     pub keep_alive: Duration,
     /// `retry:` hint.
@@ -325,6 +337,8 @@ pub struct Config {
     pub redis: Option<RedisUrl>,
     /// Pub/Sub channel.
     pub channel: String,
+    /// Allowed tenants, sorted and deduplicated (`None`: any valid name).
+    pub tenants: Option<Vec<Box<str>>>,
     /// Publish acknowledgement deadline.
     pub bus_timeout: Duration,
     /// Queue bound in frames.
@@ -504,6 +518,27 @@ fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigErro
     NonZeroUsize::new(value).ok_or_else(|| ConfigError::new(flag, "must be at least 1"))
 }
 
+/// `a,b,c` → the sorted, deduplicated list; every name must be a valid
+/// tenant name (API.md "Names").
+fn tenants(list: &str) -> Result<Vec<Box<str>>, ConfigError> {
+    let mut names: Vec<Box<str>> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !crate::namespace::valid_name(name) {
+            return Err(ConfigError::new(
+                "tenants",
+                format!("`{name}` is not a tenant name (1-128 bytes without control characters, ',' or '/')"),
+            ));
+        }
+        names.push(name.into());
+    }
+    if names.is_empty() {
+        return Err(ConfigError::new("tenants", "lists no tenant; leave it out to allow any name"));
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
 impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 
@@ -560,6 +595,7 @@ impl TryFrom<Cli> for Config {
             pin_cores: cli.pin_cores,
             auth,
             cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
+            demo: cli.demo,
             keep_alive,
             retry: duration("retry", &cli.retry)?,
             max_payload,
@@ -577,6 +613,7 @@ impl TryFrom<Cli> for Config {
             } else {
                 cli.channel
             },
+            tenants: cli.tenants.as_deref().filter(|t| !t.is_empty()).map(tenants).transpose()?,
             bus_timeout: duration("bus-timeout", &cli.bus_timeout)?,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
             max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,
@@ -674,6 +711,16 @@ mod tests {
         assert!(err.to_string().starts_with("--redis-ca: /nonexistent.pem: cannot be read ("), "{err}");
         let config = Config::try_from(cli(&["--redis", "rediss://h:1"])).unwrap();
         assert!(config.redis.is_some_and(|url| url.tls.is_some()));
+    }
+
+    #[test]
+    fn tenants_are_listed_sorted_and_checked() {
+        assert_eq!(Config::try_from(cli(&[])).unwrap().tenants, None);
+        let config = Config::try_from(cli(&["--tenants", "globex, acme,acme"])).unwrap();
+        assert_eq!(config.tenants, Some(vec!["acme".into(), "globex".into()]));
+        let err = Config::try_from(cli(&["--tenants", "a/b"])).unwrap_err();
+        assert!(err.to_string().starts_with("--tenants:"), "{err}");
+        assert!(Config::try_from(cli(&["--tenants", ","])).is_err());
     }
 
     #[test]

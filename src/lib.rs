@@ -3,8 +3,9 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`config`], [`log`](mod@log) are leaves. [`sign`] is the `ssekify sign`
-//! subcommand beside the server. See `docs/architecture.md` for the data path.
+//! [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] is the
+//! `ssekify sign` subcommand beside the server. See `docs/architecture.md` for
+//! the data path.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod namespace;
 pub mod server;
 pub mod shard;
 pub mod sign;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! ssekify sign --user alice --rooms lobby,news --ttl 5m --base-url https://push.example/sse
+//! ssekify sign --tenant acme --user alice --base-url https://push.example/t/acme/sse
 //! ```
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,6 +28,10 @@ pub fn url(args: &SignArgs, now: SystemTime) -> Result<String, ConfigError> {
     if rooms.len() > MAX_ROOMS_PER_CONNECTION {
         return Err(ConfigError::new("rooms", format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
     }
+    let tenant = args.tenant.as_deref().filter(|t| !t.is_empty());
+    if tenant.is_some_and(|tenant| !is_valid_name(tenant)) {
+        return Err(ConfigError::new("tenant", format!("a tenant name is {names}")));
+    }
     let ttl = parse_duration(&args.ttl).map_err(|why| ConfigError::new("ttl", why))?;
     if ttl.as_secs() == 0 {
         return Err(ConfigError::new("ttl", "must be at least 1s (exp is in whole seconds)"));
@@ -34,7 +39,7 @@ pub fn url(args: &SignArgs, now: SystemTime) -> Result<String, ConfigError> {
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     // Whole seconds, rounded up: the URL lives at least --ttl.
     let exp = now + ttl.as_millis().div_ceil(1000) as u64;
-    let sig = signed::signature(&key, &args.user, &args.rooms, exp);
+    let sig = signed::signature(&key, &args.user, &args.rooms, exp, tenant);
 
     let mut query = Vec::new();
     if !args.user.is_empty() {
@@ -85,6 +90,7 @@ mod tests {
             rooms: rooms.into(),
             ttl: "5m".into(),
             sign_secret: Some(SECRET.into()),
+            tenant: None,
             base_url: None,
         }
     }
@@ -105,7 +111,37 @@ mod tests {
         };
         let clock = crate::auth::Clock::new(now, Duration::ZERO);
         let grant = signed::verify(&Key::new(SECRET.as_bytes()), &credentials, clock).unwrap();
-        assert_eq!(grant, Grant { user: Some("ä b+c".into()), rooms: Rooms::Only(vec!["lobby".into(), "r&d".into()]) });
+        assert_eq!(
+            grant,
+            Grant { user: Some("ä b+c".into()), rooms: Rooms::Only(vec!["lobby".into(), "r&d".into()]), tenant: None }
+        );
+    }
+
+    #[test]
+    fn a_tenant_is_signed_and_verifies_on_its_path_only() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut acme = args("alice", "lobby");
+        acme.tenant = Some("acme".into());
+        let minted = url(&acme, now).unwrap();
+        assert!(minted.starts_with("user=alice&rooms=lobby&exp=1800000300&sig="), "no tenant in the query: {minted}");
+        let pairs = query::pairs(minted.as_bytes()).unwrap();
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let on = |tenant: Option<&str>| {
+            let credentials = Credentials {
+                user: get("user"),
+                rooms: get("rooms"),
+                exp: get("exp"),
+                sig: get("sig"),
+                tenant,
+                ..Default::default()
+            };
+            signed::verify(&Key::new(SECRET.as_bytes()), &credentials, crate::auth::Clock::new(now, Duration::ZERO))
+        };
+        assert_eq!(on(Some("acme")).unwrap().tenant.as_deref(), Some("acme"));
+        assert!(on(None).is_err(), "not on /sse");
+        assert!(on(Some("globex")).is_err(), "not on another tenant's path");
+        acme.tenant = Some("a/b".into());
+        assert!(url(&acme, now).unwrap_err().to_string().starts_with("--tenant:"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Subscriber auth end to end: `--auth jwt` (HS256 tokens in the query or the
 //! `Authorization` header) and `--auth signed` (presigned URLs, also minted by
 //! the real `ssekify sign`), refusals with their status and code, start-up
-//! checks of the secrets, and that no credential reaches the logs.
+//! checks of the secrets, that no credential reaches the logs, and that a
+//! credential opens only its own namespace (a token's `tenant` claim, the
+//! tenant a URL was signed for).
 //!
 //! Tokens and signatures are minted here with HMAC-SHA256 (the `hmac` and
 //! `sha2` crates) and a base64url encoder of this file's own, from the
@@ -69,6 +71,13 @@ fn signed_path(user: &str, rooms: &str, exp: u64) -> String {
     format!("/sse?user={}&rooms={rooms}&exp={exp}&sig={sig}", pct(user))
 }
 
+/// The query of a URL signed for `tenant`'s path: the tenant is a fifth line.
+fn signed_tenant_query(tenant: &str, user: &str, rooms: &str, exp: u64) -> String {
+    let canonical = format!("ssekify-sign-v1\n{user}\n{rooms}\n{exp}\n{tenant}");
+    let sig = b64url(&hmac_sha256(SIGN_SECRET, &canonical));
+    format!("user={}&rooms={rooms}&exp={exp}&sig={sig}", pct(user))
+}
+
 fn jwt_server() -> Server {
     Server::start(&["--auth", "jwt", "--jwt-secret", JWT_SECRET, "--log-level", "debug"])
 }
@@ -99,7 +108,7 @@ fn refused(server: &Server, path: &str, headers: &[(&str, &str)], status: u16, c
 #[test]
 fn jwt_grants_its_sub_and_rooms_from_query_or_header() {
     let server = jwt_server();
-    let token = jwt(json!({"sub": "alice", "rooms": ["news", "sports"], "exp": now() + 300, "tenant": "acme"}));
+    let token = jwt(json!({"sub": "alice", "rooms": ["news", "sports"], "exp": now() + 300}));
     // userId is ignored in jwt mode: the user is the token's sub.
     let mut by_query = open(&server, &format!("/sse?token={token}&rooms=news&userId=mallory"), &[]);
     let bearer = format!("Bearer {token}");
@@ -228,6 +237,71 @@ fn signed_url_refusals() {
     let logs = server.logs();
     assert!(!logs.contains(sig), "a signature reached the logs: {logs}");
     open(&server, &good, &[]);
+}
+
+#[test]
+fn a_tokens_tenant_claim_opens_that_tenants_path_only() {
+    let server = jwt_server();
+    let exp = now() + 300;
+    let acme = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp, "tenant": "acme"}));
+    let plain = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp}));
+    let null = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp, "tenant": null}));
+    let mut in_acme = open(&server, &format!("/t/acme/sse?token={acme}&rooms=news"), &[]);
+    let mut in_default = open(&server, &format!("/sse?token={plain}&rooms=news"), &[]);
+    let bearer = format!("Bearer {null}");
+    let mut null_default = open(&server, "/sse", &[("Authorization", &bearer)]);
+
+    // Mismatches: another tenant's path, the default path, a tenant path
+    // without the claim (absent or null).
+    for (path, token) in [("/t/globex/sse", &acme), ("/sse", &acme), ("/t/acme/sse", &plain), ("/t/acme/sse", &null)] {
+        let message = refused(&server, &format!("{path}?token={token}"), &[], 403, "forbidden");
+        assert!(message.contains("namespace"), "{path}: {message}");
+    }
+    let wrong_type = jwt(json!({"sub": "alice", "exp": exp, "tenant": 7}));
+    refused(&server, &format!("/t/acme/sse?token={wrong_type}"), &[], 401, "unauthorized");
+
+    // Delivery follows the namespace the token opened.
+    assert_eq!(delivered(http(server.api, "POST", "/v1/t/acme/users/alice/events", &[], b"acme")), 1);
+    assert_eq!(delivered(publish_user(server.api, "alice", "default", "")), 2);
+    assert_eq!(in_acme.expect_event("acme's alice").data, "acme");
+    assert_eq!(in_default.expect_event("default alice").data, "default");
+    assert_eq!(null_default.expect_event("default alice").data, "default");
+    in_acme.expect_no_event(std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn a_url_signed_for_a_tenant_opens_that_tenants_path_only() {
+    let server = signed_server();
+    let exp = now() + 300;
+    let acme = signed_tenant_query("acme", "alice", "news", exp);
+    let mut alice = open(&server, &format!("/t/acme/sse?{acme}"), &[]);
+    for path in ["/sse", "/t/globex/sse"] {
+        let message = refused(&server, &format!("{path}?{acme}"), &[], 401, "unauthorized");
+        assert!(message.contains("signature"), "{path}: {message}");
+    }
+    // A URL signed without a tenant (as before tenants) opens /sse only.
+    let plain = signed_path("alice", "news", exp);
+    open(&server, &plain, &[]);
+    let plain_query = plain.strip_prefix("/sse?").unwrap();
+    refused(&server, &format!("/t/acme/sse?{plain_query}"), &[], 401, "unauthorized");
+
+    // ssekify sign --tenant mints one.
+    let base = format!("http://{}/t/globex/sse", server.public);
+    let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))
+        .args(["sign", "--tenant", "globex", "--user", "bob", "--base-url", &base])
+        .env("SSEKIFY_SIGN_SECRET", SIGN_SECRET)
+        .output()
+        .expect("run ssekify sign");
+    assert!(output.status.success(), "ssekify sign: {}", String::from_utf8_lossy(&output.stderr));
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let path = url.strip_prefix(&format!("http://{}", server.public)).unwrap_or_else(|| panic!("{url}"));
+    let mut bob = open(&server, path, &[]);
+    refused(&server, &path.replace("/t/globex/", "/"), &[], 401, "unauthorized");
+
+    assert_eq!(delivered(http(server.api, "POST", "/v1/t/acme/users/alice/events", &[], b"to acme alice")), 1);
+    assert_eq!(delivered(http(server.api, "POST", "/v1/t/globex/users/bob/events", &[], b"to globex bob")), 1);
+    assert_eq!(alice.expect_event("acme's alice").data, "to acme alice");
+    assert_eq!(bob.expect_event("globex's bob").data, "to globex bob");
 }
 
 #[test]

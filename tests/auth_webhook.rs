@@ -2,7 +2,8 @@
 //! test on a loopback port) answers for each subscribe request from its
 //! cookies; ssekify forwards the query and headers, grants the answer's user
 //! and rooms, passes the app's refusals through, answers 503/502 when the app
-//! is down or answers nonsense, and reuses answers for --auth-cache-ttl.
+//! is down or answers nonsense, reuses answers for --auth-cache-ttl, and
+//! holds a subscriber to the tenant the app names.
 
 mod common;
 
@@ -62,6 +63,7 @@ fn answer(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
     };
     let reply = match session.as_str() {
         "alice" => with_length("200 OK", r#"{"user":"alice","rooms":["news"]}"#),
+        "acme-alice" => with_length("200 OK", r#"{"user":"alice","rooms":["news"],"tenant":"acme"}"#),
         // Chunked, in two chunks, as frameworks stream JSON.
         "guest" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nd\r\n{\"user\":null,\r\ne\r\n\"rooms\":[\"*\"]}\r\n0\r\n\r\n".into(),
         "banned" => with_length("403 Forbidden", r#"{"error":"banned"}"#),
@@ -139,6 +141,27 @@ fn the_app_names_the_user_and_its_rooms_on(driver: &str) {
     let client = SseClient::connect(server.public, "/sse?rooms=news,secret", &[("Cookie", "session=alice")]);
     client.assert_error(403, "forbidden");
     assert!(!server.logs().contains("session=alice"), "a cookie reached the logs");
+}
+
+#[test]
+fn the_app_names_the_tenant() {
+    let app = App::start();
+    let server = webhook_server(&app, &["--auth-cache-ttl", "0"]);
+    let acme = [("Cookie", "session=acme-alice")];
+    let mut alice = open(&server, "/t/acme/sse?rooms=news", &acme);
+    let head = app.requests().pop().unwrap();
+    assert!(head.contains("\r\nX-Ssekify-Tenant: acme\r\n"), "the path's tenant is forwarded: {head}");
+    for path in ["/sse?rooms=news", "/t/globex/sse?rooms=news"] {
+        SseClient::connect(server.public, path, &acme).assert_error(403, "forbidden");
+    }
+    // An answer without a tenant is for the default namespace only.
+    SseClient::connect(server.public, "/t/acme/sse", &[("Cookie", "session=alice")]).assert_error(403, "forbidden");
+    let head = app.requests().pop().unwrap();
+    assert!(head.contains("X-Ssekify-Tenant: acme"), "{head}");
+    let _plain = open(&server, "/sse", &[("Cookie", "session=alice")]);
+    assert!(!app.requests().pop().unwrap().contains("X-Ssekify-Tenant"), "no tenant on /sse");
+    assert_eq!(delivered(http(server.api, "POST", "/v1/t/acme/rooms/news/events", &[], b"acme news")), 1);
+    assert_eq!(alice.expect_event("acme's room").data, "acme news");
 }
 
 #[test]

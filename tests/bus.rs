@@ -7,7 +7,8 @@
 //! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
 //! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
 //! (TLS with a private CA, a wrong CA, a client certificate, a TLS Cluster,
-//! Sentinel failover over TLS, unusable certificate files); RESP3.
+//! Sentinel failover over TLS, unusable certificate files); RESP3; tenants on
+//! their own channels (pattern and listed).
 //!
 //! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
 //! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
@@ -868,4 +869,98 @@ fn a_retry_with_the_same_id_is_not_delivered_twice_on_other_instances() {
     }
     ok_json(publish_user(a.api, "rt", "next", "id=order-43"));
     assert_eq!(take(&mut b_user, 1, "B user after the retries"), vec![ev("order-43", None, "next")]);
+}
+
+// ---------------------------------------------------------------------------
+// Tenants: each on `<channel>:tenant:<tenant>`
+// ---------------------------------------------------------------------------
+
+/// A tenant's publish on one instance reaches that tenant's subscribers on
+/// the other, once, and never the same-named user or room of the default
+/// namespace or of another tenant. A subscribes to every tenant channel by
+/// pattern (no `--tenants`), B to the ones `--tenants` lists. In RESP2 and
+/// RESP3 (where pattern messages arrive as pushes).
+#[test]
+fn tenant_messages_cross_instances_on_their_own_channels() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    for protocol in ["resp2", "resp3"] {
+        let url = format!("{}?protocol={protocol}", redis.url());
+        tenant_round(&url, &format!("tenants-test-{protocol}"));
+    }
+}
+
+fn tenant_round(url: &str, channel: &str) {
+    let a = instance(None, url, &["--channel", channel]);
+    let b = instance(None, url, &["--channel", channel, "--tenants", "acme,globex"]);
+    let tenant_path = |tenant: &str, user: &str, rooms: &[&str]| format!("/t/{tenant}{}", sse_path(user, rooms));
+
+    let mut a_acme = subscribe(&a, &tenant_path("acme", "u", &["r"]), 1);
+    let mut b_acme = subscribe(&b, &tenant_path("acme", "u", &["r"]), 1);
+    let mut b_acme_anon = subscribe(&b, &tenant_path("acme", "", &[]), 2);
+    let mut b_default = subscribe(&b, &sse_path("u", &["r"]), 3);
+    let mut b_globex = subscribe(&b, &tenant_path("globex", "u", &["r"]), 4);
+
+    let post = |server: &Server, path: &str, body: &str| -> Value {
+        ok_json(http(server.api, "POST", path, &[("Content-Type", "text/plain")], body.as_bytes()))
+    };
+    // On A, to acme: A's own subscriber once (echo skipped), B's acme ones.
+    let to_user = post(&a, "/v1/t/acme/users/u/events", "acme u");
+    check_answer(&to_user, json!(2), 1, "acme user publish on A");
+    let to_room = post(&a, "/v1/t/acme/rooms/r/events", "acme r");
+    check_answer(&to_room, json!(2), 1, "acme room publish on A");
+    let to_all = post(&a, "/v1/t/acme/broadcast", "acme all");
+    check_answer(&to_all, json!(2), 1, "acme broadcast on A");
+    let batch =
+        json!({ "messages": [{ "user": "u", "data": "acme batch u" }, { "all": true, "data": "acme batch all" }] });
+    let batch = ok_json(http(
+        a.api,
+        "POST",
+        "/v1/t/acme/publish",
+        &[("Content-Type", "application/json")],
+        batch.to_string().as_bytes(),
+    ));
+    let batch_ids: Vec<String> = batch["results"].as_array().unwrap().iter().map(id_of).collect();
+    // On A, to the default namespace: B's default subscriber only.
+    let plain = post(&a, "/v1/broadcast", "default all");
+    check_answer(&plain, json!(2), 0, "default broadcast on A");
+
+    let acme_u = vec![
+        ev(&id_of(&to_user), None, "acme u"),
+        ev(&id_of(&to_room), None, "acme r"),
+        ev(&id_of(&to_all), None, "acme all"),
+        ev(&batch_ids[0], None, "acme batch u"),
+        ev(&batch_ids[1], None, "acme batch all"),
+    ];
+    assert_eq!(take(&mut a_acme, 5, "acme u on A"), acme_u);
+    assert_eq!(take(&mut b_acme, 5, "acme u on B"), acme_u);
+    assert_eq!(
+        take(&mut b_acme_anon, 2, "acme anonymous on B"),
+        vec![ev(&id_of(&to_all), None, "acme all"), ev(&batch_ids[1], None, "acme batch all")]
+    );
+    assert_eq!(take(&mut b_default, 1, "default u on B"), vec![ev(&id_of(&plain), None, "default all")]);
+
+    // On B (listed tenants), to acme: back to A through its pattern, once.
+    let from_b = post(&b, "/v1/t/acme/users/u/events", "from B");
+    check_answer(&from_b, json!(2), 1, "acme user publish on B");
+    assert_eq!(take(&mut a_acme, 1, "acme u on A, from B"), vec![ev(&id_of(&from_b), None, "from B")]);
+    assert_eq!(take(&mut b_acme, 1, "acme u on B, from B"), vec![ev(&id_of(&from_b), None, "from B")]);
+
+    // A tenant B does not list: only A is subscribed to its channel.
+    let unlisted = post(&a, "/v1/t/initech/users/u/events", "initech u");
+    check_answer(&unlisted, json!(1), 0, "unlisted tenant publish on A");
+
+    assert_quiet(
+        &mut [
+            ("acme u on A", &mut a_acme),
+            ("acme u on B", &mut b_acme),
+            ("acme anonymous on B", &mut b_acme_anon),
+            ("default u on B", &mut b_default),
+            ("globex u on B", &mut b_globex),
+        ],
+        Duration::from_millis(500),
+    );
+    assert_eq!(bus(&b)["received"], json!(6), "five acme messages and one default one from A: {}", bus(&b));
 }

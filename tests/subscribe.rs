@@ -238,3 +238,18 @@ fn anonymous_subscriber_gets_broadcasts_and_rooms_only() {
     let s = stats(server.api);
     assert_eq!(stat(&s, "users"), 0, "anonymous connections are not users: {s}");
 }
+
+#[test]
+fn demo_page_only_with_the_flag_and_only_on_the_public_listener() {
+    let plain = Server::start(&[]);
+    assert_eq!(http(plain.public, "GET", "/", &[], b"").status, 404, "no demo page unless asked for");
+
+    let demo = Server::start(&["--demo"]);
+    let page = http(demo.public, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let html = page.text();
+    assert!(html.contains("new EventSource(url)"), "the subscriber page: {html}");
+    assert!(html.contains("/sse?"), "it subscribes on the same origin");
+    assert_eq!(http(demo.api, "GET", "/", &[], b"").status, 404, "the api listener has no demo page");
+}

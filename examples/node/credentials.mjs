@@ -23,22 +23,26 @@ function need(secret, name) {
 /**
  * An HS256 JWT for --auth jwt: sub = the user, rooms = the rooms it may join
  * (['*'] for any), valid for ttl seconds. Send it as `Authorization: Bearer`
- * or as `?token=`; the subscriber picks its rooms with `?rooms=`.
+ * or as `?token=`; the subscriber picks its rooms with `?rooms=`. With a
+ * tenant it opens only that tenant's `/t/{tenant}/sse`, without one only `/sse`.
  */
-export function jwt({ user, rooms = [], ttl = 300, secret = process.env.SSEKIFY_JWT_SECRET }) {
+export function jwt({ user, rooms = [], tenant, ttl = 300, secret = process.env.SSEKIFY_JWT_SECRET }) {
   const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))
-  const claims = b64url(JSON.stringify({ sub: user, rooms, exp: now() + ttl }))
+  const claims = b64url(JSON.stringify({ sub: user, rooms, exp: now() + ttl, ...(tenant ? { tenant } : {}) }))
   return `${header}.${claims}.${hs256(need(secret, 'SSEKIFY_JWT_SECRET'), `${header}.${claims}`)}`
 }
 
 /**
  * A presigned URL for --auth signed, the same as `ssekify sign`: the user
- * (empty: anonymous) and exactly these rooms, usable for ttl seconds.
+ * (empty: anonymous) and exactly these rooms, usable for ttl seconds. With a
+ * tenant the tenant is signed too (a fifth line) and base must be that
+ * tenant's path, `…/t/{tenant}/sse`.
  */
-export function signedUrl(base, { user = '', rooms = [], ttl = 300, secret = process.env.SSEKIFY_SIGN_SECRET }) {
+export function signedUrl(base, { user = '', rooms = [], tenant, ttl = 300, secret = process.env.SSEKIFY_SIGN_SECRET }) {
   const exp = String(now() + ttl)
   const list = rooms.join(',')
-  const sig = hs256(need(secret, 'SSEKIFY_SIGN_SECRET'), `ssekify-sign-v1\n${user}\n${list}\n${exp}`)
+  const canonical = `ssekify-sign-v1\n${user}\n${list}\n${exp}` + (tenant ? `\n${tenant}` : '')
+  const sig = hs256(need(secret, 'SSEKIFY_SIGN_SECRET'), canonical)
   return `${base}?${new URLSearchParams({ user, rooms: list, exp, sig })}`
 }
 

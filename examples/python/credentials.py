@@ -35,23 +35,30 @@ def _need(secret, name):
     return secret
 
 
-def jwt(user, rooms=(), ttl=300, secret=None):
+def jwt(user, rooms=(), ttl=300, secret=None, tenant=None):
     """An HS256 JWT for --auth jwt: sub = the user, rooms = the rooms it may join
     (["*"] for any), valid for ttl seconds. Send it as `Authorization: Bearer`
-    or as `?token=`; the subscriber picks its rooms with `?rooms=`."""
+    or as `?token=`; the subscriber picks its rooms with `?rooms=`. With a
+    tenant it opens only that tenant's `/t/{tenant}/sse`, without one only `/sse`."""
     secret = _need(secret or os.environ.get("SSEKIFY_JWT_SECRET"), "SSEKIFY_JWT_SECRET")
     header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode("utf-8"))
-    claims = _b64url(json.dumps({"sub": user, "rooms": list(rooms), "exp": int(time.time()) + ttl}).encode("utf-8"))
+    body = {"sub": user, "rooms": list(rooms), "exp": int(time.time()) + ttl}
+    if tenant:
+        body["tenant"] = tenant
+    claims = _b64url(json.dumps(body).encode("utf-8"))
     return f"{header}.{claims}.{_hs256(secret, f'{header}.{claims}')}"
 
 
-def signed_url(base, user="", rooms=(), ttl=300, secret=None):
+def signed_url(base, user="", rooms=(), ttl=300, secret=None, tenant=None):
     """A presigned URL for --auth signed, the same as `ssekify sign`: the user
-    (empty: anonymous) and exactly these rooms, usable for ttl seconds."""
+    (empty: anonymous) and exactly these rooms, usable for ttl seconds. With a
+    tenant the tenant is signed too (a fifth line) and base must be that
+    tenant's path, `.../t/{tenant}/sse`."""
     secret = _need(secret or os.environ.get("SSEKIFY_SIGN_SECRET"), "SSEKIFY_SIGN_SECRET")
     exp = str(int(time.time()) + ttl)
     room_list = ",".join(rooms)
-    sig = _hs256(secret, f"ssekify-sign-v1\n{user}\n{room_list}\n{exp}")
+    canonical = f"ssekify-sign-v1\n{user}\n{room_list}\n{exp}" + (f"\n{tenant}" if tenant else "")
+    sig = _hs256(secret, canonical)
     return base + "?" + urllib.parse.urlencode({"user": user, "rooms": room_list, "exp": exp, "sig": sig})
 
 

@@ -1,4 +1,6 @@
 //! Admin routes: close connections, clear replay rings, stop accepting, shut down.
+//! Closes and clears address one namespace (the default one, or a tenant's
+//! under `/v1/t/{tenant}/…`); stop-accepting and shutdown the whole instance.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,32 +11,39 @@ use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
 use crate::http::request::Request;
 use crate::http::response::Response;
+use crate::namespace::Namespace;
+use crate::shard::envelope::Selection;
 use crate::shard::{Phase, ShardCtx};
 
 /// Event name of the shutdown announcement (the seed's default).
 pub const SHUTDOWN_EVENT: &str = "server:shutdown";
 
 /// `DELETE /v1/users/{u}/connections` (seed `close(userId)`).
-pub async fn close_user(ctx: &Rc<ShardCtx>, user: &str) -> Response {
+pub async fn close_user(ctx: &Rc<ShardCtx>, ns: &Namespace, user: &str) -> Response {
     if let Err(refusal) = check_name("user id", user) {
         return refusal;
     }
-    let closed = ctx.close(Some(user)).await;
+    let closed = ctx.close(Selection::User(ns.key(user).into())).await;
     Response::json(200, &json!({ "closed": closed }))
 }
 
-/// `DELETE /v1/connections` (seed `close()`).
-pub async fn close_all(ctx: &Rc<ShardCtx>) -> Response {
-    let closed = ctx.close(None).await;
+/// `DELETE /v1/connections` (seed `close()`): every connection of the namespace.
+pub async fn close_all(ctx: &Rc<ShardCtx>, ns: Namespace) -> Response {
+    let closed = ctx.close(Selection::Namespace(ns)).await;
     Response::json(200, &json!({ "closed": closed }))
 }
 
-/// `DELETE /v1/users/{u}/recent` and `DELETE /v1/recent` (seed `clearRecent`).
-pub async fn clear_recent(ctx: &Rc<ShardCtx>, user: Option<&str>) -> Response {
-    if let Some(refusal) = user.and_then(|user| check_name("user id", user).err()) {
-        return refusal;
-    }
-    ctx.clear_recent(user).await;
+/// `DELETE /v1/users/{u}/recent` and `DELETE /v1/recent` (seed `clearRecent`),
+/// within the namespace.
+pub async fn clear_recent(ctx: &Rc<ShardCtx>, ns: Namespace, user: Option<&str>) -> Response {
+    let which = match user {
+        Some(user) => match check_name("user id", user) {
+            Ok(()) => Selection::User(ns.key(user).into()),
+            Err(refusal) => return refusal,
+        },
+        None => Selection::Namespace(ns),
+    };
+    ctx.clear_recent(which).await;
     Response::json(200, &json!({ "cleared": true }))
 }
 

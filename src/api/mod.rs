@@ -2,7 +2,12 @@
 //!
 //! Parts: [`subscribe`] (`GET /sse`), [`publish`] (single and batch),
 //! [`admin`] (closes, stop-accepting, shutdown), [`observe`] (stats, metrics,
-//! health), [`names`] (validation of user, room and event fields).
+//! health), [`names`] (validation of user, room, tenant and event fields).
+//!
+//! Tenants: `GET /t/{tenant}/sse` and `/v1/t/{tenant}/…` are the routes of
+//! `/sse` and `/v1/…` that address one namespace (publish, closes, replay
+//! clears, stats); the `{tenant}` segment is checked here, after the api key,
+//! and the handlers get the [`Namespace`](crate::namespace::Namespace).
 
 pub mod admin;
 pub mod names;
@@ -62,21 +67,33 @@ pub enum Routed {
 
 /// The largest body a request may carry (checked before it is read).
 pub fn body_limit(request: &Request, config: &Config) -> usize {
-    if &request.path[..] == b"/v1/publish" {
+    if is_batch_path(&request.path) {
         config.max_batch_body
     } else {
         config.max_payload
     }
 }
 
-/// A known route: the methods it allows and whether it is an api route.
+/// `/v1/publish` or `/v1/t/{tenant}/publish` (the tenant still percent-encoded).
+fn is_batch_path(path: &[u8]) -> bool {
+    path == b"/v1/publish"
+        || path
+            .strip_prefix(b"/v1/t/")
+            .and_then(|rest| rest.strip_suffix(b"/publish"))
+            .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains(&b'/'))
+}
+
+/// A known route: the methods it allows, whether it is an api route, and
+/// the `{tenant}` segment of a tenant route (checked later, after the api key).
 struct Route {
     allow: &'static [Method],
     api: bool,
     endpoint: Endpoint,
+    tenant: Option<String>,
 }
 
 enum Endpoint {
+    Demo,
     Subscribe,
     Health,
     Ready,
@@ -94,10 +111,48 @@ enum Endpoint {
     Metrics,
 }
 
+impl Endpoint {
+    /// Routes that exist under `/v1/t/{tenant}/…` too.
+    fn per_tenant(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::PublishUser(_)
+                | Endpoint::PublishRoom(_)
+                | Endpoint::Broadcast
+                | Endpoint::Batch
+                | Endpoint::CloseUser(_)
+                | Endpoint::CloseAll
+                | Endpoint::ClearRecentUser(_)
+                | Endpoint::ClearRecentAll
+                | Endpoint::Stats
+        )
+    }
+}
+
 fn find(segments: &[String]) -> Option<Route> {
-    use Method::{Delete, Get, Post};
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let (allow, api, endpoint): (&'static [Method], bool, Endpoint) = match seg.as_slice() {
+    match seg.as_slice() {
+        ["t", tenant, "sse"] => Some(Route {
+            allow: &[Method::Get],
+            api: false,
+            endpoint: Endpoint::Subscribe,
+            tenant: Some((*tenant).into()),
+        }),
+        ["v1", "t", tenant, rest @ ..] => {
+            let mut inner = vec!["v1"];
+            inner.extend_from_slice(rest);
+            let route = find_default(&inner).filter(|route| route.endpoint.per_tenant())?;
+            Some(Route { tenant: Some((*tenant).into()), ..route })
+        }
+        _ => find_default(&seg),
+    }
+}
+
+/// The routes of the default namespace.
+fn find_default(seg: &[&str]) -> Option<Route> {
+    use Method::{Delete, Get, Post};
+    let (allow, api, endpoint): (&'static [Method], bool, Endpoint) = match seg {
+        [""] => (&[Get], false, Endpoint::Demo),
         ["sse"] => (&[Get], false, Endpoint::Subscribe),
         ["healthz"] => (&[Get], false, Endpoint::Health),
         ["readyz"] => (&[Get], false, Endpoint::Ready),
@@ -115,7 +170,7 @@ fn find(segments: &[String]) -> Option<Route> {
         ["v1", "stats"] => (&[Get], true, Endpoint::Stats),
         _ => return None,
     };
-    Some(Route { allow, api, endpoint })
+    Some(Route { allow, api, endpoint, tenant: None })
 }
 
 fn allow_header(allow: &[Method]) -> String {
@@ -139,7 +194,7 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
     let Ok(segments) = query::segments(&request.path) else {
         return Routed::Response(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
     };
-    let Some(route) = find(&segments) else {
+    let Some(route) = find(&segments).filter(|r| config.demo || !matches!(r.endpoint, Endpoint::Demo)) else {
         return Routed::Response(not_found());
     };
     let is_health = matches!(route.endpoint, Endpoint::Health | Endpoint::Ready);
@@ -168,20 +223,28 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
             return Routed::Response(refusal);
         }
     }
+    let ns = match names::namespace(route.tenant.as_deref(), config.tenants.as_deref()) {
+        Ok(ns) => ns,
+        Err(refusal) => return Routed::Response(refusal),
+    };
     let response = match route.endpoint {
-        Endpoint::Subscribe => return subscribe::handle(ctx, request).await,
+        Endpoint::Demo => observe::demo_page(),
+        Endpoint::Subscribe => return subscribe::handle(ctx, ns, request).await,
         Endpoint::Health => observe::health(),
         Endpoint::Ready => observe::ready(ctx, bus),
         Endpoint::Metrics => observe::metrics(ctx, bus).await,
-        Endpoint::Stats => observe::stats(ctx, bus).await,
-        Endpoint::PublishUser(user) => publish::single(ctx, bus, request, &body, publish::To::User(user)).await,
-        Endpoint::PublishRoom(room) => publish::single(ctx, bus, request, &body, publish::To::Room(room)).await,
-        Endpoint::Broadcast => publish::single(ctx, bus, request, &body, publish::To::All).await,
-        Endpoint::Batch => publish::batch(ctx, bus, request, &body).await,
-        Endpoint::CloseUser(user) => admin::close_user(ctx, &user).await,
-        Endpoint::CloseAll => admin::close_all(ctx).await,
-        Endpoint::ClearRecentUser(user) => admin::clear_recent(ctx, Some(&user)).await,
-        Endpoint::ClearRecentAll => admin::clear_recent(ctx, None).await,
+        Endpoint::Stats => match ns.tenant_name() {
+            None => observe::stats(ctx, bus).await,
+            Some(tenant) => observe::tenant_stats(ctx, tenant).await,
+        },
+        Endpoint::PublishUser(user) => publish::single(ctx, bus, &ns, request, &body, publish::To::User(user)).await,
+        Endpoint::PublishRoom(room) => publish::single(ctx, bus, &ns, request, &body, publish::To::Room(room)).await,
+        Endpoint::Broadcast => publish::single(ctx, bus, &ns, request, &body, publish::To::All).await,
+        Endpoint::Batch => publish::batch(ctx, bus, &ns, request, &body).await,
+        Endpoint::CloseUser(user) => admin::close_user(ctx, &ns, &user).await,
+        Endpoint::CloseAll => admin::close_all(ctx, ns).await,
+        Endpoint::ClearRecentUser(user) => admin::clear_recent(ctx, ns, Some(&user)).await,
+        Endpoint::ClearRecentAll => admin::clear_recent(ctx, ns, None).await,
         Endpoint::StopAccepting => admin::stop_accepting(ctx),
         Endpoint::Shutdown => admin::shutdown(ctx, request).await,
     };
@@ -223,4 +286,55 @@ pub fn query_params(request: &Request) -> Result<Vec<(String, String)>, Response
 /// The last value of a query parameter.
 pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str) -> Option<(bool, Option<String>)> {
+        let segments = query::segments(path.as_bytes()).unwrap();
+        find(&segments).map(|route| (route.api, route.tenant))
+    }
+
+    #[test]
+    fn tenant_routes_mirror_the_default_ones() {
+        assert_eq!(route("/sse"), Some((false, None)));
+        assert_eq!(route("/t/acme/sse"), Some((false, Some("acme".into()))));
+        assert_eq!(route("/t/a%20b/sse"), Some((false, Some("a b".into()))), "decoded");
+        for path in [
+            "/v1/t/acme/users/u/events",
+            "/v1/t/acme/rooms/r/events",
+            "/v1/t/acme/broadcast",
+            "/v1/t/acme/publish",
+            "/v1/t/acme/users/u/connections",
+            "/v1/t/acme/connections",
+            "/v1/t/acme/users/u/recent",
+            "/v1/t/acme/recent",
+            "/v1/t/acme/stats",
+        ] {
+            assert_eq!(route(path), Some((true, Some("acme".into()))), "{path}");
+        }
+        for path in [
+            "/t/acme/healthz",
+            "/t/acme",
+            "/v1/t/acme",
+            "/v1/t/acme/admin/shutdown",
+            "/v1/t/acme/admin/stop-accepting",
+            "/v1/t/acme/metrics",
+            "/v1/t/acme/t/other/broadcast",
+        ] {
+            assert!(route(path).is_none(), "{path} is not a route");
+        }
+    }
+
+    #[test]
+    fn batch_bodies_are_recognised_under_a_tenant() {
+        assert!(is_batch_path(b"/v1/publish"));
+        assert!(is_batch_path(b"/v1/t/acme/publish"));
+        assert!(is_batch_path(b"/v1/t/a%2Cb/publish"));
+        assert!(!is_batch_path(b"/v1/t//publish"));
+        assert!(!is_batch_path(b"/v1/t/a/b/publish"));
+        assert!(!is_batch_path(b"/v1/broadcast"));
+    }
 }

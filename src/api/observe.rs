@@ -75,6 +75,20 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     Response::json(200, &Value::Object(body))
 }
 
+/// `GET /v1/t/{tenant}/stats`: one tenant's share of the instance.
+pub async fn tenant_stats(ctx: &Rc<ShardCtx>, tenant: &str) -> Response {
+    let counts = ctx.tenant_counts(tenant).await;
+    Response::json(
+        200,
+        &json!({
+            "tenant": tenant,
+            "connections": counts.connections,
+            "users": counts.users,
+            "rooms": counts.rooms,
+        }),
+    )
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let snapshots: Vec<_> = ctx.shared.stats.iter().map(|s| s.snapshot()).collect();
@@ -101,4 +115,11 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         &histograms,
     );
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
+}
+
+/// The subscriber page of `examples/browser` at `GET /` with `--demo`: a
+/// first look at a running server from a browser, same origin, no CORS.
+pub fn demo_page() -> Response {
+    const PAGE: &str = include_str!("../../examples/browser/index.html");
+    Response::with_body(200, "text/html; charset=utf-8", PAGE).header("Cache-Control", "no-cache")
 }

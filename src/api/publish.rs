@@ -4,6 +4,9 @@
 //! the request; the shard layer then routes the one `Bytes` frame to every
 //! recipient. A batch is validated whole before anything is delivered. With
 //! an `Idempotency-Key`, a retry gets the first answer and delivers nothing.
+//! Every route publishes into one namespace: the default one, or a tenant's
+//! (`/v1/t/{tenant}/…`), whose targets, idempotency keys and bus channel are
+//! its own.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +23,7 @@ use crate::bus::{self, Bus};
 use crate::http::request::Request;
 use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
+use crate::namespace::Namespace;
 use crate::shard::envelope::{Delivery, Target};
 use crate::shard::idempotency::{valid_key, Claim};
 use crate::shard::ShardCtx;
@@ -35,7 +39,7 @@ pub enum To {
     All,
 }
 
-/// A validated, encoded message.
+/// A validated, encoded message; its delivery's target is in the namespace's keys.
 struct Prepared {
     id: String,
     event: Option<String>,
@@ -44,10 +48,10 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// The message as other instances receive it.
-    fn wire(&self) -> WireMessage {
+    /// The message as other instances receive it on `namespace`'s channel.
+    fn wire(&self, namespace: &Namespace) -> WireMessage {
         WireMessage {
-            target: self.delivery.target.clone(),
+            target: self.delivery.target.unscoped(namespace),
             id: self.id.clone(),
             event: self.event.clone(),
             data: self.data.clone(),
@@ -55,23 +59,37 @@ impl Prepared {
     }
 }
 
-/// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`.
-pub async fn single(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes, to: To) -> Response {
-    idempotent(ctx, request, publish_single(ctx, bus, request, body, to)).await
+/// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`
+/// (and the same under `/v1/t/{tenant}/`).
+pub async fn single(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    ns: &Namespace,
+    request: &Request,
+    body: &Bytes,
+    to: To,
+) -> Response {
+    idempotent(ctx, ns, request, publish_single(ctx, bus, ns, request, body, to)).await
 }
 
 /// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
-pub async fn batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes) -> Response {
-    idempotent(ctx, request, publish_batch(ctx, bus, request, body)).await
+pub async fn batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, ns: &Namespace, request: &Request, body: &Bytes) -> Response {
+    idempotent(ctx, ns, request, publish_batch(ctx, bus, ns, request, body)).await
 }
 
-/// Runs `publish` once per `Idempotency-Key`: a repeat within the window gets
-/// the first successful answer again and delivers nothing.
-async fn idempotent(ctx: &Rc<ShardCtx>, request: &Request, publish: impl Future<Output = Response>) -> Response {
+/// Runs `publish` once per `Idempotency-Key` of the namespace: a repeat
+/// within the window gets the first successful answer again and delivers nothing.
+async fn idempotent(
+    ctx: &Rc<ShardCtx>,
+    ns: &Namespace,
+    request: &Request,
+    publish: impl Future<Output = Response>,
+) -> Response {
     let Some(key) = request.header("idempotency-key") else { return publish.await };
     let Some(key) = std::str::from_utf8(key).ok().filter(|k| valid_key(k.as_bytes())) else {
         return refused(ctx, invalid("Idempotency-Key must be 1-256 visible ASCII characters"));
     };
+    let key = &*ns.key(key);
     match ctx.claim_idempotency_key(key).await {
         Claim::Done(body) => Response::with_body(200, JSON, body).header("Idempotent-Replayed", "true"),
         Claim::InProgress => refused(
@@ -110,15 +128,28 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-async fn publish_single(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes, to: To) -> Response {
-    match validate_and_deliver(ctx, bus, request, || Ok(vec![prepare_single(ctx, request, body, to)?])).await {
+async fn publish_single(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    ns: &Namespace,
+    request: &Request,
+    body: &Bytes,
+    to: To,
+) -> Response {
+    match validate_and_deliver(ctx, bus, ns, request, || Ok(vec![prepare_single(ctx, ns, request, body, to)?])).await {
         Ok(mut results) => Response::json(200, &results.remove(0)),
         Err(response) => refused(ctx, response),
     }
 }
 
-async fn publish_batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request, body: &Bytes) -> Response {
-    match validate_and_deliver(ctx, bus, request, || prepare_batch(ctx, request, body)).await {
+async fn publish_batch(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    ns: &Namespace,
+    request: &Request,
+    body: &Bytes,
+) -> Response {
+    match validate_and_deliver(ctx, bus, ns, request, || prepare_batch(ctx, ns, request, body)).await {
         Ok(results) => Response::json(200, &json!({ "results": results })),
         Err(response) => refused(ctx, response),
     }
@@ -127,11 +158,12 @@ async fn publish_batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, request: &Request,
 async fn validate_and_deliver(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
+    ns: &Namespace,
     request: &Request,
     prepare: impl FnOnce() -> Result<Vec<Prepared>, Response>,
 ) -> Result<Vec<Value>, Response> {
     let scope = scope(request)?;
-    deliver(ctx, bus, scope, prepare()?).await
+    deliver(ctx, bus, ns, scope, prepare()?).await
 }
 
 /// Where a publish goes: `cluster` (default) through the bus when there is one.
@@ -155,14 +187,15 @@ fn scope(request: &Request) -> Result<Scope, Response> {
 async fn deliver(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
+    ns: &Namespace,
     scope: Scope,
     prepared: Vec<Prepared>,
 ) -> Result<Vec<Value>, Response> {
     let started = std::time::Instant::now();
     let instances = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
-            let messages: Vec<WireMessage> = prepared.iter().map(Prepared::wire).collect();
-            let receivers = bus::publish(ctx, bus, &messages).await.map_err(|_| {
+            let messages: Vec<WireMessage> = prepared.iter().map(|p| p.wire(ns)).collect();
+            let receivers = bus::publish(ctx, bus, ns.tenant_name(), &messages).await.map_err(|_| {
                 Response::error(
                     503,
                     "bus_unavailable",
@@ -190,7 +223,13 @@ fn refused(ctx: &ShardCtx, response: Response) -> Response {
     response
 }
 
-fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Result<Prepared, Response> {
+fn prepare_single(
+    ctx: &ShardCtx,
+    ns: &Namespace,
+    request: &Request,
+    body: &Bytes,
+    to: To,
+) -> Result<Prepared, Response> {
     let params = query_params(request)?;
     let target = match to {
         To::User(user) => {
@@ -211,10 +250,11 @@ fn prepare_single(ctx: &ShardCtx, request: &Request, body: &Bytes, to: To) -> Re
     } else if std::str::from_utf8(body).is_err() {
         return Err(invalid("the body is not valid UTF-8"));
     }
-    prepare(ctx, target, param(&params, "event"), param(&params, "id"), body.clone())
+    prepare(ctx, target.scoped(ns), param(&params, "event"), param(&params, "id"), body.clone())
 }
 
-/// Checks fields and size, assigns the id, encodes the frame once.
+/// Checks fields and size, assigns the id, encodes the frame once; `target`
+/// is already in the namespace's keys.
 fn prepare(
     ctx: &ShardCtx,
     target: Target,
@@ -252,7 +292,7 @@ fn prepare(
 
 type Object = HashMap<String, Box<RawValue>>;
 
-fn prepare_batch(ctx: &ShardCtx, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
+fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
     let ndjson = request
         .header_str("content-type")
         .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
@@ -277,7 +317,7 @@ fn prepare_batch(ctx: &ShardCtx, request: &Request, body: &Bytes) -> Result<Vec<
     messages
         .iter()
         .enumerate()
-        .map(|(index, raw)| prepare_message(ctx, raw).map_err(|refusal| at_index(index, refusal)))
+        .map(|(index, raw)| prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal)))
         .collect()
 }
 
@@ -289,9 +329,9 @@ fn at_index(index: usize, refusal: Response) -> Response {
     Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
-fn prepare_message(ctx: &ShardCtx, raw: &RawValue) -> Result<Prepared, Response> {
+fn prepare_message(ctx: &ShardCtx, ns: &Namespace, raw: &RawValue) -> Result<Prepared, Response> {
     let fields = parse_message(raw).map_err(invalid)?;
-    prepare(ctx, fields.target, fields.event.as_deref(), fields.id.as_deref(), Bytes::from(fields.data))
+    prepare(ctx, fields.target.scoped(ns), fields.event.as_deref(), fields.id.as_deref(), Bytes::from(fields.data))
 }
 
 /// The fields of one batch message.

@@ -1,7 +1,9 @@
-//! `GET /sse`: validate the request and turn it into a [`Subscription`].
+//! `GET /sse` and `GET /t/{tenant}/sse`: validate the request and turn it
+//! into a [`Subscription`] in the route's namespace.
 //!
 //! The user and the rooms it may join come from the `--auth` mode
-//! ([`crate::auth`]): `?userId=` in development, else the credential only.
+//! ([`crate::auth`]): `?userId=` in development, else the credential only;
+//! a credential opens only the namespace it is for (`403` otherwise).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -16,6 +18,7 @@ use crate::auth::{Authenticator, Credentials, Denied, Kind};
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
+use crate::namespace::Namespace;
 use crate::shard::envelope::Subscription;
 use crate::shard::{Phase, ShardCtx};
 use crate::sse::frame;
@@ -24,8 +27,8 @@ use crate::sse::frame;
 pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
 
 /// Validates a subscribe request; reserves its connection slot on success.
-pub async fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
-    match subscription(ctx, request).await {
+pub async fn handle(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request) -> Routed {
+    match subscription(ctx, namespace, request).await {
         Ok(subscription) => Routed::Subscribe(subscription),
         Err(response) => {
             if response.status >= 400 {
@@ -36,7 +39,7 @@ pub async fn handle(ctx: &Rc<ShardCtx>, request: &Request) -> Routed {
     }
 }
 
-async fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscription, Response> {
+async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request) -> Result<Subscription, Response> {
     let shared = &ctx.shared;
     let config = &shared.config;
     if shared.phase() != Phase::Running {
@@ -55,11 +58,13 @@ async fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscript
         rooms: param(&params, "rooms"),
         exp: param(&params, "exp"),
         sig: param(&params, "sig"),
+        tenant: namespace.tenant_name(),
         forwarded: Forwarded {
             query: &request.query,
             cookie: request.header("cookie"),
             authorization: request.header("authorization"),
             forwarded_for: request.header("x-forwarded-for"),
+            tenant: namespace.tenant_name(),
         },
     };
     let grant = config
@@ -67,6 +72,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscript
         .authenticate(&credentials, SystemTime::now())
         .await
         .map_err(|denied| refusal(&config.auth, &denied))?;
+    grant.allow_tenant(namespace.tenant_name()).map_err(|denied| refusal(&config.auth, &denied))?;
     if let Some(user) = &grant.user {
         check_name("userId", user).map_err(|invalid| match config.auth.kind() {
             // The name came from the app, whose answer is at fault.
@@ -117,7 +123,11 @@ async fn subscription(ctx: &Rc<ShardCtx>, request: &Request) -> Result<Subscript
         .map(str::to_owned)
         .or_else(|| param(&params, "lastEventId").map(str::to_owned))
         .filter(|id| !id.is_empty());
-    Ok(Subscription { user: grant.user, rooms, last_event_id, preamble: preamble(ctx) })
+    // Names were checked (and the grant applied) as the client knows them;
+    // the shards index them by their internal keys.
+    let user = grant.user.map(|user| namespace.key(&user).into_owned());
+    let rooms = rooms.iter().map(|room| namespace.key(room).into_owned()).collect();
+    Ok(Subscription { namespace, user, rooms, last_event_id, preamble: preamble(ctx) })
 }
 
 /// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),

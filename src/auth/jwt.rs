@@ -3,8 +3,9 @@
 //! so `none` and algorithm-confusion tokens are refused outright.
 //!
 //! Claims read: `sub` (the user, required), `rooms` (allowed rooms, `"*"` for
-//! any; absent allows none), `exp` (required), `nbf` (honoured when present).
-//! Anything else, `tenant` included (tenants are not built yet), is ignored.
+//! any; absent allows none), `tenant` (the namespace the token is for; absent
+//! or null: the default namespace only), `exp` (required), `nbf` (honoured
+//! when present). Anything else is ignored.
 
 use serde_json::{Map, Value};
 
@@ -89,7 +90,12 @@ fn grant(claims: &Map<String, Value>, clock: Clock) -> Result<Grant, Denied> {
         }
         Some(_) => return Err(malformed("rooms must be an array of strings")),
     };
-    Ok(Grant { user: Some(user), rooms })
+    let tenant = match claims.get("tenant") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(tenant)) => Some(tenant.clone()),
+        Some(_) => return Err(malformed("tenant must be a string")),
+    };
+    Ok(Grant { user: Some(user), rooms, tenant })
 }
 
 #[cfg(test)]
@@ -129,9 +135,15 @@ mod tests {
     #[test]
     fn valid_token_grants_sub_and_rooms() {
         let grant = check(&token(json!({"sub": "alice", "rooms": ["a", "b"], "exp": NOW + 60}))).unwrap();
-        assert_eq!(grant, Grant { user: Some("alice".into()), rooms: Rooms::Only(vec!["a".into(), "b".into()]) });
+        assert_eq!(
+            grant,
+            Grant { user: Some("alice".into()), rooms: Rooms::Only(vec!["a".into(), "b".into()]), tenant: None }
+        );
         let grant = check(&token(json!({"sub": "bob", "rooms": ["*"], "exp": NOW + 60, "tenant": "t1"}))).unwrap();
         assert_eq!(grant.rooms, Rooms::Any);
+        assert_eq!(grant.tenant.as_deref(), Some("t1"));
+        let grant = check(&token(json!({"sub": "bob", "exp": NOW + 60, "tenant": null}))).unwrap();
+        assert_eq!(grant.tenant, None, "null is the default namespace");
         let grant = check(&token(json!({"sub": "carol", "exp": (NOW + 60) as f64 + 0.5}))).unwrap();
         assert_eq!(grant.rooms, Rooms::Only(Vec::new()), "no rooms claim allows no rooms");
     }
@@ -176,6 +188,10 @@ mod tests {
             check(&token(json!({"sub": "a", "exp": NOW + 60, "rooms": [1]}))),
             Err(Denied::Malformed(..))
         ));
+        assert_eq!(
+            check(&token(json!({"sub": "a", "exp": NOW + 60, "tenant": ["t1"]}))),
+            Err(malformed("tenant must be a string"))
+        );
     }
 
     #[test]

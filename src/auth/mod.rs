@@ -9,6 +9,12 @@
 //! over the credential fields and turns a [`Denied`] into an answer. Secrets and
 //! credentials are never logged or echoed in an answer, and every MAC is
 //! compared in constant time (`Mac::verify_slice`).
+//!
+//! Tenants: a credential is for one namespace, [`Grant::tenant`] (a JWT's
+//! `tenant` claim, the tenant a URL was signed for, the webhook answer's
+//! `tenant`; none of them: the default namespace), and opens only that
+//! namespace's path ([`Grant::allow_tenant`], else `403`). With `--auth none`
+//! the path's tenant is trusted like `userId`.
 
 pub mod base64url;
 pub mod jwt;
@@ -99,6 +105,9 @@ pub struct Credentials<'a> {
     pub exp: Option<&'a str>,
     /// `?sig=` (signed).
     pub sig: Option<&'a str>,
+    /// The tenant of the path (`/t/{tenant}/sse`), `None` for `/sse`; a
+    /// signed URL's signature covers it.
+    pub tenant: Option<&'a str>,
     /// What the webhook forwards: the query string and some headers.
     pub forwarded: webhook::Forwarded<'a>,
 }
@@ -111,6 +120,9 @@ pub struct Grant {
     pub user: Option<String>,
     /// Rooms the subscriber may join.
     pub rooms: Rooms,
+    /// The tenant whose namespace the credential is for; `None`: the default
+    /// namespace only.
+    pub tenant: Option<String>,
 }
 
 /// Rooms a credential allows.
@@ -131,6 +143,16 @@ impl Grant {
         match requested.iter().find(|room| !allowed.contains(room)) {
             Some(room) => Err(Denied::Room(room.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Checks that the credential is for the namespace of the path, whose
+    /// tenant is `tenant` (`None`: `/sse`, the default namespace); `403` otherwise.
+    pub fn allow_tenant(&self, tenant: Option<&str>) -> Result<(), Denied> {
+        if self.tenant.as_deref() == tenant {
+            Ok(())
+        } else {
+            Err(Denied::Tenant)
         }
     }
 }
@@ -177,6 +199,8 @@ pub enum Denied {
     InvalidUser(Kind),
     /// A requested room the credential does not allow.
     Room(String),
+    /// The credential is for another namespace than the path's.
+    Tenant,
     /// The webhook app refused with this `4xx`/`5xx` status.
     AppRefused(u16),
     /// The webhook app could not be asked: connection, timeout.
@@ -191,7 +215,7 @@ impl Denied {
     /// answered nonsense, `401` otherwise.
     pub fn status(&self) -> u16 {
         match self {
-            Denied::Room(_) => 403,
+            Denied::Room(_) | Denied::Tenant => 403,
             Denied::AppRefused(status) => *status,
             Denied::AppUnavailable(_) => 503,
             Denied::AppAnswerInvalid(_) => 502,
@@ -231,6 +255,10 @@ impl fmt::Display for Denied {
                 "the {kind}'s user is not a valid user id (1-128 bytes without control characters, ',' or '/')"
             ),
             Denied::Room(room) => write!(f, "the credential does not allow room `{room}`"),
+            Denied::Tenant => f.write_str(
+                "the credential is for another namespace: a tenant's credential opens /t/{tenant}/sse, \
+                 one without a tenant /sse",
+            ),
             Denied::AppRefused(status) => write!(f, "the application's auth check refused this subscriber ({status})"),
             Denied::AppUnavailable(why) => write!(f, "the application's auth check is unavailable: {why}"),
             Denied::AppAnswerInvalid(why) => write!(f, "the application's auth check answered badly: {why}"),
@@ -275,9 +303,11 @@ impl Authenticator {
     pub fn verify(&self, credentials: &Credentials<'_>, now: SystemTime) -> Result<Grant, Denied> {
         match self {
             Authenticator::Webhook(_) => Err(Denied::Missing(Kind::AppAnswer)),
-            Authenticator::None => {
-                Ok(Grant { user: credentials.user_id.filter(|u| !u.is_empty()).map(str::to_owned), rooms: Rooms::Any })
-            }
+            Authenticator::None => Ok(Grant {
+                user: credentials.user_id.filter(|u| !u.is_empty()).map(str::to_owned),
+                rooms: Rooms::Any,
+                tenant: credentials.tenant.map(str::to_owned),
+            }),
             Authenticator::Jwt { key, leeway } => {
                 // The header wins over the query parameter (documented in the README).
                 let token = credentials
@@ -339,18 +369,33 @@ mod tests {
     #[test]
     fn grant_allows_only_its_rooms() {
         let rooms = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let grant = Grant { user: None, rooms: Rooms::Only(rooms(&["a", "b"])) };
+        let grant = Grant { user: None, rooms: Rooms::Only(rooms(&["a", "b"])), tenant: None };
         assert_eq!(grant.allow(&rooms(&["b", "a"])), Ok(()));
         assert_eq!(grant.allow(&rooms(&["a", "c"])), Err(Denied::Room("c".into())));
-        let any = Grant { user: None, rooms: Rooms::Any };
+        let any = Grant { user: None, rooms: Rooms::Any, tenant: None };
         assert_eq!(any.allow(&rooms(&["anything"])), Ok(()));
+    }
+
+    #[test]
+    fn grant_opens_its_own_namespace_only() {
+        let default = Grant { user: None, rooms: Rooms::Any, tenant: None };
+        assert_eq!(default.allow_tenant(None), Ok(()));
+        assert_eq!(default.allow_tenant(Some("acme")), Err(Denied::Tenant));
+        let acme = Grant { tenant: Some("acme".into()), ..default };
+        assert_eq!(acme.allow_tenant(Some("acme")), Ok(()));
+        assert_eq!(acme.allow_tenant(Some("globex")), Err(Denied::Tenant));
+        assert_eq!(acme.allow_tenant(None), Err(Denied::Tenant));
+        assert_eq!((Denied::Tenant.status(), Denied::Tenant.code()), (403, "forbidden"));
     }
 
     #[test]
     fn none_mode_trusts_user_id() {
         let credentials = Credentials { user_id: Some("alice"), user: Some("mallory"), ..Credentials::default() };
         let grant = Authenticator::None.verify(&credentials, SystemTime::now()).unwrap();
-        assert_eq!(grant, Grant { user: Some("alice".into()), rooms: Rooms::Any });
+        assert_eq!(grant, Grant { user: Some("alice".into()), rooms: Rooms::Any, tenant: None });
+        let credentials = Credentials { tenant: Some("acme"), ..credentials };
+        let grant = Authenticator::None.verify(&credentials, SystemTime::now()).unwrap();
+        assert_eq!(grant.allow_tenant(Some("acme")), Ok(()), "the path's tenant is trusted");
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //!
 //! ssekify asks `--auth-url` with `GET`, forwarding the subscribe request's
 //! query string and its `Cookie`, `Authorization` and `X-Forwarded-For`
-//! headers. `200` with `{"user": …, "rooms": [...]}` allows (rooms as a JWT's
-//! claim: the ones the subscriber may join, `"*"` for any); any other `4xx`
+//! headers, and, for a tenant's path, `X-Ssekify-Tenant` (the tenant,
+//! percent-encoded as in the path). `200` with `{"user": …, "rooms": [...],
+//! "tenant": …}` allows (rooms as a JWT's claim: the ones the subscriber may
+//! join, `"*"` for any; tenant the namespace the answer is for, absent or
+//! null the default one, which must be the path's); any other `4xx`
 //! or `5xx` refuses the subscriber with that status. An app that cannot be
 //! reached within `--auth-timeout` gives the subscriber `503` (its
 //! `EventSource` retries), an answer that is not such JSON `502`.
@@ -61,6 +64,8 @@ pub struct Forwarded<'a> {
     pub authorization: Option<&'a [u8]>,
     /// Its `X-Forwarded-For` header.
     pub forwarded_for: Option<&'a [u8]>,
+    /// The tenant of its path (`/t/{tenant}/sse`), sent as `X-Ssekify-Tenant`.
+    pub tenant: Option<&'a str>,
 }
 
 impl Forwarded<'_> {
@@ -69,7 +74,8 @@ impl Forwarded<'_> {
     /// session to another on a collision).
     fn key(&self) -> Vec<u8> {
         let mut key = Vec::new();
-        for field in [Some(self.query), self.cookie, self.authorization, self.forwarded_for] {
+        let tenant = self.tenant.map(str::as_bytes);
+        for field in [Some(self.query), self.cookie, self.authorization, self.forwarded_for, tenant] {
             match field {
                 Some(bytes) => {
                     key.extend_from_slice(&(bytes.len() as u32 + 1).to_le_bytes());
@@ -180,6 +186,17 @@ impl Webhook {
                 out.put_slice(b"\r\n");
             }
         }
+        if let Some(tenant) = request.tenant {
+            out.put_slice(b"X-Ssekify-Tenant: ");
+            for byte in tenant.bytes() {
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.put_u8(byte);
+                } else {
+                    out.put_slice(format!("%{byte:02X}").as_bytes());
+                }
+            }
+            out.put_slice(b"\r\n");
+        }
         out.put_slice(b"\r\n");
         out
     }
@@ -230,8 +247,9 @@ fn decide(status: u16, body: &[u8]) -> Result<Grant, Denied> {
     }
 }
 
-/// `{"user": "alice" | null, "rooms": ["a", "b"] | ["*"]}`; a missing user is
-/// an anonymous subscriber, missing rooms allow none.
+/// `{"user": "alice" | null, "rooms": ["a", "b"] | ["*"], "tenant": "acme" | null}`;
+/// a missing user is an anonymous subscriber, missing rooms allow none, a
+/// missing tenant is the default namespace.
 fn grant(body: &[u8]) -> Result<Grant, &'static str> {
     let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
         return Err("the 200 answer is not a JSON object");
@@ -254,7 +272,12 @@ fn grant(body: &[u8]) -> Result<Grant, &'static str> {
         }
         Some(_) => return Err("rooms must be an array of strings"),
     };
-    Ok(Grant { user, rooms })
+    let tenant = match answer.get("tenant") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(tenant)) => Some(tenant.clone()),
+        Some(_) => return Err("tenant must be a string or null"),
+    };
+    Ok(Grant { user, rooms, tenant })
 }
 
 /// Answers of this shard's thread: (expiry, answer) by forwarded request.
@@ -311,12 +334,24 @@ mod tests {
     #[test]
     fn the_answer_decides() {
         let allowed = decide(200, br#"{"user":"alice","rooms":["r1","r2"]}"#).unwrap();
-        assert_eq!(allowed, Grant { user: Some("alice".into()), rooms: Rooms::Only(vec!["r1".into(), "r2".into()]) });
-        assert_eq!(decide(200, br#"{"user":null,"rooms":["*"]}"#).unwrap(), Grant { user: None, rooms: Rooms::Any });
-        assert_eq!(decide(200, b"{}").unwrap(), Grant { user: None, rooms: Rooms::Only(Vec::new()) });
+        assert_eq!(
+            allowed,
+            Grant { user: Some("alice".into()), rooms: Rooms::Only(vec!["r1".into(), "r2".into()]), tenant: None }
+        );
+        assert_eq!(
+            decide(200, br#"{"user":null,"rooms":["*"],"tenant":"acme"}"#).unwrap(),
+            Grant { user: None, rooms: Rooms::Any, tenant: Some("acme".into()) }
+        );
+        assert_eq!(decide(200, b"{}").unwrap(), Grant { user: None, rooms: Rooms::Only(Vec::new()), tenant: None });
         assert_eq!(decide(401, b"").unwrap_err(), Denied::AppRefused(401));
         assert_eq!(decide(503, b"").unwrap_err(), Denied::AppRefused(503));
-        for (status, body) in [(200, &b"[]"[..]), (200, br#"{"user":1}"#), (200, br#"{"rooms":"r1"}"#), (302, b"")] {
+        for (status, body) in [
+            (200, &b"[]"[..]),
+            (200, br#"{"user":1}"#),
+            (200, br#"{"rooms":"r1"}"#),
+            (200, br#"{"tenant":1}"#),
+            (302, b""),
+        ] {
             assert!(matches!(decide(status, body), Err(Denied::AppAnswerInvalid(_))), "{status} {body:?}");
         }
     }
@@ -334,6 +369,8 @@ mod tests {
             &b"GET /auth?app=1&rooms=a HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nAccept: application/json\r\n\
                User-Agent: ssekify\r\nConnection: close\r\nCookie: s=1\r\n\r\n"[..]
         );
+        let tenant = hook.request(&Forwarded { tenant: Some("a b/ü"), ..Default::default() });
+        assert!(tenant.ends_with(b"Connection: close\r\nX-Ssekify-Tenant: a%20b%2F%C3%BC\r\n\r\n"), "{tenant:?}");
         assert_eq!(Webhook::new("http://localhost", Duration::ZERO, Duration::ZERO, 1).unwrap().target, "/");
         assert!(Webhook::new("https://app/auth", Duration::ZERO, Duration::ZERO, 1).is_err());
         assert!(Webhook::new("http:///auth", Duration::ZERO, Duration::ZERO, 1).is_err());
@@ -346,11 +383,13 @@ mod tests {
         let c = Forwarded { cookie: Some(b""), ..Default::default() };
         assert_ne!(a.key(), b.key());
         assert_ne!(c.key(), Forwarded::default().key(), "an empty header is not a missing one");
+        let acme = Forwarded { tenant: Some("acme"), ..Default::default() };
+        assert_ne!(acme.key(), Forwarded::default().key(), "another tenant's path is another question");
     }
 
     #[test]
     fn the_cache_stays_bounded() {
-        let grant = || Ok(Grant { user: None, rooms: Rooms::Any });
+        let grant = || Ok(Grant { user: None, rooms: Rooms::Any, tenant: None });
         for i in 0..10u8 {
             remember(vec![i], grant(), Duration::from_secs(60), 4);
             assert!(CACHE.with_borrow(|c| c.len()) <= 4);

@@ -8,6 +8,11 @@
 //! stops the session is rebuilt, so a subscription that silently died is
 //! noticed. Between sessions every publish is refused at once (503), and the
 //! reconnect waits an exponential backoff with jitter.
+//!
+//! The subscription covers `--channel` (the default namespace), the canary,
+//! and the tenants' channels: `PSUBSCRIBE <channel>:tenant:*`, or, when
+//! `--tenants` lists them, a `SUBSCRIBE` of each (never both, so no message
+//! arrives twice).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -23,6 +28,7 @@ use super::tls::Tls;
 use super::url::{RedisUrl, Topology};
 use super::wire;
 use super::{Bus, BusCommand, BusState};
+use crate::namespace::Namespace;
 use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
@@ -139,9 +145,18 @@ async fn open_session(url: &RedisUrl, bus: &Bus, nodes: &mut Vec<String>) -> Res
     let mut subscriber = RedisConn::open(&address, Some(url), timeout).await?;
     let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
     let mut out = BytesMut::new();
-    resp::command(&mut out, &[b"SUBSCRIBE", bus.channel.as_bytes(), canary_channel.as_bytes()]);
+    let tenant_channels: Vec<String> =
+        bus.tenants.iter().flatten().map(|tenant| super::tenant_channel(&bus.channel, tenant)).collect();
+    let mut channels: Vec<&[u8]> = vec![b"SUBSCRIBE", bus.channel.as_bytes(), canary_channel.as_bytes()];
+    channels.extend(tenant_channels.iter().map(|c| c.as_bytes()));
+    resp::command(&mut out, &channels);
+    let mut confirmations = channels.len() - 1;
+    if bus.tenants.is_none() {
+        resp::command(&mut out, &[b"PSUBSCRIBE", super::tenant_pattern(&bus.channel).as_bytes()]);
+        confirmations += 1;
+    }
     subscriber.writer.write(out).await?;
-    for _ in 0..2 {
+    for _ in 0..confirmations {
         let confirmation = monoio::time::timeout(timeout, subscriber.reader.next())
             .await
             .map_err(|_| format!("SUBSCRIBE to {address} timed out"))??;
@@ -249,12 +264,18 @@ impl Session {
                 error = &mut failover => return error,
                 _ = inbox.recv_batch(&mut batch, BATCH) => {
                     let now = Instant::now();
-                    for BusCommand::Publish { payload, messages, deadline, reply } in batch.drain(..) {
+                    for BusCommand::Publish { tenant, payload, messages, deadline, reply } in batch.drain(..) {
                         if deadline <= now {
                             answer(shared, reply, Answer { values: vec![1], body: None }).await;
                             continue;
                         }
-                        resp::command(&mut out, &[b"PUBLISH", bus.channel.as_bytes(), &payload]);
+                        match tenant {
+                            None => resp::command(&mut out, &[b"PUBLISH", bus.channel.as_bytes(), &payload]),
+                            Some(tenant) => {
+                                let channel = super::tenant_channel(&bus.channel, &tenant);
+                                resp::command(&mut out, &[b"PUBLISH", channel.as_bytes(), &payload]);
+                            }
+                        }
                         in_flight.borrow_mut().push_back(InFlight { reply: Some(reply), messages, sent: now });
                     }
                 }
@@ -327,7 +348,8 @@ async fn fail_in_flight(in_flight: &RefCell<VecDeque<InFlight>>, shared: &Shared
     }
 }
 
-/// Delivers messages from other instances; notes canaries.
+/// Delivers messages from other instances, each into the namespace its
+/// channel names; notes canaries.
 async fn read_messages(
     mut reader: ReplyReader,
     shared: &Shared,
@@ -341,21 +363,28 @@ async fn read_messages(
             Err(error) => return error,
         };
         let Reply::Array(mut parts) = reply else { continue };
-        if parts.len() != 3 || parts[0].text() != Some("message") {
+        // `message <channel> <payload>`, or `pmessage <pattern> <channel> <payload>`.
+        if !matches!((parts.len(), parts.first().and_then(Reply::text)), (3, Some("message")) | (4, Some("pmessage"))) {
             continue;
         }
         let Some(Reply::Text(payload)) = parts.pop() else { continue };
         let channel = parts.pop();
-        match channel.as_ref().and_then(Reply::text) {
-            Some(channel) if channel == canary_channel => canary_seen.set(Instant::now()),
-            Some(channel) if channel == bus.channel => deliver_remote(shared, bus, payload).await,
-            _ => {}
+        let Some(channel) = channel.as_ref().and_then(Reply::text) else { continue };
+        if channel == canary_channel {
+            canary_seen.set(Instant::now());
+        } else if channel == bus.channel {
+            deliver_remote(shared, bus, &Namespace::DEFAULT, payload).await;
+        } else if let Some(tenant) = super::tenant_of(&bus.channel, channel) {
+            let listed = bus.tenants.as_ref().is_none_or(|list| list.iter().any(|t| &**t == tenant));
+            if listed {
+                deliver_remote(shared, bus, &Namespace::tenant(tenant), payload).await;
+            }
         }
     }
 }
 
-/// Encodes each message once and routes it like a local publish.
-async fn deliver_remote(shared: &Shared, bus: &Bus, payload: Bytes) {
+/// Encodes each message once and routes it like a local publish, in `namespace`.
+async fn deliver_remote(shared: &Shared, bus: &Bus, namespace: &Namespace, payload: Bytes) {
     let (instance, messages) = match wire::decode(payload) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -371,7 +400,7 @@ async fn deliver_remote(shared: &Shared, bus: &Bus, payload: Bytes) {
         .into_iter()
         .map(|m| Delivery {
             frame: frame::encode(&m.id, m.event.as_deref(), &m.data),
-            target: m.target,
+            target: m.target.scoped(namespace),
             skip_known_id: true,
         })
         .collect();

@@ -9,6 +9,11 @@
 //! after that and answers 503 otherwise. (If the acknowledgement alone was
 //! lost, other instances may have the message; a retry with the same id is
 //! skipped where it already is, see `ShardCtx::deliver`.)
+//!
+//! Channels: the default namespace's messages go on `--channel`, a tenant's on
+//! [`tenant_channel`] (`<channel>:tenant:<tenant>`), carrying plain names;
+//! every instance subscribes to all of them (a pattern, or each tenant that
+//! `--tenants` lists) and learns the namespace from the channel.
 
 pub mod client;
 pub mod conn;
@@ -37,6 +42,8 @@ pub const BUS_INBOX_CAPACITY: usize = 16 * 1024;
 pub enum BusCommand {
     /// PUBLISH `payload`, answer `[0, receivers]` or `[1]` to `reply`.
     Publish {
+        /// The tenant whose channel it goes on (`None`: `--channel`).
+        tenant: Option<Box<str>>,
         /// Encoded [`wire`] message.
         payload: Bytes,
         /// Messages in the payload (a batch is one PUBLISH).
@@ -81,6 +88,8 @@ pub struct Bus {
     pub timeout: Duration,
     /// This instance's id (skips its own echo).
     pub instance: u32,
+    /// `--tenants`: the tenant channels to subscribe to (`None`: all, by pattern).
+    pub tenants: Option<Vec<Box<str>>>,
     state: AtomicU8,
     published: AtomicU64,
     received: AtomicU64,
@@ -109,10 +118,17 @@ pub struct BusUnavailable;
 
 impl Bus {
     /// A handle; the thread is started by [`client::spawn`].
-    pub fn new(inbox: Arc<SharedInbox<BusCommand>>, channel: String, timeout: Duration, instance: u32) -> Self {
+    pub fn new(
+        inbox: Arc<SharedInbox<BusCommand>>,
+        channel: String,
+        tenants: Option<Vec<Box<str>>>,
+        timeout: Duration,
+        instance: u32,
+    ) -> Self {
         Bus {
             inbox,
             channel,
+            tenants,
             timeout,
             instance,
             state: AtomicU8::new(BusState::Connecting as u8),
@@ -175,9 +191,41 @@ impl Bus {
     }
 }
 
-/// Hands `messages` to Redis in one PUBLISH and waits for the
-/// acknowledgement; returns Redis's receiver count (the instances subscribed).
-pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: &[WireMessage]) -> Result<u64, BusUnavailable> {
+/// The channel of `tenant`'s messages: `<channel>:tenant:<tenant>`.
+pub fn tenant_channel(channel: &str, tenant: &str) -> String {
+    format!("{channel}:tenant:{tenant}")
+}
+
+/// The Redis glob pattern matching every tenant channel of `channel`
+/// (the channel's own glob characters escaped).
+pub fn tenant_pattern(channel: &str) -> String {
+    let mut pattern = String::with_capacity(channel.len() + 10);
+    for c in channel.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":tenant:*");
+    pattern
+}
+
+/// The tenant whose channel `received` is, if it is a tenant channel of
+/// `channel` with a valid tenant name.
+pub fn tenant_of<'a>(channel: &str, received: &'a str) -> Option<&'a str> {
+    let tenant = received.strip_prefix(channel)?.strip_prefix(":tenant:")?;
+    crate::namespace::valid_name(tenant).then_some(tenant)
+}
+
+/// Hands `messages` of `tenant` (`None`: the default namespace) to Redis in
+/// one PUBLISH and waits for the acknowledgement; returns Redis's receiver
+/// count (the instances subscribed).
+pub async fn publish(
+    ctx: &Rc<ShardCtx>,
+    bus: &Bus,
+    tenant: Option<&str>,
+    messages: &[WireMessage],
+) -> Result<u64, BusUnavailable> {
     if !bus.is_live() {
         return Err(BusUnavailable);
     }
@@ -187,7 +235,8 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: &[WireMessage]) ->
         .request_with_timeout(
             |reply| {
                 let messages = messages.len() as u32;
-                bus.inbox.try_send(BusCommand::Publish { payload, messages, deadline, reply }).is_ok()
+                let tenant = tenant.map(Box::from);
+                bus.inbox.try_send(BusCommand::Publish { tenant, payload, messages, deadline, reply }).is_ok()
             },
             bus.timeout,
         )
@@ -196,5 +245,24 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: &[WireMessage]) ->
     match answer.values.as_slice() {
         [0, receivers] => Ok(*receivers),
         _ => Err(BusUnavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_channels() {
+        assert_eq!(tenant_channel("ssekify:bus", "acme"), "ssekify:bus:tenant:acme");
+        assert_eq!(tenant_pattern("ssekify:bus"), "ssekify:bus:tenant:*");
+        assert_eq!(tenant_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\:tenant:*");
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus:tenant:acme"), Some("acme"));
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus:tenant:a b"), Some("a b"));
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus"), None);
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus:tenant:"), None, "no name");
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus:tenant:a/b"), None, "not a valid name");
+        assert_eq!(tenant_of("ssekify:bus", "other:tenant:acme"), None);
+        assert_eq!(tenant_of("ssekify:bus", "ssekify:bus:canary:0000"), None);
     }
 }

@@ -11,7 +11,9 @@
 //!     u32 data length, data bytes
 //! ```
 //! Receivers encode the SSE frame themselves (once per message), with the
-//! publisher's id, so every instance's replay rings hold the same ids.
+//! publisher's id, so every instance's replay rings hold the same ids. Names
+//! are plain (never internal keys); the namespace is the channel's, so on a
+//! tenant's channel `all` means every connection of that tenant.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -49,7 +51,8 @@ pub fn encode(instance: u32, messages: &[WireMessage]) -> Bytes {
     out.put_u16(messages.len() as u16);
     for message in messages {
         out.put_u8(match message.target {
-            Target::All => 0,
+            // A tenant's broadcast travels as `all` on the tenant's channel.
+            Target::All | Target::Tenant(_) => 0,
             Target::User(_) => 1,
             Target::Room(_) => 2,
         });
@@ -102,7 +105,7 @@ pub fn decode(mut input: Bytes) -> Result<(u32, Vec<WireMessage>), WireError> {
 
 fn name(target: &Target) -> &str {
     match target {
-        Target::All => "",
+        Target::All | Target::Tenant(_) => "",
         Target::User(name) | Target::Room(name) => name,
     }
 }

@@ -65,7 +65,8 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         Some(url) => {
             let (inbox, local) = inbox(BUS_INBOX_CAPACITY);
             let config = &shared.config;
-            let bus = Arc::new(Bus::new(inbox, config.channel.clone(), config.bus_timeout, instance));
+            let bus =
+                Arc::new(Bus::new(inbox, config.channel.clone(), config.tenants.clone(), config.bus_timeout, instance));
             crate::log!(Info, "starting the bus", redis = url, channel = config.channel);
             bus::client::spawn(shared.clone(), bus.clone(), local, url)
                 .map_err(|e| StartError(format!("cannot spawn the bus thread: {e}")))?;

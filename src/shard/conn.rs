@@ -32,9 +32,11 @@ pub enum Work {
 /// A subscriber as the shard sees it.
 #[derive(Debug)]
 pub struct Conn {
-    /// The user, when the connection is not anonymous.
+    /// The tenant, `None` in the default namespace.
+    pub tenant: Option<Rc<str>>,
+    /// The user's internal key, when the connection is not anonymous.
     pub user: Option<Rc<str>>,
-    /// Rooms joined.
+    /// Internal keys of the rooms joined.
     pub rooms: SmallVec<[Rc<str>; 2]>,
     /// Frames waiting or in flight.
     pub queue: FrameQueue,
@@ -50,8 +52,9 @@ pub struct Conn {
 
 impl Conn {
     /// A connection registered at shard time `now_ms`.
-    pub fn new(user: Option<Rc<str>>, rooms: SmallVec<[Rc<str>; 2]>, now_ms: u64) -> Self {
+    pub fn new(tenant: Option<Rc<str>>, user: Option<Rc<str>>, rooms: SmallVec<[Rc<str>; 2]>, now_ms: u64) -> Self {
         Conn {
+            tenant,
             user,
             rooms,
             queue: FrameQueue::default(),

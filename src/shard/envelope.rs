@@ -5,15 +5,55 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// Who a message is for.
+use crate::namespace::Namespace;
+
+/// Who a message is for. Inside the process user and room names are internal
+/// keys ([`Namespace::key`]); on the bus they are plain names, the tenant
+/// being the channel's ([`Target::scoped`], [`Target::unscoped`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every connection of one user (on the user's owner shard).
     User(Box<str>),
     /// Every member of a room (on every shard).
     Room(Box<str>),
-    /// Every connection (on every shard).
+    /// Every connection of the default namespace (on every shard).
     All,
+    /// Every connection of one tenant (on every shard); never on the bus,
+    /// where a tenant's channel carries `All` instead.
+    Tenant(Box<str>),
+}
+
+impl Target {
+    /// The target of a plain (client-facing) `self` in `namespace`.
+    pub fn scoped(self, namespace: &Namespace) -> Target {
+        let Some(tenant) = namespace.tenant_name() else { return self };
+        match self {
+            Target::User(user) => Target::User(namespace.key(&user).into()),
+            Target::Room(room) => Target::Room(namespace.key(&room).into()),
+            Target::All | Target::Tenant(_) => Target::Tenant(tenant.into()),
+        }
+    }
+
+    /// The plain (client-facing) form of a target of `namespace`, as another
+    /// instance receives it on that namespace's channel.
+    pub fn unscoped(&self, namespace: &Namespace) -> Target {
+        match self {
+            Target::User(user) => Target::User(namespace.name_of(user).into()),
+            Target::Room(room) => Target::Room(namespace.name_of(room).into()),
+            Target::All | Target::Tenant(_) => Target::All,
+        }
+    }
+}
+
+/// Which connections or replay rings an admin request addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// One user's (an internal key), on the user's owner shard.
+    User(Box<str>),
+    /// Everything of one namespace, on every shard.
+    Namespace(Namespace),
+    /// Everything on every shard (shutdown).
+    Everything,
 }
 
 /// One encoded frame for one target; the frame is shared, never copied.
@@ -32,9 +72,11 @@ pub struct Delivery {
 /// A validated subscribe request, ready to register on the owning shard.
 #[derive(Debug)]
 pub struct Subscription {
-    /// The user, or `None` for an anonymous connection.
+    /// The namespace the connection lives in.
+    pub namespace: Namespace,
+    /// The user's internal key, or `None` for an anonymous connection.
     pub user: Option<String>,
-    /// Rooms to join.
+    /// Internal keys of the rooms to join.
     pub rooms: Vec<String>,
     /// `Last-Event-ID` (header, else `lastEventId` query parameter).
     pub last_event_id: Option<String>,
@@ -81,22 +123,29 @@ pub enum Envelope {
         /// Where to send the counts, if anyone waits.
         reply: Option<ReplyTo>,
     },
-    /// Close a user's connections (or all) after flushing; replies with the count.
+    /// Close the selected connections after flushing; replies with the count.
     Close {
-        /// `None` closes every connection.
-        user: Option<Box<str>>,
+        /// Whose connections.
+        which: Selection,
         /// Where to send the count.
         reply: ReplyTo,
     },
-    /// Drop a user's replay ring (or all rings); replies when done.
+    /// Drop the selected replay rings; replies when done.
     ClearRecent {
-        /// `None` clears every ring.
-        user: Option<Box<str>>,
+        /// Whose rings.
+        which: Selection,
         /// Where to confirm.
         reply: ReplyTo,
     },
     /// Reply with the hashes of rooms with members here (for distinct counts).
     RoomHashes {
+        /// Where to send them.
+        reply: ReplyTo,
+    },
+    /// Reply with a tenant's counts here: `[connections, users, room hashes…]`.
+    TenantCounts {
+        /// The tenant.
+        tenant: Box<str>,
         /// Where to send them.
         reply: ReplyTo,
     },

@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
 use conn::{Closing, Conn};
-use envelope::{Answer, Delivery, Envelope, Subscription, Target};
+use envelope::{Answer, Delivery, Envelope, Selection, Subscription, Target};
 use idempotency::{Claim, IdempotencyTable};
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
@@ -167,13 +167,19 @@ impl ShardCtx {
         }
         let entry = state.conns.vacant_entry();
         let key = entry.key();
+        let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
         let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
-        let conn = entry.insert(Conn::new(user, rooms, self.now_ms()));
+        let conn = entry.insert(Conn::new(tenant, user, rooms, self.now_ms()));
         conn.push_control(subscription.preamble);
         // Same turn of the shard as the registration: nothing published
         // meanwhile can fall between the replayed part and the live part.
-        let replay = state.replay.replay(conn.user.as_deref(), &conn.rooms, subscription.last_event_id.as_deref());
+        let replay = state.replay.replay(
+            conn.user.as_deref(),
+            &conn.rooms,
+            conn.tenant.as_deref(),
+            subscription.last_event_id.as_deref(),
+        );
         if replay.gap {
             conn.push_control(replay::gap_frame(subscription.last_event_id.as_deref().unwrap_or_default()));
         }
@@ -200,6 +206,9 @@ impl ShardCtx {
         }
         for room in &conn.rooms {
             state.registry.remove_member(room, key);
+        }
+        if let Some(tenant) = &conn.tenant {
+            state.registry.remove_tenant_member(tenant, key);
         }
         drop_connection_slot(&self.shared);
         let stats = self.stats();
@@ -244,6 +253,7 @@ impl ShardCtx {
             Target::User(user) => Stream::User(user),
             Target::Room(room) => Stream::Room(room),
             Target::All => Stream::All,
+            Target::Tenant(tenant) => Stream::Tenant(tenant),
         };
         if delivery.skip_known_id && replay.knows(stream, frame) {
             return 0;
@@ -283,9 +293,24 @@ impl ShardCtx {
                     push(&mut conns[key]);
                 }
             }
+            // The default namespace: the whole slab, skipping tenants'
+            // connections only when this shard has any (so without tenants
+            // the loop is what it always was).
+            Target::All if registry.has_tenants() => {
+                for (_, conn) in conns.iter_mut() {
+                    if conn.tenant.is_none() {
+                        push(conn);
+                    }
+                }
+            }
             Target::All => {
                 for (_, conn) in conns.iter_mut() {
                     push(conn);
+                }
+            }
+            Target::Tenant(tenant) => {
+                for &key in registry.tenant(tenant).into_iter().flatten() {
+                    push(&mut conns[key]);
                 }
             }
         }
@@ -302,26 +327,23 @@ impl ShardCtx {
         tally.queued
     }
 
-    /// Closes the local connections of `user` (or all) after their queues
-    /// flush; returns how many.
-    pub fn close_local(&self, user: Option<&str>) -> u64 {
+    /// Closes the selected local connections after their queues flush;
+    /// returns how many.
+    pub fn close_local(&self, which: &Selection) -> u64 {
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, .. } = &mut *state;
-        match user {
-            Some(user) => {
-                let keys: SmallVec<[usize; 4]> = registry.user(user).iter().copied().collect();
-                for &key in &keys {
-                    conns[key].close(Closing::AfterFlush);
-                }
-                keys.len() as u64
-            }
-            None => {
-                for (_, conn) in conns.iter_mut() {
-                    conn.close(Closing::AfterFlush);
-                }
-                conns.len() as u64
-            }
+        let keys: SmallVec<[usize; 4]> = match which {
+            Selection::User(user) => registry.user(user).iter().copied().collect(),
+            Selection::Namespace(namespace) => match namespace.tenant_name() {
+                Some(tenant) => registry.tenant(tenant).into_iter().flatten().copied().collect(),
+                None => conns.iter().filter(|(_, conn)| conn.tenant.is_none()).map(|(key, _)| key).collect(),
+            },
+            Selection::Everything => conns.iter().map(|(key, _)| key).collect(),
+        };
+        for &key in &keys {
+            conns[key].close(Closing::AfterFlush);
         }
+        keys.len() as u64
     }
 
     /// Publishes the replay store's usage to this shard's gauges.
@@ -334,40 +356,41 @@ impl ShardCtx {
         stats.replay_bytes.store(usage.bytes as u64, Ordering::Relaxed);
     }
 
-    /// Drops the local replay ring of `user` (or every ring).
-    pub fn clear_recent_local(&self, user: Option<&str>) {
+    /// Drops the selected local replay rings.
+    pub fn clear_recent_local(&self, which: &Selection) {
         let mut state = self.state.borrow_mut();
-        match user {
-            Some(user) => state.replay.clear_user(user),
-            None => state.replay.clear_all(),
+        match which {
+            Selection::User(user) => state.replay.clear_user(user),
+            Selection::Namespace(namespace) => state.replay.clear_namespace(namespace),
+            Selection::Everything => state.replay.clear_all(),
         }
         self.report_replay(&state.replay);
     }
 
-    /// Clears replay rings: a user's (on its owner) or all (every shard).
-    pub async fn clear_recent(self: &Rc<Self>, user: Option<&str>) {
-        let shards: Vec<usize> = match user {
-            Some(user) => vec![self.shared.owner(user)],
-            None => (0..self.shared.shard_count()).collect(),
-        };
-        let user: Option<Box<str>> = user.map(Box::from);
-        self.ask(&shards, |_, reply| Envelope::ClearRecent { user: user.clone(), reply }).await;
+    /// The shards holding what `which` selects: a user's owner, or all.
+    fn shards_of(&self, which: &Selection) -> Vec<usize> {
+        match which {
+            Selection::User(user) => vec![self.shared.owner(user)],
+            Selection::Namespace(_) | Selection::Everything => (0..self.shared.shard_count()).collect(),
+        }
     }
 
-    /// Closes connections of `user` (on its owner) or of everyone (all shards).
-    pub async fn close(self: &Rc<Self>, user: Option<&str>) -> u64 {
-        let shards: Vec<usize> = match user {
-            Some(user) => vec![self.shared.owner(user)],
-            None => (0..self.shared.shard_count()).collect(),
-        };
+    /// Clears the selected replay rings on the shards holding them.
+    pub async fn clear_recent(self: &Rc<Self>, which: Selection) {
+        let shards = self.shards_of(&which);
+        self.ask(&shards, |_, reply| Envelope::ClearRecent { which: which.clone(), reply }).await;
+    }
+
+    /// Closes the selected connections on the shards holding them.
+    pub async fn close(self: &Rc<Self>, which: Selection) -> u64 {
+        let shards = self.shards_of(&which);
         let mut closed = 0;
         let remote: Vec<usize> = shards.iter().copied().filter(|&s| s != self.id).collect();
         if shards.contains(&self.id) {
-            closed += self.close_local(user);
+            closed += self.close_local(&which);
         }
         if !remote.is_empty() {
-            let user: Option<Box<str>> = user.map(Box::from);
-            let replies = self.ask(&remote, |_, reply| Envelope::Close { user: user.clone(), reply }).await;
+            let replies = self.ask(&remote, |_, reply| Envelope::Close { which: which.clone(), reply }).await;
             closed += replies.iter().flat_map(|a| &a.values).sum::<u64>();
         }
         closed
@@ -415,6 +438,43 @@ impl ShardCtx {
         state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
     }
 
+    /// A tenant's connections, distinct users and distinct rooms across
+    /// every shard (users live on one shard each, so their counts add up).
+    pub async fn tenant_counts(self: &Rc<Self>, tenant: &str) -> TenantCounts {
+        let all: Vec<usize> = (0..self.shared.shard_count()).collect();
+        let replies = self.ask(&all, |_, reply| Envelope::TenantCounts { tenant: tenant.into(), reply }).await;
+        let mut counts = TenantCounts::default();
+        let mut rooms = ahash::AHashSet::new();
+        for answer in replies {
+            if let [connections, users, hashes @ ..] = answer.values.as_slice() {
+                counts.connections += connections;
+                counts.users += users;
+                rooms.extend(hashes.iter().copied());
+            }
+        }
+        counts.rooms = rooms.len() as u64;
+        counts
+    }
+
+    /// `[connections, distinct users, room hashes…]` of `tenant` here; visits
+    /// that tenant's connections only.
+    fn tenant_counts_local(&self, tenant: &str) -> Vec<u64> {
+        let state = self.state.borrow();
+        let Some(members) = state.registry.tenant(tenant) else { return vec![0, 0] };
+        let mut users = ahash::AHashSet::new();
+        let mut rooms = ahash::AHashSet::new();
+        for &key in members {
+            let conn = &state.conns[key];
+            if let Some(user) = &conn.user {
+                users.insert(Rc::as_ptr(user));
+            }
+            rooms.extend(conn.rooms.iter().map(|room| self.shared.owner_hasher.hash_one(&**room)));
+        }
+        let mut values = vec![members.len() as u64, users.len() as u64];
+        values.extend(rooms);
+        values
+    }
+
     /// Handles one envelope from the inbox.
     pub fn handle(self: &Rc<Self>, envelope: Envelope) {
         match envelope {
@@ -435,8 +495,8 @@ impl ShardCtx {
                     self.reply(reply, counts);
                 }
             }
-            Envelope::Close { user, reply } => {
-                let closed = self.close_local(user.as_deref());
+            Envelope::Close { which, reply } => {
+                let closed = self.close_local(&which);
                 self.reply(reply, vec![closed]);
             }
             Envelope::IdempotencyClaim { key, reply } => {
@@ -444,13 +504,17 @@ impl ShardCtx {
                 self.answer(reply, claim_answer(claim));
             }
             Envelope::IdempotencyFinish { key, answer } => self.state.borrow_mut().idempotency.finish(&key, answer),
-            Envelope::ClearRecent { user, reply } => {
-                self.clear_recent_local(user.as_deref());
+            Envelope::ClearRecent { which, reply } => {
+                self.clear_recent_local(&which);
                 self.reply(reply, Vec::new());
             }
             Envelope::RoomHashes { reply } => {
                 let hashes = self.room_hashes();
                 self.reply(reply, hashes);
+            }
+            Envelope::TenantCounts { tenant, reply } => {
+                let values = self.tenant_counts_local(&tenant);
+                self.reply(reply, values);
             }
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, answer } => {
@@ -489,6 +553,17 @@ fn claim_answer(claim: Claim) -> Answer {
         Claim::InProgress => Answer { values: vec![1], body: None },
         Claim::Done(body) => Answer { values: vec![2], body: Some(body) },
     }
+}
+
+/// One tenant's share of the instance (`GET /v1/t/{tenant}/stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCounts {
+    /// Its open connections.
+    pub connections: u64,
+    /// Its distinct named users with a connection.
+    pub users: u64,
+    /// Its distinct rooms with members.
+    pub rooms: u64,
 }
 
 /// Counts of one fan-out, added to the shard's counters once at the end.

@@ -2,7 +2,10 @@
 //!
 //! Names are `Rc<str>` shared between the maps and the connections, so a
 //! name is allocated once per connection. Users are owned by exactly one
-//! shard; rooms have a member set on every shard with members.
+//! shard; rooms have a member set on every shard with members. User and room
+//! names are internal keys ([`crate::namespace`]), so a tenant's never meet
+//! another namespace's. Each tenant with connections here also has a member
+//! set, so its broadcast visits its own connections only.
 
 use std::rc::Rc;
 
@@ -17,6 +20,7 @@ pub type UserConns = SmallVec<[usize; 2]>;
 pub struct Registry {
     users: AHashMap<Rc<str>, UserConns>,
     rooms: AHashMap<Rc<str>, AHashSet<usize>>,
+    tenants: AHashMap<Rc<str>, AHashSet<usize>>,
 }
 
 impl Registry {
@@ -38,6 +42,16 @@ impl Registry {
     /// Members of `room` here.
     pub fn room(&self, room: &str) -> Option<&AHashSet<usize>> {
         self.rooms.get(room)
+    }
+
+    /// True when some connection here belongs to a tenant.
+    pub fn has_tenants(&self) -> bool {
+        !self.tenants.is_empty()
+    }
+
+    /// Connections of `tenant` here.
+    pub fn tenant(&self, tenant: &str) -> Option<&AHashSet<usize>> {
+        self.tenants.get(tenant)
     }
 
     /// Room names with members here.
@@ -63,20 +77,12 @@ impl Registry {
 
     /// Interns `room` and records `conn` as a member; returns the shared name.
     pub fn add_member(&mut self, room: &str, conn: usize) -> Rc<str> {
-        match self.rooms.get_key_value(room) {
-            Some((name, _)) => {
-                let name = name.clone();
-                self.rooms.get_mut(room).expect("present").insert(conn);
-                name
-            }
-            None => {
-                let name: Rc<str> = Rc::from(room);
-                let mut members = AHashSet::new();
-                members.insert(conn);
-                self.rooms.insert(name.clone(), members);
-                name
-            }
-        }
+        add_to_set(&mut self.rooms, room, conn)
+    }
+
+    /// Interns `tenant` and records `conn` as one of its connections.
+    pub fn add_tenant_member(&mut self, tenant: &str, conn: usize) -> Rc<str> {
+        add_to_set(&mut self.tenants, tenant, conn)
     }
 
     /// Forgets `conn` under `user`, and the user when it was the last.
@@ -91,11 +97,37 @@ impl Registry {
 
     /// Forgets `conn` in `room`, and the room when it was the last member.
     pub fn remove_member(&mut self, room: &str, conn: usize) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&conn);
-            if members.is_empty() {
-                self.rooms.remove(room);
-            }
+        remove_from_set(&mut self.rooms, room, conn);
+    }
+
+    /// Forgets `conn` of `tenant`, and the tenant when it was the last.
+    pub fn remove_tenant_member(&mut self, tenant: &str, conn: usize) {
+        remove_from_set(&mut self.tenants, tenant, conn);
+    }
+}
+
+fn add_to_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize) -> Rc<str> {
+    match sets.get_key_value(name) {
+        Some((interned, _)) => {
+            let interned = interned.clone();
+            sets.get_mut(name).expect("present").insert(conn);
+            interned
+        }
+        None => {
+            let interned: Rc<str> = Rc::from(name);
+            let mut members = AHashSet::new();
+            members.insert(conn);
+            sets.insert(interned.clone(), members);
+            interned
+        }
+    }
+}
+
+fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize) {
+    if let Some(members) = sets.get_mut(name) {
+        members.remove(&conn);
+        if members.is_empty() {
+            sets.remove(name);
         }
     }
 }
@@ -121,5 +153,22 @@ mod tests {
         registry.remove_member("lobby", 3);
         assert_eq!(registry.user_count(), 0);
         assert_eq!(registry.room_count(), 0);
+    }
+
+    #[test]
+    fn tenants_have_member_sets() {
+        let mut registry = Registry::default();
+        assert!(!registry.has_tenants());
+        let a = registry.add_tenant_member("acme", 1);
+        let b = registry.add_tenant_member("acme", 2);
+        assert!(Rc::ptr_eq(&a, &b));
+        registry.add_tenant_member("globex", 3);
+        assert_eq!(registry.tenant("acme").map(|members| members.len()), Some(2));
+        registry.remove_tenant_member("acme", 1);
+        registry.remove_tenant_member("acme", 2);
+        assert!(registry.tenant("acme").is_none());
+        assert!(registry.has_tenants(), "globex is left");
+        registry.remove_tenant_member("globex", 3);
+        assert!(!registry.has_tenants());
     }
 }

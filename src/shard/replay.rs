@@ -3,11 +3,14 @@
 //! A ring holds `(arrival sequence, shared frame)` — never a copy: the frame is
 //! the same `Bytes` every recipient got, and its id is read back from the
 //! frame's first line. There is a ring per user (on the user's owner shard),
-//! per room and one for broadcasts (on every shard, since room and broadcast
-//! frames reach every shard). Rings are kept whether or not anyone is
-//! connected, expire after `--recent-ttl` without a new message, and are
-//! evicted least-recently-active first beyond `--recent-max-users`,
-//! `--recent-max-rooms` or `--recent-max-bytes` (each shard enforces its share).
+//! per room, one for the default namespace's broadcasts and one per tenant for
+//! that tenant's broadcasts (on every shard, since room and broadcast frames
+//! reach every shard). User and room rings are named by internal keys
+//! ([`crate::namespace`]), so each tenant has its own. Rings are kept whether or
+//! not anyone is connected, expire after `--recent-ttl` without a new message,
+//! and are evicted least-recently-active first beyond `--recent-max-users`,
+//! `--recent-max-rooms` (room rings and tenant broadcast rings, each kind
+//! bounded by it) or `--recent-max-bytes` (each shard enforces its share).
 //!
 //! A resume merges the rings that apply to a connection by arrival sequence,
 //! so replayed frames come in the order they were published on this shard.
@@ -17,6 +20,8 @@ use std::rc::Rc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
+
+use crate::namespace::Namespace;
 
 /// Event name of the in-band "you may have missed messages" notice.
 pub const GAP_EVENT: &str = "ssekify.gap";
@@ -30,7 +35,7 @@ pub struct ReplayLimits {
     pub ttl_ms: u64,
     /// User rings kept on this shard.
     pub max_users: usize,
-    /// Room rings kept on this shard.
+    /// Room rings kept on this shard (and, apart, tenant broadcast rings).
     pub max_rooms: usize,
     /// Frame bytes referenced by this shard's rings.
     pub max_bytes: usize,
@@ -43,8 +48,10 @@ pub enum Stream<'a> {
     User(&'a str),
     /// A room's messages.
     Room(&'a str),
-    /// Broadcasts.
+    /// The default namespace's broadcasts.
     All,
+    /// One tenant's broadcasts.
+    Tenant(&'a str),
 }
 
 #[derive(Debug)]
@@ -94,7 +101,7 @@ pub struct Replay {
 pub struct ReplayUsage {
     /// User rings held.
     pub users: usize,
-    /// Room rings held.
+    /// Room rings held, tenant broadcast rings included.
     pub rooms: usize,
     /// Entries across all rings.
     pub entries: usize,
@@ -108,6 +115,7 @@ pub struct ReplayStore {
     limits: ReplayLimits,
     users: Keyed,
     rooms: Keyed,
+    tenants: Keyed,
     broadcast: Ring,
     broadcast_forgotten_through: u64,
     next_seq: u64,
@@ -123,6 +131,7 @@ impl ReplayStore {
             limits,
             users: Keyed::default(),
             rooms: Keyed::default(),
+            tenants: Keyed::default(),
             broadcast: Ring::default(),
             broadcast_forgotten_through: 0,
             next_seq: 0,
@@ -141,7 +150,7 @@ impl ReplayStore {
     pub fn usage(&self) -> ReplayUsage {
         ReplayUsage {
             users: self.users.rings.len(),
-            rooms: self.rooms.rings.len(),
+            rooms: self.rooms.rings.len() + self.tenants.rings.len(),
             entries: self.entries,
             bytes: self.bytes,
         }
@@ -161,6 +170,7 @@ impl ReplayStore {
             Stream::All => &mut self.broadcast,
             Stream::User(name) => self.users.touch(name, touch, seq),
             Stream::Room(name) => self.rooms.touch(name, touch, seq),
+            Stream::Tenant(name) => self.tenants.touch(name, touch, seq),
         };
         ring.last_active_ms = now_ms;
         self.entries += 1;
@@ -183,18 +193,27 @@ impl ReplayStore {
             Stream::All => Some(&self.broadcast),
             Stream::User(name) => self.users.rings.get(name),
             Stream::Room(name) => self.rooms.rings.get(name),
+            Stream::Tenant(name) => self.tenants.rings.get(name),
         };
         ring.is_some_and(|ring| ring.entries.iter().any(|e| e.id() == id))
     }
 
-    /// Frames for a new connection of `user` in `rooms`, resuming after
-    /// `last_id` when given (see the module docs for the rules).
-    pub fn replay(&self, user: Option<&str>, rooms: &[Rc<str>], last_id: Option<&str>) -> Replay {
+    /// Frames for a new connection of `user` in `rooms` of `tenant` (`None`:
+    /// the default namespace), resuming after `last_id` when given (see the
+    /// module docs for the rules).
+    pub fn replay(&self, user: Option<&str>, rooms: &[Rc<str>], tenant: Option<&str>, last_id: Option<&str>) -> Replay {
         let Some(last_id) = last_id else { return Replay::default() };
-        let mut rings: Vec<(&Ring, u64)> = vec![(&self.broadcast, self.broadcast_forgotten_through)];
+        let mut rings: Vec<(&Ring, u64)> = Vec::with_capacity(2 + rooms.len());
+        if tenant.is_none() {
+            rings.push((&self.broadcast, self.broadcast_forgotten_through));
+        }
         let mut missing_forgotten = 0;
-        for (keyed, name) in user.map(|u| (&self.users, u)).into_iter().chain(rooms.iter().map(|r| (&self.rooms, &**r)))
-        {
+        let keyed = tenant
+            .map(|t| (&self.tenants, t))
+            .into_iter()
+            .chain(user.map(|u| (&self.users, u)))
+            .chain(rooms.iter().map(|r| (&self.rooms, &**r)));
+        for (keyed, name) in keyed {
             match keyed.rings.get(name) {
                 Some(ring) => rings.push((ring, keyed.forgotten_through)),
                 None => missing_forgotten = missing_forgotten.max(keyed.forgotten_through),
@@ -222,16 +241,39 @@ impl ReplayStore {
         }
     }
 
-    /// Drops every ring (seed `clearRecent()`).
+    /// Drops every ring of `namespace`: its users', its rooms' and its
+    /// broadcast ring (seed `clearRecent()` for one namespace).
+    pub fn clear_namespace(&mut self, namespace: &Namespace) {
+        for kind in [KeyedKind::Users, KeyedKind::Rooms] {
+            let keys: Vec<Rc<str>> = self.keyed(kind).rings.keys().filter(|key| namespace.owns(key)).cloned().collect();
+            for key in keys {
+                if let Some(ring) = self.keyed_mut(kind).remove(&key) {
+                    self.forget(&ring);
+                }
+            }
+        }
+        match namespace.tenant_name() {
+            None => self.drop_broadcast(),
+            Some(tenant) => {
+                if let Some(ring) = self.tenants.remove(tenant) {
+                    self.forget(&ring);
+                }
+            }
+        }
+    }
+
+    /// Drops every ring of every namespace.
     pub fn clear_all(&mut self) {
         let users: Vec<Rc<str>> = self.users.rings.keys().cloned().collect();
         for user in users {
             self.clear_user(&user);
         }
-        let rooms: Vec<Rc<str>> = self.rooms.rings.keys().cloned().collect();
-        for room in rooms {
-            if let Some(ring) = self.rooms.remove(&room) {
-                self.forget(&ring);
+        for kind in [KeyedKind::Rooms, KeyedKind::Tenants] {
+            let names: Vec<Rc<str>> = self.keyed(kind).rings.keys().cloned().collect();
+            for name in names {
+                if let Some(ring) = self.keyed_mut(kind).remove(&name) {
+                    self.forget(&ring);
+                }
             }
         }
         self.drop_broadcast();
@@ -245,7 +287,7 @@ impl ReplayStore {
             return;
         }
         let due = |ring: &Ring| now_ms.saturating_sub(ring.last_active_ms) >= ttl;
-        for kind in [KeyedKind::Users, KeyedKind::Rooms] {
+        for kind in [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants] {
             while self.keyed(kind).oldest().is_some_and(due) {
                 let ring = self.keyed_mut(kind).pop_oldest().expect("a due ring");
                 self.forget(&ring);
@@ -267,6 +309,7 @@ impl ReplayStore {
         match kind {
             KeyedKind::Users => &self.users,
             KeyedKind::Rooms => &self.rooms,
+            KeyedKind::Tenants => &self.tenants,
         }
     }
 
@@ -274,6 +317,7 @@ impl ReplayStore {
         match kind {
             KeyedKind::Users => &mut self.users,
             KeyedKind::Rooms => &mut self.rooms,
+            KeyedKind::Tenants => &mut self.tenants,
         }
     }
 
@@ -287,15 +331,17 @@ impl ReplayStore {
             let ring = self.rooms.pop_oldest().expect("over bound");
             self.forget(&ring);
         }
+        while self.tenants.rings.len() > self.limits.max_rooms {
+            let ring = self.tenants.pop_oldest().expect("over bound");
+            self.forget(&ring);
+        }
         while self.bytes > self.limits.max_bytes {
-            let user_touch = self.users.oldest().map(|r| r.touch);
-            let room_touch = self.rooms.oldest().map(|r| r.touch);
-            let ring = match (user_touch, room_touch) {
-                (Some(u), Some(r)) if r < u => self.rooms.pop_oldest(),
-                (Some(_), _) => self.users.pop_oldest(),
-                (None, Some(_)) => self.rooms.pop_oldest(),
-                (None, None) => None,
-            };
+            // The least recently active ring of any kind goes first.
+            let oldest = [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants]
+                .into_iter()
+                .filter_map(|kind| self.keyed(kind).oldest().map(|ring| (ring.touch, kind)))
+                .min_by_key(|(touch, _)| *touch);
+            let ring = oldest.and_then(|(_, kind)| self.keyed_mut(kind).pop_oldest());
             match ring {
                 Some(ring) => self.forget(&ring),
                 None => {
@@ -319,6 +365,7 @@ impl ReplayStore {
 enum KeyedKind {
     Users,
     Rooms,
+    Tenants,
 }
 
 fn newest(ring: &Ring) -> u64 {
@@ -403,10 +450,10 @@ mod tests {
         for i in 1..=5 {
             publish(&mut store, Stream::User("u"), &i.to_string(), 0);
         }
-        let replay = store.replay(Some("u"), &[], Some("2"));
+        let replay = store.replay(Some("u"), &[], None, Some("2"));
         assert!(!replay.gap);
         assert_eq!(ids(&replay), ["3", "4", "5"]);
-        assert_eq!(store.replay(Some("u"), &[], None), Replay::default());
+        assert_eq!(store.replay(Some("u"), &[], None, None), Replay::default());
     }
 
     #[test]
@@ -420,8 +467,8 @@ mod tests {
         publish(&mut store, Stream::Room("b"), "4", 0);
         publish(&mut store, Stream::User("other"), "not-mine-either", 0);
         publish(&mut store, Stream::User("u"), "5", 0);
-        assert_eq!(ids(&store.replay(Some("u"), &rooms, Some("1"))), ["2", "3", "4", "5"]);
-        assert_eq!(ids(&store.replay(None, &rooms, Some("2"))), ["3", "4"], "anonymous: rooms and broadcast");
+        assert_eq!(ids(&store.replay(Some("u"), &rooms, None, Some("1"))), ["2", "3", "4", "5"]);
+        assert_eq!(ids(&store.replay(None, &rooms, None, Some("2"))), ["3", "4"], "anonymous: rooms and broadcast");
     }
 
     #[test]
@@ -430,12 +477,12 @@ mod tests {
         for i in 1..=5 {
             publish(&mut store, Stream::User("u"), &i.to_string(), 0);
         }
-        let unknown = store.replay(Some("u"), &[], Some("nope"));
+        let unknown = store.replay(Some("u"), &[], None, Some("nope"));
         assert!(unknown.gap);
         assert_eq!(ids(&unknown), ["3", "4", "5"]);
-        let wrapped = store.replay(Some("u"), &[], Some("1"));
+        let wrapped = store.replay(Some("u"), &[], None, Some("1"));
         assert!(wrapped.gap, "1 fell off the ring");
-        let kept = store.replay(Some("u"), &[], Some("3"));
+        let kept = store.replay(Some("u"), &[], None, Some("3"));
         assert!(!kept.gap);
         assert_eq!(ids(&kept), ["4", "5"]);
     }
@@ -447,7 +494,7 @@ mod tests {
         for i in 1..=3 {
             publish(&mut store, Stream::All, &format!("b{i}"), 0);
         }
-        let replay = store.replay(Some("u"), &[], Some("u1"));
+        let replay = store.replay(Some("u"), &[], None, Some("u1"));
         assert!(replay.gap, "b1 was pushed out of the broadcast ring");
         assert_eq!(ids(&replay), ["b2", "b3"]);
     }
@@ -462,11 +509,11 @@ mod tests {
         publish(&mut store, Stream::User("d"), "d1", 0);
         let usage = store.usage();
         assert_eq!((usage.users, usage.entries), (3, 4), "b was the least recently active");
-        assert!(store.replay(Some("b"), &[], Some("b1")).gap);
-        assert_eq!(ids(&store.replay(Some("a"), &[], Some("a1"))), ["a2"]);
+        assert!(store.replay(Some("b"), &[], None, Some("b1")).gap);
+        assert_eq!(ids(&store.replay(Some("a"), &[], None, Some("a1"))), ["a2"]);
         let recreated = {
             publish(&mut store, Stream::User("b"), "b2", 0);
-            store.replay(Some("b"), &[], Some("b2"))
+            store.replay(Some("b"), &[], None, Some("b2"))
         };
         assert!(!recreated.gap && recreated.frames.is_empty(), "found at the newest entry");
     }
@@ -480,7 +527,7 @@ mod tests {
         store.expire(1_500);
         assert_eq!(store.usage().users, 1);
         assert_eq!(store.usage().rooms, 0);
-        assert!(store.replay(Some("old"), &[], Some("o1")).gap);
+        assert!(store.replay(Some("old"), &[], None, Some("o1")).gap);
         store.clear_user("new");
         assert_eq!(store.usage(), ReplayUsage::default());
         publish(&mut store, Stream::All, "b1", 2_000);
@@ -490,7 +537,7 @@ mod tests {
         let mut off = ReplayStore::new(limits(0));
         publish(&mut off, Stream::User("u"), "1", 0);
         assert_eq!(off.usage(), ReplayUsage::default());
-        assert!(off.replay(Some("u"), &[], Some("1")).gap);
+        assert!(off.replay(Some("u"), &[], None, Some("1")).gap);
     }
 
     #[test]
@@ -512,6 +559,40 @@ mod tests {
         assert!(!store.knows(Stream::User("v"), &encode("1", None, b"x")));
         assert!(!store.knows(Stream::All, &encode("1", None, b"x")));
         assert!(store.knows(Stream::All, &encode("2", Some("e"), b"x")));
+    }
+
+    #[test]
+    fn tenants_have_their_own_user_room_and_broadcast_rings() {
+        let mut store = ReplayStore::new(limits(20));
+        let acme = Namespace::tenant("acme");
+        let (acme_u, acme_r) = (acme.key("u").into_owned(), acme.key("r").into_owned());
+        let acme_rooms: Vec<Rc<str>> = vec![Rc::from(acme_r.as_str())];
+        let default_rooms: Vec<Rc<str>> = vec![Rc::from("r")];
+        publish(&mut store, Stream::User("u"), "d1", 0);
+        publish(&mut store, Stream::User(&acme_u), "t1", 0);
+        publish(&mut store, Stream::Room("r"), "d2", 0);
+        publish(&mut store, Stream::Room(&acme_r), "t2", 0);
+        publish(&mut store, Stream::All, "d3", 0);
+        publish(&mut store, Stream::Tenant("acme"), "t3", 0);
+        publish(&mut store, Stream::Tenant("globex"), "g1", 0);
+        assert_eq!(ids(&store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("t1"))), ["t2", "t3"]);
+        assert_eq!(ids(&store.replay(Some("u"), &default_rooms, None, Some("d1"))), ["d2", "d3"]);
+        let foreign = store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("d1"));
+        assert!(foreign.gap, "another namespace's id is unknown here");
+        assert_eq!(ids(&foreign), ["t1", "t2", "t3"]);
+        assert_eq!(store.usage().rooms, 4, "2 rooms + 2 tenant broadcast rings");
+        assert!(store.knows(Stream::Tenant("acme"), &encode("t3", None, b"x")));
+        assert!(!store.knows(Stream::All, &encode("t3", None, b"x")));
+
+        store.clear_namespace(&acme);
+        assert!(store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("t1")).gap);
+        assert_eq!(ids(&store.replay(Some("u"), &default_rooms, None, Some("d1"))), ["d2", "d3"], "untouched");
+        assert!(store.knows(Stream::Tenant("globex"), &encode("g1", None, b"x")), "untouched");
+        store.clear_namespace(&Namespace::DEFAULT);
+        assert_eq!(store.usage().users, 0);
+        assert_eq!(store.usage().rooms, 1, "globex's broadcast ring is left");
+        store.clear_all();
+        assert_eq!(store.usage(), ReplayUsage::default());
     }
 
     #[test]

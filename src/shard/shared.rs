@@ -137,9 +137,9 @@ impl Shared {
     }
 
     /// Splits deliveries by the shard that must queue them, keeping their
-    /// order: a user's go to its owner, a room's and a broadcast's to every
-    /// shard (the frame is shared, not copied). Also returns, per shard, the
-    /// index each of its deliveries had in `deliveries`.
+    /// order: a user's go to its owner, a room's and a broadcast's (of any
+    /// namespace) to every shard (the frame is shared, not copied). Also
+    /// returns, per shard, the index each of its deliveries had in `deliveries`.
     pub fn route(&self, deliveries: Vec<Delivery>) -> (Vec<Vec<Delivery>>, Vec<Vec<usize>>) {
         let shards = self.shard_count();
         let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
@@ -151,7 +151,7 @@ impl Shared {
                     indexes[owner].push(index);
                     per_shard[owner].push(delivery);
                 }
-                Target::Room(_) | Target::All => {
+                Target::Room(_) | Target::All | Target::Tenant(_) => {
                     for shard in 0..shards {
                         indexes[shard].push(index);
                         per_shard[shard].push(delivery.clone());

@@ -43,7 +43,7 @@ async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
         }
     }
     // Anything that subscribed meanwhile (moved in flight) closes too.
-    ctx.close_local(None);
+    ctx.close_local(&super::envelope::Selection::Everything);
     let deadline = start + grace + Duration::from_secs(2);
     while !ctx.state.borrow().conns.is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;

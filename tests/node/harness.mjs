@@ -1,5 +1,6 @@
-// Shared by the node:test files: start the ssekify binary on port 0, wait for
-// conditions with a bound, and call the api.
+// Shared by the node:test files (tests/node, and tests/browser for
+// startServer): start the ssekify binary on port 0, wait for conditions with a
+// bound, and call the api.
 //
 // SSEKIFY_BIN names the binary (default: target/debug/ssekify of this checkout).
 
@@ -12,17 +13,16 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.SSEKIFY_BIN || path.resolve(here, '../../target/debug/ssekify');
 export const WAIT_MS = 15_000;
 
+/** Flags every test server gets unless its own arguments name them (clap refuses a flag twice). */
+const DEFAULT_ARGS = { '--retry': '300ms', '--shards': '2', '--log-level': 'info', '--log-format': 'text' };
+
 /** Starts ssekify on port 0 and resolves `{ publicUrl, apiUrl, stop, logs }` once it is ready. */
 export function startServer(extraArgs = []) {
-  const args = [
-    '--listen', '127.0.0.1:0',
-    '--api-listen', '127.0.0.1:0',
-    '--retry', '300ms',
-    '--shards', '2',
-    '--log-level', 'info',
-    '--log-format', 'text',
-    ...extraArgs,
-  ];
+  const args = ['--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'];
+  for (const [flag, value] of Object.entries(DEFAULT_ARGS)) {
+    if (!extraArgs.includes(flag)) args.push(flag, value);
+  }
+  args.push(...extraArgs);
   const env = { ...process.env };
   delete env.RUST_LOG;
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env });

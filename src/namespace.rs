@@ -1,0 +1,138 @@
+//! Namespaces: the default one and tenants (API.md "Tenants", "Names").
+//!
+//! A tenant's users, rooms, replay rings and idempotency keys are kept apart
+//! from the default namespace's and from other tenants' by one rule, which
+//! lives here and nowhere else: the *internal key* of a name is the name itself
+//! in the default namespace and `{tenant}` + [`SEPARATOR`] + `{name}` in a
+//! tenant's. The separator is NUL, which no user id, room, tenant name
+//! ([`valid_name`]: no control characters) or `Idempotency-Key` (visible ASCII)
+//! can contain, so one rule covers all of them and no two keys collide:
+//! a default key has no NUL, and a tenant key's first NUL ends the tenant.
+//!
+//! Internal keys stay inside the process: stats count them, the shards index
+//! by them, but answers, logs and the bus carry plain names (the bus names the
+//! tenant by its channel, `<channel>:tenant:<tenant>`).
+
+use std::borrow::Cow;
+
+/// Longest user id, room or tenant name, in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// Between the tenant and the name in an internal key.
+pub const SEPARATOR: char = '\0';
+
+/// True for a valid user id, room or tenant name: 1–128 bytes of UTF-8
+/// without control characters, `,` or `/`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/')
+}
+
+/// The default namespace (`None`) or one tenant's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Namespace(Option<Box<str>>);
+
+impl Namespace {
+    /// The namespace of routes without a tenant.
+    pub const DEFAULT: Namespace = Namespace(None);
+
+    /// A tenant's namespace; `name` must be a [`valid_name`].
+    pub fn tenant(name: &str) -> Namespace {
+        debug_assert!(valid_name(name), "tenant names are validated first");
+        Namespace(Some(name.into()))
+    }
+
+    /// The tenant's name, `None` for the default namespace.
+    pub fn tenant_name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// True for the default namespace.
+    pub fn is_default(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The internal key of `name` (a user id, room or idempotency key) in this
+    /// namespace; borrowed, with no allocation, in the default namespace.
+    pub fn key<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match &self.0 {
+            None => Cow::Borrowed(name),
+            Some(tenant) => {
+                let mut key = String::with_capacity(tenant.len() + 1 + name.len());
+                key.push_str(tenant);
+                key.push(SEPARATOR);
+                key.push_str(name);
+                Cow::Owned(key)
+            }
+        }
+    }
+
+    /// True when the internal key `key` belongs to this namespace.
+    pub fn owns(&self, key: &str) -> bool {
+        match &self.0 {
+            None => !key.contains(SEPARATOR),
+            Some(tenant) => key.strip_prefix(&**tenant).is_some_and(|rest| rest.starts_with(SEPARATOR)),
+        }
+    }
+
+    /// The plain name of an internal key of this namespace (what a client or
+    /// another instance knows it by); `key` unchanged if it is not this
+    /// namespace's.
+    pub fn name_of<'a>(&self, key: &'a str) -> &'a str {
+        match &self.0 {
+            Some(tenant) if self.owns(key) => &key[tenant.len() + 1..],
+            _ => key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("alice"));
+        assert!(valid_name("名前"));
+        assert!(valid_name("with space"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a,b"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("a\tb"));
+        assert!(!valid_name("a\0b"));
+        assert!(valid_name(&"x".repeat(128)));
+        assert!(!valid_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn default_keys_are_the_names_themselves() {
+        let ns = Namespace::DEFAULT;
+        assert!(matches!(ns.key("alice"), Cow::Borrowed("alice")), "no allocation");
+        assert!(ns.owns("alice"));
+        assert_eq!(ns.name_of("alice"), "alice");
+        assert_eq!(ns.tenant_name(), None);
+        assert!(ns.is_default());
+        assert_eq!(ns, Namespace::default());
+    }
+
+    #[test]
+    fn tenant_keys_are_apart_from_every_other_namespace() {
+        let acme = Namespace::tenant("acme");
+        let key = acme.key("alice");
+        assert_eq!(key, "acme\0alice");
+        assert_eq!(acme.name_of(&key), "alice");
+        assert_eq!(acme.tenant_name(), Some("acme"));
+        assert!(acme.owns(&key));
+        assert!(!Namespace::DEFAULT.owns(&key), "not the default namespace's");
+        assert!(!acme.owns("alice"), "the default alice is not acme's");
+        // A tenant whose name starts with another's owns none of its keys.
+        let acme2 = Namespace::tenant("acme2");
+        assert!(!acme2.owns(&key));
+        assert!(!acme.owns(&acme2.key("alice")));
+        assert_ne!(acme.key("x"), acme2.key("x"));
+        // Idempotency keys may contain '/', which names never do: still apart.
+        let slash = Namespace::tenant("a");
+        assert_ne!(slash.key("b/c"), Namespace::DEFAULT.key("a/b/c"));
+        // Names of another namespace pass through name_of unchanged.
+        assert_eq!(acme.name_of("plain"), "plain");
+    }
+}
