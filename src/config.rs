@@ -8,12 +8,15 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::webhook::Webhook;
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
+use crate::bus::tls::{Tls, TlsFiles};
+use crate::bus::url::RedisUrl;
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
 /// and load balancers, so an idle stream is never cut by one of them.
@@ -189,9 +192,19 @@ pub struct Cli {
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
     /// Redis for the cross-instance bus: `redis://[user:pass@]host:port[/db]`,
-    /// `redis-sentinel://h1:26379,h2:26379/<master>`, `redis-cluster://h1:7000,h2:7001`.
+    /// `redis-sentinel://h1:26379,h2:26379/<master>`, `redis-cluster://h1:7000,h2:7001`;
+    /// `rediss://…`, `rediss-sentinel://…`, `rediss-cluster://…` for TLS.
     #[arg(long, env = "SSEKIFY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+    /// PEM file of the CA that signed Redis's TLS certificate, trusted besides Mozilla's roots (rediss:// only).
+    #[arg(long, env = "SSEKIFY_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis with `tls-auth-clients yes` (with --redis-key).
+    #[arg(long, env = "SSEKIFY_REDIS_CERT")]
+    pub redis_cert: Option<PathBuf>,
+    /// PEM private key of --redis-cert.
+    #[arg(long, env = "SSEKIFY_REDIS_KEY")]
+    pub redis_key: Option<PathBuf>,
     /// Pub/Sub channel the instances share.
     #[arg(long, env = "SSEKIFY_CHANNEL", default_value = "ssekify:bus")]
     pub channel: String,
@@ -321,7 +334,7 @@ pub struct Config {
     /// Idempotency keys per instance.
     pub idempotency_max_keys: usize,
     /// The bus's Redis, when several instances share messages.
-    pub redis: Option<crate::bus::url::RedisUrl>,
+    pub redis: Option<RedisUrl>,
     /// Pub/Sub channel.
     pub channel: String,
     /// Allowed tenants, sorted and deduplicated (`None`: any valid name).
@@ -476,6 +489,31 @@ fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
     })
 }
 
+/// `--redis` with the TLS files applied; the files without a TLS address are
+/// refused rather than ignored (the operator meant to encrypt).
+fn redis(cli: &Cli) -> Result<Option<RedisUrl>, ConfigError> {
+    let files =
+        TlsFiles { ca: cli.redis_ca.as_deref(), cert: cli.redis_cert.as_deref(), key: cli.redis_key.as_deref() };
+    let given = [("redis-ca", files.ca), ("redis-cert", files.cert), ("redis-key", files.key)]
+        .into_iter()
+        .find_map(|(flag, path)| path.map(|_| flag));
+    let Some(text) = cli.redis.as_deref().filter(|r| !r.is_empty()) else {
+        return match given {
+            Some(flag) => Err(ConfigError::new(flag, "is for a rediss:// address, and --redis is not set")),
+            None => Ok(None),
+        };
+    };
+    let mut url = crate::bus::url::parse(text).map_err(|why| ConfigError::new("redis", why))?;
+    match (&mut url.tls, given) {
+        (Some(tls), Some(_)) => *tls = Tls::load(files).map_err(|e| ConfigError::new(e.flag, e.reason))?,
+        (None, Some(flag)) => {
+            return Err(ConfigError::new(flag, "is for a rediss:// address; --redis is not TLS (use rediss://)"))
+        }
+        _ => {}
+    }
+    Ok(Some(url))
+}
+
 fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
     NonZeroUsize::new(value).ok_or_else(|| ConfigError::new(flag, "must be at least 1"))
 }
@@ -508,6 +546,7 @@ impl TryFrom<Cli> for Config {
         let listen = address("listen", &cli.listen)?;
         let api_listen = address("api-listen", &cli.api_listen)?;
         let auth = authenticator(&cli)?;
+        let redis = redis(&cli)?;
         let api_key = cli.api_key.filter(|key| !key.is_empty());
         if api_key.is_none() && !api_listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -568,11 +607,7 @@ impl TryFrom<Cli> for Config {
             recent_max_bytes: size("recent-max-bytes", &cli.recent_max_bytes)?,
             idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
             idempotency_max_keys: cli.idempotency_max_keys,
-            redis: cli
-                .redis
-                .filter(|r| !r.is_empty())
-                .map(|r| crate::bus::url::parse(&r).map_err(|why| ConfigError::new("redis", why)))
-                .transpose()?,
+            redis,
             channel: if cli.channel.is_empty() {
                 return Err(ConfigError::new("channel", "must not be empty"));
             } else {
@@ -664,6 +699,18 @@ mod tests {
         assert!(err.to_string().starts_with("--auth-url: `https://app/auth` must start with http://"), "{err}");
         let config = Config::try_from(cli(&["--auth", "webhook", "--auth-url", "http://127.0.0.1:3000/auth"])).unwrap();
         assert!(matches!(config.auth, Authenticator::Webhook(hook) if hook.timeout == Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_address() {
+        let err = Config::try_from(cli(&["--redis", "redis://h:1", "--redis-ca", "/x.pem"])).unwrap_err();
+        assert!(err.to_string().starts_with("--redis-ca: is for a rediss:// address"), "{err}");
+        let err = Config::try_from(cli(&["--redis-cert", "/x.pem"])).unwrap_err();
+        assert!(err.to_string().starts_with("--redis-cert:"), "{err}");
+        let err = Config::try_from(cli(&["--redis", "rediss://h:1", "--redis-ca", "/nonexistent.pem"])).unwrap_err();
+        assert!(err.to_string().starts_with("--redis-ca: /nonexistent.pem: cannot be read ("), "{err}");
+        let config = Config::try_from(cli(&["--redis", "rediss://h:1"])).unwrap();
+        assert!(config.redis.is_some_and(|url| url.tls.is_some()));
     }
 
     #[test]

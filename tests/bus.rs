@@ -6,7 +6,9 @@
 //! instance after a reconnect; the publisher skipping its own echo; Redis
 //! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
 //! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
-//! refused; RESP3; tenants on their own channels (pattern and listed).
+//! (TLS with a private CA, a wrong CA, a client certificate, a TLS Cluster,
+//! Sentinel failover over TLS, unusable certificate files); RESP3; tenants on
+//! their own channels (pattern and listed).
 //!
 //! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
 //! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
@@ -507,10 +509,15 @@ fn sentinel_failover_is_followed_without_restarting() {
     if !require_sentinel() {
         return;
     }
-    let mut set = SentinelSet::start(1);
+    follow_a_failover(SentinelSet::start(1), &[]);
+}
+
+/// Two instances on `set` (with `extra` flags) deliver to each other before
+/// and after the master is killed and Sentinel promotes the replica.
+fn follow_a_failover(mut set: SentinelSet, extra: &[&str]) {
     let url = set.url();
-    let a = instance(None, &url, &[]);
-    let b = instance(None, &url, &[]);
+    let a = instance(None, &url, extra);
+    let b = instance(None, &url, extra);
     let mut on_a = subscribe(&a, "/sse", 1);
     let mut on_b = subscribe(&b, "/sse", 1);
 
@@ -600,18 +607,206 @@ fn cluster_instances_on_different_nodes_reach_each_other() {
 }
 
 // ---------------------------------------------------------------------------
-// 8. rediss:// refused
+// 8. TLS (rediss://)
 // ---------------------------------------------------------------------------
 
+/// Waits `for_how_long` and checks that `/readyz` stayed 503 throughout, that
+/// a cluster publish is refused with 503 `bus_unavailable`, and that the log
+/// holds every one of `log_says`.
+fn assert_bus_stays_down(server: &Server, for_how_long: Duration, log_says: &[&str], what: &str) {
+    let until = Instant::now() + for_how_long;
+    while Instant::now() < until {
+        let resp = readyz(server);
+        assert_eq!(resp.status, 503, "{what}: /readyz {} {:?}; logs:\n{}", resp.status, resp.text(), server.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_bus_unavailable(&broadcast(server.api, "must-not-pass", ""), what);
+    let logs = server.logs();
+    for needle in log_says {
+        assert!(logs.contains(needle), "{what}: the log does not say `{needle}`:\n{logs}");
+    }
+    assert_ne!(bus(server)["state"], "live", "{what}: {}", bus(server));
+}
+
 #[test]
-fn rediss_is_refused_at_start() {
-    let err = match Server::try_start(&["--redis", "rediss://x:1"]) {
-        Ok(server) => panic!("ssekify started with --redis rediss://x:1; logs:\n{}", server.logs()),
-        Err(err) => err,
-    };
-    assert!(err.contains("exit status: 2"), "expected exit status 2: {err}");
-    let output = err.split_once("output:").map(|(_, o)| o).unwrap_or(&err);
-    assert!(output.contains("TLS"), "the refusal should mention TLS: {err}");
+fn rediss_instances_with_a_private_ca_deliver_every_message_once() {
+    if !require_redis() {
+        return;
+    }
+    let pki = TestPki::generate("bus");
+    let redis = RedisServer::start_tls(&pki, false);
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let ca = ["--redis-ca", TestPki::arg(&pki.ca)];
+    let a = instance(None, &url, &ca);
+    let b = instance(None, &url, &ca);
+    assert!(a.logs().contains("rediss://127.0.0.1"), "the log names the TLS address:\n{}", a.logs());
+
+    let mut a_user = subscribe(&a, &sse_path("t", &[]), 1);
+    let mut a_anon = subscribe(&a, "/sse", 2);
+    let mut b_user = subscribe(&b, &sse_path("t", &[]), 1);
+    let mut b_anon = subscribe(&b, "/sse", 2);
+
+    let to_user = ok_json(publish_user(a.api, "t", "over-tls", ""));
+    check_answer(&to_user, json!(2), 1, "user publish on A");
+    // Larger than a TLS record (16 KiB) and than rustls' 64 KiB send buffer:
+    // the write goes out in rounds and the read is reassembled from records.
+    let big = "x".repeat(200 * 1024);
+    let to_all = ok_json(broadcast(a.api, &big, ""));
+    check_answer(&to_all, json!(2), 2, "large broadcast on A");
+    let from_b = ok_json(publish_batch(b.api, &json!([{ "all": true, "data": "from-b", "event": "b" }])));
+    check_answer(&from_b["results"][0], json!(2), 2, "batch on B");
+
+    let user = vec![ev(&id_of(&to_user), None, "over-tls"), ev(&id_of(&to_all), None, &big)];
+    let from_b = vec![ev(&id_of(&from_b["results"][0]), Some("b"), "from-b")];
+    for (name, client) in [("A user", &mut a_user), ("B user", &mut b_user)] {
+        assert_eq!(take(client, 2, name), user, "{name}");
+        assert_eq!(take(client, 1, name), from_b, "{name}");
+    }
+    for (name, client) in [("A anonymous", &mut a_anon), ("B anonymous", &mut b_anon)] {
+        assert_eq!(take(client, 1, name), user[1..], "{name}");
+        assert_eq!(take(client, 1, name), from_b, "{name}");
+    }
+    assert_quiet(
+        &mut [
+            ("A user", &mut a_user),
+            ("A anonymous", &mut a_anon),
+            ("B user", &mut b_user),
+            ("B anonymous", &mut b_anon),
+        ],
+        Duration::from_millis(400),
+    );
+    assert_eq!(bus(&a)["received"], json!(1), "A got B's one message: {}", bus(&a));
+    assert_eq!(bus(&b)["received"], json!(2), "B got A's two messages: {}", bus(&b));
+    assert_eq!(bus(&a)["reconnects"], json!(0), "no TLS session was lost: {}", bus(&a));
+}
+
+#[test]
+fn rediss_refuses_a_server_certificate_the_ca_did_not_sign() {
+    if !require_redis() {
+        return;
+    }
+    let trusted = TestPki::generate("trusted");
+    let other = TestPki::generate("other");
+    let redis = RedisServer::start_tls(&other, false);
+    let url = redis.url();
+    let address = format!("TLS handshake with 127.0.0.1:{} failed", redis.port());
+    let with_ca = Server::start(&["--redis", &url, "--redis-ca", TestPki::arg(&trusted.ca), "--bus-timeout", "1s"]);
+    // Mozilla's roots alone do not know a private CA either.
+    let without_ca = Server::start(&["--redis", &url, "--bus-timeout", "1s"]);
+    for (server, what) in [(&with_ca, "another CA given"), (&without_ca, "no CA given")] {
+        assert_bus_stays_down(server, Duration::from_millis(1500), &[&address, "invalid peer certificate"], what);
+        let last_error = bus(server)["lastError"].as_str().unwrap_or_default().to_string();
+        assert!(last_error.contains("invalid peer certificate"), "{what}: bus.lastError {last_error:?}");
+        assert!(bus_count(server, "reconnects") > 0, "{what}: it keeps retrying: {}", bus(server));
+        eprintln!("{what}: bus {}", bus(server));
+    }
+}
+
+#[test]
+fn rediss_client_certificate_is_presented_when_redis_requires_one() {
+    if !require_redis() {
+        return;
+    }
+    let pki = TestPki::generate("mtls");
+    let redis = RedisServer::start_tls(&pki, true);
+    let url = redis.url();
+    let ca = TestPki::arg(&pki.ca);
+    let with_cert = instance(
+        None,
+        &url,
+        &[
+            "--redis-ca",
+            ca,
+            "--redis-cert",
+            TestPki::arg(&pki.client_cert),
+            "--redis-key",
+            TestPki::arg(&pki.client_key),
+        ],
+    );
+    let mut on = subscribe(&with_cert, "/sse", 1);
+    let answer = ok_json(broadcast(with_cert.api, "mutual", ""));
+    check_answer(&answer, json!(1), 1, "publish with a client certificate");
+    assert_eq!(take(&mut on, 1, "subscriber"), vec![ev(&id_of(&answer), None, "mutual")]);
+
+    let without_cert = Server::start(&["--redis", &url, "--redis-ca", ca, "--bus-timeout", "1s"]);
+    assert_bus_stays_down(&without_cert, Duration::from_millis(1500), &["TLS", "alert"], "no client certificate");
+    eprintln!("without a client certificate: bus {}", bus(&without_cert));
+}
+
+#[test]
+fn rediss_cluster_reaches_seed_and_learned_nodes_over_tls() {
+    if !require_redis() {
+        return;
+    }
+    let pki = TestPki::generate("cluster");
+    let mut cluster = RedisCluster::start_tls(3, &pki);
+    let ca = ["--redis-ca", TestPki::arg(&pki.ca)];
+    let a = instance(None, &cluster.url_via(0), &ca);
+    let b = instance(None, &cluster.url_via(2), &ca);
+    let mut on_a = subscribe(&a, "/sse", 1);
+    let mut on_b = subscribe(&b, "/sse", 1);
+    let first = ok_json(broadcast(a.api, "tls-cluster", ""));
+    assert_eq!(first["delivered"], json!(1), "{first}");
+    let expected = vec![ev(&id_of(&first), None, "tls-cluster")];
+    assert_eq!(take(&mut on_a, 1, "A"), expected);
+    assert_eq!(take(&mut on_b, 1, "B"), expected);
+
+    // A was given node 0 only: with it gone, A must come back through a node
+    // it learnt from CLUSTER NODES, over TLS as well.
+    let gone = cluster.nodes[0].addr();
+    cluster.nodes[0].stop();
+    let back = wait_until(Duration::from_secs(20), || bus_count(&a, "reconnects") > 0 && readyz(&a).status == 200);
+    assert!(back, "A did not come back after {gone} stopped: bus {}; logs:\n{}", bus(&a), a.logs());
+    let learned = [cluster.nodes[1].addr(), cluster.nodes[2].addr()];
+    let logs = a.logs();
+    assert!(
+        learned.iter().any(|node| logs.contains(&format!("bus subscribed redis={node}"))),
+        "A should have subscribed on a learned node {learned:?}:\n{logs}"
+    );
+    let after = ok_json(broadcast(a.api, "after-seed-gone", ""));
+    assert_eq!(after["delivered"], json!(1), "{after}");
+    let expected = vec![ev(&id_of(&after), None, "after-seed-gone")];
+    assert_eq!(take(&mut on_a, 1, "A after the seed node stopped"), expected);
+    assert_eq!(take(&mut on_b, 1, "B after A's seed node stopped"), expected);
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+}
+
+#[test]
+fn rediss_sentinel_failover_is_followed_over_tls() {
+    if !require_sentinel() {
+        return;
+    }
+    let pki = TestPki::generate("sentinel");
+    let set = SentinelSet::start_tls(1, &pki);
+    assert!(set.url().starts_with("rediss-sentinel://"), "{}", set.url());
+    follow_a_failover(set, &["--redis-ca", TestPki::arg(&pki.ca)]);
+}
+
+#[test]
+fn unusable_tls_files_fail_start_up_with_exit_2() {
+    let garbage = std::env::temp_dir().join(format!("ssekify-not-a-ca-{}.pem", std::process::id()));
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64 !\n-----END CERTIFICATE-----\n").unwrap();
+    let missing = "/nonexistent/ssekify-ca.pem";
+    for (args, says) in [
+        (
+            vec!["--redis", "rediss://127.0.0.1:1", "--redis-ca", missing],
+            "--redis-ca: /nonexistent/ssekify-ca.pem: cannot be read",
+        ),
+        (vec!["--redis", "rediss://127.0.0.1:1", "--redis-ca", garbage.to_str().unwrap()], "--redis-ca:"),
+        (vec!["--redis", "redis://127.0.0.1:1", "--redis-ca", missing], "--redis-ca: is for a rediss:// address"),
+        (vec!["--redis", "rediss://127.0.0.1:1", "--redis-cert", missing], "--redis-key:"),
+    ] {
+        let err = match Server::try_start(&args) {
+            Ok(server) => panic!("ssekify started with {args:?}; logs:\n{}", server.logs()),
+            Err(err) => err,
+        };
+        assert!(err.contains("exit status: 2"), "{args:?}: expected exit status 2: {err}");
+        let output = err.split_once("output:").map(|(_, o)| o).unwrap_or(&err);
+        assert!(output.contains(says), "{args:?}: the refusal should say `{says}`: {err}");
+        assert_eq!(output.trim().lines().count(), 1, "{args:?}: one sentence: {output}");
+    }
+    let _ = std::fs::remove_file(&garbage);
 }
 
 // ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::conn::{BusError, RedisConn, ReplyReader};
 use super::resp::{self, Reply};
+use super::tls::Tls;
 use super::url::{RedisUrl, Topology};
 use super::wire;
 use super::{Bus, BusCommand, BusState};
@@ -125,7 +126,7 @@ async fn open_session(url: &RedisUrl, bus: &Bus, nodes: &mut Vec<String>) -> Res
     let (address, sentinel) = match &url.topology {
         Topology::Single(address) => (address.clone(), None),
         Topology::Sentinel { sentinels, master } => {
-            let (address, watcher) = discover_master(sentinels, master, timeout).await?;
+            let (address, watcher) = discover_master(sentinels, master, url.tls.as_ref(), timeout).await?;
             (address, Some(watcher))
         }
         Topology::Cluster(_) => (reachable_node(nodes, url, timeout).await?, None),
@@ -177,12 +178,13 @@ async fn open_session(url: &RedisUrl, bus: &Bus, nodes: &mut Vec<String>) -> Res
 async fn discover_master(
     sentinels: &[String],
     master: &str,
+    tls: Option<&Tls>,
     timeout: Duration,
 ) -> Result<(String, RedisConn), BusError> {
     let mut errors = Vec::new();
     for sentinel in sentinels {
         let attempt = async {
-            let mut conn = RedisConn::open(sentinel, None, timeout).await?;
+            let mut conn = RedisConn::open_sentinel(sentinel, tls, timeout).await?;
             let reply = conn.call(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()], timeout).await?;
             let address = match &reply {
                 Reply::Array(items) if items.len() == 2 => {

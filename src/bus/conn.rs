@@ -1,5 +1,6 @@
-//! One Redis connection: connect with a timeout, handshake (HELLO/AUTH,
-//! SELECT), then commands and replies. Split into halves for pipelining.
+//! One Redis connection: connect with a timeout, TLS when the address is
+//! `rediss://` ([`super::tls`]), handshake (HELLO/AUTH, SELECT), then commands
+//! and replies. Split into halves for pipelining.
 
 use std::net::ToSocketAddrs;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::resp::{self, Reply};
+use super::tls::{self, Tls, TlsReader, TlsWriter};
 use super::url::RedisUrl;
 
 /// Bytes requested per read.
@@ -20,9 +22,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// answered by reconnecting.
 pub type BusError = String;
 
+/// The socket side of a [`ReplyReader`].
+enum ReadHalf {
+    Plain(TcpOwnedReadHalf),
+    Tls(TlsReader),
+}
+
+/// The socket side of a [`CommandWriter`].
+enum WriteHalf {
+    Plain(TcpOwnedWriteHalf),
+    Tls(TlsWriter),
+}
+
 /// The reading half: buffers bytes and yields replies.
 pub struct ReplyReader {
-    half: TcpOwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     resp3: bool,
 }
@@ -34,15 +48,19 @@ impl ReplyReader {
             if let Some(reply) = resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)? {
                 return Ok(reply);
             }
-            self.buf.reserve(READ_CHUNK);
-            let filled = self.buf.len();
-            let spare = std::mem::take(&mut self.buf).slice_mut(filled..);
-            let (result, returned) = self.half.read(spare).await;
-            self.buf = returned.into_inner();
-            match result {
-                Ok(0) => return Err("Redis closed the connection".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read from Redis failed: {e}")),
+            let read = match &mut self.half {
+                ReadHalf::Plain(half) => {
+                    self.buf.reserve(READ_CHUNK);
+                    let filled = self.buf.len();
+                    let spare = std::mem::take(&mut self.buf).slice_mut(filled..);
+                    let (result, returned) = half.read(spare).await;
+                    self.buf = returned.into_inner();
+                    result.map_err(|e| format!("read from Redis failed: {e}"))
+                }
+                ReadHalf::Tls(half) => half.read(&mut self.buf).await,
+            };
+            if read? == 0 {
+                return Err("Redis closed the connection".into());
             }
         }
     }
@@ -50,14 +68,19 @@ impl ReplyReader {
 
 /// The writing half.
 pub struct CommandWriter {
-    half: TcpOwnedWriteHalf,
+    half: WriteHalf,
 }
 
 impl CommandWriter {
     /// Writes already-encoded commands.
     pub async fn write(&mut self, bytes: BytesMut) -> Result<(), BusError> {
-        let (result, _) = self.half.write_all(bytes.freeze()).await;
-        result.map(drop).map_err(|e| format!("write to Redis failed: {e}"))
+        match &mut self.half {
+            WriteHalf::Plain(half) => {
+                let (result, _) = half.write_all(bytes.freeze()).await;
+                result.map(drop).map_err(|e| format!("write to Redis failed: {e}"))
+            }
+            WriteHalf::Tls(half) => half.write_all(&bytes).await,
+        }
     }
 }
 
@@ -72,26 +95,11 @@ pub struct RedisConn {
 }
 
 impl RedisConn {
-    /// Connects to `address` and, when `url` is given, authenticates and
-    /// selects the database (Sentinels are contacted with `url` = None).
+    /// Connects to `address` (over TLS when `url` says `rediss://`) and, when
+    /// `url` is given, authenticates and selects the database.
     pub async fn open(address: &str, url: Option<&RedisUrl>, timeout: Duration) -> Result<Self, BusError> {
-        let target = address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{address} resolves to nothing"))?;
-        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
-            .await
-            .map_err(|_| format!("connect to {address} timed out"))?
-            .map_err(|e| format!("connect to {address} failed: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (half_r, half_w) = stream.into_split();
+        let mut conn = Self::connect(address, url.and_then(|u| u.tls.as_ref()), timeout).await?;
         let resp3 = url.is_some_and(|u| u.resp3);
-        let mut conn = RedisConn {
-            reader: ReplyReader { half: half_r, buf: BytesMut::new(), resp3: false },
-            writer: CommandWriter { half: half_w },
-            address: address.to_owned(),
-        };
         if let Some(url) = url {
             let user = url.username.as_deref().unwrap_or("default");
             if resp3 {
@@ -109,6 +117,43 @@ impl RedisConn {
             }
         }
         Ok(conn)
+    }
+
+    /// Connects to a Sentinel: TLS as the address says (`rediss-sentinel://`),
+    /// no credentials (those are the master's).
+    pub async fn open_sentinel(address: &str, tls: Option<&Tls>, timeout: Duration) -> Result<Self, BusError> {
+        Self::connect(address, tls, timeout).await
+    }
+
+    /// TCP, then TLS when `tls` is given, within `timeout` each.
+    async fn connect(address: &str, tls: Option<&Tls>, timeout: Duration) -> Result<Self, BusError> {
+        let target = address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} resolves to nothing"))?;
+        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
+            .await
+            .map_err(|_| format!("connect to {address} timed out"))?
+            .map_err(|e| format!("connect to {address} failed: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (half_r, half_w) = match tls {
+            Some(settings) => {
+                let (r, w) = monoio::time::timeout(timeout, tls::connect(stream, address, settings))
+                    .await
+                    .map_err(|_| format!("TLS handshake with {address} timed out"))??;
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+            None => {
+                let (r, w) = stream.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+        };
+        Ok(RedisConn {
+            reader: ReplyReader { half: half_r, buf: BytesMut::new(), resp3: false },
+            writer: CommandWriter { half: half_w },
+            address: address.to_owned(),
+        })
     }
 
     /// Sends one command and waits for its reply; error replies become errors.

@@ -2,7 +2,7 @@
 //!
 //! Parts: [`url`] (`--redis` addresses), [`resp`] (framing via
 //! `redis-protocol`), [`conn`] (one Redis connection: connect, handshake,
-//! commands), [`wire`] (the message format on the channel), [`client`] (the bus
+//! commands), [`tls`] (`rediss://`: rustls over the connection), [`wire`] (the message format on the channel), [`client`] (the bus
 //! thread: sessions, reconnects, canary, Sentinel and Cluster). This module is
 //! the handle the publish routes use: [`publish`] hands a message to Redis and
 //! returns only once Redis acknowledged it; the route delivers locally only
@@ -18,6 +18,7 @@
 pub mod client;
 pub mod conn;
 pub mod resp;
+pub mod tls;
 pub mod url;
 pub mod wire;
 

@@ -2,13 +2,20 @@
 //!
 //! ```text
 //! redis://[user:pass@]host:port[/db][?protocol=resp3]
+//! rediss://…                       the same over TLS
 //! redis-sentinel://[user:pass@]h1:26379,h2:26379/<master>[/db][?protocol=resp3]
+//! rediss-sentinel://…              the same over TLS (Sentinels and master)
 //! redis-cluster://[user:pass@]h1:7000,h2:7001[?protocol=resp3]
+//! rediss-cluster://…               the same over TLS (every node)
 //! ```
 //! Credentials in a sentinel address authenticate to the master (Sentinels
-//! are contacted without credentials). `rediss://` (TLS) is not supported yet.
+//! are contacted without credentials).
+//! A TLS address trusts Mozilla's roots until the configuration adds
+//! `--redis-ca` and a client certificate ([`Tls::load`]).
 
 use std::fmt;
+
+use super::tls::Tls;
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +46,18 @@ pub struct RedisUrl {
     pub db: u32,
     /// Speak RESP3 (`HELLO 3`) instead of RESP2.
     pub resp3: bool,
+    /// TLS settings, for `rediss://`, `rediss-sentinel://` and `rediss-cluster://`.
+    pub tls: Option<Tls>,
 }
 
 /// The address with the password hidden, for logs.
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.tls.is_some() { "s" } else { "" };
         let nodes = match &self.topology {
-            Topology::Single(node) => format!("redis://{node}"),
-            Topology::Sentinel { sentinels, master } => format!("redis-sentinel://{}/{master}", sentinels.join(",")),
-            Topology::Cluster(nodes) => format!("redis-cluster://{}", nodes.join(",")),
+            Topology::Single(node) => format!("redis{s}://{node}"),
+            Topology::Sentinel { sentinels, master } => format!("redis{s}-sentinel://{}/{master}", sentinels.join(",")),
+            Topology::Cluster(nodes) => format!("redis{s}-cluster://{}", nodes.join(",")),
         };
         let auth = if self.password.is_some() { " (with password)" } else { "" };
         write!(f, "{nodes}{auth}")
@@ -62,12 +72,14 @@ impl fmt::Display for RedisUrl {
 
 /// Parses a `--redis` value; the error is a sentence for the flag's message.
 pub fn parse(text: &str) -> Result<RedisUrl, String> {
-    let (scheme, rest) = text.split_once("://").ok_or("expected redis://, redis-sentinel:// or redis-cluster://")?;
-    if scheme == "rediss" {
-        return Err(
-            "rediss:// (TLS) is not supported yet; terminate TLS in front of Redis (stunnel) or use redis://".into()
-        );
-    }
+    let (scheme, rest) =
+        text.split_once("://").ok_or("expected redis[s]://, redis[s]-sentinel:// or redis[s]-cluster://")?;
+    let (scheme, tls) = match scheme {
+        "rediss" => ("redis", true),
+        "rediss-cluster" => ("redis-cluster", true),
+        "rediss-sentinel" => ("redis-sentinel", true),
+        other => (other, false),
+    };
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let resp3 = match query {
         "" | "protocol=resp2" => false,
@@ -100,7 +112,7 @@ pub fn parse(text: &str) -> Result<RedisUrl, String> {
     };
     let topology = match scheme {
         "redis" if hosts.len() == 1 => Topology::Single(hosts[0].clone()),
-        "redis" => return Err("several hosts need redis-sentinel:// or redis-cluster://".into()),
+        "redis" => return Err("several hosts need redis[s]-sentinel:// or redis[s]-cluster://".into()),
         "redis-sentinel" => {
             let master = parts.next().filter(|m| !m.is_empty()).ok_or("redis-sentinel:// needs /<master name>")?;
             Topology::Sentinel { sentinels: hosts, master: master.to_owned() }
@@ -112,7 +124,8 @@ pub fn parse(text: &str) -> Result<RedisUrl, String> {
         Topology::Cluster(_) => 0,
         _ => db(parts.next())?,
     };
-    Ok(RedisUrl { topology, username, password, db, resp3 })
+    let tls = tls.then(Tls::public_roots);
+    Ok(RedisUrl { topology, username, password, db, resp3, tls })
 }
 
 /// `host:port` as given, or with Redis's default port (IPv6 needs brackets).
@@ -153,8 +166,24 @@ mod tests {
     }
 
     #[test]
+    fn tls_schemes() {
+        let url = parse("rediss://app:secret@redis.internal:6380/1").unwrap();
+        assert_eq!(url.topology, Topology::Single("redis.internal:6380".into()));
+        assert!(url.tls.is_some());
+        assert_eq!(format!("{url}"), "rediss://redis.internal:6380 (with password)");
+        assert!(parse("redis://h:1").unwrap().tls.is_none());
+        let cluster = parse("rediss-cluster://a:7000,b:7001").unwrap();
+        assert_eq!(cluster.topology, Topology::Cluster(vec!["a:7000".into(), "b:7001".into()]));
+        assert!(cluster.tls.is_some());
+        assert_eq!(format!("{cluster}"), "rediss-cluster://a:7000,b:7001");
+        let sentinel = parse("rediss-sentinel://s1:26379,s2:26380/m/2").unwrap();
+        assert!(sentinel.tls.is_some());
+        assert_eq!((format!("{sentinel}"), sentinel.db), ("rediss-sentinel://s1:26379,s2:26380/m".into(), 2));
+        assert!(parse("rediss://a:1,b:2").is_err());
+    }
+
+    #[test]
     fn refusals() {
-        assert!(parse("rediss://h:1").unwrap_err().contains("TLS"));
         assert!(parse("redis-sentinel://s1:1").is_err());
         assert!(parse("redis://a:1,b:2").is_err());
         assert!(parse("http://x").is_err());

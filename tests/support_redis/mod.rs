@@ -1,5 +1,6 @@
-//! Real Redis processes for the bus tests: a single server, a Sentinel set
-//! (master, replica, Sentinels) and a 3-master Cluster.
+//! Real Redis processes for the bus tests: a single server (plain or TLS), a
+//! Sentinel set (master, replica, Sentinels) and a 3-master Cluster; and the
+//! certificates a TLS server needs ([`TestPki`]).
 //!
 //! Use it from a test file with
 //! ```ignore
@@ -230,6 +231,12 @@ pub fn ping(port: u16) -> bool {
     got.starts_with(b"+PONG")
 }
 
+/// True when a TCP connection to 127.0.0.1:`port` is accepted (1 s timeout).
+pub fn accepts(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
 /// Value of `field:` in an `INFO`-style answer.
 pub fn info_field(info: &str, field: &str) -> Option<String> {
     let prefix = format!("{field}:");
@@ -250,6 +257,9 @@ pub struct RedisServer {
     /// Arguments after the program name (fixed at start, reused by restart).
     args: Vec<String>,
     starts: u32,
+    /// For a TLS-only server, the `redis-cli` arguments that reach it (it is
+    /// up once its port accepts: PING would need a TLS client).
+    tls: Option<Vec<String>>,
 }
 
 impl RedisServer {
@@ -281,19 +291,71 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0 };
+        let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: None };
+        server.spawn();
+        server
+    }
+
+    /// A TLS-only server (`--port 0 --tls-port P`) with `pki`'s server
+    /// certificate, trusting `pki`'s CA for client certificates, which it
+    /// requires when `require_client_cert` (`--tls-auth-clients yes|no`).
+    pub fn start_tls(pki: &TestPki, require_client_cert: bool) -> RedisServer {
+        Self::start_tls_on(free_port(), pki, require_client_cert, &[])
+    }
+
+    /// Like [`RedisServer::start_tls`] on a given port, plus `extra_args`.
+    pub fn start_tls_on(port: u16, pki: &TestPki, require_client_cert: bool, extra_args: &[&str]) -> RedisServer {
+        let dir = temp_dir(&format!("redis-tls-{port}"));
+        let path = |p: &Path| p.to_str().expect("utf-8 temp dir").to_string();
+        let args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&pki.server_cert),
+            "--tls-key-file",
+            &path(&pki.server_key),
+            "--tls-ca-cert-file",
+            &path(&pki.ca),
+            "--tls-auth-clients",
+            if require_client_cert { "yes" } else { "no" },
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &path(&dir),
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|s| s.to_string())
+        .collect();
+        let mut cli = vec!["--tls".to_string(), "--cacert".to_string(), path(&pki.ca)];
+        if require_client_cert {
+            cli.extend(["--cert".to_string(), path(&pki.client_cert), "--key".to_string(), path(&pki.client_key)]);
+        }
+        let mut server =
+            RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: Some(cli) };
         server.spawn();
         server
     }
 
     /// `redis-sentinel <dir>/sentinel.conf` with `config` written first (the
     /// Sentinel rewrites its file, so it lives in the server's own directory).
-    fn start_sentinel(port: u16, config: impl FnOnce(&Path) -> String) -> RedisServer {
+    /// With `tls_cli` (the `redis-cli` arguments that reach a TLS-only
+    /// Sentinel), up once its port accepts.
+    fn start_sentinel(port: u16, tls_cli: Option<Vec<String>>, config: impl FnOnce(&Path) -> String) -> RedisServer {
         let dir = temp_dir(&format!("sentinel-{port}"));
         let file = dir.join("sentinel.conf");
         fs::write(&file, config(&dir)).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let args = vec![file.to_str().expect("utf-8 temp dir").to_string()];
-        let mut server = RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0 };
+        let mut server =
+            RedisServer { child: None, port, dir, program: "redis-sentinel", args, starts: 0, tls: tls_cli };
         server.spawn();
         server
     }
@@ -317,7 +379,8 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + REDIS_START_TIMEOUT;
         loop {
-            if ping(self.port) {
+            let up = if self.tls.is_some() { accepts(self.port) } else { ping(self.port) };
+            if up {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -347,9 +410,10 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let s = if self.tls.is_some() { "s" } else { "" };
+        format!("redis{s}://127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:<port>`.
@@ -385,7 +449,14 @@ impl RedisServer {
 
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        cli(self.port, args)
+        match &self.tls {
+            None => cli(self.port, args),
+            Some(tls) => {
+                let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+                all.extend_from_slice(args);
+                cli(self.port, &all)
+            }
+        }
     }
 
     /// Everything the process logged (all runs).
@@ -404,6 +475,78 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------
+
+/// A throwaway CA and two certificates it signed, as PEM files in a fresh
+/// directory (removed on drop): Redis's server certificate (for `127.0.0.1`
+/// and `localhost`) and a client certificate. Made with rcgen (ECDSA P-256).
+pub struct TestPki {
+    dir: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Redis's certificate and key.
+    pub server_cert: PathBuf,
+    /// See [`TestPki::server_cert`].
+    pub server_key: PathBuf,
+    /// A client certificate and key.
+    pub client_cert: PathBuf,
+    /// See [`TestPki::client_cert`].
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// A new CA named `name` and its two certificates.
+    pub fn generate(name: &str) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = temp_dir(&format!("pki-{name}"));
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, format!("ssekify test CA {name}"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>, file: &str| -> (PathBuf, PathBuf) {
+            let mut params = CertificateParams::new(names).expect("certificate parameters");
+            params.distinguished_name.push(DnType::CommonName, format!("{file} ({name})"));
+            params.extended_key_usages = usages;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("signed certificate");
+            let (cert_path, key_path) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
+            fs::write(&cert_path, cert.pem()).expect("write certificate");
+            fs::write(&key_path, key.serialize_pem()).expect("write key");
+            (cert_path, key_path)
+        };
+        // The server certificate is a client one too: a cluster node presents
+        // it to the nodes it dials (the cluster bus always wants one).
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            "server",
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["client".into()], vec![ExtendedKeyUsagePurpose::ClientAuth], "client");
+        let ca_path = dir.join("ca.crt");
+        fs::write(&ca_path, ca.pem()).expect("write CA certificate");
+        TestPki { dir, ca: ca_path, server_cert, server_key, client_cert, client_key }
+    }
+
+    /// A path as a command-line argument.
+    pub fn arg(path: &Path) -> &str {
+        path.to_str().expect("utf-8 temp dir")
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -430,10 +573,29 @@ impl SentinelSet {
     /// down-after 1 s, failover-timeout 5 s) that know the master and the
     /// replica.
     pub fn start(count: usize) -> SentinelSet {
+        Self::start_with(count, None)
+    }
+
+    /// Like [`SentinelSet::start`] with TLS only: master and replica (which
+    /// replicates over TLS) and the Sentinels (which reach them over TLS),
+    /// all on `pki`'s certificates.
+    pub fn start_tls(count: usize, pki: &TestPki) -> SentinelSet {
+        Self::start_with(count, Some(pki))
+    }
+
+    fn start_with(count: usize, tls: Option<&TestPki>) -> SentinelSet {
         assert!(count >= 1);
-        let master = RedisServer::start(&[]);
+        let server = |args: &[&str]| match tls {
+            None => RedisServer::start(args),
+            Some(pki) => {
+                let mut all = vec!["--tls-replication", "yes"];
+                all.extend_from_slice(args);
+                RedisServer::start_tls_on(free_port(), pki, false, &all)
+            }
+        };
+        let master = server(&[]);
         let master_port = master.port().to_string();
-        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]);
+        let replica = server(&["--replicaof", "127.0.0.1", &master_port]);
         let synced = wait_until(Duration::from_secs(15), || {
             replica.cli(&["INFO", "replication"]).and_then(|info| info_field(&info, "master_link_status")).as_deref()
                 == Some("up")
@@ -448,9 +610,19 @@ impl SentinelSet {
         let sentinels: Vec<RedisServer> = (0..count)
             .map(|_| {
                 let port = free_port();
-                RedisServer::start_sentinel(port, |dir| {
+                let listen = match tls {
+                    None => format!("port {port}\n"),
+                    Some(pki) => format!(
+                        "port 0\ntls-port {port}\ntls-replication yes\ntls-auth-clients no\n\
+                         tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                        pki.server_cert.display(),
+                        pki.server_key.display(),
+                        pki.ca.display()
+                    ),
+                };
+                RedisServer::start_sentinel(port, master.tls.clone(), |dir| {
                     format!(
-                        "port {port}\n\
+                        "{listen}\
                          bind 127.0.0.1\n\
                          protected-mode no\n\
                          dir {}\n\
@@ -492,10 +664,11 @@ impl SentinelSet {
         Some(format!("{host}:{port}"))
     }
 
-    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2/m`.
+    /// `redis-sentinel://127.0.0.1:s1,127.0.0.1:s2/m` (`rediss-sentinel://` with TLS).
     pub fn url(&self) -> String {
         let list: Vec<String> = self.sentinels.iter().map(RedisServer::addr).collect();
-        format!("redis-sentinel://{}/{SENTINEL_MASTER}", list.join(","))
+        let s = if self.master.tls.is_some() { "s" } else { "" };
+        format!("redis{s}-sentinel://{}/{SENTINEL_MASTER}", list.join(","))
     }
 
     /// Every log, for failure messages.
@@ -525,29 +698,45 @@ impl RedisCluster {
     /// `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, and
     /// waits for `cluster_state:ok` on every node.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_with(masters, None)
+    }
+
+    /// Like [`RedisCluster::start`] with TLS only, between the nodes too
+    /// (`--tls-cluster yes`), on `pki`'s certificates.
+    pub fn start_tls(masters: usize, pki: &TestPki) -> RedisCluster {
+        Self::start_with(masters, Some(pki))
+    }
+
+    fn start_with(masters: usize, tls: Option<&TestPki>) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
         let nodes: Vec<RedisServer> = (0..masters)
             .map(|_| {
                 let port = free_port();
                 let bus_port = free_port().to_string();
                 let conf = format!("nodes-{port}.conf");
-                RedisServer::start_on(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &conf,
-                        "--cluster-node-timeout",
-                        "2000",
-                        // The default bus port (port + 10000) may be past 65535 or taken.
-                        "--cluster-port",
-                        &bus_port,
-                    ],
-                )
+                let cluster_args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "2000",
+                    // The default bus port (port + 10000) may be past 65535 or taken.
+                    "--cluster-port",
+                    &bus_port,
+                ];
+                match tls {
+                    None => RedisServer::start_on(port, &cluster_args),
+                    Some(pki) => {
+                        let mut args = cluster_args.to_vec();
+                        args.extend_from_slice(&["--tls-cluster", "yes"]);
+                        RedisServer::start_tls_on(port, pki, false, &args)
+                    }
+                }
             })
             .collect();
-        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        let mut args = nodes[0].tls.clone().unwrap_or_default();
+        args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(nodes.iter().map(RedisServer::addr));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].iter().map(|s| s.to_string()));
         let (ok, output) = run_logged("redis-cli", &args, Duration::from_secs(30));
@@ -573,8 +762,9 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis-cluster://127.0.0.1:<port of node i>`.
+    /// `redis-cluster://127.0.0.1:<port of node i>` (`rediss-cluster://` with TLS).
     pub fn url_via(&self, node: usize) -> String {
-        format!("redis-cluster://{}", self.nodes[node].addr())
+        let s = if self.nodes[node].tls.is_some() { "s" } else { "" };
+        format!("redis{s}-cluster://{}", self.nodes[node].addr())
     }
 }
