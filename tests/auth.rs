@@ -86,16 +86,20 @@ fn signed_server() -> Server {
     Server::start(&["--auth", "signed", "--sign-secret", SIGN_SECRET, "--log-level", "debug"])
 }
 
-/// Opens a stream that must be accepted and consumes its `retry:` field.
-fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> SseClient {
-    let mut client = SseClient::connect(server.public, path, headers);
-    assert_eq!(client.status, 200, "GET {path}: {:?}", client.error_text());
-    assert!(matches!(client.next_item(IO_TIMEOUT), Some(SseItem::Retry(_))), "GET {path}: no retry: first");
-    client
-}
-
-fn delivered(response: HttpResponse) -> u64 {
-    ok_json(response)["delivered"].as_u64().expect("delivered count")
+/// Runs the real `ssekify sign` with `args` for `route` on `server`; returns
+/// the path and query it printed.
+fn sign_path(server: &Server, route: &str, args: &[&str]) -> String {
+    let base = format!("http://{}{route}", server.public);
+    let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))
+        .arg("sign")
+        .args(args)
+        .args(["--base-url", &base])
+        .env("SSEKIFY_SIGN_SECRET", SIGN_SECRET)
+        .output()
+        .expect("run ssekify sign");
+    assert!(output.status.success(), "ssekify sign: {}", String::from_utf8_lossy(&output.stderr));
+    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    url.strip_prefix(&format!("http://{}", server.public)).unwrap_or_else(|| panic!("{url}")).to_owned()
 }
 
 /// Asserts a refusal and returns its message.
@@ -110,13 +114,15 @@ fn jwt_grants_its_sub_and_rooms_from_query_or_header() {
     let server = jwt_server();
     let token = jwt(json!({"sub": "alice", "rooms": ["news", "sports"], "exp": now() + 300}));
     // userId is ignored in jwt mode: the user is the token's sub.
-    let mut by_query = open(&server, &format!("/sse?token={token}&rooms=news&userId=mallory"), &[]);
+    let mut by_query =
+        SseClient::open_ready_with(server.public, &format!("/sse?token={token}&rooms=news&userId=mallory"), &[]);
     let bearer = format!("Bearer {token}");
-    let mut by_header = open(&server, "/sse?rooms=sports", &[("Authorization", &bearer)]);
+    let mut by_header = SseClient::open_ready_with(server.public, "/sse?rooms=sports", &[("Authorization", &bearer)]);
     // The header wins over the query parameter.
-    let mut both = open(&server, "/sse?token=not-a-token", &[("Authorization", &bearer)]);
+    let mut both = SseClient::open_ready_with(server.public, "/sse?token=not-a-token", &[("Authorization", &bearer)]);
     let other = jwt(json!({"sub": "bob", "rooms": ["*"], "exp": now() + 300}));
-    let mut any_room = open(&server, &format!("/sse?token={other}&rooms=anything,news"), &[]);
+    let mut any_room =
+        SseClient::open_ready_with(server.public, &format!("/sse?token={other}&rooms=anything,news"), &[]);
 
     assert_eq!(delivered(publish_user(server.api, "mallory", "to mallory", "")), 0, "userId must not be trusted");
     assert_eq!(delivered(publish_user(server.api, "alice", "to alice", "")), 3);
@@ -180,7 +186,7 @@ fn jwt_refusals() {
     assert!(message.contains("`secret`"), "{message}");
     let roomless = jwt(json!({"sub": "alice", "exp": exp}));
     refused(&server, &format!("/sse?token={roomless}&rooms=news"), &[], 403, "forbidden");
-    open(&server, &format!("/sse?token={roomless}"), &[]);
+    SseClient::open_ready_with(server.public, &format!("/sse?token={roomless}"), &[]);
     // A bad room name is still the query's fault.
     refused(&server, &format!("/sse?token={limited}&rooms=a%0Ab"), &[], 400, "invalid_request");
 
@@ -194,8 +200,12 @@ fn jwt_refusals() {
 fn signed_urls_grant_exactly_the_signed_user_and_rooms() {
     let server = signed_server();
     let exp = now() + 300;
-    let mut alice = open(&server, &format!("{}&userId=mallory", signed_path("alice", "news,sports", exp)), &[]);
-    let mut anonymous = open(&server, &signed_path("", "", exp), &[]);
+    let mut alice = SseClient::open_ready_with(
+        server.public,
+        &format!("{}&userId=mallory", signed_path("alice", "news,sports", exp)),
+        &[],
+    );
+    let mut anonymous = SseClient::open_ready_with(server.public, &signed_path("", "", exp), &[]);
 
     assert_eq!(delivered(publish_user(server.api, "mallory", "to mallory", "")), 0, "userId must not be trusted");
     assert_eq!(delivered(publish_user(server.api, "alice", "to alice", "")), 1);
@@ -236,7 +246,7 @@ fn signed_url_refusals() {
     refused(&server, &format!("/sse?user=alice&exp=soon&sig={sig}"), &[], 401, "unauthorized");
     let logs = server.logs();
     assert!(!logs.contains(sig), "a signature reached the logs: {logs}");
-    open(&server, &good, &[]);
+    SseClient::open_ready_with(server.public, &good, &[]);
 }
 
 #[test]
@@ -246,10 +256,10 @@ fn a_tokens_tenant_claim_opens_that_tenants_path_only() {
     let acme = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp, "tenant": "acme"}));
     let plain = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp}));
     let null = jwt(json!({"sub": "alice", "rooms": ["news"], "exp": exp, "tenant": null}));
-    let mut in_acme = open(&server, &format!("/t/acme/sse?token={acme}&rooms=news"), &[]);
-    let mut in_default = open(&server, &format!("/sse?token={plain}&rooms=news"), &[]);
+    let mut in_acme = SseClient::open_ready_with(server.public, &format!("/t/acme/sse?token={acme}&rooms=news"), &[]);
+    let mut in_default = SseClient::open_ready_with(server.public, &format!("/sse?token={plain}&rooms=news"), &[]);
     let bearer = format!("Bearer {null}");
-    let mut null_default = open(&server, "/sse", &[("Authorization", &bearer)]);
+    let mut null_default = SseClient::open_ready_with(server.public, "/sse", &[("Authorization", &bearer)]);
 
     // Mismatches: another tenant's path, the default path, a tenant path
     // without the claim (absent or null).
@@ -274,28 +284,20 @@ fn a_url_signed_for_a_tenant_opens_that_tenants_path_only() {
     let server = signed_server();
     let exp = now() + 300;
     let acme = signed_tenant_query("acme", "alice", "news", exp);
-    let mut alice = open(&server, &format!("/t/acme/sse?{acme}"), &[]);
+    let mut alice = SseClient::open_ready_with(server.public, &format!("/t/acme/sse?{acme}"), &[]);
     for path in ["/sse", "/t/globex/sse"] {
         let message = refused(&server, &format!("{path}?{acme}"), &[], 401, "unauthorized");
         assert!(message.contains("signature"), "{path}: {message}");
     }
     // A URL signed without a tenant (as before tenants) opens /sse only.
     let plain = signed_path("alice", "news", exp);
-    open(&server, &plain, &[]);
+    SseClient::open_ready_with(server.public, &plain, &[]);
     let plain_query = plain.strip_prefix("/sse?").unwrap();
     refused(&server, &format!("/t/acme/sse?{plain_query}"), &[], 401, "unauthorized");
 
     // ssekify sign --tenant mints one.
-    let base = format!("http://{}/t/globex/sse", server.public);
-    let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))
-        .args(["sign", "--tenant", "globex", "--user", "bob", "--base-url", &base])
-        .env("SSEKIFY_SIGN_SECRET", SIGN_SECRET)
-        .output()
-        .expect("run ssekify sign");
-    assert!(output.status.success(), "ssekify sign: {}", String::from_utf8_lossy(&output.stderr));
-    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let path = url.strip_prefix(&format!("http://{}", server.public)).unwrap_or_else(|| panic!("{url}"));
-    let mut bob = open(&server, path, &[]);
+    let path = sign_path(&server, "/t/globex/sse", &["--tenant", "globex", "--user", "bob"]);
+    let mut bob = SseClient::open_ready_with(server.public, &path, &[]);
     refused(&server, &path.replace("/t/globex/", "/"), &[], 401, "unauthorized");
 
     assert_eq!(delivered(http(server.api, "POST", "/v1/t/acme/users/alice/events", &[], b"to acme alice")), 1);
@@ -307,16 +309,8 @@ fn a_url_signed_for_a_tenant_opens_that_tenants_path_only() {
 #[test]
 fn ssekify_sign_mints_a_url_the_server_accepts() {
     let server = signed_server();
-    let base = format!("http://{}/sse", server.public);
-    let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))
-        .args(["sign", "--user", "carol", "--rooms", "ops,news", "--ttl", "2m", "--base-url", &base])
-        .env("SSEKIFY_SIGN_SECRET", SIGN_SECRET)
-        .output()
-        .expect("run ssekify sign");
-    assert!(output.status.success(), "ssekify sign: {}", String::from_utf8_lossy(&output.stderr));
-    let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let path = url.strip_prefix(&format!("http://{}", server.public)).unwrap_or_else(|| panic!("{url}"));
-    let mut carol = open(&server, path, &[]);
+    let path = sign_path(&server, "/sse", &["--user", "carol", "--rooms", "ops,news", "--ttl", "2m"]);
+    let mut carol = SseClient::open_ready_with(server.public, &path, &[]);
     assert_eq!(delivered(publish_user(server.api, "carol", "to carol", "")), 1);
     assert_eq!(delivered(publish_room(server.api, "ops", "ops", "")), 1);
     assert_eq!(carol.expect_event("user frame").data, "to carol");
@@ -330,7 +324,7 @@ fn ssekify_sign_mints_a_url_the_server_accepts() {
         .unwrap();
     let query = String::from_utf8(query.stdout).unwrap();
     assert!(query.starts_with("exp=") && query.contains("&sig="), "{query}");
-    open(&server, &format!("/sse?{}", query.trim()), &[]);
+    SseClient::open_ready_with(server.public, &format!("/sse?{}", query.trim()), &[]);
     let short = Command::new(env!("CARGO_BIN_EXE_ssekify")).args(["sign", "--sign-secret", "short"]).output().unwrap();
     assert_eq!(short.status.code(), Some(2));
 }

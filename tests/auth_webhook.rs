@@ -92,17 +92,6 @@ fn webhook_server_on(driver: &str, app: &App, extra: &[&str]) -> Server {
     Server::start_with_driver(driver, &webhook_args(app, extra).iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> SseClient {
-    let mut client = SseClient::connect(server.public, path, headers);
-    assert_eq!(client.status, 200, "GET {path}: {:?}", client.error_text());
-    assert!(matches!(client.next_item(IO_TIMEOUT), Some(SseItem::Retry(_))), "GET {path}: no retry: first");
-    client
-}
-
-fn delivered(response: HttpResponse) -> u64 {
-    ok_json(response)["delivered"].as_u64().expect("delivered count")
-}
-
 #[test]
 fn the_app_names_the_user_and_its_rooms() {
     for driver in drivers() {
@@ -115,8 +104,8 @@ fn the_app_names_the_user_and_its_rooms_on(driver: &str) {
     let server = webhook_server_on(driver, &app, &["--auth-cache-ttl", "0"]);
     let headers =
         [("Cookie", "session=alice"), ("Authorization", "Basic YWxpY2U6cHc="), ("X-Forwarded-For", "203.0.113.7")];
-    let mut alice = open(&server, "/sse?rooms=news&userId=mallory", &headers);
-    let mut guest = open(&server, "/sse?rooms=anything", &[("Cookie", "session=guest")]);
+    let mut alice = SseClient::open_ready_with(server.public, "/sse?rooms=news&userId=mallory", &headers);
+    let mut guest = SseClient::open_ready_with(server.public, "/sse?rooms=anything", &[("Cookie", "session=guest")]);
 
     assert_eq!(delivered(publish_user(server.api, "mallory", "to mallory", "")), 0, "userId must not be trusted");
     assert_eq!(delivered(publish_user(server.api, "alice", "to alice", "")), 1);
@@ -148,7 +137,7 @@ fn the_app_names_the_tenant() {
     let app = App::start();
     let server = webhook_server(&app, &["--auth-cache-ttl", "0"]);
     let acme = [("Cookie", "session=acme-alice")];
-    let mut alice = open(&server, "/t/acme/sse?rooms=news", &acme);
+    let mut alice = SseClient::open_ready_with(server.public, "/t/acme/sse?rooms=news", &acme);
     let head = app.requests().pop().unwrap();
     assert!(head.contains("\r\nX-Ssekify-Tenant: acme\r\n"), "the path's tenant is forwarded: {head}");
     for path in ["/sse?rooms=news", "/t/globex/sse?rooms=news"] {
@@ -158,7 +147,7 @@ fn the_app_names_the_tenant() {
     SseClient::connect(server.public, "/t/acme/sse", &[("Cookie", "session=alice")]).assert_error(403, "forbidden");
     let head = app.requests().pop().unwrap();
     assert!(head.contains("X-Ssekify-Tenant: acme"), "{head}");
-    let _plain = open(&server, "/sse", &[("Cookie", "session=alice")]);
+    let _plain = SseClient::open_ready_with(server.public, "/sse", &[("Cookie", "session=alice")]);
     assert!(!app.requests().pop().unwrap().contains("X-Ssekify-Tenant"), "no tenant on /sse");
     assert_eq!(delivered(http(server.api, "POST", "/v1/t/acme/rooms/news/events", &[], b"acme news")), 1);
     assert_eq!(alice.expect_event("acme's room").data, "acme news");
@@ -196,13 +185,13 @@ fn refusals_outages_and_bad_answers() {
 fn answers_are_reused_for_the_cache_ttl() {
     let app = App::start();
     let server = webhook_server(&app, &["--shards", "1", "--auth-cache-ttl", "1m"]);
-    let _a = open(&server, "/sse?rooms=news", &[("Cookie", "session=alice")]);
-    let _b = open(&server, "/sse?rooms=news", &[("Cookie", "session=alice")]);
+    let _a = SseClient::open_ready_with(server.public, "/sse?rooms=news", &[("Cookie", "session=alice")]);
+    let _b = SseClient::open_ready_with(server.public, "/sse?rooms=news", &[("Cookie", "session=alice")]);
     SseClient::connect(server.public, "/sse", &[("Cookie", "session=nobody")]).assert_error(401, "unauthorized");
     SseClient::connect(server.public, "/sse", &[("Cookie", "session=nobody")]).assert_error(401, "unauthorized");
     assert_eq!(app.requests().len(), 2, "one request per distinct session, refusals included");
     // Anything forwarded that differs is asked again.
-    let _c = open(&server, "/sse", &[("Cookie", "session=alice")]);
+    let _c = SseClient::open_ready_with(server.public, "/sse", &[("Cookie", "session=alice")]);
     assert_eq!(app.requests().len(), 3);
     // Outages are not remembered.
     SseClient::connect(server.public, "/sse", &[("Cookie", "session=maintenance")])

@@ -618,6 +618,11 @@ pub fn ok_json(resp: HttpResponse) -> serde_json::Value {
     resp.json()
 }
 
+/// The `delivered` count of a publish answer (asserting 200).
+pub fn delivered(resp: HttpResponse) -> u64 {
+    ok_json(resp)["delivered"].as_u64().expect("delivered count")
+}
+
 /// `GET /v1/stats` (asserting 200).
 pub fn stats(api: SocketAddr) -> serde_json::Value {
     let resp = http(api, "GET", "/v1/stats", &[], b"");
@@ -892,7 +897,13 @@ impl SseClient {
 
     /// Connects, asserts `200` and consumes the initial `retry:` field.
     pub fn open_ready(addr: SocketAddr, path_and_query: &str) -> SseClient {
-        let mut client = Self::open(addr, path_and_query);
+        Self::open_ready_with(addr, path_and_query, &[])
+    }
+
+    /// [`SseClient::open_ready`] with request headers (credentials, cookies).
+    pub fn open_ready_with(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> SseClient {
+        let mut client = Self::connect(addr, path_and_query, headers);
+        assert_eq!(client.status, 200, "GET {path_and_query}: {} {:?}", client.status, client.error_text());
         match client.next_item(IO_TIMEOUT) {
             Some(SseItem::Retry(_)) => {}
             other => panic!("expected a retry: field first, got {other:?}"),

@@ -262,6 +262,16 @@ pub struct RedisServer {
     tls: Option<Vec<String>>,
 }
 
+/// What every test server runs with: loopback only, nothing persisted, its
+/// files in `dir`.
+fn scratch_args(dir: &Path) -> Vec<String> {
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", dir]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 impl RedisServer {
     /// `redis-server --port P --bind 127.0.0.1 --save '' --appendonly no
     /// --protected-mode no --dir <tmp>` plus `extra_args`, on a fresh port;
@@ -273,23 +283,8 @@ impl RedisServer {
     /// Like [`RedisServer::start`] on a given port.
     pub fn start_on(port: u16, extra_args: &[&str]) -> RedisServer {
         let dir = temp_dir(&format!("redis-{port}"));
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            dir.to_str().expect("utf-8 temp dir"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(scratch_args(&dir));
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut server = RedisServer { child: None, port, dir, program: "redis-server", args, starts: 0, tls: None };
         server.spawn();
@@ -307,7 +302,7 @@ impl RedisServer {
     pub fn start_tls_on(port: u16, pki: &TestPki, require_client_cert: bool, extra_args: &[&str]) -> RedisServer {
         let dir = temp_dir(&format!("redis-tls-{port}"));
         let path = |p: &Path| p.to_str().expect("utf-8 temp dir").to_string();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--port",
             "0",
             "--tls-port",
@@ -320,21 +315,12 @@ impl RedisServer {
             &path(&pki.ca),
             "--tls-auth-clients",
             if require_client_cert { "yes" } else { "no" },
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            &path(&dir),
         ]
         .iter()
-        .chain(extra_args)
         .map(|s| s.to_string())
         .collect();
+        args.extend(scratch_args(&dir));
+        args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut cli = vec!["--tls".to_string(), "--cacert".to_string(), path(&pki.ca)];
         if require_client_cert {
             cli.extend(["--cert".to_string(), path(&pki.client_cert), "--key".to_string(), path(&pki.client_key)]);
