@@ -6,20 +6,11 @@
 //
 //   SSEKIFY_BIN=$PWD/target/debug/ssekify node --test tests/browser/*.test.mjs
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, startPageServer, launchBrowser, openPage, publish, sleep, eventually, GAP } from './harness.mjs';
+import { startServer, browserAndPages, openPage, publish, sleep, eventually, GAP } from './harness.mjs';
 
-let pages;
-let browser;
-before(async () => {
-  pages = await startPageServer();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await pages?.close();
-});
+const fx = browserAndPages();
 
 const CLOSED = 2;
 
@@ -27,9 +18,9 @@ const CLOSED = 2;
 const rows = (sub) => sub.page.$$eval('#log li', (lis) => lis.map((li) => ({ type: li.dataset.type, id: li.dataset.id, data: li.textContent })));
 
 test('an allowed origin: user, room and broadcast messages reach the page with their data, id and event type', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin]);
+  const server = await startServer(['--cors-origin', fx.pages.origin]);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1`, events: ['notify', 'chat'] });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1`, events: ['notify', 'chat'] });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
 
@@ -57,15 +48,15 @@ test('an allowed origin: user, room and broadcast messages reach the page with t
   await eventually('the answer in the network log', async () => sub.sseRequests()[0]?.status != null, async () => JSON.stringify(sub.sseRequests()));
   const [request] = sub.sseRequests();
   assert.equal(request.type, 'EventSource');
-  assert.equal(request.headers.origin, pages.origin, 'a cross-origin request');
+  assert.equal(request.headers.origin, fx.pages.origin, 'a cross-origin request');
   assert.equal(request.headers.accept, 'text/event-stream');
   assert.equal(request.status, 200);
 });
 
 test('an allowed origin: withCredentials streams work too (the server allows credentials for a named origin)', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin]);
+  const server = await startServer(['--cors-origin', fx.pages.origin]);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1`, cred: true });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1`, cred: true });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
   const { expected } = await publish(server, '/v1/users/u1/events', 'with credentials');
@@ -78,9 +69,9 @@ test('an allowed origin: withCredentials streams work too (the server allows cre
 test('--cors-origin "*": plain EventSource works, withCredentials is refused by the browser', { timeout: 60_000 }, async (t) => {
   const server = await startServer(['--cors-origin', '*']);
   t.after(server.stop);
-  const plain = await openPage(browser, pages, { src: `${server.publicUrl}/sse?rooms=r1` });
+  const plain = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?rooms=r1` });
   t.after(plain.close);
-  const cred = await openPage(browser, pages, { src: `${server.publicUrl}/sse?rooms=r1`, cred: true });
+  const cred = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?rooms=r1`, cred: true });
   t.after(cred.close);
   await plain.waitFor('the plain stream to open', () => window.sub.opens.length === 1);
   await cred.waitFor('the credentialed stream to fail', () => window.sub.errors.length >= 1);
@@ -100,12 +91,12 @@ test('--cors-origin "*": plain EventSource works, withCredentials is refused by 
 });
 
 test('OPTIONS preflight: a cross-origin fetch() of /sse with Last-Event-ID and Cache-Control headers gets the replay', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin]);
+  const server = await startServer(['--cors-origin', fx.pages.origin]);
   t.after(server.stop);
   const first = (await publish(server, '/v1/users/probe/events', 'pr1')).expected;
   const second = (await publish(server, '/v1/users/probe/events', 'pr2')).expected;
 
-  const sub = await openPage(browser, pages); // no EventSource: fetch only
+  const sub = await openPage(fx.browser, fx.pages); // no EventSource: fetch only
   t.after(sub.close);
   // Neither header is CORS-safelisted, so the browser asks with OPTIONS first.
   const answer = await sub.probe(`${server.publicUrl}/sse?userId=probe`, { 'Last-Event-ID': first.id, 'Cache-Control': 'no-cache' }, ['data: pr2\n\n']);
@@ -123,7 +114,7 @@ test('OPTIONS preflight: a cross-origin fetch() of /sse with Last-Event-ID and C
   assert.ok(preflight, `an OPTIONS preflight was sent: ${JSON.stringify(sub.sseRequests())}`);
   assert.equal(preflight.headers['access-control-request-method'], 'GET');
   assert.equal(preflight.headers['access-control-request-headers'], 'cache-control,last-event-id');
-  assert.equal(preflight.headers.origin, pages.origin);
+  assert.equal(preflight.headers.origin, fx.pages.origin);
   const get = sub.sseRequests().find((r) => r.method === 'GET');
   assert.equal(get.headers['last-event-id'], first.id);
 });
@@ -135,7 +126,7 @@ for (const [name, args, corsError] of [
   test(`refused with ${name}: onerror fires, the page receives nothing, the preflight fails`, { timeout: 60_000 }, async (t) => {
     const server = await startServer(args);
     t.after(server.stop);
-    const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1`, events: ['notify'] });
+    const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1`, events: ['notify'] });
     t.after(sub.close);
     await sub.waitFor('the error event', () => window.sub.errors.length >= 1);
 
@@ -152,7 +143,7 @@ for (const [name, args, corsError] of [
     assert.equal(state.errors.length, 1, 'and no retry');
     await eventually('the failure in the network log', async () => sub.sseRequests()[0]?.failure != null, async () => JSON.stringify(sub.sseRequests()));
     const [request] = sub.sseRequests();
-    assert.equal(request.headers.origin, pages.origin);
+    assert.equal(request.headers.origin, fx.pages.origin);
     assert.equal(request.status, 200, 'ssekify answered the stream');
     assert.equal(request.failure?.corsError, corsError, `but the browser refused it for CORS: ${JSON.stringify(request)}`);
 

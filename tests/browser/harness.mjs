@@ -10,6 +10,7 @@
 // Every wait here is bounded by WAIT_MS.
 
 import assert from 'node:assert/strict';
+import { before, after } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
@@ -116,6 +117,23 @@ window.probe = async ({ url, headers, until, maxMs }) => {
 };
 </script>
 </body></html>`;
+
+/**
+ * A test file's page server and browser: started before its tests, closed
+ * after them. Returns an object whose `pages` and `browser` are set by then.
+ */
+export function browserAndPages() {
+  const fixture = { pages: undefined, browser: undefined };
+  before(async () => {
+    fixture.pages = await startPageServer();
+    fixture.browser = await launchBrowser();
+  });
+  after(async () => {
+    await fixture.browser?.close();
+    await fixture.pages?.close();
+  });
+  return fixture;
+}
 
 /** Serves PAGE at `/` on 127.0.0.1:0; resolves `{ origin, url(query), close }`. */
 export async function startPageServer() {

@@ -7,20 +7,11 @@
 //
 //   SSEKIFY_BIN=$PWD/target/debug/ssekify node --test tests/browser/*.test.mjs
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, startPageServer, launchBrowser, openPage, publish, api, sleep, eventually, GAP } from './harness.mjs';
+import { startServer, browserAndPages, openPage, publish, api, sleep, eventually, GAP } from './harness.mjs';
 
-let pages;
-let browser;
-before(async () => {
-  pages = await startPageServer();
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-  await pages?.close();
-});
+const fx = browserAndPages();
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -36,9 +27,9 @@ async function cut(server, sub, errorsBefore = 0) {
 }
 
 test('the browser reconnects after retry: with Last-Event-ID and ends up with m1..m4 exactly once, in order', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin, '--retry', '300ms']);
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '300ms']);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1` });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1` });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
 
@@ -82,9 +73,9 @@ test('the browser reconnects after retry: with Last-Event-ID and ends up with m1
 });
 
 test('a long retry: hint holds the browser back (longer than its own 3 s default)', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin, '--retry', '10s']);
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '10s']);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1` });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1` });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
   await cut(server, sub);
@@ -97,9 +88,9 @@ test('a long retry: hint holds the browser back (longer than its own 3 s default
 });
 
 test('heartbeats keep the stream open and never surface as messages', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin, '--keep-alive', '100ms', '--retry', '300ms']);
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--keep-alive', '100ms', '--retry', '300ms']);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1` });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1` });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
 
@@ -119,12 +110,12 @@ test('heartbeats keep the stream open and never surface as messages', { timeout:
 });
 
 test('an id the server never issued (?lastEventId=) gives the page an ssekify.gap event, then the buffered messages', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin]);
+  const server = await startServer(['--cors-origin', fx.pages.origin]);
   t.after(server.stop);
   // Buffered in u1's ring while u1 is offline.
   const p1 = (await publish(server, '/v1/users/u1/events', 'p1')).expected;
   // A new EventSource cannot set headers: the query parameter stands in for Last-Event-ID.
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1&lastEventId=never-issued` });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&lastEventId=never-issued` });
   t.after(sub.close);
   await sub.waitFor('the gap notice and p1', () => window.sub.received.length >= 2);
   const p2 = (await publish(server, '/v1/users/u1/events', 'p2')).expected;
@@ -138,9 +129,9 @@ test('an id the server never issued (?lastEventId=) gives the page an ssekify.ga
 });
 
 test('the browser\'s own reconnect past the ring\'s end gives ssekify.gap, then what is left', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', pages.origin, '--retry', '300ms', '--recent-buffer', '2']);
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '300ms', '--recent-buffer', '2']);
   t.after(server.stop);
-  const sub = await openPage(browser, pages, { src: `${server.publicUrl}/sse?userId=u1` });
+  const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1` });
   t.after(sub.close);
   await sub.waitFor('the stream to open', () => window.sub.opens.length === 1);
   const m1 = (await publish(server, '/v1/users/u1/events', 'm1')).expected;
