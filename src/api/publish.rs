@@ -69,7 +69,14 @@ pub async fn single(
     body: &Bytes,
     to: To,
 ) -> Response {
-    idempotent(ctx, ns, request, publish_single(ctx, bus, ns, request, body, to)).await
+    let publish = async {
+        let prepare = || Ok(vec![prepare_single(ctx, ns, request, body, to)?]);
+        match validate_and_deliver(ctx, bus, ns, request, prepare).await {
+            Ok(mut results) => Response::json(200, &results.remove(0)),
+            Err(response) => refused(ctx, response),
+        }
+    };
+    idempotent(ctx, ns, request, publish).await
 }
 
 /// `POST /v1/publish`: JSON `{"messages":[…]}` or NDJSON, one result per message.
@@ -125,20 +132,6 @@ impl Drop for ClaimGuard<'_> {
         if !self.done {
             self.ctx.finish_idempotency_key(self.key, None);
         }
-    }
-}
-
-async fn publish_single(
-    ctx: &Rc<ShardCtx>,
-    bus: Option<&Bus>,
-    ns: &Namespace,
-    request: &Request,
-    body: &Bytes,
-    to: To,
-) -> Response {
-    match validate_and_deliver(ctx, bus, ns, request, || Ok(vec![prepare_single(ctx, ns, request, body, to)?])).await {
-        Ok(mut results) => Response::json(200, &results.remove(0)),
-        Err(response) => refused(ctx, response),
     }
 }
 
