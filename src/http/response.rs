@@ -23,7 +23,11 @@ pub struct Response {
 impl Response {
     /// A JSON answer.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Response { status, headers: Vec::new(), content_type: JSON, body: Bytes::from(value.to_string()), close: false }
+        // Serialized into a buffer that fits a typical answer at once (the
+        // `Display` route grows a String from empty, reallocating as it goes).
+        let mut body = Vec::with_capacity(128);
+        serde_json::to_writer(&mut body, value).expect("a Value always serializes");
+        Response { status, headers: Vec::new(), content_type: JSON, body: Bytes::from(body), close: false }
     }
 
     /// The error shape of the API: `{"error":"<code>","message":"<text>"}`.
