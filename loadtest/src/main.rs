@@ -343,7 +343,7 @@ async fn run(args: RunArgs) -> Result<Report, String> {
     let recorder = Rc::new(RefCell::new(Recorder::new(messages)));
     let fleet = Rc::new(Fleet::default());
     let slow_every = if args.slow_share > 0.0 { (1.0 / args.slow_share).round().max(1.0) as usize } else { 0 };
-    let is_slow = |i: usize| slow_every > 0 && i.is_multiple_of(slow_every);
+    let is_slow = |i: usize| slow_every > 0 && i % slow_every == 0;
     let mut connected = vec![false; common.subscribers];
     let mut held = Vec::new();
     for (i, slot) in open_fleet(common, &urls).await {
