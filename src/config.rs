@@ -43,6 +43,9 @@ pub const DEFAULT_AUTH_TIMEOUT: &str = "2s";
 /// Default reuse of a webhook answer: long enough to absorb a reconnect storm
 /// and several tabs, short enough that a logout takes effect within seconds.
 pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
+/// Default bound on the rooms one subscriber joins: room sets cost memory per
+/// membership on every shard, and pages rarely need more than a handful.
+pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 64;
 /// Default number of webhook answers kept per shard.
 pub const DEFAULT_AUTH_CACHE_MAX: usize = 10_000;
 
@@ -230,6 +233,9 @@ pub struct Cli {
     /// Connections one user may hold at most; 0 = no limit (429 above).
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: usize,
+    /// Rooms one subscriber may join (?rooms=); 400 above.
+    #[arg(long, env = "SSEKIFY_MAX_ROOMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION)]
+    pub max_rooms_per_connection: usize,
     /// Largest request head (request line + headers); 431 above.
     #[arg(long, env = "SSEKIFY_MAX_HEAD", default_value = DEFAULT_MAX_HEAD)]
     pub max_head: String,
@@ -351,6 +357,8 @@ pub struct Config {
     pub max_connections: Option<NonZeroUsize>,
     /// Per-user subscriber limit (None = unlimited).
     pub max_connections_per_user: Option<NonZeroUsize>,
+    /// Rooms one subscriber may join.
+    pub max_rooms_per_connection: usize,
     /// Request head bound.
     pub max_head: usize,
     /// Header count bound.
@@ -620,6 +628,7 @@ impl TryFrom<Cli> for Config {
             drop_policy: cli.drop_policy,
             max_connections: NonZeroUsize::new(cli.max_connections),
             max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
+            max_rooms_per_connection: cli.max_rooms_per_connection,
             max_head,
             max_headers: cli.max_headers,
             read_timeout: duration("read-timeout", &cli.read_timeout)?,

@@ -10,7 +10,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::names::{is_valid_name, MAX_NAME};
-use crate::api::subscribe::MAX_ROOMS_PER_CONNECTION;
 use crate::auth::signed;
 use crate::config::{hmac_key, parse_duration, ConfigError, SignArgs};
 
@@ -24,9 +23,6 @@ pub fn url(args: &SignArgs, now: SystemTime) -> Result<String, ConfigError> {
     let rooms: Vec<&str> = if args.rooms.is_empty() { Vec::new() } else { args.rooms.split(',').collect() };
     if rooms.iter().any(|room| !is_valid_name(room)) {
         return Err(ConfigError::new("rooms", format!("takes a comma-separated list of room names, each {names}")));
-    }
-    if rooms.len() > MAX_ROOMS_PER_CONNECTION {
-        return Err(ConfigError::new("rooms", format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
     }
     let tenant = args.tenant.as_deref().filter(|t| !t.is_empty());
     if tenant.is_some_and(|tenant| !is_valid_name(tenant)) {

@@ -253,3 +253,13 @@ fn demo_page_only_with_the_flag_and_only_on_the_public_listener() {
     assert!(html.contains("/sse?"), "it subscribes on the same origin");
     assert_eq!(http(demo.api, "GET", "/", &[], b"").status, 404, "the api listener has no demo page");
 }
+
+#[test]
+fn rooms_per_connection_follow_the_flag() {
+    let server = Server::start(&["--max-rooms-per-connection", "2"]);
+    SseClient::open_ready(server.public, "/sse?rooms=a,b");
+    let refused = SseClient::connect(server.public, "/sse?rooms=a,b,c", &[]);
+    refused.assert_error(400, "invalid_request");
+    let message = refused.error_json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("at most 2 rooms") && message.contains("--max-rooms-per-connection"), "{message}");
+}

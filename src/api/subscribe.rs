@@ -23,9 +23,6 @@ use crate::shard::envelope::Subscription;
 use crate::shard::{Phase, ShardCtx};
 use crate::sse::frame;
 
-/// Most rooms one connection may join.
-pub const MAX_ROOMS_PER_CONNECTION: usize = 64;
-
 /// Validates a subscribe request; reserves its connection slot on success.
 pub async fn handle(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request) -> Routed {
     match subscription(ctx, namespace, request).await {
@@ -96,8 +93,11 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
             }
         }
     }
-    if rooms.len() > MAX_ROOMS_PER_CONNECTION {
-        return Err(super::names::invalid(format!("at most {MAX_ROOMS_PER_CONNECTION} rooms per connection")));
+    if rooms.len() > config.max_rooms_per_connection {
+        let limit = config.max_rooms_per_connection;
+        return Err(super::names::invalid(format!(
+            "at most {limit} rooms per connection (--max-rooms-per-connection)"
+        )));
     }
     grant.allow(&rooms).map_err(|denied| refusal(&config.auth, &denied))?;
     if request.method == Method::Head {
