@@ -87,6 +87,12 @@ pub struct ShardStats {
     pub published: AtomicU64,
     /// Heartbeats written.
     pub pings: AtomicU64,
+    /// Subscribers refused by `--auth`: a missing, bad or expired credential,
+    /// a room it does not allow, or the webhook app's 4xx (counter).
+    pub auth_refused: AtomicU64,
+    /// Subscribers turned away because the webhook app was unreachable, slow
+    /// or answered nonsense (502/503; counter): the app's health as ssekify sees it.
+    pub auth_failures: AtomicU64,
     /// Publish requests: from validated to queued on every shard (bus included).
     pub publish_latency: LatencyHistogram,
 }
@@ -129,6 +135,8 @@ impl ShardStats {
             load(&self.moved_in),
             load(&self.published),
             load(&self.pings),
+            load(&self.auth_refused),
+            load(&self.auth_failures),
         ]
     }
 }
@@ -145,7 +153,7 @@ pub enum Kind {
 }
 
 /// (stats JSON key, Prometheus name, kind, help) for each snapshot slot.
-pub const FIELDS: [(&str, &str, Kind, &str); 19] = [
+pub const FIELDS: [(&str, &str, Kind, &str); 21] = [
     ("connections", "ssekify_connections", Kind::Gauge, "Open subscriber connections."),
     ("users", "ssekify_users", Kind::Gauge, "Distinct users with at least one connection."),
     ("rooms", "ssekify_shard_rooms", Kind::Gauge, "Rooms with members, counted per shard."),
@@ -170,6 +178,18 @@ pub const FIELDS: [(&str, &str, Kind, &str); 19] = [
     ("movedIn", "ssekify_moved_subscribers_total", Kind::Counter, "Subscribers handed over from another shard."),
     ("published", "ssekify_published_total", Kind::Counter, "Messages accepted by the publish routes."),
     ("pings", "ssekify_heartbeats_total", Kind::Counter, "Heartbeat comments written."),
+    (
+        "authRefused",
+        "ssekify_auth_refused_total",
+        Kind::Counter,
+        "Subscribers refused by their credential or the auth webhook.",
+    ),
+    (
+        "authFailures",
+        "ssekify_auth_failures_total",
+        Kind::Counter,
+        "Subscribers turned away because the auth webhook failed.",
+    ),
 ];
 
 /// Combines per-shard snapshots into instance totals.

@@ -170,6 +170,11 @@ fn refusals_outages_and_bad_answers() {
     refused("session=bad-user", 502, "auth_failed");
     let slow = refused("session=slow", 503, "auth_unavailable");
     assert_eq!(slow.header("retry-after"), Some("1"));
+    // Operators see the app's refusals apart from its failures.
+    let counts = stats(server.api);
+    assert_eq!((counts["authRefused"].as_u64(), counts["authFailures"].as_u64()), (Some(2), Some(4)), "{counts}");
+    let metrics = http(server.api, "GET", "/metrics", &[], b"").text();
+    assert!(metrics.contains("ssekify_auth_failures_total 4\n"), "{metrics}");
 
     // An app that is not there at all.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -64,23 +64,20 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
             tenant: namespace.tenant_name(),
         },
     };
-    let grant = config
-        .auth
-        .authenticate(&credentials, SystemTime::now())
-        .await
-        .map_err(|denied| refusal(&config.auth, &denied))?;
-    grant.allow_tenant(namespace.tenant_name()).map_err(|denied| refusal(&config.auth, &denied))?;
+    let grant =
+        config.auth.authenticate(&credentials, SystemTime::now()).await.map_err(|denied| refusal(ctx, &denied))?;
+    grant.allow_tenant(namespace.tenant_name()).map_err(|denied| refusal(ctx, &denied))?;
     if let Some(user) = &grant.user {
         check_name("userId", user).map_err(|invalid| match config.auth.kind() {
             // The name came from the app, whose answer is at fault.
             Some(Kind::AppAnswer) => refusal(
-                &config.auth,
+                ctx,
                 &Denied::AppAnswerInvalid(
                     "its user is not a valid user id (1-128 bytes without control characters, ',' or '/')".into(),
                 ),
             ),
             // The name came from a verified credential, not from the query.
-            Some(kind) => refusal(&config.auth, &Denied::InvalidUser(kind)),
+            Some(kind) => refusal(ctx, &Denied::InvalidUser(kind)),
             None => invalid,
         })?;
     }
@@ -99,7 +96,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
             "at most {limit} rooms per connection (--max-rooms-per-connection)"
         )));
     }
-    grant.allow(&rooms).map_err(|denied| refusal(&config.auth, &denied))?;
+    grant.allow(&rooms).map_err(|denied| refusal(ctx, &denied))?;
     if request.method == Method::Head {
         return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
             .header("Cache-Control", "no-cache, no-transform")
@@ -132,9 +129,14 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
 
 /// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),
 /// a webhook outage says when to retry.
-fn refusal(auth: &Authenticator, denied: &Denied) -> Response {
+fn refusal(ctx: &ShardCtx, denied: &Denied) -> Response {
+    let stats = ctx.stats();
+    match denied.status() {
+        502 | 503 => ShardStats::add(&stats.auth_failures, 1),
+        _ => ShardStats::add(&stats.auth_refused, 1),
+    }
     let response = Response::error(denied.status(), denied.code(), denied.to_string());
-    match (auth, denied) {
+    match (&ctx.shared.config.auth, denied) {
         (Authenticator::Jwt { .. }, _) if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
         (_, Denied::AppUnavailable(_)) => response.header("Retry-After", "1"),
         _ => response,
