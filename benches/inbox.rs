@@ -37,6 +37,23 @@ fn expected_sum(producers: u64) -> u64 {
     producers * (per * (per - 1) / 2)
 }
 
+/// Starts `producers` threads, each sending `0..per` through its own clone of
+/// `sender` with `send`; the original is dropped so the channel closes when
+/// they finish.
+fn spawn_producers<S: Clone + Send + 'static>(
+    sender: S,
+    producers: u64,
+    per: u64,
+    send: fn(&S, u64),
+) -> Vec<thread::JoinHandle<()>> {
+    (0..producers)
+        .map(|_| {
+            let sender = sender.clone();
+            thread::spawn(move || (0..per).for_each(|item| send(&sender, item)))
+        })
+        .collect()
+}
+
 fn main() {
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
     println!(
@@ -51,21 +68,12 @@ fn main() {
         let (mut runs, mut batches) = (0u64, 0u64);
         let ours = measure_per(&format!("ssekify inbox + monoio recv_batch, {producers} prod."), RUNS, TOTAL, || {
             let (shared, mut local) = inbox::<u64>(CAPACITY);
-            let senders: Vec<_> = (0..producers)
-                .map(|_| {
-                    let shared = shared.clone();
-                    thread::spawn(move || {
-                        for i in 0..per {
-                            let mut item = i;
-                            while let Err(back) = shared.try_send(item) {
-                                item = back;
-                                thread::yield_now();
-                            }
-                        }
-                    })
-                })
-                .collect();
-            drop(shared);
+            let senders = spawn_producers(shared, producers, per, |shared, mut item| {
+                while let Err(back) = shared.try_send(item) {
+                    item = back;
+                    thread::yield_now();
+                }
+            });
             let (sum, calls) = runtime.block_on(async move {
                 let mut batch = Vec::with_capacity(BATCH);
                 let (mut received, mut sum, mut calls) = (0u64, 0u64, 0u64);
@@ -87,17 +95,7 @@ fn main() {
         });
         let std = measure_per(&format!("baseline sync_channel + recv(), {producers} prod."), RUNS, TOTAL, || {
             let (tx, rx) = sync_channel::<u64>(CAPACITY);
-            let senders: Vec<_> = (0..producers)
-                .map(|_| {
-                    let tx = tx.clone();
-                    thread::spawn(move || {
-                        for i in 0..per {
-                            tx.send(i).unwrap();
-                        }
-                    })
-                })
-                .collect();
-            drop(tx);
+            let senders = spawn_producers(tx, producers, per, |tx, item| tx.send(item).unwrap());
             let mut sum = 0u64;
             for _ in 0..TOTAL {
                 sum = sum.wrapping_add(rx.recv().unwrap());
@@ -109,21 +107,12 @@ fn main() {
         });
         measure_per(&format!("  sync_channel try_send/try_recv, {producers} prod."), RUNS, TOTAL, || {
             let (tx, rx) = sync_channel::<u64>(CAPACITY);
-            let senders: Vec<_> = (0..producers)
-                .map(|_| {
-                    let tx = tx.clone();
-                    thread::spawn(move || {
-                        for i in 0..per {
-                            let mut item = i;
-                            while let Err(TrySendError::Full(back)) = tx.try_send(item) {
-                                item = back;
-                                thread::yield_now();
-                            }
-                        }
-                    })
-                })
-                .collect();
-            drop(tx);
+            let senders = spawn_producers(tx, producers, per, |tx, mut item| {
+                while let Err(TrySendError::Full(back)) = tx.try_send(item) {
+                    item = back;
+                    thread::yield_now();
+                }
+            });
             let (mut received, mut sum) = (0u64, 0u64);
             while received < TOTAL {
                 match rx.try_recv() {
