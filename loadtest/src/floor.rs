@@ -260,11 +260,7 @@ fn thread_cpu_micros() -> f64 {
 }
 
 fn pin(core: Option<usize>) {
-    let Some(core) = core else { return };
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within its bounds for core < 1024.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if let Some(id) = core {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
     }
 }
