@@ -20,13 +20,6 @@ use crate::shard::ShardCtx;
 /// Bytes requested per read; heads are small and bodies are read to their size.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Bytes requested by a connection's first read: a subscriber's whole `GET`
-/// head (a browser's is 0.5–2 KiB with cookies) in one read, without holding
-/// a [`READ_CHUNK`] per connection while a reconnect storm waits for heads.
-/// Those buffers are freed once the stream starts, but holes the size of
-/// thousands of them stay in the heap between the streams' long-lived state.
-const FIRST_READ: usize = 2 * 1024;
-
 /// Serves requests on `stream` until the client closes, a request asks to
 /// close, an error ends it, or the socket becomes a stream.
 pub async fn serve(ctx: Rc<ShardCtx>, services: Rc<Services>, mut stream: TcpStream, role: Role) {
@@ -148,7 +141,7 @@ enum ReadOutcome {
 }
 
 async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> ReadOutcome {
-    buf.reserve(if buf.capacity() == 0 { FIRST_READ } else { READ_CHUNK });
+    buf.reserve(READ_CHUNK);
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
