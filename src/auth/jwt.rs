@@ -11,9 +11,6 @@ use serde_json::{Map, Value};
 
 use super::{base64url, Clock, Denied, Grant, Key, Kind, Rooms};
 
-/// The room entry that allows every room.
-pub const ANY_ROOM: &str = "*";
-
 fn malformed(why: &'static str) -> Denied {
     Denied::Malformed(Kind::Token, why)
 }
@@ -79,15 +76,7 @@ fn grant(claims: &Map<String, Value>, clock: Clock) -> Result<Grant, Denied> {
     };
     let rooms = match claims.get("rooms") {
         None => Rooms::Only(Vec::new()),
-        Some(Value::Array(list)) => {
-            let names: Option<Vec<String>> = list.iter().map(|room| room.as_str().map(str::to_owned)).collect();
-            let names = names.ok_or(malformed("rooms must be an array of strings"))?;
-            if names.iter().any(|room| room == ANY_ROOM) {
-                Rooms::Any
-            } else {
-                Rooms::Only(names)
-            }
-        }
+        Some(Value::Array(list)) => Rooms::from_names(list).ok_or(malformed("rooms must be an array of strings"))?,
         Some(_) => return Err(malformed("rooms must be an array of strings")),
     };
     let tenant = match claims.get("tenant") {

@@ -134,6 +134,19 @@ pub enum Rooms {
     Only(Vec<String>),
 }
 
+/// The room entry that allows every room.
+pub const ANY_ROOM: &str = "*";
+
+impl Rooms {
+    /// The rooms of a JSON array of names (a JWT's `rooms` claim, a webhook
+    /// answer's `rooms`): [`ANY_ROOM`] among them allows any; `None` when an
+    /// entry is not a string.
+    pub fn from_names(list: &[serde_json::Value]) -> Option<Rooms> {
+        let names: Vec<String> = list.iter().map(|room| room.as_str().map(str::to_owned)).collect::<Option<_>>()?;
+        Some(if names.iter().any(|room| room == ANY_ROOM) { Rooms::Any } else { Rooms::Only(names) })
+    }
+}
+
 impl Grant {
     /// Checks that every requested room is allowed; `403` names the first that is not.
     pub fn allow(&self, requested: &[String]) -> Result<(), Denied> {

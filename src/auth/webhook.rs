@@ -28,7 +28,6 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use serde_json::Value;
 
-use super::jwt::ANY_ROOM;
 use super::{Denied, Grant, Rooms};
 use crate::http::body::BodyDecoder;
 use crate::http::request::BodyFraming;
@@ -261,15 +260,7 @@ fn grant(body: &[u8]) -> Result<Grant, &'static str> {
     };
     let rooms = match answer.get("rooms") {
         None | Some(Value::Null) => Rooms::Only(Vec::new()),
-        Some(Value::Array(list)) => {
-            let names: Option<Vec<String>> = list.iter().map(|room| room.as_str().map(str::to_owned)).collect();
-            let names = names.ok_or("rooms must be an array of strings")?;
-            if names.iter().any(|room| room == ANY_ROOM) {
-                Rooms::Any
-            } else {
-                Rooms::Only(names)
-            }
-        }
+        Some(Value::Array(list)) => Rooms::from_names(list).ok_or("rooms must be an array of strings")?,
         Some(_) => return Err("rooms must be an array of strings"),
     };
     let tenant = match answer.get("tenant") {
