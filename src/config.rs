@@ -33,6 +33,13 @@ pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 100;
 pub const DEFAULT_MAX_QUEUE_BYTES: &str = "256KiB";
 /// Request heads above this answer 431 (nginx's default large header buffer is 8 KiB).
 pub const DEFAULT_MAX_HEAD: &str = "8KiB";
+/// Bus log partitions: enough to spread a small Redis Cluster's slots, few
+/// enough that an instance's subscription and catch-up reads stay cheap.
+pub const DEFAULT_BUS_PARTITIONS: u16 = 16;
+/// Bus log entries per partition: at 16 partitions, 1.6 M messages, minutes
+/// of history at tens of thousands of messages per second, for instances
+/// that stalled or reconnected to catch up without a gap.
+pub const DEFAULT_BUS_HISTORY: u64 = 100_000;
 /// Default clock skew allowed on a credential's `exp` and `nbf`: covers hosts
 /// kept by NTP (well under a second apart) with room to spare, while a token
 /// still dies within a minute of its `exp`.
@@ -208,14 +215,23 @@ pub struct Cli {
     /// PEM private key of --redis-cert.
     #[arg(long, env = "SSEKIFY_REDIS_KEY")]
     pub redis_key: Option<PathBuf>,
-    /// Pub/Sub channel the instances share.
+    /// Prefix of the bus's Redis keys and channels, shared by the instances of one tier.
     #[arg(long, env = "SSEKIFY_CHANNEL", default_value = "ssekify:bus")]
     pub channel: String,
+    /// Partitions of the bus log: each user, room and broadcast has its order in
+    /// one; more spread a Redis Cluster's load over more slots.
+    #[arg(long, env = "SSEKIFY_BUS_PARTITIONS", default_value_t = DEFAULT_BUS_PARTITIONS)]
+    pub bus_partitions: u16,
+    /// Entries the bus log keeps per partition for instances catching up after
+    /// a stall or reconnect (more: longer outages recovered without a gap).
+    #[arg(long, env = "SSEKIFY_BUS_HISTORY", default_value_t = DEFAULT_BUS_HISTORY)]
+    pub bus_history: u64,
     /// Tenants allowed under /t/{tenant}/sse and /v1/t/{tenant}/…, comma-separated
     /// (others get 404); without it any valid name is a tenant.
     #[arg(long, env = "SSEKIFY_TENANTS")]
     pub tenants: Option<String>,
-    /// How long a publish waits for Redis before answering 503.
+    /// How long a publish waits for Redis before answering 503, and how soon a
+    /// Redis that stops answering is noticed (publishes and /readyz go 503).
     #[arg(long, env = "SSEKIFY_BUS_TIMEOUT", default_value = "2s")]
     pub bus_timeout: String,
     /// Frames a connection may have waiting to be written.
@@ -341,8 +357,12 @@ pub struct Config {
     pub idempotency_max_keys: usize,
     /// The bus's Redis, when several instances share messages.
     pub redis: Option<RedisUrl>,
-    /// Pub/Sub channel.
+    /// Prefix of the bus's keys and channels.
     pub channel: String,
+    /// Bus log partitions (1-1024).
+    pub bus_partitions: u16,
+    /// Bus log entries kept per partition.
+    pub bus_history: u64,
     /// Allowed tenants, sorted and deduplicated (`None`: any valid name).
     pub tenants: Option<Vec<Box<str>>>,
     /// Publish acknowledgement deadline.
@@ -622,6 +642,14 @@ impl TryFrom<Cli> for Config {
                 cli.channel
             },
             tenants: cli.tenants.as_deref().filter(|t| !t.is_empty()).map(tenants).transpose()?,
+            bus_partitions: match cli.bus_partitions {
+                1..=1024 => cli.bus_partitions,
+                _ => return Err(ConfigError::new("bus-partitions", "must be 1-1024")),
+            },
+            bus_history: match cli.bus_history {
+                0 => return Err(ConfigError::new("bus-history", "must be at least 1")),
+                history => history,
+            },
             bus_timeout: duration("bus-timeout", &cli.bus_timeout)?,
             max_queue_items: positive("max-queue-items", cli.max_queue_items)?,
             max_queue_bytes: positive("max-queue-bytes", size("max-queue-bytes", &cli.max_queue_bytes)?)?,

@@ -67,9 +67,21 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
             "published": s.published,
             "received": s.received,
             "reconnects": s.reconnects,
+            "catchUps": s.catch_ups,
+            "gaps": s.gaps,
+            "roundTripUs": s.round_trip_us,
+            "partitions": s.positions.iter().enumerate().map(|(partition, p)| json!({
+                "partition": partition,
+                "applied": p.applied,
+                "lag": p.lag,
+                "epoch": p.epoch,
+            })).collect::<Vec<_>>(),
             "lastError": s.last_error,
         }),
-        None => json!({ "state": "disabled", "published": 0, "received": 0, "reconnects": 0, "lastError": null }),
+        None => json!({
+            "state": "disabled", "published": 0, "received": 0, "reconnects": 0,
+            "catchUps": 0, "gaps": 0, "roundTripUs": 0, "partitions": [], "lastError": null,
+        }),
     };
     body.insert("bus".into(), bus);
     Response::json(200, &Value::Object(body))
@@ -111,6 +123,22 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
             ("ssekify_bus_published", "Messages acknowledged by Redis.", bus_value(|b| b.published)),
             ("ssekify_bus_received", "Messages received from other instances.", bus_value(|b| b.received)),
             ("ssekify_bus_reconnects", "Bus reconnect attempts.", bus_value(|b| b.reconnects)),
+            ("ssekify_bus_catch_ups", "Reads of missed entries from the bus log.", bus_value(|b| b.catch_ups)),
+            (
+                "ssekify_bus_gaps",
+                "Times the bus log had lost entries this instance missed (announced as ssekify.gap).",
+                bus_value(|b| b.gaps),
+            ),
+            (
+                "ssekify_bus_lag_entries",
+                "Bus log entries heard of but not yet applied, over all partitions.",
+                bus_value(|b| b.positions.iter().map(|p| p.lag).sum()),
+            ),
+            (
+                "ssekify_bus_round_trip_microseconds",
+                "The last canary round trip through Redis.",
+                bus_value(|b| b.round_trip_us),
+            ),
         ],
         &histograms,
     );

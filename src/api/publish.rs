@@ -18,8 +18,7 @@ use serde_json::{json, Value};
 
 use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
-use crate::bus::wire::WireMessage;
-use crate::bus::{self, Bus};
+use crate::bus::{self, Bus, Outgoing};
 use crate::http::request::Request;
 use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
@@ -42,21 +41,11 @@ pub enum To {
 /// A validated, encoded message; its delivery's target is in the namespace's keys.
 struct Prepared {
     id: String,
+    /// The publisher chose the id (a retry of it is recognised on every instance).
+    id_given: bool,
     event: Option<String>,
     data: Bytes,
     delivery: Delivery,
-}
-
-impl Prepared {
-    /// The message as other instances receive it on `namespace`'s channel.
-    fn wire(&self, namespace: &Namespace) -> WireMessage {
-        WireMessage {
-            target: self.delivery.target.unscoped(namespace),
-            id: self.id.clone(),
-            event: self.event.clone(),
-            data: self.data.clone(),
-        }
-    }
 }
 
 /// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`
@@ -156,7 +145,8 @@ async fn validate_and_deliver(
     prepare: impl FnOnce() -> Result<Vec<Prepared>, Response>,
 ) -> Result<Vec<Value>, Response> {
     let scope = scope(request)?;
-    deliver(ctx, bus, ns, scope, prepare()?).await
+    let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
+    deliver(ctx, bus, scope, idempotency_key.as_deref(), prepare()?).await
 }
 
 /// Where a publish goes: `cluster` (default) through the bus when there is one.
@@ -175,20 +165,37 @@ fn scope(request: &Request) -> Result<Scope, Response> {
     }
 }
 
-/// Hands the messages to the bus first (cluster scope with a bus), and only
-/// once Redis acknowledged them delivers them here; returns one result each.
+/// With a bus (cluster scope), hands the messages to the bus log, which
+/// delivers them here and on every other instance once Redis acknowledged
+/// them; without one (or `scope=local`) delivers them here. Returns one
+/// result each.
 async fn deliver(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
-    ns: &Namespace,
     scope: Scope,
+    idempotency_key: Option<&str>,
     prepared: Vec<Prepared>,
 ) -> Result<Vec<Value>, Response> {
     let started = std::time::Instant::now();
-    let instances = match (scope, bus) {
+    let count = prepared.len() as u64;
+    let results = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
-            let messages: Vec<WireMessage> = prepared.iter().map(|p| p.wire(ns)).collect();
-            let receivers = bus::publish(ctx, bus, ns.tenant_name(), &messages).await.map_err(|_| {
+            let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
+            let messages = prepared
+                .into_iter()
+                .enumerate()
+                .map(|(index, p)| Outgoing {
+                    dedupe: match idempotency_key {
+                        Some(key) => Some(bus::idempotency_dedupe(key, index)),
+                        None => p.id_given.then(|| bus::id_dedupe(&p.delivery, &p.id)),
+                    },
+                    delivery: p.delivery,
+                    id: p.id,
+                    event: p.event,
+                    data: p.data,
+                })
+                .collect();
+            let published = bus::publish(ctx, bus, messages).await.map_err(|_| {
                 Response::error(
                     503,
                     "bus_unavailable",
@@ -196,19 +203,32 @@ async fn deliver(
                 )
                 .header("Retry-After", "1")
             })?;
-            Value::from(receivers)
+            ids.into_iter()
+                .zip(published.delivered)
+                .zip(published.duplicates)
+                .map(|((id, delivered), duplicate)| match duplicate {
+                    None => json!({ "id": id, "delivered": delivered, "instances": published.receivers }),
+                    Some(first) => json!({
+                        "id": first,
+                        "delivered": 0,
+                        "instances": published.receivers,
+                        "duplicate": true,
+                    }),
+                })
+                .collect()
         }
-        _ => Value::Null,
+        _ => {
+            let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
+            let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
+            ids.into_iter()
+                .zip(delivered)
+                .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }))
+                .collect()
+        }
     };
-    ShardStats::add(&ctx.stats().published, prepared.len() as u64);
-    let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
-    let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
+    ShardStats::add(&ctx.stats().published, count);
     ctx.stats().publish_latency.record(started.elapsed().as_micros() as u64);
-    Ok(ids
-        .into_iter()
-        .zip(delivered)
-        .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": instances }))
-        .collect())
+    Ok(results)
 }
 
 fn refused(ctx: &ShardCtx, response: Response) -> Response {
@@ -258,6 +278,7 @@ fn prepare(
     if let Some(event) = event {
         check_field("event", event)?;
     }
+    let id_given = id.is_some();
     let id = match id {
         Some(id) => {
             check_field("id", id)?;
@@ -277,6 +298,7 @@ fn prepare(
     let frame = frame::encode(&id, event, &data);
     Ok(Prepared {
         id,
+        id_given,
         event: event.map(str::to_owned),
         data,
         delivery: Delivery { target, frame, skip_known_id: false },

@@ -1,49 +1,34 @@
-//! The bus thread: one session at a time with Redis, rebuilt after any error.
+//! The bus thread: one [`Session`] with Redis at a time, rebuilt after any
+//! error, and the state that outlives sessions (positions in the log, own
+//! publishes under way).
 //!
-//! A session is a PUBLISH connection (pipelined: commands go out in batches,
-//! acknowledgements come back in order) and a SUBSCRIBE connection on the same
-//! node, plus, with Sentinel, a connection watching `+switch-master`. A canary
-//! published every second on this instance's own channel must come back
-//! through the subscription; while it does the bus is `live`, and when it
-//! stops the session is rebuilt, so a subscription that silently died is
-//! noticed. Between sessions every publish is refused at once (503), and the
-//! reconnect waits an exponential backoff with jitter.
-//!
-//! The subscription covers `--channel` (the default namespace), the canary,
-//! and the tenants' channels: `PSUBSCRIBE <channel>:tenant:*`, or, when
-//! `--tenants` lists them, a `SUBSCRIBE` of each (never both, so no message
-//! arrives twice).
+//! Between sessions every publish is refused at once (503), and the reconnect
+//! waits an exponential backoff with jitter. A new session first syncs every
+//! partition with the log and catches up on what it missed, before anything
+//! newer is applied (see [`super::sequencer`]). With Sentinel the session
+//! also watches `+switch-master`; with Cluster it learns which node owns each
+//! partition from `MOVED` replies.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use super::conn::{BusError, RedisConn, ReplyReader};
+use super::conn::{BusError, RedisConn};
+use super::log::{AppendSettings, PartitionKeys};
 use super::resp::{self, Reply};
+use super::sequencer::Sequencer;
+use super::session::{Durable, Session};
 use super::tls::Tls;
 use super::url::{RedisUrl, Topology};
-use super::wire;
-use super::{Bus, BusCommand, BusState};
-use crate::namespace::Namespace;
-use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo};
+use super::{apply, Bus, BusCommand, BusState};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
-use crate::sse::frame;
 
-/// How often the canary goes out.
-const CANARY_EVERY: Duration = Duration::from_secs(1);
-/// A canary older than this means the subscription is dead.
-const CANARY_STALE: Duration = Duration::from_secs(3);
-/// Pace of the session's housekeeping (canary, deadlines).
-const TICK: Duration = Duration::from_millis(100);
 /// First and largest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Commands taken from the inbox per write.
+/// Commands taken from the inbox per turn while refusing.
 const BATCH: usize = 256;
 
 /// Starts the bus thread.
@@ -58,18 +43,18 @@ pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, 
     Ok(())
 }
 
-/// An acknowledgement the PUBLISH connection still owes, in write order.
-struct InFlight {
-    reply: Option<ReplyTo>,
-    messages: u32,
-    sent: Instant,
-}
-
 async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusCommand>, url: RedisUrl) {
     let mut backoff = Backoff::new();
     let mut nodes = match &url.topology {
         Topology::Cluster(seeds) => seeds.clone(),
         _ => Vec::new(),
+    };
+    let mut durable = Durable {
+        sequencer: Sequencer::new(bus.partitions),
+        own: apply::OwnAppends::default(),
+        keys: (0..bus.partitions).map(|p| PartitionKeys::new(&bus.channel, p)).collect(),
+        settings: AppendSettings { history: bus.history, window_ms: bus.dedupe_window.as_millis() as u64 },
+        epoch_candidate: format!("{:08x}{:08x}", crate::sse::id::random_instance(), crate::sse::id::random_instance()),
     };
     let mut first = true;
     loop {
@@ -78,11 +63,18 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         }
         first = false;
         bus.set_state(BusState::Connecting);
-        let error = match open_session(&url, &bus, &mut nodes).await {
+        let error = match open_session(&url, &bus, &durable, &mut nodes).await {
             Ok(session) => {
-                crate::log!(Info, "bus subscribed", redis = session.publish.address, channel = bus.channel);
-                backoff.reset();
-                session.run(&shared, &bus, &mut inbox).await
+                crate::log!(Info, "bus subscribed", redis = session.address(), channel = bus.channel);
+                let opened = std::time::Instant::now();
+                let error = session.run(&shared, &bus, &mut inbox, &mut durable).await;
+                // Only a session that served a while resets the delay: one
+                // failing right after it opens (a Cluster without a master
+                // for some slots) must not reconnect in a tight loop.
+                if opened.elapsed() >= BACKOFF_MAX {
+                    backoff.reset();
+                }
+                error
             }
             Err(error) => error,
         };
@@ -94,83 +86,52 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
 
 /// Answers every publish that arrives during `delay` with "unavailable".
 async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: Duration) {
-    let until = Instant::now() + delay;
+    let until = std::time::Instant::now() + delay;
     let mut commands = Vec::new();
     loop {
-        let left = until.saturating_duration_since(Instant::now());
+        let left = until.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return;
         }
         if monoio::time::timeout(left, inbox.recv_batch(&mut commands, BATCH)).await.is_err() {
             return;
         }
-        for BusCommand::Publish { reply, .. } in commands.drain(..) {
-            answer(shared, reply, Answer { values: vec![1], body: None }).await;
+        for BusCommand::Append(append) in commands.drain(..) {
+            apply::refuse(shared, *append).await;
         }
     }
 }
 
-struct Session {
-    publish: RedisConn,
-    subscribe: ReplyReader,
-    /// Kept open for the life of the subscription.
-    _subscribe_writer: super::conn::CommandWriter,
-    /// With Sentinel: the connection subscribed to `+switch-master`.
-    sentinel: Option<RedisConn>,
-    canary_channel: String,
-}
-
-/// Finds the node to talk to and opens the connections of a session.
-async fn open_session(url: &RedisUrl, bus: &Bus, nodes: &mut Vec<String>) -> Result<Session, BusError> {
+/// Finds the node to talk to and opens a session there.
+async fn open_session(
+    url: &RedisUrl,
+    bus: &Bus,
+    durable: &Durable,
+    nodes: &mut Vec<String>,
+) -> Result<Session, BusError> {
     let timeout = bus.timeout;
     let (address, sentinel) = match &url.topology {
         Topology::Single(address) => (address.clone(), None),
         Topology::Sentinel { sentinels, master } => {
             let (address, watcher) = discover_master(sentinels, master, url.tls.as_ref(), timeout).await?;
+            let mut probe = RedisConn::open(&address, Some(url), timeout).await?;
+            let role = probe.call(&[b"ROLE"], timeout).await?;
+            let is_master =
+                matches!(&role, Reply::Array(items) if items.first().and_then(Reply::text) == Some("master"));
+            if !is_master {
+                return Err(format!("{address} is not a master (Sentinel is behind a failover)"));
+            }
             (address, Some(watcher))
         }
-        Topology::Cluster(_) => (reachable_node(nodes, url, timeout).await?, None),
+        Topology::Cluster(_) => {
+            let address = reachable_node(nodes, url, timeout).await?;
+            if let Ok(mut conn) = RedisConn::open(&address, Some(url), timeout).await {
+                learn_cluster_nodes(&mut conn, nodes, timeout).await;
+            }
+            (address, None)
+        }
     };
-    let mut publish = RedisConn::open(&address, Some(url), timeout).await?;
-    if matches!(url.topology, Topology::Sentinel { .. }) {
-        let role = publish.call(&[b"ROLE"], timeout).await?;
-        let is_master = matches!(&role, Reply::Array(items) if items.first().and_then(Reply::text) == Some("master"));
-        if !is_master {
-            return Err(format!("{address} is not a master (Sentinel is behind a failover)"));
-        }
-    }
-    if let Topology::Cluster(_) = url.topology {
-        learn_cluster_nodes(&mut publish, nodes, timeout).await;
-    }
-    let mut subscriber = RedisConn::open(&address, Some(url), timeout).await?;
-    let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
-    let mut out = BytesMut::new();
-    let tenant_channels: Vec<String> =
-        bus.tenants.iter().flatten().map(|tenant| super::tenant_channel(&bus.channel, tenant)).collect();
-    let mut channels: Vec<&[u8]> = vec![b"SUBSCRIBE", bus.channel.as_bytes(), canary_channel.as_bytes()];
-    channels.extend(tenant_channels.iter().map(|c| c.as_bytes()));
-    resp::command(&mut out, &channels);
-    let mut confirmations = channels.len() - 1;
-    if bus.tenants.is_none() {
-        resp::command(&mut out, &[b"PSUBSCRIBE", super::tenant_pattern(&bus.channel).as_bytes()]);
-        confirmations += 1;
-    }
-    subscriber.writer.write(out).await?;
-    for _ in 0..confirmations {
-        let confirmation = monoio::time::timeout(timeout, subscriber.reader.next())
-            .await
-            .map_err(|_| format!("SUBSCRIBE to {address} timed out"))??;
-        if let Reply::Error(e) = confirmation {
-            return Err(format!("SUBSCRIBE to {address}: {e}"));
-        }
-    }
-    Ok(Session {
-        publish,
-        subscribe: subscriber.reader,
-        _subscribe_writer: subscriber.writer,
-        sentinel,
-        canary_channel,
-    })
+    Session::open(url, &address, bus, durable, sentinel).await
 }
 
 /// Asks each Sentinel in turn for the master's address, and keeps a
@@ -224,7 +185,8 @@ async fn reachable_node(nodes: &mut [String], url: &RedisUrl, timeout: Duration)
 }
 
 /// Adds the nodes `CLUSTER NODES` lists, so later reconnects can reach nodes
-/// that joined after start-up; classic Pub/Sub reaches every node from any node.
+/// that joined after start-up (classic Pub/Sub, which the log's notifications
+/// use, reaches every node from any node).
 async fn learn_cluster_nodes(conn: &mut RedisConn, nodes: &mut Vec<String>, timeout: Duration) {
     let Ok(reply) = conn.call(&[b"CLUSTER", b"NODES"], timeout).await else { return };
     let Some(text) = reply.text() else { return };
@@ -236,198 +198,6 @@ async fn learn_cluster_nodes(conn: &mut RedisConn, nodes: &mut Vec<String>, time
             nodes.push(address.to_owned());
         }
     }
-}
-
-impl Session {
-    /// Serves publishes and subscriptions until something fails; returns why.
-    async fn run(self, shared: &Arc<Shared>, bus: &Bus, inbox: &mut LocalInbox<BusCommand>) -> BusError {
-        let Session { publish, subscribe, _subscribe_writer, sentinel, canary_channel } = self;
-        let RedisConn { reader: mut acks, writer: mut commands, .. } = publish;
-        let in_flight: RefCell<VecDeque<InFlight>> = RefCell::new(VecDeque::new());
-        let canary_seen = Cell::new(Instant::now());
-        let mut acks = pin!(read_acks(&mut acks, &in_flight, shared, bus));
-        let mut messages = pin!(read_messages(subscribe, shared, bus, &canary_channel, &canary_seen));
-        let (sentinel, _sentinel_writer) = match sentinel {
-            Some(conn) => (Some(conn.reader), Some(conn.writer)),
-            None => (None, None),
-        };
-        let mut failover = pin!(watch_failover(sentinel));
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut next_canary = Instant::now();
-        let mut canary_seq = 0u64;
-        bus.set_state(BusState::Live);
-        loop {
-            let mut out = BytesMut::new();
-            monoio::select! {
-                error = &mut acks => return error,
-                error = &mut messages => return error,
-                error = &mut failover => return error,
-                _ = inbox.recv_batch(&mut batch, BATCH) => {
-                    let now = Instant::now();
-                    for BusCommand::Publish { tenant, payload, messages, deadline, reply } in batch.drain(..) {
-                        if deadline <= now {
-                            answer(shared, reply, Answer { values: vec![1], body: None }).await;
-                            continue;
-                        }
-                        match tenant {
-                            None => resp::command(&mut out, &[b"PUBLISH", bus.channel.as_bytes(), &payload]),
-                            Some(tenant) => {
-                                let channel = super::tenant_channel(&bus.channel, &tenant);
-                                resp::command(&mut out, &[b"PUBLISH", channel.as_bytes(), &payload]);
-                            }
-                        }
-                        in_flight.borrow_mut().push_back(InFlight { reply: Some(reply), messages, sent: now });
-                    }
-                }
-                _ = monoio::time::sleep(TICK) => {
-                    let now = Instant::now();
-                    let oldest = in_flight.borrow().front().map(|f| f.sent);
-                    if oldest.is_some_and(|sent| now - sent > bus.timeout) {
-                        return format!("Redis did not acknowledge a PUBLISH within {:?}", bus.timeout);
-                    }
-                    if now - canary_seen.get() > CANARY_STALE {
-                        return "the subscription stopped delivering (canary lost)".into();
-                    }
-                    if now >= next_canary {
-                        canary_seq += 1;
-                        next_canary = now + CANARY_EVERY;
-                        resp::command(&mut out, &[b"PUBLISH", canary_channel.as_bytes(), canary_seq.to_string().as_bytes()]);
-                        in_flight.borrow_mut().push_back(InFlight { reply: None, messages: 0, sent: now });
-                    }
-                }
-            }
-            if !out.is_empty() {
-                match monoio::time::timeout(bus.timeout, commands.write(out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return error,
-                    Err(_) => return "writing to Redis timed out".into(),
-                }
-            }
-        }
-    }
-}
-
-/// Matches PUBLISH acknowledgements to the publishers waiting for them.
-async fn read_acks(
-    reader: &mut ReplyReader,
-    in_flight: &RefCell<VecDeque<InFlight>>,
-    shared: &Shared,
-    bus: &Bus,
-) -> BusError {
-    loop {
-        let reply = match reader.next().await {
-            Ok(reply) => reply,
-            Err(error) => {
-                fail_in_flight(in_flight, shared).await;
-                return error;
-            }
-        };
-        let Some(pending) = in_flight.borrow_mut().pop_front() else {
-            return format!("unexpected reply from Redis: {reply:?}");
-        };
-        let result = match reply {
-            Reply::Int(receivers) => {
-                bus.count_published(pending.messages);
-                Answer { values: vec![0, receivers.max(0) as u64], body: None }
-            }
-            other => {
-                bus.record_error(&format!("PUBLISH refused: {other:?}"));
-                Answer { values: vec![1], body: None }
-            }
-        };
-        if let Some(reply) = pending.reply {
-            answer(shared, reply, result).await;
-        }
-    }
-}
-
-async fn fail_in_flight(in_flight: &RefCell<VecDeque<InFlight>>, shared: &Shared) {
-    let waiting: Vec<ReplyTo> = in_flight.borrow_mut().drain(..).filter_map(|f| f.reply).collect();
-    for reply in waiting {
-        answer(shared, reply, Answer { values: vec![1], body: None }).await;
-    }
-}
-
-/// Delivers messages from other instances, each into the namespace its
-/// channel names; notes canaries.
-async fn read_messages(
-    mut reader: ReplyReader,
-    shared: &Shared,
-    bus: &Bus,
-    canary_channel: &str,
-    canary_seen: &Cell<Instant>,
-) -> BusError {
-    loop {
-        let reply = match reader.next().await {
-            Ok(reply) => reply,
-            Err(error) => return error,
-        };
-        let Reply::Array(mut parts) = reply else { continue };
-        // `message <channel> <payload>`, or `pmessage <pattern> <channel> <payload>`.
-        if !matches!((parts.len(), parts.first().and_then(Reply::text)), (3, Some("message")) | (4, Some("pmessage"))) {
-            continue;
-        }
-        let Some(Reply::Text(payload)) = parts.pop() else { continue };
-        let channel = parts.pop();
-        let Some(channel) = channel.as_ref().and_then(Reply::text) else { continue };
-        if channel == canary_channel {
-            canary_seen.set(Instant::now());
-        } else if channel == bus.channel {
-            deliver_remote(shared, bus, &Namespace::DEFAULT, payload).await;
-        } else if let Some(tenant) = super::tenant_of(&bus.channel, channel) {
-            let listed = bus.tenants.as_ref().is_none_or(|list| list.iter().any(|t| &**t == tenant));
-            if listed {
-                deliver_remote(shared, bus, &Namespace::tenant(tenant), payload).await;
-            }
-        }
-    }
-}
-
-/// Encodes each message once and routes it like a local publish, in `namespace`.
-async fn deliver_remote(shared: &Shared, bus: &Bus, namespace: &Namespace, payload: Bytes) {
-    let (instance, messages) = match wire::decode(payload) {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            bus.record_error(&format!("undecodable bus message: {}", error.0));
-            return;
-        }
-    };
-    if instance == bus.instance {
-        return;
-    }
-    bus.count_received(messages.len() as u64);
-    let deliveries = messages
-        .into_iter()
-        .map(|m| Delivery {
-            frame: frame::encode(&m.id, m.event.as_deref(), &m.data),
-            target: m.target.scoped(namespace),
-            skip_known_id: true,
-        })
-        .collect();
-    let (per_shard, _) = shared.route(deliveries);
-    for (shard, deliveries) in per_shard.into_iter().enumerate() {
-        if !deliveries.is_empty() {
-            shared.send(shard, Envelope::Deliver { deliveries, reply: None }).await;
-        }
-    }
-}
-
-/// Completes when Sentinel announces a failover (never without Sentinel).
-async fn watch_failover(sentinel: Option<ReplyReader>) -> BusError {
-    let Some(mut reader) = sentinel else { return std::future::pending().await };
-    loop {
-        match reader.next().await {
-            Ok(Reply::Array(parts)) if parts.first().and_then(Reply::text) == Some("message") => {
-                return "Sentinel switched the master".into();
-            }
-            Ok(_) => {}
-            Err(error) => return format!("lost the Sentinel connection: {error}"),
-        }
-    }
-}
-
-async fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
-    shared.send(to.shard, Envelope::Reply { to, answer }).await;
 }
 
 /// Exponential reconnect delay with ±50% jitter, so a fleet of instances does

@@ -1,31 +1,45 @@
-//! The message format on the Redis channel: compact, binary, versioned.
+//! The format of one bus log entry: compact, binary, versioned.
 //!
 //! ```text
-//! u8  version (1)
-//! u32 publishing instance id (big endian)
-//! u16 message count, then per message, in publish order:
-//!     u8  target: 0 all, 1 user, 2 room
-//!     u16 name length, name bytes (empty for all)
-//!     u16 id length, id bytes
-//!     u16 event length, event bytes (0: no event)
-//!     u32 data length, data bytes
+//! entry   = header message+
+//! header  = u8 version (2), u32 publishing instance, u64 publish token
+//! message = u8 target (0 all, 1 user, 2 room, 3 tenant broadcast)
+//!           u16 key length, key bytes   (internal key; the tenant name for 3; empty for 0)
+//!           u16 id length, id bytes
+//!           u16 event length, event bytes (0: no event)
+//!           u32 data length, data bytes
 //! ```
-//! Receivers encode the SSE frame themselves (once per message), with the
-//! publisher's id, so every instance's replay rings hold the same ids. Names
-//! are plain (never internal keys); the namespace is the channel's, so on a
-//! tenant's channel `all` means every connection of that tenant.
+//! Messages are self-delimiting and run to the end of the entry, so there is
+//! no count to overflow, and the log's script can drop a duplicate message by
+//! leaving its bytes out. Targets travel as internal keys
+//! ([`crate::namespace`]): a tenant's user is `acme\0alice`, which keeps
+//! tenants apart on shared partitions. Receivers encode the SSE frame
+//! themselves, once per message, with the publisher's id, so every
+//! instance's replay rings hold the same ids.
+//!
+//! A log entry comes from Redis, which anyone with its password can write to:
+//! [`decode`] trusts nothing, and checks every field exactly as the HTTP edge
+//! checks a publish (names, ids, events, UTF-8 data), refusing trailing bytes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::namespace::{valid_name, SEPARATOR};
 use crate::shard::envelope::Target;
+use crate::sse::frame;
 
 /// The only version written; others are refused on read.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+
+/// Bytes of an entry's header.
+pub const HEADER_LEN: usize = 13;
+
+/// Longest id or event name, as the HTTP edge allows.
+const MAX_FIELD: usize = 256;
 
 /// One message as it travels between instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireMessage {
-    /// Recipients.
+    /// Recipients, in internal keys.
     pub target: Target,
     /// Event id, assigned by the publishing instance.
     pub id: String,
@@ -35,78 +49,123 @@ pub struct WireMessage {
     pub data: Bytes,
 }
 
-/// Why a channel message was not understood.
+/// A decoded log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The instance that published it.
+    pub instance: u32,
+    /// The publisher's token for it (matches its own pending publishes).
+    pub token: u64,
+    /// Its messages, in publish order.
+    pub messages: Vec<WireMessage>,
+}
+
+/// Why an entry was not understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError(pub &'static str);
 
-/// Encodes a publish of `messages` by `instance`.
-pub fn encode(instance: u32, messages: &[WireMessage]) -> Bytes {
-    let size: usize = 7 + messages
-        .iter()
-        .map(|m| 11 + name(&m.target).len() + m.id.len() + m.event.as_ref().map_or(0, String::len) + m.data.len())
-        .sum::<usize>();
-    let mut out = BytesMut::with_capacity(size);
+/// The header of an entry published by `instance` under `token`.
+pub fn header(instance: u32, token: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER_LEN);
     out.put_u8(VERSION);
     out.put_u32(instance);
-    out.put_u16(messages.len() as u16);
-    for message in messages {
-        out.put_u8(match message.target {
-            // A tenant's broadcast travels as `all` on the tenant's channel.
-            Target::All | Target::Tenant(_) => 0,
-            Target::User(_) => 1,
-            Target::Room(_) => 2,
-        });
-        put_short(&mut out, name(&message.target).as_bytes());
-        put_short(&mut out, message.id.as_bytes());
-        put_short(&mut out, message.event.as_deref().unwrap_or_default().as_bytes());
-        out.put_u32(message.data.len() as u32);
-        out.put_slice(&message.data);
-    }
+    out.put_u64(token);
     out.freeze()
 }
 
-/// Decodes a channel message into its instance id and messages.
-pub fn decode(mut input: Bytes) -> Result<(u32, Vec<WireMessage>), WireError> {
-    if input.remaining() < 7 {
+/// Bytes [`message`] produces for these fields.
+pub fn message_len(target: &Target, id: &str, event: Option<&str>, data: &[u8]) -> usize {
+    11 + key(target).len() + id.len() + event.map_or(0, str::len) + data.len()
+}
+
+/// One message's bytes; an entry is a header followed by any number of these.
+/// Fields must have passed the HTTP edge's checks (lengths fit their prefixes).
+pub fn message(target: &Target, id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(message_len(target, id, event, data));
+    out.put_u8(match target {
+        Target::All => 0,
+        Target::User(_) => 1,
+        Target::Room(_) => 2,
+        Target::Tenant(_) => 3,
+    });
+    put_short(&mut out, key(target).as_bytes());
+    put_short(&mut out, id.as_bytes());
+    put_short(&mut out, event.unwrap_or_default().as_bytes());
+    out.put_u32(data.len() as u32);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// Decodes and validates one entry.
+pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
+    if input.remaining() < HEADER_LEN {
         return Err(WireError("truncated header"));
     }
     if input.get_u8() != VERSION {
         return Err(WireError("unknown version"));
     }
     let instance = input.get_u32();
-    let count = input.get_u16() as usize;
-    let mut messages = Vec::with_capacity(count);
-    for _ in 0..count {
-        if input.remaining() < 1 {
-            return Err(WireError("truncated message"));
-        }
-        let kind = input.get_u8();
-        let name = text(take_short(&mut input)?)?;
-        let target = match kind {
-            0 => Target::All,
-            1 => Target::User(name.into()),
-            2 => Target::Room(name.into()),
-            _ => return Err(WireError("unknown target")),
-        };
-        let id = text(take_short(&mut input)?)?;
-        let event = text(take_short(&mut input)?)?;
-        if input.remaining() < 4 {
-            return Err(WireError("truncated data length"));
-        }
-        let len = input.get_u32() as usize;
-        if input.remaining() < len {
-            return Err(WireError("truncated data"));
-        }
-        let data = input.split_to(len);
-        messages.push(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data });
+    let token = input.get_u64();
+    let mut messages = Vec::new();
+    while input.has_remaining() {
+        messages.push(decode_message(&mut input)?);
     }
-    Ok((instance, messages))
+    if messages.is_empty() {
+        return Err(WireError("no messages"));
+    }
+    Ok(Entry { instance, token, messages })
 }
 
-fn name(target: &Target) -> &str {
+fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
+    let kind = input.get_u8();
+    let key = text(take_short(input)?)?;
+    let target = match kind {
+        0 if key.is_empty() => Target::All,
+        1 if valid_key(&key) => Target::User(key.into()),
+        2 if valid_key(&key) => Target::Room(key.into()),
+        3 if valid_name(&key) => Target::Tenant(key.into()),
+        0..=3 => return Err(WireError("invalid target name")),
+        _ => return Err(WireError("unknown target")),
+    };
+    let id = text(take_short(input)?)?;
+    if !valid_field(&id) {
+        return Err(WireError("invalid id"));
+    }
+    let event = text(take_short(input)?)?;
+    if !event.is_empty() && !valid_field(&event) {
+        return Err(WireError("invalid event"));
+    }
+    if input.remaining() < 4 {
+        return Err(WireError("truncated data length"));
+    }
+    let len = input.get_u32() as usize;
+    if input.remaining() < len {
+        return Err(WireError("truncated data"));
+    }
+    let data = input.split_to(len);
+    if std::str::from_utf8(&data).is_err() {
+        return Err(WireError("data is not UTF-8"));
+    }
+    Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data })
+}
+
+/// A user or room key: a valid name, or a valid tenant, the separator and a valid name.
+fn valid_key(key: &str) -> bool {
+    match key.split_once(SEPARATOR) {
+        None => valid_name(key),
+        Some((tenant, name)) => valid_name(tenant) && valid_name(name),
+    }
+}
+
+/// An id or event name as the HTTP edge accepts it.
+fn valid_field(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_FIELD && frame::check_field(value).is_ok()
+}
+
+fn key(target: &Target) -> &str {
     match target {
-        Target::All | Target::Tenant(_) => "",
-        Target::User(name) | Target::Room(name) => name,
+        Target::All => "",
+        Target::User(key) | Target::Room(key) | Target::Tenant(key) => key,
     }
 }
 
@@ -127,40 +186,96 @@ fn take_short(input: &mut Bytes) -> Result<Bytes, WireError> {
 }
 
 fn text(bytes: Bytes) -> Result<String, WireError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| WireError("field is not UTF-8"))
+    String::from_utf8(bytes.into()).map_err(|_| WireError("field is not UTF-8"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_keeps_order_and_fields() {
-        let messages = vec![
+    fn entry(messages: &[WireMessage]) -> Bytes {
+        let mut out = BytesMut::from(&header(0xdead_beef, 42)[..]);
+        for m in messages {
+            out.extend_from_slice(&message(&m.target, &m.id, m.event.as_deref(), &m.data));
+        }
+        out.freeze()
+    }
+
+    fn sample() -> Vec<WireMessage> {
+        vec![
             WireMessage {
                 target: Target::User("alice".into()),
                 id: "1".into(),
                 event: Some("n".into()),
                 data: Bytes::from_static(b"a\nb"),
             },
-            WireMessage { target: Target::Room("lobby".into()), id: "2".into(), event: None, data: Bytes::new() },
+            WireMessage { target: Target::Room("acme\0lobby".into()), id: "2".into(), event: None, data: Bytes::new() },
             WireMessage { target: Target::All, id: "3".into(), event: None, data: Bytes::from_static(b"{}") },
-        ];
-        let encoded = encode(0xdead_beef, &messages);
-        assert_eq!(decode(encoded).unwrap(), (0xdead_beef, messages));
+            WireMessage { target: Target::Tenant("acme".into()), id: "4".into(), event: None, data: Bytes::from("é") },
+        ]
+    }
+
+    #[test]
+    fn round_trip_keeps_order_and_fields() {
+        let messages = sample();
+        let encoded = entry(&messages);
+        let lens: usize = messages.iter().map(|m| message_len(&m.target, &m.id, m.event.as_deref(), &m.data)).sum();
+        assert_eq!(encoded.len(), HEADER_LEN + lens);
+        assert_eq!(decode(encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages });
+    }
+
+    #[test]
+    fn more_messages_than_a_u16_count_survive() {
+        let one = WireMessage { target: Target::All, id: "x".into(), event: None, data: Bytes::from_static(b"1") };
+        let messages = vec![one; 70_000];
+        assert_eq!(decode(entry(&messages)).unwrap().messages.len(), 70_000);
     }
 
     #[test]
     fn damaged_input_is_refused() {
-        let good = encode(
-            1,
-            &[WireMessage { target: Target::All, id: "1".into(), event: None, data: Bytes::from_static(b"xyz") }],
-        );
-        for cut in 0..good.len() {
-            assert!(decode(good.slice(..cut)).is_err(), "cut at {cut}");
+        let messages = sample();
+        let good = entry(&messages);
+        let mut message_ends = Vec::new();
+        let mut end = HEADER_LEN;
+        for m in &messages {
+            end += message_len(&m.target, &m.id, m.event.as_deref(), &m.data);
+            message_ends.push(end);
         }
+        for cut in 0..good.len() {
+            let decoded = decode(good.slice(..cut));
+            if cut == HEADER_LEN {
+                assert_eq!(decoded, Err(WireError("no messages")));
+            } else {
+                assert_eq!(decoded.is_ok(), message_ends.contains(&cut), "cut at {cut}");
+            }
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert!(decode(Bytes::from(trailing)).is_err(), "a trailing byte is a truncated message");
         let mut wrong_version = good.to_vec();
-        wrong_version[0] = 9;
+        wrong_version[0] = 1;
         assert_eq!(decode(Bytes::from(wrong_version)), Err(WireError("unknown version")));
+    }
+
+    #[test]
+    fn fields_are_checked_as_the_http_edge_checks_them() {
+        let bad = |target: Target, id: &str, event: Option<&str>, data: &[u8]| {
+            let mut out = BytesMut::from(&header(1, 1)[..]);
+            out.extend_from_slice(&message(&target, id, event, data));
+            decode(out.freeze()).unwrap_err()
+        };
+        assert_eq!(bad(Target::User("a,b".into()), "1", None, b""), WireError("invalid target name"));
+        assert_eq!(bad(Target::User("".into()), "1", None, b""), WireError("invalid target name"));
+        assert_eq!(bad(Target::Room("t\0".into()), "1", None, b""), WireError("invalid target name"));
+        assert_eq!(bad(Target::Tenant("a\0b".into()), "1", None, b""), WireError("invalid target name"));
+        assert_eq!(bad(Target::All, "", None, b""), WireError("invalid id"));
+        assert_eq!(bad(Target::All, "a\nb", None, b""), WireError("invalid id"));
+        assert_eq!(bad(Target::All, &"x".repeat(257), None, b""), WireError("invalid id"));
+        assert_eq!(bad(Target::All, "1", Some("e\r"), b""), WireError("invalid event"));
+        assert_eq!(bad(Target::All, "1", None, b"\xff"), WireError("data is not UTF-8"));
+        let mut unknown = BytesMut::from(&header(1, 1)[..]);
+        unknown.extend_from_slice(&message(&Target::All, "1", None, b""));
+        unknown[HEADER_LEN] = 9;
+        assert_eq!(decode(unknown.freeze()), Err(WireError("unknown target")));
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::api::{Role, Services};
-use crate::bus::{self, Bus, BUS_INBOX_CAPACITY};
+use crate::bus::{self, Bus, BusSettings, BUS_INBOX_CAPACITY};
 use crate::config::{Config, IoDriver};
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
@@ -65,8 +65,15 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         Some(url) => {
             let (inbox, local) = inbox(BUS_INBOX_CAPACITY);
             let config = &shared.config;
-            let bus =
-                Arc::new(Bus::new(inbox, config.channel.clone(), config.tenants.clone(), config.bus_timeout, instance));
+            let settings = BusSettings {
+                channel: config.channel.clone(),
+                tenants: config.tenants.clone(),
+                timeout: config.bus_timeout,
+                partitions: config.bus_partitions,
+                history: config.bus_history,
+                dedupe_window: config.idempotency_window,
+            };
+            let bus = Arc::new(Bus::new(inbox, settings, instance));
             crate::log!(Info, "starting the bus", redis = url, channel = config.channel);
             bus::client::spawn(shared.clone(), bus.clone(), local, url)
                 .map_err(|e| StartError(format!("cannot spawn the bus thread: {e}")))?;

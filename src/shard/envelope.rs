@@ -7,9 +7,8 @@ use bytes::Bytes;
 
 use crate::namespace::Namespace;
 
-/// Who a message is for. Inside the process user and room names are internal
-/// keys ([`Namespace::key`]); on the bus they are plain names, the tenant
-/// being the channel's ([`Target::scoped`], [`Target::unscoped`]).
+/// Who a message is for. User and room names are internal keys
+/// ([`Namespace::key`]), in the process and on the bus alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every connection of one user (on the user's owner shard).
@@ -18,8 +17,7 @@ pub enum Target {
     Room(Box<str>),
     /// Every connection of the default namespace (on every shard).
     All,
-    /// Every connection of one tenant (on every shard); never on the bus,
-    /// where a tenant's channel carries `All` instead.
+    /// Every connection of one tenant (on every shard).
     Tenant(Box<str>),
 }
 
@@ -34,14 +32,23 @@ impl Target {
         }
     }
 
-    /// The plain (client-facing) form of a target of `namespace`, as another
-    /// instance receives it on that namespace's channel.
-    pub fn unscoped(&self, namespace: &Namespace) -> Target {
-        match self {
-            Target::User(user) => Target::User(namespace.name_of(user).into()),
-            Target::Room(room) => Target::Room(namespace.name_of(room).into()),
-            Target::All | Target::Tenant(_) => Target::All,
+    /// The bus log partition (of `partitions`) that carries this target's
+    /// messages, so that each user, room or broadcast has one order on every
+    /// instance. FNV-1a over the kind and key: the same on every instance,
+    /// build and CPU (a randomised or CPU-dependent hash would split a
+    /// target's messages between partitions).
+    pub fn partition(&self, partitions: u16) -> u16 {
+        let (kind, key): (u8, &str) = match self {
+            Target::All => (0, ""),
+            Target::User(key) => (1, key),
+            Target::Room(key) => (2, key),
+            Target::Tenant(key) => (3, key),
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in std::iter::once(kind).chain(key.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
+        (hash % u64::from(partitions.max(1))) as u16
     }
 }
 
@@ -64,8 +71,9 @@ pub struct Delivery {
     /// The encoded SSE frame.
     pub frame: Bytes,
     /// Skip it when its id is already in the target's replay ring: set for
-    /// frames from other instances, so a publisher's retry (same id) after a
-    /// lost acknowledgement from Redis is not delivered twice.
+    /// frames from other instances, so a message that reaches an instance
+    /// twice by id is delivered once. An empty frame delivers nothing (a
+    /// message the bus log dropped as a duplicate).
     pub skip_known_id: bool,
 }
 
@@ -148,6 +156,14 @@ pub enum Envelope {
         tenant: Box<str>,
         /// Where to send them.
         reply: ReplyTo,
+    },
+    /// The bus log lost messages of one partition: tell the connections that
+    /// may have missed one, and make resumes from before it report a gap.
+    BusGap {
+        /// The partition.
+        partition: u16,
+        /// How many partitions the bus has.
+        partitions: u16,
     },
     /// Announce, then close every connection over `grace`.
     Shutdown {

@@ -247,6 +247,9 @@ impl ShardCtx {
     /// Queues `frame` to the local connections `target` names; returns how many.
     pub fn deliver(&self, delivery: &Delivery) -> u64 {
         let (target, frame) = (&delivery.target, &delivery.frame);
+        if frame.is_empty() {
+            return 0;
+        }
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, replay, queue_items_max, queue_bytes_max, .. } = &mut *state;
         let stream = match target {
@@ -516,6 +519,7 @@ impl ShardCtx {
                 let values = self.tenant_counts_local(&tenant);
                 self.reply(reply, values);
             }
+            Envelope::BusGap { partition, partitions } => self.bus_gap(partition, partitions),
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, answer } => {
                 let mut pending = self.pending.borrow_mut();
@@ -530,6 +534,39 @@ impl ShardCtx {
                 }
             }
         }
+    }
+
+    /// The bus lost messages of `partition`: every local connection with a
+    /// user, room or broadcast in it gets `ssekify.gap` (reason `bus`), and
+    /// the rings in it stop resuming across the loss.
+    fn bus_gap(&self, partition: u16, partitions: u16) {
+        let in_partition = |target: &Target| target.partition(partitions) == partition;
+        let mut state = self.state.borrow_mut();
+        let ShardState { conns, replay, .. } = &mut *state;
+        let mut told = 0;
+        for (_, conn) in conns.iter_mut() {
+            let broadcast = match &conn.tenant {
+                Some(tenant) => Target::Tenant((**tenant).into()),
+                None => Target::All,
+            };
+            let affected = in_partition(&broadcast)
+                || conn.user.as_ref().is_some_and(|user| in_partition(&Target::User((**user).into())))
+                || conn.rooms.iter().any(|room| in_partition(&Target::Room((**room).into())));
+            if affected && conn.closing.is_none() {
+                let last = replay.newest_id(conn.user.as_deref(), &conn.rooms, conn.tenant.as_deref());
+                conn.push_control(replay::bus_gap_frame(last.as_deref()));
+                told += 1;
+            }
+        }
+        replay.mark_lost(|stream| {
+            in_partition(&match stream {
+                replay::Stream::User(key) => Target::User(key.into()),
+                replay::Stream::Room(key) => Target::Room(key.into()),
+                replay::Stream::All => Target::All,
+                replay::Stream::Tenant(name) => Target::Tenant(name.into()),
+            })
+        });
+        crate::log!(Warn, "told subscribers of a bus gap", partition = partition, connections = told);
     }
 
     /// A batch buffer from the pool (writers hold one only while writing).

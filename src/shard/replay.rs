@@ -416,6 +416,55 @@ fn frame_id_len(frame: &[u8]) -> Option<u16> {
     u16::try_from(len).ok()
 }
 
+impl ReplayStore {
+    /// The bus lost messages of the streams `lost` selects: a resume from
+    /// anything they hold now reports a gap (the loss comes after it).
+    pub fn mark_lost(&mut self, lost: impl Fn(Stream<'_>) -> bool) {
+        self.next_seq += 1;
+        let now = self.next_seq;
+        for kind in [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants] {
+            let keyed = self.keyed_mut(kind);
+            keyed.forgotten_through = now;
+            for (name, ring) in keyed.rings.iter_mut() {
+                let stream = match kind {
+                    KeyedKind::Users => Stream::User(name),
+                    KeyedKind::Rooms => Stream::Room(name),
+                    KeyedKind::Tenants => Stream::Tenant(name),
+                };
+                if lost(stream) {
+                    ring.wrapped_through = now;
+                }
+            }
+        }
+        if lost(Stream::All) {
+            self.broadcast.wrapped_through = now;
+        }
+    }
+
+    /// The id of the newest frame in the rings a connection of `user` in
+    /// `rooms` of `tenant` reads: the last one it was sent here, as far as
+    /// this shard knows.
+    pub fn newest_id(&self, user: Option<&str>, rooms: &[Rc<str>], tenant: Option<&str>) -> Option<String> {
+        let broadcast = match tenant {
+            None => Some(&self.broadcast),
+            Some(tenant) => self.tenants.rings.get(tenant),
+        };
+        let rings = broadcast
+            .into_iter()
+            .chain(user.and_then(|u| self.users.rings.get(u)))
+            .chain(rooms.iter().filter_map(|r| self.rooms.rings.get(&**r)));
+        let newest = rings.filter_map(|ring| ring.entries.back()).max_by_key(|entry| entry.seq)?;
+        Some(String::from_utf8_lossy(newest.id()).into_owned())
+    }
+}
+
+/// The `ssekify.gap` frame telling a client that the bus lost messages it
+/// may have been sent; `last` is the id of the last one it was sent.
+pub fn bus_gap_frame(last: Option<&str>) -> Bytes {
+    let data = serde_json::json!({ "lastEventId": last, "reason": "bus" }).to_string();
+    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
+}
+
 /// The `ssekify.gap` frame telling a client that `last_id` could not be
 /// resumed exactly; it carries no id, so the client's last id stays put.
 pub fn gap_frame(last_id: &str) -> Bytes {

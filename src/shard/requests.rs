@@ -52,6 +52,26 @@ impl ShardCtx {
         answers.into_iter().next()
     }
 
+    /// Opens a slot for `count` answers, lets `send` address the requests
+    /// (it gets the [`ReplyTo`] of each position and returns false when it
+    /// could not queue them all), and waits at most `timeout`. Returns every
+    /// answer, the ones that did not come in time empty; `None` when `send` failed.
+    pub async fn gather(
+        self: &Rc<Self>,
+        count: usize,
+        send: impl FnOnce(&dyn Fn(usize) -> ReplyTo) -> bool,
+        timeout: Duration,
+    ) -> Option<Vec<Answer>> {
+        let pending = self.open_pending(count);
+        if !send(&|position| pending.reply_to(position)) {
+            return None;
+        }
+        match monoio::time::timeout(timeout, pending.wait()).await {
+            Ok(answers) => Some(answers),
+            Err(_) => Some(std::mem::take(&mut self.pending.borrow_mut()[pending.slot].answers)),
+        }
+    }
+
     /// A slot awaiting `count` answers; removed when dropped, so a late answer
     /// to an abandoned request is ignored.
     fn open_pending(self: &Rc<Self>, count: usize) -> PendingGuard<'_> {

@@ -115,7 +115,7 @@ impl Shared {
     }
 
     /// Enters `Closing` once; returns the order every shard must get (the
-    /// announcement is encoded here, once, with one id for every recipient).
+    /// announcement is encoded here, once, for every recipient).
     pub fn begin_shutdown(&self, grace: Duration, announce: Option<&str>) -> Option<ShutdownOrder> {
         if !self.advance_phase(Phase::Closing) {
             return None;
@@ -160,6 +160,25 @@ impl Shared {
             }
         }
         (per_shard, indexes)
+    }
+
+    /// Per shard, the indexes of the `deliveries` it must queue, in order
+    /// (the rule [`Shared::route`] applies, for a publisher that must know
+    /// which shards will answer before it hands the deliveries on).
+    pub fn route_indexes(&self, deliveries: &[Delivery]) -> Vec<Vec<usize>> {
+        let shards = self.shard_count();
+        let mut indexes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match &delivery.target {
+                Target::User(user) => indexes[self.owner(user)].push(index),
+                Target::Room(_) | Target::All | Target::Tenant(_) => {
+                    for list in &mut indexes {
+                        list.push(index);
+                    }
+                }
+            }
+        }
+        indexes
     }
 
     /// Sends from a thread that may block briefly (signal thread, start-up).

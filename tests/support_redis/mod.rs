@@ -672,7 +672,7 @@ impl SentinelSet {
 // Cluster
 // ---------------------------------------------------------------------------
 
-/// A Redis Cluster of masters without replicas.
+/// A Redis Cluster: masters, and replicas when asked for.
 pub struct RedisCluster {
     /// The nodes, in the order they were created.
     pub nodes: Vec<RedisServer>,
@@ -684,18 +684,25 @@ impl RedisCluster {
     /// `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, and
     /// waits for `cluster_state:ok` on every node.
     pub fn start(masters: usize) -> RedisCluster {
-        Self::start_with(masters, None)
+        Self::start_with(masters, 0, None)
+    }
+
+    /// Like [`RedisCluster::start`] with one replica per master (the first
+    /// `masters` nodes are the masters), so a master's death is a failover.
+    pub fn start_with_replicas(masters: usize) -> RedisCluster {
+        Self::start_with(masters, 1, None)
     }
 
     /// Like [`RedisCluster::start`] with TLS only, between the nodes too
     /// (`--tls-cluster yes`), on `pki`'s certificates.
     pub fn start_tls(masters: usize, pki: &TestPki) -> RedisCluster {
-        Self::start_with(masters, Some(pki))
+        Self::start_with(masters, 0, Some(pki))
     }
 
-    fn start_with(masters: usize, tls: Option<&TestPki>) -> RedisCluster {
+    fn start_with(masters: usize, replicas: usize, tls: Option<&TestPki>) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs at least 3 masters");
-        let nodes: Vec<RedisServer> = (0..masters)
+        let total = masters * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
                 let port = free_port();
                 let bus_port = free_port().to_string();
@@ -710,6 +717,9 @@ impl RedisCluster {
                     // The default bus port (port + 10000) may be past 65535 or taken.
                     "--cluster-port",
                     &bus_port,
+                    // Replicas sync at once instead of after the default 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ];
                 match tls {
                     None => RedisServer::start_on(port, &cluster_args),
@@ -724,7 +734,7 @@ impl RedisCluster {
         let mut args = nodes[0].tls.clone().unwrap_or_default();
         args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(nodes.iter().map(RedisServer::addr));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].iter().map(|s| s.to_string()));
+        args.extend(["--cluster-replicas".to_string(), replicas.to_string(), "--cluster-yes".to_string()]);
         let (ok, output) = run_logged("redis-cli", &args, Duration::from_secs(30));
         assert!(ok, "redis-cli {args:?} failed:\n{output}");
         let cluster = RedisCluster { nodes };
@@ -735,15 +745,23 @@ impl RedisCluster {
                         .cli(&["CLUSTER", "INFO"])
                         .and_then(|i| info_field(&i, "cluster_known_nodes"))
                         .and_then(|n| n.parse::<usize>().ok())
-                        == Some(masters)
+                        == Some(total)
             });
             assert!(
                 up,
-                "cluster node {} never reached cluster_state:ok with {masters} nodes: {:?}\nlog:\n{}",
+                "cluster node {} never reached cluster_state:ok with {total} nodes: {:?}\nlog:\n{}",
                 node.port(),
                 node.cli(&["CLUSTER", "INFO"]),
                 node.logs()
             );
+        }
+        for node in &cluster.nodes {
+            let synced = wait_until(Duration::from_secs(20), || {
+                let info = node.cli(&["INFO", "replication"]).unwrap_or_default();
+                info_field(&info, "role").as_deref() == Some("master")
+                    || info_field(&info, "master_link_status").as_deref() == Some("up")
+            });
+            assert!(synced, "replica {} never synced with its master:\n{}", node.port(), node.logs());
         }
         cluster
     }

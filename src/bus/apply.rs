@@ -1,0 +1,238 @@
+//! Turning log entries into deliveries on this instance's shards, and
+//! answering the publishers who wait for their own.
+//!
+//! The bus thread is the one place where an instance applies the log, in
+//! log order: entries from other instances and its own alike, so every
+//! instance's replay rings hold each user's, room's and broadcast's messages
+//! in the same order. An instance's own entry is applied with the frames its
+//! publisher already encoded ([`Append::deliveries`]); the shards count the
+//! recipients straight to the publisher's waiting slots.
+
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use bytes::Bytes;
+
+use super::log::AppendItem;
+use super::wire::{self, WireMessage, HEADER_LEN};
+use super::Bus;
+use crate::namespace::SEPARATOR;
+use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
+use crate::shard::Shared;
+use crate::sse::frame;
+
+/// One wire entry a publisher hands to the bus thread.
+#[derive(Debug)]
+pub struct Append {
+    /// Its partition.
+    pub partition: u16,
+    /// Matches the entry to this publish when it comes back from the log.
+    pub token: u64,
+    /// The messages, encoded for the log.
+    pub items: Vec<AppendItem>,
+    /// The same messages as local deliveries (frames encoded once, by the publisher).
+    pub deliveries: Vec<Delivery>,
+    /// Where the acknowledgement goes: `[0, receivers, duplicate indexes…]`
+    /// (body: the duplicates' first ids, one per line) or `[1]` (not acknowledged).
+    pub ack: ReplyTo,
+    /// Per shard that queues some of the deliveries, where its counts go.
+    pub local: Vec<(usize, ReplyTo)>,
+    /// After this the publisher has given up: do not send it.
+    pub deadline: std::time::Instant,
+}
+
+impl Append {
+    /// True when some message may be dropped as a duplicate by the log.
+    fn deduplicated(&self) -> bool {
+        self.items.iter().any(|item| item.dedupe.is_some())
+    }
+}
+
+/// Publishes that are on their way to the log or back, by token.
+#[derive(Debug, Default)]
+pub struct OwnAppends {
+    by_token: AHashMap<u64, Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    append: Append,
+    /// The sequence the log gave it, once acknowledged.
+    seq: Option<u64>,
+    /// When it was acknowledged.
+    acked_at: Option<std::time::Instant>,
+}
+
+impl OwnAppends {
+    /// Remembers a publish sent to Redis.
+    pub fn insert(&mut self, append: Append) {
+        self.by_token.insert(append.token, Pending { append, seq: None, acked_at: None });
+    }
+
+    /// The append of `token`, for a resend.
+    pub fn get(&self, token: u64) -> Option<&Append> {
+        self.by_token.get(&token).map(|p| &p.append)
+    }
+
+    /// Answers the publisher of `token`: acknowledged as `seq` (0: every
+    /// message was a duplicate, nothing to apply).
+    pub async fn acknowledged(
+        &mut self,
+        shared: &Shared,
+        token: u64,
+        appended: &super::log::Appended,
+        now: std::time::Instant,
+    ) {
+        let Some(pending) = self.by_token.get_mut(&token) else { return };
+        let mut values = vec![0, appended.receivers];
+        values.extend(appended.duplicates.iter().map(|(index, _)| *index as u64));
+        let body = (!appended.duplicates.is_empty())
+            .then(|| Bytes::from(appended.duplicates.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join("\n")));
+        answer(shared, pending.append.ack, Answer { values, body }).await;
+        if appended.seq == 0 {
+            let pending = self.by_token.remove(&token).expect("present");
+            answer_locals(shared, &pending.append, |count| vec![0; count]).await;
+        } else {
+            pending.seq = Some(appended.seq);
+            pending.acked_at = Some(now);
+        }
+    }
+
+    /// The publish of `token` was not acknowledged (refused, or its outcome
+    /// unknown): the publisher gets a 503. Should the entry be in the log
+    /// after all, it is applied from there like another instance's.
+    pub async fn failed(&mut self, shared: &Shared, token: u64) {
+        if let Some(pending) = self.by_token.remove(&token) {
+            refuse(shared, pending.append).await;
+        }
+    }
+
+    /// Every publish not yet acknowledged fails (the connection is gone).
+    pub async fn fail_unacknowledged(&mut self, shared: &Shared) {
+        let tokens: Vec<u64> = self.by_token.iter().filter(|(_, p)| p.seq.is_none()).map(|(t, _)| *t).collect();
+        for token in tokens {
+            self.failed(shared, token).await;
+        }
+    }
+
+    /// Acknowledged publishes of `partition` whose entries the log lost
+    /// (sequence at or below `applied`, never applied): their publishers
+    /// stop waiting for counts.
+    pub async fn forget_lost(&mut self, shared: &Shared, partition: u16, applied: u64) {
+        let lost: Vec<u64> = self
+            .by_token
+            .iter()
+            .filter(|(_, p)| p.append.partition == partition && p.seq.is_some_and(|seq| seq <= applied))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in lost {
+            let pending = self.by_token.remove(&token).expect("present");
+            answer_locals(shared, &pending.append, |_| Vec::new()).await;
+        }
+    }
+
+    /// Acknowledged publishes whose notification is overdue: `(partition, seq)`.
+    pub fn overdue(&self, acked_before: std::time::Instant) -> Vec<(u16, u64)> {
+        self.by_token
+            .values()
+            .filter(|p| p.acked_at.is_some_and(|at| at < acked_before))
+            .filter_map(|p| p.seq.map(|seq| (p.append.partition, seq)))
+            .collect()
+    }
+
+    /// Takes this instance's publish of `token`, if it is still waiting.
+    fn take(&mut self, token: u64) -> Option<Append> {
+        self.by_token.remove(&token).map(|p| p.append)
+    }
+}
+
+/// Applies one log entry: this instance's own publish with its publisher's
+/// frames, anything else decoded from the entry.
+pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry: Bytes) {
+    if entry.len() >= HEADER_LEN {
+        let instance = u32::from_be_bytes(entry[1..5].try_into().expect("4 bytes"));
+        let token = u64::from_be_bytes(entry[5..13].try_into().expect("8 bytes"));
+        if instance == bus.instance {
+            if let Some(append) = own.take(token) {
+                return apply_own(shared, append, entry).await;
+            }
+        }
+    }
+    let decoded = match wire::decode(entry) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            bus.record_error(&format!("undecodable bus log entry: {}", error.0));
+            return;
+        }
+    };
+    let listed = |target: &Target| match (&bus.tenants, tenant_of(target)) {
+        (Some(list), Some(tenant)) => list.iter().any(|t| &**t == tenant),
+        _ => true,
+    };
+    let deliveries: Vec<Delivery> = decoded
+        .messages
+        .into_iter()
+        .filter(|m| listed(&m.target))
+        .map(|WireMessage { target, id, event, data }| Delivery {
+            frame: frame::encode(&id, event.as_deref(), &data),
+            target,
+            skip_known_id: true,
+        })
+        .collect();
+    bus.count_received(deliveries.len() as u64);
+    let (per_shard, _) = shared.route(deliveries);
+    for (shard, deliveries) in per_shard.into_iter().enumerate() {
+        if !deliveries.is_empty() {
+            shared.send(shard, Envelope::Deliver { deliveries, reply: None }).await;
+        }
+    }
+}
+
+/// Delivers an own entry with the publisher's frames; messages the log
+/// dropped as duplicates get an empty frame, which delivers nothing.
+async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
+    if append.deduplicated() {
+        let kept = wire::decode(entry).map(|e| e.messages).unwrap_or_default();
+        let mut kept = kept.iter().peekable();
+        for (item, delivery) in append.items.iter().zip(&mut append.deliveries) {
+            let same = kept.peek().is_some_and(|m| m.id.as_bytes() == &item.id[..] && m.target == delivery.target);
+            if same {
+                kept.next();
+            } else {
+                delivery.frame = Bytes::new();
+            }
+        }
+    }
+    let (mut per_shard, _) = shared.route(std::mem::take(&mut append.deliveries));
+    for (shard, reply) in append.local {
+        let deliveries = std::mem::take(&mut per_shard[shard]);
+        shared.send(shard, Envelope::Deliver { deliveries, reply: Some(reply) }).await;
+    }
+}
+
+/// Answers a publish that will not be applied: 503 to its publisher.
+pub async fn refuse(shared: &Shared, append: Append) {
+    answer(shared, append.ack, Answer { values: vec![1], body: None }).await;
+    answer_locals(shared, &append, |_| Vec::new()).await;
+}
+
+/// Answers every shard slot of `append` with `counts(deliveries routed there)`.
+async fn answer_locals(shared: &Shared, append: &Append, counts: impl Fn(usize) -> Vec<u64>) {
+    let routed = shared.route_indexes(&append.deliveries);
+    for &(shard, reply) in &append.local {
+        answer(shared, reply, Answer { values: counts(routed[shard].len()), body: None }).await;
+    }
+}
+
+async fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
+    shared.send(to.shard, Envelope::Reply { to, answer }).await;
+}
+
+/// The tenant a target belongs to (`None`: the default namespace).
+fn tenant_of(target: &Target) -> Option<&str> {
+    match target {
+        Target::All => None,
+        Target::Tenant(tenant) => Some(tenant),
+        Target::User(key) | Target::Room(key) => key.split_once(SEPARATOR).map(|(tenant, _)| tenant),
+    }
+}

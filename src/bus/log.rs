@@ -1,0 +1,305 @@
+//! The bus log in Redis: one atomic append per wire entry, and the commands
+//! that read it back.
+//!
+//! Each partition `p` of channel `c` has three things, all hash-tagged
+//! `{c:p}` so a Redis Cluster keeps them on one slot and the append runs as
+//! one script there:
+//! - `{c:p}:meta`, a hash: `epoch` (a random id made when the log is created)
+//!   and `seq` (the last sequence number given out);
+//! - `{c:p}:log`, a Stream of entries with ids `<seq>-0`, trimmed to about
+//!   `--bus-history` entries;
+//! - `{c:p}:n`, the Pub/Sub channel notified of each append.
+//!
+//! [`APPEND`] (after Centrifugo's `broker_history_add_stream.lua`) drops the
+//! messages whose dedupe key it has seen within the idempotency window, then
+//! gives the rest the next sequence number, appends them, and publishes
+//! `<epoch>:<seq>:<entry>` — the entry left out when it is large, so a burst
+//! of big batches never fills a subscriber's output buffer: receivers read
+//! those from the stream. A log whose `meta` is gone (Redis restarted without
+//! persistence, keys evicted) starts over under a new epoch, which tells every
+//! receiver that what it knew is gone.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::resp::{self, Reply};
+
+/// The append script. KEYS: meta, log. ARGV: new epoch, history, channel,
+/// inline limit, window (ms), header, then (dedupe key, id, message) triples.
+/// Returns `{seq, epoch, receivers, i1, id1, i2, id2, …}` listing the messages
+/// dropped as duplicates (1-based index, id first published under that key);
+/// `seq` 0 when all were.
+pub const APPEND: &str = r#"
+local meta, log = KEYS[1], KEYS[2]
+if redis.call('HSETNX', meta, 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', log)
+end
+local epoch = redis.call('HGET', meta, 'epoch')
+local kept, dups, n = {ARGV[6]}, {}, 0
+for i = 7, #ARGV, 3 do
+  n = n + 1
+  local fresh = true
+  if ARGV[i] ~= '' then
+    local key = meta .. ':id:' .. ARGV[i]
+    if not redis.call('SET', key, ARGV[i + 1], 'NX', 'PX', ARGV[5]) then
+      fresh = false
+      dups[#dups + 1] = n
+      dups[#dups + 1] = redis.call('GET', key) or ARGV[i + 1]
+    end
+  end
+  if fresh then kept[#kept + 1] = ARGV[i + 2] end
+end
+if #kept == 1 then
+  local reply = {0, epoch, 0}
+  for _, v in ipairs(dups) do reply[#reply + 1] = v end
+  return reply
+end
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local entry = table.concat(kept)
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', entry)
+local note = epoch .. ':' .. seq .. ':'
+if #entry <= tonumber(ARGV[4]) then note = note .. entry end
+local reply = {seq, epoch, redis.call('PUBLISH', ARGV[3], note)}
+for _, v in ipairs(dups) do reply[#reply + 1] = v end
+return reply
+"#;
+
+/// Entries up to this size travel inside the notification; larger ones are
+/// read from the stream (see the module docs).
+pub const INLINE_MAX: usize = 64 * 1024;
+
+/// Largest wire entry a publish is split into: far below Redis's default
+/// `client-output-buffer-limit pubsub 32mb 8mb 60` even when read back in a
+/// catch-up of [`RANGE_COUNT`] entries.
+pub const CHUNK_MAX: usize = 256 * 1024;
+
+/// Entries asked for per catch-up read.
+pub const RANGE_COUNT: usize = 64;
+
+/// The names of one partition's keys and channel.
+#[derive(Debug, Clone)]
+pub struct PartitionKeys {
+    /// Hash of epoch and last sequence.
+    pub meta: String,
+    /// The stream.
+    pub log: String,
+    /// The notification channel.
+    pub channel: String,
+}
+
+impl PartitionKeys {
+    /// Keys of partition `partition` of bus channel `channel`.
+    pub fn new(channel: &str, partition: u16) -> Self {
+        let tag = format!("{{{channel}:{partition}}}");
+        PartitionKeys { meta: format!("{tag}:meta"), log: format!("{tag}:log"), channel: format!("{tag}:n") }
+    }
+}
+
+/// Settings every append carries.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendSettings {
+    /// Entries kept per partition.
+    pub history: u64,
+    /// How long a dedupe key is remembered, in milliseconds.
+    pub window_ms: u64,
+}
+
+/// One message of an append: its dedupe key (`None`: never a duplicate), id and bytes.
+#[derive(Debug, Clone)]
+pub struct AppendItem {
+    /// Set when a retry must find it: the target and the publisher's id, or
+    /// the request's `Idempotency-Key` and the message's position.
+    pub dedupe: Option<Bytes>,
+    /// The message id (what a later duplicate is told).
+    pub id: Bytes,
+    /// [`super::wire::message`] bytes.
+    pub message: Bytes,
+}
+
+/// Appends `EVALSHA <sha> …` for one entry to `out`.
+pub fn append_command(
+    out: &mut BytesMut,
+    sha: &str,
+    keys: &PartitionKeys,
+    epoch: &str,
+    settings: AppendSettings,
+    header: &[u8],
+    items: &[AppendItem],
+) {
+    let history = settings.history.to_string();
+    let window = settings.window_ms.max(1).to_string();
+    let inline = INLINE_MAX.to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(11 + 3 * items.len());
+    args.extend_from_slice(&[
+        b"EVALSHA",
+        sha.as_bytes(),
+        b"2",
+        keys.meta.as_bytes(),
+        keys.log.as_bytes(),
+        epoch.as_bytes(),
+        history.as_bytes(),
+        keys.channel.as_bytes(),
+        inline.as_bytes(),
+        window.as_bytes(),
+        header,
+    ]);
+    for item in items {
+        args.push(item.dedupe.as_deref().unwrap_or_default());
+        args.push(&item.id);
+        args.push(&item.message);
+    }
+    resp::command(out, &args);
+}
+
+/// What the append script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry's sequence number; 0 when every message was a duplicate.
+    pub seq: u64,
+    /// The log's epoch.
+    pub epoch: String,
+    /// Subscribers that Redis published the notification to.
+    pub receivers: u64,
+    /// Messages dropped as duplicates: 0-based index and the id first published.
+    pub duplicates: Vec<(usize, String)>,
+}
+
+/// Reads the append script's reply.
+pub fn parse_appended(reply: &Reply) -> Result<Appended, String> {
+    let bad = || format!("unexpected reply to the log append: {reply:?}");
+    let Reply::Array(items) = reply else { return Err(bad()) };
+    let [seq, epoch, receivers, rest @ ..] = items.as_slice() else { return Err(bad()) };
+    let (Reply::Int(seq), Some(epoch), Reply::Int(receivers)) = (seq, epoch.text(), receivers) else {
+        return Err(bad());
+    };
+    let mut duplicates = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks(2) {
+        match pair {
+            [Reply::Int(index), id] if *index >= 1 => {
+                duplicates.push((*index as usize - 1, id.text().unwrap_or_default().to_owned()));
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(Appended {
+        seq: (*seq).max(0) as u64,
+        epoch: epoch.to_owned(),
+        receivers: (*receivers).max(0) as u64,
+        duplicates,
+    })
+}
+
+/// A notification from a partition's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The log's epoch.
+    pub epoch: String,
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// The entry, unless it was too large to travel inline.
+    pub entry: Option<Bytes>,
+}
+
+/// Parses `<epoch>:<seq>:<entry>`.
+pub fn parse_notice(payload: Bytes) -> Option<Notice> {
+    let first = payload.iter().position(|&b| b == b':')?;
+    let second = first + 1 + payload[first + 1..].iter().position(|&b| b == b':')?;
+    let epoch = std::str::from_utf8(&payload[..first]).ok()?.to_owned();
+    let seq: u64 = std::str::from_utf8(&payload[first + 1..second]).ok()?.parse().ok()?;
+    let entry = payload.slice(second + 1..);
+    (seq > 0 && !epoch.is_empty()).then(|| Notice { epoch, seq, entry: (!entry.is_empty()).then_some(entry) })
+}
+
+/// `HMGET meta epoch seq`: where a partition's log stands.
+pub fn state_command(out: &mut BytesMut, keys: &PartitionKeys) {
+    resp::command(out, &[b"HMGET", keys.meta.as_bytes(), b"epoch", b"seq"]);
+}
+
+/// The log's epoch (`None`: no log yet) and last sequence.
+pub fn parse_state(reply: &Reply) -> Result<(Option<String>, u64), String> {
+    match reply {
+        Reply::Array(items) if items.len() == 2 => {
+            let epoch = items[0].text().map(str::to_owned);
+            let seq = items[1].text().and_then(|s| s.parse().ok()).unwrap_or(0);
+            Ok((epoch, seq))
+        }
+        other => Err(format!("unexpected reply to HMGET of the log state: {other:?}")),
+    }
+}
+
+/// `XRANGE log <from>-0 + COUNT n`: entries from sequence `from` on.
+pub fn range_command(out: &mut BytesMut, keys: &PartitionKeys, from: u64) {
+    let mut start = BytesMut::with_capacity(24);
+    start.put_slice(from.to_string().as_bytes());
+    start.put_slice(b"-0");
+    let count = RANGE_COUNT.to_string();
+    resp::command(out, &[b"XRANGE", keys.log.as_bytes(), &start, b"+", b"COUNT", count.as_bytes()]);
+}
+
+/// The `(seq, entry)` pairs of an XRANGE reply, in order.
+pub fn parse_range(reply: &Reply) -> Result<Vec<(u64, Bytes)>, String> {
+    let bad = || format!("unexpected reply to XRANGE of the log: {reply:?}");
+    let Reply::Array(items) = reply else { return Err(bad()) };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Reply::Array(parts) = item else { return Err(bad()) };
+        let [id, Reply::Array(fields)] = parts.as_slice() else { return Err(bad()) };
+        let seq = id.text().and_then(|id| id.strip_suffix("-0")).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let entry = match fields.as_slice() {
+            [name, Reply::Text(entry)] if name.text() == Some("e") => entry.clone(),
+            _ => return Err(bad()),
+        };
+        entries.push((seq, entry));
+    }
+    Ok(entries)
+}
+
+/// The SHA1 Redis names [`APPEND`] by, as `SCRIPT LOAD` answers it.
+pub fn parse_sha(reply: &Reply) -> Result<String, String> {
+    reply
+        .text()
+        .filter(|sha| sha.len() == 40)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("unexpected reply to SCRIPT LOAD: {reply:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = PartitionKeys::new("ssekify:bus", 3);
+        assert_eq!(keys.meta, "{ssekify:bus:3}:meta");
+        assert_eq!(keys.log, "{ssekify:bus:3}:log");
+        assert_eq!(keys.channel, "{ssekify:bus:3}:n");
+    }
+
+    #[test]
+    fn notices_carry_epoch_sequence_and_entry() {
+        let notice = parse_notice(Bytes::from_static(b"ab12:7:\x02xyz:1")).unwrap();
+        assert_eq!(notice, Notice { epoch: "ab12".into(), seq: 7, entry: Some(Bytes::from_static(b"\x02xyz:1")) });
+        assert_eq!(parse_notice(Bytes::from_static(b"ab12:8:")).unwrap().entry, None, "read from the stream");
+        assert_eq!(parse_notice(Bytes::from_static(b"ab12:x:")), None);
+        assert_eq!(parse_notice(Bytes::from_static(b"ab12:0:")), None);
+        assert_eq!(parse_notice(Bytes::from_static(b":1:")), None);
+        assert_eq!(parse_notice(Bytes::from_static(b"ab12")), None);
+    }
+
+    #[test]
+    fn replies_are_read_strictly() {
+        let text = |s: &'static str| Reply::Text(Bytes::from_static(s.as_bytes()));
+        let appended = Reply::Array(vec![Reply::Int(5), text("e1"), Reply::Int(3), Reply::Int(2), text("id-b")]);
+        assert_eq!(
+            parse_appended(&appended).unwrap(),
+            Appended { seq: 5, epoch: "e1".into(), receivers: 3, duplicates: vec![(1, "id-b".into())] }
+        );
+        assert!(parse_appended(&Reply::Array(vec![Reply::Int(5)])).is_err());
+        assert!(parse_appended(&Reply::Error("NOSCRIPT".into())).is_err());
+        let range = Reply::Array(vec![Reply::Array(vec![text("9-0"), Reply::Array(vec![text("e"), text("x")])])]);
+        assert_eq!(parse_range(&range).unwrap(), vec![(9, Bytes::from_static(b"x"))]);
+        let odd = Reply::Array(vec![Reply::Array(vec![text("9-1"), Reply::Array(vec![text("e"), text("x")])])]);
+        assert!(parse_range(&odd).is_err());
+        assert_eq!(parse_state(&Reply::Array(vec![Reply::Null, Reply::Null])).unwrap(), (None, 0));
+        assert_eq!(parse_state(&Reply::Array(vec![text("e1"), text("12")])).unwrap(), (Some("e1".into()), 12));
+    }
+}

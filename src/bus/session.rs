@@ -1,0 +1,560 @@
+//! One session with Redis: command connections (one per node that owns a
+//! partition; one outside Cluster), a subscription to every partition's
+//! channel, and the loop that serves them until something fails.
+//!
+//! Every socket is read by a task of its own that queues what it reads as an
+//! [`Event`]; the loop takes events, publishes from the shards and its own
+//! housekeeping tick in turn, so no kind of work can starve another. The tick
+//! runs on its own clock: the acknowledgement deadline and the canary are
+//! checked every [`TICK`] however busy the bus is, and a Redis that stops
+//! answering is noticed within `--bus-timeout`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::apply::{self, OwnAppends};
+use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
+use super::log::{self, AppendSettings, PartitionKeys};
+use super::resp::{self, Reply};
+use super::sequencer::{Action, Sequencer};
+use super::url::RedisUrl;
+use super::{Bus, BusCommand, BusState};
+use crate::shard::envelope::Envelope;
+use crate::shard::inbox::LocalInbox;
+use crate::shard::Shared;
+
+/// Pace of the housekeeping: deadlines, canary, overdue notifications.
+const TICK: Duration = Duration::from_millis(100);
+/// Commands taken from the inbox per turn.
+const BATCH: usize = 256;
+/// An acknowledged own entry whose notification has not come after this is read from the stream.
+const NOTICE_OVERDUE: Duration = Duration::from_millis(250);
+
+/// What the reader tasks report.
+enum Event {
+    /// A reply on command connection `node`.
+    Reply(usize, Result<Reply, BusError>),
+    /// A message on the subscription.
+    Pushed(Result<Reply, BusError>),
+    /// Sentinel announced a failover, or its connection failed.
+    Failover(BusError),
+}
+
+/// Events queued by reader tasks for the session loop.
+#[derive(Default)]
+struct Events {
+    queue: RefCell<VecDeque<Event>>,
+    waker: RefCell<Option<Waker>>,
+    /// Set when the session ends: reader tasks stop.
+    stopped: Cell<bool>,
+    stop_wakers: RefCell<Vec<Waker>>,
+}
+
+impl Events {
+    fn push(&self, event: Event) {
+        self.queue.borrow_mut().push_back(event);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits for at least one event and moves all into `out`.
+    async fn take(&self, out: &mut Vec<Event>) {
+        std::future::poll_fn(|cx| {
+            let mut queue = self.queue.borrow_mut();
+            if queue.is_empty() {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            out.extend(queue.drain(..));
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    fn stop(&self) {
+        self.stopped.set(true);
+        for waker in self.stop_wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopped.get() {
+                return Poll::Ready(());
+            }
+            self.stop_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Reads `reader` into `events` as `wrap(reply)` until an error or the stop.
+fn spawn_reader(
+    events: &Rc<Events>,
+    mut reader: ReplyReader,
+    wrap: impl Fn(Result<Reply, BusError>) -> Event + 'static,
+) {
+    let events = events.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::select! {
+                reply = reader.next() => {
+                    let failed = reply.is_err();
+                    events.push(wrap(reply));
+                    if failed {
+                        return;
+                    }
+                }
+                _ = events.stopped() => return,
+            }
+        }
+    });
+}
+
+/// What a command connection still owes a reply for, in write order.
+#[derive(Debug)]
+enum Sent {
+    Append { token: u64 },
+    Canary,
+    State { partition: u16 },
+    Range { partition: u16, from: u64 },
+}
+
+/// One command connection.
+struct Node {
+    address: String,
+    writer: CommandWriter,
+    sha: String,
+    in_flight: VecDeque<(Sent, Instant)>,
+    out: BytesMut,
+    queued: Vec<Sent>,
+}
+
+/// The parts of the bus thread that outlive a session.
+pub struct Durable {
+    /// Positions in the log.
+    pub sequencer: Sequencer,
+    /// Own publishes under way.
+    pub own: OwnAppends,
+    /// Names per partition.
+    pub keys: Vec<PartitionKeys>,
+    /// Sent with every append.
+    pub settings: AppendSettings,
+    /// The epoch a log gets if this instance creates it.
+    pub epoch_candidate: String,
+}
+
+/// The live connections of one session.
+pub struct Session {
+    nodes: Vec<Node>,
+    /// Node of each partition (Cluster: learned from `MOVED`).
+    partition_node: Vec<usize>,
+    events: Rc<Events>,
+    _subscription: CommandWriter,
+    canary_channel: String,
+    url: RedisUrl,
+    /// This instance's id, written into every entry it appends.
+    instance: u32,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.events.stop();
+    }
+}
+
+impl Session {
+    /// Opens a session on `address`: a command connection with the script
+    /// loaded, and a subscription (confirmed) to every partition's channel
+    /// and this instance's canary channel.
+    pub async fn open(
+        url: &RedisUrl,
+        address: &str,
+        bus: &Bus,
+        durable: &Durable,
+        sentinel: Option<RedisConn>,
+    ) -> Result<Session, BusError> {
+        let timeout = bus.timeout;
+        let events = Rc::new(Events::default());
+        let node = open_node(url, address, &events, 0, timeout).await?;
+        let mut subscriber = RedisConn::open(address, Some(url), timeout).await?;
+        let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", canary_channel.as_bytes()];
+        args.extend(durable.keys.iter().map(|k| k.channel.as_bytes()));
+        let mut out = BytesMut::new();
+        resp::command(&mut out, &args);
+        subscriber.writer.write(out).await?;
+        for _ in 1..args.len() {
+            let confirmation = monoio::time::timeout(timeout, subscriber.reader.next())
+                .await
+                .map_err(|_| format!("SUBSCRIBE to {address} timed out"))??;
+            if let Reply::Error(e) = confirmation {
+                return Err(format!("SUBSCRIBE to {address}: {e}"));
+            }
+        }
+        spawn_reader(&events, subscriber.reader, Event::Pushed);
+        if let Some(sentinel) = sentinel {
+            let RedisConn { reader, writer, .. } = sentinel;
+            let watch = events.clone();
+            monoio::spawn(async move {
+                let _writer = writer;
+                monoio::select! {
+                    error = watch_failover(reader) => watch.push(Event::Failover(error)),
+                    _ = watch.stopped() => {}
+                }
+            });
+        }
+        Ok(Session {
+            nodes: vec![node],
+            partition_node: vec![0; durable.keys.len()],
+            events,
+            _subscription: subscriber.writer,
+            canary_channel,
+            url: url.clone(),
+            instance: bus.instance,
+        })
+    }
+
+    /// The address of the first command connection.
+    pub fn address(&self) -> &str {
+        &self.nodes[0].address
+    }
+
+    /// Serves until something fails; returns why. Publishes not yet
+    /// acknowledged are answered 503 before it returns.
+    pub async fn run(
+        mut self,
+        shared: &Arc<Shared>,
+        bus: &Bus,
+        inbox: &mut LocalInbox<BusCommand>,
+        durable: &mut Durable,
+    ) -> BusError {
+        let error = self.serve(shared, bus, inbox, durable).await;
+        for node in &mut self.nodes {
+            for sent in node.queued.drain(..).chain(node.in_flight.drain(..).map(|(sent, _)| sent)) {
+                if let Sent::Append { token } = sent {
+                    durable.own.failed(shared, token).await;
+                }
+            }
+        }
+        durable.own.fail_unacknowledged(shared).await;
+        durable.sequencer.disconnected();
+        error
+    }
+
+    async fn serve(
+        &mut self,
+        shared: &Arc<Shared>,
+        bus: &Bus,
+        inbox: &mut LocalInbox<BusCommand>,
+        durable: &mut Durable,
+    ) -> BusError {
+        for partition in 0..durable.sequencer.len() {
+            self.queue(partition, Sent::State { partition });
+        }
+        bus.set_state(BusState::Live);
+        let canary_every = (bus.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut canary_seen = Instant::now();
+        let mut next_canary = Instant::now();
+        let mut next_tick = Instant::now() + TICK;
+        let mut commands = Vec::with_capacity(BATCH);
+        let mut events = Vec::new();
+        let mut actions = Vec::new();
+        loop {
+            if let Err(error) = self.flush(durable, bus.timeout).await {
+                return error;
+            }
+            let deadline = monoio::time::Instant::from_std(next_tick);
+            monoio::select! {
+                _ = self.events.take(&mut events) => {}
+                _ = inbox.recv_batch(&mut commands, BATCH) => {}
+                _ = monoio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            for BusCommand::Append(append) in commands.drain(..) {
+                if append.deadline <= now {
+                    apply::refuse(shared, *append).await;
+                    continue;
+                }
+                let (partition, token) = (append.partition, append.token);
+                durable.own.insert(*append);
+                self.queue(partition, Sent::Append { token });
+            }
+            for event in events.drain(..) {
+                match event {
+                    Event::Reply(node, reply) => {
+                        let reply = match reply {
+                            Ok(reply) => reply,
+                            Err(error) => return error,
+                        };
+                        let Some((sent, at)) = self.nodes[node].in_flight.pop_front() else {
+                            return format!("unexpected reply from Redis: {reply:?}");
+                        };
+                        if let Err(error) = self.on_reply(shared, bus, durable, sent, at, reply, &mut actions).await {
+                            return error;
+                        }
+                    }
+                    Event::Pushed(Ok(reply)) => {
+                        if self.on_pushed(durable, reply, &mut actions) {
+                            canary_seen = Instant::now();
+                        }
+                    }
+                    Event::Pushed(Err(error)) => return format!("subscription: {error}"),
+                    Event::Failover(error) => return error,
+                }
+                self.carry_out(shared, bus, durable, &mut actions).await;
+            }
+            if now >= next_tick {
+                next_tick = now + TICK;
+                if let Some(stale) = self.overdue(now, bus.timeout) {
+                    return stale;
+                }
+                if now.duration_since(canary_seen) > bus.timeout + canary_every {
+                    return "the subscription stopped delivering (canary lost)".into();
+                }
+                if now >= next_canary {
+                    next_canary = now + canary_every;
+                    self.queue_on(0, Sent::Canary);
+                }
+                for (partition, seq) in durable.own.overdue(now - NOTICE_OVERDUE) {
+                    durable.sequencer.expect(partition, seq, &mut actions);
+                }
+                self.carry_out(shared, bus, durable, &mut actions).await;
+                bus.publish_positions(&durable.sequencer);
+            }
+        }
+    }
+
+    /// Handles the reply to `sent`.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_reply(
+        &mut self,
+        shared: &Arc<Shared>,
+        bus: &Bus,
+        durable: &mut Durable,
+        sent: Sent,
+        at: Instant,
+        reply: Reply,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), BusError> {
+        if let Reply::Error(error) = &reply {
+            if let Some(address) = moved_to(error) {
+                let partition = match &sent {
+                    Sent::Append { token } => durable.own.get(*token).map(|a| a.partition),
+                    Sent::State { partition } | Sent::Range { partition, .. } => Some(*partition),
+                    Sent::Canary => None,
+                };
+                let Some(partition) = partition else { return Ok(()) };
+                let node = self.node_for(address, bus.timeout).await?;
+                self.partition_node[partition as usize] = node;
+                self.queue_on(node, sent);
+                return Ok(());
+            }
+        }
+        match sent {
+            Sent::Append { token } => match &reply {
+                Reply::Error(error) if error.starts_with("NOSCRIPT") => {
+                    durable.own.failed(shared, token).await;
+                    return Err(format!("Redis lost the bus script: {error}"));
+                }
+                Reply::Error(error) => {
+                    bus.record_error(&format!("the log append was refused: {error}"));
+                    durable.own.failed(shared, token).await;
+                }
+                reply => {
+                    let appended = log::parse_appended(reply)?;
+                    if let Some(append) = durable.own.get(token) {
+                        let messages = append.items.len() - appended.duplicates.len();
+                        bus.count_published(messages as u64);
+                    }
+                    durable.own.acknowledged(shared, token, &appended, Instant::now()).await;
+                }
+            },
+            Sent::Canary => bus.record_round_trip(at.elapsed()),
+            Sent::State { partition } => {
+                let (epoch, seq) = log::parse_state(&check(reply)?)?;
+                durable.sequencer.on_state(partition, epoch, seq, actions);
+            }
+            Sent::Range { partition, .. } => {
+                let entries = log::parse_range(&check(reply)?)?;
+                bus.count_catch_up();
+                durable.sequencer.on_range(partition, entries, actions);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a message on the subscription; true for this instance's canary.
+    fn on_pushed(&mut self, durable: &mut Durable, reply: Reply, actions: &mut Vec<Action>) -> bool {
+        let Reply::Array(mut parts) = reply else { return false };
+        if parts.len() != 3 || parts[0].text() != Some("message") {
+            return false;
+        }
+        let Some(Reply::Text(payload)) = parts.pop() else { return false };
+        let Some(channel) = parts.pop() else { return false };
+        let Some(channel) = channel.text() else { return false };
+        if channel == self.canary_channel {
+            return true;
+        }
+        let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return false };
+        if let Some(notice) = log::parse_notice(payload) {
+            durable.sequencer.on_notice(partition as u16, notice.epoch, notice.seq, notice.entry, actions);
+        }
+        false
+    }
+
+    /// Carries out the sequencer's actions in order.
+    async fn carry_out(&mut self, shared: &Arc<Shared>, bus: &Bus, durable: &mut Durable, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Apply { entry, .. } => apply::apply(shared, bus, &mut durable.own, entry).await,
+                Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),
+                Action::Gap { partition } => {
+                    bus.count_gap();
+                    crate::log!(Warn, "bus log gap: messages were lost", partition = partition);
+                    let partitions = durable.sequencer.len();
+                    for shard in 0..shared.shard_count() {
+                        shared.send(shard, Envelope::BusGap { partition, partitions }).await;
+                    }
+                    let applied = durable.sequencer.position(partition).applied;
+                    durable.own.forget_lost(shared, partition, applied).await;
+                }
+            }
+        }
+    }
+
+    /// Queues a command for `partition`'s node.
+    fn queue(&mut self, partition: u16, sent: Sent) {
+        let node = self.partition_node[partition as usize];
+        self.queue_on(node, sent);
+    }
+
+    fn queue_on(&mut self, node: usize, sent: Sent) {
+        self.nodes[node].queued.push(sent);
+    }
+
+    /// Encodes and writes every queued command.
+    async fn flush(&mut self, durable: &mut Durable, timeout: Duration) -> Result<(), BusError> {
+        for node in &mut self.nodes {
+            if node.queued.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            for sent in std::mem::take(&mut node.queued) {
+                match &sent {
+                    Sent::Append { token } => {
+                        let Some(append) = durable.own.get(*token) else { continue };
+                        let keys = &durable.keys[append.partition as usize];
+                        let header = super::wire::header(self.instance, append.token);
+                        log::append_command(
+                            &mut node.out,
+                            &node.sha,
+                            keys,
+                            &durable.epoch_candidate,
+                            durable.settings,
+                            &header,
+                            &append.items,
+                        );
+                    }
+                    Sent::Canary => resp::command(&mut node.out, &[b"PUBLISH", self.canary_channel.as_bytes(), b"1"]),
+                    Sent::State { partition } => log::state_command(&mut node.out, &durable.keys[*partition as usize]),
+                    Sent::Range { partition, from } => {
+                        log::range_command(&mut node.out, &durable.keys[*partition as usize], *from)
+                    }
+                }
+                node.in_flight.push_back((sent, now));
+            }
+            let out = std::mem::take(&mut node.out);
+            match monoio::time::timeout(timeout, node.writer.write(out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(format!("writing to Redis at {} timed out", node.address)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the session must end, when a reply is overdue.
+    fn overdue(&self, now: Instant, timeout: Duration) -> Option<BusError> {
+        self.nodes.iter().find_map(|node| {
+            let (sent, at) = node.in_flight.front()?;
+            (now.duration_since(*at) > timeout)
+                .then(|| format!("Redis at {} did not answer {sent:?} within {timeout:?}", node.address))
+        })
+    }
+
+    /// The command connection to `address`, opened if new.
+    async fn node_for(&mut self, address: &str, timeout: Duration) -> Result<usize, BusError> {
+        if let Some(index) = self.nodes.iter().position(|n| n.address == address) {
+            return Ok(index);
+        }
+        let index = self.nodes.len();
+        let node = open_node(&self.url, address, &self.events, index, timeout).await?;
+        self.nodes.push(node);
+        Ok(index)
+    }
+}
+
+/// A command connection to `address` with the append script loaded.
+async fn open_node(
+    url: &RedisUrl,
+    address: &str,
+    events: &Rc<Events>,
+    index: usize,
+    timeout: Duration,
+) -> Result<Node, BusError> {
+    let mut conn = RedisConn::open(address, Some(url), timeout).await?;
+    let sha = log::parse_sha(&conn.call(&[b"SCRIPT", b"LOAD", log::APPEND.as_bytes()], timeout).await?)?;
+    let RedisConn { reader, writer, address } = conn;
+    spawn_reader(events, reader, move |reply| Event::Reply(index, reply));
+    Ok(Node { address, writer, sha, in_flight: VecDeque::new(), out: BytesMut::new(), queued: Vec::new() })
+}
+
+/// The node a Cluster `MOVED <slot> <host:port>` error points to.
+fn moved_to(error: &str) -> Option<&str> {
+    let mut parts = error.strip_prefix("MOVED ")?.split(' ');
+    parts.next()?;
+    parts.next()
+}
+
+/// An error reply as an error.
+fn check(reply: Reply) -> Result<Reply, BusError> {
+    match reply {
+        Reply::Error(error) => Err(format!("Redis refused a log read: {error}")),
+        reply => Ok(reply),
+    }
+}
+
+/// Completes when Sentinel announces a failover.
+async fn watch_failover(mut reader: ReplyReader) -> BusError {
+    loop {
+        match reader.next().await {
+            Ok(Reply::Array(parts)) if parts.first().and_then(Reply::text) == Some("message") => {
+                return "Sentinel switched the master".into();
+            }
+            Ok(_) => {}
+            Err(error) => return format!("lost the Sentinel connection: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moved_errors_name_the_node() {
+        assert_eq!(moved_to("MOVED 3999 127.0.0.1:6381"), Some("127.0.0.1:6381"));
+        assert_eq!(moved_to("ASK 3999 127.0.0.1:6381"), None);
+        assert_eq!(moved_to("ERR no"), None);
+    }
+}
