@@ -41,6 +41,11 @@ use apply::Append;
 use log::AppendItem;
 use sequencer::{Position, Sequencer};
 
+/// Time a publish may wait per wire entry on top of `--bus-timeout`: Redis
+/// runs a full 256 KiB entry's append in tens of milliseconds, so a batch
+/// of many entries is not refused for its size alone.
+const ENTRY_ALLOWANCE: Duration = Duration::from_millis(100);
+
 /// Publishes the bus thread holds before publishers are refused.
 pub const BUS_INBOX_CAPACITY: usize = 16 * 1024;
 
@@ -310,7 +315,8 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: Vec<Outgoing>) -> 
     let chunks = plan_chunks(&messages, bus.partitions);
     let total = messages.len();
     let mut messages: Vec<Option<Outgoing>> = messages.into_iter().map(Some).collect();
-    let deadline = Instant::now() + bus.timeout;
+    let wait = bus.timeout + ENTRY_ALLOWANCE * chunks.len() as u32;
+    let deadline = Instant::now() + wait;
     // Per chunk: the message indexes, and per shard that answers, its routed indexes.
     let mut plans = Vec::with_capacity(chunks.len());
     let mut appends = Vec::with_capacity(chunks.len());
@@ -362,7 +368,7 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: Vec<Outgoing>) -> 
                 }
                 true
             },
-            bus.timeout,
+            wait,
         )
         .await
         .ok_or(BusUnavailable)?;

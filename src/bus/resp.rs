@@ -34,10 +34,35 @@ impl Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
-/// Appends a command (an array of bulk strings) to `out`.
+/// Appends a command (an array of bulk strings) to `out`, written straight
+/// into the buffer: a log append carries thousands of arguments, and going
+/// through `redis-protocol`'s frame type would copy each into a `Bytes` first.
 pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
-    let frame = Resp2::Array(args.iter().map(|a| Resp2::BulkString(Bytes::copy_from_slice(a))).collect());
-    redis_protocol::resp2::encode::extend_encode(out, &frame, false).expect("encoding into a growable buffer");
+    let size: usize = args.iter().map(|a| a.len() + 16).sum::<usize>() + 16;
+    out.reserve(size);
+    put_length(out, b'*', args.len());
+    for arg in args {
+        put_length(out, b'$', arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `<kind><decimal>\r\n`, formatted on the stack.
+fn put_length(out: &mut BytesMut, kind: u8, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&[kind]);
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Splits one complete reply off the front of `buf`, if there is one.
@@ -88,6 +113,11 @@ mod tests {
         let mut out = BytesMut::new();
         command(&mut out, &[b"PUBLISH", b"ch", b"a\r\nb"]);
         assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$4\r\na\r\nb\r\n");
+        out.clear();
+        let long = vec![b'x'; 1234];
+        command(&mut out, &[b"", &long]);
+        assert_eq!(&out[..12], b"*2\r\n$0\r\n\r\n$1");
+        assert_eq!(&out[12..18], b"234\r\nx");
     }
 
     #[test]

@@ -135,6 +135,8 @@ struct Node {
     writer: CommandWriter,
     sha: String,
     in_flight: VecDeque<(Sent, Instant)>,
+    /// When the last reply came: a busy Redis answering a long pipeline is not a silent one.
+    last_reply: Instant,
     out: BytesMut,
     queued: Vec<Sent>,
 }
@@ -296,6 +298,7 @@ impl Session {
                             Ok(reply) => reply,
                             Err(error) => return error,
                         };
+                        self.nodes[node].last_reply = Instant::now();
                         let Some((sent, at)) = self.nodes[node].in_flight.pop_front() else {
                             return format!("unexpected reply from Redis: {reply:?}");
                         };
@@ -311,8 +314,8 @@ impl Session {
                     Event::Pushed(Err(error)) => return format!("subscription: {error}"),
                     Event::Failover(error) => return error,
                 }
-                self.carry_out(shared, bus, durable, &mut actions).await;
             }
+            self.carry_out(shared, bus, durable, &mut actions).await;
             if now >= next_tick {
                 next_tick = now + TICK;
                 if let Some(stale) = self.overdue(now, bus.timeout) {
@@ -412,21 +415,35 @@ impl Session {
         false
     }
 
-    /// Carries out the sequencer's actions in order.
+    /// Carries out the sequencer's actions in order. The gaps among them
+    /// are announced together, at the first: a subscriber whose user, rooms
+    /// and broadcast lost messages at once hears it once.
     async fn carry_out(&mut self, shared: &Arc<Shared>, bus: &Bus, durable: &mut Durable, actions: &mut Vec<Action>) {
-        for action in actions.drain(..) {
+        let mut announced = false;
+        let lost: Vec<u16> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Gap { partition } => Some(*partition),
+                _ => None,
+            })
+            .collect();
+        for action in std::mem::take(actions) {
             match action {
                 Action::Apply { entry, .. } => apply::apply(shared, bus, &mut durable.own, entry).await,
                 Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),
-                Action::Gap { partition } => {
-                    bus.count_gap();
-                    crate::log!(Warn, "bus log gap: messages were lost", partition = partition);
+                Action::Gap { .. } if announced => {}
+                Action::Gap { .. } => {
+                    announced = true;
+                    for &partition in &lost {
+                        bus.count_gap();
+                        crate::log!(Warn, "bus log gap: messages were lost", partition = partition);
+                        let applied = durable.sequencer.position(partition).applied;
+                        durable.own.forget_lost(shared, partition, applied).await;
+                    }
                     let partitions = durable.sequencer.len();
                     for shard in 0..shared.shard_count() {
-                        shared.send(shard, Envelope::BusGap { partition, partitions }).await;
+                        shared.send(shard, Envelope::BusGap { lost: lost.clone(), partitions }).await;
                     }
-                    let applied = durable.sequencer.position(partition).applied;
-                    durable.own.forget_lost(shared, partition, applied).await;
                 }
             }
         }
@@ -483,11 +500,13 @@ impl Session {
         Ok(())
     }
 
-    /// Why the session must end, when a reply is overdue.
+    /// Why the session must end, when Redis has owed a reply for longer
+    /// than `timeout` without answering anything.
     fn overdue(&self, now: Instant, timeout: Duration) -> Option<BusError> {
         self.nodes.iter().find_map(|node| {
             let (sent, at) = node.in_flight.front()?;
-            (now.duration_since(*at) > timeout)
+            let waiting_since = (*at).max(node.last_reply);
+            (now.duration_since(waiting_since) > timeout)
                 .then(|| format!("Redis at {} did not answer {sent:?} within {timeout:?}", node.address))
         })
     }
@@ -516,7 +535,15 @@ async fn open_node(
     let sha = log::parse_sha(&conn.call(&[b"SCRIPT", b"LOAD", log::APPEND.as_bytes()], timeout).await?)?;
     let RedisConn { reader, writer, address } = conn;
     spawn_reader(events, reader, move |reply| Event::Reply(index, reply));
-    Ok(Node { address, writer, sha, in_flight: VecDeque::new(), out: BytesMut::new(), queued: Vec::new() })
+    Ok(Node {
+        address,
+        writer,
+        sha,
+        in_flight: VecDeque::new(),
+        last_reply: Instant::now(),
+        out: BytesMut::new(),
+        queued: Vec::new(),
+    })
 }
 
 /// The node a Cluster `MOVED <slot> <host:port>` error points to.

@@ -157,11 +157,12 @@ pub enum Envelope {
         /// Where to send them.
         reply: ReplyTo,
     },
-    /// The bus log lost messages of one partition: tell the connections that
-    /// may have missed one, and make resumes from before it report a gap.
+    /// The bus log lost messages of some partitions: tell the connections
+    /// that may have missed one (once each), and make resumes from before it
+    /// report a gap.
     BusGap {
-        /// The partition.
-        partition: u16,
+        /// The partitions.
+        lost: Vec<u16>,
         /// How many partitions the bus has.
         partitions: u16,
     },

@@ -519,7 +519,7 @@ impl ShardCtx {
                 let values = self.tenant_counts_local(&tenant);
                 self.reply(reply, values);
             }
-            Envelope::BusGap { partition, partitions } => self.bus_gap(partition, partitions),
+            Envelope::BusGap { lost, partitions } => self.bus_gap(&lost, partitions),
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, answer } => {
                 let mut pending = self.pending.borrow_mut();
@@ -536,11 +536,11 @@ impl ShardCtx {
         }
     }
 
-    /// The bus lost messages of `partition`: every local connection with a
-    /// user, room or broadcast in it gets `ssekify.gap` (reason `bus`), and
-    /// the rings in it stop resuming across the loss.
-    fn bus_gap(&self, partition: u16, partitions: u16) {
-        let in_partition = |target: &Target| target.partition(partitions) == partition;
+    /// The bus lost messages of the `lost` partitions: every local
+    /// connection with a user, room or broadcast in one gets one
+    /// `ssekify.gap` (reason `bus`), and their rings stop resuming across the loss.
+    fn bus_gap(&self, lost: &[u16], partitions: u16) {
+        let in_partition = |target: &Target| lost.contains(&target.partition(partitions));
         let mut state = self.state.borrow_mut();
         let ShardState { conns, replay, .. } = &mut *state;
         let mut told = 0;
@@ -566,7 +566,7 @@ impl ShardCtx {
                 replay::Stream::Tenant(name) => Target::Tenant(name.into()),
             })
         });
-        crate::log!(Warn, "told subscribers of a bus gap", partition = partition, connections = told);
+        crate::log!(Warn, "told subscribers of a bus gap", connections = told);
     }
 
     /// A batch buffer from the pool (writers hold one only while writing).

@@ -426,6 +426,14 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process with `kill(1)`:
+    /// `STOP` freezes Redis with its sockets open, as a hung host does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed");
+    }
+
     /// Starts it again on the same port with the same arguments (after
     /// [`RedisServer::stop`]); returns once it answers PING.
     pub fn restart(&mut self) {

@@ -1,0 +1,413 @@
+//! The bus's promise under the faults operators meet: every publish answered
+//! `200` reaches every instance's subscriber exactly once and in order for
+//! its user, room and broadcast, while publishers keep publishing and Redis
+//! freezes (`kill -STOP`), sleeps (`DEBUG SLEEP`), drops the subscriptions
+//! (`CLIENT KILL TYPE pubsub`, a tiny `client-output-buffer-limit`), or
+//! restarts with and without persistence (without: exactly one `ssekify.gap`
+//! with reason `bus`). Also a 100,000-message batch crossing whole.
+//!
+//! Every scenario counts every acknowledged message on every instance: a
+//! publisher thread publishes with its own ids through the instances in turn,
+//! retrying a 503 with the same ids until acknowledged; a reader thread per
+//! subscriber keeps everything it receives.
+//!
+//! Needs `redis-server` and `redis-cli` on PATH; without them each test
+//! prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.
+
+mod common;
+#[path = "support_redis/mod.rs"]
+mod support_redis;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use support_redis::*;
+
+/// `--bus-timeout` of the instances: how soon a silent Redis must be noticed.
+const BUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The user and room every subscriber holds (besides the broadcast).
+const USER: &str = "fu";
+const ROOM: &str = "fr";
+
+/// One acknowledged message: its id and which stream it went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acked {
+    id: String,
+    target: &'static str,
+}
+
+/// Instances on one Redis, each with one subscriber to `USER`, `ROOM` and
+/// the broadcast, read by a thread of its own.
+struct Tier {
+    redis: RedisServer,
+    instances: Vec<Server>,
+    readers: Vec<Reader>,
+}
+
+struct Reader {
+    events: Arc<Mutex<Vec<SseEvent>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(mut client: SseClient) -> Reader {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kept, stopped) = (events.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                if let Some(event) = client.next_event(Duration::from_millis(100)) {
+                    kept.lock().unwrap().push(event);
+                }
+            }
+        });
+        Reader { events, stop, handle: Some(handle) }
+    }
+
+    fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    /// Stops reading once nothing has arrived for a while, and returns everything.
+    fn finish(mut self) -> Vec<SseEvent> {
+        let mut last = self.count();
+        loop {
+            std::thread::sleep(Duration::from_millis(1500));
+            let now = self.count();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("reader thread");
+        }
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+fn tier(redis_args: &[&str], count: usize, extra: &[&str]) -> Tier {
+    tier_with_timeout(redis_args, count, extra, BUS_TIMEOUT)
+}
+
+fn tier_with_timeout(redis_args: &[&str], count: usize, extra: &[&str], bus_timeout: Duration) -> Tier {
+    let redis = RedisServer::start(redis_args);
+    let url = redis.url();
+    let timeout = format!("{}ms", bus_timeout.as_millis());
+    let mut args = vec!["--redis", &url, "--shards", "2", "--bus-timeout", &timeout];
+    args.extend_from_slice(extra);
+    let instances: Vec<Server> = (0..count).map(|_| Server::start(&args)).collect();
+    for server in &instances {
+        wait_ready(server, "after start");
+    }
+    let readers = instances
+        .iter()
+        .map(|server| {
+            let client = SseClient::open_ready(server.public, &sse_path(USER, &[ROOM]));
+            wait_connections(server.api, 1);
+            Reader::start(client)
+        })
+        .collect();
+    Tier { redis, instances, readers }
+}
+
+fn readyz(server: &Server) -> u16 {
+    http(server.public, "GET", "/readyz", &[], b"").status
+}
+
+fn wait_ready(server: &Server, what: &str) {
+    let ready = wait_until(Duration::from_secs(20), || readyz(server) == 200);
+    assert!(ready, "/readyz on {} not 200 ({what}); logs:\n{}", server.public, server.logs());
+}
+
+fn bus(server: &Server) -> Value {
+    ok_json(http(server.api, "GET", "/v1/stats", &[], b""))["bus"].clone()
+}
+
+/// Publishes until stopped; see the module docs.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    acked_so_far: Arc<std::sync::atomic::AtomicUsize>,
+    handle: JoinHandle<Vec<Acked>>,
+}
+
+impl Publisher {
+    /// `data` bytes of payload per message, one publish every `every`.
+    fn start(apis: Vec<std::net::SocketAddr>, data: usize, every: Duration) -> Publisher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let acked_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = acked_so_far.clone();
+        let handle = std::thread::spawn(move || {
+            let payload = "x".repeat(data);
+            let mut acked = Vec::new();
+            let mut n = 0usize;
+            while !stopped.load(Ordering::Relaxed) {
+                let api = apis[n % apis.len()];
+                let id = format!("m{n}");
+                let publish = || match n % 4 {
+                    0 => (publish_user(api, USER, &payload, &format!("id={id}")), vec![(id.clone(), "user")]),
+                    1 => (publish_room(api, ROOM, &payload, &format!("id={id}")), vec![(id.clone(), "room")]),
+                    2 => (broadcast(api, &payload, &format!("id={id}")), vec![(id.clone(), "all")]),
+                    _ => {
+                        let batch = json!([
+                            { "user": USER, "id": format!("{id}a"), "data": payload },
+                            { "room": ROOM, "id": format!("{id}b"), "data": payload },
+                            { "all": true, "id": format!("{id}c"), "data": payload },
+                        ]);
+                        let sent =
+                            vec![(format!("{id}a"), "user"), (format!("{id}b"), "room"), (format!("{id}c"), "all")];
+                        (publish_batch(api, &batch), sent)
+                    }
+                };
+                let started = Instant::now();
+                loop {
+                    let (resp, sent) = publish();
+                    if resp.status == 200 {
+                        acked.extend(sent.into_iter().map(|(id, target)| Acked { id, target }));
+                        count.store(acked.len(), Ordering::Relaxed);
+                        break;
+                    }
+                    assert_eq!(resp.status, 503, "publish {n}: {:?}", resp.text());
+                    resp.assert_error(503, "bus_unavailable");
+                    assert!(started.elapsed() < Duration::from_secs(60), "publish {n} never acknowledged");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                n += 1;
+                std::thread::sleep(every);
+            }
+            acked
+        });
+        Publisher { stop, acked_so_far, handle }
+    }
+
+    /// Messages acknowledged so far.
+    fn acked(&self) -> usize {
+        self.acked_so_far.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("publisher thread")
+    }
+}
+
+/// What one subscriber received, checked against what was acknowledged:
+/// each acknowledged message once, nothing else, in acknowledgement order
+/// for each of its streams, and `gaps` bus gap notices. Acknowledged
+/// messages in `may_miss` (indexes into `acked`: those acknowledged while a
+/// log was lost with Redis) may be missing; the gap notice covers them.
+fn check(name: &str, events: &[SseEvent], acked: &[Acked], gaps: usize, may_miss: std::ops::Range<usize>) {
+    let gap_events: Vec<&SseEvent> = events.iter().filter(|e| e.event.as_deref() == Some("ssekify.gap")).collect();
+    assert_eq!(gap_events.len(), gaps, "{name}: bus gap notices: {gap_events:?}");
+    for gap in &gap_events {
+        assert_eq!(gap.id, None, "{name}: a gap notice carries no id");
+        let data: Value = serde_json::from_str(&gap.data).expect("gap data is JSON");
+        assert_eq!(data["reason"], "bus", "{name}: {data}");
+    }
+    let target_of: std::collections::HashMap<&str, &str> = acked.iter().map(|a| (a.id.as_str(), a.target)).collect();
+    let received: Vec<&str> =
+        events.iter().filter(|e| e.event.is_none()).map(|e| e.id.as_deref().expect("messages have ids")).collect();
+    let mut seen = std::collections::HashSet::new();
+    for id in &received {
+        assert!(seen.insert(*id), "{name}: {id} delivered twice");
+        assert!(target_of.contains_key(id), "{name}: {id} was never acknowledged");
+    }
+    let missing: Vec<(usize, &Acked)> =
+        acked.iter().enumerate().filter(|(_, a)| !seen.contains(a.id.as_str())).collect();
+    let unexcused: Vec<&(usize, &Acked)> = missing.iter().filter(|(index, _)| !may_miss.contains(index)).collect();
+    assert!(unexcused.is_empty(), "{name}: acknowledged but never delivered: {unexcused:?}");
+    for target in ["user", "room", "all"] {
+        let expected: Vec<&str> = acked
+            .iter()
+            .filter(|a| a.target == target && seen.contains(a.id.as_str()))
+            .map(|a| a.id.as_str())
+            .collect();
+        let got: Vec<&str> = received.iter().copied().filter(|id| target_of[id] == target).collect();
+        assert_eq!(got, expected, "{name}: {target} messages out of acknowledgement order");
+    }
+    eprintln!(
+        "{name}: {} delivered exactly once, {} missed under a gap, {gaps} gap notices",
+        received.len(),
+        missing.len()
+    );
+}
+
+/// Publishes for `before`, runs `fault`, publishes for `after`, then checks
+/// every subscriber (see [`check`]).
+fn under_fault(tier: Tier, data: usize, fault: impl FnOnce(&mut Tier), gaps: usize) -> Tier {
+    let mut tier = tier;
+    let apis = tier.instances.iter().map(|s| s.api).collect();
+    let publisher = Publisher::start(apis, data, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let fault_started = publisher.acked();
+    fault(&mut tier);
+    for server in &tier.instances {
+        wait_ready(server, "after the fault");
+    }
+    // Everything acknowledged from here on is on the log that survived.
+    let recovered = publisher.acked();
+    std::thread::sleep(Duration::from_millis(1500));
+    let acked = publisher.finish();
+    assert!(acked.len() > 50, "the publisher got few acknowledgements: {}", acked.len());
+    let readers = std::mem::take(&mut tier.readers);
+    for (n, reader) in readers.into_iter().enumerate() {
+        let events = reader.finish();
+        let may_miss = if gaps > 0 { fault_started..recovered } else { 0..0 };
+        check(&format!("instance {n}"), &events, &acked, gaps, may_miss);
+    }
+    tier
+}
+
+#[test]
+fn a_frozen_redis_is_noticed_and_nothing_acknowledged_is_lost() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier| {
+            tier.redis.signal("STOP");
+            let frozen = Instant::now();
+            for server in &tier.instances {
+                let noticed = wait_until(Duration::from_secs(5), || readyz(server) == 503);
+                assert!(noticed, "/readyz stayed 200 with Redis frozen; bus {}", bus(server));
+            }
+            let noticed_after = frozen.elapsed();
+            assert!(
+                noticed_after < BUS_TIMEOUT * 3,
+                "a frozen Redis took {noticed_after:?} to notice (bus timeout {BUS_TIMEOUT:?})"
+            );
+            std::thread::sleep(Duration::from_secs(3).saturating_sub(frozen.elapsed()));
+            tier.redis.signal("CONT");
+        },
+        0,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["reconnects"].as_u64() > Some(0), "the freeze ended the session: {}", bus(server));
+    }
+}
+
+#[test]
+fn debug_sleep_loses_nothing_acknowledged() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    under_fault(
+        tier,
+        100,
+        |tier| {
+            let port = tier.redis.port();
+            let sleeper = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", "2"]));
+            sleeper.join().expect("redis-cli");
+        },
+        0,
+    );
+}
+
+#[test]
+fn killed_subscriptions_are_caught_up_from_the_log() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 3, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier| {
+            for _ in 0..2 {
+                let killed = tier.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap_or_default();
+                assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 3), "CLIENT KILL answered {killed:?}");
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        },
+        0,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["reconnects"].as_u64() > Some(0), "the subscription was rebuilt: {}", bus(server));
+    }
+}
+
+#[test]
+fn an_output_buffer_limit_that_cuts_subscribers_loses_nothing() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    under_fault(
+        tier,
+        4096,
+        |tier| {
+            // A subscriber more than 8 KiB behind is cut at once.
+            let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 8kb 4kb 1"]);
+            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            std::thread::sleep(Duration::from_secs(3));
+            let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
+            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+        },
+        0,
+    );
+}
+
+#[test]
+fn a_redis_restart_with_persistence_loses_nothing() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&["--appendonly", "yes", "--appendfsync", "always"], 2, &[]);
+    let tier = under_fault(tier, 100, |tier| tier.redis.restart(), 0);
+    for server in &tier.instances {
+        assert_eq!(bus(server)["gaps"], json!(0), "the log survived: {}", bus(server));
+    }
+}
+
+#[test]
+fn a_redis_restart_without_persistence_is_one_gap_then_every_message() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(tier, 100, |tier| tier.redis.restart(), 1);
+    for server in &tier.instances {
+        assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
+    }
+}
+
+#[test]
+fn a_hundred_thousand_message_batch_crosses_whole_and_in_order() {
+    if !require_redis() {
+        return;
+    }
+    let queue = ["--max-queue-items", "200000", "--max-queue-bytes", "64MiB", "--max-batch-body", "32MiB"];
+    // The debug build parses and encodes 100,000 messages slowly: give the
+    // publish time; what is tested is that the batch crosses whole.
+    let mut tier = tier_with_timeout(&[], 2, &queue, Duration::from_secs(10));
+    let count = 100_000;
+    let body: String =
+        (0..count).map(|n| format!("{{\"user\":\"{USER}\",\"id\":\"b{n}\",\"data\":\"{n}\"}}\n")).collect();
+    let resp = http(
+        tier.instances[0].api,
+        "POST",
+        "/v1/publish",
+        &[("Content-Type", "application/x-ndjson")],
+        body.as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{:?}", resp.text().chars().take(300).collect::<String>());
+    let results = resp.json()["results"].as_array().map(Vec::len);
+    assert_eq!(results, Some(count));
+    let acked: Vec<Acked> = (0..count).map(|n| Acked { id: format!("b{n}"), target: "user" }).collect();
+    for (n, reader) in std::mem::take(&mut tier.readers).into_iter().enumerate() {
+        let events = reader.finish();
+        check(&format!("instance {n}"), &events, &acked, 0, 0..0);
+    }
+    assert_eq!(bus(&tier.instances[1])["received"], json!(count), "counted in messages, not wire entries");
+}
