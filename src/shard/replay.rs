@@ -22,6 +22,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use crate::namespace::Namespace;
+use crate::sse::frame::encode_control;
 
 /// Event name of the in-band "you may have missed messages" notice.
 pub const GAP_EVENT: &str = "ssekify.gap";
@@ -420,7 +421,7 @@ fn frame_id_len(frame: &[u8]) -> Option<u16> {
 /// resumed exactly; it carries no id, so the client's last id stays put.
 pub fn gap_frame(last_id: &str) -> Bytes {
     let data = serde_json::json!({ "lastEventId": last_id }).to_string();
-    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
+    encode_control(GAP_EVENT, data.as_bytes())
 }
 
 #[cfg(test)]
