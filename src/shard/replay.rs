@@ -197,14 +197,19 @@ impl ReplayStore {
             Stream::Tenant(name) => self.tenants.touch(name, touch, seq, || false),
         };
         ring.last_active_ms = now_ms;
-        self.entries += 1;
-        self.bytes += frame.len();
-        ring.entries.push_back(entry);
-        if ring.entries.len() > capacity {
-            let freed = drop_front(ring).expect("over capacity");
+        let len = ring.entries.len();
+        if len == capacity {
+            let freed = drop_front(ring).expect("full");
             self.entries -= 1;
             self.bytes -= freed;
+        } else if len == ring.entries.capacity() {
+            // Doubling, but never past `--recent-buffer` entries: a full ring
+            // of 20 holds 20 slots, not the 32 plain growth would leave.
+            ring.entries.reserve_exact((len * 2).max(4).min(capacity) - len);
         }
+        ring.entries.push_back(entry);
+        self.entries += 1;
+        self.bytes += frame.len();
         self.enforce_bounds();
     }
 
