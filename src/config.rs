@@ -186,13 +186,15 @@ pub struct Cli {
     /// A replay ring with no new message for this long is dropped; 0 keeps rings until evicted.
     #[arg(long, env = "SSEKIFY_RECENT_TTL", default_value = "30m")]
     pub recent_ttl: String,
-    /// Users with a replay ring per instance (least recently active evicted first).
+    /// Replay rings of users without a connection, per instance (least recently
+    /// active evicted first); a user with a connection keeps its ring.
     #[arg(long, env = "SSEKIFY_RECENT_MAX_USERS", default_value_t = 10_000)]
     pub recent_max_users: usize,
     /// Rooms with a replay ring per instance (least recently active evicted first).
     #[arg(long, env = "SSEKIFY_RECENT_MAX_ROOMS", default_value_t = 10_000)]
     pub recent_max_rooms: usize,
-    /// Frame bytes the replay rings may reference per instance.
+    /// Frame bytes all replay rings may reference per instance; beyond it go rings of
+    /// users without a connection and room rings, then connected users' oldest entries.
     #[arg(long, env = "SSEKIFY_RECENT_MAX_BYTES", default_value = "256MiB")]
     pub recent_max_bytes: String,
     /// How long a publish's Idempotency-Key is remembered.
@@ -345,11 +347,11 @@ pub struct Config {
     pub recent_buffer: usize,
     /// Replay ring idle lifetime (zero: no expiry).
     pub recent_ttl: Duration,
-    /// Replay users per instance.
+    /// Replay rings of users without a connection, per instance.
     pub recent_max_users: usize,
     /// Replay rooms per instance.
     pub recent_max_rooms: usize,
-    /// Replay frame bytes per instance.
+    /// Replay frame bytes per instance, every ring counted.
     pub recent_max_bytes: usize,
     /// Idempotency-Key memory.
     pub idempotency_window: Duration,

@@ -272,6 +272,35 @@ fn expect_announced_drained_exited(driver: &str, server: &mut Server, clients: &
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "{driver}: exit status {status:?}; logs:\n{}", server.logs());
 }
 
+/// The announcement is a control frame: no `id:` line, so the client's last
+/// event id stays that of its last message and its reconnect (to any
+/// instance holding that id) resumes exactly instead of getting the gap notice.
+#[test]
+fn shutdown_announcement_has_no_id_line() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let api = server.api;
+    let mut c = SseClient::open_ready(server.public, "/sse?userId=ann");
+    wait_connections(api, 1);
+    ok_json(publish_user(api, "ann", "last message", "id=m-last"));
+    assert_eq!(c.expect_event("the message before the shutdown").id.as_deref(), Some("m-last"));
+    assert_eq!(c.parser.last_event_id, "m-last");
+
+    let resp = http(api, "POST", "/v1/admin/shutdown?graceMs=300&event=server:shutdown", &[], b"");
+    assert_eq!(resp.status, 202, "{:?}", resp.text());
+    let rest = c.raw_read(IO_TIMEOUT);
+    assert!(c.is_eof(), "the stream must close after the grace");
+    let text = String::from_utf8_lossy(&rest);
+    assert_eq!(text, "event: server:shutdown\ndata: {\"graceMs\":300}\n\n", "everything after the last message");
+    assert!(!text.lines().any(|line| line.starts_with("id")), "no id line: {text:?}");
+    c.parser.push(&rest);
+    match c.parser.next_item() {
+        Some(SseItem::Event(ev)) => assert_eq!((ev.id, ev.event.as_deref()), (None, Some("server:shutdown"))),
+        other => panic!("expected the announcement, got {other:?}"),
+    }
+    assert_eq!(c.parser.last_event_id, "m-last", "a reconnect sends Last-Event-ID: m-last");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)));
+}
+
 #[test]
 fn sigterm_drains_and_exits_zero() {
     for driver in drivers() {

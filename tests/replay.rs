@@ -1,8 +1,8 @@
 //! Replay and lossless reconnect: `Last-Event-ID` (header or `?lastEventId=`)
 //! resumes from the per-user, per-room and broadcast rings; an id that cannot
 //! be resumed exactly gets one `ssekify.gap` frame first. Ring bounds (entries,
-//! TTL, LRU users/rooms), the clear routes, stats and metrics, and reconnects
-//! racing with publishes.
+//! TTL, LRU users/rooms, connected users kept beyond the cap), the clear
+//! routes, stats and metrics, and reconnects racing with publishes.
 
 mod common;
 
@@ -249,6 +249,48 @@ fn least_recently_active_rings_are_evicted() {
     let mut r3 = SseClient::resume(server.public, "/sse?rooms=r3", "r3-1");
     // Found ids with nothing after them: the next event is the live one.
     expect_live(api, &mut [&mut a, &mut b, &mut c, &mut r1, &mut r3], To::All, "live", "after eviction");
+}
+
+#[test]
+fn connected_users_keep_their_rings_beyond_recent_max_users() {
+    const USERS: usize = 150;
+    let server = Server::start(&["--shards", "1", "--recent-max-users", "100"]);
+    let api = server.api;
+    let mut clients: Vec<SseClient> =
+        (0..USERS).map(|i| SseClient::open_ready(server.public, &format!("/sse?userId=u{i}"))).collect();
+    wait_connections(api, USERS as u64);
+    let id = |round: &str, user: usize| format!("{round}-u{user}");
+    let round = |name: &str, users: std::ops::Range<usize>| {
+        let messages: Vec<Value> = users
+            .map(|i| json!({ "user": format!("u{i}"), "id": id(name, i), "data": data_of(&id(name, i)) }))
+            .collect();
+        ok_json(publish_batch(api, &Value::Array(messages)));
+    };
+    round("m1", 0..USERS);
+    for (i, client) in clients.iter_mut().enumerate() {
+        expect_ids(client, &[&id("m1", i)], "first round");
+    }
+    assert_eq!(stat(&server.stats(), "replayUsers"), USERS as u64, "150 connected users keep 150 rings");
+
+    // u0, the least recently active, drops (a network blip) while the
+    // others and u0 itself get more messages.
+    drop(clients.remove(0));
+    wait_connections(api, USERS as u64 - 1);
+    round("m2", 0..USERS);
+    send(api, To::User("u0"), "m3-u0");
+    for (i, client) in clients.iter_mut().enumerate() {
+        expect_ids(client, &[&id("m2", i + 1)], "second round");
+    }
+    let mut back = SseClient::resume(server.public, "/sse?userId=u0", &id("m1", 0));
+    expect_ids(&mut back, &["m2-u0", "m3-u0"], "u0 resuming after its last message (no gap notice)");
+    expect_live(api, &mut [&mut back, &mut clients[0]], To::All, "live", "after the blip");
+    clients.push(back);
+
+    // Without connections, the cap applies again.
+    assert_eq!(ok_json(http(api, "DELETE", "/v1/connections", &[], b"")).get("closed"), Some(&json!(USERS)));
+    drop(clients);
+    wait_connections(api, 0);
+    assert_eq!(stat(&server.stats(), "replayUsers"), 100, "--recent-max-users for users without a connection");
 }
 
 #[test]

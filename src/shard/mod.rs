@@ -169,6 +169,9 @@ impl ShardCtx {
         let key = entry.key();
         let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
         let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
+        if let Some(user) = user.as_ref().filter(|user| state.registry.user(user).len() == 1) {
+            state.replay.pin_user(user);
+        }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(tenant, user, rooms, self.now_ms()));
         conn.push_control(subscription.preamble);
@@ -203,6 +206,10 @@ impl ShardCtx {
         let conn = state.conns.remove(key);
         if let Some(user) = &conn.user {
             state.registry.remove_user(user, key);
+            if state.registry.user(user).is_empty() {
+                state.replay.unpin_user(user, self.now_ms());
+                self.report_replay(&state.replay);
+            }
         }
         for room in &conn.rooms {
             state.registry.remove_member(room, key);

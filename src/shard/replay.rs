@@ -12,16 +12,26 @@
 //! `--recent-max-rooms` (room rings and tenant broadcast rings, each kind
 //! bounded by it) or `--recent-max-bytes` (each shard enforces its share).
 //!
+//! A user with a connection on this shard is pinned ([`ReplayStore::pin_user`]):
+//! its ring is out of reach of the user cap and the TTL, so a reconnect after a
+//! network blip resumes however many users are connected. Its TTL starts again
+//! when its last connection goes. Over the byte bound, the rings the caps may
+//! drop go first (least recently active first); when only pinned rings and the
+//! broadcast ring are left, the least recently active of them loses its oldest
+//! entries, recorded as wrap-around so a resume that needed them gets the gap.
+//! Every bound costs O(log n) per ring evicted or entry dropped, never a scan.
+//!
 //! A resume merges the rings that apply to a connection by arrival sequence,
 //! so replayed frames come in the order they were published on this shard.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 
 use crate::namespace::Namespace;
+use crate::sse::frame::encode_control;
 
 /// Event name of the in-band "you may have missed messages" notice.
 pub const GAP_EVENT: &str = "ssekify.gap";
@@ -33,7 +43,7 @@ pub struct ReplayLimits {
     pub entries: usize,
     /// Rings without a new message for this long are dropped (0 = never).
     pub ttl_ms: u64,
-    /// User rings kept on this shard.
+    /// Rings of users without a connection here kept on this shard.
     pub max_users: usize,
     /// Room rings kept on this shard (and, apart, tenant broadcast rings).
     pub max_rooms: usize,
@@ -76,13 +86,18 @@ struct Ring {
     created_at: u64,
     touch: u64,
     last_active_ms: u64,
+    /// Its user has a connection here: out of reach of the count cap and TTL.
+    pinned: bool,
 }
 
 /// Rings by name with least-recently-active order.
 #[derive(Debug, Default)]
 struct Keyed {
     rings: AHashMap<Rc<str>, Ring>,
+    /// Rings the count cap and the TTL may drop, least recently active first.
     order: BTreeMap<u64, Rc<str>>,
+    /// Pinned rings, least recently active first (only the byte bound shortens them).
+    pinned: BTreeMap<u64, Rc<str>>,
     /// Newest sequence held by a ring that was dropped whole (evicted, expired, cleared).
     forgotten_through: u64,
 }
@@ -118,6 +133,8 @@ pub struct ReplayStore {
     tenants: Keyed,
     broadcast: Ring,
     broadcast_forgotten_through: u64,
+    /// Users with a connection on this shard (their rings are pinned).
+    connected: AHashSet<Rc<str>>,
     next_seq: u64,
     next_touch: u64,
     entries: usize,
@@ -134,6 +151,7 @@ impl ReplayStore {
             tenants: Keyed::default(),
             broadcast: Ring::default(),
             broadcast_forgotten_through: 0,
+            connected: AHashSet::new(),
             next_seq: 0,
             next_touch: 0,
             entries: 0,
@@ -167,21 +185,53 @@ impl ReplayStore {
         let (seq, touch, capacity) = (self.next_seq, self.next_touch, self.limits.entries);
         let entry = Entry { seq, id_len, frame: frame.clone() };
         let ring = match stream {
-            Stream::All => &mut self.broadcast,
-            Stream::User(name) => self.users.touch(name, touch, seq),
-            Stream::Room(name) => self.rooms.touch(name, touch, seq),
-            Stream::Tenant(name) => self.tenants.touch(name, touch, seq),
+            Stream::All => {
+                self.broadcast.touch = touch;
+                &mut self.broadcast
+            }
+            Stream::User(name) => {
+                let connected = &self.connected;
+                self.users.touch(name, touch, seq, || connected.contains(name))
+            }
+            Stream::Room(name) => self.rooms.touch(name, touch, seq, || false),
+            Stream::Tenant(name) => self.tenants.touch(name, touch, seq, || false),
         };
         ring.last_active_ms = now_ms;
+        let len = ring.entries.len();
+        if len == capacity {
+            let freed = drop_front(ring).expect("full");
+            self.entries -= 1;
+            self.bytes -= freed;
+        } else if len == ring.entries.capacity() {
+            // Doubling, but never past `--recent-buffer` entries: a full ring
+            // of 20 holds 20 slots, not the 32 plain growth would leave.
+            ring.entries.reserve_exact((len * 2).max(4).min(capacity) - len);
+        }
+        ring.entries.push_back(entry);
         self.entries += 1;
         self.bytes += frame.len();
-        ring.entries.push_back(entry);
-        if ring.entries.len() > capacity {
-            let old = ring.entries.pop_front().expect("over capacity");
-            ring.wrapped_through = old.seq;
-            self.entries -= 1;
-            self.bytes -= old.frame.len();
+        self.enforce_bounds();
+    }
+
+    /// Marks `user` as connected here (its first connection on this shard):
+    /// its ring, now or once created, is kept whatever the user cap and TTL.
+    pub fn pin_user(&mut self, user: &Rc<str>) {
+        if !self.enabled() {
+            return;
         }
+        self.connected.insert(user.clone());
+        self.users.pin(user);
+    }
+
+    /// Marks `user` as gone (its last connection here closed): its ring falls
+    /// under the user cap again as the most recently active, and its TTL
+    /// counts from now unless a message came later.
+    pub fn unpin_user(&mut self, user: &str, now_ms: u64) {
+        if !self.connected.remove(user) {
+            return;
+        }
+        self.next_touch += 1;
+        self.users.unpin(user, self.next_touch, now_ms);
         self.enforce_bounds();
     }
 
@@ -321,38 +371,55 @@ impl ReplayStore {
         }
     }
 
-    /// Evicts least-recently-active rings beyond the count and byte bounds.
+    /// Evicts least-recently-active unpinned rings beyond the count bounds,
+    /// then, beyond the byte bound, unpinned rings of any kind and, when only
+    /// pinned and broadcast rings are left, their oldest entries.
     fn enforce_bounds(&mut self) {
-        while self.users.rings.len() > self.limits.max_users {
-            let ring = self.users.pop_oldest().expect("over bound");
-            self.forget(&ring);
-        }
-        while self.rooms.rings.len() > self.limits.max_rooms {
-            let ring = self.rooms.pop_oldest().expect("over bound");
-            self.forget(&ring);
-        }
-        while self.tenants.rings.len() > self.limits.max_rooms {
-            let ring = self.tenants.pop_oldest().expect("over bound");
-            self.forget(&ring);
-        }
-        while self.bytes > self.limits.max_bytes {
-            // The least recently active ring of any kind goes first.
-            let oldest = [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants]
-                .into_iter()
-                .filter_map(|kind| self.keyed(kind).oldest().map(|ring| (ring.touch, kind)))
-                .min_by_key(|(touch, _)| *touch);
-            let ring = oldest.and_then(|(_, kind)| self.keyed_mut(kind).pop_oldest());
-            match ring {
-                Some(ring) => self.forget(&ring),
-                None => {
-                    // Only broadcasts are left: shorten their ring.
-                    let Some(old) = self.broadcast.entries.pop_front() else { break };
-                    self.broadcast.wrapped_through = old.seq;
-                    self.entries -= 1;
-                    self.bytes -= old.frame.len();
-                }
+        let caps = [
+            (KeyedKind::Users, self.limits.max_users),
+            (KeyedKind::Rooms, self.limits.max_rooms),
+            (KeyedKind::Tenants, self.limits.max_rooms),
+        ];
+        for (kind, cap) in caps {
+            while self.keyed(kind).order.len() > cap {
+                let ring = self.keyed_mut(kind).pop_oldest().expect("over bound");
+                self.forget(&ring);
             }
         }
+        while self.bytes > self.limits.max_bytes {
+            // The least recently active unpinned ring of any kind goes first.
+            let oldest = [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants]
+                .into_iter()
+                .filter_map(|kind| self.keyed(kind).order.keys().next().map(|&touch| (touch, kind)))
+                .min_by_key(|(touch, _)| *touch);
+            match oldest.and_then(|(_, kind)| self.keyed_mut(kind).pop_oldest()) {
+                Some(ring) => self.forget(&ring),
+                None if self.shorten_least_active() => {}
+                None => break,
+            }
+        }
+    }
+
+    /// Drops the oldest entry of the least recently active pinned or broadcast
+    /// ring (a pinned ring left empty goes whole); false when there is none.
+    fn shorten_least_active(&mut self) -> bool {
+        let pinned = self.users.pinned.iter().next().map(|(&touch, name)| (touch, name.clone()));
+        let broadcast = (!self.broadcast.entries.is_empty()).then_some(self.broadcast.touch);
+        let freed = match pinned {
+            Some((touch, name)) if broadcast.is_none_or(|b| touch < b) => {
+                let ring = self.users.rings.get_mut(&name).expect("pinned ring");
+                let freed = drop_front(ring).expect("rings are never empty");
+                if ring.entries.is_empty() {
+                    self.users.remove(&name);
+                }
+                freed
+            }
+            _ if broadcast.is_some() => drop_front(&mut self.broadcast).expect("not empty"),
+            _ => return false,
+        };
+        self.entries -= 1;
+        self.bytes -= freed;
+        true
     }
 
     fn forget(&mut self, ring: &Ring) {
@@ -372,22 +439,55 @@ fn newest(ring: &Ring) -> u64 {
     ring.entries.back().map_or(ring.wrapped_through, |e| e.seq)
 }
 
+/// Drops `ring`'s oldest entry, recorded as wrap-around; returns its frame's size.
+fn drop_front(ring: &mut Ring) -> Option<usize> {
+    let old = ring.entries.pop_front()?;
+    ring.wrapped_through = old.seq;
+    Some(old.frame.len())
+}
+
 impl Keyed {
-    /// The ring of `name`, created if needed, marked most recently active.
-    fn touch(&mut self, name: &str, touch: u64, seq: u64) -> &mut Ring {
+    /// The ring of `name`, created if needed (pinned when `pin_new` says so),
+    /// marked most recently active.
+    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> &mut Ring {
         if !self.rings.contains_key(name) {
             let name: Rc<str> = Rc::from(name);
-            self.rings.insert(name.clone(), Ring { created_at: seq - 1, touch, ..Ring::default() });
-            self.order.insert(touch, name);
+            let pinned = pin_new();
+            self.rings.insert(name.clone(), Ring { created_at: seq - 1, touch, pinned, ..Ring::default() });
+            if pinned { &mut self.pinned } else { &mut self.order }.insert(touch, name);
         }
         let ring = self.rings.get_mut(name).expect("present");
         if ring.touch != touch {
-            if let Some(name) = self.order.remove(&ring.touch) {
-                self.order.insert(touch, name);
+            let order = if ring.pinned { &mut self.pinned } else { &mut self.order };
+            if let Some(name) = order.remove(&ring.touch) {
+                order.insert(touch, name);
             }
             ring.touch = touch;
         }
         ring
+    }
+
+    /// Takes `name`'s ring, if any, out of the count cap and TTL order.
+    fn pin(&mut self, name: &str) {
+        if let Some(ring) = self.rings.get_mut(name).filter(|ring| !ring.pinned) {
+            if let Some(name) = self.order.remove(&ring.touch) {
+                self.pinned.insert(ring.touch, name);
+            }
+            ring.pinned = true;
+        }
+    }
+
+    /// Puts `name`'s ring, if any, back in the count cap and TTL order as the
+    /// most recently active (`touch`), active at `now_ms` at the earliest.
+    fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) {
+        if let Some(ring) = self.rings.get_mut(name).filter(|ring| ring.pinned) {
+            if let Some(name) = self.pinned.remove(&ring.touch) {
+                self.order.insert(touch, name);
+            }
+            ring.pinned = false;
+            ring.touch = touch;
+            ring.last_active_ms = ring.last_active_ms.max(now_ms);
+        }
     }
 
     fn oldest(&self) -> Option<&Ring> {
@@ -403,7 +503,7 @@ impl Keyed {
 
     fn remove(&mut self, name: &str) -> Option<Ring> {
         let ring = self.rings.remove(name)?;
-        self.order.remove(&ring.touch);
+        if ring.pinned { &mut self.pinned } else { &mut self.order }.remove(&ring.touch);
         self.forgotten_through = self.forgotten_through.max(newest(&ring));
         Some(ring)
     }
@@ -462,14 +562,14 @@ impl ReplayStore {
 /// may have been sent; `last` is the id of the last one it was sent.
 pub fn bus_gap_frame(last: Option<&str>) -> Bytes {
     let data = serde_json::json!({ "lastEventId": last, "reason": "bus" }).to_string();
-    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
+    encode_control(GAP_EVENT, data.as_bytes())
 }
 
 /// The `ssekify.gap` frame telling a client that `last_id` could not be
 /// resumed exactly; it carries no id, so the client's last id stays put.
 pub fn gap_frame(last_id: &str) -> Bytes {
     let data = serde_json::json!({ "lastEventId": last_id }).to_string();
-    Bytes::from(format!("event: {GAP_EVENT}\ndata: {data}\n\n"))
+    encode_control(GAP_EVENT, data.as_bytes())
 }
 
 #[cfg(test)]
@@ -597,6 +697,126 @@ mod tests {
         }
         assert!(store.usage().bytes <= 100, "{:?}", store.usage());
         assert!(store.usage().users >= 1);
+    }
+
+    fn pin(store: &mut ReplayStore, user: &str) {
+        store.pin_user(&Rc::from(user));
+    }
+
+    /// Resume of `user` (no rooms, default namespace) after `last_id`: (gap, ids).
+    fn resume(store: &ReplayStore, user: &str, last_id: &str) -> (bool, Vec<String>) {
+        let replay = store.replay(Some(user), &[], None, Some(last_id));
+        (replay.gap, ids(&replay))
+    }
+
+    #[test]
+    fn connected_users_keep_their_rings_beyond_the_user_cap() {
+        let mut store = ReplayStore::new(limits(5));
+        // Pinned before their rings exist, as on a first connect.
+        for i in 0..5 {
+            pin(&mut store, &format!("c{i}"));
+        }
+        for i in 0..5 {
+            publish(&mut store, Stream::User(&format!("c{i}")), &format!("c{i}-1"), 0);
+        }
+        for i in 0..4 {
+            publish(&mut store, Stream::User(&format!("d{i}")), &format!("d{i}-1"), 0);
+        }
+        assert_eq!(store.usage().users, 8, "5 connected + the cap of 3 without a connection");
+        for i in 0..5 {
+            publish(&mut store, Stream::User(&format!("c{i}")), &format!("c{i}-2"), 0);
+            assert_eq!(resume(&store, &format!("c{i}"), &format!("c{i}-1")), (false, vec![format!("c{i}-2")]));
+        }
+        assert!(resume(&store, "d0", "d0-1").0, "the least recently active user without a connection went");
+        // Pinned after its ring exists, as on a connect to a known user.
+        pin(&mut store, "d1");
+        for i in 4..6 {
+            publish(&mut store, Stream::User(&format!("d{i}")), &format!("d{i}-1"), 0);
+        }
+        assert!(resume(&store, "d2", "d2-1").0, "d2 was the oldest left under the cap");
+        assert_eq!(resume(&store, "d1", "d1-1"), (false, vec![]), "connected: kept though older");
+        assert_eq!(store.usage().users, 6 + 3);
+    }
+
+    #[test]
+    fn a_user_leaving_rejoins_the_cap_as_most_recent_with_its_ttl_from_then() {
+        let mut store = ReplayStore::new(limits(5));
+        pin(&mut store, "u");
+        publish(&mut store, Stream::User("u"), "u1", 0);
+        for (i, user) in ["a", "b", "c"].iter().enumerate() {
+            publish(&mut store, Stream::User(user), &format!("{user}1"), 10 * (i as u64 + 1));
+        }
+        store.expire(5_000);
+        assert_eq!(resume(&store, "u", "u1"), (false, vec![]), "no TTL while connected");
+        assert_eq!(store.usage().users, 1, "a, b and c expired");
+        for (i, user) in ["a", "b", "c"].iter().enumerate() {
+            publish(&mut store, Stream::User(user), &format!("{user}2"), 5_000 + 10 * i as u64);
+        }
+        store.unpin_user("u", 5_500);
+        assert_eq!(store.usage().users, 3, "u is under the cap now");
+        assert!(resume(&store, "a", "a2").0, "a was the least recently active, u the most");
+        assert_eq!(resume(&store, "u", "u1"), (false, vec![]));
+        store.expire(6_499);
+        assert_eq!(resume(&store, "u", "u1"), (false, vec![]), "the TTL counts from the disconnect");
+        assert_eq!(store.usage().users, 1, "b and c expired");
+        store.expire(6_500);
+        assert!(resume(&store, "u", "u1").0);
+        assert_eq!(store.usage(), ReplayUsage::default());
+    }
+
+    #[test]
+    fn byte_bound_drops_unpinned_rings_then_shortens_the_least_active_pinned_ring() {
+        let frame = encode("p1", None, b"x").len();
+        let mut store = ReplayStore::new(ReplayLimits { max_bytes: 8 * frame, ..limits(10) });
+        pin(&mut store, "p");
+        pin(&mut store, "q");
+        for id in ["p1", "p2", "p3"] {
+            publish(&mut store, Stream::User("p"), id, 0);
+        }
+        for id in ["q1", "q2", "q3"] {
+            publish(&mut store, Stream::User("q"), id, 0);
+        }
+        publish(&mut store, Stream::Room("r"), "r1", 0);
+        publish(&mut store, Stream::User("d"), "d1", 0);
+        publish(&mut store, Stream::User("p"), "p4", 0);
+        assert!(store.replay(None, &[Rc::from("r")], None, Some("r1")).gap, "the room ring went first");
+        publish(&mut store, Stream::User("q"), "q4", 0);
+        assert!(resume(&store, "d", "d1").0, "then the disconnected user's");
+        assert_eq!((store.usage().users, store.usage().rooms, store.usage().bytes), (2, 0, 8 * frame));
+
+        publish(&mut store, Stream::User("p"), "p5", 0);
+        assert_eq!(store.usage().bytes, 8 * frame, "q, the least recently active, lost its oldest entry");
+        assert_eq!(resume(&store, "q", "q1"), (true, vec!["q2".into(), "q3".into(), "q4".into()]));
+        assert_eq!(resume(&store, "q", "q2"), (false, vec!["q3".into(), "q4".into()]));
+        assert_eq!(resume(&store, "p", "p1").1, ["p2", "p3", "p4", "p5"]);
+        assert!(!resume(&store, "p", "p1").0);
+
+        for id in ["p6", "p7", "p8"] {
+            publish(&mut store, Stream::User("p"), id, 0);
+        }
+        assert_eq!(store.usage().users, 1, "q's ring, shortened to nothing, went whole");
+        assert!(resume(&store, "q", "q4").0);
+        publish(&mut store, Stream::User("q"), "q5", 0);
+        assert!(store.usage().bytes <= 8 * frame);
+        assert_eq!(resume(&store, "q", "q5"), (false, vec![]), "a new ring for q, still connected");
+    }
+
+    #[test]
+    fn broadcast_ring_is_shortened_in_turn_with_pinned_rings() {
+        let frame = encode("p1", None, b"x").len();
+        let mut store = ReplayStore::new(ReplayLimits { max_bytes: 4 * frame, ..limits(10) });
+        pin(&mut store, "p");
+        publish(&mut store, Stream::All, "b1", 0);
+        publish(&mut store, Stream::User("p"), "p1", 0);
+        publish(&mut store, Stream::All, "b2", 0);
+        publish(&mut store, Stream::User("p"), "p2", 0);
+        publish(&mut store, Stream::User("p"), "p3", 0);
+        publish(&mut store, Stream::All, "b3", 0);
+        assert_eq!(store.usage().bytes, 4 * frame, "b1, then p1 went");
+        assert_eq!(resume(&store, "p", "p2"), (false, vec!["p3".into(), "b3".into()]));
+        assert_eq!(resume(&store, "p", "b2"), (false, vec!["p2".into(), "p3".into(), "b3".into()]));
+        assert!(resume(&store, "p", "p1").0);
+        assert!(resume(&store, "p", "b1").0);
     }
 
     #[test]

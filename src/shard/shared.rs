@@ -115,14 +115,15 @@ impl Shared {
     }
 
     /// Enters `Closing` once; returns the order every shard must get (the
-    /// announcement is encoded here, once, for every recipient).
+    /// announcement is encoded here, once, for every recipient; it is a
+    /// control frame without an id, so clients resume from their last message).
     pub fn begin_shutdown(&self, grace: Duration, announce: Option<&str>) -> Option<ShutdownOrder> {
         if !self.advance_phase(Phase::Closing) {
             return None;
         }
         let announce = announce.map(|event| {
             let data = format!("{{\"graceMs\":{}}}", grace.as_millis());
-            crate::sse::frame::encode(&self.ids.next(), Some(event), data.as_bytes())
+            crate::sse::frame::encode_control(event, data.as_bytes())
         });
         Some(ShutdownOrder { grace, announce })
     }

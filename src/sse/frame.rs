@@ -4,7 +4,8 @@
 //! count), so the cost of encoding is paid once per message, not per recipient.
 //! Field rules follow the WHATWG HTML "Server-sent events" parsing algorithm:
 //! lines end at CRLF, LF or CR, so a payload line break of any kind becomes a
-//! new `data:` line and the browser rejoins them with LF.
+//! new `data:` line and the browser rejoins them with LF. Control frames (the
+//! shutdown announcement, the gap notice) follow the same rules without an id.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -32,14 +33,7 @@ pub fn check_field(value: &str) -> Result<(), FieldError> {
 /// Size of the frame [`encode`] would produce, without producing it (for the
 /// `--max-payload` check before any allocation).
 pub fn encoded_len(id: &str, event: Option<&str>, data: &[u8]) -> usize {
-    let mut len = 4 + id.len() + 1;
-    if let Some(event) = event.filter(|e| *e != "message") {
-        len += 7 + event.len() + 1;
-    }
-    for line in Lines::new(data) {
-        len += 6 + line.len() + 1;
-    }
-    len + 1
+    4 + id.len() + 1 + body_len(event, data)
 }
 
 /// Encodes `id`, `event` (omitted when absent or `message`, the browser's default)
@@ -49,6 +43,33 @@ pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
     out.put_slice(b"id: ");
     out.put_slice(id.as_bytes());
     out.put_u8(b'\n');
+    put_body(&mut out, event, data);
+    out.freeze()
+}
+
+/// Encodes a control frame (the shutdown announcement, the gap notice): like
+/// [`encode`] but with no `id:` line, so a browser's last event id stays that
+/// of the last message it got and its reconnect resumes from there.
+pub fn encode_control(event: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body_len(Some(event), data));
+    put_body(&mut out, Some(event), data);
+    out.freeze()
+}
+
+/// Length of what [`put_body`] writes.
+fn body_len(event: Option<&str>, data: &[u8]) -> usize {
+    let mut len = 0;
+    if let Some(event) = event.filter(|e| *e != "message") {
+        len += 7 + event.len() + 1;
+    }
+    for line in Lines::new(data) {
+        len += 6 + line.len() + 1;
+    }
+    len + 1
+}
+
+/// The `event:` line, the `data:` lines and the blank line ending a frame.
+fn put_body(out: &mut BytesMut, event: Option<&str>, data: &[u8]) {
     if let Some(event) = event.filter(|e| *e != "message") {
         out.put_slice(b"event: ");
         out.put_slice(event.as_bytes());
@@ -60,7 +81,6 @@ pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
-    out.freeze()
 }
 
 /// The `retry:` preamble every stream starts with.
@@ -129,6 +149,23 @@ mod tests {
         assert_eq!(frame("1", None, "a\n"), "id: 1\ndata: a\ndata: \n\n");
         assert_eq!(frame("1", None, ""), "id: 1\ndata: \n\n");
         assert_eq!(frame("1", None, "\r\n"), "id: 1\ndata: \ndata: \n\n");
+    }
+
+    #[test]
+    fn control_frames_have_no_id_line_and_split_data_alike() {
+        let control = |event: &str, data: &str| {
+            let bytes = encode_control(event, data.as_bytes());
+            assert_eq!(bytes.len(), body_len(Some(event), data.as_bytes()));
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        assert_eq!(
+            control("server:shutdown", "{\"graceMs\":5000}"),
+            "event: server:shutdown\ndata: {\"graceMs\":5000}\n\n"
+        );
+        assert_eq!(control("ssekify.gap", "a\r\nb\rc\n"), "event: ssekify.gap\ndata: a\ndata: b\ndata: c\ndata: \n\n");
+        assert_eq!(control("message", ""), "data: \n\n", "the default event name is left out, as in encode");
+        let message = frame("7", Some("x"), "a\nb");
+        assert_eq!(message.strip_prefix("id: 7\n"), Some(control("x", "a\nb").as_str()));
     }
 
     #[test]
