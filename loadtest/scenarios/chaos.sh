@@ -100,6 +100,19 @@ start_instance() {
     PID[k]=$(cat "$LT_RUN/pid")
 }
 
+# stat_of K KEY: the first "KEY":<number> in instance k's GET /v1/stats (the
+# instance's totals come before the per-shard copies), 0 if there is none;
+# bus.KEY reads the key inside the "bus" object.
+stat_of() {
+    local body key=$2
+    body=$(curl -sf "http://127.0.0.1:${API[$1]}/v1/stats") || { echo 0; return; }
+    if [[ $key == bus.* ]]; then
+        key=${key#bus.}
+        body=${body##*\"bus\":\{}
+    fi
+    grep -o "\"$key\":[0-9]*" <<<"$body" | head -n 1 | cut -d: -f2 | grep . || echo 0
+}
+
 # Stops pid $1 as a deploy would: one SIGTERM (ssekify announces the shutdown
 # and closes its streams over --shutdown-grace), SIGKILL only after 20 s.
 stop_gracefully() {
@@ -184,22 +197,35 @@ wait "$LT_GEN"
 status=$?
 LT_GEN=""
 ((status == 0 || status == 2)) || lt_die "the generator failed (status $status)"
-sed -i "s|}\$|,\"faults\":\"${FAULT_LOG% }\",\"persist\":$PERSIST}|" "$json"
+# What the instances saw (a restarted one counts since its restart): bus
+# reconnects, and frames a full subscriber queue dropped or streams it closed,
+# which would be losses the bus is not to blame for.
+reconnects=0 drops=0
+for ((k = 0; k < INSTANCES; k++)); do
+    reconnects=$((reconnects + $(stat_of "$k" bus.reconnects)))
+    for key in droppedOldest droppedNewest disconnectedByBackpressure; do
+        drops=$((drops + $(stat_of "$k" "$key")))
+    done
+done
+printf '%-34s %s\n' bus_reconnects "$reconnects" server_queue_drops "$drops"
+sed -i "s|}\$|,\"bus_reconnects\":$reconnects,\"server_queue_drops\":$drops,\"faults\":\"${FAULT_LOG% }\",\"persist\":$PERSIST}|" "$json"
+
+# utime + stime of pid $1, in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
+cpu_ticks() {
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
 
 # bus_cost NAME GENERATOR-ARGS...: one publishing phase on instance 0; prints
 # and records the CPU µs per message received of the last instance.
 bus_cost() {
-    local name=$1 measured=${PID[INSTANCES - 1]} api=${API[INSTANCES - 1]} cpu0 cpu1 rx0 rx1 cost
+    local name=$1 last=$((INSTANCES - 1)) cpu0 cpu1 rx0 rx1 cost tick
     shift
-    local tick
     tick=$(getconf CLK_TCK)
-    cpu() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$measured/stat"; }
-    received() { curl -sf "http://127.0.0.1:$api/v1/stats" | grep -o '"bus":{[^}]*' | grep -o '"received":[0-9]*' | cut -d: -f2; }
-    cpu0=$(cpu) rx0=$(received)
+    cpu0=$(cpu_ticks "${PID[last]}") rx0=$(stat_of "$last" bus.received)
     taskset -c "$GEN_CORES" "$GEN_BIN" run --subscribers 1 --sse-url "http://127.0.0.1:${PORT[0]}/sse?userId=u{i}" \
         --mode users --duration "$BUS_SECONDS" --drain 1 "$@" </dev/null >"$LT_RUN/bus-$name.log" 2>&1 \
         || { lt_log "bus cost ($name): the generator failed"; return 0; }
-    cpu1=$(cpu) rx1=$(received)
+    cpu1=$(cpu_ticks "${PID[last]}") rx1=$(stat_of "$last" bus.received)
     cost=$(awk -v c=$((cpu1 - cpu0)) -v t="$tick" -v n=$((rx1 - rx0)) 'BEGIN { printf "%.2f", (n > 0 ? c * 1e6 / t / n : 0) }')
     printf '%-34s %s\n' "bus_received_$name" "$((rx1 - rx0))" "bus_cpu_us_per_msg_$name" "$cost"
     sed -i "s|}\$|,\"bus_received_$name\":$((rx1 - rx0)),\"bus_cpu_us_per_msg_$name\":$cost}|" "$json"
