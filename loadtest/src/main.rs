@@ -4,9 +4,11 @@
 //! or per room; single or batch route), and reports per-delivery latency,
 //! fan-out completion, loss, and the server's CPU time per delivery. `churn`
 //! measures subscriber accepts per second; `idle` the server's memory per
-//! connection; `floor` what the kernel alone charges per send, with no server.
+//! connection; `floor` what the kernel alone charges per send, with no server;
+//! `chaos` whether acknowledged messages survive faults across instances.
 //! Every scenario prints a table and can write JSON.
 
+mod chaos;
 mod floor;
 mod net;
 mod proc;
@@ -58,6 +60,11 @@ enum Scenario {
     /// No server: the kernel's CPU cost of one small TCP send, the floor under
     /// any server's CPU per delivery on this machine.
     Floor(FloorArgs),
+    /// Subscribers hopping between instances with Last-Event-ID while
+    /// publishers send to random instances: acknowledged messages lost,
+    /// duplicated or reordered (exit status 2 when any was lost, duplicated or
+    /// misrouted).
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args)]
@@ -209,6 +216,7 @@ fn main() {
             Scenario::Run(args) => run(args).await,
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
+            Scenario::Chaos(args) => chaos::run(args).await,
             Scenario::Floor(_) => unreachable!("handled before the runtime starts"),
         }
     };
@@ -226,7 +234,13 @@ fn main() {
             .block_on(scenario),
     };
     match report {
-        Ok(report) => report.print(),
+        Ok(report) => {
+            report.print();
+            if let Some(failure) = &report.failure {
+                eprintln!("ssekify-loadtest: {failure}");
+                std::process::exit(2);
+            }
+        }
         Err(error) => {
             eprintln!("ssekify-loadtest: {error}");
             std::process::exit(1);
@@ -272,11 +286,18 @@ fn floor_report(args: &FloorArgs) -> Result<Report, String> {
 struct Report {
     fields: Vec<(String, String)>,
     json: Option<String>,
+    /// Set by a scenario that is a pass/fail gate: why it failed.
+    failure: Option<String>,
 }
 
 impl Report {
     fn new(json: Option<String>) -> Self {
-        Report { fields: Vec::new(), json }
+        Report { fields: Vec::new(), json, failure: None }
+    }
+
+    /// Marks the run as failed (exit status 2 once printed).
+    fn fail(&mut self, why: String) {
+        self.failure = Some(why);
     }
 
     fn add(&mut self, key: &str, value: impl std::fmt::Display) {
@@ -321,7 +342,7 @@ async fn open_fleet(common: &Common, urls: &[Url]) -> Vec<(usize, Option<Opened>
                 let source = (!common.source_ips.is_empty()).then(|| common.source_ips[i % common.source_ips.len()]);
                 let url = &urls[i % urls.len()];
                 let (addr, path) = (url.addr, template(url, i, common.rooms));
-                monoio::spawn(async move { subscriber::open(addr, source, &path).await.ok() })
+                monoio::spawn(async move { subscriber::open(addr, source, &path, "").await.ok() })
             })
             .collect();
         for (&i, task) in chunk.iter().zip(tasks) {
@@ -358,7 +379,7 @@ async fn run(args: RunArgs) -> Result<Report, String> {
     }
     if common.worker.is_some() {
         let failed: Vec<usize> = (0..common.subscribers).filter(|&i| common.owns(i) && !connected[i]).collect();
-        workers::serve(&failed, &recorder, || fleet.lines.get()).await;
+        workers::serve(&failed, || fleet.lines.get(), || recorder.borrow().export()).await;
         std::process::exit(0);
     }
     for worker in &workers {
@@ -418,7 +439,7 @@ async fn run(args: RunArgs) -> Result<Report, String> {
     let cpu = proc::cpu_micros(&common.server_pids).saturating_sub(cpu_before);
     drop(progress);
     for worker in workers {
-        worker.finish(&mut recorder.borrow_mut());
+        worker.finish(|line| recorder.borrow_mut().merge_line(line));
     }
     let recorder = recorder.borrow();
     let summary = recorder.summary(messages);
@@ -493,7 +514,7 @@ async fn churn(args: ChurnArgs) -> Result<Report, String> {
                 while Instant::now() < until {
                     let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
                     let url = &urls[i % urls.len()];
-                    match subscriber::open(url.addr, source, &template(url, i, rooms)).await {
+                    match subscriber::open(url.addr, source, &template(url, i, rooms), "").await {
                         Ok(_) => done.set(done.get() + 1),
                         Err(_) => failed.set(failed.get() + 1),
                     }
@@ -533,7 +554,7 @@ async fn idle(args: IdleArgs) -> Result<Report, String> {
     let open = open_fleet(common, &urls).await;
     if common.worker.is_some() {
         let failed: Vec<usize> = open.iter().filter(|(_, s)| s.is_none()).map(|(i, _)| *i).collect();
-        workers::serve(&failed, &RefCell::new(Recorder::new(0)), || 0).await;
+        workers::serve(&failed, || 0, Vec::new).await;
         std::process::exit(0);
     }
     let mut opened = open.iter().filter(|(_, s)| s.is_some()).count();

@@ -22,14 +22,16 @@ pub struct Fleet {
     pub lines: Cell<u64>,
 }
 
-/// Opens a subscriber and returns the stream once the response head (200) arrived.
+/// Opens a subscriber and returns the stream once the response head (200)
+/// arrived. `headers` are extra request header lines, each ending in CRLF.
 pub async fn open(
     target: SocketAddr,
     source: Option<IpAddr>,
     path: &str,
+    headers: &str,
 ) -> std::io::Result<(TcpStream, Vec<u8>, bool)> {
     let mut stream = connect_from(target, source).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: loadtest\r\nAccept: text/event-stream\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: loadtest\r\nAccept: text/event-stream\r\n{headers}\r\n");
     let (result, _) = stream.write_all(request.into_bytes()).await;
     result?;
     let (status, chunked, _, rest) = read_head(&mut stream, Vec::new()).await?;
@@ -89,14 +91,15 @@ fn number_after(haystack: &[u8], key: &[u8]) -> Option<u64> {
 
 /// Strips HTTP/1.1 chunked framing from a byte stream, incrementally.
 #[derive(Default)]
-struct Dechunker {
+pub struct Dechunker {
     remaining: usize,
     header: Vec<u8>,
     skip_crlf: usize,
 }
 
 impl Dechunker {
-    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    /// Appends the payload bytes of `input` to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
             if self.skip_crlf > 0 {
                 let n = self.skip_crlf.min(input.len());

@@ -6,15 +6,14 @@
 //! count, and talks to the parent over stdout lines:
 //! `failed <i>` for each subscriber it could not open, `ready`, then
 //! `n <data lines seen>` every 100 ms; when the parent closes the worker's
-//! stdin, the worker prints its [`Recorder::export`] lines and `end`.
+//! stdin, the worker prints what it recorded (the scenario's export lines,
+//! e.g. [`crate::record::Recorder::export`]) and `end`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
-
-use crate::record::Recorder;
 
 /// A worker process seen from the parent.
 pub struct Worker {
@@ -75,22 +74,22 @@ impl Worker {
         }
     }
 
-    /// Tells the worker to stop and merges what it recorded.
-    pub fn finish(mut self, recorder: &mut Recorder) {
+    /// Tells the worker to stop and hands each line it exported to `merge`.
+    pub fn finish(mut self, mut merge: impl FnMut(&str)) {
         drop(self.stdin.take());
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
             if line == "end" {
                 break;
             }
-            recorder.merge_line(&line);
+            merge(&line);
         }
         let _ = self.child.wait();
     }
 }
 
 /// The worker side: announces failures and readiness, reports progress
-/// until stdin closes, then exports `recorder`.
-pub async fn serve(failed: &[usize], recorder: &std::cell::RefCell<Recorder>, seen: impl Fn() -> u64) {
+/// until stdin closes, then prints the lines of `export`.
+pub async fn serve(failed: &[usize], seen: impl Fn() -> u64, export: impl FnOnce() -> Vec<String>) {
     let mut out = std::io::stdout().lock();
     for index in failed {
         let _ = writeln!(out, "failed {index}");
@@ -109,7 +108,7 @@ pub async fn serve(failed: &[usize], recorder: &std::cell::RefCell<Recorder>, se
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut out = std::io::stdout().lock();
-    for line in recorder.borrow().export() {
+    for line in export() {
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "end");
