@@ -213,6 +213,10 @@ impl Sequencer {
     /// The stream of `p` from the last fetch's `from` on: `entries` as read.
     pub fn on_range(&mut self, p: u16, entries: Vec<(u64, Bytes)>, out: &mut Vec<Action>) {
         let part = &mut self.partitions[p as usize];
+        if !part.fetching {
+            // Not asked for (a reply to a fetch from before a reset): ignore.
+            return;
+        }
         part.fetching = false;
         let full = entries.len() >= super::log::RANGE_COUNT;
         for (seq, entry) in entries {

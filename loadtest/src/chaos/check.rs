@@ -101,6 +101,9 @@ pub struct Tally {
     pub gap_notices: u64,
 }
 
+/// Lost messages described on stderr when `CHAOS_SHOW_LOST` is set.
+const EXAMPLES_SHOWN: u64 = 10;
+
 /// Classifies what every subscriber saw; `seen[i]` is subscriber `i`.
 pub fn check(cast: &Cast, sent: &[Sent], seen: &[Seen], rules: &Rules) -> Tally {
     let mut by_user = vec![Vec::new(); cast.subscribers];
@@ -184,6 +187,19 @@ pub fn check(cast: &Cast, sent: &[Sent], seen: &[Seen], rules: &Rules) -> Tally 
                         if covers.iter().any(|&(from, to)| acked > from && m.first_sent_ns < to) {
                             tally.gap_announced += 1;
                         } else {
+                            if tally.lost < EXAMPLES_SHOWN && std::env::var_os("CHAOS_SHOW_LOST").is_some() {
+                                let rel = |ns: u64| ns.saturating_sub(rules.origin_ns) as f64 / 1e6;
+                                eprintln!(
+                                    "lost: subscriber {i} message {seq} kind {kind} first sent {:.1} ms acked {:.1} ms; \
+                                     subscriber connected {:.1} ms, {} connects, {} received, gaps {:?}",
+                                    rel(m.first_sent_ns),
+                                    rel(acked),
+                                    rel(connected_ns),
+                                    seen.connects,
+                                    seen.received.len(),
+                                    seen.gaps.iter().map(|g| (g.after, rel(g.at_ns))).collect::<Vec<_>>(),
+                                );
+                            }
                             tally.lost += 1;
                             tally.lost_by_kind[kind] += 1;
                             *tally.lost_by_second.entry(second(rules, acked)).or_default() += 1;

@@ -1,0 +1,18 @@
+//! A bus log entry comes from Redis, which anything holding its password can
+//! write to: `wire::decode` must refuse any input it does not fully
+//! understand, never panic, and what it accepts must encode back to the
+//! same bytes.
+#![no_main]
+
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use ssekify::bus::wire;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(entry) = wire::decode(Bytes::copy_from_slice(data)) else { return };
+    let mut again = BytesMut::from(&wire::header(entry.instance, entry.token)[..]);
+    for m in &entry.messages {
+        again.extend_from_slice(&wire::message(&m.target, &m.id, m.event.as_deref(), &m.data));
+    }
+    assert_eq!(&again[..], data, "an accepted entry encodes back to itself");
+});

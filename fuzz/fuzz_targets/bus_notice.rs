@@ -1,0 +1,63 @@
+//! Notifications and log reads come from Redis: parsing them must never
+//! panic, whatever the bytes, and the sequencer fed with them must keep its
+//! promise: within one run of a partition's log (between gaps) it applies
+//! each sequence at most once, in increasing order.
+//!
+//! Input: lines, each for partition `line number % 2`: `r<bytes>` answers
+//! the partition's outstanding fetch (entries from the fetch's start plus a
+//! trimmed prefix, spaced by the bytes), `d` drops the connection, `s<byte>`
+//! reports the log state, anything else is parsed as a notification.
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use ssekify::bus::log;
+use ssekify::bus::sequencer::{Action, Sequencer};
+
+fuzz_target!(|data: &[u8]| {
+    let mut sequencer = Sequencer::new(2);
+    let mut actions = Vec::new();
+    sequencer.on_state(0, Some("e".into()), 0, &mut actions);
+    sequencer.on_state(1, None, 0, &mut actions);
+    let mut applied: [Option<u64>; 2] = [None, None];
+    let mut fetch: [Option<u64>; 2] = [None, None];
+    for (n, line) in data.split(|&b| b == b'\n').enumerate() {
+        let partition = (n % 2) as u16;
+        match line.first() {
+            Some(b'r') => {
+                let Some(from) = fetch[partition as usize].take() else { continue };
+                let mut seq = from + u64::from(line.get(1).copied().unwrap_or(0) % 3);
+                let entries = line.iter().skip(2).map(|b| {
+                    let entry = (seq, Bytes::from_static(b"x"));
+                    seq += u64::from(*b % 2) + 1;
+                    entry
+                });
+                sequencer.on_range(partition, entries.collect(), &mut actions);
+            }
+            Some(b'd') => {
+                sequencer.disconnected();
+                fetch = [None, None];
+            }
+            Some(b's') => {
+                let seq = line.get(1).copied().unwrap_or(0).into();
+                sequencer.on_state(partition, Some("e".into()), seq, &mut actions);
+            }
+            _ => {
+                if let Some(notice) = log::parse_notice(Bytes::copy_from_slice(line)) {
+                    sequencer.on_notice(partition, notice.epoch, notice.seq, notice.entry, &mut actions);
+                }
+            }
+        }
+        for action in actions.drain(..) {
+            match action {
+                Action::Apply { partition, seq, .. } => {
+                    let last = &mut applied[partition as usize];
+                    assert!(last.is_none_or(|last| seq > last), "applied {seq} after {last:?}");
+                    *last = Some(seq);
+                }
+                Action::Gap { partition } => applied[partition as usize] = None,
+                Action::Fetch { partition, from } => fetch[partition as usize] = Some(from),
+            }
+        }
+    }
+});
