@@ -9,9 +9,9 @@
 //! can contain, so one rule covers all of them and no two keys collide:
 //! a default key has no NUL, and a tenant key's first NUL ends the tenant.
 //!
-//! Internal keys stay inside the process: stats count them, the shards index
-//! by them, but answers, logs and the bus carry plain names (the bus names the
-//! tenant by its channel, `<channel>:tenant:<tenant>`).
+//! Internal keys stay inside ssekify: stats count them, the shards index by
+//! them and the bus log carries them between instances, but answers and logs
+//! carry plain names.
 
 use std::borrow::Cow;
 

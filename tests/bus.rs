@@ -7,8 +7,10 @@
 //! stopping and coming back (503 `bus_unavailable`, `/readyz`, no
 //! redelivery); `scope=local`; Sentinel failover; Cluster; `rediss://`
 //! (TLS with a private CA, a wrong CA, a client certificate, a TLS Cluster,
-//! Sentinel failover over TLS, unusable certificate files); RESP3; tenants on
-//! their own channels (pattern and listed).
+//! Sentinel failover over TLS, unusable certificate files); RESP3; tenants
+//! apart on the shared log (all, and listed); a Cluster's partitions spread
+//! over every node; a Cluster master failover. Faults under steady traffic
+//! are in `bus_faults.rs`.
 //!
 //! Needs `redis-server`, `redis-cli` (and `redis-sentinel`) on PATH; without
 //! them each test prints why and passes, unless `SSEKIFY_REQUIRE_REDIS=1`.

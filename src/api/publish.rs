@@ -5,8 +5,7 @@
 //! recipient. A batch is validated whole before anything is delivered. With
 //! an `Idempotency-Key`, a retry gets the first answer and delivers nothing.
 //! Every route publishes into one namespace: the default one, or a tenant's
-//! (`/v1/t/{tenant}/…`), whose targets, idempotency keys and bus channel are
-//! its own.
+//! (`/v1/t/{tenant}/…`), whose targets and idempotency keys are its own.
 
 use std::collections::HashMap;
 use std::future::Future;
