@@ -896,46 +896,90 @@ fn resp3_instances_deliver_to_each_other() {
     assert_eq!(bus(&b)["received"], json!(1));
 }
 
-/// A publisher that got a 503 because Redis's acknowledgement was lost retries
-/// with the same id: the other instances, which did receive the first attempt,
-/// must not deliver it twice.
+/// A publisher that got a 503 (Redis's acknowledgement lost) retries with the
+/// same id, on the same instance or another: the log recognises the retry, no
+/// instance delivers it twice, and the answer says so.
 #[test]
-fn a_retry_with_the_same_id_is_not_delivered_twice_on_other_instances() {
+fn a_retry_with_the_same_id_is_delivered_once_on_every_instance() {
     if !require_redis() {
         return;
     }
     let redis = RedisServer::start(&[]);
     let a = instance(None, &redis.url(), &[]);
     let b = instance(None, &redis.url(), &[]);
+    let mut a_user = subscribe(&a, &sse_path("rt", &["lobby"]), 1);
     let mut b_user = subscribe(&b, &sse_path("rt", &["lobby"]), 1);
-    for attempt in 0..2 {
-        ok_json(publish_user(a.api, "rt", "order shipped", "id=order-42"));
-        ok_json(publish_room(a.api, "lobby", "room news", "id=room-7"));
-        ok_json(broadcast(a.api, "for all", "id=all-3"));
+    let expected =
+        vec![ev("order-42", None, "order shipped"), ev("room-7", None, "room news"), ev("all-3", None, "for all")];
+    for (attempt, api) in [a.api, a.api, b.api].into_iter().enumerate() {
+        let answers = [
+            ok_json(publish_user(api, "rt", "order shipped", "id=order-42")),
+            ok_json(publish_room(api, "lobby", "room news", "id=room-7")),
+            ok_json(broadcast(api, "for all", "id=all-3")),
+        ];
+        for answer in &answers {
+            if attempt == 0 {
+                assert_eq!(answer.get("duplicate"), None, "first attempt: {answer}");
+            } else {
+                assert_eq!(answer["duplicate"], json!(true), "retry {attempt}: {answer}");
+                assert_eq!(answer["delivered"], json!(0), "retry {attempt}: {answer}");
+            }
+        }
         if attempt == 0 {
-            assert_eq!(
-                take(&mut b_user, 3, "B user"),
-                vec![
-                    ev("order-42", None, "order shipped"),
-                    ev("room-7", None, "room news"),
-                    ev("all-3", None, "for all")
-                ]
-            );
+            assert_eq!(take(&mut a_user, 3, "A user"), expected);
+            assert_eq!(take(&mut b_user, 3, "B user"), expected);
         }
     }
-    ok_json(publish_user(a.api, "rt", "next", "id=order-43"));
+    ok_json(publish_user(b.api, "rt", "next", "id=order-43"));
+    assert_eq!(take(&mut a_user, 1, "A user after the retries"), vec![ev("order-43", None, "next")]);
     assert_eq!(take(&mut b_user, 1, "B user after the retries"), vec![ev("order-43", None, "next")]);
 }
 
+/// A batch retried with the same `Idempotency-Key` on another instance (which
+/// has not seen the key) is recognised by the log: delivered once everywhere,
+/// answered with the ids the first attempt was given.
+#[test]
+fn an_idempotency_key_retried_on_another_instance_is_delivered_once() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let mut on_a = subscribe(&a, &sse_path("ik", &[]), 1);
+    let mut on_b = subscribe(&b, &sse_path("ik", &[]), 1);
+    let batch = json!({ "messages": [{ "user": "ik", "data": "one" }, { "all": true, "data": "two" }] });
+    let post = |server: &Server| {
+        ok_json(http(
+            server.api,
+            "POST",
+            "/v1/publish",
+            &[("Content-Type", "application/json"), ("Idempotency-Key", "order-9-batch")],
+            batch.to_string().as_bytes(),
+        ))
+    };
+    let first = post(&a);
+    let ids: Vec<String> = first["results"].as_array().unwrap().iter().map(id_of).collect();
+    let expected = vec![ev(&ids[0], None, "one"), ev(&ids[1], None, "two")];
+    assert_eq!(take(&mut on_a, 2, "A"), expected);
+    assert_eq!(take(&mut on_b, 2, "B"), expected);
+
+    let retry = post(&b);
+    for (result, id) in retry["results"].as_array().unwrap().iter().zip(&ids) {
+        assert_eq!(result["duplicate"], json!(true), "{retry}");
+        assert_eq!(&id_of(result), id, "the retry is told the first attempt's ids: {retry}");
+    }
+    assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(400));
+}
+
 // ---------------------------------------------------------------------------
-// Tenants: each on `<channel>:tenant:<tenant>`
+// Tenants: apart on the shared log
 // ---------------------------------------------------------------------------
 
 /// A tenant's publish on one instance reaches that tenant's subscribers on
 /// the other, once, and never the same-named user or room of the default
-/// namespace or of another tenant. A subscribes to every tenant channel by
-/// pattern (no `--tenants`), B to the ones `--tenants` lists. In RESP2 and
-/// RESP3 (where pattern messages arrive as pushes).
+/// namespace or of another tenant. A takes every tenant (no `--tenants`), B
+/// the ones `--tenants` lists. In RESP2 and RESP3.
 #[test]
 fn tenant_messages_cross_instances_and_stay_in_their_namespaces() {
     if !require_redis() {
