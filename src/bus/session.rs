@@ -35,6 +35,11 @@ const TICK: Duration = Duration::from_millis(100);
 const BATCH: usize = 256;
 /// An acknowledged own entry whose notification has not come after this is read from the stream.
 const NOTICE_OVERDUE: Duration = Duration::from_millis(250);
+/// Events read and not yet handled beyond which the readers stop reading:
+/// a bus thread held up by full shard inboxes then pushes back on Redis
+/// (which may cut the subscription; the log covers it) instead of growing
+/// without bound.
+const EVENTS_MAX: usize = 16 * 1024;
 
 /// What the reader tasks report.
 enum Event {
@@ -54,6 +59,8 @@ struct Events {
     /// Set when the session ends: reader tasks stop.
     stopped: Cell<bool>,
     stop_wakers: RefCell<Vec<Waker>>,
+    /// Readers waiting for the queue to drain below [`EVENTS_MAX`].
+    room_wakers: RefCell<Vec<Waker>>,
 }
 
 impl Events {
@@ -73,7 +80,22 @@ impl Events {
                 return Poll::Pending;
             }
             out.extend(queue.drain(..));
+            for waker in self.room_wakers.borrow_mut().drain(..) {
+                waker.wake();
+            }
             Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Waits until the queue has room for more events.
+    async fn room(&self) {
+        std::future::poll_fn(|cx| {
+            if self.queue.borrow().len() < EVENTS_MAX {
+                return Poll::Ready(());
+            }
+            self.room_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
         })
         .await
     }
@@ -106,6 +128,10 @@ fn spawn_reader(
     let events = events.clone();
     monoio::spawn(async move {
         loop {
+            monoio::select! {
+                _ = events.room() => {}
+                _ = events.stopped() => return,
+            }
             monoio::select! {
                 reply = reader.next() => {
                     let failed = reply.is_err();
