@@ -6,7 +6,13 @@
 //! - **expected**: acknowledged (`200`), addressed to the subscriber (its
 //!   user, one of its rooms, or everyone), first sent after its first stream
 //!   was open, and acknowledged by the window's end (end of publishing minus
-//!   the settle time).
+//!   the settle time) — except what may have been published while it was
+//!   away with nothing to resume from: a stream that ends before any message
+//!   arrived leaves no `Last-Event-ID`, and the next one starts from live
+//!   messages, as a browser's would. Those are the messages acknowledged
+//!   after the stream before ended (less the order tolerance: one
+//!   acknowledged earlier had time to arrive) and first sent before the new
+//!   one opened.
 //! - **delivered once**: received exactly once across its connections.
 //! - **gap-announced**: never received, but an `ssekify.gap` notice covers it.
 //!   A notice covers what could have followed, in the bus's order, the last
@@ -54,7 +60,8 @@ pub struct Rules {
     pub origin_ns: u64,
     /// Messages acknowledged after this are not expected.
     pub window_end_ns: u64,
-    /// See "out of order" in the module docs.
+    /// See "out of order" in the module docs; also how long a message may
+    /// still be on its way after its acknowledgement (see "expected").
     pub order_tolerance_ns: u64,
 }
 
@@ -124,9 +131,15 @@ pub fn check(cast: &Cast, sent: &[Sent], seen: &[Seen], rules: &Rules) -> Tally 
         };
         tally.subscribers_checked += 1;
         tally.gap_notices += seen.gaps.len() as u64;
+        let away = |m: &Sent, acked: u64| {
+            seen.fresh_starts.iter().any(|fresh| {
+                acked > fresh.closed_ns.saturating_sub(rules.order_tolerance_ns) && m.first_sent_ns < fresh.opened_ns
+            })
+        };
         let expected = |seq: u32| {
             let m = &sent[seq as usize];
-            m.first_sent_ns >= connected_ns && m.acked_ns.is_some_and(|at| at <= rules.window_end_ns)
+            m.first_sent_ns >= connected_ns
+                && m.acked_ns.is_some_and(|acked| acked <= rules.window_end_ns && !away(m, acked))
         };
         let mut sorted = seen.received.clone();
         sorted.sort_unstable();
@@ -279,7 +292,7 @@ fn second(rules: &Rules, ns: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::seen::Gap;
+    use super::super::seen::{FreshStart, Gap};
     use super::*;
 
     const MS: u64 = 1_000_000;
@@ -360,6 +373,27 @@ mod tests {
         let tally = check(&cast, &sent, &[seen], &rules);
         assert_eq!((tally.expected, tally.delivered_once, tally.lost), (2, 2, 0));
         assert_eq!(tally.outside_window, 1);
+    }
+
+    /// The chaos run's early subscribers: the first stream of one that
+    /// connects during the ramp may end before publishing starts, having
+    /// received nothing; it reconnects after `retry:` without an id.
+    #[test]
+    fn nothing_is_owed_while_away_with_no_id_to_resume_from() {
+        let cast = Cast::new(1, 1, 0);
+        let sent = ledger(&[Target::All; 6]);
+        let mut seen = connected(&[3, 4, 5], &[]);
+        // Closed at 990 ms, reopened without Last-Event-ID at 1,250 ms: 0-2
+        // (sent 1,000-1,200 ms) went out while it was away.
+        seen.fresh_starts = vec![FreshStart { closed_ns: 990 * MS, opened_ns: 1_250 * MS }];
+        let tally = check(&cast, &sent, &[seen.clone()], &rules());
+        assert_eq!((tally.expected, tally.delivered_once, tally.lost), (3, 3, 0));
+        // Closed at 1,130 ms: 0 (acknowledged at 1,005 ms) had time to arrive
+        // on the stream before, which got nothing: lost. 1 (at 1,105 ms) was
+        // within the tolerance of the close.
+        seen.fresh_starts = vec![FreshStart { closed_ns: 1_130 * MS, opened_ns: 1_250 * MS }];
+        let tally = check(&cast, &sent, &[seen], &rules());
+        assert_eq!((tally.expected, tally.delivered_once, tally.lost), (4, 3, 1));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use super::plan::{parse_id, Cast, Rng};
-use super::seen::{Gap, Seen};
+use super::seen::{FreshStart, Gap, Seen};
 use super::sse::{Event, Parser};
 use crate::record::now_nanos;
 use crate::subscriber::{self, Dechunker};
@@ -62,6 +62,8 @@ struct Browser {
     parser: Parser,
     /// What a browser would send as `Last-Event-ID`.
     last_id: Option<String>,
+    /// When its last stream ended, if one did.
+    closed_ns: Option<u64>,
 }
 
 /// Runs logical subscriber `index` (local slot `slot`) forever, starting after `delay`.
@@ -70,7 +72,7 @@ pub async fn run(clients: Rc<Clients>, index: usize, slot: usize, delay: Duratio
     let mut rng = Rng::new(clients.seed, 3 << 40 | index as u64);
     let source = (!clients.source_ips.is_empty()).then(|| clients.source_ips[index % clients.source_ips.len()]);
     let path = format!("{}?{}", clients.path, clients.cast.query(index));
-    let mut browser = Browser { slot, parser: Parser::default(), last_id: None };
+    let mut browser = Browser { slot, parser: Parser::default(), last_id: None, closed_ns: None };
     loop {
         let instance = clients.instances[rng.below(clients.instances.len())];
         let headers = browser.last_id.as_ref().map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
@@ -79,9 +81,13 @@ pub async fn run(clients: Rc<Clients>, index: usize, slot: usize, delay: Duratio
             {
                 let mut seen = clients.seen.borrow_mut();
                 let seen = &mut seen[slot];
+                let opened_ns = now_nanos();
                 if seen.first_connected_ns.is_none() {
-                    seen.first_connected_ns = Some(now_nanos());
+                    seen.first_connected_ns = Some(opened_ns);
                     clients.connected_once.set(clients.connected_once.get() + 1);
+                }
+                if let (None, Some(closed_ns)) = (&browser.last_id, browser.closed_ns) {
+                    seen.fresh_starts.push(FreshStart { closed_ns, opened_ns });
                 }
                 seen.connects += 1;
                 seen.resumes += u32::from(browser.last_id.is_some());
@@ -90,6 +96,7 @@ pub async fn run(clients: Rc<Clients>, index: usize, slot: usize, delay: Duratio
             let lifetime = clients.lifetime.0 + rng.unit() * (clients.lifetime.1 - clients.lifetime.0).max(0.0);
             clients.open.set(clients.open.get() + 1);
             read(&clients, &mut browser, stream, rest, chunked, lifetime).await;
+            browser.closed_ns = Some(now_nanos());
             clients.open.set(clients.open.get() - 1);
         } else {
             clients.seen.borrow_mut()[slot].connect_failures += 1;
@@ -121,7 +128,7 @@ async fn read(
         } else {
             input
         };
-        let Browser { slot, parser, last_id } = browser;
+        let Browser { slot, parser, last_id, .. } = browser;
         parser.feed(input, |event| on_event(clients, *slot, event, last_id));
     };
     feed(&rest, browser);

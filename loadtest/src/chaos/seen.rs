@@ -10,6 +10,17 @@ pub struct Gap {
     pub at_ns: u64,
 }
 
+/// A reconnection without `Last-Event-ID` (no message had reached the
+/// subscriber yet): a browser then gets only what is published after it, so
+/// nothing published while it was away is owed to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreshStart {
+    /// When the stream before ended, wall-clock nanoseconds.
+    pub closed_ns: u64,
+    /// When the new stream's response head arrived.
+    pub opened_ns: u64,
+}
+
 /// One logical subscriber's observations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
@@ -22,6 +33,8 @@ pub struct Seen {
     pub received: Vec<u32>,
     /// Gap notices, in arrival order.
     pub gaps: Vec<Gap>,
+    /// Reconnections with nothing to resume from, in order.
+    pub fresh_starts: Vec<FreshStart>,
     /// Streams opened (answered 200).
     pub connects: u32,
     /// Attempts refused or failed (connect error, non-200, no head).
@@ -39,13 +52,14 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// `seen <index> <first|-> <counters…> r:<seq,…> g:<after@ns,…>`.
+    /// `seen <index> <first|-> <counters…> r:<seq,…> g:<after@ns,…> f:<closed@opened,…>`.
     pub fn to_line(&self, index: usize) -> String {
         let first = self.first_connected_ns.map_or("-".to_owned(), |ns| ns.to_string());
         let received: Vec<String> = self.received.iter().map(u32::to_string).collect();
         let gaps: Vec<String> = self.gaps.iter().map(|g| format!("{}@{}", g.after, g.at_ns)).collect();
+        let fresh: Vec<String> = self.fresh_starts.iter().map(|f| format!("{}@{}", f.closed_ns, f.opened_ns)).collect();
         format!(
-            "seen {index} {first} {} {} {} {} {} {} {} r:{} g:{}",
+            "seen {index} {first} {} {} {} {} {} {} {} r:{} g:{} f:{}",
             self.connects,
             self.connect_failures,
             self.resumes,
@@ -54,7 +68,8 @@ impl Seen {
             self.controls_with_id,
             self.foreign,
             received.join(","),
-            gaps.join(",")
+            gaps.join(","),
+            fresh.join(",")
         )
     }
 
@@ -77,10 +92,15 @@ impl Seen {
         };
         let received = fields.next()?.strip_prefix("r:")?;
         let gaps = fields.next()?.strip_prefix("g:")?;
+        let fresh = fields.next()?.strip_prefix("f:")?;
         seen.received = received.split(',').filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_, _>>().ok()?;
         for gap in gaps.split(',').filter(|s| !s.is_empty()) {
             let (after, at) = gap.split_once('@')?;
             seen.gaps.push(Gap { after: after.parse().ok()?, at_ns: at.parse().ok()? });
+        }
+        for start in fresh.split(',').filter(|s| !s.is_empty()) {
+            let (closed, opened) = start.split_once('@')?;
+            seen.fresh_starts.push(FreshStart { closed_ns: closed.parse().ok()?, opened_ns: opened.parse().ok()? });
         }
         Some((index, seen))
     }
@@ -96,6 +116,10 @@ mod tests {
             first_connected_ns: Some(1_700_000_000_123_456_789),
             received: vec![3, 1, 3],
             gaps: vec![Gap { after: 2, at_ns: 1_700_000_001_000_000_000 }],
+            fresh_starts: vec![FreshStart {
+                closed_ns: 1_700_000_000_200_000_000,
+                opened_ns: 1_700_000_000_300_000_000,
+            }],
             connects: 4,
             connect_failures: 1,
             resumes: 3,
