@@ -4,7 +4,8 @@
 //! freezes (`kill -STOP`), sleeps (`DEBUG SLEEP`), drops the subscriptions
 //! (`CLIENT KILL TYPE pubsub`, a tiny `client-output-buffer-limit`), or
 //! restarts with and without persistence (without: exactly one `ssekify.gap`
-//! with reason `bus`), or fails over under Sentinel (at most one gap, which
+//! with reason `bus`), comes back from an older snapshot (one gap, then
+//! every message: the log gets a new epoch instead of reusing numbers), or fails over under Sentinel (at most one gap, which
 //! covers what the old master had not replicated). Also a 100,000-message
 //! batch crossing whole.
 //!
@@ -388,6 +389,35 @@ fn a_redis_restart_without_persistence_is_one_gap_then_every_message() {
     for server in &tier.instances {
         assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
     }
+}
+
+#[test]
+fn a_redis_restored_from_an_older_snapshot_is_one_gap_then_every_message() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier| {
+            // A snapshot, a second of acknowledged messages after it, and a
+            // crash: Redis comes back with the snapshot, its logs behind what
+            // the instances applied, and would give out those sequence
+            // numbers again.
+            assert_eq!(tier.redis.cli(&["SAVE"]).as_deref().map(str::trim), Some("OK"));
+            std::thread::sleep(Duration::from_secs(1));
+            tier.redis.restart();
+        },
+        1,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["gaps"].as_u64() >= Some(1), "the lost tail is a gap: {}", bus(server));
+    }
+    assert!(
+        tier.instances.iter().any(|server| server.logs().contains("bus log went back")),
+        "the first instance back started a new epoch"
+    );
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //!
 //! Input: lines, each for partition `line number % 2`: `r<bytes>` answers
 //! the partition's outstanding fetch (entries from the fetch's start plus a
-//! trimmed prefix, spaced by the bytes), `d` drops the connection, `s<byte>`
-//! reports the log state, anything else is parsed as a notification.
+//! trimmed prefix, spaced by the bytes), `d` drops the connection,
+//! `s<seq><epoch><base>` reports the log state (after a Sync or Rebase, or
+//! out of the blue), anything else is parsed as a notification.
 #![no_main]
 
 use bytes::Bytes;
@@ -17,8 +18,8 @@ use ssekify::bus::sequencer::{Action, Sequencer};
 fuzz_target!(|data: &[u8]| {
     let mut sequencer = Sequencer::new(2);
     let mut actions = Vec::new();
-    sequencer.on_state(0, Some("e".into()), 0, &mut actions);
-    sequencer.on_state(1, None, 0, &mut actions);
+    sequencer.on_state(0, Some("e".into()), 0, 1, &mut actions);
+    sequencer.on_state(1, None, 0, 1, &mut actions);
     let mut applied: [Option<u64>; 2] = [None, None];
     let mut fetch: [Option<u64>; 2] = [None, None];
     for (n, line) in data.split(|&b| b == b'\n').enumerate() {
@@ -39,8 +40,11 @@ fuzz_target!(|data: &[u8]| {
                 fetch = [None, None];
             }
             Some(b's') => {
-                let seq = line.get(1).copied().unwrap_or(0).into();
-                sequencer.on_state(partition, Some("e".into()), seq, &mut actions);
+                // A log state: epoch `e` or `f`, a sequence, a base at or below it.
+                let seq: u64 = line.get(1).copied().unwrap_or(0).into();
+                let epoch = if line.get(2).is_some_and(|b| b % 2 == 1) { "f" } else { "e" };
+                let base = line.get(3).map_or(1, |b| u64::from(*b).min(seq).max(1));
+                sequencer.on_state(partition, Some(epoch.into()), seq, base, &mut actions);
             }
             _ => {
                 if let Some(notice) = log::parse_notice(Bytes::copy_from_slice(line)) {
@@ -57,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Action::Gap { partition } => applied[partition as usize] = None,
                 Action::Fetch { partition, from } => fetch[partition as usize] = Some(from),
+                Action::Sync { .. } | Action::Rebase { .. } => {}
             }
         }
     }

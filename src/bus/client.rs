@@ -54,7 +54,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         own: apply::OwnAppends::default(),
         keys: (0..bus.partitions).map(|p| PartitionKeys::new(&bus.channel, p)).collect(),
         settings: AppendSettings { history: bus.history, window_ms: bus.dedupe_window.as_millis() as u64 },
-        epoch_candidate: format!("{:08x}{:08x}", crate::sse::id::random_instance(), crate::sse::id::random_instance()),
+        epoch_candidate: super::new_epoch(),
     };
     let mut first = true;
     loop {

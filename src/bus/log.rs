@@ -4,8 +4,9 @@
 //! Each partition `p` of channel `c` has three things, all hash-tagged
 //! `{c:p}` so a Redis Cluster keeps them on one slot and the append runs as
 //! one script there:
-//! - `{c:p}:meta`, a hash: `epoch` (a random id made when the log is created)
-//!   and `seq` (the last sequence number given out);
+//! - `{c:p}:meta`, a hash: `epoch` (a random id made when the log is created
+//!   or [rebased](REBASE)), `base` (the epoch's first sequence number) and
+//!   `seq` (the last sequence number given out);
 //! - `{c:p}:log`, a Stream of entries with ids `<seq>-0`, trimmed to about
 //!   `--bus-history` entries;
 //! - `{c:p}:n`, the Pub/Sub channel notified of each append.
@@ -32,6 +33,7 @@ pub const APPEND: &str = r#"
 local meta, log = KEYS[1], KEYS[2]
 if redis.call('HSETNX', meta, 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', log)
+  redis.call('HSET', meta, 'base', 1)
 end
 local epoch = redis.call('HGET', meta, 'epoch')
 local kept, dups, n = {ARGV[6]}, {}, 0
@@ -61,6 +63,19 @@ if #entry <= tonumber(ARGV[4]) then note = note .. entry end
 local reply = {seq, epoch, redis.call('PUBLISH', ARGV[3], note)}
 for _, v in ipairs(dups) do reply[#reply + 1] = v end
 return reply
+"#;
+
+/// Starts a new epoch at the log's next sequence, if the epoch is still
+/// `ARGV[1]` (another instance may have done it already): a log that went
+/// back must not give out numbers instances applied as other entries.
+/// KEYS: meta. ARGV: old epoch, new epoch. Returns `{epoch, seq, base}`.
+pub const REBASE: &str = r#"
+local meta = KEYS[1]
+if redis.call('HGET', meta, 'epoch') == ARGV[1] then
+  local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
+  redis.call('HSET', meta, 'epoch', ARGV[2], 'base', seq + 1)
+end
+return redis.call('HMGET', meta, 'epoch', 'seq', 'base')
 "#;
 
 /// Entries up to this size travel inside the notification; larger ones are
@@ -209,20 +224,43 @@ pub fn parse_notice(payload: Bytes) -> Option<Notice> {
     (seq > 0 && !epoch.is_empty()).then(|| Notice { epoch, seq, entry: (!entry.is_empty()).then_some(entry) })
 }
 
-/// `HMGET meta epoch seq`: where a partition's log stands.
+/// `HMGET meta epoch seq base`: where a partition's log stands.
 pub fn state_command(out: &mut BytesMut, keys: &PartitionKeys) {
-    resp::command(out, &[b"HMGET", keys.meta.as_bytes(), b"epoch", b"seq"]);
+    resp::command(out, &[b"HMGET", keys.meta.as_bytes(), b"epoch", b"seq", b"base"]);
 }
 
-/// The log's epoch (`None`: no log yet) and last sequence.
-pub fn parse_state(reply: &Reply) -> Result<(Option<String>, u64), String> {
+/// `EVAL REBASE` from `epoch` to `new_epoch`; answered like [`state_command`].
+pub fn rebase_command(out: &mut BytesMut, keys: &PartitionKeys, epoch: &str, new_epoch: &str) {
+    resp::command(
+        out,
+        &[b"EVAL", REBASE.as_bytes(), b"1", keys.meta.as_bytes(), epoch.as_bytes(), new_epoch.as_bytes()],
+    );
+}
+
+/// Where a log stands: its epoch (`None`: no log yet), last sequence, and the
+/// epoch's first sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogState {
+    /// The epoch.
+    pub epoch: Option<String>,
+    /// The last sequence given out.
+    pub seq: u64,
+    /// The epoch's first sequence.
+    pub base: u64,
+}
+
+/// Reads the answer to [`state_command`] or [`rebase_command`].
+pub fn parse_state(reply: &Reply) -> Result<LogState, String> {
     match reply {
-        Reply::Array(items) if items.len() == 2 => {
-            let epoch = items[0].text().map(str::to_owned);
-            let seq = items[1].text().and_then(|s| s.parse().ok()).unwrap_or(0);
-            Ok((epoch, seq))
+        Reply::Array(items) if items.len() == 3 => {
+            let number = |item: &Reply| item.text().and_then(|s| s.parse().ok());
+            Ok(LogState {
+                epoch: items[0].text().map(str::to_owned),
+                seq: number(&items[1]).unwrap_or(0),
+                base: number(&items[2]).unwrap_or(1),
+            })
         }
-        other => Err(format!("unexpected reply to HMGET of the log state: {other:?}")),
+        other => Err(format!("unexpected reply to a read of the log state: {other:?}")),
     }
 }
 
@@ -299,7 +337,13 @@ mod tests {
         assert_eq!(parse_range(&range).unwrap(), vec![(9, Bytes::from_static(b"x"))]);
         let odd = Reply::Array(vec![Reply::Array(vec![text("9-1"), Reply::Array(vec![text("e"), text("x")])])]);
         assert!(parse_range(&odd).is_err());
-        assert_eq!(parse_state(&Reply::Array(vec![Reply::Null, Reply::Null])).unwrap(), (None, 0));
-        assert_eq!(parse_state(&Reply::Array(vec![text("e1"), text("12")])).unwrap(), (Some("e1".into()), 12));
+        assert_eq!(
+            parse_state(&Reply::Array(vec![Reply::Null, Reply::Null, Reply::Null])).unwrap(),
+            LogState { epoch: None, seq: 0, base: 1 }
+        );
+        assert_eq!(
+            parse_state(&Reply::Array(vec![text("e1"), text("12"), text("5")])).unwrap(),
+            LogState { epoch: Some("e1".into()), seq: 12, base: 5 }
+        );
     }
 }

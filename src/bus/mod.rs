@@ -255,6 +255,12 @@ impl Bus {
     }
 }
 
+/// A fresh random epoch id (hex, so it never contains the notification's `:`).
+pub fn new_epoch() -> String {
+    let random = crate::sse::id::random_instance;
+    format!("{:08x}{:08x}", random(), random())
+}
+
 /// One message for the bus: its local delivery (frame encoded once) and
 /// what the log needs to carry it to other instances.
 #[derive(Debug)]

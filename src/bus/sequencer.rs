@@ -8,9 +8,17 @@
 //! missing range is read from the stream ([`Action::Fetch`]) and applied
 //! before anything newer. After a reconnect every partition is synced
 //! ([`Sequencer::on_state`]) before its notifications count. What the stream
-//! no longer holds (trimmed, or a log that started over under a new epoch,
-//! or went back to an older sequence after a failover) becomes one
-//! [`Action::Gap`] for the partition, then the log goes on from what exists.
+//! no longer holds (trimmed, or a log that started over under a new epoch)
+//! becomes one [`Action::Gap`] for the partition, then the log goes on from
+//! what exists.
+//!
+//! A log that went back under the same epoch (Redis restored from an older
+//! snapshot, a failover to a replica without the tail) would give out
+//! sequence numbers again that instances already applied: the first instance
+//! to see it asks for a new epoch starting at the log's next sequence
+//! ([`Action::Rebase`]), so every instance, however late it reconnects, sees
+//! an epoch change instead of numbers it mistakes for old news. An epoch
+//! change starts from the log's `base`, its first sequence under that epoch.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +52,22 @@ pub enum Action {
     Gap {
         /// Partition.
         partition: u16,
+    },
+    /// Read the partition's log state again and report it with
+    /// [`Sequencer::on_state`] (a notification named an epoch this instance
+    /// does not know).
+    Sync {
+        /// Partition.
+        partition: u16,
+    },
+    /// The log went back under `epoch`: start a new epoch at its next
+    /// sequence (if it is still `epoch`) and report the state it then has
+    /// with [`Sequencer::on_state`].
+    Rebase {
+        /// Partition.
+        partition: u16,
+        /// The epoch that went back.
+        epoch: String,
     },
 }
 
@@ -129,11 +153,19 @@ impl Sequencer {
         }
     }
 
-    /// The log of `p` stands at `epoch`/`seq` (read after subscribing).
-    pub fn on_state(&mut self, p: u16, epoch: Option<String>, seq: u64, out: &mut Vec<Action>) {
+    /// True once every partition was synced since the last (re)connect:
+    /// before that, a publish could be given a sequence that a log which went
+    /// back reuses, so the bus is not live yet.
+    pub fn all_synced(&self) -> bool {
+        self.partitions.iter().all(|part| part.synced)
+    }
+
+    /// The log of `p` stands at `epoch`/`seq`, its first sequence under that
+    /// epoch being `base` (read after subscribing, or after a rebase).
+    pub fn on_state(&mut self, p: u16, epoch: Option<String>, seq: u64, base: u64, out: &mut Vec<Action>) {
         let part = &mut self.partitions[p as usize];
-        part.synced = true;
         part.newest = part.newest.max(seq);
+        let before_base = base.max(1) - 1;
         if !part.ever_synced {
             // A new instance owes its subscribers nothing from before it started.
             part.ever_synced = true;
@@ -143,11 +175,13 @@ impl Sequencer {
             match (&part.epoch, epoch) {
                 (Some(known), Some(now)) if *known == now => {
                     if seq < part.applied {
-                        // The log went back (a failover to a replica without the tail).
-                        out.push(Action::Gap { partition: p });
-                        part.applied = seq;
-                        part.newest = seq;
-                    } else if seq > part.applied {
+                        // The log went back: until it has a new epoch, this
+                        // partition waits (its notifications are held).
+                        part.synced = false;
+                        out.push(Action::Rebase { partition: p, epoch: now });
+                        return;
+                    }
+                    if seq > part.applied {
                         part.fetching = true;
                         out.push(Action::Fetch { partition: p, from: part.applied + 1 });
                     }
@@ -156,25 +190,27 @@ impl Sequencer {
                 (None, Some(now)) => {
                     // The log was created while we were away: all of it is new.
                     part.epoch = Some(now);
-                    part.applied = 0;
-                    if seq > 0 {
+                    part.applied = before_base;
+                    if seq > part.applied {
                         part.fetching = true;
-                        out.push(Action::Fetch { partition: p, from: 1 });
+                        out.push(Action::Fetch { partition: p, from: part.applied + 1 });
                     }
                 }
                 (Some(_), now) => {
                     out.push(Action::Gap { partition: p });
                     part.reset_announced = true;
                     part.epoch = now;
-                    part.applied = 0;
+                    part.applied = before_base;
                     part.newest = seq;
-                    if seq > 0 {
+                    part.held.clear();
+                    if seq > part.applied {
                         part.fetching = true;
-                        out.push(Action::Fetch { partition: p, from: 1 });
+                        out.push(Action::Fetch { partition: p, from: part.applied + 1 });
                     }
                 }
             }
         }
+        part.synced = true;
         for (epoch, seq, entry) in std::mem::take(&mut part.early) {
             self.on_notice(p, epoch, seq, entry, out);
         }
@@ -190,12 +226,11 @@ impl Sequencer {
         match &part.epoch {
             None => part.epoch = Some(epoch),
             Some(known) if *known != epoch => {
-                out.push(Action::Gap { partition: p });
-                part.reset_announced = true;
-                part.epoch = Some(epoch);
-                part.applied = 0;
-                part.newest = 0;
-                part.held.clear();
+                // Where does the new epoch start? The log's state says.
+                part.synced = false;
+                part.early.push((epoch, seq, entry));
+                out.push(Action::Sync { partition: p });
+                return;
             }
             Some(_) => {}
         }
@@ -296,8 +331,12 @@ mod tests {
     }
 
     fn state(s: &mut Sequencer, epoch: Option<&str>, seq: u64) -> Vec<Action> {
+        based(s, epoch, seq, 1)
+    }
+
+    fn based(s: &mut Sequencer, epoch: Option<&str>, seq: u64, base: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        s.on_state(0, epoch.map(str::to_owned), seq, &mut out);
+        s.on_state(0, epoch.map(str::to_owned), seq, base, &mut out);
         out
     }
 
@@ -389,7 +428,13 @@ mod tests {
         );
         assert_eq!(range(&mut s, [2, 3]), vec![apply(2), apply(3)], "its trimmed start is the same gap");
         assert_eq!(notice(&mut s, "new", 4), vec![apply(4)]);
-        assert_eq!(notice(&mut s, "newer", 1), vec![Action::Gap { partition: 0 }, apply(1)], "seen live");
+        assert_eq!(notice(&mut s, "newer", 1), vec![Action::Sync { partition: 0 }], "seen live: where does it start?");
+        assert_eq!(notice(&mut s, "newer", 2), vec![], "held until the state is read");
+        assert_eq!(
+            state(&mut s, Some("newer"), 2),
+            vec![Action::Gap { partition: 0 }, Action::Fetch { partition: 0, from: 1 }]
+        );
+        assert_eq!(range(&mut s, [1, 2]), vec![apply(1), apply(2)]);
     }
 
     #[test]
@@ -407,10 +452,32 @@ mod tests {
     }
 
     #[test]
-    fn a_log_that_went_back_is_a_gap_and_its_new_entries_apply() {
+    fn a_log_that_went_back_gets_a_new_epoch_from_its_next_sequence() {
         let mut s = synced("e", 9);
         s.disconnected();
-        assert_eq!(state(&mut s, Some("e"), 6), vec![Action::Gap { partition: 0 }]);
-        assert_eq!(notice(&mut s, "e", 7), vec![apply(7)], "not mistaken for an old 7");
+        let rebase = vec![Action::Rebase { partition: 0, epoch: "e".into() }];
+        assert_eq!(state(&mut s, Some("e"), 6), rebase, "the log is behind what was applied");
+        assert!(!s.all_synced(), "not live until rebased");
+        assert_eq!(notice(&mut s, "e2", 7), vec![], "held meanwhile");
+        assert_eq!(
+            based(&mut s, Some("e2"), 7, 7),
+            vec![Action::Gap { partition: 0 }, Action::Fetch { partition: 0, from: 7 }],
+            "the new epoch from its base: 7 is new, not an old 7"
+        );
+        assert_eq!(range(&mut s, [7]), vec![apply(7)]);
+        assert!(s.all_synced());
+    }
+
+    #[test]
+    fn a_late_instance_sees_the_new_epoch_and_misses_nothing_silently() {
+        // Applied 100 before Redis was restored at 90 and another instance
+        // rebased (base 91) and published up to 105 before this one came back.
+        let mut s = synced("e", 100);
+        s.disconnected();
+        assert_eq!(
+            based(&mut s, Some("e2"), 105, 91),
+            vec![Action::Gap { partition: 0 }, Action::Fetch { partition: 0, from: 91 }]
+        );
+        assert_eq!(range(&mut s, 91..=105).len(), 15, "every entry of the new epoch, 91 to 100 included");
     }
 }

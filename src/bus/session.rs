@@ -153,6 +153,7 @@ enum Sent {
     Canary,
     State { partition: u16 },
     Range { partition: u16, from: u64 },
+    Rebase { partition: u16, epoch: String },
 }
 
 /// One command connection.
@@ -289,7 +290,6 @@ impl Session {
         for partition in 0..durable.sequencer.len() {
             self.queue(partition, Sent::State { partition });
         }
-        bus.set_state(BusState::Live);
         let canary_every = (bus.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut canary_seen = Instant::now();
         let mut next_canary = Instant::now();
@@ -297,6 +297,8 @@ impl Session {
         let mut commands = Vec::with_capacity(BATCH);
         let mut events = Vec::new();
         let mut actions = Vec::new();
+        let mut live = false;
+        let mut synced_later = Vec::new();
         loop {
             if let Err(error) = self.flush(durable, bus.timeout).await {
                 return error;
@@ -341,7 +343,23 @@ impl Session {
                     Event::Failover(error) => return error,
                 }
             }
+            if !live {
+                // Until every partition is synced, what to apply and the gaps
+                // wait, so a reconnect's losses are one notice per subscriber;
+                // reads go out at once (the sync needs them).
+                let (now, later): (Vec<Action>, Vec<Action>) =
+                    actions.drain(..).partition(|a| !matches!(a, Action::Apply { .. } | Action::Gap { .. }));
+                actions = now;
+                synced_later.extend(later);
+            }
             self.carry_out(shared, bus, durable, &mut actions).await;
+            if !live && durable.sequencer.all_synced() {
+                // Publishes wait until every partition is synced: a log that
+                // went back must get its new epoch before anyone appends.
+                live = true;
+                self.carry_out(shared, bus, durable, &mut synced_later).await;
+                bus.set_state(BusState::Live);
+            }
             if now >= next_tick {
                 next_tick = now + TICK;
                 if let Some(stale) = self.overdue(now, bus.timeout) {
@@ -379,7 +397,9 @@ impl Session {
             if let Some(address) = moved_to(error) {
                 let partition = match &sent {
                     Sent::Append { token } => durable.own.get(*token).map(|a| a.partition),
-                    Sent::State { partition } | Sent::Range { partition, .. } => Some(*partition),
+                    Sent::State { partition } | Sent::Range { partition, .. } | Sent::Rebase { partition, .. } => {
+                        Some(*partition)
+                    }
                     Sent::Canary => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
@@ -409,9 +429,9 @@ impl Session {
                 }
             },
             Sent::Canary => bus.record_round_trip(at.elapsed()),
-            Sent::State { partition } => {
-                let (epoch, seq) = log::parse_state(&check(reply)?)?;
-                durable.sequencer.on_state(partition, epoch, seq, actions);
+            Sent::State { partition } | Sent::Rebase { partition, .. } => {
+                let state = log::parse_state(&check(reply)?)?;
+                durable.sequencer.on_state(partition, state.epoch, state.seq, state.base, actions);
             }
             Sent::Range { partition, .. } => {
                 let entries = log::parse_range(&check(reply)?)?;
@@ -457,6 +477,15 @@ impl Session {
             match action {
                 Action::Apply { entry, .. } => apply::apply(shared, bus, &mut durable.own, entry).await,
                 Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),
+                Action::Sync { partition } => self.queue(partition, Sent::State { partition }),
+                Action::Rebase { partition, epoch } => {
+                    crate::log!(
+                        Warn,
+                        "bus log went back (Redis lost acknowledged entries): new epoch",
+                        partition = partition
+                    );
+                    self.queue(partition, Sent::Rebase { partition, epoch });
+                }
                 Action::Gap { .. } if announced => {}
                 Action::Gap { .. } => {
                     announced = true;
@@ -512,6 +541,10 @@ impl Session {
                     Sent::State { partition } => log::state_command(&mut node.out, &durable.keys[*partition as usize]),
                     Sent::Range { partition, from } => {
                         log::range_command(&mut node.out, &durable.keys[*partition as usize], *from)
+                    }
+                    Sent::Rebase { partition, epoch } => {
+                        let new_epoch = super::new_epoch();
+                        log::rebase_command(&mut node.out, &durable.keys[*partition as usize], epoch, &new_epoch)
                     }
                 }
                 node.in_flight.push_back((sent, now));

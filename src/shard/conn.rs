@@ -46,6 +46,9 @@ pub struct Conn {
     pub closing: Option<Closing>,
     /// Shard clock (ms) when the write in progress started, if one is.
     pub writing_since_ms: Option<u64>,
+    /// A bus gap notice was queued and no message since: a second loss
+    /// found before the next message is the same news, not told twice.
+    pub told_bus_gap: bool,
     waker: Option<Waker>,
     parked: bool,
 }
@@ -61,6 +64,7 @@ impl Conn {
             last_write_ms: now_ms,
             closing: None,
             writing_since_ms: None,
+            told_bus_gap: false,
             waker: None,
             parked: false,
         }

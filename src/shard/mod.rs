@@ -276,6 +276,7 @@ impl ShardCtx {
             }
             match conn.queue.push(frame.clone(), &self.limits) {
                 Pushed::Queued { dropped_oldest } => {
+                    conn.told_bus_gap = false;
                     tally.queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
                     conn.notify();
@@ -559,9 +560,10 @@ impl ShardCtx {
             let affected = in_partition(&broadcast)
                 || conn.user.as_ref().is_some_and(|user| in_partition(&Target::User((**user).into())))
                 || conn.rooms.iter().any(|room| in_partition(&Target::Room((**room).into())));
-            if affected && conn.closing.is_none() {
+            if affected && conn.closing.is_none() && !conn.told_bus_gap {
                 let last = replay.newest_id(conn.user.as_deref(), &conn.rooms, conn.tenant.as_deref());
                 conn.push_control(replay::bus_gap_frame(last.as_deref()));
+                conn.told_bus_gap = true;
                 told += 1;
             }
         }

@@ -266,7 +266,7 @@ fn out_of_order(cast: &Cast, i: usize, sent: &[Sent], received: &[u32], repeated
     let mut latest: Vec<(Target, u64)> = Vec::with_capacity(4);
     let mut first_copies = HashSet::new();
     let mut count = 0;
-    for &seq in received {
+    for (position, &seq) in received.iter().enumerate() {
         if repeated && !first_copies.insert(seq) {
             continue;
         }
@@ -279,6 +279,13 @@ fn out_of_order(cast: &Cast, i: usize, sent: &[Sent], received: &[u32], repeated
             }
         };
         if m.acked_ns.is_some_and(|acked| latest[slot].1 > acked + tolerance) {
+            if count == 0 && std::env::var_os("CHAOS_SHOW_LOST").is_some() {
+                eprintln!(
+                    "out of order: subscriber {i} message {seq} ({:?}) at position {position}: first sent {} acked {:?}, \
+                     after one first sent {} (ns)",
+                    m.target, m.first_sent_ns, m.acked_ns, latest[slot].1
+                );
+            }
             count += 1;
         }
         latest[slot].1 = latest[slot].1.max(m.first_sent_ns);
