@@ -53,7 +53,11 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         sequencer: Sequencer::new(bus.partitions),
         own: apply::OwnAppends::default(),
         keys: (0..bus.partitions).map(|p| PartitionKeys::new(&bus.channel, p)).collect(),
-        settings: AppendSettings { history: bus.history, window_ms: bus.dedupe_window.as_millis() as u64 },
+        settings: AppendSettings {
+            history: bus.history,
+            window_ms: bus.dedupe_window.as_millis() as u64,
+            sharded: false,
+        },
         epoch_candidate: super::new_epoch(),
     };
     let mut first = true;
@@ -63,7 +67,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         }
         first = false;
         bus.set_state(BusState::Connecting);
-        let error = match open_session(&url, &bus, &durable, &mut nodes).await {
+        let error = match open_session(&url, &bus, &mut durable, &mut nodes).await {
             Ok(session) => {
                 crate::log!(Info, "bus subscribed", redis = session.address(), channel = bus.channel);
                 let opened = std::time::Instant::now();
@@ -106,7 +110,7 @@ async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: 
 async fn open_session(
     url: &RedisUrl,
     bus: &Bus,
-    durable: &Durable,
+    durable: &mut Durable,
     nodes: &mut Vec<String>,
 ) -> Result<Session, BusError> {
     let timeout = bus.timeout;
@@ -185,8 +189,7 @@ async fn reachable_node(nodes: &mut [String], url: &RedisUrl, timeout: Duration)
 }
 
 /// Adds the nodes `CLUSTER NODES` lists, so later reconnects can reach nodes
-/// that joined after start-up (classic Pub/Sub, which the log's notifications
-/// use, reaches every node from any node).
+/// that joined after start-up.
 async fn learn_cluster_nodes(conn: &mut RedisConn, nodes: &mut Vec<String>, timeout: Duration) {
     let Ok(reply) = conn.call(&[b"CLUSTER", b"NODES"], timeout).await else { return };
     let Some(text) = reply.text() else { return };

@@ -25,7 +25,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::resp::{self, Reply};
 
 /// The append script. KEYS: meta, log. ARGV: new epoch, history, channel,
-/// inline limit, window (ms), header, then (dedupe key, id, message) triples.
+/// inline limit, window (ms), the publish command (`PUBLISH`, or `SPUBLISH`
+/// for sharded Pub/Sub on a Redis 7 Cluster), header, then (dedupe key, id,
+/// message) triples.
 /// Returns `{seq, epoch, receivers, i1, id1, i2, id2, …}` listing the messages
 /// dropped as duplicates (1-based index, id first published under that key);
 /// `seq` 0 when all were.
@@ -36,8 +38,8 @@ if redis.call('HSETNX', meta, 'epoch', ARGV[1]) == 1 then
   redis.call('HSET', meta, 'base', 1)
 end
 local epoch = redis.call('HGET', meta, 'epoch')
-local kept, dups, n = {ARGV[6]}, {}, 0
-for i = 7, #ARGV, 3 do
+local kept, dups, n = {ARGV[7]}, {}, 0
+for i = 8, #ARGV, 3 do
   n = n + 1
   local fresh = true
   if ARGV[i] ~= '' then
@@ -60,7 +62,7 @@ local entry = table.concat(kept)
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', entry)
 local note = epoch .. ':' .. seq .. ':'
 if #entry <= tonumber(ARGV[4]) then note = note .. entry end
-local reply = {seq, epoch, redis.call('PUBLISH', ARGV[3], note)}
+local reply = {seq, epoch, redis.call(ARGV[6], ARGV[3], note)}
 for _, v in ipairs(dups) do reply[#reply + 1] = v end
 return reply
 "#;
@@ -116,6 +118,8 @@ pub struct AppendSettings {
     pub history: u64,
     /// How long a dedupe key is remembered, in milliseconds.
     pub window_ms: u64,
+    /// Notify with `SPUBLISH` (sharded Pub/Sub: a Redis 7 Cluster) instead of `PUBLISH`.
+    pub sharded: bool,
 }
 
 /// One message of an append: its dedupe key (`None`: never a duplicate), id and bytes.
@@ -143,7 +147,8 @@ pub fn append_command(
     let history = settings.history.to_string();
     let window = settings.window_ms.max(1).to_string();
     let inline = INLINE_MAX.to_string();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(11 + 3 * items.len());
+    let publish: &[u8] = if settings.sharded { b"SPUBLISH" } else { b"PUBLISH" };
+    let mut args: Vec<&[u8]> = Vec::with_capacity(12 + 3 * items.len());
     args.extend_from_slice(&[
         b"EVALSHA",
         sha.as_bytes(),
@@ -155,6 +160,7 @@ pub fn append_command(
         keys.channel.as_bytes(),
         inline.as_bytes(),
         window.as_bytes(),
+        publish,
         header,
     ]);
     for item in items {
@@ -291,6 +297,32 @@ pub fn parse_range(reply: &Reply) -> Result<Vec<(u64, Bytes)>, String> {
     Ok(entries)
 }
 
+/// Which node serves each slot, from a `CLUSTER SLOTS` reply: `(first
+/// slot, last slot, "host:port")`.
+pub fn parse_slots(reply: &Reply) -> Result<Vec<(u16, u16, String)>, String> {
+    let bad = || format!("unexpected reply to CLUSTER SLOTS: {reply:?}");
+    let Reply::Array(ranges) = reply else { return Err(bad()) };
+    let mut slots = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Reply::Array(parts) = range else { return Err(bad()) };
+        let [Reply::Int(first), Reply::Int(last), Reply::Array(master), ..] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let (Some(host), Some(Reply::Int(port))) = (master.first().and_then(Reply::text), master.get(1)) else {
+            return Err(bad());
+        };
+        slots.push((*first as u16, *last as u16, format!("{host}:{port}")));
+    }
+    Ok(slots)
+}
+
+/// The Redis major version an `INFO server` reply names.
+pub fn parse_major_version(reply: &Reply) -> Option<u32> {
+    let info = reply.text()?;
+    let version = info.lines().find_map(|line| line.strip_prefix("redis_version:"))?;
+    version.trim().split('.').next()?.parse().ok()
+}
+
 /// The SHA1 Redis names [`APPEND`] by, as `SCRIPT LOAD` answers it.
 pub fn parse_sha(reply: &Reply) -> Result<String, String> {
     reply
@@ -310,6 +342,22 @@ mod tests {
         assert_eq!(keys.meta, "{ssekify:bus:3}:meta");
         assert_eq!(keys.log, "{ssekify:bus:3}:log");
         assert_eq!(keys.channel, "{ssekify:bus:3}:n");
+    }
+
+    #[test]
+    fn cluster_slots_and_versions_are_read() {
+        let text = |s: &'static str| Reply::Text(Bytes::from_static(s.as_bytes()));
+        let slots = Reply::Array(vec![Reply::Array(vec![
+            Reply::Int(0),
+            Reply::Int(5460),
+            Reply::Array(vec![text("10.0.0.1"), Reply::Int(7000), text("id")]),
+            Reply::Array(vec![text("10.0.0.4"), Reply::Int(7003), text("id2")]),
+        ])]);
+        assert_eq!(parse_slots(&slots).unwrap(), vec![(0, 5460, "10.0.0.1:7000".to_owned())]);
+        assert!(parse_slots(&Reply::Array(vec![Reply::Int(1)])).is_err());
+        assert_eq!(parse_major_version(&text("# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n")), Some(7));
+        assert_eq!(parse_major_version(&text("redis_version:6.2.1")), Some(6));
+        assert_eq!(parse_major_version(&text("nothing")), None);
     }
 
     #[test]

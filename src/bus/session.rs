@@ -23,7 +23,7 @@ use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
 use super::log::{self, AppendSettings, PartitionKeys};
 use super::resp::{self, Reply};
 use super::sequencer::{Action, Sequencer};
-use super::url::RedisUrl;
+use super::url::{RedisUrl, Topology};
 use super::{Bus, BusCommand, BusState};
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::LocalInbox;
@@ -188,11 +188,15 @@ pub struct Session {
     /// Node of each partition (Cluster: learned from `MOVED`).
     partition_node: Vec<usize>,
     events: Rc<Events>,
-    _subscription: CommandWriter,
+    /// The subscription connections' writing halves, kept open.
+    subscriptions: Vec<CommandWriter>,
     canary_channel: String,
     url: RedisUrl,
     /// This instance's id, written into every entry it appends.
     instance: u32,
+    /// Sharded Pub/Sub (a Redis 7 Cluster): a partition moving to another
+    /// node moves its subscription too, so the session starts over.
+    sharded: bool,
 }
 
 impl Drop for Session {
@@ -209,27 +213,31 @@ impl Session {
         url: &RedisUrl,
         address: &str,
         bus: &Bus,
-        durable: &Durable,
+        durable: &mut Durable,
         sentinel: Option<RedisConn>,
     ) -> Result<Session, BusError> {
         let timeout = bus.timeout;
         let events = Rc::new(Events::default());
-        let node = open_node(url, address, &events, 0, timeout).await?;
-        let mut subscriber = RedisConn::open(address, Some(url), timeout).await?;
-        let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
-        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", canary_channel.as_bytes()];
-        args.extend(durable.keys.iter().map(|k| k.channel.as_bytes()));
-        let mut out = BytesMut::new();
-        resp::command(&mut out, &args);
-        subscriber.writer.write(out).await?;
-        for _ in 1..args.len() {
-            let confirmation = monoio::time::timeout(timeout, subscriber.reader.next())
-                .await
-                .map_err(|_| format!("SUBSCRIBE to {address} timed out"))??;
-            if let Reply::Error(e) = confirmation {
-                return Err(format!("SUBSCRIBE to {address}: {e}"));
+        let mut conn = RedisConn::open(address, Some(url), timeout).await?;
+        // A Redis 7 Cluster has sharded Pub/Sub: each partition's channel
+        // lives on the node that owns its slot, instead of every message
+        // crossing every node of the cluster bus.
+        let mut slots = None;
+        if matches!(url.topology, Topology::Cluster(_)) {
+            let info = conn.call(&[b"INFO", b"server"], timeout).await?;
+            if log::parse_major_version(&info) >= Some(7) {
+                slots = Some(log::parse_slots(&conn.call(&[b"CLUSTER", b"SLOTS"], timeout).await?)?);
             }
         }
+        let sharded = slots.is_some();
+        durable.settings.sharded = sharded;
+        let node = into_node(conn, &events, 0, timeout).await?;
+        let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
+        let mut channels: Vec<&[u8]> = vec![canary_channel.as_bytes()];
+        if !sharded {
+            channels.extend(durable.keys.iter().map(|k| k.channel.as_bytes()));
+        }
+        let subscriber = subscribe(url, address, b"SUBSCRIBE", &channels, timeout).await?;
         spawn_reader(&events, subscriber.reader, Event::Pushed);
         if let Some(sentinel) = sentinel {
             let RedisConn { reader, writer, .. } = sentinel;
@@ -242,15 +250,48 @@ impl Session {
                 }
             });
         }
-        Ok(Session {
+        let mut session = Session {
             nodes: vec![node],
             partition_node: vec![0; durable.keys.len()],
             events,
-            _subscription: subscriber.writer,
+            subscriptions: vec![subscriber.writer],
             canary_channel,
             url: url.clone(),
             instance: bus.instance,
-        })
+            sharded,
+        };
+        if let Some(slots) = slots {
+            session.subscribe_sharded(durable, &slots, timeout).await?;
+        }
+        Ok(session)
+    }
+
+    /// Finds each partition's node from `CLUSTER SLOTS` and `SSUBSCRIBE`s its
+    /// channel there, one subscription connection per node.
+    async fn subscribe_sharded(
+        &mut self,
+        durable: &Durable,
+        slots: &[(u16, u16, String)],
+        timeout: Duration,
+    ) -> Result<(), BusError> {
+        let mut by_node: Vec<Vec<&[u8]>> = Vec::new();
+        for (partition, keys) in durable.keys.iter().enumerate() {
+            let slot = redis_protocol::redis_keyslot(keys.meta.as_bytes());
+            let Some((_, _, address)) = slots.iter().find(|(first, last, _)| (*first..=*last).contains(&slot)) else {
+                return Err(format!("no cluster node serves slot {slot} (partition {partition})"));
+            };
+            let node = self.node_for(address, timeout).await?;
+            self.partition_node[partition] = node;
+            by_node.resize_with(by_node.len().max(node + 1), Vec::new);
+            by_node[node].push(keys.channel.as_bytes());
+        }
+        for (node, channels) in by_node.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+            let address = self.nodes[node].address.clone();
+            let subscriber = subscribe(&self.url, &address, b"SSUBSCRIBE", channels, timeout).await?;
+            spawn_reader(&self.events, subscriber.reader, Event::Pushed);
+            self.subscriptions.push(subscriber.writer);
+        }
+        Ok(())
     }
 
     /// The address of the first command connection.
@@ -334,11 +375,11 @@ impl Session {
                             return error;
                         }
                     }
-                    Event::Pushed(Ok(reply)) => {
-                        if self.on_pushed(durable, reply, &mut actions) {
-                            canary_seen = Instant::now();
-                        }
-                    }
+                    Event::Pushed(Ok(reply)) => match self.on_pushed(durable, reply, &mut actions) {
+                        Ok(true) => canary_seen = Instant::now(),
+                        Ok(false) => {}
+                        Err(error) => return error,
+                    },
                     Event::Pushed(Err(error)) => return format!("subscription: {error}"),
                     Event::Failover(error) => return error,
                 }
@@ -403,6 +444,9 @@ impl Session {
                     Sent::Canary => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
+                if self.sharded {
+                    return Err(format!("partition {partition} moved to {address}: subscribing there"));
+                }
                 let node = self.node_for(address, bus.timeout).await?;
                 self.partition_node[partition as usize] = node;
                 self.queue_on(node, sent);
@@ -442,23 +486,27 @@ impl Session {
         Ok(())
     }
 
-    /// Handles a message on the subscription; true for this instance's canary.
-    fn on_pushed(&mut self, durable: &mut Durable, reply: Reply, actions: &mut Vec<Action>) -> bool {
-        let Reply::Array(mut parts) = reply else { return false };
-        if parts.len() != 3 || parts[0].text() != Some("message") {
-            return false;
+    /// Handles a message on a subscription; true for this instance's canary.
+    fn on_pushed(&mut self, durable: &mut Durable, reply: Reply, actions: &mut Vec<Action>) -> Result<bool, BusError> {
+        let Reply::Array(mut parts) = reply else { return Ok(false) };
+        match parts.first().and_then(Reply::text) {
+            Some("message" | "smessage") if parts.len() == 3 => {}
+            // A slot moved (resharding, failover): its channel's
+            // subscription ended with it.
+            Some("sunsubscribe") => return Err("a partition's node changed (sunsubscribe)".into()),
+            _ => return Ok(false),
         }
-        let Some(Reply::Text(payload)) = parts.pop() else { return false };
-        let Some(channel) = parts.pop() else { return false };
-        let Some(channel) = channel.text() else { return false };
+        let Some(Reply::Text(payload)) = parts.pop() else { return Ok(false) };
+        let Some(channel) = parts.pop() else { return Ok(false) };
+        let Some(channel) = channel.text() else { return Ok(false) };
         if channel == self.canary_channel {
-            return true;
+            return Ok(true);
         }
-        let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return false };
+        let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return Ok(false) };
         if let Some(notice) = log::parse_notice(payload) {
             durable.sequencer.on_notice(partition as u16, notice.epoch, notice.seq, notice.entry, actions);
         }
-        false
+        Ok(false)
     }
 
     /// Carries out the sequencer's actions in order. The gaps among them
@@ -582,6 +630,40 @@ impl Session {
     }
 }
 
+/// A connection to `address` subscribed (`SUBSCRIBE` or `SSUBSCRIBE`) to
+/// `channels`, every subscription confirmed.
+async fn subscribe(
+    url: &RedisUrl,
+    address: &str,
+    command: &[u8],
+    channels: &[&[u8]],
+    timeout: Duration,
+) -> Result<RedisConn, BusError> {
+    let mut conn = RedisConn::open(address, Some(url), timeout).await?;
+    let mut out = BytesMut::new();
+    if command == b"SSUBSCRIBE" {
+        // One command per channel: the channels of one SSUBSCRIBE must share a slot.
+        for channel in channels {
+            resp::command(&mut out, &[command, channel]);
+        }
+    } else {
+        let mut args: Vec<&[u8]> = vec![command];
+        args.extend_from_slice(channels);
+        resp::command(&mut out, &args);
+    }
+    conn.writer.write(out).await?;
+    let name = String::from_utf8_lossy(command).into_owned();
+    for _ in channels {
+        let confirmation = monoio::time::timeout(timeout, conn.reader.next())
+            .await
+            .map_err(|_| format!("{name} to {address} timed out"))??;
+        if let Reply::Error(e) = confirmation {
+            return Err(format!("{name} to {address}: {e}"));
+        }
+    }
+    Ok(conn)
+}
+
 /// A command connection to `address` with the append script loaded.
 async fn open_node(
     url: &RedisUrl,
@@ -590,7 +672,16 @@ async fn open_node(
     index: usize,
     timeout: Duration,
 ) -> Result<Node, BusError> {
-    let mut conn = RedisConn::open(address, Some(url), timeout).await?;
+    into_node(RedisConn::open(address, Some(url), timeout).await?, events, index, timeout).await
+}
+
+/// Loads the append script on `conn` and hands its replies to a reader task.
+async fn into_node(
+    mut conn: RedisConn,
+    events: &Rc<Events>,
+    index: usize,
+    timeout: Duration,
+) -> Result<Node, BusError> {
     let sha = log::parse_sha(&conn.call(&[b"SCRIPT", b"LOAD", log::APPEND.as_bytes()], timeout).await?)?;
     let RedisConn { reader, writer, address } = conn;
     spawn_reader(events, reader, move |reply| Event::Reply(index, reply));

@@ -97,6 +97,10 @@ pub struct Tally {
     pub duplicated_by_second: BTreeMap<u64, u64>,
     /// Received after a message that surely followed them in their stream.
     pub out_of_order: u64,
+    /// The same, inside the resend that follows a gap notice (the server
+    /// sends what it has buffered, older messages the subscriber missed
+    /// included): what the contract says a gap is, not a broken order.
+    pub late_in_gap_resend: u64,
     /// Received, never acknowledged.
     pub unexpected: u64,
     /// Received by a subscriber they were not addressed to.
@@ -145,7 +149,7 @@ pub fn check(cast: &Cast, sent: &[Sent], seen: &[Seen], rules: &Rules) -> Tally 
         sorted.sort_unstable();
         let copies = |seq: u32| sorted.partition_point(|&s| s <= seq) - sorted.partition_point(|&s| s < seq);
         let repeats = repeats(seen, sorted.chunk_by(|a, b| a == b).filter(|run| run.len() > 1).map(|run| run[0]));
-        let replays = if repeats.is_empty() { Vec::new() } else { replays(seen, sent) };
+        let replays = if repeats.is_empty() { Vec::new() } else { replays_of(seen, sent) };
         for (seq, positions) in &repeats {
             let announced =
                 |&at: &u32| replays.iter().any(|&(from, to)| positions[0] < from && (from..to).contains(&at));
@@ -222,15 +226,18 @@ pub fn check(cast: &Cast, sent: &[Sent], seen: &[Seen], rules: &Rules) -> Tally 
                 }
             }
         }
-        tally.out_of_order +=
-            out_of_order(cast, i, sent, &seen.received, !repeats.is_empty(), rules.order_tolerance_ns);
+        let spans = if repeats.is_empty() && !seen.gaps.is_empty() { replays_of(seen, sent) } else { replays };
+        let (late, late_in_resend) =
+            out_of_order(cast, i, sent, &seen.received, !repeats.is_empty(), &spans, rules.order_tolerance_ns);
+        tally.out_of_order += late;
+        tally.late_in_gap_resend += late_in_resend;
     }
     tally
 }
 
 /// Per gap notice: the positions `[from, to)` of the replay that followed it,
 /// up to the first message first sent after the notice arrived.
-fn replays(seen: &Seen, sent: &[Sent]) -> Vec<(u32, u32)> {
+fn replays_of(seen: &Seen, sent: &[Sent]) -> Vec<(u32, u32)> {
     seen.gaps
         .iter()
         .map(|gap| {
@@ -260,12 +267,21 @@ fn repeats(seen: &Seen, seqs: impl Iterator<Item = u32>) -> HashMap<u32, Vec<u32
 }
 
 /// Messages of subscriber `i` received after one that was first sent more
-/// than `tolerance` after they were acknowledged, within the same stream.
-fn out_of_order(cast: &Cast, i: usize, sent: &[Sent], received: &[u32], repeated: bool, tolerance: u64) -> u64 {
+/// than `tolerance` after they were acknowledged, within the same stream:
+/// `(outside, inside)` the resends (`spans`) that follow gap notices.
+fn out_of_order(
+    cast: &Cast,
+    i: usize,
+    sent: &[Sent],
+    received: &[u32],
+    repeated: bool,
+    spans: &[(u32, u32)],
+    tolerance: u64,
+) -> (u64, u64) {
     // Per stream: the latest first-send time among the messages received so far.
     let mut latest: Vec<(Target, u64)> = Vec::with_capacity(4);
     let mut first_copies = HashSet::new();
-    let mut count = 0;
+    let (mut count, mut in_resend) = (0, 0);
     for (position, &seq) in received.iter().enumerate() {
         if repeated && !first_copies.insert(seq) {
             continue;
@@ -279,18 +295,23 @@ fn out_of_order(cast: &Cast, i: usize, sent: &[Sent], received: &[u32], repeated
             }
         };
         if m.acked_ns.is_some_and(|acked| latest[slot].1 > acked + tolerance) {
-            if count == 0 && std::env::var_os("CHAOS_SHOW_LOST").is_some() {
-                eprintln!(
-                    "out of order: subscriber {i} message {seq} ({:?}) at position {position}: first sent {} acked {:?}, \
-                     after one first sent {} (ns)",
-                    m.target, m.first_sent_ns, m.acked_ns, latest[slot].1
-                );
+            let position = position as u32;
+            if spans.iter().any(|&(from, to)| (from..to).contains(&position)) {
+                in_resend += 1;
+            } else {
+                if count == 0 && std::env::var_os("CHAOS_SHOW_LOST").is_some() {
+                    eprintln!(
+                        "out of order: subscriber {i} message {seq} ({:?}) at position {position}: first sent {} \
+                         acked {:?}, after one first sent {} (ns)",
+                        m.target, m.first_sent_ns, m.acked_ns, latest[slot].1
+                    );
+                }
+                count += 1;
             }
-            count += 1;
         }
         latest[slot].1 = latest[slot].1.max(m.first_sent_ns);
     }
-    count
+    (count, in_resend)
 }
 
 fn second(rules: &Rules, ns: u64) -> u64 {
@@ -413,5 +434,18 @@ mod tests {
         // 3 is within the tolerance; 0 after 3 is not.
         let tally = check(&cast, &sent, &[connected(&[2, 3, 1, 0], &[])], &rules());
         assert_eq!(tally.out_of_order, 1);
+    }
+
+    #[test]
+    fn an_older_message_in_the_resend_after_a_gap_is_counted_apart() {
+        let cast = Cast::new(1, 1, 0);
+        let sent = ledger(&[Target::All, Target::All, Target::All]);
+        // 2 arrives, then a gap notice (at 1.5 s, before 3 would be sent) and
+        // the resend of what is buffered: 1, which this subscriber missed.
+        let gap = Gap { after: 1, at_ns: 1_500 * MS };
+        let tally = check(&cast, &sent, &[connected(&[0, 2, 1], &[gap])], &rules());
+        assert_eq!((tally.out_of_order, tally.late_in_gap_resend), (0, 1));
+        let tally = check(&cast, &sent, &[connected(&[0, 2, 1], &[])], &rules());
+        assert_eq!((tally.out_of_order, tally.late_in_gap_resend), (1, 0), "without the notice it is out of order");
     }
 }

@@ -298,6 +298,7 @@ fn add_tally(report: &mut Report, t: &Tally) {
     report.add("resent_after_gap", t.resent_after_gap);
     report.add("duplicated_by_second", timeline(&t.duplicated_by_second));
     report.add("out_of_order", t.out_of_order);
+    report.add("late_in_gap_resend", t.late_in_gap_resend);
     report.add("unexpected", t.unexpected);
     report.add("misrouted", t.misrouted);
     report.add("received_outside_window", t.outside_window);
