@@ -429,7 +429,7 @@ fn entries_trimmed_before_an_instance_read_them_are_one_gap() {
     }
     // A short log: an instance that misses more than it holds cannot catch up.
     let mut tier = tier(&[], 2, &["--bus-history", "10"]);
-    let publisher = Publisher::start(vec![tier.instances[0].api], 100, Duration::from_millis(2));
+    let publisher = Publisher::start(vec![tier.instances[0].api], 100, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(1000));
     let fault_started = publisher.acked();
     // Instance 1 freezes, and Redis drops the subscriptions meanwhile: when
@@ -437,11 +437,18 @@ fn entries_trimmed_before_an_instance_read_them_are_one_gap() {
     tier.instances[1].signal("STOP");
     std::thread::sleep(Duration::from_millis(200));
     tier.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // `MAXLEN ~ 10` trims whole stream nodes (100 entries by default): 300
+    // entries are sure to take the ones instance 1 missed.
     let frozen_from = publisher.acked();
-    let enough = wait_until(Duration::from_secs(20), || publisher.acked() > frozen_from + 400);
+    let enough = wait_until(Duration::from_secs(30), || publisher.acked() > frozen_from + 300);
     tier.instances[1].signal("CONT");
     assert!(enough, "the publisher got too few acknowledgements while instance 1 was frozen");
-    wait_ready(&tier.instances[1], "after thawing");
+    // Its /readyz says 200 at once (the state it froze in): wait for the
+    // new session, which has read what the log still held.
+    let back = wait_until(Duration::from_secs(20), || {
+        bus(&tier.instances[1])["reconnects"].as_u64() >= Some(1) && readyz(&tier.instances[1]) == 200
+    });
+    assert!(back, "instance 1 did not reconnect after thawing: {}", bus(&tier.instances[1]));
     let recovered = publisher.acked();
     std::thread::sleep(Duration::from_millis(1500));
     let acked = publisher.finish();
