@@ -6,9 +6,9 @@
 //! commands), [`tls`] (`rediss://`: rustls over the connection), [`wire`]
 //! (the format of a log entry), [`log`] (the atomic append script and the
 //! reads), [`sequencer`] (which entries to apply, catch-up, gaps; no I/O),
-//! [`apply`] (entries into deliveries), [`session`] (the connections and the
-//! loop serving them), [`client`] (the thread: sessions, reconnects,
-//! Sentinel and Cluster).
+//! [`apply`] (entries into deliveries), [`events`] (what the socket readers
+//! hand the session), [`session`] (the connections and the loop serving
+//! them), [`client`] (the thread: sessions, reconnects, Sentinel and Cluster).
 //!
 //! This module is the handle the publish routes use: [`publish`] splits
 //! messages into wire entries per partition and hands them to the bus
@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod client;
 pub mod conn;
+pub mod events;
 pub mod log;
 pub mod resp;
 pub mod sequencer;

@@ -3,23 +3,22 @@
 //! channel, and the loop that serves them until something fails.
 //!
 //! Every socket is read by a task of its own that queues what it reads as an
-//! [`Event`]; the loop takes events, publishes from the shards and its own
+//! [`Event`] ([`super::events`]); the loop takes events, publishes from the shards and its own
 //! housekeeping tick in turn, so no kind of work can starve another. The tick
 //! runs on its own clock: the acknowledgement deadline and the canary are
 //! checked every [`TICK`] however busy the bus is, and a Redis that stops
 //! answering is noticed within `--bus-timeout`.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use super::apply::{self, OwnAppends};
 use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
+use super::events::{spawn_reader, Event, Events};
 use super::log::{self, AppendSettings, PartitionKeys};
 use super::resp::{self, Reply};
 use super::sequencer::{Action, Sequencer};
@@ -35,117 +34,6 @@ const TICK: Duration = Duration::from_millis(100);
 const BATCH: usize = 256;
 /// An acknowledged own entry whose notification has not come after this is read from the stream.
 const NOTICE_OVERDUE: Duration = Duration::from_millis(250);
-/// Events read and not yet handled beyond which the readers stop reading:
-/// a bus thread held up by full shard inboxes then pushes back on Redis
-/// (which may cut the subscription; the log covers it) instead of growing
-/// without bound.
-const EVENTS_MAX: usize = 16 * 1024;
-
-/// What the reader tasks report.
-enum Event {
-    /// A reply on command connection `node`.
-    Reply(usize, Result<Reply, BusError>),
-    /// A message on the subscription.
-    Pushed(Result<Reply, BusError>),
-    /// Sentinel announced a failover, or its connection failed.
-    Failover(BusError),
-}
-
-/// Events queued by reader tasks for the session loop.
-#[derive(Default)]
-struct Events {
-    queue: RefCell<VecDeque<Event>>,
-    waker: RefCell<Option<Waker>>,
-    /// Set when the session ends: reader tasks stop.
-    stopped: Cell<bool>,
-    stop_wakers: RefCell<Vec<Waker>>,
-    /// Readers waiting for the queue to drain below [`EVENTS_MAX`].
-    room_wakers: RefCell<Vec<Waker>>,
-}
-
-impl Events {
-    fn push(&self, event: Event) {
-        self.queue.borrow_mut().push_back(event);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// Waits for at least one event and moves all into `out`.
-    async fn take(&self, out: &mut Vec<Event>) {
-        std::future::poll_fn(|cx| {
-            let mut queue = self.queue.borrow_mut();
-            if queue.is_empty() {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            out.extend(queue.drain(..));
-            for waker in self.room_wakers.borrow_mut().drain(..) {
-                waker.wake();
-            }
-            Poll::Ready(())
-        })
-        .await
-    }
-
-    /// Waits until the queue has room for more events.
-    async fn room(&self) {
-        std::future::poll_fn(|cx| {
-            if self.queue.borrow().len() < EVENTS_MAX {
-                return Poll::Ready(());
-            }
-            self.room_wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn stop(&self) {
-        self.stopped.set(true);
-        for waker in self.stop_wakers.borrow_mut().drain(..) {
-            waker.wake();
-        }
-    }
-
-    async fn stopped(&self) {
-        std::future::poll_fn(|cx| {
-            if self.stopped.get() {
-                return Poll::Ready(());
-            }
-            self.stop_wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
-/// Reads `reader` into `events` as `wrap(reply)` until an error or the stop.
-fn spawn_reader(
-    events: &Rc<Events>,
-    mut reader: ReplyReader,
-    wrap: impl Fn(Result<Reply, BusError>) -> Event + 'static,
-) {
-    let events = events.clone();
-    monoio::spawn(async move {
-        loop {
-            monoio::select! {
-                _ = events.room() => {}
-                _ = events.stopped() => return,
-            }
-            monoio::select! {
-                reply = reader.next() => {
-                    let failed = reply.is_err();
-                    events.push(wrap(reply));
-                    if failed {
-                        return;
-                    }
-                }
-                _ = events.stopped() => return,
-            }
-        }
-    });
-}
-
 /// What a command connection still owes a reply for, in write order.
 #[derive(Debug)]
 enum Sent {
@@ -242,10 +130,11 @@ impl Session {
         if let Some(sentinel) = sentinel {
             let RedisConn { reader, writer, .. } = sentinel;
             let watch = events.clone();
+            let current = address.to_owned();
             monoio::spawn(async move {
                 let _writer = writer;
                 monoio::select! {
-                    error = watch_failover(reader) => watch.push(Event::Failover(error)),
+                    error = watch_failover(reader, current) => watch.push(Event::Failover(error)),
                     _ = watch.stopped() => {}
                 }
             });
@@ -712,10 +601,16 @@ fn check(reply: Reply) -> Result<Reply, BusError> {
 }
 
 /// Completes when Sentinel announces a failover.
-async fn watch_failover(mut reader: ReplyReader) -> BusError {
+/// A `+switch-master` naming the master this session already uses (Sentinel
+/// announces it a moment after answering with the new address) is not news.
+async fn watch_failover(mut reader: ReplyReader, current: String) -> BusError {
     loop {
         match reader.next().await {
             Ok(Reply::Array(parts)) if parts.first().and_then(Reply::text) == Some("message") => {
+                let payload = parts.last().and_then(Reply::text).unwrap_or_default();
+                if switched_to(payload).is_some_and(|to| to == current) {
+                    continue;
+                }
                 return "Sentinel switched the master".into();
             }
             Ok(_) => {}
@@ -724,9 +619,25 @@ async fn watch_failover(mut reader: ReplyReader) -> BusError {
     }
 }
 
+/// The new master's `host:port` in a `+switch-master` payload
+/// (`<name> <old-ip> <old-port> <new-ip> <new-port>`).
+fn switched_to(payload: &str) -> Option<String> {
+    let fields: Vec<&str> = payload.split_whitespace().collect();
+    match fields.as_slice() {
+        [_, _, _, host, port] => Some(format!("{host}:{port}")),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_master_names_the_new_master() {
+        assert_eq!(switched_to("m 10.0.0.1 6379 10.0.0.2 6380").as_deref(), Some("10.0.0.2:6380"));
+        assert_eq!(switched_to("garbage"), None);
+    }
 
     #[test]
     fn moved_errors_name_the_node() {

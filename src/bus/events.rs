@@ -1,0 +1,126 @@
+//! The queue between the tasks that read the bus's sockets and the session
+//! loop that handles what they read: one queue, so the loop waits on one
+//! thing for every connection however many a Cluster needs, and a stop
+//! signal that ends the readers with the session.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use super::conn::{BusError, ReplyReader};
+use super::resp::Reply;
+
+/// Events read and not yet handled beyond which the readers stop reading:
+/// a bus thread held up by full shard inboxes then pushes back on Redis
+/// (which may cut the subscription; the log covers it) instead of growing
+/// without bound.
+const EVENTS_MAX: usize = 16 * 1024;
+
+/// What the reader tasks report.
+pub enum Event {
+    /// A reply on command connection `node`.
+    Reply(usize, Result<Reply, BusError>),
+    /// A message on the subscription.
+    Pushed(Result<Reply, BusError>),
+    /// Sentinel announced a failover, or its connection failed.
+    Failover(BusError),
+}
+
+/// Events queued by reader tasks for the session loop.
+#[derive(Default)]
+pub struct Events {
+    queue: RefCell<VecDeque<Event>>,
+    waker: RefCell<Option<Waker>>,
+    /// Set when the session ends: reader tasks stop.
+    stopped: Cell<bool>,
+    stop_wakers: RefCell<Vec<Waker>>,
+    /// Readers waiting for the queue to drain below [`EVENTS_MAX`].
+    room_wakers: RefCell<Vec<Waker>>,
+}
+
+impl Events {
+    /// Queues what a reader read and wakes the session loop.
+    pub fn push(&self, event: Event) {
+        self.queue.borrow_mut().push_back(event);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits for at least one event and moves all into `out`.
+    pub async fn take(&self, out: &mut Vec<Event>) {
+        std::future::poll_fn(|cx| {
+            let mut queue = self.queue.borrow_mut();
+            if queue.is_empty() {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            out.extend(queue.drain(..));
+            for waker in self.room_wakers.borrow_mut().drain(..) {
+                waker.wake();
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Waits until the queue has room for more events.
+    pub async fn room(&self) {
+        std::future::poll_fn(|cx| {
+            if self.queue.borrow().len() < EVENTS_MAX {
+                return Poll::Ready(());
+            }
+            self.room_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends every reader task (the session is over).
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        for waker in self.stop_wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Completes once [`Events::stop`] was called.
+    pub async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if self.stopped.get() {
+                return Poll::Ready(());
+            }
+            self.stop_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Reads `reader` into `events` as `wrap(reply)` until an error or the stop.
+pub fn spawn_reader(
+    events: &Rc<Events>,
+    mut reader: ReplyReader,
+    wrap: impl Fn(Result<Reply, BusError>) -> Event + 'static,
+) {
+    let events = events.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::select! {
+                _ = events.room() => {}
+                _ = events.stopped() => return,
+            }
+            monoio::select! {
+                reply = reader.next() => {
+                    let failed = reply.is_err();
+                    events.push(wrap(reply));
+                    if failed {
+                        return;
+                    }
+                }
+                _ = events.stopped() => return,
+            }
+        }
+    });
+}
