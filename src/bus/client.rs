@@ -58,7 +58,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
             window_ms: bus.dedupe_window.as_millis() as u64,
             sharded: false,
         },
-        epoch_candidate: super::new_epoch(),
+        epoch_candidate: String::new(),
     };
     let mut first = true;
     loop {
@@ -67,6 +67,10 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         }
         first = false;
         bus.set_state(BusState::Connecting);
+        // A log this session creates gets an epoch no earlier log had: after
+        // a Redis restart, a log made again under the epoch it had before
+        // would look to other instances like the old one gone back.
+        durable.epoch_candidate = super::new_epoch();
         let error = match open_session(&url, &bus, &mut durable, &mut nodes).await {
             Ok(session) => {
                 crate::log!(Info, "bus subscribed", redis = session.address(), channel = bus.channel);

@@ -66,7 +66,7 @@ pub struct Durable {
     pub keys: Vec<PartitionKeys>,
     /// Sent with every append.
     pub settings: AppendSettings,
-    /// The epoch a log gets if this instance creates it.
+    /// The epoch a log gets if this instance creates it (new for every session).
     pub epoch_candidate: String,
 }
 
