@@ -203,6 +203,14 @@ impl Publisher {
         self.acked_so_far.load(Ordering::Relaxed)
     }
 
+    /// Waits until `more` further messages were acknowledged: traffic before
+    /// and after a fault, counted rather than timed.
+    fn wait_for_more(&self, more: usize) {
+        let from = self.acked();
+        let done = wait_until(Duration::from_secs(30), || self.acked() >= from + more);
+        assert!(done, "fewer than {more} acknowledgements in 30 s (from {from})");
+    }
+
     fn finish(self) -> Vec<Acked> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("publisher thread")
@@ -250,21 +258,21 @@ fn check(name: &str, events: &[SseEvent], acked: &[Acked], gaps: usize, may_miss
     );
 }
 
-/// Publishes for `before`, runs `fault`, publishes for `after`, then checks
+/// Publishes a while, runs `fault`, publishes a while longer, then checks
 /// every subscriber (see [`check`]).
-fn under_fault(tier: Tier, data: usize, fault: impl FnOnce(&mut Tier), gaps: usize) -> Tier {
+fn under_fault(tier: Tier, data: usize, fault: impl FnOnce(&mut Tier, &Publisher), gaps: usize) -> Tier {
     let mut tier = tier;
     let apis = tier.instances.iter().map(|s| s.api).collect();
     let publisher = Publisher::start(apis, data, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_millis(1500));
+    publisher.wait_for_more(60);
     let fault_started = publisher.acked();
-    fault(&mut tier);
+    fault(&mut tier, &publisher);
     for server in &tier.instances {
         wait_ready(server, "after the fault");
     }
     // Everything acknowledged from here on is on the log that survived.
     let recovered = publisher.acked();
-    std::thread::sleep(Duration::from_millis(1500));
+    publisher.wait_for_more(60);
     let acked = publisher.finish();
     assert!(acked.len() > 50, "the publisher got few acknowledgements: {}", acked.len());
     let readers = std::mem::take(&mut tier.readers);
@@ -285,7 +293,7 @@ fn a_frozen_redis_is_noticed_and_nothing_acknowledged_is_lost() {
     let tier = under_fault(
         tier,
         100,
-        |tier| {
+        |tier, _| {
             tier.redis.signal("STOP");
             let frozen = Instant::now();
             for server in &tier.instances {
@@ -316,7 +324,7 @@ fn debug_sleep_loses_nothing_acknowledged() {
     under_fault(
         tier,
         100,
-        |tier| {
+        |tier, _| {
             let port = tier.redis.port();
             let sleeper = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", "2"]));
             sleeper.join().expect("redis-cli");
@@ -334,11 +342,15 @@ fn killed_subscriptions_are_caught_up_from_the_log() {
     let tier = under_fault(
         tier,
         100,
-        |tier| {
-            for _ in 0..2 {
+        |tier, _| {
+            for round in 1..=2u64 {
                 let killed = tier.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap_or_default();
                 assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 3), "CLIENT KILL answered {killed:?}");
-                std::thread::sleep(Duration::from_millis(700));
+                // Every instance resubscribed before the next kill.
+                let back = wait_until(Duration::from_secs(20), || {
+                    tier.instances.iter().all(|s| bus(s)["reconnects"].as_u64() >= Some(round) && readyz(s) == 200)
+                });
+                assert!(back, "not every instance resubscribed after kill {round}");
             }
         },
         0,
@@ -357,7 +369,7 @@ fn an_output_buffer_limit_that_cuts_subscribers_loses_nothing() {
     under_fault(
         tier,
         4096,
-        |tier| {
+        |tier, _| {
             // A subscriber more than 8 KiB behind is cut at once.
             let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 8kb 4kb 1"]);
             assert_eq!(set.as_deref().map(str::trim), Some("OK"));
@@ -375,7 +387,7 @@ fn a_redis_restart_with_persistence_loses_nothing() {
         return;
     }
     let tier = tier(&["--appendonly", "yes", "--appendfsync", "always"], 2, &[]);
-    let tier = under_fault(tier, 100, |tier| tier.redis.restart(), 0);
+    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 0);
     for server in &tier.instances {
         assert_eq!(bus(server)["gaps"], json!(0), "the log survived: {}", bus(server));
     }
@@ -387,7 +399,7 @@ fn a_redis_restart_without_persistence_is_one_gap_then_every_message() {
         return;
     }
     let tier = tier(&[], 2, &[]);
-    let tier = under_fault(tier, 100, |tier| tier.redis.restart(), 1);
+    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 1);
     for server in &tier.instances {
         assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
     }
@@ -402,13 +414,13 @@ fn a_redis_restored_from_an_older_snapshot_is_one_gap_then_every_message() {
     let tier = under_fault(
         tier,
         100,
-        |tier| {
-            // A snapshot, a second of acknowledged messages after it, and a
+        |tier, publisher| {
+            // A snapshot, acknowledged messages after it, and a
             // crash: Redis comes back with the snapshot, its logs behind what
             // the instances applied, and would give out those sequence
             // numbers again.
             assert_eq!(tier.redis.cli(&["SAVE"]).as_deref().map(str::trim), Some("OK"));
-            std::thread::sleep(Duration::from_secs(1));
+            publisher.wait_for_more(40);
             tier.redis.restart();
         },
         1,
@@ -430,12 +442,17 @@ fn entries_trimmed_before_an_instance_read_them_are_one_gap() {
     // A short log: an instance that misses more than it holds cannot catch up.
     let mut tier = tier(&[], 2, &["--bus-history", "10"]);
     let publisher = Publisher::start(vec![tier.instances[0].api], 100, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_millis(1000));
+    publisher.wait_for_more(40);
     let fault_started = publisher.acked();
     // Instance 1 freezes, and Redis drops the subscriptions meanwhile: when
     // it thaws it must read what it missed, and the log kept only the end.
     tier.instances[1].signal("STOP");
-    std::thread::sleep(Duration::from_millis(200));
+    let pid = tier.instances[1].pid();
+    let stopped = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')))
+    });
+    assert!(stopped, "instance 1 did not stop");
     tier.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     // `MAXLEN ~ 10` trims whole stream nodes (100 entries by default): 300
     // entries are sure to take the ones instance 1 missed.
@@ -450,7 +467,7 @@ fn entries_trimmed_before_an_instance_read_them_are_one_gap() {
     });
     assert!(back, "instance 1 did not reconnect after thawing: {}", bus(&tier.instances[1]));
     let recovered = publisher.acked();
-    std::thread::sleep(Duration::from_millis(1500));
+    publisher.wait_for_more(60);
     let acked = publisher.finish();
     let mut readers = std::mem::take(&mut tier.readers).into_iter();
     let events = readers.next().expect("instance 0's reader").finish();
@@ -470,14 +487,14 @@ fn entries_trimmed_before_an_instance_read_them_are_one_gap() {
 /// everything acknowledged outside the failover arrives exactly once.
 fn failover_under_traffic(instances: &[Server], readers: Vec<Reader>, fail_over: impl FnOnce(&Publisher, usize)) {
     let publisher = Publisher::start(instances.iter().map(|s| s.api).collect(), 100, Duration::from_millis(20));
-    std::thread::sleep(Duration::from_millis(1500));
+    publisher.wait_for_more(60);
     let fault_started = publisher.acked();
     fail_over(&publisher, fault_started);
     for server in instances {
         wait_ready(server, "after the failover");
     }
     let recovered = publisher.acked();
-    std::thread::sleep(Duration::from_millis(1500));
+    publisher.wait_for_more(60);
     let acked = publisher.finish();
     for (n, reader) in readers.into_iter().enumerate() {
         let events = reader.finish();

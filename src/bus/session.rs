@@ -82,9 +82,6 @@ pub struct Session {
     url: RedisUrl,
     /// This instance's id, written into every entry it appends.
     instance: u32,
-    /// Sharded Pub/Sub (a Redis 7 Cluster): a partition moving to another
-    /// node moves its subscription too, so the session starts over.
-    sharded: bool,
 }
 
 impl Drop for Session {
@@ -147,7 +144,6 @@ impl Session {
             canary_channel,
             url: url.clone(),
             instance: bus.instance,
-            sharded,
         };
         if let Some(slots) = slots {
             session.subscribe_sharded(durable, &slots, timeout).await?;
@@ -333,7 +329,9 @@ impl Session {
                     Sent::Canary => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
-                if self.sharded {
+                // Sharded Pub/Sub: a partition that moved took its
+                // subscription with it, so the session starts over.
+                if durable.settings.sharded {
                     return Err(format!("partition {partition} moved to {address}: subscribing there"));
                 }
                 let node = self.node_for(address, bus.timeout).await?;

@@ -146,40 +146,41 @@ impl Shared {
         let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
         let mut indexes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
         for (index, delivery) in deliveries.into_iter().enumerate() {
-            match &delivery.target {
-                Target::User(user) => {
-                    let owner = self.owner(user);
-                    indexes[owner].push(index);
-                    per_shard[owner].push(delivery);
-                }
-                Target::Room(_) | Target::All | Target::Tenant(_) => {
-                    for shard in 0..shards {
-                        indexes[shard].push(index);
-                        per_shard[shard].push(delivery.clone());
-                    }
-                }
+            let targets = self.shards_for(&delivery.target);
+            let last = targets.end - 1;
+            for shard in targets.start..last {
+                indexes[shard].push(index);
+                per_shard[shard].push(delivery.clone());
             }
+            indexes[last].push(index);
+            per_shard[last].push(delivery);
         }
         (per_shard, indexes)
     }
 
     /// Per shard, the indexes of the `deliveries` it must queue, in order
-    /// (the rule [`Shared::route`] applies, for a publisher that must know
-    /// which shards will answer before it hands the deliveries on).
+    /// (what [`Shared::route`] returns beside the deliveries, for a publisher
+    /// that must know which shards will answer before it hands them on).
     pub fn route_indexes(&self, deliveries: &[Delivery]) -> Vec<Vec<usize>> {
-        let shards = self.shard_count();
-        let mut indexes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut indexes: Vec<Vec<usize>> = (0..self.shard_count()).map(|_| Vec::new()).collect();
         for (index, delivery) in deliveries.iter().enumerate() {
-            match &delivery.target {
-                Target::User(user) => indexes[self.owner(user)].push(index),
-                Target::Room(_) | Target::All | Target::Tenant(_) => {
-                    for list in &mut indexes {
-                        list.push(index);
-                    }
-                }
+            for shard in self.shards_for(&delivery.target) {
+                indexes[shard].push(index);
             }
         }
         indexes
+    }
+
+    /// The shards that queue a delivery to `target`: a user's owner, or
+    /// every shard for a room's or a broadcast (of any namespace).
+    fn shards_for(&self, target: &Target) -> std::ops::Range<usize> {
+        match target {
+            Target::User(user) => {
+                let owner = self.owner(user);
+                owner..owner + 1
+            }
+            Target::Room(_) | Target::All | Target::Tenant(_) => 0..self.shard_count(),
+        }
     }
 
     /// Sends from a thread that may block briefly (signal thread, start-up).
