@@ -11,6 +11,12 @@ use super::Error;
 /// Largest chunk-size line accepted (hex digits plus extensions).
 const MAX_CHUNK_LINE: usize = 1024;
 
+/// Largest trailer section accepted (its lines are read and discarded).
+const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+/// Most hex digits in a chunk size: 15 keep any size well inside `u64`.
+const MAX_CHUNK_SIZE_DIGITS: usize = 15;
+
 /// Incremental decoder for one request body.
 #[derive(Debug)]
 pub struct BodyDecoder {
@@ -25,7 +31,8 @@ enum State {
     ChunkSize,
     ChunkData(u64),
     ChunkDataEnd,
-    Trailers,
+    /// Trailer bytes read so far.
+    Trailers(usize),
     Done,
 }
 
@@ -65,16 +72,11 @@ impl BodyDecoder {
                     let Some(line) = take_line(input, MAX_CHUNK_LINE)? else {
                         return Ok(None);
                     };
-                    let size_text = line[..].split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-                    let size = std::str::from_utf8(size_text)
-                        .ok()
-                        .filter(|s| !s.is_empty() && s.len() <= 15)
-                        .and_then(|s| u64::from_str_radix(s, 16).ok())
-                        .ok_or(Error::BadRequest("invalid chunk size"))?;
+                    let size = chunk_size(&line).ok_or(Error::BadRequest("invalid chunk size"))?;
                     if self.body.len() as u64 + size > self.limit as u64 {
                         return Err(Error::BodyTooLarge);
                     }
-                    self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                    self.state = if size == 0 { State::Trailers(0) } else { State::ChunkData(size) };
                 }
                 State::ChunkData(remaining) => {
                     if input.is_empty() {
@@ -95,17 +97,40 @@ impl BodyDecoder {
                     }
                     self.state = State::ChunkSize;
                 }
-                State::Trailers => {
-                    let Some(line) = take_line(input, MAX_CHUNK_LINE)? else {
+                State::Trailers(read) => {
+                    let Some(line) = take_line(input, MAX_TRAILER_BYTES - read)? else {
                         return Ok(None);
                     };
+                    let read = read + line.len() + 2;
                     if line.is_empty() {
                         self.state = State::Done;
+                    } else if read >= MAX_TRAILER_BYTES {
+                        return Err(Error::HeadTooLarge);
+                    } else {
+                        self.state = State::Trailers(read);
                     }
                 }
             }
         }
     }
+}
+
+/// The size of a chunk-size line (RFC 9112 §7.1): hex digits only, then
+/// nothing or extensions after optional whitespace and `;`. No sign, no
+/// leading whitespace: a proxy that reads `+5` or ` 5` differently would
+/// see another body than ours (request smuggling).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > MAX_CHUNK_SIZE_DIGITS {
+        return None;
+    }
+    let rest = &line[digits..];
+    let extension = rest.iter().position(|&b| b != b' ' && b != b'\t').map(|at| &rest[at..]);
+    if extension.is_some_and(|ext| ext[0] != b';') {
+        return None;
+    }
+    let text = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(text, 16).ok()
 }
 
 /// Splits one CRLF-terminated line (without the CRLF) off `input`.
@@ -168,5 +193,33 @@ mod tests {
         assert!(matches!(decoder.decode(&mut BytesMut::from(&b"zz\r\n"[..])), Err(Error::BadRequest(_))));
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 10).unwrap();
         assert!(matches!(decoder.decode(&mut BytesMut::from(&b"1\r\nab\r\n"[..])), Err(Error::BadRequest(_))));
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict_hex() {
+        for bad in ["+5", " 5", "-5", "0x5", "5x", "", ";ext", "1234567890abcdef0"] {
+            assert_eq!(chunk_size(bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(chunk_size(b"5"), Some(5));
+        assert_eq!(chunk_size(b"00A"), Some(10));
+        assert_eq!(chunk_size(b"5;name=value"), Some(5));
+        assert_eq!(chunk_size(b"5 \t; name"), Some(5), "whitespace before an extension");
+        let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 100).unwrap();
+        assert!(matches!(decoder.decode(&mut BytesMut::from(&b"+5\r\nhello\r\n"[..])), Err(Error::BadRequest(_))));
+    }
+
+    #[test]
+    fn trailers_are_bounded() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 100).unwrap();
+        let mut input = BytesMut::from(&b"0\r\n"[..]);
+        let line = format!("X-Filler: {}\r\n", "a".repeat(100));
+        for _ in 0..(MAX_TRAILER_BYTES / line.len() + 1) {
+            input.extend_from_slice(line.as_bytes());
+        }
+        assert_eq!(decoder.decode(&mut input).unwrap_err(), Error::HeadTooLarge);
+        let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 100).unwrap();
+        let mut input = BytesMut::from(&b"0\r\n"[..]);
+        input.extend_from_slice("a".repeat(MAX_TRAILER_BYTES + 10).as_bytes());
+        assert!(decoder.decode(&mut input).is_err(), "one endless trailer line");
     }
 }

@@ -15,10 +15,12 @@ pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
     while i < raw.len() {
         match raw[i] {
             b'%' => {
-                let hex = raw.get(i + 1..i + 3).ok_or(DecodeError)?;
-                let value =
-                    std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(DecodeError)?;
-                out.push(value);
+                // Exactly two hex digits: `from_str_radix` alone would take `%+5`.
+                let (high, low) = match raw.get(i + 1..i + 3) {
+                    Some(&[high, low]) => (hex_value(high).ok_or(DecodeError)?, hex_value(low).ok_or(DecodeError)?),
+                    _ => return Err(DecodeError),
+                };
+                out.push(high << 4 | low);
                 i += 3;
             }
             b'+' if plus_is_space => {
@@ -32,6 +34,11 @@ pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
         }
     }
     String::from_utf8(out).map_err(|_| DecodeError)
+}
+
+/// The value of one ASCII hex digit.
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|value| value as u8)
 }
 
 /// Decoded `key=value` pairs of a query string, in order.
@@ -65,6 +72,9 @@ mod tests {
         assert_eq!(decode(b"%E2%9C%93", true).unwrap(), "\u{2713}");
         assert!(decode(b"%zz", true).is_err());
         assert!(decode(b"%4", true).is_err());
+        assert!(decode(b"%+5", true).is_err(), "a sign is not a hex digit");
+        assert!(decode(b"%-1", false).is_err());
+        assert!(decode(b"% 5", false).is_err());
         assert!(decode(b"%ff", true).is_err(), "invalid UTF-8");
     }
 
