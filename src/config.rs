@@ -27,6 +27,8 @@ pub const DEFAULT_RETRY: &str = "2s";
 pub const DEFAULT_MAX_PAYLOAD: &str = "1MiB";
 /// Default bound of a batch publish body: room for a few thousand typical messages.
 pub const DEFAULT_MAX_BATCH_BODY: &str = "16MiB";
+/// Default of `--body-budget`: four largest batches at once per shard.
+pub const DEFAULT_BODY_BUDGET: &str = "64MiB";
 /// Default queue bounds per connection (the seed's `maxQueueItems`/`maxQueueBytes`).
 pub const DEFAULT_MAX_QUEUE_ITEMS: usize = 100;
 /// See [`DEFAULT_MAX_QUEUE_ITEMS`].
@@ -180,6 +182,9 @@ pub struct Cli {
     /// Largest body of a batch publish (413 above).
     #[arg(long, env = "SSEKIFY_MAX_BATCH_BODY", default_value = DEFAULT_MAX_BATCH_BODY)]
     pub max_batch_body: String,
+    /// Publish body bytes one shard reads at once, over all its requests (503 with Retry-After above).
+    #[arg(long, env = "SSEKIFY_BODY_BUDGET", default_value = DEFAULT_BODY_BUDGET)]
+    pub body_budget: String,
     /// Replay entries kept per user, per room and for broadcasts; 0 disables replay.
     #[arg(long, env = "SSEKIFY_RECENT_BUFFER", default_value_t = 20)]
     pub recent_buffer: usize,
@@ -245,7 +250,7 @@ pub struct Cli {
     /// What a full queue does to the next frame.
     #[arg(long, env = "SSEKIFY_DROP_POLICY", value_enum, default_value = "oldest")]
     pub drop_policy: DropPolicy,
-    /// Subscribers the instance holds at most; 0 = no limit (503 above).
+    /// Subscribers the instance holds at most (503 above; 64 more public sockets may be reading requests); 0 = the open-file limit less a reserve of a tenth (128 to 4096) kept for the api listener, the bus, webhooks and health checks.
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
     /// Connections one user may hold at most; 0 = no limit (429 above).
@@ -343,6 +348,8 @@ pub struct Config {
     pub max_payload: usize,
     /// Bound of a batch publish body.
     pub max_batch_body: usize,
+    /// Publish body bytes one shard reads at once.
+    pub body_budget: usize,
     /// Replay ring length (0: replay off).
     pub recent_buffer: usize,
     /// Replay ring idle lifetime (zero: no expiry).
@@ -375,7 +382,8 @@ pub struct Config {
     pub max_queue_bytes: NonZeroUsize,
     /// Full-queue behaviour.
     pub drop_policy: DropPolicy,
-    /// Instance-wide subscriber limit (None = unlimited).
+    /// Subscribers the instance holds at most (None: derived from the
+    /// open-file limit at start, see `server::connection_limit`).
     pub max_connections: Option<NonZeroUsize>,
     /// Per-user subscriber limit (None = unlimited).
     pub max_connections_per_user: Option<NonZeroUsize>,
@@ -630,6 +638,7 @@ impl TryFrom<Cli> for Config {
             retry: duration("retry", &cli.retry)?,
             max_payload,
             max_batch_body: size("max-batch-body", &cli.max_batch_body)?,
+            body_budget: size("body-budget", &cli.body_budget)?,
             recent_buffer: cli.recent_buffer,
             recent_ttl: duration("recent-ttl", &cli.recent_ttl)?,
             recent_max_users: cli.recent_max_users,

@@ -45,6 +45,100 @@ pub fn render_histogram(out: &mut String, name: &str, help: &str, histograms: &[
     let _ = writeln!(out, "{name}_sum {}\n{name}_count {count}", sum_us as f64 / 1e6);
 }
 
+/// Why a request or connection was turned away before its route ran: each
+/// limit of the security model has its own reason, so an operator can tell
+/// an attack or a misconfigured client from the counters alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed request line, headers, framing or target (400).
+    BadRequest,
+    /// Head over `--max-head` or `--max-headers`, or trailers too large (431).
+    HeadTooLarge,
+    /// Body over `--max-payload` or `--max-batch-body` (413).
+    BodyTooLarge,
+    /// Request not received within `--read-timeout` (408).
+    Timeout,
+    /// No such route on this listener (404).
+    NotFound,
+    /// Route exists, method does not (405).
+    MethodNotAllowed,
+    /// Missing or wrong api key (401).
+    Unauthorized,
+    /// The shard's `--body-budget` of body bytes in flight was spent (503).
+    BodyBudget,
+    /// `--max-connections` subscribers, or public sockets beyond them (503).
+    AtCapacity,
+}
+
+impl Rejection {
+    /// Every reason, in the order of [`Rejections`]' slots.
+    pub const ALL: [Rejection; 9] = [
+        Rejection::BadRequest,
+        Rejection::HeadTooLarge,
+        Rejection::BodyTooLarge,
+        Rejection::Timeout,
+        Rejection::NotFound,
+        Rejection::MethodNotAllowed,
+        Rejection::Unauthorized,
+        Rejection::BodyBudget,
+        Rejection::AtCapacity,
+    ];
+
+    /// The `reason` label and stats key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::BadRequest => "bad_request",
+            Rejection::HeadTooLarge => "head_too_large",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::Timeout => "timeout",
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::BodyBudget => "body_budget",
+            Rejection::AtCapacity => "at_capacity",
+        }
+    }
+}
+
+/// One counter per [`Rejection`] reason.
+#[derive(Default, Debug)]
+pub struct Rejections([AtomicU64; Rejection::ALL.len()]);
+
+impl Rejections {
+    /// Counts one rejection.
+    pub fn count(&self, reason: Rejection) {
+        self.0[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current counts, in the order of [`Rejection::ALL`].
+    pub fn snapshot(&self) -> [u64; Rejection::ALL.len()] {
+        std::array::from_fn(|slot| self.0[slot].load(Ordering::Relaxed))
+    }
+}
+
+/// Rejections summed over shards, in the order of [`Rejection::ALL`].
+pub fn rejection_totals(shards: &[ShardStats]) -> [u64; Rejection::ALL.len()] {
+    let mut out = [0; Rejection::ALL.len()];
+    for shard in shards {
+        for (slot, value) in shard.rejected.snapshot().into_iter().enumerate() {
+            out[slot] += value;
+        }
+    }
+    out
+}
+
+/// Appends `ssekify_rejected_total{reason=…}` to a Prometheus exposition.
+pub fn render_rejections(out: &mut String, totals: &[u64; Rejection::ALL.len()]) {
+    let name = "ssekify_rejected_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests and connections turned away by a limit, by reason.\n# TYPE {name} counter"
+    );
+    for (reason, value) in Rejection::ALL.iter().zip(totals) {
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {value}", reason.name());
+    }
+}
+
 /// One shard's counters and gauges.
 #[derive(Default, Debug)]
 #[repr(align(128))]
@@ -95,6 +189,8 @@ pub struct ShardStats {
     pub auth_failures: AtomicU64,
     /// Publish requests: from validated to queued on every shard (bus included).
     pub publish_latency: LatencyHistogram,
+    /// Requests and connections turned away, by reason.
+    pub rejected: Rejections,
 }
 
 impl ShardStats {

@@ -24,8 +24,10 @@ use bytes::Bytes;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::http::query;
-use crate::http::request::{Method, Request};
+use crate::http::request::{BodyFraming, Method, Request};
 use crate::http::response::Response;
+use crate::metrics::Rejection;
+use crate::namespace::Namespace;
 use crate::shard::envelope::Subscription;
 use crate::shard::ShardCtx;
 
@@ -63,24 +65,6 @@ pub enum Routed {
     Response(Response),
     /// A subscriber: the socket becomes a stream.
     Subscribe(Subscription),
-}
-
-/// The largest body a request may carry (checked before it is read).
-pub fn body_limit(request: &Request, config: &Config) -> usize {
-    if is_batch_path(&request.path) {
-        config.max_batch_body
-    } else {
-        config.max_payload
-    }
-}
-
-/// `/v1/publish` or `/v1/t/{tenant}/publish` (the tenant still percent-encoded).
-fn is_batch_path(path: &[u8]) -> bool {
-    path == b"/v1/publish"
-        || path
-            .strip_prefix(b"/v1/t/")
-            .and_then(|rest| rest.strip_suffix(b"/publish"))
-            .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains(&b'/'))
 }
 
 /// A known route: the methods it allows, whether it is an api route, and
@@ -187,20 +171,45 @@ fn allow_header(allow: &[Method]) -> String {
     names.join(", ")
 }
 
-/// Answers one request read on a listener with `role`.
-pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request: &Request, body: Bytes) -> Routed {
-    let bus = services.bus.as_deref();
+/// A request its route accepts, decided from the head alone: method,
+/// listener, api key and tenant are checked before any body byte is read.
+pub struct Admitted {
+    endpoint: Endpoint,
+    ns: Namespace,
+}
+
+impl Admitted {
+    /// The largest body this route reads, or `None` for routes that read no
+    /// body (a body sent to them is never read: the connection closes after
+    /// the answer).
+    pub fn body_limit(&self, config: &Config) -> Option<usize> {
+        match self.endpoint {
+            Endpoint::PublishUser(_) | Endpoint::PublishRoom(_) | Endpoint::Broadcast => Some(config.max_payload),
+            Endpoint::Batch => Some(config.max_batch_body),
+            _ => None,
+        }
+    }
+}
+
+/// Decides from the head whether a request read on a listener with `role`
+/// may go on; refusals (and answers that need nothing more, like OPTIONS)
+/// come back as the response to send, with the reason counted.
+pub fn admit(ctx: &ShardCtx, role: Role, request: &Request) -> Result<Admitted, Response> {
     let config = &ctx.shared.config;
+    let rejected = &ctx.stats().rejected;
     let Ok(segments) = query::segments(&request.path) else {
-        return Routed::Response(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
+        rejected.count(Rejection::BadRequest);
+        return Err(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
     };
     let Some(route) = find(&segments).filter(|r| config.demo || !matches!(r.endpoint, Endpoint::Demo)) else {
-        return Routed::Response(not_found());
+        rejected.count(Rejection::NotFound);
+        return Err(not_found(role, &segments));
     };
     let is_health = matches!(route.endpoint, Endpoint::Health | Endpoint::Ready);
     let visible = is_health || if route.api { role.api() } else { role.public() };
     if !visible {
-        return Routed::Response(not_found());
+        rejected.count(Rejection::NotFound);
+        return Err(not_found(role, &segments));
     }
     let allowed =
         route.allow.contains(&request.method) || (request.method == Method::Head && route.allow.contains(&Method::Get));
@@ -210,29 +219,44 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
         if let (Endpoint::Subscribe, Some(origin)) = (&route.endpoint, &config.cors_origin) {
             response = subscribe::cors_preflight(response, origin);
         }
-        return Routed::Response(response);
+        return Err(response);
     }
     if !allowed {
-        return Routed::Response(
-            Response::error(405, "method_not_allowed", "this method is not allowed on this path")
-                .header("Allow", allow_header(route.allow)),
-        );
+        rejected.count(Rejection::MethodNotAllowed);
+        return Err(Response::error(405, "method_not_allowed", "this method is not allowed on this path")
+            .header("Allow", allow_header(route.allow)));
     }
     if route.api && !is_health {
         if let Some(refusal) = check_api_key(request, config) {
-            return Routed::Response(refusal);
+            rejected.count(Rejection::Unauthorized);
+            return Err(refusal);
         }
     }
-    let ns = match names::namespace(route.tenant.as_deref(), config.tenants.as_deref()) {
-        Ok(ns) => ns,
-        Err(refusal) => return Routed::Response(refusal),
-    };
+    if matches!(route.endpoint, Endpoint::Subscribe) && request.body != BodyFraming::Empty {
+        rejected.count(Rejection::BadRequest);
+        return Err(Response::error(400, "bad_request", "a subscribe request carries no body"));
+    }
+    let ns = names::namespace(route.tenant.as_deref(), config.tenants.as_deref())?;
+    Ok(Admitted { endpoint: route.endpoint, ns })
+}
+
+/// Answers an admitted request; `body` is what [`Admitted::body_limit`] let
+/// the connection read (empty for routes that read none).
+pub async fn route(
+    ctx: &Rc<ShardCtx>,
+    services: &Services,
+    request: &Request,
+    admitted: Admitted,
+    body: Bytes,
+) -> Routed {
+    let bus = services.bus.as_deref();
+    let Admitted { endpoint, ns } = admitted;
     // Routes that wait on other shards or the bus have large futures (up to
     // ~7 KiB). Boxed, they cost one allocation per such request instead of
     // making every connection's task that large — subscribers' too, whose
     // tasks, thousands at once in a reconnect storm, would leave the heap
     // fragmented under the streams' long-lived state.
-    let response = match route.endpoint {
+    let response = match endpoint {
         Endpoint::Demo => observe::demo_page(),
         Endpoint::Subscribe => return subscribe::handle(ctx, ns, request).await,
         Endpoint::Health => observe::health(),
@@ -260,8 +284,18 @@ pub async fn route(ctx: &Rc<ShardCtx>, services: &Services, role: Role, request:
     Routed::Response(response)
 }
 
-fn not_found() -> Response {
-    Response::error(404, "not_found", "no such route")
+/// 404, pointing to the api listener when an api path was asked on the public one.
+fn not_found(role: Role, segments: &[String]) -> Response {
+    let api_path = segments.first().is_some_and(|first| first == "v1" || first == "metrics");
+    if role == Role::Public && api_path {
+        Response::error(
+            404,
+            "not_found",
+            "no such route on the public listener; publish and admin routes are served on --api-listen",
+        )
+    } else {
+        Response::error(404, "not_found", "no such route")
+    }
 }
 
 /// `Authorization: Bearer <key>`, compared in constant time.
@@ -335,15 +369,5 @@ mod tests {
         ] {
             assert!(route(path).is_none(), "{path} is not a route");
         }
-    }
-
-    #[test]
-    fn batch_bodies_are_recognised_under_a_tenant() {
-        assert!(is_batch_path(b"/v1/publish"));
-        assert!(is_batch_path(b"/v1/t/acme/publish"));
-        assert!(is_batch_path(b"/v1/t/a%2Cb/publish"));
-        assert!(!is_batch_path(b"/v1/t//publish"));
-        assert!(!is_batch_path(b"/v1/t/a/b/publish"));
-        assert!(!is_batch_path(b"/v1/broadcast"));
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::bus::{Bus, BusState, BusStats};
 use crate::http::response::Response;
-use crate::metrics::{self, FIELDS};
+use crate::metrics::{self, Rejection, FIELDS};
 use crate::shard::{Phase, ShardCtx};
 
 /// `GET /healthz`: the process runs.
@@ -46,6 +46,10 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         body.insert((*key).into(), totals[slot].into());
     }
     body.insert("rooms".into(), rooms.into());
+    let rejected = metrics::rejection_totals(&ctx.shared.stats);
+    let rejected: Map<String, Value> =
+        Rejection::ALL.iter().zip(rejected).map(|(reason, n)| (reason.name().into(), n.into())).collect();
+    body.insert("rejected".into(), rejected.into());
     let shards: Vec<Value> = snapshots
         .iter()
         .enumerate()
@@ -109,7 +113,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let bus = bus.map(Bus::stats);
     let bus_value = |f: fn(&BusStats) -> u64| bus.as_ref().map_or(0, f);
     let histograms: Vec<_> = ctx.shared.stats.iter().map(|s| &s.publish_latency).collect();
-    let text = metrics::render(
+    let mut text = metrics::render(
         &snapshots,
         &[
             ("ssekify_rooms", "Distinct rooms with members on any shard.", rooms),
@@ -142,6 +146,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         ],
         &histograms,
     );
+    metrics::render_rejections(&mut text, &metrics::rejection_totals(&ctx.shared.stats));
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 

@@ -106,6 +106,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
     if let Some(limit) = config.max_connections {
         if open >= limit.get() {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
+            ctx.stats().rejected.count(crate::metrics::Rejection::AtCapacity);
             return Err(Response::error(
                 503,
                 "at_capacity",

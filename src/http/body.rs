@@ -48,6 +48,11 @@ impl BodyDecoder {
         Ok(BodyDecoder { state, limit, body: BytesMut::new() })
     }
 
+    /// Body bytes decoded so far.
+    pub fn received(&self) -> usize {
+        self.body.len()
+    }
+
     /// Consumes what it can from `input`. Returns the body once complete; bytes
     /// after it (a pipelined request) stay in `input`.
     pub fn decode(&mut self, input: &mut BytesMut) -> Result<Option<BytesMut>, Error> {

@@ -9,6 +9,8 @@ pub mod response;
 
 use std::fmt;
 
+use crate::metrics::Rejection;
+
 /// What went wrong reading a request, and therefore what to answer before closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -22,6 +24,8 @@ pub enum Error {
     Timeout,
     /// The peer closed mid-request; nothing can be answered.
     UnexpectedEof,
+    /// The shard's `--body-budget` of body bytes in flight is spent: 503.
+    BodyBudget,
 }
 
 impl Error {
@@ -32,6 +36,7 @@ impl Error {
             Error::HeadTooLarge => 431,
             Error::BodyTooLarge => 413,
             Error::Timeout => 408,
+            Error::BodyBudget => 503,
         }
     }
 
@@ -42,6 +47,22 @@ impl Error {
             Error::HeadTooLarge => "headers_too_large",
             Error::BodyTooLarge => "payload_too_large",
             Error::Timeout => "request_timeout",
+            Error::BodyBudget => "overloaded",
+        }
+    }
+}
+
+impl Error {
+    /// The reason counted in `ssekify_rejected_total` (none for a client
+    /// that went away).
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Error::BadRequest(_) => Some(Rejection::BadRequest),
+            Error::HeadTooLarge => Some(Rejection::HeadTooLarge),
+            Error::BodyTooLarge => Some(Rejection::BodyTooLarge),
+            Error::Timeout => Some(Rejection::Timeout),
+            Error::BodyBudget => Some(Rejection::BodyBudget),
+            Error::UnexpectedEof => None,
         }
     }
 }
@@ -54,6 +75,7 @@ impl fmt::Display for Error {
             Error::BodyTooLarge => f.write_str("request body too large"),
             Error::Timeout => f.write_str("request not received in time"),
             Error::UnexpectedEof => f.write_str("connection closed mid-request"),
+            Error::BodyBudget => f.write_str("too many request bodies in flight (--body-budget); retry shortly"),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// Body framing.
     pub body: BodyFraming,
+    /// HTTP/1.1 (rather than 1.0): interim answers like `100 Continue` allowed.
+    pub http11: bool,
     head: Bytes,
     headers: SmallVec<[HeaderSpan; 16]>,
 }
@@ -144,7 +146,8 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
         Some(at) => (target.slice(..at), target.slice(at + 1..)),
         None => (target.clone(), Bytes::new()),
     };
-    let mut request = Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, head, headers };
+    let mut request =
+        Request { method, path, query, keep_alive: http11, body: BodyFraming::Empty, http11, head, headers };
     request.keep_alive = keep_alive(&request, http11);
     request.body = framing(&request, http11)?;
     Ok(Some(request))

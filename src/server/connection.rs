@@ -1,28 +1,59 @@
 //! One accepted socket: read requests (keep-alive, pipelining), answer them,
 //! or hand the socket over as an SSE stream.
+//!
+//! The order is the security model's: a head is read (small buffer, bounded
+//! time), its route, method, listener and api key are decided from the head
+//! alone ([`api::admit`]), and only an admitted publish has its body read,
+//! within the shard's `--body-budget`. A body nobody may read is never
+//! buffered: the answer goes out and the connection closes.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::api::{self, Role, Routed, Services};
 use crate::http::body::BodyDecoder;
-use crate::http::request::{self, HeadLimits, Method, Request};
+use crate::http::request::{self, BodyFraming, HeadLimits, Method, Request};
 use crate::http::response::Response;
 use crate::http::Error;
-use crate::metrics::ShardStats;
-use crate::shard::ShardCtx;
+use crate::metrics::{Rejection, ShardStats};
+use crate::shard::{Phase, ShardCtx};
 
-/// Bytes requested per read; heads are small and bodies are read to their size.
+/// Bytes asked of a connection's first read: a whole typical head (a
+/// browser's subscribe is 400–900 B), so an idle or slow-loris socket holds
+/// a small buffer. Reads grow the buffer only while a head or body needs it.
+const FIRST_READ: usize = 1024;
+
+/// Most bytes asked of one read of a head or body.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// At most this many bytes of a body nobody will read are read and thrown
+/// away after the answer, so a client still sending gets the answer rather
+/// than a reset (RFC 9112 §9.6's "lingering close")…
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// …and for at most this long.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Serves requests on `stream` until the client closes, a request asks to
-/// close, an error ends it, or the socket becomes a stream.
-pub async fn serve(ctx: Rc<ShardCtx>, services: Rc<Services>, mut stream: TcpStream, role: Role) {
+/// close, an error ends it, or the socket becomes a stream. `pending` holds
+/// the socket's place under `--max-connections` until it becomes a stream
+/// (streams are counted as subscribers from then on).
+pub async fn serve(
+    ctx: Rc<ShardCtx>,
+    services: Rc<Services>,
+    mut stream: TcpStream,
+    role: Role,
+    pending: PendingSocket,
+) {
     let config = &ctx.shared.config;
     let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
     let mut buf = BytesMut::new();
@@ -37,25 +68,38 @@ pub async fn serve(ctx: Rc<ShardCtx>, services: Rc<Services>, mut stream: TcpStr
             }
         };
         first = false;
-        let body = match read_body(&mut stream, &mut buf, &request, &ctx).await {
-            Ok(body) => body,
-            Err(error) => {
-                refuse(&ctx, &mut stream, error).await;
+        let in_flight = InFlight::start(&ctx);
+        let unread_body = !matches!(request.body, BodyFraming::Empty | BodyFraming::Length(0));
+        let admitted = match api::admit(&ctx, role, &request) {
+            Ok(admitted) => admitted,
+            Err(response) => {
+                if answer(&ctx, &mut stream, &request, response, unread_body).await {
+                    continue;
+                }
                 break;
             }
         };
-        match api::route(&ctx, &services, role, &request, body.freeze()).await {
+        let limit = admitted.body_limit(config);
+        let (body, _charge) = match limit {
+            Some(limit) if unread_body => match read_body(&mut stream, &mut buf, &request, limit, &ctx).await {
+                Ok(read) => read,
+                Err(error) => {
+                    refuse(&ctx, &mut stream, error).await;
+                    break;
+                }
+            },
+            _ => (Bytes::new(), BodyCharge::none(&ctx)),
+        };
+        match api::route(&ctx, &services, &request, admitted, body).await {
             Routed::Subscribe(subscription) => {
-                drop(buf);
+                drop((buf, in_flight, pending));
                 // Boxed for the same reason as the routes in `api::route`.
                 Box::pin(ctx.subscribe(stream, subscription)).await;
                 return;
             }
             Routed::Response(response) => {
-                let keep_alive = request.keep_alive && !response.close;
-                let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
-                let (result, _) = stream.write_all(bytes).await;
-                if result.is_err() || !keep_alive {
+                let body_left = unread_body && limit.is_none();
+                if !answer(&ctx, &mut stream, &request, response, body_left).await {
                     break;
                 }
             }
@@ -67,13 +111,84 @@ pub async fn serve(ctx: Rc<ShardCtx>, services: Rc<Services>, mut stream: TcpStr
     let _ = stream.shutdown().await;
 }
 
-/// Answers a malformed or timed-out request, then the caller closes.
+/// Writes `response`; returns whether the connection may carry another
+/// request. It may not when the request or answer says so, during a
+/// shutdown (`Connection: close` tells the client not to reuse it), or
+/// when a body was left unread on the socket.
+async fn answer(
+    ctx: &ShardCtx,
+    stream: &mut TcpStream,
+    request: &Request,
+    response: Response,
+    unread_body: bool,
+) -> bool {
+    let shutting_down = ctx.shared.phase() == Phase::Closing;
+    let keep_alive = request.keep_alive && !response.close && !unread_body && !shutting_down;
+    let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
+    let (result, _) = stream.write_all(bytes).await;
+    if result.is_ok() && unread_body {
+        linger(stream).await;
+    }
+    result.is_ok() && keep_alive
+}
+
+/// Answers a public socket over `--max-connections` with 503 and closes it,
+/// without reading its request (a few hundred bytes, then the descriptor is
+/// free again).
+pub async fn at_capacity(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
+    ctx.stats().rejected.count(Rejection::AtCapacity);
+    let limit = ctx.shared.config.max_connections.map_or(0, |n| n.get());
+    let response = Response::error(
+        503,
+        "at_capacity",
+        format!("the server holds its maximum of {limit} connections (--max-connections) and requests in progress"),
+    )
+    .header("Retry-After", "1")
+    .closing();
+    let (result, _) = stream.write_all(response.encode(false, false).freeze()).await;
+    if result.is_ok() {
+        linger(&mut stream).await;
+    }
+}
+
+/// Half-closes, then reads and discards what the client still sends, within
+/// [`LINGER_BYTES`] and [`LINGER_TIME`], into one small buffer.
+async fn linger(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut scratch = Vec::with_capacity(4096);
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        match monoio::time::timeout(remaining, stream.read(scratch)).await {
+            Ok((Ok(read), returned)) if read > 0 => {
+                discarded += read;
+                scratch = returned;
+                scratch.clear();
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Answers a malformed, oversized or timed-out request, then the caller closes.
 async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
     ShardStats::add(&ctx.stats().errors, 1);
+    if let Some(reason) = error.rejection() {
+        ctx.stats().rejected.count(reason);
+    }
     if error == Error::UnexpectedEof {
         return;
     }
-    let response = Response::error(error.status(), error.code(), error.to_string()).closing();
+    let mut response = Response::error(error.status(), error.code(), error.to_string()).closing();
+    if error == Error::BodyBudget {
+        response = response.header("Retry-After", "1");
+    }
     let _ = stream.write_all(response.encode(false, false).freeze()).await;
 }
 
@@ -102,7 +217,9 @@ async fn read_head(
             }
         }
         let had_bytes = !buf.is_empty();
-        match read_some(stream, buf, deadline).await {
+        // A partial head doubles the buffer; an empty one asks for a head's worth.
+        let want = if had_bytes { buf.len().clamp(FIRST_READ, READ_CHUNK) } else { FIRST_READ };
+        match read_some(stream, buf, deadline, want).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if had_bytes => return Err(Error::UnexpectedEof),
             ReadOutcome::Eof => return Ok(None),
@@ -112,24 +229,131 @@ async fn read_head(
     }
 }
 
-/// Reads the body the head announced, within `--read-timeout`.
-async fn read_body(
+/// Reads the body the head announced, within `--read-timeout`, `limit` and
+/// the shard's `--body-budget`. A client that sent `Expect: 100-continue` is
+/// told to go on only here, once the request is known to be read.
+async fn read_body<'a>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     request: &Request,
-    ctx: &ShardCtx,
-) -> Result<BytesMut, Error> {
-    let limit = api::body_limit(request, &ctx.shared.config);
+    limit: usize,
+    ctx: &'a ShardCtx,
+) -> Result<(Bytes, BodyCharge<'a>), Error> {
     let mut decoder = BodyDecoder::new(request.body, limit)?;
+    let mut charge = BodyCharge::none(ctx);
+    if let BodyFraming::Length(length) = request.body {
+        charge.raise_to(length as usize)?;
+    }
+    if expects_continue(request) {
+        let (result, _) = stream.write_all(CONTINUE).await;
+        result.map_err(|_| Error::UnexpectedEof)?;
+    }
     let deadline = Instant::now() + ctx.shared.config.read_timeout;
     loop {
         if let Some(body) = decoder.decode(buf)? {
-            return Ok(body);
+            return Ok((body.freeze(), charge));
         }
-        match read_some(stream, buf, deadline).await {
+        charge.raise_to(decoder.received() + buf.len())?;
+        match read_some(stream, buf, deadline, READ_CHUNK).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof => return Err(Error::UnexpectedEof),
             ReadOutcome::TimedOut => return Err(Error::Timeout),
+        }
+    }
+}
+
+/// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1).
+fn expects_continue(request: &Request) -> bool {
+    request.http11 && request.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Body bytes this request holds against its shard's `--body-budget`;
+/// given back when the request is answered.
+struct BodyCharge<'a> {
+    ctx: &'a ShardCtx,
+    bytes: usize,
+}
+
+impl<'a> BodyCharge<'a> {
+    fn none(ctx: &'a ShardCtx) -> Self {
+        BodyCharge { ctx, bytes: 0 }
+    }
+
+    /// Raises the charge to `bytes`, or refuses when the budget is spent.
+    fn raise_to(&mut self, bytes: usize) -> Result<(), Error> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        let in_flight = &self.ctx.body_bytes_in_flight;
+        let more = bytes - self.bytes;
+        if in_flight.get() + more > self.ctx.shared.config.body_budget {
+            return Err(Error::BodyBudget);
+        }
+        in_flight.set(in_flight.get() + more);
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for BodyCharge<'_> {
+    fn drop(&mut self) {
+        let in_flight = &self.ctx.body_bytes_in_flight;
+        in_flight.set(in_flight.get() - self.bytes);
+    }
+}
+
+/// A request between its head and its answer, counted so a shutdown waits
+/// for its answer instead of resetting the connection.
+struct InFlight(Rc<ShardCtx>);
+
+impl InFlight {
+    fn start(ctx: &Rc<ShardCtx>) -> Self {
+        ctx.requests_in_flight.set(ctx.requests_in_flight.get() + 1);
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let count = &self.0.requests_in_flight;
+        count.set(count.get() - 1);
+    }
+}
+
+/// Public sockets that are not streams yet (requests being read, health
+/// checks) allowed beyond `--max-connections` subscribers, so a full
+/// instance still answers its load balancer's health checks and its 503s.
+pub const PENDING_HEADROOM: usize = 64;
+
+/// A socket of the public listener that is not yet a stream: it counts
+/// against `--max-connections` (plus [`PENDING_HEADROOM`]) with the
+/// subscribers, so clients that connect and send nothing cannot take the
+/// descriptors the api listener needs.
+pub struct PendingSocket(Option<Rc<ShardCtx>>);
+
+impl PendingSocket {
+    /// Counts a public socket; `None` when the public listener is full.
+    pub fn claim(ctx: &Rc<ShardCtx>) -> Option<Self> {
+        let shared = &ctx.shared;
+        let limit = shared.config.max_connections.map_or(usize::MAX, |n| n.get()).saturating_add(PENDING_HEADROOM);
+        let pending = shared.public_pending.fetch_add(1, Ordering::AcqRel);
+        if pending + shared.connections.load(Ordering::Acquire) >= limit {
+            shared.public_pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(PendingSocket(Some(ctx.clone())))
+    }
+
+    /// A socket of the api listener: not counted.
+    pub fn uncounted() -> Self {
+        PendingSocket(None)
+    }
+}
+
+impl Drop for PendingSocket {
+    fn drop(&mut self) {
+        if let Some(ctx) = &self.0 {
+            ctx.shared.public_pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -140,8 +364,9 @@ enum ReadOutcome {
     TimedOut,
 }
 
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> ReadOutcome {
-    buf.reserve(READ_CHUNK);
+/// Appends at most `want` bytes to `buf` (growing it only by what is asked).
+async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant, want: usize) -> ReadOutcome {
+    buf.reserve(want);
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
@@ -160,10 +385,10 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant
 
 #[cfg(test)]
 mod tests {
-    /// Size of the future an `async fn` of four arguments returns.
-    fn future_size<F, A, B, C, D, R>(_: F) -> usize
+    /// Size of the future an `async fn` of five arguments returns.
+    fn future_size<F, A, B, C, D, E, R>(_: F) -> usize
     where
-        F: Fn(A, B, C, D) -> R,
+        F: Fn(A, B, C, D, E) -> R,
     {
         std::mem::size_of::<R>()
     }

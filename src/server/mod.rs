@@ -9,6 +9,7 @@ pub mod connection;
 pub mod signals;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
 use crate::shard::{heartbeat, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
 use crate::sse::id::{random_instance, IdGenerator};
+use connection::PendingSocket;
 
 /// Submission queue entries per shard ring: enough for a burst of writes to
 /// thousands of connections per loop turn without a forced submit.
@@ -50,9 +52,13 @@ struct Addresses {
 }
 
 /// Runs the instance until shutdown; returns the process exit status.
-pub fn run(config: Config) -> Result<i32, StartError> {
+pub fn run(mut config: Config) -> Result<i32, StartError> {
     signals::block_in_this_thread();
-    raise_open_file_limit();
+    refuse_taken_ports(&config)?;
+    let open_files = raise_open_file_limit();
+    if config.max_connections.is_none() {
+        config.max_connections = NonZeroUsize::new(connection_limit(open_files));
+    }
     let shard_count = config.shards.get();
     let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
@@ -111,6 +117,7 @@ pub fn run(config: Config) -> Result<i32, StartError> {
         api = addresses.api,
         shards = shard_count,
         driver = driver,
+        max_connections = config.max_connections.map_or(0, |n| n.get()),
         instance = format!("{:08x}", shared.ids.instance()),
     );
     let mut drained = 0;
@@ -138,19 +145,56 @@ pub fn run(config: Config) -> Result<i32, StartError> {
 
 /// Every subscriber is a descriptor: lift the soft limit (often 1024 in
 /// containers and shells) to the hard one the administrator allows.
-fn raise_open_file_limit() {
+/// Returns the soft limit in force afterwards.
+fn raise_open_file_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid pointer to an rlimit for the calls' duration.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
-            return;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return limit.rlim_cur;
         }
         let soft = limit.rlim_cur;
         limit.rlim_cur = limit.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
             crate::log!(Debug, "raised the open-file limit", from = soft, to = limit.rlim_max);
+            return limit.rlim_max;
+        }
+        soft
+    }
+}
+
+/// The default of `--max-connections`: the open-file limit less a reserve
+/// (a tenth, at least 128 and at most 4096), so that when subscribers take
+/// every socket they may, the api listener, the bus's Redis connections,
+/// auth webhooks and health checks still get descriptors.
+fn connection_limit(open_files: u64) -> usize {
+    let reserve = (open_files / 10).clamp(128, 4096);
+    open_files.saturating_sub(reserve).max(1) as usize
+}
+
+/// Refuses to start beside another process on our ports. The shards bind
+/// with SO_REUSEPORT, which would let a second instance bind too and take a
+/// share of the subscribers (its publishes then reach nobody on the first).
+/// A plain bind fails wherever anyone already listens.
+fn refuse_taken_ports(config: &Config) -> Result<(), StartError> {
+    let mut ports = vec![(config.listen, "--listen")];
+    if !config.shared_listener() {
+        ports.push((config.api_listen, "--api-listen"));
+    }
+    for (addr, flag) in ports.into_iter().filter(|(addr, _)| addr.port() != 0) {
+        if let Err(error) = std::net::TcpListener::bind(addr) {
+            let why = if error.kind() == std::io::ErrorKind::AddrInUse {
+                "another process already listens there".to_owned()
+            } else {
+                error.to_string()
+            };
+            return Err(StartError(format!("cannot listen on {addr} ({flag}): {why}")));
         }
     }
+    Ok(())
 }
 
 fn spawn_shard(boot: ShardBoot, core: Option<core_affinity::CoreId>) -> Result<(), StartError> {
@@ -290,18 +334,54 @@ fn set_nodelay_inherited(listener: &TcpListener) {
     }
 }
 
-/// Accepts connections for the life of the shard.
+/// Accepts connections for the life of the shard. Public sockets beyond
+/// `--max-connections` are answered 503 and closed at once.
 async fn accept_loop(ctx: Rc<ShardCtx>, services: Rc<Services>, listener: TcpListener, role: Role) {
+    let mut failures = AcceptFailures::default();
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                monoio::spawn(connection::serve(ctx.clone(), services.clone(), stream, role));
+                let pending = match role {
+                    Role::Api => Some(PendingSocket::uncounted()),
+                    Role::Public | Role::Both => PendingSocket::claim(&ctx),
+                };
+                match pending {
+                    Some(pending) => {
+                        monoio::spawn(connection::serve(ctx.clone(), services.clone(), stream, role, pending));
+                    }
+                    None => {
+                        monoio::spawn(connection::at_capacity(ctx.clone(), stream));
+                    }
+                }
             }
             Err(error) => {
                 // Out of descriptors or memory: back off instead of spinning.
-                crate::log!(Warn, "accept failed", shard = ctx.id, error = error);
+                failures.report(ctx.id, &error);
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Logs failing accepts at most once per [`ACCEPT_LOG_EVERY`], with how many
+/// failed since: descriptors running out must not flood the log.
+#[derive(Default)]
+struct AcceptFailures {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// Least time between two "accept failed" lines of one listener.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl AcceptFailures {
+    fn report(&mut self, shard: usize, error: &std::io::Error) {
+        self.unlogged += 1;
+        if self.last_logged.is_some_and(|at| at.elapsed() < ACCEPT_LOG_EVERY) {
+            return;
+        }
+        crate::log!(Warn, "accept failed", shard = shard, error = error, failures = self.unlogged);
+        self.last_logged = Some(std::time::Instant::now());
+        self.unlogged = 0;
     }
 }

@@ -76,6 +76,12 @@ pub struct ShardCtx {
     generation: Cell<u64>,
     started: Instant,
     clock_ms: Cell<u64>,
+    /// Publish body bytes this shard's connections are reading or holding
+    /// (bounded by `--body-budget`).
+    pub body_bytes_in_flight: Cell<usize>,
+    /// Api requests between their head and their answer: a shutdown waits
+    /// for them before the process exits.
+    pub requests_in_flight: Cell<usize>,
 }
 
 impl ShardCtx {
@@ -115,6 +121,8 @@ impl ShardCtx {
             generation: Cell::new(0),
             started: Instant::now(),
             clock_ms: Cell::new(0),
+            body_bytes_in_flight: Cell::new(0),
+            requests_in_flight: Cell::new(0),
         })
     }
 

@@ -62,6 +62,9 @@ pub struct Shared {
     pub ids: IdGenerator,
     /// Subscribers open on the whole instance (for `--max-connections`).
     pub connections: AtomicUsize,
+    /// Public-listener sockets not yet streams (with `connections`, bounded
+    /// by `--max-connections`).
+    pub public_pending: AtomicUsize,
     /// Channel to the main thread.
     pub lifecycle: mpsc::Sender<LifecycleEvent>,
     phase: AtomicU8,
@@ -83,6 +86,7 @@ impl Shared {
             stats,
             ids,
             connections: AtomicUsize::new(0),
+            public_pending: AtomicUsize::new(0),
             lifecycle,
             phase: AtomicU8::new(Phase::Running as u8),
             // Fixed keys: every thread must agree on a user's owner.

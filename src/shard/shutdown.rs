@@ -1,5 +1,6 @@
 //! The shard's part of a shutdown: announce, then close every stream, spread
-//! evenly over the grace period, then report drained to the main thread.
+//! evenly over the grace period, wait for api requests in flight to be
+//! answered (with `Connection: close`), then report drained to the main thread.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,8 @@ async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
     // Anything that subscribed meanwhile (moved in flight) closes too.
     ctx.close_local(&super::envelope::Selection::Everything);
     let deadline = start + grace + Duration::from_secs(2);
-    while !ctx.state.borrow().conns.is_empty() && Instant::now() < deadline {
+    let busy = || !ctx.state.borrow().conns.is_empty() || ctx.requests_in_flight.get() > 0;
+    while busy() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = ctx.shared.lifecycle.send(LifecycleEvent::Drained);
