@@ -3,9 +3,10 @@
 //! thread; then waits for the lifecycle to end and returns the exit status.
 //!
 //! Parts: [`connection`] (HTTP on one socket), [`signals`] (SIGTERM/SIGINT →
-//! shutdown phases).
+//! shutdown phases), [`memory`] (freed memory back to the system after peaks).
 
 pub mod connection;
+pub mod memory;
 pub mod signals;
 
 use std::net::SocketAddr;
@@ -54,6 +55,7 @@ struct Addresses {
 /// Runs the instance until shutdown; returns the process exit status.
 pub fn run(mut config: Config) -> Result<i32, StartError> {
     signals::block_in_this_thread();
+    memory::fix_allocator_thresholds();
     refuse_taken_ports(&config)?;
     let open_files = raise_open_file_limit();
     if config.max_connections.is_none() {
@@ -67,6 +69,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let redis = config.redis.clone();
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
+    memory::spawn_trimmer(shared.clone()).map_err(|e| StartError(format!("cannot spawn the memory thread: {e}")))?;
     let bus = match redis {
         Some(url) => {
             let (inbox, local) = inbox(BUS_INBOX_CAPACITY);

@@ -91,6 +91,7 @@ impl Registry {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 self.users.remove(user);
+                shrink_when_sparse(&mut self.users);
             }
         }
     }
@@ -128,7 +129,55 @@ fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, co
         members.remove(&conn);
         if members.is_empty() {
             sets.remove(name);
+            shrink_when_sparse(sets);
+        } else {
+            shrink_when_sparse(members);
         }
+    }
+}
+
+/// Below this many slots a table is never shrunk: not worth the rehash.
+const SHRINK_ABOVE: usize = 1024;
+
+/// A hash table whose memory can be given back.
+trait Table {
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn shrink_to(&mut self, min_capacity: usize);
+}
+
+impl<K: Eq + std::hash::Hash, V> Table for AHashMap<K, V> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn shrink_to(&mut self, min_capacity: usize) {
+        (**self).shrink_to(min_capacity)
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Table for AHashSet<K> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn shrink_to(&mut self, min_capacity: usize) {
+        (**self).shrink_to(min_capacity)
+    }
+}
+
+/// Gives a table's memory back when a peak has passed (a quarter full or
+/// less), keeping room to double; amortised, a shrink costs O(1) per removal.
+/// Without it, the indexes of a flood of subscribers stay at their peak size
+/// after they leave (tens of MiB for a million room memberships).
+fn shrink_when_sparse(table: &mut impl Table) {
+    let capacity = table.capacity();
+    if capacity > SHRINK_ABOVE && table.len() * 4 <= capacity {
+        table.shrink_to(table.len() * 2);
     }
 }
 
