@@ -57,6 +57,14 @@ pub const DEFAULT_AUTH_CACHE_TTL: &str = "5s";
 pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 64;
 /// Default number of webhook answers kept per shard.
 pub const DEFAULT_AUTH_CACHE_MAX: usize = 10_000;
+/// Default memory bound of remembered `Idempotency-Key`s: room for the
+/// default --idempotency-max-keys of single-message answers (about 200 B a
+/// key), so the key bound binds for those and this one for large batch
+/// answers or floods of long keys.
+pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: &str = "256MiB";
+/// Smallest --idempotency-max-bytes: below it a shard's share holds too few
+/// keys for a retry to find its answer.
+pub const MIN_IDEMPOTENCY_MAX_BYTES: usize = 64 << 10;
 
 /// How the process logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -208,6 +216,10 @@ pub struct Cli {
     /// Idempotency keys remembered per instance (oldest forgotten first beyond it).
     #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
+    /// Memory for remembered idempotency keys per instance (keys, answers and
+    /// bookkeeping; each shard holds its share, oldest forgotten first beyond it).
+    #[arg(long, env = "SSEKIFY_IDEMPOTENCY_MAX_BYTES", default_value = DEFAULT_IDEMPOTENCY_MAX_BYTES)]
+    pub idempotency_max_bytes: String,
     /// Redis for the cross-instance bus: `redis://[user:pass@]host:port[/db]`,
     /// `redis-sentinel://h1:26379,h2:26379/<master>`, `redis-cluster://h1:7000,h2:7001`;
     /// `rediss://…`, `rediss-sentinel://…`, `rediss-cluster://…` for TLS.
@@ -364,6 +376,8 @@ pub struct Config {
     pub idempotency_window: Duration,
     /// Idempotency keys per instance.
     pub idempotency_max_keys: usize,
+    /// Idempotency table bytes per instance, every key's entry counted.
+    pub idempotency_max_bytes: usize,
     /// The bus's Redis, when several instances share messages.
     pub redis: Option<RedisUrl>,
     /// Prefix of the bus's keys and channels.
@@ -625,6 +639,10 @@ impl TryFrom<Cli> for Config {
         if cli.backlog <= 0 {
             return Err(ConfigError::new("backlog", "must be at least 1"));
         }
+        let idempotency_max_bytes = size("idempotency-max-bytes", &cli.idempotency_max_bytes)?;
+        if idempotency_max_bytes < MIN_IDEMPOTENCY_MAX_BYTES {
+            return Err(ConfigError::new("idempotency-max-bytes", "must be at least 64KiB"));
+        }
         Ok(Config {
             listen,
             api_listen,
@@ -646,6 +664,7 @@ impl TryFrom<Cli> for Config {
             recent_max_bytes: size("recent-max-bytes", &cli.recent_max_bytes)?,
             idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
             idempotency_max_keys: cli.idempotency_max_keys,
+            idempotency_max_bytes,
             redis,
             channel: if cli.channel.is_empty() {
                 return Err(ConfigError::new("channel", "must not be empty"));
@@ -777,5 +796,16 @@ mod tests {
         assert!(err.to_string().starts_with("--keep-alive:"), "{err}");
         let err = Config::try_from(cli(&["--max-queue-items", "0"])).unwrap_err();
         assert!(err.to_string().starts_with("--max-queue-items:"), "{err}");
+    }
+
+    #[test]
+    fn idempotency_memory_is_a_size_of_at_least_64_kib() {
+        assert_eq!(Config::try_from(cli(&[])).unwrap().idempotency_max_bytes, 256 << 20);
+        let config = Config::try_from(cli(&["--idempotency-max-bytes", "64KiB"])).unwrap();
+        assert_eq!(config.idempotency_max_bytes, 64 << 10);
+        let err = Config::try_from(cli(&["--idempotency-max-bytes", "1000"])).unwrap_err();
+        assert_eq!(err.to_string(), "--idempotency-max-bytes: must be at least 64KiB");
+        let err = Config::try_from(cli(&["--idempotency-max-bytes", "lots"])).unwrap_err();
+        assert!(err.to_string().starts_with("--idempotency-max-bytes: `lots`"), "{err}");
     }
 }

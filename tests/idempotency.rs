@@ -1,14 +1,16 @@
 //! `Idempotency-Key` on the publish routes: a repeat within
 //! `--idempotency-window` gets the first answer again and delivers nothing;
-//! only successful answers are remembered; keys are 1–256 visible ASCII bytes.
-//! Every request goes on a fresh TCP connection to a 4-shard server, so
-//! repeats land on different shards.
+//! only successful answers are remembered; keys are 1–256 visible ASCII bytes;
+//! the memory keys take is bounded by `--idempotency-max-bytes`, and failed
+//! publishes take none. Every request goes on a fresh TCP connection to a
+//! 4-shard server, so repeats land on different shards, except in the memory
+//! tests, which need many requests quickly.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -246,4 +248,100 @@ fn concurrent_repeats_publish_once() {
     let want: Vec<String> = (0..MESSAGES).map(|i| format!("c{i}")).collect();
     assert_eq!(got[0].len(), MESSAGES, "the batch was delivered exactly once");
     assert_eq!(got[0], want);
+}
+
+/// `POST /v1/users/u/events` with `Idempotency-Key: key` on a keep-alive connection.
+fn post_on(conn: &mut HttpConn, key: &str, query: &str) -> HttpResponse {
+    let path = format!("/v1/users/u/events{query}");
+    conn.request("POST", &path, &[("Content-Type", "text/plain"), ("Idempotency-Key", key)], b"payload")
+}
+
+#[test]
+fn failed_publishes_take_no_memory() {
+    // Publishes fail genuinely: the bus's Redis is a closed port, so every
+    // cluster publish answers 503 bus_unavailable after its key was claimed.
+    // Each of the 100k distinct 240-byte keys used to stay in the table's age
+    // queue for the whole window (about 280 B each, 27 MiB in all).
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 25_000;
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let redis = format!("redis://{closed}");
+    let server = Server::start(&["--shards", "4", "--redis", &redis, "--idempotency-max-bytes", "1MiB"]);
+    let api = server.api;
+    let started = Instant::now();
+
+    // A key whose publish succeeded (this instance only) must outlive the flood.
+    let mut conn = HttpConn::open(api);
+    let kept = ok_json(post_on(&mut conn, "kept", "?scope=local"));
+    // Key `n` of thread `t`: 239 bytes.
+    let long_key = |t: usize, n: usize| format!("{}-{t}-{n:08}", "p".repeat(228));
+    let flood = |thread: usize, from: usize, count: usize| {
+        let mut conn = HttpConn::open(api);
+        for n in from..from + count {
+            post_on(&mut conn, &long_key(thread, n), "").assert_error(503, "bus_unavailable");
+        }
+    };
+    // Warm-up: connection buffers, allocator arenas, the shards' inboxes.
+    let flood_all = |from: usize, count: usize| {
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                s.spawn(move || flood(t, from, count));
+            }
+        })
+    };
+    flood_all(0, 2_000);
+    let before = server.rss_kib();
+    flood_all(2_000, PER_THREAD);
+    let after = server.rss_kib();
+    eprintln!("{} failed publishes in {:?}: RSS {before} -> {after} KiB", THREADS * PER_THREAD, started.elapsed());
+    assert!(
+        after.saturating_sub(before) < 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB over failed publishes, beyond the 1 MiB bound and noise"
+    );
+
+    let again = post_on(&mut conn, "kept", "?scope=local");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"), "failures evicted nothing: {:?}", again.text());
+    assert_eq!(again.json(), kept);
+    let retried = post_on(&mut conn, &long_key(0, 2_000), "?scope=local");
+    assert_eq!(retried.status, 200, "a failed key is free to retry: {:?}", retried.text());
+    assert_eq!(retried.header("idempotent-replayed"), None);
+}
+
+#[test]
+fn the_byte_bound_forgets_the_oldest_keys() {
+    // One shard, so the whole 64 KiB is one table and claim order is global.
+    const KEYS: usize = 3_000;
+    let server = Server::start(&["--shards", "1", "--idempotency-max-bytes", "64KiB"]);
+    let mut conn = HttpConn::open(server.api);
+    let key = |n: usize| format!("order-{n:06}");
+    let mut answers = Vec::with_capacity(KEYS);
+    for n in 0..KEYS {
+        answers.push(ok_json(post_on(&mut conn, &key(n), "")));
+    }
+
+    // Remembered keys are the newest ones: walk back from the newest until
+    // one publishes again (a key forgotten, and all older ones with it).
+    let mut remembered = 0;
+    for n in (0..KEYS).rev() {
+        let again = post_on(&mut conn, &key(n), "");
+        assert_eq!(again.status, 200, "{}: {:?}", key(n), again.text());
+        if again.header("idempotent-replayed").is_none() {
+            assert_ne!(again.json()["id"], answers[n]["id"], "{}: forgotten, so published again", key(n));
+            break;
+        }
+        assert_eq!(again.json(), answers[n], "{}: the stored answer", key(n));
+        remembered += 1;
+    }
+    let oldest = post_on(&mut conn, &key(0), "");
+    assert_eq!(oldest.header("idempotent-replayed"), None, "the oldest key was forgotten");
+    assert_ne!(oldest.json()["id"], answers[0]["id"]);
+
+    // Each key holds its key and answer bytes plus bookkeeping (about 200 B a
+    // key in all, README), and the bound counts all of it.
+    let answer_len = serde_json::to_vec(&answers[KEYS - 1]).unwrap().len();
+    let payload = key(0).len() + answer_len;
+    eprintln!("{remembered} keys of {payload} B key+answer remembered in 64 KiB");
+    assert!(remembered * payload < 64 * 1024, "{remembered} keys of {payload} B are over the bound");
+    assert!(remembered > 64 * 1024 / 400, "only {remembered} keys in 64 KiB: over-counted");
+    assert!(remembered < KEYS / 2, "{remembered} keys remembered: the bound did not bind");
 }

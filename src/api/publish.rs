@@ -23,7 +23,7 @@ use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
 use crate::namespace::Namespace;
 use crate::shard::envelope::{Delivery, Target};
-use crate::shard::idempotency::{valid_key, Claim};
+use crate::shard::idempotency::{valid_key, Claim, Ticket};
 use crate::shard::ShardCtx;
 use crate::sse::frame;
 
@@ -91,8 +91,8 @@ async fn idempotent(
             ctx,
             Response::error(409, "idempotency_in_progress", "a request with this Idempotency-Key is being published"),
         ),
-        Claim::Claimed => {
-            let mut claim = ClaimGuard { ctx, key, done: false };
+        Claim::Claimed(ticket) => {
+            let mut claim = ClaimGuard { ctx, key, ticket, done: false };
             let response = publish.await;
             claim.finish((response.status == 200).then(|| response.body.clone()));
             response
@@ -105,20 +105,21 @@ async fn idempotent(
 struct ClaimGuard<'a> {
     ctx: &'a Rc<ShardCtx>,
     key: &'a str,
+    ticket: Ticket,
     done: bool,
 }
 
 impl ClaimGuard<'_> {
     fn finish(&mut self, answer: Option<Bytes>) {
         self.done = true;
-        self.ctx.finish_idempotency_key(self.key, answer);
+        self.ctx.finish_idempotency_key(self.key, self.ticket, answer);
     }
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.ctx.finish_idempotency_key(self.key, None);
+            self.ctx.finish_idempotency_key(self.key, self.ticket, None);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::idempotency::Ticket;
 use crate::namespace::Namespace;
 
 /// Who a message is for. User and room names are internal keys
@@ -177,13 +178,15 @@ pub enum Envelope {
     IdempotencyClaim {
         /// The key.
         key: Box<str>,
-        /// Where to send the [`Answer`] (values `[0]` claimed, `[1]` in progress, `[2]` done + body).
+        /// Where to send the [`Answer`] (values `[0, ticket]` claimed, `[1]` in progress, `[2]` done + body).
         reply: ReplyTo,
     },
     /// Store the answer for a claimed key, or release it (`None`).
     IdempotencyFinish {
         /// The key.
         key: Box<str>,
+        /// The claim being finished.
+        ticket: Ticket,
         /// The successful answer's body.
         answer: Option<Bytes>,
     },

@@ -39,7 +39,7 @@ use crate::http::response::Response;
 use crate::metrics::ShardStats;
 use conn::{Closing, Conn};
 use envelope::{Answer, Delivery, Envelope, Selection, Subscription, Target};
-use idempotency::{Claim, IdempotencyTable};
+use idempotency::{Claim, IdempotencyLimits, IdempotencyTable, Ticket};
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
 use replay::{ReplayLimits, ReplayStore, Stream};
@@ -108,10 +108,11 @@ impl ShardCtx {
                 conns: Slab::new(),
                 registry: Registry::default(),
                 replay,
-                idempotency: IdempotencyTable::new(
-                    config.idempotency_window.as_millis() as u64,
-                    share(config.idempotency_max_keys),
-                ),
+                idempotency: IdempotencyTable::new(IdempotencyLimits {
+                    window_ms: config.idempotency_window.as_millis() as u64,
+                    max_keys: share(config.idempotency_max_keys),
+                    max_bytes: share(config.idempotency_max_bytes),
+                }),
                 batches: Vec::new(),
                 queue_items_max: 0,
                 queue_bytes_max: 0,
@@ -423,22 +424,24 @@ impl ShardCtx {
         }
         let answers = self.ask(&[owner], |_, reply| Envelope::IdempotencyClaim { key: key.into(), reply }).await;
         let answer = answers.into_iter().next().unwrap_or_default();
-        match (answer.values.first(), answer.body) {
-            (Some(2), Some(body)) => Claim::Done(body),
-            (Some(1), _) => Claim::InProgress,
-            _ => Claim::Claimed,
+        match (&answer.values[..], answer.body) {
+            ([2], Some(body)) => Claim::Done(body),
+            ([1], _) => Claim::InProgress,
+            ([0, ticket], _) => Claim::Claimed(Ticket(*ticket)),
+            // Not an owner's answer (claim_answer makes those): publish, holding no claim.
+            _ => Claim::Claimed(Ticket::NONE),
         }
     }
 
-    /// Stores (or, with `None`, releases) the answer of a claimed key.
-    pub fn finish_idempotency_key(self: &Rc<Self>, key: &str, answer: Option<Bytes>) {
+    /// Stores (or, with `None`, releases) the answer of the claim `ticket` of a key.
+    pub fn finish_idempotency_key(self: &Rc<Self>, key: &str, ticket: Ticket, answer: Option<Bytes>) {
         let owner = self.shared.owner(key);
         if owner == self.id {
-            self.state.borrow_mut().idempotency.finish(key, answer);
+            self.state.borrow_mut().idempotency.finish(key, ticket, answer.as_deref());
             return;
         }
         let ctx = self.clone();
-        let envelope = Envelope::IdempotencyFinish { key: key.into(), answer };
+        let envelope = Envelope::IdempotencyFinish { key: key.into(), ticket, answer };
         monoio::spawn(async move { ctx.send(owner, envelope).await });
     }
 
@@ -522,7 +525,9 @@ impl ShardCtx {
                 let claim = self.state.borrow_mut().idempotency.claim(&key, self.now_ms());
                 self.answer(reply, claim_answer(claim));
             }
-            Envelope::IdempotencyFinish { key, answer } => self.state.borrow_mut().idempotency.finish(&key, answer),
+            Envelope::IdempotencyFinish { key, ticket, answer } => {
+                self.state.borrow_mut().idempotency.finish(&key, ticket, answer.as_deref())
+            }
             Envelope::ClearRecent { which, reply } => {
                 self.clear_recent_local(&which);
                 self.reply(reply, Vec::new());
@@ -603,7 +608,7 @@ impl ShardCtx {
 
 fn claim_answer(claim: Claim) -> Answer {
     match claim {
-        Claim::Claimed => Answer { values: vec![0], body: None },
+        Claim::Claimed(ticket) => Answer { values: vec![0, ticket.0], body: None },
         Claim::InProgress => Answer { values: vec![1], body: None },
         Claim::Done(body) => Answer { values: vec![2], body: Some(body) },
     }
