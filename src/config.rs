@@ -625,6 +625,14 @@ impl TryFrom<Cli> for Config {
         if max_payload < 64 {
             return Err(ConfigError::new("max-payload", "must be at least 64 bytes"));
         }
+        let max_batch_body = size("max-batch-body", &cli.max_batch_body)?;
+        let body_budget = size("body-budget", &cli.body_budget)?;
+        if body_budget < max_batch_body.max(max_payload) {
+            return Err(ConfigError::new(
+                "body-budget",
+                "must be at least --max-batch-body and --max-payload (the largest body must fit)",
+            ));
+        }
         let max_head = size("max-head", &cli.max_head)?;
         if !(512..=1 << 20).contains(&max_head) {
             return Err(ConfigError::new("max-head", "must be between 512B and 1MiB"));
@@ -655,8 +663,8 @@ impl TryFrom<Cli> for Config {
             keep_alive,
             retry: duration("retry", &cli.retry)?,
             max_payload,
-            max_batch_body: size("max-batch-body", &cli.max_batch_body)?,
-            body_budget: size("body-budget", &cli.body_budget)?,
+            max_batch_body,
+            body_budget,
             recent_buffer: cli.recent_buffer,
             recent_ttl: duration("recent-ttl", &cli.recent_ttl)?,
             recent_max_users: cli.recent_max_users,

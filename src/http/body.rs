@@ -138,9 +138,11 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
-/// Splits one CRLF-terminated line (without the CRLF) off `input`.
+/// Splits one CRLF-terminated line (without the CRLF) of at most `max`
+/// bytes off `input`; the bound holds however the line was split by reads.
 fn take_line(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
     match input.windows(2).position(|w| w == b"\r\n") {
+        Some(at) if at > max => Err(Error::BadRequest("chunk line too long")),
         Some(at) => {
             let line = input.split_to(at);
             input.advance(2);
@@ -211,6 +213,22 @@ mod tests {
         assert_eq!(chunk_size(b"5 \t; name"), Some(5), "whitespace before an extension");
         let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 100).unwrap();
         assert!(matches!(decoder.decode(&mut BytesMut::from(&b"+5\r\nhello\r\n"[..])), Err(Error::BadRequest(_))));
+    }
+
+    /// Found by the `http_body` fuzzer: a chunk line over the bound was
+    /// accepted when its CRLF came in the same read, refused otherwise.
+    #[test]
+    fn a_long_chunk_line_is_refused_however_it_arrives() {
+        let wire = [&b"5;"[..], &[b'x'; 1100], b"\r\nhello\r\n0\r\n\r\n"].concat();
+        let mut whole = BodyDecoder::new(BodyFraming::Chunked, 1024).unwrap();
+        assert!(matches!(whole.decode(&mut BytesMut::from(&wire[..])), Err(Error::BadRequest(_))));
+        let mut pieces = BodyDecoder::new(BodyFraming::Chunked, 1024).unwrap();
+        let mut input = BytesMut::new();
+        let refused = wire.iter().any(|&byte| {
+            input.extend_from_slice(&[byte]);
+            pieces.decode(&mut input).is_err()
+        });
+        assert!(refused);
     }
 
     #[test]

@@ -100,6 +100,16 @@ impl Server {
 
     /// Starts the server; `Err` carries the reason and the captured output.
     pub fn try_start(args: &[&str]) -> Result<Server, String> {
+        Self::try_start_with_open_files(args, None)
+    }
+
+    /// Starts the server with its open-file limit (soft and hard) set to
+    /// `open_files`, as a small container or systemd unit would.
+    pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Server {
+        Self::try_start_with_open_files(args, Some(open_files)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with_open_files(args: &[&str], open_files: Option<u64>) -> Result<Server, String> {
         let mut argv: Vec<String> = Vec::new();
         for (flag, value) in [("--listen", "127.0.0.1:0"), ("--api-listen", "127.0.0.1:0"), ("--log-level", "info")] {
             if !has_flag(args, flag) {
@@ -108,14 +118,23 @@ impl Server {
             }
         }
         argv.extend(args.iter().map(|a| a.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssekify"))
-            .args(&argv)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot spawn ssekify: {e}"))?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ssekify"));
+        command.args(&argv).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().map_err(|e| format!("cannot spawn ssekify: {e}"))?;
         let logs = Arc::new(Mutex::new(String::new()));
         drain_into(child.stderr.take().unwrap(), logs.clone());
         drain_into(child.stdout.take().unwrap(), logs.clone());
