@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests beside the code, the end-to-end
-# tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the
-# EventSource tests in tests/node (the `eventsource` npm package) and the
-# real-browser tests in tests/browser (Debian's chromium, driven by
-# playwright-core: CORS, reconnects with Last-Event-ID, retry:, heartbeats,
-# the --demo page).
+# tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the API
+# fuzzing of scripts/api-fuzz.sh (schemathesis against docs/openapi.json and
+# the real server), the EventSource tests in tests/node (the `eventsource` npm
+# package) and the real-browser tests in tests/browser (Debian's chromium,
+# driven by playwright-core: CORS, reconnects with Last-Event-ID, retry:,
+# heartbeats, the --demo page).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test publish  # extra arguments go to `cargo test`
-#                                   # (the Node and browser suites still run afterwards)
+#                                   # (the fuzzing, Node and browser suites still run afterwards)
 #
 # Missing tools are installed with apt-get when we are root on Debian: nodejs
-# and npm, redis-server and redis-sentinel, chromium.
+# and npm, redis-server and redis-sentinel, chromium, python3 and
+# python3-venv. schemathesis (pinned below) is installed from PyPI with pip
+# into a venv of its own under ~/.cache/ssekify (or $XDG_CACHE_HOME/ssekify).
 #
 # Environment:
 #   SSEKIFY_TEST_DRIVERS=epoll      # io drivers the "both drivers" tests use
@@ -19,8 +22,8 @@
 #   CHROMIUM_BIN=/path/to/chromium  # the browser for tests/browser (default
 #                                   # /usr/bin/chromium, else chromium on PATH)
 #   CI=true                         # a missing test dependency (node, redis,
-#                                   # chromium) fails the run instead of
-#                                   # skipping its suite
+#                                   # chromium, schemathesis) fails the run
+#                                   # instead of skipping its suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -145,6 +148,39 @@ setup_redis() {
   echo "redis-server is not installed (and this is not root on Debian, so it cannot be installed here)"
   return 1
 }
+# schemathesis (PyPI) for scripts/api-fuzz.sh, at the version pinned here, in
+# a venv of its own (the system's Python is left alone), made once per
+# version. Needs python3 >= 3.11 with venv: installs python3 and python3-venv
+# with apt when venv is missing and we are root on Debian.
+SCHEMATHESIS_VERSION=4.32.5
+api_fuzz=false
+setup_schemathesis() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/ssekify/schemathesis-$SCHEMATHESIS_VERSION"
+  # .complete is written last: a venv without it is an interrupted install,
+  # one whose st does not run lost its Python.
+  if [ ! -f "$venv/.complete" ] || ! "$venv/bin/st" --version >/dev/null 2>&1; then
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      rm -rf "$venv"
+      if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing python3 and python3-venv with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq || return 1
+        apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null || return 1
+        python3 -m venv "$venv" || return 1
+      else
+        echo "python3 with venv is not installed (and this is not root on Debian, so it cannot be installed here)"
+        return 1
+      fi
+    fi
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" || return 1
+    touch "$venv/.complete"
+  fi
+  export SCHEMATHESIS_BIN="$venv/bin/st"
+  "$SCHEMATHESIS_BIN" --version
+}
 if [ "${CI:-}" = "true" ]; then
   export SSEKIFY_REQUIRE_REDIS=1
 fi
@@ -171,6 +207,13 @@ else
   missing_dependency "chromium (or node >= 20, or tests/browser's packages) could not be set up: the browser tests (tests/browser) are SKIPPED"
 fi
 
+step "external services: schemathesis for scripts/api-fuzz.sh"
+if setup_schemathesis; then
+  api_fuzz=true
+else
+  missing_dependency "schemathesis could not be set up: the API fuzzing (scripts/api-fuzz.sh) is SKIPPED"
+fi
+
 # --- 3. Lints -----------------------------------------------------------------
 # Formatting and clippy, where the toolchain has them (rustup's default does).
 if cargo fmt --version >/dev/null 2>&1; then
@@ -186,7 +229,16 @@ fi
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
 
-# --- 5. Node tests -----------------------------------------------------------
+# --- 5. API fuzzing -----------------------------------------------------------
+# schemathesis against docs/openapi.json and the binary cargo just built.
+if [ "$api_fuzz" = true ]; then
+  step "scripts/api-fuzz.sh"
+  SSEKIFY_BIN="$PWD/target/debug/ssekify" scripts/api-fuzz.sh
+else
+  missing_dependency "the API fuzzing (scripts/api-fuzz.sh) was SKIPPED: schemathesis is not available"
+fi
+
+# --- 6. Node tests -----------------------------------------------------------
 # A real EventSource client against the binary cargo just built.
 if [ "$node_tests" = true ]; then
   step "node --test tests/node"
@@ -197,7 +249,7 @@ else
   missing_dependency "the Node EventSource tests (tests/node) were SKIPPED: node is not available"
 fi
 
-# --- 6. Browser tests ---------------------------------------------------------
+# --- 7. Browser tests ---------------------------------------------------------
 # Debian's chromium loads pages from a static server on one port and opens
 # EventSource streams on the binary's public listener, another origin.
 if [ "$browser_tests" = true ]; then
