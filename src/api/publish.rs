@@ -311,6 +311,18 @@ fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes
     let ndjson = request
         .header_str("content-type")
         .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
+    batch_messages(body, ndjson)?
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal)))
+        .collect()
+}
+
+/// The messages of a batch body, each still raw JSON: one per non-blank line
+/// of NDJSON, else the `messages` array of a JSON object; never empty.
+/// Public, with [`parse_message`], only so that the fuzz targets (`fuzz/`)
+/// can reach the parsing without a shard.
+pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, Response> {
     let messages: Vec<Box<RawValue>> = if ndjson {
         let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
         text.lines()
@@ -329,11 +341,7 @@ fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes
     if messages.is_empty() {
         return Err(invalid("`messages` is empty"));
     }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(index, raw)| prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal)))
-        .collect()
+    Ok(messages)
 }
 
 /// The same refusal, its message prefixed with `messages[index]: `.
@@ -349,15 +357,22 @@ fn prepare_message(ctx: &ShardCtx, ns: &Namespace, raw: &RawValue) -> Result<Pre
     prepare(ctx, fields.target.scoped(ns), fields.event.as_deref(), fields.id.as_deref(), Bytes::from(fields.data))
 }
 
-/// The fields of one batch message.
-struct Fields {
-    target: Target,
-    event: Option<String>,
-    id: Option<String>,
-    data: String,
+/// The fields of one batch message (public for the fuzz targets, see
+/// [`batch_messages`]).
+pub struct Fields {
+    /// `user`, `room` or `"all": true`, a plain (unscoped) target.
+    pub target: Target,
+    /// `event`, not yet checked as a frame field.
+    pub event: Option<String>,
+    /// `id`, not yet checked as a frame field.
+    pub id: Option<String>,
+    /// `data`: a JSON string's value, else the raw JSON text of the value.
+    pub data: String,
 }
 
-fn parse_message(raw: &RawValue) -> Result<Fields, String> {
+/// Reads one raw batch message (an element of [`batch_messages`]) into its
+/// fields, or says why it is refused. Public only for the fuzz targets.
+pub fn parse_message(raw: &RawValue) -> Result<Fields, String> {
     let message: Object = serde_json::from_str(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
     let text = |key: &str| -> Result<Option<String>, String> {
         message
