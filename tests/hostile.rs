@@ -43,7 +43,9 @@ fn push_body(addr: std::net::SocketAddr, head: String, length: usize) -> (Vec<u8
 }
 
 fn post_head(path: &str, length: usize, extra: &str) -> String {
-    format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}Content-Length: {length}\r\n\r\n")
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}Content-Length: {length}\r\n\r\n"
+    )
 }
 
 #[test]
@@ -187,7 +189,8 @@ fn framing_and_escapes_are_strict() {
     assert!(closed);
 
     for target in ["/sse?userId=%+5", "/sse?userId=%-1", "/sse?userId=%4"] {
-        let (bytes, _) = raw_exchange_closed(server.public, format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let (bytes, _) =
+            raw_exchange_closed(server.public, format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         parse_responses(&bytes)[0].assert_error(400, "bad_request");
     }
     let mut subscriber = SseClient::open_ready(server.public, "/sse?userId=a%2Bb");
@@ -207,7 +210,10 @@ fn a_second_instance_on_the_same_ports_refuses_to_start() {
         };
         let error = Server::try_start(&args).err().expect("the second instance started");
         assert!(error.contains("exited with exit status: 1"), "{error}");
-        assert!(error.contains(&format!("cannot listen on {taken} ({flag}): another process already listens there")), "{error}");
+        assert!(
+            error.contains(&format!("cannot listen on {taken} ({flag}): another process already listens there")),
+            "{error}"
+        );
     }
     // The first still has every subscriber: a publish reaches carol.
     assert_eq!(delivered(publish_user(first.api, "carol", r#""still here""#, "")), 1);

@@ -14,6 +14,9 @@ const MAX_CHUNK_LINE: usize = 1024;
 /// Largest trailer section accepted (its lines are read and discarded).
 const MAX_TRAILER_BYTES: usize = 8 * 1024;
 
+/// A chunk-size line or chunk end over its bound.
+const LINE_TOO_LONG: Error = Error::BadRequest("chunk line too long");
+
 /// Most hex digits in a chunk size: 15 keep any size well inside `u64`.
 const MAX_CHUNK_SIZE_DIGITS: usize = 15;
 
@@ -74,7 +77,7 @@ impl BodyDecoder {
                     self.state = State::Length(remaining - take as u64);
                 }
                 State::ChunkSize => {
-                    let Some(line) = take_line(input, MAX_CHUNK_LINE)? else {
+                    let Some(line) = take_line(input, MAX_CHUNK_LINE, LINE_TOO_LONG)? else {
                         return Ok(None);
                     };
                     let size = chunk_size(&line).ok_or(Error::BadRequest("invalid chunk size"))?;
@@ -94,7 +97,7 @@ impl BodyDecoder {
                     self.state = if left == 0 { State::ChunkDataEnd } else { State::ChunkData(left) };
                 }
                 State::ChunkDataEnd => {
-                    let Some(line) = take_line(input, 2)? else {
+                    let Some(line) = take_line(input, 2, LINE_TOO_LONG)? else {
                         return Ok(None);
                     };
                     if !line.is_empty() {
@@ -103,7 +106,7 @@ impl BodyDecoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers(read) => {
-                    let Some(line) = take_line(input, MAX_TRAILER_BYTES - read)? else {
+                    let Some(line) = take_line(input, MAX_TRAILER_BYTES - read, Error::HeadTooLarge)? else {
                         return Ok(None);
                     };
                     let read = read + line.len() + 2;
@@ -140,15 +143,15 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// Splits one CRLF-terminated line (without the CRLF) of at most `max`
 /// bytes off `input`; the bound holds however the line was split by reads.
-fn take_line(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
+fn take_line(input: &mut BytesMut, max: usize, too_long: Error) -> Result<Option<BytesMut>, Error> {
     match input.windows(2).position(|w| w == b"\r\n") {
-        Some(at) if at > max => Err(Error::BadRequest("chunk line too long")),
+        Some(at) if at > max => Err(too_long),
         Some(at) => {
             let line = input.split_to(at);
             input.advance(2);
             Ok(Some(line))
         }
-        None if input.len() > max + 1 => Err(Error::BadRequest("chunk line too long")),
+        None if input.len() > max + 1 => Err(too_long),
         None => Ok(None),
     }
 }
