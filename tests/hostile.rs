@@ -323,3 +323,34 @@ fn a_silent_socket_holds_a_small_buffer() {
     assert!(per_socket < 6 * 1024, "{per_socket} B per silent socket");
     drop(sockets);
 }
+
+#[test]
+fn running_out_of_descriptors_backs_off_without_flooding_the_log() {
+    // An operator's --max-connections above what the open-file limit allows.
+    let server = Server::start_with_open_files(200, &["--max-connections", "1000", "--shards", "1"]);
+    let mut subscribers = Vec::new();
+    let mut refused_for_a_while = false;
+    for i in 0..400 {
+        let mut socket = tcp_connect(server.public);
+        socket.write_all(format!("GET /sse?userId=x{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut head = [0u8; 12];
+        if socket.read(&mut head).unwrap_or(0) == 0 {
+            // The kernel queued the connection; the server could not accept it.
+            refused_for_a_while = true;
+            break;
+        }
+        subscribers.push(socket);
+    }
+    assert!(refused_for_a_while, "400 subscribers fit in 200 descriptors?");
+    thread::sleep(Duration::from_secs(3));
+    let failures = server.logs().matches("accept failed").count();
+    assert!((1..=2).contains(&failures), "{failures} 'accept failed' lines in 3 s:\n{}", server.logs());
+
+    // Descriptors come back: the server accepts again.
+    drop(subscribers);
+    assert!(wait_until(Duration::from_secs(10), || http(server.api, "GET", "/healthz", &[], b"").status == 200));
+    let mut late = SseClient::open_ready(server.public, "/sse?userId=late");
+    assert_eq!(delivered(publish_user(server.api, "late", r#""back""#, "")), 1);
+    assert_eq!(late.next_event(IO_TIMEOUT).unwrap().data, r#""back""#);
+}
