@@ -181,7 +181,7 @@ fn shard_round_reached(ctx: &ShardCtx, batch: &mut Vec<Bytes>, delivery: &Delive
 fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
     let frame = frame_of(100);
     let ctx = shard_with(RECIPIENTS, 0);
-    let all = Delivery { target: Target::All, frame: frame.clone(), skip_known_id: false };
+    let all = Delivery::message(Target::All, frame.clone(), false);
     assert_eq!(shard_round(&ctx, batch, &all), RECIPIENTS);
     header(
         &format!(
@@ -204,7 +204,7 @@ fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
 
     // 10,000 more connections on the shard, all of tenant `acme`.
     let mixed = shard_with(RECIPIENTS, RECIPIENTS);
-    let tenant = Delivery { target: Target::Tenant("acme".into()), frame: frame.clone(), skip_known_id: false };
+    let tenant = Delivery::message(Target::Tenant("acme".into()), frame.clone(), false);
     assert_eq!(shard_round_reached(&mixed, batch, &all), RECIPIENTS);
     assert_eq!(shard_round_reached(&mixed, batch, &tenant), RECIPIENTS);
     let reached = measure_per("  same, draining only the queues reached", iterations, RECIPIENTS as u64, || {

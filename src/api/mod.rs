@@ -13,6 +13,7 @@ pub mod admin;
 pub mod names;
 pub mod observe;
 pub mod publish;
+pub mod rooms;
 pub mod subscribe;
 
 use std::rc::Rc;
@@ -85,6 +86,8 @@ enum Endpoint {
     PublishRoom(String),
     Broadcast,
     Batch,
+    UserRoom(String, String),
+    ConnectionRoom(String, String),
     CloseUser(String),
     CloseAll,
     ClearRecentUser(String),
@@ -104,6 +107,8 @@ impl Endpoint {
                 | Endpoint::PublishRoom(_)
                 | Endpoint::Broadcast
                 | Endpoint::Batch
+                | Endpoint::UserRoom(..)
+                | Endpoint::ConnectionRoom(..)
                 | Endpoint::CloseUser(_)
                 | Endpoint::CloseAll
                 | Endpoint::ClearRecentUser(_)
@@ -134,7 +139,7 @@ fn find(segments: &[String]) -> Option<Route> {
 
 /// The routes of the default namespace.
 fn find_default(seg: &[&str]) -> Option<Route> {
-    use Method::{Delete, Get, Post};
+    use Method::{Delete, Get, Post, Put};
     let (allow, api, endpoint): (&'static [Method], bool, Endpoint) = match seg {
         [""] => (&[Get], false, Endpoint::Demo),
         ["sse"] => (&[Get], false, Endpoint::Subscribe),
@@ -145,6 +150,12 @@ fn find_default(seg: &[&str]) -> Option<Route> {
         ["v1", "rooms", room, "events"] => (&[Post], true, Endpoint::PublishRoom((*room).into())),
         ["v1", "broadcast"] => (&[Post], true, Endpoint::Broadcast),
         ["v1", "publish"] => (&[Post], true, Endpoint::Batch),
+        ["v1", "users", user, "rooms", room] => {
+            (&[Put, Delete], true, Endpoint::UserRoom((*user).into(), (*room).into()))
+        }
+        ["v1", "connections", id, "rooms", room] => {
+            (&[Put, Delete], true, Endpoint::ConnectionRoom((*id).into(), (*room).into()))
+        }
         ["v1", "users", user, "connections"] => (&[Delete], true, Endpoint::CloseUser((*user).into())),
         ["v1", "connections"] => (&[Delete], true, Endpoint::CloseAll),
         ["v1", "users", user, "recent"] => (&[Delete], true, Endpoint::ClearRecentUser((*user).into())),
@@ -164,6 +175,7 @@ fn allow_header(allow: &[Method]) -> String {
             Method::Get => "GET, HEAD",
             Method::Post => "POST",
             Method::Delete => "DELETE",
+            Method::Put => "PUT",
             _ => "",
         })
         .collect();
@@ -274,6 +286,12 @@ pub async fn route(
         }
         Endpoint::Broadcast => Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::All)).await,
         Endpoint::Batch => Box::pin(publish::batch(ctx, bus, &ns, request, &body)).await,
+        Endpoint::UserRoom(user, room) => {
+            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::User(user), &room)).await
+        }
+        Endpoint::ConnectionRoom(id, room) => {
+            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::Connection(id), &room)).await
+        }
         Endpoint::CloseUser(user) => Box::pin(admin::close_user(ctx, &ns, &user)).await,
         Endpoint::CloseAll => Box::pin(admin::close_all(ctx, ns)).await,
         Endpoint::ClearRecentUser(user) => Box::pin(admin::clear_recent(ctx, ns, Some(&user))).await,

@@ -151,12 +151,15 @@ async fn validate_and_deliver(
 
 /// Where a publish goes: `cluster` (default) through the bus when there is one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scope {
+pub(super) enum Scope {
+    /// Every instance (the default).
     Cluster,
+    /// This instance only (`scope=local`).
     Local,
 }
 
-fn scope(request: &Request) -> Result<Scope, Response> {
+/// The `scope` query parameter; `400` for anything but `cluster` or `local`.
+pub(super) fn scope(request: &Request) -> Result<Scope, Response> {
     let params = query_params(request)?;
     match param(&params, "scope") {
         None | Some("cluster") => Ok(Scope::Cluster),
@@ -301,7 +304,7 @@ fn prepare(
         id_given,
         event: event.map(str::to_owned),
         data,
-        delivery: Delivery { target, frame, skip_known_id: false },
+        delivery: Delivery::message(target, frame, false),
     })
 }
 

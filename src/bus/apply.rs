@@ -173,10 +173,9 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         .messages
         .into_iter()
         .filter(|m| listed(&m.target))
-        .map(|WireMessage { target, id, event, data }| Delivery {
-            frame: frame::encode(&id, event.as_deref(), &data),
-            target,
-            skip_known_id: true,
+        .map(|WireMessage { target, id, event, data, room_change }| match room_change {
+            Some(change) => Delivery::room_change(target, change),
+            None => Delivery::message(target, frame::encode(&id, event.as_deref(), &data), true),
         })
         .collect();
     bus.count_received(deliveries.len() as u64);
@@ -234,5 +233,7 @@ fn tenant_of(target: &Target) -> Option<&str> {
         Target::All => None,
         Target::Tenant(tenant) => Some(tenant),
         Target::User(key) | Target::Room(key) => key.split_once(SEPARATOR).map(|(tenant, _)| tenant),
+        // Its shard checks the tenant against the room's.
+        Target::Connection(_) => None,
     }
 }

@@ -278,6 +278,31 @@ pub struct Outgoing {
     pub dedupe: Option<Bytes>,
 }
 
+impl Outgoing {
+    /// A live room change for the bus: no id, event or payload.
+    pub fn room_change(delivery: Delivery) -> Self {
+        Outgoing { delivery, id: String::new(), event: None, data: Bytes::new(), dedupe: None }
+    }
+
+    /// Its bytes in a wire entry.
+    fn wire(&self) -> Bytes {
+        let target = &self.delivery.target;
+        match &self.delivery.room_change {
+            Some(change) => wire::room_change(target, change),
+            None => wire::message(target, &self.id, self.event.as_deref(), &self.data),
+        }
+    }
+
+    /// Bytes [`Outgoing::wire`] produces.
+    fn wire_len(&self) -> usize {
+        let target = &self.delivery.target;
+        match &self.delivery.room_change {
+            Some(change) => wire::room_change_len(target, change),
+            None => wire::message_len(target, &self.id, self.event.as_deref(), &self.data),
+        }
+    }
+}
+
 /// What the log made of a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -297,6 +322,7 @@ pub fn id_dedupe(delivery: &Delivery, id: &str) -> Bytes {
         crate::shard::envelope::Target::User(key) => (b'u', key),
         crate::shard::envelope::Target::Room(key) => (b'r', key),
         crate::shard::envelope::Target::Tenant(key) => (b't', key),
+        crate::shard::envelope::Target::Connection(_) => (b'c', ""),
     };
     let mut out = BytesMut::with_capacity(2 + key.len() + id.len());
     out.put_u8(kind);
@@ -332,12 +358,8 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: Vec<Outgoing>) -> 
         let mut deliveries = Vec::with_capacity(indexes.len());
         for &index in &indexes {
             let message = messages[index].take().expect("each message in one chunk");
-            let target = &message.delivery.target;
-            items.push(AppendItem {
-                dedupe: message.dedupe,
-                id: Bytes::from(message.id.clone().into_bytes()),
-                message: wire::message(target, &message.id, message.event.as_deref(), &message.data),
-            });
+            let wire = message.wire();
+            items.push(AppendItem { dedupe: message.dedupe, id: Bytes::from(message.id.into_bytes()), message: wire });
             deliveries.push(message.delivery);
         }
         let routed: Vec<(usize, Vec<usize>)> = ctx
@@ -411,7 +433,7 @@ fn plan_chunks(messages: &[Outgoing], partitions: u16) -> Vec<(u16, Vec<usize>)>
     let mut bytes = 0;
     for (index, message) in messages.iter().enumerate() {
         let partition = message.delivery.target.partition(partitions);
-        let size = wire::message_len(&message.delivery.target, &message.id, message.event.as_deref(), &message.data);
+        let size = message.wire_len();
         match chunks.last_mut() {
             Some((last, indexes)) if *last == partition && bytes + size <= log::CHUNK_MAX => {
                 indexes.push(index);
@@ -434,7 +456,7 @@ mod tests {
     fn outgoing(target: Target, size: usize) -> Outgoing {
         let data = Bytes::from(vec![b'x'; size]);
         Outgoing {
-            delivery: Delivery { target, frame: Bytes::new(), skip_known_id: false },
+            delivery: Delivery::message(target, Bytes::new(), false),
             id: "1".into(),
             event: None,
             data,

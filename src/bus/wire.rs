@@ -8,6 +8,9 @@
 //!           u16 id length, id bytes
 //!           u16 event length, event bytes (0: no event)
 //!           u32 data length, data bytes
+//!         | u8 room change (4 join, 5 leave), u8 who (1 user, 6 connection)
+//!           u16 key length, key bytes   (user key, or the connection's id)
+//!           u16 room length, room bytes (internal key)
 //! ```
 //! Messages are self-delimiting and run to the end of the entry, so there is
 //! no count to overflow, and the log's script can drop a duplicate message by
@@ -24,7 +27,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::namespace::{valid_name, SEPARATOR};
-use crate::shard::envelope::Target;
+use crate::shard::envelope::{ConnId, RoomChange, Target};
 use crate::sse::frame;
 
 /// The only version written; others are refused on read.
@@ -47,6 +50,8 @@ pub struct WireMessage {
     pub event: Option<String>,
     /// Payload.
     pub data: Bytes,
+    /// Set for a live room change (id, event and data are then empty).
+    pub room_change: Option<RoomChange>,
 }
 
 /// A decoded log entry.
@@ -87,12 +92,34 @@ pub fn message(target: &Target, id: &str, event: Option<&str>, data: &[u8]) -> B
         Target::User(_) => 1,
         Target::Room(_) => 2,
         Target::Tenant(_) => 3,
+        Target::Connection(_) => unreachable!("messages address users, rooms and broadcasts, not one connection"),
     });
     put_short(&mut out, key(target).as_bytes());
     put_short(&mut out, id.as_bytes());
     put_short(&mut out, event.unwrap_or_default().as_bytes());
     out.put_u32(data.len() as u32);
     out.put_slice(data);
+    out.freeze()
+}
+
+/// Bytes [`room_change`] produces for these fields.
+pub fn room_change_len(target: &Target, change: &RoomChange) -> usize {
+    6 + key(target).len() + change.room.len()
+}
+
+/// One room change's bytes (a user's connections, or one connection).
+pub fn room_change(target: &Target, change: &RoomChange) -> Bytes {
+    let mut out = BytesMut::with_capacity(room_change_len(target, change));
+    out.put_u8(if change.join { 4 } else { 5 });
+    out.put_u8(match target {
+        Target::User(_) => 1,
+        Target::Connection(_) => 6,
+        Target::Room(_) | Target::All | Target::Tenant(_) => {
+            unreachable!("room changes address a user or a connection")
+        }
+    });
+    put_short(&mut out, key(target).as_bytes());
+    put_short(&mut out, change.room.as_bytes());
     out.freeze()
 }
 
@@ -118,6 +145,9 @@ pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
 
 fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
     let kind = input.get_u8();
+    if let 4 | 5 = kind {
+        return decode_room_change(input, kind == 4);
+    }
     let key = text(take_short(input)?)?;
     let target = match kind {
         0 if key.is_empty() => Target::All,
@@ -146,7 +176,27 @@ fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
     if std::str::from_utf8(&data).is_err() {
         return Err(WireError("data is not UTF-8"));
     }
-    Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data })
+    Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data, room_change: None })
+}
+
+fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, WireError> {
+    if !input.has_remaining() {
+        return Err(WireError("truncated room change"));
+    }
+    let who = input.get_u8();
+    let key = text(take_short(input)?)?;
+    let target = match who {
+        1 if valid_key(&key) => Target::User(key.into()),
+        6 => Target::Connection(ConnId::parse(&key).ok_or(WireError("invalid connection id"))?),
+        1 => return Err(WireError("invalid target name")),
+        _ => return Err(WireError("unknown room change target")),
+    };
+    let room = text(take_short(input)?)?;
+    if !valid_key(&room) {
+        return Err(WireError("invalid room name"));
+    }
+    let room_change = Some(RoomChange { room: room.into(), join });
+    Ok(WireMessage { target, id: String::new(), event: None, data: Bytes::new(), room_change })
 }
 
 /// A user or room key: a valid name, or a valid tenant, the separator and a valid name.
@@ -162,10 +212,11 @@ fn valid_field(value: &str) -> bool {
     !value.is_empty() && value.len() <= MAX_FIELD && frame::check_field(value).is_ok()
 }
 
-fn key(target: &Target) -> &str {
+fn key(target: &Target) -> std::borrow::Cow<'_, str> {
     match target {
-        Target::All => "",
-        Target::User(key) | Target::Room(key) | Target::Tenant(key) => key,
+        Target::All => "".into(),
+        Target::User(key) | Target::Room(key) | Target::Tenant(key) => (**key).into(),
+        Target::Connection(id) => id.to_string().into(),
     }
 }
 
@@ -208,10 +259,29 @@ mod tests {
                 id: "1".into(),
                 event: Some("n".into()),
                 data: Bytes::from_static(b"a\nb"),
+                room_change: None,
             },
-            WireMessage { target: Target::Room("acme\0lobby".into()), id: "2".into(), event: None, data: Bytes::new() },
-            WireMessage { target: Target::All, id: "3".into(), event: None, data: Bytes::from_static(b"{}") },
-            WireMessage { target: Target::Tenant("acme".into()), id: "4".into(), event: None, data: Bytes::from("é") },
+            WireMessage {
+                target: Target::Room("acme\0lobby".into()),
+                id: "2".into(),
+                event: None,
+                data: Bytes::new(),
+                room_change: None,
+            },
+            WireMessage {
+                target: Target::All,
+                id: "3".into(),
+                event: None,
+                data: Bytes::from_static(b"{}"),
+                room_change: None,
+            },
+            WireMessage {
+                target: Target::Tenant("acme".into()),
+                id: "4".into(),
+                event: None,
+                data: Bytes::from("é"),
+                room_change: None,
+            },
         ]
     }
 
@@ -226,7 +296,13 @@ mod tests {
 
     #[test]
     fn more_messages_than_a_u16_count_survive() {
-        let one = WireMessage { target: Target::All, id: "x".into(), event: None, data: Bytes::from_static(b"1") };
+        let one = WireMessage {
+            target: Target::All,
+            id: "x".into(),
+            event: None,
+            data: Bytes::from_static(b"1"),
+            room_change: None,
+        };
         let messages = vec![one; 70_000];
         assert_eq!(decode(entry(&messages)).unwrap().messages.len(), 70_000);
     }
@@ -277,5 +353,34 @@ mod tests {
         unknown.extend_from_slice(&message(&Target::All, "1", None, b""));
         unknown[HEADER_LEN] = 9;
         assert_eq!(decode(unknown.freeze()), Err(WireError("unknown target")));
+    }
+
+    #[test]
+    fn room_changes_round_trip_and_are_checked() {
+        let id = ConnId { instance: 0xabcd_0123, shard: 1, slot: 7, serial: 99 };
+        let changes = [
+            (Target::User("acme\0alice".into()), RoomChange { room: "acme\0lobby".into(), join: true }),
+            (Target::Connection(id), RoomChange { room: "lobby".into(), join: false }),
+        ];
+        let mut out = BytesMut::from(&header(1, 1)[..]);
+        for (target, change) in &changes {
+            let bytes = room_change(target, change);
+            assert_eq!(bytes.len(), room_change_len(target, change));
+            out.extend_from_slice(&bytes);
+        }
+        let decoded = decode(out.freeze()).unwrap().messages;
+        let back: Vec<_> = decoded.into_iter().map(|m| (m.target, m.room_change.unwrap())).collect();
+        assert_eq!(back, changes);
+
+        let bad = |target: &Target, room: &str| {
+            let mut out = BytesMut::from(&header(1, 1)[..]);
+            out.extend_from_slice(&room_change(target, &RoomChange { room: room.into(), join: true }));
+            decode(out.freeze()).unwrap_err()
+        };
+        assert_eq!(bad(&Target::User("a".into()), "x,y"), WireError("invalid room name"));
+        assert_eq!(bad(&Target::User("a/b".into()), "x"), WireError("invalid target name"));
+        let mut forged = BytesMut::from(&header(1, 1)[..]);
+        forged.extend_from_slice(&[4, 6, 0, 3, b'a', b'-', b'b', 0, 1, b'x']);
+        assert_eq!(decode(forged.freeze()), Err(WireError("invalid connection id")));
     }
 }

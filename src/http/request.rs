@@ -23,6 +23,8 @@ pub enum Method {
     Post,
     /// DELETE
     Delete,
+    /// PUT
+    Put,
     /// OPTIONS: allowed methods, and CORS preflights.
     Options,
     /// Anything else.
@@ -128,6 +130,7 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Request>, 
         "HEAD" => Method::Head,
         "POST" => Method::Post,
         "DELETE" => Method::Delete,
+        "PUT" => Method::Put,
         "OPTIONS" => Method::Options,
         _ => Method::Other,
     };

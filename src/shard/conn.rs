@@ -38,6 +38,8 @@ pub struct Conn {
     pub user: Option<Rc<str>>,
     /// Internal keys of the rooms joined.
     pub rooms: SmallVec<[Rc<str>; 2]>,
+    /// Its shard's registration count when it registered (see `ConnId`).
+    pub serial: u64,
     /// Frames waiting or in flight.
     pub queue: FrameQueue,
     /// Shard clock (ms) of the last completed write, for heartbeats.
@@ -55,11 +57,18 @@ pub struct Conn {
 
 impl Conn {
     /// A connection registered at shard time `now_ms`.
-    pub fn new(tenant: Option<Rc<str>>, user: Option<Rc<str>>, rooms: SmallVec<[Rc<str>; 2]>, now_ms: u64) -> Self {
+    pub fn new(
+        tenant: Option<Rc<str>>,
+        user: Option<Rc<str>>,
+        rooms: SmallVec<[Rc<str>; 2]>,
+        serial: u64,
+        now_ms: u64,
+    ) -> Self {
         Conn {
             tenant,
             user,
             rooms,
+            serial,
             queue: FrameQueue::default(),
             last_write_ms: now_ms,
             closing: None,

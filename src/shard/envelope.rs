@@ -20,6 +20,87 @@ pub enum Target {
     All,
     /// Every connection of one tenant (on every shard).
     Tenant(Box<str>),
+    /// One connection, wherever in the cluster its id says it lives.
+    Connection(ConnId),
+}
+
+/// A connection's cluster-wide id, `<instance>-<shard>-<slot>-<serial>`
+/// (instance in 8 hex digits): the instance and shard say where it lives,
+/// the slot finds it there in O(1), and the serial (per shard, never reused)
+/// tells it from a later connection in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// The instance holding it.
+    pub instance: u32,
+    /// Its shard there.
+    pub shard: u16,
+    /// Its slot in that shard's connection table.
+    pub slot: u32,
+    /// Its shard's count of registrations when it registered.
+    pub serial: u64,
+}
+
+impl ConnId {
+    /// Reads an id as [`ConnId`]'s `Display` writes it; `None` for anything else.
+    pub fn parse(text: &str) -> Option<ConnId> {
+        let mut parts = text.split('-');
+        let instance = parts.next().filter(|p| p.len() == 8).and_then(|p| u32::from_str_radix(p, 16).ok())?;
+        let mut number = || parts.next().filter(|p| !p.starts_with('+')).and_then(|p| p.parse::<u64>().ok());
+        let (shard, slot, serial) = (number()?, number()?, number()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(ConnId { instance, shard: u16::try_from(shard).ok()?, slot: u32::try_from(slot).ok()?, serial })
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{}-{}-{}", self.instance, self.shard, self.slot, self.serial)
+    }
+}
+
+/// A live room change (`PUT`/`DELETE …/rooms/{room}`): the target's
+/// connections join or leave `room` (an internal key). It travels as a
+/// [`Delivery`] so that it keeps its place among the target's messages, on
+/// the bus too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomChange {
+    /// The room's internal key.
+    pub room: Box<str>,
+    /// Join (`true`) or leave.
+    pub join: bool,
+}
+
+/// What a room change did on one shard, packed into the one count a
+/// delivery answers with (21 bits each: far above one shard's connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomChangeCount {
+    /// Connections that joined or left.
+    pub changed: u64,
+    /// Connections that could not join: at `--max-rooms-per-connection`.
+    pub refused: u64,
+    /// Connections the target named (changed, refused or already so).
+    pub found: u64,
+}
+
+impl RoomChangeCount {
+    const BITS: u32 = 21;
+    const MASK: u64 = (1 << Self::BITS) - 1;
+
+    /// The count as a delivery answers it; sums of packed counts add up field by field.
+    pub fn pack(self) -> u64 {
+        self.changed | self.refused << Self::BITS | self.found << (2 * Self::BITS)
+    }
+
+    /// The fields of a packed count.
+    pub fn unpack(packed: u64) -> Self {
+        RoomChangeCount {
+            changed: packed & Self::MASK,
+            refused: packed >> Self::BITS & Self::MASK,
+            found: packed >> (2 * Self::BITS) & Self::MASK,
+        }
+    }
 }
 
 impl Target {
@@ -30,6 +111,7 @@ impl Target {
             Target::User(user) => Target::User(namespace.key(&user).into()),
             Target::Room(room) => Target::Room(namespace.key(&room).into()),
             Target::All | Target::Tenant(_) => Target::Tenant(tenant.into()),
+            Target::Connection(id) => Target::Connection(id),
         }
     }
 
@@ -39,11 +121,16 @@ impl Target {
     /// build and CPU (a randomised or CPU-dependent hash would split a
     /// target's messages between partitions).
     pub fn partition(&self, partitions: u16) -> u16 {
+        let id;
         let (kind, key): (u8, &str) = match self {
             Target::All => (0, ""),
             Target::User(key) => (1, key),
             Target::Room(key) => (2, key),
             Target::Tenant(key) => (3, key),
+            Target::Connection(conn) => {
+                id = conn.to_string();
+                (4, &id)
+            }
         };
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in std::iter::once(kind).chain(key.bytes()) {
@@ -76,6 +163,20 @@ pub struct Delivery {
     /// twice by id is delivered once. An empty frame delivers nothing (a
     /// message the bus log dropped as a duplicate).
     pub skip_known_id: bool,
+    /// Set for a live room change instead of a message (the frame is then empty).
+    pub room_change: Option<RoomChange>,
+}
+
+impl Delivery {
+    /// A message: `frame` to `target`.
+    pub fn message(target: Target, frame: Bytes, skip_known_id: bool) -> Self {
+        Delivery { target, frame, skip_known_id, room_change: None }
+    }
+
+    /// A live room change of `target`'s connections.
+    pub fn room_change(target: Target, change: RoomChange) -> Self {
+        Delivery { target, frame: Bytes::new(), skip_known_id: false, room_change: Some(change) }
+    }
 }
 
 /// A validated subscribe request, ready to register on the owning shard.

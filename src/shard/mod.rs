@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod queue;
 pub mod registry;
 mod requests;
+mod rooms;
 mod shared;
 mod shutdown;
 
@@ -82,6 +83,8 @@ pub struct ShardCtx {
     /// Api requests between their head and their answer: a shutdown waits
     /// for them before the process exits.
     pub requests_in_flight: Cell<usize>,
+    /// Subscribers registered here so far: each one's serial in its [`ConnId`](envelope::ConnId).
+    registrations: Cell<u64>,
 }
 
 impl ShardCtx {
@@ -124,6 +127,7 @@ impl ShardCtx {
             clock_ms: Cell::new(0),
             body_bytes_in_flight: Cell::new(0),
             requests_in_flight: Cell::new(0),
+            registrations: Cell::new(0),
         })
     }
 
@@ -182,7 +186,9 @@ impl ShardCtx {
             state.replay.pin_user(user);
         }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
-        let conn = entry.insert(Conn::new(tenant, user, rooms, self.now_ms()));
+        let serial = self.registrations.get() + 1;
+        self.registrations.set(serial);
+        let conn = entry.insert(Conn::new(tenant, user, rooms, serial, self.now_ms()));
         conn.push_control(subscription.preamble);
         // Same turn of the shard as the registration: nothing published
         // meanwhile can fall between the replayed part and the live part.
@@ -263,6 +269,9 @@ impl ShardCtx {
     /// Queues `frame` to the local connections `target` names; returns how many.
     pub fn deliver(&self, delivery: &Delivery) -> u64 {
         let (target, frame) = (&delivery.target, &delivery.frame);
+        if let Some(change) = &delivery.room_change {
+            return self.change_rooms(target, change).pack();
+        }
         if frame.is_empty() {
             return 0;
         }
@@ -273,6 +282,8 @@ impl ShardCtx {
             Target::Room(room) => Stream::Room(room),
             Target::All => Stream::All,
             Target::Tenant(tenant) => Stream::Tenant(tenant),
+            // Only room changes address one connection.
+            Target::Connection(_) => return 0,
         };
         if delivery.skip_known_id && replay.knows(stream, frame) {
             return 0;
@@ -333,6 +344,7 @@ impl ShardCtx {
                     push(&mut conns[key]);
                 }
             }
+            Target::Connection(_) => {}
         }
         let stats = self.stats();
         ShardStats::add(&stats.sent, tally.queued);

@@ -175,8 +175,9 @@ impl Shared {
         indexes
     }
 
-    /// The shards that queue a delivery to `target`: a user's owner, or
-    /// every shard for a room's or a broadcast (of any namespace).
+    /// The shards that queue a delivery to `target`: a user's owner, a
+    /// connection's shard, or every shard for a room's or a broadcast (of
+    /// any namespace).
     fn shards_for(&self, target: &Target) -> std::ops::Range<usize> {
         match target {
             Target::User(user) => {
@@ -184,6 +185,11 @@ impl Shared {
                 owner..owner + 1
             }
             Target::Room(_) | Target::All | Target::Tenant(_) => 0..self.shard_count(),
+            // On another instance the shard finds no such connection.
+            Target::Connection(id) => {
+                let shard = usize::from(id.shard) % self.shard_count();
+                shard..shard + 1
+            }
         }
     }
 
