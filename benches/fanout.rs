@@ -138,12 +138,12 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
     {
         let mut state = ctx.state.borrow_mut();
         for _ in 0..conns {
-            state.conns.insert(Conn::new(None, None, Default::default(), 0));
+            state.conns.insert(Conn::new(None, None, Default::default(), 0, 0));
         }
         for _ in 0..tenant_conns {
             let key = state.conns.vacant_key();
             let tenant = state.registry.add_tenant_member("acme", key);
-            state.conns.insert(Conn::new(Some(tenant), None, Default::default(), 0));
+            state.conns.insert(Conn::new(Some(tenant), None, Default::default(), 0, 0));
         }
     }
     ctx
