@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(entry) = wire::decode(Bytes::copy_from_slice(data)) else { return };
     let mut again = BytesMut::from(&wire::header(entry.instance, entry.token)[..]);
     for m in &entry.messages {
-        again.extend_from_slice(&wire::message(&m.target, &m.id, m.event.as_deref(), &m.data));
+        let bytes = match &m.room_change {
+            Some(change) => wire::room_change(&m.target, change),
+            None => wire::message(&m.target, &m.id, m.event.as_deref(), &m.data),
+        };
+        again.extend_from_slice(&bytes);
     }
     assert_eq!(&again[..], data, "an accepted entry encodes back to itself");
 });

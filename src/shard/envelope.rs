@@ -41,16 +41,18 @@ pub struct ConnId {
 }
 
 impl ConnId {
-    /// Reads an id as [`ConnId`]'s `Display` writes it; `None` for anything else.
+    /// Reads an id exactly as [`ConnId`]'s `Display` writes it (one spelling
+    /// per id: no sign, leading zero or upper-case hex); `None` otherwise.
     pub fn parse(text: &str) -> Option<ConnId> {
         let mut parts = text.split('-');
         let instance = parts.next().filter(|p| p.len() == 8).and_then(|p| u32::from_str_radix(p, 16).ok())?;
-        let mut number = || parts.next().filter(|p| !p.starts_with('+')).and_then(|p| p.parse::<u64>().ok());
+        let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok());
         let (shard, slot, serial) = (number()?, number()?, number()?);
         if parts.next().is_some() {
             return None;
         }
-        Some(ConnId { instance, shard: u16::try_from(shard).ok()?, slot: u32::try_from(slot).ok()?, serial })
+        let id = ConnId { instance, shard: u16::try_from(shard).ok()?, slot: u32::try_from(slot).ok()?, serial };
+        (id.to_string() == text).then_some(id)
     }
 }
 
@@ -298,4 +300,37 @@ pub enum Envelope {
         /// The answer.
         answer: Answer,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `bus_entry` fuzzer: `01` read as `1` wrote back
+    /// differently, so two spellings named one connection.
+    #[test]
+    fn a_connection_id_has_one_spelling() {
+        let id = ConnId { instance: 0x0abc_def0, shard: 1, slot: 22, serial: 333 };
+        assert_eq!(id.to_string(), "0abcdef0-1-22-333");
+        assert_eq!(ConnId::parse("0abcdef0-1-22-333"), Some(id));
+        for other in [
+            "0ABCDEF0-1-22-333",
+            "0abcdef0-01-22-333",
+            "0abcdef0-+1-22-333",
+            "abcdef0-1-22-333",
+            "0abcdef0-1-22",
+            "0abcdef0-1-22-333-4",
+            "0abcdef0-70000-1-1",
+            "",
+        ] {
+            assert_eq!(ConnId::parse(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn room_change_counts_add_up_packed() {
+        let a = RoomChangeCount { changed: 3, refused: 1, found: 5 };
+        let b = RoomChangeCount { changed: 2, refused: 0, found: 2 };
+        assert_eq!(RoomChangeCount::unpack(a.pack() + b.pack()), RoomChangeCount { changed: 5, refused: 1, found: 7 });
+    }
 }
