@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             Target::User(name) => assert_eq!(value["user"].as_str(), Some(&**name)),
             Target::Room(name) => assert_eq!(value["room"].as_str(), Some(&**name)),
             Target::All => assert_eq!(value["all"], true),
-            Target::Tenant(_) => panic!("a message names no tenant"),
+            Target::Tenant(_) | Target::Connection(_) => panic!("a message names no tenant or connection"),
         }
         if let Target::User(name) | Target::Room(name) = &fields.target {
             assert!(valid_name(name), "invalid name {name:?}");

@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         match &fields.target {
             Target::User(name) | Target::Room(name) => assert!(valid_name(name), "invalid name {name:?}"),
             Target::All => {}
-            Target::Tenant(_) => panic!("a message names no tenant"),
+            Target::Tenant(_) | Target::Connection(_) => panic!("a message names no tenant or connection"),
         }
     }
 });
