@@ -5,16 +5,20 @@
 # the real server), the EventSource tests in tests/node (the `eventsource` npm
 # package) and the real-browser tests in tests/browser (Debian's chromium,
 # driven by playwright-core: CORS, reconnects with Last-Event-ID, retry:,
-# heartbeats, the --demo page).
+# heartbeats, the --demo page), and the deploy kit's checks: scripts/check-deploy.sh
+# (hadolint, cargo check in the Docker build context, kubernetes-validate,
+# the Compose schema, yamllint, consistency) and scripts/walkthrough.sh (two
+# instances, Redis and nginx, as deploy/compose does, without Docker).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test publish  # extra arguments go to `cargo test`
 #                                   # (the fuzzing, Node and browser suites still run afterwards)
 #
 # Missing tools are installed with apt-get when we are root on Debian: nodejs
-# and npm, redis-server and redis-sentinel, chromium, python3 and
-# python3-venv. schemathesis (pinned below) is installed from PyPI with pip
-# into a venv of its own under ~/.cache/ssekify (or $XDG_CACHE_HOME/ssekify).
+# and npm, redis-server and redis-sentinel, nginx and curl, chromium, python3
+# and python3-venv. schemathesis (pinned below) and the deploy checks' tools
+# (pinned in scripts/deploy-tools.sh) are installed from PyPI with pip into
+# venvs of their own under ~/.cache/ssekify (or $XDG_CACHE_HOME/ssekify).
 #
 # Environment:
 #   SSEKIFY_TEST_DRIVERS=epoll      # io drivers the "both drivers" tests use
@@ -22,8 +26,9 @@
 #   CHROMIUM_BIN=/path/to/chromium  # the browser for tests/browser (default
 #                                   # /usr/bin/chromium, else chromium on PATH)
 #   CI=true                         # a missing test dependency (node, redis,
-#                                   # chromium, schemathesis) fails the run
-#                                   # instead of skipping its suite
+#                                   # nginx, chromium, schemathesis, the deploy
+#                                   # tools) fails the run instead of skipping
+#                                   # its suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -148,6 +153,33 @@ setup_redis() {
   echo "redis-server is not installed (and this is not root on Debian, so it cannot be installed here)"
   return 1
 }
+# nginx (Debian's package) for tests/nginx.rs and scripts/walkthrough.sh, and
+# curl for the walkthrough. Under CI the nginx tests must not skip:
+# SSEKIFY_REQUIRE_NGINX=1 makes a missing nginx fail them. Debian's nginx is in
+# /usr/sbin, which a user's PATH may lack; the tests look there too.
+find_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
+setup_nginx() {
+  if find_nginx && command -v curl >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+    local pkgs=()
+    find_nginx || pkgs+=(nginx)
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+    echo "installing ${pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || return 1
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || return 1
+    # The package may start a system nginx on port 80; the tests run their own.
+    (service nginx stop || systemctl stop nginx || true) >/dev/null 2>&1
+    return 0
+  fi
+  echo "nginx or curl is not installed (and this is not root on Debian, so they cannot be installed here)"
+  return 1
+}
+# The deploy checks' tools (hadolint, kubernetes-validate, yamllint,
+# check-jsonschema, docker-py), pinned in scripts/deploy-tools.sh.
+deploy_checks=false
 # schemathesis (PyPI) for scripts/api-fuzz.sh, at the version pinned here, in
 # a venv of its own (the system's Python is left alone), made once per
 # version. Needs python3 >= 3.11 with venv: installs python3 and python3-venv
@@ -183,12 +215,30 @@ setup_schemathesis() {
 }
 if [ "${CI:-}" = "true" ]; then
   export SSEKIFY_REQUIRE_REDIS=1
+  export SSEKIFY_REQUIRE_NGINX=1
 fi
 step "external services: redis-server for tests/bus*.rs"
 if setup_redis; then
   echo "$(redis-server --version)"
 else
   missing_dependency "redis-server could not be set up: the bus tests will skip (they fail when SSEKIFY_REQUIRE_REDIS=1)"
+fi
+
+step "external services: nginx for tests/nginx.rs and scripts/walkthrough.sh"
+walkthrough=false
+if setup_nginx; then
+  "$(command -v nginx || echo /usr/sbin/nginx)" -v
+  walkthrough=true
+else
+  missing_dependency "nginx could not be set up: the nginx tests will skip (they fail when SSEKIFY_REQUIRE_NGINX=1) and scripts/walkthrough.sh is SKIPPED"
+fi
+
+step "deploy tools: scripts/deploy-tools.sh"
+if deploy_tools=$(scripts/deploy-tools.sh); then
+  "$deploy_tools/hadolint" --version
+  deploy_checks=true
+else
+  missing_dependency "the deploy tools could not be installed: scripts/check-deploy.sh is SKIPPED"
 fi
 
 step "external services: node for tests/node"
@@ -233,7 +283,23 @@ cargo check --manifest-path fuzz/Cargo.toml --bins
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
 
-# --- 5. API fuzzing -----------------------------------------------------------
+# --- 5. The deploy kit ----------------------------------------------------------
+# Every file under deploy/ validated by a tool built for it, and the
+# compose-style walkthrough run with local processes (see deploy/README.md).
+if [ "$deploy_checks" = true ]; then
+  step "scripts/check-deploy.sh"
+  SSEKIFY_BIN="$PWD/target/debug/ssekify" scripts/check-deploy.sh
+else
+  missing_dependency "the deploy checks (scripts/check-deploy.sh) were SKIPPED: their tools are not available"
+fi
+if [ "$walkthrough" = true ] && command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+  step "scripts/walkthrough.sh"
+  SSEKIFY_BIN="$PWD/target/debug/ssekify" scripts/walkthrough.sh
+else
+  missing_dependency "scripts/walkthrough.sh was SKIPPED: nginx, curl or redis-server is not available"
+fi
+
+# --- 6. API fuzzing -----------------------------------------------------------
 # schemathesis against docs/openapi.json and the binary cargo just built.
 if [ "$api_fuzz" = true ]; then
   step "scripts/api-fuzz.sh"
@@ -242,7 +308,7 @@ else
   missing_dependency "the API fuzzing (scripts/api-fuzz.sh) was SKIPPED: schemathesis is not available"
 fi
 
-# --- 6. Node tests -----------------------------------------------------------
+# --- 7. Node tests -----------------------------------------------------------
 # A real EventSource client against the binary cargo just built.
 if [ "$node_tests" = true ]; then
   step "node --test tests/node"
@@ -253,7 +319,7 @@ else
   missing_dependency "the Node EventSource tests (tests/node) were SKIPPED: node is not available"
 fi
 
-# --- 7. Browser tests ---------------------------------------------------------
+# --- 8. Browser tests ---------------------------------------------------------
 # Debian's chromium loads pages from a static server on one port and opens
 # EventSource streams on the binary's public listener, another origin.
 if [ "$browser_tests" = true ]; then
