@@ -130,6 +130,9 @@ fn json_lines_carry_numbers_booleans_and_strings() {
     let disconnected = find("subscriber disconnected");
     assert_eq!(disconnected["reason"], "admin_close", "{disconnected}");
     assert_eq!(disconnected["shard"], connected["shard"], "{disconnected}");
+    let conn = connected["conn"].as_str().expect("the connection id is a string");
+    assert_eq!(conn.split('-').count(), 4, "<instance>-<shard>-<slot>-<serial>: {connected}");
+    assert_eq!(disconnected["conn"], conn, "the id pairs the two lines: {disconnected}");
 }
 
 #[test]
