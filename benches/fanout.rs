@@ -130,7 +130,7 @@ fn frame_of(len: usize) -> Bytes {
 /// connections of the default namespace and `tenant_conns` of tenant `acme`
 /// registered directly in its slab (no sockets, no writers).
 fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
-    let config = Config::try_from(Cli::parse_from(["ssekify", "--shards", "1"])).expect("default config");
+    let config = Config::try_from(Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
     let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
     let (lifecycle, _) = mpsc::channel();
     let shared = Arc::new(Shared::new(config, vec![shared_inbox], IdGenerator::new(1), lifecycle));

@@ -11,9 +11,10 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::webhook::Webhook;
+use crate::auth::webhook::{self, Webhook};
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 use crate::bus::tls::{Tls, TlsFiles};
 use crate::bus::url::RedisUrl;
@@ -123,15 +124,42 @@ pub enum AuthMode {
     Webhook,
 }
 
+/// The git commit the binary was built from (`build.rs`), or `unknown`
+/// when the sources came without their history (a tarball, a Docker
+/// context without `.git`): a log line or a bug report then says which
+/// code ran, not only which release.
+pub const COMMIT: &str = env!("SSEKIFY_COMMIT");
+
+/// What `ssekify --version` prints after the name: the release and the commit.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SSEKIFY_COMMIT"), ")");
+
+/// The end of `--help`: how every boolean flag reads its value, which
+/// clap's list of possible values (`true, false`) does not say.
+const BOOLEANS_HELP: &str =
+    "Booleans (flags and SSEKIFY_* variables) take true/false, 1/0, yes/no or on/off in any case; \
+a bare --flag is true.";
+
 /// Raw command line; see [`Config`] for the validated form. Without a
 /// subcommand it runs the server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ssekify", version, about = "Server-Sent Events push server", long_about = None)]
+#[command(name = "ssekify", version = VERSION, about = "Server-Sent Events push server", long_about = None)]
+#[command(after_help = BOOLEANS_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// A tool instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The server's flags.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The server's flags, each also read from `SSEKIFY_<NAME>`; shared by the
+/// server and `ssekify check-config`, so a check reads exactly what a start
+/// would. Booleans take `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`
+/// (any case), and a bare `--flag` means true.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
     /// Public listener: GET /sse, /t/{tenant}/sse, /healthz, /readyz.
     #[arg(long, env = "SSEKIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -146,7 +174,7 @@ pub struct Cli {
     pub shards: Option<usize>,
     /// Pin each shard thread to its own core; turn off where cores are shared
     /// (containers without exclusive CPUs).
-    #[arg(long, env = "SSEKIFY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SSEKIFY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub pin_cores: bool,
     /// How subscribers authenticate.
     #[arg(long, env = "SSEKIFY_AUTH", value_enum, default_value = "none")]
@@ -176,7 +204,7 @@ pub struct Cli {
     #[arg(long, env = "SSEKIFY_CORS_ORIGIN")]
     pub cors_origin: Option<String>,
     /// Serve a subscriber demo page at GET / on the public listener.
-    #[arg(long, env = "SSEKIFY_DEMO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "SSEKIFY_DEMO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub demo: bool,
     /// Heartbeat `: ping` after this much idleness on a stream.
     #[arg(long, env = "SSEKIFY_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE)]
@@ -298,9 +326,12 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "SSEKIFY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Lowest level logged.
+    /// Lowest level logged (debug adds a line per subscriber connect and disconnect, with the reason).
     #[arg(long, env = "SSEKIFY_LOG_LEVEL", value_enum, default_value = "info")]
     pub log_level: LogLevel,
+    /// Log one info line per api listener request: method, path (no query), status, duration, bytes.
+    #[arg(long, env = "SSEKIFY_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub access_log: bool,
 }
 
 /// Subcommands: tools that share the binary with the server.
@@ -308,6 +339,9 @@ pub struct Cli {
 pub enum Command {
     /// Print a presigned subscribe URL for --auth signed (for backends and scripts).
     Sign(SignArgs),
+    /// Check the server's flags, environment and files, print the settings in force (no secrets) and exit: 0 valid, 2 not.
+    #[command(after_help = BOOLEANS_HELP)]
+    CheckConfig(Box<ServerArgs>),
 }
 
 /// Arguments of `ssekify sign` ([`crate::sign::url`] mints the URL).
@@ -423,6 +457,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log threshold.
     pub log_level: LogLevel,
+    /// Whether api requests are logged (`--access-log`).
+    pub access_log: bool,
 }
 
 /// Why start-up refused the configuration; `Display` is one sentence naming the flag.
@@ -512,7 +548,7 @@ pub fn hmac_key(flag: &'static str, secret: Option<&str>, purpose: &str) -> Resu
     Ok(Key::new(secret.as_bytes()))
 }
 
-fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
+fn authenticator(cli: &ServerArgs) -> Result<Authenticator, ConfigError> {
     let leeway = duration("auth-leeway", &cli.auth_leeway)?;
     Ok(match cli.auth {
         AuthMode::None => Authenticator::None,
@@ -535,7 +571,7 @@ fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
             }
             let ttl = duration("auth-cache-ttl", &cli.auth_cache_ttl)?;
             let hook = Webhook::new(url, timeout, ttl, cli.auth_cache_max)
-                .map_err(|why| ConfigError::new("auth-url", format!("`{url}` {why}")))?;
+                .map_err(|why| ConfigError::new("auth-url", format!("`{}` {why}", webhook::shown_url(url))))?;
             Authenticator::Webhook(Box::new(hook))
         }
     })
@@ -543,7 +579,7 @@ fn authenticator(cli: &Cli) -> Result<Authenticator, ConfigError> {
 
 /// `--redis` with the TLS files applied; the files without a TLS address are
 /// refused rather than ignored (the operator meant to encrypt).
-fn redis(cli: &Cli) -> Result<Option<RedisUrl>, ConfigError> {
+fn redis(cli: &ServerArgs) -> Result<Option<RedisUrl>, ConfigError> {
     let files =
         TlsFiles { ca: cli.redis_ca.as_deref(), cert: cli.redis_cert.as_deref(), key: cli.redis_key.as_deref() };
     let given = [("redis-ca", files.ca), ("redis-cert", files.cert), ("redis-key", files.key)]
@@ -591,10 +627,10 @@ fn tenants(list: &str) -> Result<Vec<Box<str>>, ConfigError> {
     Ok(names)
 }
 
-impl TryFrom<Cli> for Config {
+impl TryFrom<ServerArgs> for Config {
     type Error = ConfigError;
 
-    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+    fn try_from(cli: ServerArgs) -> Result<Self, ConfigError> {
         let listen = address("listen", &cli.listen)?;
         let api_listen = address("api-listen", &cli.api_listen)?;
         let auth = authenticator(&cli)?;
@@ -705,6 +741,7 @@ impl TryFrom<Cli> for Config {
             io_driver: cli.io_driver,
             log_format: cli.log_format,
             log_level: cli.log_level,
+            access_log: cli.access_log,
         })
     }
 }
@@ -721,10 +758,10 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn cli(args: &[&str]) -> Cli {
+    fn cli(args: &[&str]) -> ServerArgs {
         let mut argv = vec!["ssekify"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).expect("arguments parse")
+        Cli::try_parse_from(argv).expect("arguments parse").server
     }
 
     #[test]

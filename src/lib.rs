@@ -3,14 +3,16 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] is the
-//! `ssekify sign` subcommand beside the server. See `docs/architecture.md` for
+//! [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
+//! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
+//! beside the server. See `docs/architecture.md` for
 //! the data path.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod log;

@@ -1,26 +1,37 @@
 //! The `ssekify` binary: command line → [`Config`] → [`server::run`], or a
-//! subcommand ([`Command`]).
+//! subcommand ([`Command`]): `sign`, `check-config`.
 
 use std::time::SystemTime;
 
 use clap::Parser;
 use ssekify::auth::Authenticator;
-use ssekify::config::{Cli, Command, Config};
-use ssekify::{server, sign};
+use ssekify::config::{Cli, Command, Config, ServerArgs};
+use ssekify::{check, server, sign};
 
 fn main() {
-    let mut cli = Cli::parse();
-    if let Some(Command::Sign(args)) = cli.command.take() {
-        match sign::url(&args, SystemTime::now()) {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Sign(args)) => match sign::url(&args, SystemTime::now()) {
             Ok(url) => println!("{url}"),
             Err(error) => {
                 eprintln!("ssekify sign: {error}");
                 std::process::exit(2);
             }
-        }
-        return;
+        },
+        Some(Command::CheckConfig(args)) => match Config::try_from(*args) {
+            Ok(config) => print!("{}", check::report(&config)),
+            Err(error) => {
+                eprintln!("ssekify check-config: {error}");
+                std::process::exit(2);
+            }
+        },
+        None => serve(cli.server),
     }
-    let config = match Config::try_from(cli) {
+}
+
+/// Runs the server on `args` until it stops; exits with its status.
+fn serve(args: ServerArgs) {
+    let config = match Config::try_from(args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ssekify: {error}");

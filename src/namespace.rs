@@ -27,6 +27,13 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/')
 }
 
+/// The plain name of an internal key of any namespace (for logs, which
+/// carry the tenant apart): what follows the first [`SEPARATOR`], or the
+/// whole key in the default namespace.
+pub fn plain_name(key: &str) -> &str {
+    key.split_once(SEPARATOR).map_or(key, |(_, name)| name)
+}
+
 /// The default namespace (`None`) or one tenant's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Namespace(Option<Box<str>>);
@@ -120,6 +127,8 @@ mod tests {
         let key = acme.key("alice");
         assert_eq!(key, "acme\0alice");
         assert_eq!(acme.name_of(&key), "alice");
+        assert_eq!(plain_name(&key), "alice");
+        assert_eq!(plain_name("alice"), "alice");
         assert_eq!(acme.tenant_name(), Some("acme"));
         assert!(acme.owns(&key));
         assert!(!Namespace::DEFAULT.owns(&key), "not the default namespace's");

@@ -819,7 +819,7 @@ fn cluster_master_failover_is_followed_and_retries_arrive_once() {
     let learned: Vec<String> = cluster.nodes[1..].iter().map(RedisServer::addr).collect();
     let logs = a.logs();
     assert!(
-        learned.iter().any(|node| logs.contains(&format!("bus subscribed redis={node}"))),
+        learned.iter().any(|node| logs.contains(&format!("bus live redis={node}"))),
         "A should have subscribed on a learned node {learned:?}:\n{logs}"
     );
     let expected = vec![ev("after-failover", None, "after")];

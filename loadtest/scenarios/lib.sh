@@ -197,7 +197,7 @@ lt_setup() {
 }
 
 # start_ssekify PUBLIC_PORT API_PORT LOG: starts ssekify pinned to SERVER_CORES
-# with one shard per core, waits for its `ssekify ready` line, echoes its pid.
+# with one shard per core, waits for its `ssekify listening` line, echoes its pid.
 # Call it directly (not in $(...)) so the server stays this shell's child.
 start_ssekify() {
     local port=$1 api=$2 log=$3 shards pid i
@@ -208,7 +208,7 @@ start_ssekify() {
     pid=$!
     LT_STARTED+=("$pid")
     for ((i = 0; i < 200; i++)); do
-        grep -q 'ssekify ready' "$log" 2>/dev/null && { echo "$pid"; return 0; }
+        grep -q 'ssekify listening' "$log" 2>/dev/null && { echo "$pid"; return 0; }
         lt_alive "$pid" || break
         sleep 0.05
     done

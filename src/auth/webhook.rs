@@ -87,6 +87,15 @@ impl Forwarded<'_> {
     }
 }
 
+/// An auth URL as errors and reports may show it: everything up to its
+/// query, which may carry a key for the app (`?…` marks one was there).
+pub fn shown_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((before, _)) => format!("{before}?…"),
+        None => url.to_owned(),
+    }
+}
+
 impl Webhook {
     /// Parses and resolves `--auth-url` (`http://host[:port]/path[?query]`).
     pub fn new(url: &str, timeout: Duration, cache_ttl: Duration, cache_max: usize) -> Result<Webhook, String> {
@@ -96,6 +105,9 @@ impl Webhook {
         let (host, target) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
         if host.is_empty() {
             return Err("has no host".into());
+        }
+        if host.contains('@') {
+            return Err("carries a user or password, which ssekify would neither send nor keep out of sight".into());
         }
         let with_port = if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
             host.to_owned()
@@ -116,6 +128,12 @@ impl Webhook {
             return Err("has spaces or control characters in its path".into());
         }
         Ok(Webhook { addr, host: host.to_owned(), target, timeout, cache_ttl, cache_max })
+    }
+
+    /// `--auth-url` as `check-config` shows it: its query, which may carry
+    /// a key for the app, hidden.
+    pub fn shown_url(&self) -> String {
+        shown_url(&format!("http://{}{}", self.host, self.target))
     }
 
     /// Asks the app (or the cache) about one subscribe request.
@@ -365,6 +383,9 @@ mod tests {
         assert_eq!(Webhook::new("http://localhost", Duration::ZERO, Duration::ZERO, 1).unwrap().target, "/");
         assert!(Webhook::new("https://app/auth", Duration::ZERO, Duration::ZERO, 1).is_err());
         assert!(Webhook::new("http:///auth", Duration::ZERO, Duration::ZERO, 1).is_err());
+        assert_eq!(hook.shown_url(), "http://127.0.0.1:9000/auth?…", "the query may hold a key");
+        let with_password = Webhook::new("http://u:pw@127.0.0.1/auth", Duration::ZERO, Duration::ZERO, 1);
+        assert!(with_password.is_err_and(|why| !why.contains("pw")));
     }
 
     #[test]

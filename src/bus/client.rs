@@ -3,7 +3,8 @@
 //! publishes under way).
 //!
 //! Between sessions every publish is refused at once (503), and the reconnect
-//! waits an exponential backoff with jitter. A new session first syncs every
+//! waits an exponential backoff with jitter; [`Health`] keeps that from
+//! writing lines per attempt. A new session first syncs every
 //! partition with the log and catches up on what it missed, before anything
 //! newer is applied (see [`super::sequencer`]). With Sentinel the session
 //! also watches `+switch-master`; with Cluster it learns which node owns each
@@ -15,6 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::conn::{BusError, RedisConn};
+use super::health::Health;
 use super::log::{AppendSettings, PartitionKeys};
 use super::resp::{self, Reply};
 use super::sequencer::Sequencer;
@@ -59,6 +61,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
             sharded: false,
         },
         epoch_candidate: String::new(),
+        health: Health::default(),
     };
     let mut first = true;
     loop {
@@ -73,7 +76,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         durable.epoch_candidate = super::new_epoch();
         let error = match open_session(&url, &bus, &mut durable, &mut nodes).await {
             Ok(session) => {
-                crate::log!(Info, "bus subscribed", redis = session.address(), channel = bus.channel);
+                crate::log!(Debug, "bus subscribed", redis = session.address(), channel = bus.channel);
                 let opened = std::time::Instant::now();
                 let error = session.run(&shared, &bus, &mut inbox, &mut durable).await;
                 // Only a session that served a while resets the delay: one
@@ -86,8 +89,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
             }
             Err(error) => error,
         };
-        bus.set_state(BusState::Down);
-        bus.record_error(&error);
+        durable.health.failed(&bus, &error);
         refuse_for(&shared, &mut inbox, backoff.next()).await;
     }
 }

@@ -8,7 +8,8 @@
 //! reads), [`sequencer`] (which entries to apply, catch-up, gaps; no I/O),
 //! [`apply`] (entries into deliveries), [`events`] (what the socket readers
 //! hand the session), [`session`] (the connections and the loop serving
-//! them), [`client`] (the thread: sessions, reconnects, Sentinel and Cluster).
+//! them), [`client`] (the thread: sessions, reconnects, Sentinel and Cluster),
+//! [`health`] (what the log says when the link goes down and comes back).
 //!
 //! This module is the handle the publish routes use: [`publish`] splits
 //! messages into wire entries per partition and hands them to the bus
@@ -20,6 +21,7 @@ pub mod apply;
 pub mod client;
 pub mod conn;
 pub mod events;
+pub mod health;
 pub mod log;
 pub mod resp;
 pub mod sequencer;
@@ -209,15 +211,14 @@ impl Bus {
         }
     }
 
+    /// Sets the state shown in stats; [`health`] logs the changes that matter.
     pub(crate) fn set_state(&self, state: BusState) {
-        let previous = self.state.swap(state as u8, Ordering::AcqRel);
-        if previous != state as u8 {
-            crate::log!(Info, "bus state", state = state.name());
-        }
+        self.state.store(state as u8, Ordering::Release);
     }
 
+    /// Keeps `error` for stats (`lastError`); the caller decides whether it is
+    /// worth a log line.
     pub(crate) fn record_error(&self, error: &str) {
-        crate::log!(Warn, "bus error", error = error);
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(error.to_owned());
         }

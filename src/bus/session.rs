@@ -19,11 +19,12 @@ use bytes::BytesMut;
 use super::apply::{self, OwnAppends};
 use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
 use super::events::{spawn_reader, Event, Events};
+use super::health::Health;
 use super::log::{self, AppendSettings, PartitionKeys};
 use super::resp::{self, Reply};
 use super::sequencer::{Action, Sequencer};
 use super::url::{RedisUrl, Topology};
-use super::{Bus, BusCommand, BusState};
+use super::{Bus, BusCommand};
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
@@ -68,6 +69,8 @@ pub struct Durable {
     pub settings: AppendSettings,
     /// The epoch a log gets if this instance creates it (new for every session).
     pub epoch_candidate: String,
+    /// What the log has said about the link so far.
+    pub health: Health,
 }
 
 /// The live connections of one session.
@@ -284,7 +287,7 @@ impl Session {
                 // went back must get its new epoch before anyone appends.
                 live = true;
                 self.carry_out(shared, bus, durable, &mut synced_later).await;
-                bus.set_state(BusState::Live);
+                durable.health.live(shared, bus, self.address());
             }
             if now >= next_tick {
                 next_tick = now + TICK;
@@ -347,6 +350,7 @@ impl Session {
                     return Err(format!("Redis lost the bus script: {error}"));
                 }
                 Reply::Error(error) => {
+                    crate::log!(Warn, "bus append refused by Redis", error = error);
                     bus.record_error(&format!("the log append was refused: {error}"));
                     durable.own.failed(shared, token).await;
                 }

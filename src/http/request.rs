@@ -78,6 +78,14 @@ struct HeaderSpan {
 }
 
 impl Request {
+    /// The method as the client sent it (logs name one that [`Method::Other`]
+    /// does not).
+    pub fn method_name(&self) -> &str {
+        let line = self.head.trim_ascii_start();
+        let token = line.split(|&b| b == b' ').next().unwrap_or_default();
+        std::str::from_utf8(token).unwrap_or("?")
+    }
+
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.header_pairs().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
@@ -225,11 +233,18 @@ mod tests {
         let request =
             parse_all(b"GET /sse?userId=a&rooms=x,y HTTP/1.1\r\nHost: h\r\nLast-Event-ID: 5\r\n\r\n").unwrap().unwrap();
         assert_eq!(request.method, Method::Get);
+        assert_eq!(request.method_name(), "GET");
         assert_eq!(&request.path[..], b"/sse");
         assert_eq!(&request.query[..], b"userId=a&rooms=x,y");
         assert_eq!(request.header("last-event-id"), Some(&b"5"[..]));
         assert!(request.keep_alive);
         assert_eq!(request.body, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn other_methods_keep_their_name() {
+        let request = parse_all(b"PATCH /v1/stats HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!((request.method, request.method_name()), (Method::Other, "PATCH"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::access;
 use crate::api::{self, Role, Routed, Services};
 use crate::http::body::BodyDecoder;
 use crate::http::request::{self, BodyFraming, HeadLimits, Method, Request};
@@ -69,11 +70,12 @@ pub async fn serve(
         };
         first = false;
         let in_flight = InFlight::start(&ctx);
+        let logged = access::start(&ctx, role);
         let unread_body = !matches!(request.body, BodyFraming::Empty | BodyFraming::Length(0));
         let admitted = match api::admit(&ctx, role, &request) {
             Ok(admitted) => admitted,
             Err(response) => {
-                if answer(&ctx, &mut stream, &request, response, unread_body).await {
+                if answer(&ctx, &mut stream, &request, response, unread_body, logged).await {
                     continue;
                 }
                 break;
@@ -99,7 +101,7 @@ pub async fn serve(
             }
             Routed::Response(response) => {
                 let body_left = unread_body && limit.is_none();
-                if !answer(&ctx, &mut stream, &request, response, body_left).await {
+                if !answer(&ctx, &mut stream, &request, response, body_left, logged).await {
                     break;
                 }
             }
@@ -114,18 +116,24 @@ pub async fn serve(
 /// Writes `response`; returns whether the connection may carry another
 /// request. It may not when the request or answer says so, during a
 /// shutdown (`Connection: close` tells the client not to reuse it), or
-/// when a body was left unread on the socket.
+/// when a body was left unread on the socket. `logged` is when the request
+/// began, if `--access-log` records it.
 async fn answer(
     ctx: &ShardCtx,
     stream: &mut TcpStream,
     request: &Request,
     response: Response,
     unread_body: bool,
+    logged: Option<Instant>,
 ) -> bool {
     let shutting_down = ctx.shared.phase() == Phase::Closing;
     let keep_alive = request.keep_alive && !response.close && !unread_body && !shutting_down;
     let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
+    let size = bytes.len();
     let (result, _) = stream.write_all(bytes).await;
+    if let Some(started) = logged {
+        access::record(ctx, stream, started, request, response.status, size);
+    }
     if result.is_ok() && unread_body {
         linger(stream).await;
     }

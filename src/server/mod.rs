@@ -2,9 +2,11 @@
 //! epoll fallback), their SO_REUSEPORT listeners and accept loops, the signal
 //! thread; then waits for the lifecycle to end and returns the exit status.
 //!
-//! Parts: [`connection`] (HTTP on one socket), [`signals`] (SIGTERM/SIGINT →
-//! shutdown phases), [`memory`] (freed memory back to the system after peaks).
+//! Parts: [`connection`] (HTTP on one socket), [`access`] (its optional
+//! access log), [`signals`] (SIGTERM/SIGINT → shutdown phases), [`memory`]
+//! (freed memory back to the system after peaks).
 
+pub mod access;
 pub mod connection;
 pub mod memory;
 pub mod signals;
@@ -95,18 +97,25 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let shared_listener = shared.config.shared_listener();
     let cores = if shared.config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let mut driver = "";
+    // With a bus, the instance is ready once its bus is live too (which may
+    // come before the last shard listens, or long after).
+    let mut bus_live = false;
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let boot = ShardBoot { id, shared: shared.clone(), bus: bus.clone(), local, addresses, shared_listener };
         spawn_shard(boot, core)?;
-        match lifecycle_rx.recv() {
-            Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
-                // Shard 0 resolved port 0 (if asked); the others bind the same ports.
-                addresses = Addresses { public, api };
-                driver = used;
+        loop {
+            match lifecycle_rx.recv() {
+                Ok(LifecycleEvent::Ready { public, api, driver: used, .. }) => {
+                    // Shard 0 resolved port 0 (if asked); the others bind the same ports.
+                    addresses = Addresses { public, api };
+                    driver = used;
+                    break;
+                }
+                Ok(LifecycleEvent::BusLive) => bus_live = true,
+                Ok(LifecycleEvent::Failed(why)) => return Err(StartError(why)),
+                _ => return Err(StartError(format!("shard {id} stopped during start-up"))),
             }
-            Ok(LifecycleEvent::Failed(why)) => return Err(StartError(why)),
-            _ => return Err(StartError(format!("shard {id} stopped during start-up"))),
         }
     }
     let config = &shared.config;
@@ -115,17 +124,29 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     }
     crate::log!(
         Info,
-        "ssekify ready",
+        "ssekify listening",
         public = addresses.public,
         api = addresses.api,
         shards = shard_count,
         driver = driver,
         max_connections = config.max_connections.map_or(0, |n| n.get()),
         instance = format!("{:08x}", shared.ids.instance()),
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::config::COMMIT,
     );
+    let ready = || crate::log!(Info, "ssekify ready", public = addresses.public, api = addresses.api);
+    if bus.is_none() || bus_live {
+        ready();
+    } else {
+        crate::log!(Info, "waiting for the bus before ready (/readyz answers 503 until then)");
+    }
     let mut drained = 0;
     loop {
         match lifecycle_rx.recv() {
+            Ok(LifecycleEvent::BusLive) if !bus_live => {
+                bus_live = true;
+                ready();
+            }
             Ok(LifecycleEvent::Drained) => {
                 drained += 1;
                 if drained == shard_count {
@@ -140,7 +161,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
                 crate::log!(Error, "shard failed", error = why);
                 return Ok(1);
             }
-            Ok(LifecycleEvent::Ready { .. }) => {}
+            Ok(LifecycleEvent::Ready { .. } | LifecycleEvent::BusLive) => {}
             Err(_) => return Ok(1),
         }
     }

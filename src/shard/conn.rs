@@ -18,6 +18,37 @@ pub enum Closing {
     Now,
 }
 
+/// Why a subscriber's stream ended, for its disconnect log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its side (or reset the connection).
+    ClientClosed,
+    /// A write to the socket failed.
+    WriteError,
+    /// The queue overflowed under `--drop-policy disconnect` or its bounds.
+    Backpressure,
+    /// The socket took no bytes for `--write-timeout`.
+    WriteTimeout,
+    /// An admin route closed it (`DELETE …/connections`).
+    AdminClose,
+    /// The instance shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::WriteError => "write_error",
+            CloseReason::Backpressure => "backpressure",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::AdminClose => "admin_close",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What the writer should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
@@ -46,6 +77,9 @@ pub struct Conn {
     pub last_write_ms: u64,
     /// Set once a close was asked for.
     pub closing: Option<Closing>,
+    /// Why the server closes it, once `closing` is set (the reason of the
+    /// close that set or hardened `closing`).
+    pub close_reason: Option<CloseReason>,
     /// Shard clock (ms) when the write in progress started, if one is.
     pub writing_since_ms: Option<u64>,
     /// A bus gap notice was queued and no message since: a second loss
@@ -72,6 +106,7 @@ impl Conn {
             queue: FrameQueue::default(),
             last_write_ms: now_ms,
             closing: None,
+            close_reason: None,
             writing_since_ms: None,
             told_bus_gap: false,
             waker: None,
@@ -95,8 +130,11 @@ impl Conn {
         self.notify();
     }
 
-    /// Asks for a close; `Now` also interrupts a write in progress.
-    pub fn close(&mut self, how: Closing) {
+    /// Asks for a close for `reason`; `Now` also interrupts a write in progress.
+    pub fn close(&mut self, how: Closing, reason: CloseReason) {
+        if self.closing.is_none() || (how == Closing::Now && self.closing != Some(Closing::Now)) {
+            self.close_reason = Some(reason);
+        }
         if self.closing != Some(Closing::Now) {
             self.closing = Some(how);
         }

@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::conn::Closing;
+use super::conn::{CloseReason, Closing};
 use super::ShardCtx;
 use crate::metrics::ShardStats;
 use crate::sse::frame::PING;
@@ -47,7 +47,7 @@ pub async fn run(ctx: Rc<ShardCtx>) {
             if let Some(conn) = state.conns.get_mut(cursor) {
                 let stuck = conn.writing_since_ms.is_some_and(|since| now.saturating_sub(since) >= write_timeout_ms);
                 if stuck && conn.closing != Some(Closing::Now) {
-                    conn.close(Closing::Now);
+                    conn.close(Closing::Now, CloseReason::WriteTimeout);
                     stalled += 1;
                 } else if conn.closing.is_none()
                     && conn.queue.is_idle()

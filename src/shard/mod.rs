@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
-use conn::{Closing, Conn};
+use conn::{CloseReason, Closing, Conn};
 use envelope::{Answer, Delivery, Envelope, Selection, Subscription, Target};
 use idempotency::{Claim, IdempotencyLimits, IdempotencyTable, Ticket};
 use queue::{Pushed, QueueLimits};
@@ -167,6 +167,14 @@ impl ShardCtx {
         let state = &mut *state;
         if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
             if state.registry.user(user).len() >= limit.get() {
+                crate::log!(
+                    Debug,
+                    "subscriber refused",
+                    shard = self.id,
+                    user = crate::namespace::plain_name(user),
+                    tenant = subscription.namespace.tenant_name(),
+                    reason = "too_many_connections",
+                );
                 drop_connection_slot(&self.shared);
                 ShardStats::add(&self.stats().errors, 1);
                 let refusal = Response::error(
@@ -205,6 +213,18 @@ impl ShardCtx {
         for frame in replay.frames {
             conn.push_control(frame);
         }
+        crate::log!(
+            Debug,
+            "subscriber connected",
+            shard = self.id,
+            conn = self.conn_id(key, conn),
+            user = conn.user.as_deref().map(crate::namespace::plain_name),
+            tenant = conn.tenant,
+            rooms = conn.rooms.len(),
+            resumed = subscription.last_event_id.is_some(),
+            replayed = replayed,
+            gap = replay.gap,
+        );
         let stats = self.stats();
         ShardStats::add(&stats.sent, replayed);
         ShardStats::add(&stats.subscribes, 1);
@@ -214,11 +234,20 @@ impl ShardCtx {
         monoio::spawn(writer::serve(self.clone(), key, stream));
     }
 
-    /// Forgets a connection whose writer ended.
-    pub(crate) fn unregister(&self, key: usize) {
+    /// Forgets a connection whose writer ended for `reason`.
+    pub(crate) fn unregister(&self, key: usize, reason: CloseReason) {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let conn = state.conns.remove(key);
+        crate::log!(
+            Debug,
+            "subscriber disconnected",
+            shard = self.id,
+            conn = self.conn_id(key, &conn),
+            user = conn.user.as_deref().map(crate::namespace::plain_name),
+            tenant = conn.tenant,
+            reason = reason.name(),
+        );
         if let Some(user) = &conn.user {
             state.registry.remove_user(user, key);
             if state.registry.user(user).is_empty() {
@@ -309,7 +338,7 @@ impl ShardCtx {
                 Pushed::DroppedNewest => tally.dropped_newest += 1,
                 Pushed::Overflow => {
                     tally.overflowed += 1;
-                    conn.close(Closing::Now);
+                    conn.close(Closing::Now, CloseReason::Backpressure);
                 }
             }
         };
@@ -359,9 +388,9 @@ impl ShardCtx {
         tally.queued
     }
 
-    /// Closes the selected local connections after their queues flush;
-    /// returns how many.
-    pub fn close_local(&self, which: &Selection) -> u64 {
+    /// Closes the selected local connections for `reason` after their
+    /// queues flush; returns how many.
+    pub fn close_local(&self, which: &Selection, reason: CloseReason) -> u64 {
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, .. } = &mut *state;
         let keys: SmallVec<[usize; 4]> = match which {
@@ -373,7 +402,7 @@ impl ShardCtx {
             Selection::Everything => conns.iter().map(|(key, _)| key).collect(),
         };
         for &key in &keys {
-            conns[key].close(Closing::AfterFlush);
+            conns[key].close(Closing::AfterFlush, reason);
         }
         keys.len() as u64
     }
@@ -413,13 +442,14 @@ impl ShardCtx {
         self.ask(&shards, |_, reply| Envelope::ClearRecent { which: which.clone(), reply }).await;
     }
 
-    /// Closes the selected connections on the shards holding them.
+    /// Closes the selected connections on the shards holding them (the
+    /// admin routes).
     pub async fn close(self: &Rc<Self>, which: Selection) -> u64 {
         let shards = self.shards_of(&which);
         let mut closed = 0;
         let remote: Vec<usize> = shards.iter().copied().filter(|&s| s != self.id).collect();
         if shards.contains(&self.id) {
-            closed += self.close_local(&which);
+            closed += self.close_local(&which, CloseReason::AdminClose);
         }
         if !remote.is_empty() {
             let replies = self.ask(&remote, |_, reply| Envelope::Close { which: which.clone(), reply }).await;
@@ -530,7 +560,7 @@ impl ShardCtx {
                 }
             }
             Envelope::Close { which, reply } => {
-                let closed = self.close_local(&which);
+                let closed = self.close_local(&which, CloseReason::AdminClose);
                 self.reply(reply, vec![closed]);
             }
             Envelope::IdempotencyClaim { key, reply } => {

@@ -44,6 +44,9 @@ pub enum LifecycleEvent {
     },
     /// The shard could not start.
     Failed(String),
+    /// The bus is live for the first time (with `--redis`, the instance is
+    /// ready only from then on).
+    BusLive,
     /// The shard closed all its connections after a shutdown.
     Drained,
     /// Exit now with this status (second signal).

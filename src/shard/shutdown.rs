@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::conn::Closing;
+use super::conn::{CloseReason, Closing};
 use super::{LifecycleEvent, ShardCtx};
 use crate::metrics::ShardStats;
 
@@ -40,11 +40,11 @@ async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
             monoio::time::sleep(due - now).await;
         }
         if let Some(conn) = ctx.state.borrow_mut().conns.get_mut(*key) {
-            conn.close(Closing::AfterFlush);
+            conn.close(Closing::AfterFlush, CloseReason::Shutdown);
         }
     }
     // Anything that subscribed meanwhile (moved in flight) closes too.
-    ctx.close_local(&super::envelope::Selection::Everything);
+    ctx.close_local(&super::envelope::Selection::Everything, CloseReason::Shutdown);
     let deadline = start + grace + Duration::from_secs(2);
     let busy = || !ctx.state.borrow().conns.is_empty() || ctx.requests_in_flight.get() > 0;
     while busy() && Instant::now() < deadline {

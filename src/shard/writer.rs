@@ -17,7 +17,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 
-use super::conn::Work;
+use super::conn::{CloseReason, Work};
 use super::ShardCtx;
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
@@ -149,7 +149,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, key: usize, stream: TcpStream) {
     if end == End::WriteFailed {
         ShardStats::add(&ctx.stats().errors, 1);
     }
-    ctx.unregister(key);
+    let reason = match end {
+        End::HungUp => CloseReason::ClientClosed,
+        End::WriteFailed => CloseReason::WriteError,
+        // Only a close the server asked for finishes or aborts a writer.
+        End::Finished | End::Aborted => ctx.state.borrow().conns[key].close_reason.unwrap_or(CloseReason::Shutdown),
+    };
+    ctx.unregister(key, reason);
 }
 
 /// What one write sends: a lone frame goes out as it is (no batch buffer, no

@@ -2,7 +2,8 @@
 //! and talks to it over plain `std::net` sockets.
 //!
 //! Parts:
-//! - [`Server`]: start the binary, wait for its `ssekify ready` line, keep its logs,
+//! - [`Server`]: start the binary, wait for its `ssekify listening` line (ports,
+//!   shards, driver; with `--redis` the bus may still be down), keep its logs,
 //!   kill it on drop.
 //! - [`http`], [`raw_exchange`], [`parse_responses`], [`HttpConn`]: a tiny HTTP/1.1
 //!   client (one request per connection, raw bytes, or keep-alive).
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 /// Upper bound for one request/response exchange.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound for the server to print its ready line.
+/// Upper bound for the server to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------
@@ -80,7 +81,9 @@ fn drain_into<R: Read + Send + 'static>(mut pipe: R, logs: Arc<Mutex<String>>) {
 impl Server {
     /// Starts the server with test defaults (`--listen 127.0.0.1:0 --api-listen
     /// 127.0.0.1:0 --log-level info`, each only when `args` does not give it)
-    /// followed by `args`, and waits for its ready line.
+    /// followed by `args`, and waits for its listening line (not for its
+    /// `ssekify ready` line, which with `--redis` waits for the bus: bus tests
+    /// start instances whose Redis is down on purpose).
     pub fn start(args: &[&str]) -> Server {
         Self::try_start(args).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -92,7 +95,7 @@ impl Server {
         let server = Self::start(&all);
         assert_eq!(
             server.driver, driver,
-            "asked for --io-driver {driver}, the ready line says driver={}",
+            "asked for --io-driver {driver}, the listening line says driver={}",
             server.driver
         );
         server
@@ -100,16 +103,22 @@ impl Server {
 
     /// Starts the server; `Err` carries the reason and the captured output.
     pub fn try_start(args: &[&str]) -> Result<Server, String> {
-        Self::try_start_with_open_files(args, None)
+        Self::launch(args, None, &[])
+    }
+
+    /// Like [`Server::start`] with `env` added to the process's environment
+    /// (the flags' `SSEKIFY_*` variables).
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Server {
+        Self::launch(args, None, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts the server with its open-file limit (soft and hard) set to
     /// `open_files`, as a small container or systemd unit would.
     pub fn start_with_open_files(open_files: u64, args: &[&str]) -> Server {
-        Self::try_start_with_open_files(args, Some(open_files)).unwrap_or_else(|e| panic!("{e}"))
+        Self::launch(args, Some(open_files), &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start_with_open_files(args: &[&str], open_files: Option<u64>) -> Result<Server, String> {
+    fn launch(args: &[&str], open_files: Option<u64>, env: &[(&str, &str)]) -> Result<Server, String> {
         let mut argv: Vec<String> = Vec::new();
         for (flag, value) in [("--listen", "127.0.0.1:0"), ("--api-listen", "127.0.0.1:0"), ("--log-level", "info")] {
             if !has_flag(args, flag) {
@@ -120,6 +129,7 @@ impl Server {
         argv.extend(args.iter().map(|a| a.to_string()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_ssekify"));
         command.args(&argv).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.envs(env.iter().copied());
         if let Some(limit) = open_files {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
@@ -142,19 +152,19 @@ impl Server {
         let deadline = Instant::now() + START_TIMEOUT;
         let line = loop {
             // Only a whole line (newline seen) counts.
-            let ready = logs
+            let listening = logs
                 .lock()
                 .unwrap()
                 .split_inclusive('\n')
-                .find(|l| l.contains("ssekify ready") && l.ends_with('\n'))
+                .find(|l| l.contains("ssekify listening") && l.ends_with('\n'))
                 .map(|l| l.trim_end().to_string());
-            if let Some(line) = ready {
+            if let Some(line) = listening {
                 break line;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 thread::sleep(Duration::from_millis(50));
                 return Err(format!(
-                    "ssekify {argv:?} exited with {status} before it was ready; output:\n{}",
+                    "ssekify {argv:?} exited with {status} before it listened; output:\n{}",
                     logs.lock().unwrap()
                 ));
             }
@@ -162,13 +172,18 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "ssekify {argv:?} printed no `ssekify ready` line within {START_TIMEOUT:?}; output:\n{}",
+                    "ssekify {argv:?} printed no `ssekify listening` line within {START_TIMEOUT:?}; output:\n{}",
                     logs.lock().unwrap()
                 ));
             }
             thread::sleep(Duration::from_millis(10));
         };
+        // The line is text (`key=value`) or, with --log-format json, an object.
+        let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
         let field = |key: &str| -> Option<String> {
+            if let Some(object) = &json {
+                return object.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            }
             let prefix = format!("{key}=");
             line.split_whitespace()
                 .find_map(|tok| tok.strip_prefix(prefix.as_str()))
@@ -177,14 +192,14 @@ impl Server {
         let parse_addr = |key: &str| -> Result<SocketAddr, String> {
             field(key)
                 .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("ready line has no valid `{key}=` address: {line}"))
+                .ok_or_else(|| format!("listening line has no valid `{key}=` address: {line}"))
         };
         let public = parse_addr("public")?;
         let api = parse_addr("api")?;
         let shards = field("shards")
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("ready line has no `shards=N`: {line}"))?;
-        let driver = field("driver").ok_or_else(|| format!("ready line has no `driver=`: {line}"))?;
+            .ok_or_else(|| format!("listening line has no `shards=N`: {line}"))?;
+        let driver = field("driver").ok_or_else(|| format!("listening line has no `driver=`: {line}"))?;
         Ok(Server { child, public, api, shards, driver, logs, exit: None })
     }
 
