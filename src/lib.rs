@@ -3,7 +3,7 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
+//! [`events`], [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
 //! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
 //! beside the server. See `docs/architecture.md` for
 //! the data path.
@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bus;
 pub mod check;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod log;
 pub mod metrics;

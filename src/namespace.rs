@@ -34,6 +34,11 @@ pub fn plain_name(key: &str) -> &str {
     key.split_once(SEPARATOR).map_or(key, |(_, name)| name)
 }
 
+/// The tenant of an internal key (`None`: the default namespace).
+pub fn tenant_of_key(key: &str) -> Option<&str> {
+    key.split_once(SEPARATOR).map(|(tenant, _)| tenant)
+}
+
 /// The default namespace (`None`) or one tenant's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Namespace(Option<Box<str>>);

@@ -10,6 +10,7 @@
 //! and the handlers get the [`Namespace`](crate::namespace::Namespace).
 
 pub mod admin;
+pub mod events;
 pub mod names;
 pub mod observe;
 pub mod publish;
@@ -92,6 +93,7 @@ enum Endpoint {
     CloseAll,
     ClearRecentUser(String),
     ClearRecentAll,
+    Events,
     StopAccepting,
     Shutdown,
     Stats,
@@ -114,6 +116,7 @@ impl Endpoint {
                 | Endpoint::ClearRecentUser(_)
                 | Endpoint::ClearRecentAll
                 | Endpoint::Stats
+                | Endpoint::Events
         )
     }
 }
@@ -163,6 +166,7 @@ fn find_default(seg: &[&str]) -> Option<Route> {
         ["v1", "admin", "stop-accepting"] => (&[Post], true, Endpoint::StopAccepting),
         ["v1", "admin", "shutdown"] => (&[Post], true, Endpoint::Shutdown),
         ["v1", "stats"] => (&[Get], true, Endpoint::Stats),
+        ["v1", "events"] => (&[Get], true, Endpoint::Events),
         _ => return None,
     };
     Some(Route { allow, api, endpoint, tenant: None })
@@ -296,6 +300,7 @@ pub async fn route(
         Endpoint::CloseAll => Box::pin(admin::close_all(ctx, ns)).await,
         Endpoint::ClearRecentUser(user) => Box::pin(admin::clear_recent(ctx, ns, Some(&user))).await,
         Endpoint::ClearRecentAll => Box::pin(admin::clear_recent(ctx, ns, None)).await,
+        Endpoint::Events => return events::listen(ctx, ns, request),
         Endpoint::StopAccepting => admin::stop_accepting(ctx),
         Endpoint::Shutdown => Box::pin(admin::shutdown(ctx, request)).await,
     };

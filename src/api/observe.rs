@@ -50,6 +50,8 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     let rejected: Map<String, Value> =
         Rejection::ALL.iter().zip(rejected).map(|(reason, n)| (reason.name().into(), n.into())).collect();
     body.insert("rejected".into(), rejected.into());
+    body.insert("eventListeners".into(), ctx.shared.events.listeners().into());
+    body.insert("eventsDropped".into(), ctx.shared.events.dropped().into());
     let shards: Vec<Value> = snapshots
         .iter()
         .enumerate()
@@ -119,6 +121,12 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
             ("ssekify_rooms", "Distinct rooms with members on any shard.", rooms),
             ("ssekify_ready", "1 while accepting subscribers.", ready),
             ("ssekify_shards", "Shard threads.", snapshots.len() as u64),
+            ("ssekify_event_listeners", "Open GET /v1/events streams.", ctx.shared.events.listeners()),
+            (
+                "ssekify_events_dropped",
+                "Lifecycle events lost to a slow listener or a full shard inbox (a counter).",
+                ctx.shared.events.dropped(),
+            ),
             (
                 "ssekify_bus_live",
                 "1 while the Redis subscription is verified live.",

@@ -13,15 +13,16 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
 use crate::bus::{self, Bus, Outgoing};
+use crate::events::{Event, EventKind};
 use crate::http::request::Request;
 use crate::http::response::{Response, JSON};
 use crate::metrics::ShardStats;
-use crate::namespace::Namespace;
+use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
 use crate::shard::idempotency::{valid_key, Claim, Ticket};
 use crate::shard::ShardCtx;
@@ -181,6 +182,8 @@ async fn deliver(
 ) -> Result<Vec<Value>, Response> {
     let started = std::time::Instant::now();
     let count = prepared.len() as u64;
+    let targets: Option<Vec<Target>> =
+        ctx.shared.events.active().then(|| prepared.iter().map(|p| p.delivery.target.clone()).collect());
     let results = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
             let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
@@ -231,7 +234,30 @@ async fn deliver(
     };
     ShardStats::add(&ctx.stats().published, count);
     ctx.stats().publish_latency.record(started.elapsed().as_micros() as u64);
+    for (target, result) in targets.iter().flatten().zip(&results) {
+        ctx.emit(publish_event(ctx, target, result));
+    }
     Ok(results)
+}
+
+/// The `publish` lifecycle event of one message and its result.
+fn publish_event(ctx: &ShardCtx, target: &Target, result: &Value) -> Event {
+    let (to, tenant) = match target {
+        Target::User(key) => (json!({ "user": plain_name(key) }), tenant_of_key(key)),
+        Target::Room(key) => (json!({ "room": plain_name(key) }), tenant_of_key(key)),
+        Target::All => (json!({ "all": true }), None),
+        Target::Tenant(tenant) => (json!({ "all": true }), Some(&**tenant)),
+        Target::Connection(id) => (json!({ "connection": id.to_string() }), None),
+    };
+    let mut fields = Map::new();
+    fields.insert("id".into(), result["id"].clone());
+    fields.insert("target".into(), to);
+    fields.insert("delivered".into(), result["delivered"].clone());
+    fields.insert("tenant".into(), tenant.into());
+    if result.get("duplicate").is_some() {
+        fields.insert("duplicate".into(), true.into());
+    }
+    Event::new(EventKind::Publish, tenant, ctx.shared.ids.instance(), fields)
 }
 
 fn refused(ctx: &ShardCtx, response: Response) -> Response {
@@ -292,11 +318,14 @@ fn prepare(
     let size = frame::encoded_len(&id, event, &data);
     let limit = ctx.shared.config.max_payload;
     if size > limit {
-        return Err(Response::error(
-            413,
-            "payload_too_large",
-            format!("the encoded event is {size} bytes, over --max-payload {limit}"),
-        ));
+        let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");
+        let tenant = match &target {
+            Target::User(key) | Target::Room(key) => tenant_of_key(key),
+            Target::Tenant(tenant) => Some(&**tenant),
+            Target::All | Target::Connection(_) => None,
+        };
+        ctx.emit_error("payload_too_large", &message, tenant);
+        return Err(Response::error(413, "payload_too_large", message));
     }
     let frame = frame::encode(&id, event, &data);
     Ok(Prepared {

@@ -125,7 +125,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
     // the shards index them by their internal keys.
     let user = grant.user.map(|user| namespace.key(&user).into_owned());
     let rooms = rooms.iter().map(|room| namespace.key(room).into_owned()).collect();
-    Ok(Subscription { namespace, user, rooms, last_event_id, preamble: preamble(ctx) })
+    Ok(Subscription { namespace, user, rooms, last_event_id, preamble: preamble(ctx), events: None })
 }
 
 /// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),
@@ -133,7 +133,10 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
 fn refusal(ctx: &ShardCtx, denied: &Denied) -> Response {
     let stats = ctx.stats();
     match denied.status() {
-        502 | 503 => ShardStats::add(&stats.auth_failures, 1),
+        502 | 503 => {
+            ShardStats::add(&stats.auth_failures, 1);
+            ctx.emit_error("auth_webhook", &denied.to_string(), None);
+        }
         _ => ShardStats::add(&stats.auth_refused, 1),
     }
     let response = Response::error(denied.status(), denied.code(), denied.to_string());
@@ -160,7 +163,8 @@ fn accepts_event_stream(accept: Option<&[u8]>) -> bool {
 }
 
 /// Response head and `retry:` line, written before any event.
-fn preamble(ctx: &ShardCtx) -> Bytes {
+/// The response head of a stream (and the `retry:` hint).
+pub(super) fn preamble(ctx: &ShardCtx) -> Bytes {
     let config = &ctx.shared.config;
     let mut out = BytesMut::with_capacity(256);
     out.put_slice(

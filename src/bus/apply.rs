@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::log::AppendItem;
 use super::wire::{self, WireMessage, HEADER_LEN};
 use super::Bus;
-use crate::namespace::SEPARATOR;
+use crate::namespace::tenant_of_key;
 use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
 use crate::shard::Shared;
 use crate::sse::frame;
@@ -161,7 +161,7 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
     let decoded = match wire::decode(entry) {
         Ok(decoded) => decoded,
         Err(error) => {
-            bus.record_error(&format!("undecodable bus log entry: {}", error.0));
+            bus.report_error(shared, &format!("undecodable bus log entry: {}", error.0));
             return;
         }
     };
@@ -232,7 +232,7 @@ fn tenant_of(target: &Target) -> Option<&str> {
     match target {
         Target::All => None,
         Target::Tenant(tenant) => Some(tenant),
-        Target::User(key) | Target::Room(key) => key.split_once(SEPARATOR).map(|(tenant, _)| tenant),
+        Target::User(key) | Target::Room(key) => tenant_of_key(key),
         // Its shard checks the tenant against the room's.
         Target::Connection(_) => None,
     }

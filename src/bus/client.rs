@@ -89,7 +89,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
             }
             Err(error) => error,
         };
-        durable.health.failed(&bus, &error);
+        durable.health.failed(&shared, &bus, &error);
         refuse_for(&shared, &mut inbox, backoff.next()).await;
     }
 }

@@ -45,18 +45,26 @@ enum Report {
 impl Health {
     /// A session ended, or could not open, with `error`: publishes are
     /// refused until the next one is live.
-    pub fn failed(&mut self, bus: &Bus, error: &str) {
+    /// Lifecycle event listeners hear of it as the log does: once when the
+    /// outage starts, then with each summary.
+    pub fn failed(&mut self, shared: &Shared, bus: &Bus, error: &str) {
         bus.set_state(BusState::Down);
         bus.record_error(error);
         match self.report_failure(Instant::now()) {
-            Some(Report::Down) => crate::log!(Warn, "bus down: retrying", error = error),
-            Some(Report::StillDown { attempts, down_for }) => crate::log!(
-                Warn,
-                "bus still down",
-                down_ms = down_for.as_millis(),
-                failed_attempts = attempts,
-                error = error,
-            ),
+            Some(Report::Down) => {
+                crate::log!(Warn, "bus down: retrying", error = error);
+                bus.report_error(shared, error);
+            }
+            Some(Report::StillDown { attempts, down_for }) => {
+                crate::log!(
+                    Warn,
+                    "bus still down",
+                    down_ms = down_for.as_millis(),
+                    failed_attempts = attempts,
+                    error = error,
+                );
+                bus.report_error(shared, error);
+            }
             None => {}
         }
     }

@@ -39,7 +39,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::shard::envelope::Delivery;
 use crate::shard::inbox::SharedInbox;
-use crate::shard::ShardCtx;
+use crate::shard::{ShardCtx, Shared};
 use apply::Append;
 use log::AppendItem;
 use sequencer::{Position, Sequencer};
@@ -221,6 +221,15 @@ impl Bus {
     pub(crate) fn record_error(&self, error: &str) {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(error.to_owned());
+        }
+    }
+
+    /// Keeps `error` for stats and tells the lifecycle event listeners
+    /// (an `error` event of kind `bus`).
+    pub(crate) fn report_error(&self, shared: &Shared, error: &str) {
+        self.record_error(error);
+        if shared.events.active() {
+            shared.emit(crate::events::error_event("bus", error, None, self.instance));
         }
     }
 

@@ -351,7 +351,7 @@ impl Session {
                 }
                 Reply::Error(error) => {
                     crate::log!(Warn, "bus append refused by Redis", error = error);
-                    bus.record_error(&format!("the log append was refused: {error}"));
+                    bus.report_error(shared, &format!("the log append was refused: {error}"));
                     durable.own.failed(shared, token).await;
                 }
                 reply => {

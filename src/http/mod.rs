@@ -72,7 +72,9 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(why) => write!(f, "malformed request: {why}"),
             Error::HeadTooLarge => f.write_str("request head too large or too many headers"),
-            Error::BodyTooLarge => f.write_str("request body too large"),
+            Error::BodyTooLarge => {
+                f.write_str("request body too large (over --max-payload, or --max-batch-body for a batch)")
+            }
             Error::Timeout => f.write_str("request not received in time"),
             Error::UnexpectedEof => f.write_str("connection closed mid-request"),
             Error::BodyBudget => f.write_str("too many request bodies in flight (--body-budget); retry shortly"),

@@ -190,6 +190,9 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
     if let Some(reason) = error.rejection() {
         ctx.stats().rejected.count(reason);
     }
+    if error == Error::BodyTooLarge {
+        ctx.emit_error("payload_too_large", &error.to_string(), None);
+    }
     if error == Error::UnexpectedEof {
         return;
     }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::queue::FrameQueue;
+use crate::events::EventTypes;
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,18 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
         }
     }
+
+    /// The `reason` of a `disconnect` lifecycle event: the contract's coarser
+    /// words (a failed write means the client went away).
+    pub fn event_name(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed | CloseReason::WriteError => "client",
+            CloseReason::Backpressure => "backpressure",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::AdminClose => "server",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// What the writer should do next.
@@ -71,6 +84,12 @@ pub struct Conn {
     pub rooms: SmallVec<[Rc<str>; 2]>,
     /// Its shard's registration count when it registered (see `ConnId`).
     pub serial: u64,
+    /// Shard clock (ms) when it registered (`durationMs` of its disconnect event).
+    pub opened_ms: u64,
+    /// Message frames queued to it, replays included (`sent` of its disconnect event).
+    pub sent: u64,
+    /// Set for a lifecycle events listener: the kinds it hears.
+    pub listener: Option<EventTypes>,
     /// Frames waiting or in flight.
     pub queue: FrameQueue,
     /// Shard clock (ms) of the last completed write, for heartbeats.
@@ -103,6 +122,9 @@ impl Conn {
             user,
             rooms,
             serial,
+            opened_ms: now_ms,
+            sent: 0,
+            listener: None,
             queue: FrameQueue::default(),
             last_write_ms: now_ms,
             closing: None,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::idempotency::Ticket;
+use crate::events::{Event, EventTypes};
 use crate::namespace::Namespace;
 
 /// Who a message is for. User and room names are internal keys
@@ -194,6 +195,10 @@ pub struct Subscription {
     pub last_event_id: Option<String>,
     /// Response head plus `retry:` line, written first.
     pub preamble: Bytes,
+    /// Set for a lifecycle events listener (`GET /v1/events`) instead of a
+    /// subscriber: the kinds it hears (of its namespace's tenant only, when
+    /// it has one).
+    pub events: Option<EventTypes>,
 }
 
 /// Where a reply goes: a pending slot on the asking shard.
@@ -270,6 +275,8 @@ pub enum Envelope {
         /// How many partitions the bus has.
         partitions: u16,
     },
+    /// A lifecycle event for this shard's listeners.
+    Event(Event),
     /// Announce, then close every connection over `grace`.
     Shutdown {
         /// Spread of the closes.

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod inbox;
+mod listeners;
 pub mod queue;
 pub mod registry;
 mod requests;
@@ -59,6 +60,8 @@ pub struct ShardState {
     pub replay: ReplayStore,
     /// Idempotency keys owned by this shard.
     pub idempotency: IdempotencyTable,
+    /// Slots of the lifecycle event listeners among `conns`.
+    listeners: Vec<usize>,
     batches: Vec<FrameBatch>,
     queue_items_max: usize,
     queue_bytes_max: usize,
@@ -116,6 +119,7 @@ impl ShardCtx {
                     max_keys: share(config.idempotency_max_keys),
                     max_bytes: share(config.idempotency_max_bytes),
                 }),
+                listeners: Vec::new(),
                 batches: Vec::new(),
                 queue_items_max: 0,
                 queue_bytes_max: 0,
@@ -163,8 +167,11 @@ impl ShardCtx {
 
     /// Registers a subscriber on its owning shard and starts its writer.
     fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
-        let mut state = self.state.borrow_mut();
-        let state = &mut *state;
+        if let Some(types) = subscription.events {
+            return self.register_listener(stream, subscription, types);
+        }
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
         if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
             if state.registry.user(user).len() >= limit.get() {
                 crate::log!(
@@ -213,6 +220,7 @@ impl ShardCtx {
         for frame in replay.frames {
             conn.push_control(frame);
         }
+        conn.sent = replayed;
         crate::log!(
             Debug,
             "subscriber connected",
@@ -225,20 +233,28 @@ impl ShardCtx {
             replayed = replayed,
             gap = replay.gap,
         );
+        let connect = self.shared.events.active().then(|| self.connect_event(key, conn));
         let stats = self.stats();
         ShardStats::add(&stats.sent, replayed);
         ShardStats::add(&stats.subscribes, 1);
-        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
         stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
         stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        drop(guard);
         monoio::spawn(writer::serve(self.clone(), key, stream));
+        if let Some(event) = connect {
+            self.emit(event);
+        }
     }
 
     /// Forgets a connection whose writer ended for `reason`.
     pub(crate) fn unregister(&self, key: usize, reason: CloseReason) {
-        let mut state = self.state.borrow_mut();
-        let state = &mut *state;
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
         let conn = state.conns.remove(key);
+        if conn.listener.is_some() {
+            return self.unregister_listener(state, key);
+        }
         crate::log!(
             Debug,
             "subscriber disconnected",
@@ -263,9 +279,14 @@ impl ShardCtx {
         }
         drop_connection_slot(&self.shared);
         let stats = self.stats();
-        stats.connections.store(state.conns.len() as u64, Ordering::Relaxed);
+        stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
         stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
         stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        if self.shared.events.active() {
+            let event = self.disconnect_event(key, &conn, reason);
+            drop(guard);
+            self.emit(event);
+        }
     }
 
     /// Publishes frames in order and returns, per delivery, the number of
@@ -305,7 +326,7 @@ impl ShardCtx {
             return 0;
         }
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, registry, replay, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let ShardState { conns, registry, replay, listeners, queue_items_max, queue_bytes_max, .. } = &mut *state;
         let stream = match target {
             Target::User(user) => Stream::User(user),
             Target::Room(room) => Stream::Room(room),
@@ -326,6 +347,7 @@ impl ShardCtx {
             match conn.queue.push(frame.clone(), &self.limits) {
                 Pushed::Queued { dropped_oldest } => {
                     conn.told_bus_gap = false;
+                    conn.sent += 1;
                     tally.queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
                     conn.notify();
@@ -354,11 +376,11 @@ impl ShardCtx {
                 }
             }
             // The default namespace: the whole slab, skipping tenants'
-            // connections only when this shard has any (so without tenants
-            // the loop is what it always was).
-            Target::All if registry.has_tenants() => {
+            // connections and event listeners only when this shard has any
+            // (so without them the loop is what it always was).
+            Target::All if registry.has_tenants() || !listeners.is_empty() => {
                 for (_, conn) in conns.iter_mut() {
-                    if conn.tenant.is_none() {
+                    if conn.tenant.is_none() && conn.listener.is_none() {
                         push(conn);
                     }
                 }
@@ -397,7 +419,11 @@ impl ShardCtx {
             Selection::User(user) => registry.user(user).iter().copied().collect(),
             Selection::Namespace(namespace) => match namespace.tenant_name() {
                 Some(tenant) => registry.tenant(tenant).into_iter().flatten().copied().collect(),
-                None => conns.iter().filter(|(_, conn)| conn.tenant.is_none()).map(|(key, _)| key).collect(),
+                None => conns
+                    .iter()
+                    .filter(|(_, conn)| conn.tenant.is_none() && conn.listener.is_none())
+                    .map(|(key, _)| key)
+                    .collect(),
             },
             Selection::Everything => conns.iter().map(|(key, _)| key).collect(),
         };
@@ -583,6 +609,7 @@ impl ShardCtx {
                 self.reply(reply, values);
             }
             Envelope::BusGap { lost, partitions } => self.bus_gap(&lost, partitions),
+            Envelope::Event(event) => self.deliver_event(&event),
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, answer } => {
                 let mut pending = self.pending.borrow_mut();
@@ -607,7 +634,7 @@ impl ShardCtx {
         let mut state = self.state.borrow_mut();
         let ShardState { conns, replay, .. } = &mut *state;
         let mut told = 0;
-        for (_, conn) in conns.iter_mut() {
+        for (_, conn) in conns.iter_mut().filter(|(_, conn)| conn.listener.is_none()) {
             let broadcast = match &conn.tenant {
                 Some(tenant) => Target::Tenant((**tenant).into()),
                 None => Target::All,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::conn::Conn;
 use super::envelope::{ConnId, RoomChange, RoomChangeCount, Target};
 use super::{ShardCtx, ShardState};
-use crate::namespace::SEPARATOR;
+use crate::namespace::tenant_of_key;
 
 impl ShardCtx {
     /// The cluster-wide id of the local connection in `slot`.
@@ -56,7 +56,6 @@ impl ShardCtx {
         let here = id.instance == self.shared.ids.instance() && usize::from(id.shard) == self.id;
         let slot = id.slot as usize;
         let conn = conns.get(slot).filter(|conn| here && conn.serial == id.serial && conn.closing.is_none())?;
-        let room_tenant = room.split_once(SEPARATOR).map(|(tenant, _)| tenant);
-        (conn.tenant.as_deref() == room_tenant).then_some(slot)
+        (conn.tenant.as_deref() == tenant_of_key(room)).then_some(slot)
     }
 }

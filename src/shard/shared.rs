@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::envelope::{Delivery, Envelope, Target};
 use super::inbox::SharedInbox;
 use crate::config::Config;
+use crate::events::{Event, EventHub};
 use crate::metrics::ShardStats;
 use crate::sse::id::IdGenerator;
 
@@ -70,6 +71,8 @@ pub struct Shared {
     pub public_pending: AtomicUsize,
     /// Channel to the main thread.
     pub lifecycle: mpsc::Sender<LifecycleEvent>,
+    /// Who listens to lifecycle events (`GET /v1/events`), and what they lost.
+    pub events: EventHub,
     phase: AtomicU8,
     pub(super) owner_hasher: ahash::RandomState,
 }
@@ -83,6 +86,7 @@ impl Shared {
         lifecycle: mpsc::Sender<LifecycleEvent>,
     ) -> Self {
         let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
+        let events = EventHub::new(inboxes.len());
         Shared {
             config,
             inboxes,
@@ -90,6 +94,7 @@ impl Shared {
             ids,
             connections: AtomicUsize::new(0),
             public_pending: AtomicUsize::new(0),
+            events,
             lifecycle,
             phase: AtomicU8::new(Phase::Running as u8),
             // Fixed keys: every thread must agree on a user's owner.
@@ -192,6 +197,16 @@ impl Shared {
             Target::Connection(id) => {
                 let shard = usize::from(id.shard) % self.shard_count();
                 shard..shard + 1
+            }
+        }
+    }
+
+    /// Hands `event` to every shard with listeners, from a thread that is
+    /// not a shard (the bus); a full inbox drops it (counted).
+    pub fn emit(&self, event: Event) {
+        for shard in self.events.listening_shards() {
+            if self.inboxes[shard].try_send(Envelope::Event(event.clone())).is_err() {
+                self.events.count_dropped(1);
             }
         }
     }
