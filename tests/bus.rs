@@ -815,7 +815,12 @@ fn cluster_master_failover_is_followed_and_retries_arrive_once() {
     });
     assert!(acknowledged, "nothing acknowledged after {gone} died: bus {}; logs:\n{}", bus(&a), a.logs());
     let after = after.expect("acknowledged");
-    assert_eq!(after["delivered"], json!(1), "{after}");
+    // A 503 says "not acknowledged", not "not appended": when an attempt
+    // reached the log before its answer was lost, the retry that gets 200
+    // is the duplicate (delivered there already). Either way it arrives
+    // once on each instance, below.
+    let first_landing = after["delivered"] == json!(1) && after.get("duplicate").is_none();
+    assert!(first_landing || after["duplicate"] == json!(true), "{after}");
     let learned: Vec<String> = cluster.nodes[1..].iter().map(RedisServer::addr).collect();
     let logs = a.logs();
     assert!(
