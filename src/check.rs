@@ -102,6 +102,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
             config.max_connections_per_user.map_or_else(|| "0 (none)".into(), |n| n.to_string()),
         ),
         ("max-rooms-per-connection", config.max_rooms_per_connection.to_string()),
+        ("presence-list-max", config.presence_list_max.to_string()),
         ("max-head", size(config.max_head)),
         ("max-headers", config.max_headers.to_string()),
         ("read-timeout", duration(config.read_timeout)),

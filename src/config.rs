@@ -299,6 +299,9 @@ pub struct ServerArgs {
     /// Rooms one subscriber may join (?rooms=); 400 above.
     #[arg(long, env = "SSEKIFY_MAX_ROOMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION)]
     pub max_rooms_per_connection: usize,
+    /// Most user ids a room presence answer lists (?list=users); longer lists are cut and marked truncated.
+    #[arg(long, env = "SSEKIFY_PRESENCE_LIST_MAX", default_value_t = 1000)]
+    pub presence_list_max: usize,
     /// Largest request head (request line + headers); 431 above.
     #[arg(long, env = "SSEKIFY_MAX_HEAD", default_value = DEFAULT_MAX_HEAD)]
     pub max_head: String,
@@ -437,6 +440,8 @@ pub struct Config {
     pub max_connections_per_user: Option<NonZeroUsize>,
     /// Rooms one subscriber may join.
     pub max_rooms_per_connection: usize,
+    /// Most user ids a room presence answer lists.
+    pub presence_list_max: usize,
     /// Request head bound.
     pub max_head: usize,
     /// Header count bound.
@@ -731,6 +736,7 @@ impl TryFrom<ServerArgs> for Config {
             max_connections: NonZeroUsize::new(cli.max_connections),
             max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
             max_rooms_per_connection: cli.max_rooms_per_connection,
+            presence_list_max: cli.presence_list_max,
             max_head,
             max_headers: cli.max_headers,
             read_timeout: duration("read-timeout", &cli.read_timeout)?,

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod events;
 pub mod names;
 pub mod observe;
+pub mod presence;
 pub mod publish;
 pub mod rooms;
 pub mod subscribe;
@@ -87,6 +88,8 @@ enum Endpoint {
     PublishRoom(String),
     Broadcast,
     Batch,
+    UserPresence(String),
+    RoomPresence(String),
     UserRoom(String, String),
     ConnectionRoom(String, String),
     CloseUser(String),
@@ -109,6 +112,8 @@ impl Endpoint {
                 | Endpoint::PublishRoom(_)
                 | Endpoint::Broadcast
                 | Endpoint::Batch
+                | Endpoint::UserPresence(_)
+                | Endpoint::RoomPresence(_)
                 | Endpoint::UserRoom(..)
                 | Endpoint::ConnectionRoom(..)
                 | Endpoint::CloseUser(_)
@@ -153,6 +158,8 @@ fn find_default(seg: &[&str]) -> Option<Route> {
         ["v1", "rooms", room, "events"] => (&[Post], true, Endpoint::PublishRoom((*room).into())),
         ["v1", "broadcast"] => (&[Post], true, Endpoint::Broadcast),
         ["v1", "publish"] => (&[Post], true, Endpoint::Batch),
+        ["v1", "users", user, "presence"] => (&[Get], true, Endpoint::UserPresence((*user).into())),
+        ["v1", "rooms", room, "presence"] => (&[Get], true, Endpoint::RoomPresence((*room).into())),
         ["v1", "users", user, "rooms", room] => {
             (&[Put, Delete], true, Endpoint::UserRoom((*user).into(), (*room).into()))
         }
@@ -290,6 +297,12 @@ pub async fn route(
         }
         Endpoint::Broadcast => Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::All)).await,
         Endpoint::Batch => Box::pin(publish::batch(ctx, bus, &ns, request, &body)).await,
+        Endpoint::UserPresence(user) => {
+            Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::User(user))).await
+        }
+        Endpoint::RoomPresence(room) => {
+            Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::Room(room))).await
+        }
         Endpoint::UserRoom(user, room) => {
             Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::User(user), &room)).await
         }

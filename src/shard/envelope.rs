@@ -254,6 +254,22 @@ pub enum Envelope {
         /// Where to confirm.
         reply: ReplyTo,
     },
+    /// Reply with the connections of a user (an internal key) here.
+    UserPresence {
+        /// The user.
+        user: Box<str>,
+        /// Where to send the count.
+        reply: ReplyTo,
+    },
+    /// Reply with a room's connections and users here, and up to `list_max` user names.
+    RoomPresence {
+        /// The room (an internal key).
+        room: Box<str>,
+        /// Most names to send.
+        list_max: usize,
+        /// Where to send them.
+        reply: ReplyTo,
+    },
     /// Reply with the hashes of rooms with members here (for distinct counts).
     RoomHashes {
         /// Where to send them.

@@ -14,6 +14,7 @@ pub mod heartbeat;
 pub mod idempotency;
 pub mod inbox;
 mod listeners;
+pub mod presence;
 pub mod queue;
 pub mod registry;
 mod requests;
@@ -599,6 +600,14 @@ impl ShardCtx {
             Envelope::ClearRecent { which, reply } => {
                 self.clear_recent_local(&which);
                 self.reply(reply, Vec::new());
+            }
+            Envelope::UserPresence { user, reply } => {
+                let count = self.local_user_presence(&user);
+                self.reply(reply, count);
+            }
+            Envelope::RoomPresence { room, list_max, reply } => {
+                let answer = self.local_room_presence(&room, list_max);
+                self.answer(reply, answer);
             }
             Envelope::RoomHashes { reply } => {
                 let hashes = self.room_hashes();
