@@ -101,6 +101,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
             "max-connections-per-user",
             config.max_connections_per_user.map_or_else(|| "0 (none)".into(), |n| n.to_string()),
         ),
+        ("user-limit-policy", format!("{:?}", config.user_limit_policy).to_ascii_lowercase()),
         ("max-rooms-per-connection", config.max_rooms_per_connection.to_string()),
         ("presence-list-max", config.presence_list_max.to_string()),
         ("max-head", size(config.max_head)),

@@ -111,6 +111,15 @@ pub enum DropPolicy {
     Disconnect,
 }
 
+/// What a user's connection beyond `--max-connections-per-user` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UserLimitPolicy {
+    /// The new connection is refused with 429.
+    Reject,
+    /// The new connection wins: the user's oldest gets `ssekify.evicted`, then closes.
+    EvictOldest,
+}
+
 /// How subscribers prove who they are (API.md "Subscriber auth").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -293,9 +302,12 @@ pub struct ServerArgs {
     /// Subscribers the instance holds at most (503 above; 64 more public sockets may be reading requests); 0 = the open-file limit less a reserve of a tenth (128 to 4096) kept for the api listener, the bus, webhooks and health checks.
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
-    /// Connections one user may hold at most; 0 = no limit (429 above).
+    /// Connections one user may hold at most on this instance; 0 = no limit (see --user-limit-policy).
     #[arg(long, env = "SSEKIFY_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: usize,
+    /// What a connection over --max-connections-per-user does: reject (429) or evict-oldest (the new one wins).
+    #[arg(long, env = "SSEKIFY_USER_LIMIT_POLICY", value_enum, default_value = "reject")]
+    pub user_limit_policy: UserLimitPolicy,
     /// Rooms one subscriber may join (?rooms=); 400 above.
     #[arg(long, env = "SSEKIFY_MAX_ROOMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION)]
     pub max_rooms_per_connection: usize,
@@ -438,6 +450,8 @@ pub struct Config {
     pub max_connections: Option<NonZeroUsize>,
     /// Per-user subscriber limit (None = unlimited).
     pub max_connections_per_user: Option<NonZeroUsize>,
+    /// What a connection over the per-user limit does.
+    pub user_limit_policy: UserLimitPolicy,
     /// Rooms one subscriber may join.
     pub max_rooms_per_connection: usize,
     /// Most user ids a room presence answer lists.
@@ -735,6 +749,7 @@ impl TryFrom<ServerArgs> for Config {
             drop_policy: cli.drop_policy,
             max_connections: NonZeroUsize::new(cli.max_connections),
             max_connections_per_user: NonZeroUsize::new(cli.max_connections_per_user),
+            user_limit_policy: cli.user_limit_policy,
             max_rooms_per_connection: cli.max_rooms_per_connection,
             presence_list_max: cli.presence_list_max,
             max_head,

@@ -162,3 +162,33 @@ fn a_stalled_listener_loses_old_events_and_never_delays_deliveries() {
     assert!(dropped > 0, "100,000 publish events should overflow a listener that reads nothing");
     drop(stalled);
 }
+
+#[test]
+fn the_newest_connection_of_a_user_wins_with_evict_oldest() {
+    let args = ["--shards", "2", "--max-connections-per-user", "2", "--user-limit-policy", "evict-oldest"];
+    let server = Server::start(&args);
+    let mut listener = SseClient::open_ready(server.api, "/v1/events?types=disconnect");
+    let mut first = SseClient::open_ready(server.public, "/sse?userId=hal");
+    let mut second = SseClient::open_ready(server.public, "/sse?userId=hal");
+    let mut third = SseClient::open_ready(server.public, "/sse?userId=hal");
+
+    let notice = first.expect_event("the eviction notice");
+    assert_eq!((notice.event.as_deref(), notice.id.as_deref()), (Some("ssekify.evicted"), None));
+    assert_eq!(serde_json::from_str::<Value>(&notice.data).unwrap(), json!({ "reason": "max_connections_per_user" }));
+    assert!(first.expect_closed(IO_TIMEOUT), "the evicted connection closes");
+    let (_, gone) = next(&mut listener, "the eviction");
+    assert_eq!((&gone["user"], &gone["reason"]), (&json!("hal"), &json!("evicted")));
+
+    assert_eq!(delivered(publish_user(server.api, "hal", r#""still here""#, "")), 2);
+    assert_eq!(second.expect_event("second").data, r#""still here""#);
+    assert_eq!(third.expect_event("third").data, r#""still here""#);
+}
+
+#[test]
+fn reject_keeps_the_old_connections() {
+    let server = Server::start(&["--max-connections-per-user", "1"]);
+    let mut only = SseClient::open_ready(server.public, "/sse?userId=ida");
+    SseClient::connect(server.public, "/sse?userId=ida", &[]).assert_error(429, "too_many_connections");
+    assert_eq!(delivered(publish_user(server.api, "ida", r#""kept""#, "")), 1);
+    assert_eq!(only.expect_event("the kept connection").data, r#""kept""#);
+}

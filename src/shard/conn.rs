@@ -34,6 +34,8 @@ pub enum CloseReason {
     AdminClose,
     /// The instance shut down.
     Shutdown,
+    /// A newer connection of its user took its place (`--user-limit-policy evict-oldest`).
+    Evicted,
 }
 
 impl CloseReason {
@@ -46,6 +48,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::AdminClose => "admin_close",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Evicted => "evicted",
         }
     }
 
@@ -58,6 +61,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::AdminClose => "server",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Evicted => "evicted",
         }
     }
 }

@@ -38,6 +38,7 @@ use monoio::net::TcpStream;
 use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::config::UserLimitPolicy;
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
 use conn::{CloseReason, Closing, Conn};
@@ -174,7 +175,19 @@ impl ShardCtx {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
-            if state.registry.user(user).len() >= limit.get() {
+            // Connections already closing (an eviction's) no longer count.
+            let open: SmallVec<[usize; 4]> =
+                state.registry.user(user).iter().copied().filter(|&key| state.conns[key].closing.is_none()).collect();
+            if open.len() >= limit.get() && self.shared.config.user_limit_policy == UserLimitPolicy::EvictOldest {
+                let excess = open.len() + 1 - limit.get();
+                let mut oldest = open;
+                oldest.sort_unstable_by_key(|&key| state.conns[key].serial);
+                for &key in &oldest[..excess] {
+                    let conn = &mut state.conns[key];
+                    conn.push_control(evicted_frame());
+                    conn.close(Closing::AfterFlush, CloseReason::Evicted);
+                }
+            } else if open.len() >= limit.get() {
                 crate::log!(
                     Debug,
                     "subscriber refused",
@@ -711,6 +724,15 @@ struct Tally {
     dropped_newest: u64,
     overflowed: u64,
     raised_marks: bool,
+}
+
+/// Event name of the notice a connection gets when a newer one of its user
+/// takes its place.
+pub const EVICTED_EVENT: &str = "ssekify.evicted";
+
+/// The `ssekify.evicted` frame (no id: the client's last id stays put).
+fn evicted_frame() -> Bytes {
+    crate::sse::frame::encode_control(EVICTED_EVENT, br#"{"reason":"max_connections_per_user"}"#)
 }
 
 fn drop_connection_slot(shared: &Shared) {
