@@ -5,6 +5,9 @@
 # PEER=floor runs no server: the same broadcast written by a bare sender
 # thread on the first server core (ssekify-loadtest floor), the least CPU per
 # delivery the kernel charges any server here; compare.sh prints it as a row.
+# EVENTS_LISTENER=1 (ssekify): a GET /v1/events stream reads every lifecycle
+# event during the run (curl on the generator's cores), to compare the cost of
+# a broadcast with a listener against the same run without one.
 # SWEEP=1: a rate sweep (RATES, default 2 4 8 16 msg/s at SIZE) and a size
 # sweep (SIZES, default 100 1000 10000 bytes at RATE), a fresh server per point.
 #   PEER=ssekify|nchan|floor SUBSCRIBERS RATE SIZE DURATION PUBLISHERS=4 SWEEP=1 loadtest/scenarios/broadcast.sh
@@ -27,10 +30,21 @@ point() { # NAME RATE SIZE
         return
     fi
     peer_start
-    gen run "$(result_file "$1")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
+    local listener="" name=$1
+    if [[ ${EVENTS_LISTENER:-} == 1 && $PEER == ssekify ]]; then
+        name="$1-events-listener"
+        taskset -c "$GEN_CORES" curl -sN "${PUB_ALL%/v1/broadcast}/v1/events" >"$LT_RUN/events.log" &
+        listener=$!
+    fi
+    gen run "$(result_file "$name")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
         --mode broadcast --publish-url "$PUB_ALL" --rate "$2" --size "$3" \
         --duration "$DURATION" --publishers "$PUBLISHERS"
     local status=$?
+    if [[ -n $listener ]]; then
+        kill "$listener" 2>/dev/null
+        wait "$listener" 2>/dev/null
+        lt_log "the events listener read $(grep -c '^event: ' "$LT_RUN/events.log") events"
+    fi
     peer_stop
     return $status
 }
