@@ -19,18 +19,14 @@
 //! The cache lives in a thread-local: each shard is one thread, so no lock.
 
 use std::cell::RefCell;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::{BufMut, BytesMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use serde_json::Value;
 
 use super::{Denied, Grant, Rooms};
-use crate::http::body::BodyDecoder;
-use crate::http::request::BodyFraming;
+use crate::http::client::{self, Endpoint};
 
 /// Largest answer read from the app: a user, a few hundred room names.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -38,12 +34,9 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// The app's endpoint and how ssekify uses it.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    /// Resolved once at start: a shard must not block on DNS.
-    addr: SocketAddr,
-    /// `Host` header value (`host[:port]` as configured).
-    host: String,
-    /// Path and query of `--auth-url`, to which the subscriber's query is appended.
-    target: String,
+    /// `--auth-url`, resolved once at start (a shard must not block on DNS);
+    /// the subscriber's query is appended to its target.
+    endpoint: Endpoint,
     /// `--auth-timeout`: connect, send and answer together.
     pub timeout: Duration,
     /// `--auth-cache-ttl`: how long an answer is reused (zero: never).
@@ -99,41 +92,13 @@ pub fn shown_url(url: &str) -> String {
 impl Webhook {
     /// Parses and resolves `--auth-url` (`http://host[:port]/path[?query]`).
     pub fn new(url: &str, timeout: Duration, cache_ttl: Duration, cache_max: usize) -> Result<Webhook, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            "must start with http:// (the app is reached on a private network; https is not supported)".to_owned()
-        })?;
-        let (host, target) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-        if host.is_empty() {
-            return Err("has no host".into());
-        }
-        if host.contains('@') {
-            return Err("carries a user or password, which ssekify would neither send nor keep out of sight".into());
-        }
-        let with_port = if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
-            host.to_owned()
-        } else {
-            format!("{host}:80")
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} resolves to no address"))?;
-        let target = match target {
-            "" => "/".to_owned(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_owned(),
-        };
-        if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err("has spaces or control characters in its path".into());
-        }
-        Ok(Webhook { addr, host: host.to_owned(), target, timeout, cache_ttl, cache_max })
+        Ok(Webhook { endpoint: Endpoint::parse(url)?, timeout, cache_ttl, cache_max })
     }
 
     /// `--auth-url` as `check-config` shows it: its query, which may carry
     /// a key for the app, hidden.
     pub fn shown_url(&self) -> String {
-        shown_url(&format!("http://{}{}", self.host, self.target))
+        shown_url(&self.endpoint.url())
     }
 
     /// Asks the app (or the cache) about one subscribe request.
@@ -159,37 +124,19 @@ impl Webhook {
 
     /// One HTTP/1.1 exchange on a fresh connection: (status, body).
     async fn ask(&self, request: &Forwarded<'_>) -> Result<(u16, BytesMut), String> {
-        let mut stream = TcpStream::connect_addr(self.addr).await.map_err(|e| format!("connect: {e}"))?;
-        let (result, _) = stream.write_all(self.request(request)).await;
-        result.map_err(|e| format!("send: {e}"))?;
-        let mut buf = BytesMut::with_capacity(4096);
-        loop {
-            if buf.len() > MAX_ANSWER {
-                return Err(format!("its answer is over {MAX_ANSWER} bytes"));
-            }
-            buf.reserve(4096);
-            let (result, returned) = stream.read(buf).await;
-            buf = returned;
-            let eof = result.map_err(|e| format!("read: {e}"))? == 0;
-            if let Some(answer) = parse_answer(&mut buf.clone(), eof)? {
-                return Ok(answer);
-            }
-            if eof {
-                return Err("the connection closed before a whole answer".into());
-            }
-        }
+        client::exchange(self.endpoint.addr, self.request(request), MAX_ANSWER).await
     }
 
     fn request(&self, request: &Forwarded<'_>) -> BytesMut {
         let mut out = BytesMut::with_capacity(512);
         out.put_slice(b"GET ");
-        out.put_slice(self.target.as_bytes());
+        out.put_slice(self.endpoint.target.as_bytes());
         if !request.query.is_empty() {
-            out.put_u8(if self.target.contains('?') { b'&' } else { b'?' });
+            out.put_u8(if self.endpoint.target.contains('?') { b'&' } else { b'?' });
             out.put_slice(request.query);
         }
         out.put_slice(b" HTTP/1.1\r\nHost: ");
-        out.put_slice(self.host.as_bytes());
+        out.put_slice(self.endpoint.host.as_bytes());
         out.put_slice(b"\r\nAccept: application/json\r\nUser-Agent: ssekify\r\nConnection: close\r\n");
         for (name, value) in [
             ("Cookie", request.cookie),
@@ -216,42 +163,6 @@ impl Webhook {
         }
         out.put_slice(b"\r\n");
         out
-    }
-}
-
-/// The app's answer once `buf` holds all of it: (status, body). `eof` says
-/// the app closed, which ends a body framed by neither length nor chunks.
-fn parse_answer(buf: &mut BytesMut, eof: bool) -> Result<Option<(u16, BytesMut)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("its answer is not HTTP: {e}")),
-    };
-    let status = response.code.unwrap_or(0);
-    let header = |name: &str| response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let framing = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
-        Some(BodyFraming::Chunked)
-    } else {
-        match header("content-length") {
-            Some(value) => {
-                let length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok());
-                Some(BodyFraming::Length(length.ok_or("its Content-Length is not a number")?))
-            }
-            None => None,
-        }
-    };
-    let _ = buf.split_to(head_len);
-    let Some(framing) = framing else {
-        return Ok(eof.then(|| (status, buf.split())));
-    };
-    let mut decoder =
-        BodyDecoder::new(framing, MAX_ANSWER).map_err(|_| format!("its answer is over {MAX_ANSWER} bytes"))?;
-    match decoder.decode(buf) {
-        Ok(Some(body)) => Ok(Some((status, body))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("its answer's body is malformed: {e:?}")),
     }
 }
 
@@ -321,25 +232,6 @@ fn remember(key: Vec<u8>, answer: Result<Grant, Denied>, ttl: Duration, max: usi
 mod tests {
     use super::*;
 
-    fn answer(text: &str, eof: bool) -> Result<Option<(u16, Vec<u8>)>, String> {
-        parse_answer(&mut BytesMut::from(text), eof).map(|a| a.map(|(s, b)| (s, b.to_vec())))
-    }
-
-    #[test]
-    fn answers_are_read_in_every_framing() {
-        let length = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"user\":\"a\"}\n";
-        assert_eq!(answer(length, false).unwrap(), Some((200, b"{\"user\":\"a\"}\n".to_vec())));
-        assert_eq!(answer(&length[..length.len() - 3], false).unwrap(), None, "partial body");
-        assert_eq!(answer("HTTP/1.1 401 No\r\nContent-Le", false).unwrap(), None, "partial head");
-        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
-        assert_eq!(answer(chunked, false).unwrap(), Some((200, b"{\"a\":1}".to_vec())));
-        let close = "HTTP/1.0 403 Forbidden\r\n\r\nno";
-        assert_eq!(answer(close, false).unwrap(), None, "until the app closes");
-        assert_eq!(answer(close, true).unwrap(), Some((403, b"no".to_vec())));
-        assert!(answer("SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
-        assert!(answer("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-    }
-
     #[test]
     fn the_answer_decides() {
         let allowed = decide(200, br#"{"user":"alice","rooms":["r1","r2"]}"#).unwrap();
@@ -369,7 +261,7 @@ mod tests {
     fn the_url_is_checked_and_resolved_at_start() {
         let hook = Webhook::new("http://127.0.0.1:9000/auth?app=1", Duration::ZERO, Duration::ZERO, 1).unwrap();
         assert_eq!(
-            (hook.addr, hook.host.as_str(), hook.target.as_str()),
+            (hook.endpoint.addr, hook.endpoint.host.as_str(), hook.endpoint.target.as_str()),
             ("127.0.0.1:9000".parse().unwrap(), "127.0.0.1:9000", "/auth?app=1")
         );
         let request = hook.request(&Forwarded { query: b"rooms=a", cookie: Some(b"s=1"), ..Default::default() });
@@ -380,7 +272,7 @@ mod tests {
         );
         let tenant = hook.request(&Forwarded { tenant: Some("a b/ü"), ..Default::default() });
         assert!(tenant.ends_with(b"Connection: close\r\nX-Ssekify-Tenant: a%20b%2F%C3%BC\r\n\r\n"), "{tenant:?}");
-        assert_eq!(Webhook::new("http://localhost", Duration::ZERO, Duration::ZERO, 1).unwrap().target, "/");
+        assert_eq!(Webhook::new("http://localhost", Duration::ZERO, Duration::ZERO, 1).unwrap().endpoint.target, "/");
         assert!(Webhook::new("https://app/auth", Duration::ZERO, Duration::ZERO, 1).is_err());
         assert!(Webhook::new("http:///auth", Duration::ZERO, Duration::ZERO, 1).is_err());
         assert_eq!(hook.shown_url(), "http://127.0.0.1:9000/auth?…", "the query may hold a key");

@@ -1,8 +1,10 @@
 //! HTTP/1.1 for both listeners, sans-IO: `request` turns bytes into a typed
 //! request head, `body` decodes Content-Length and chunked bodies, `query`
-//! decodes targets, `response` serialises answers. Sockets live in `server`.
+//! decodes targets, `response` serialises answers. Sockets live in `server`,
+//! except for `client`: requests to the application's own endpoints.
 
 pub mod body;
+pub mod client;
 pub mod query;
 pub mod request;
 pub mod response;
