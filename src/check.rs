@@ -104,6 +104,10 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
         ("user-limit-policy", format!("{:?}", config.user_limit_policy).to_ascii_lowercase()),
         ("max-rooms-per-connection", config.max_rooms_per_connection.to_string()),
         ("presence-list-max", config.presence_list_max.to_string()),
+        (
+            "events-url",
+            config.events_url.as_ref().map_or_else(|| "none".into(), |url| crate::auth::webhook::shown_url(&url.url())),
+        ),
         ("max-head", size(config.max_head)),
         ("max-headers", config.max_headers.to_string()),
         ("read-timeout", duration(config.read_timeout)),

@@ -18,6 +18,7 @@ use crate::auth::webhook::{self, Webhook};
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 use crate::bus::tls::{Tls, TlsFiles};
 use crate::bus::url::RedisUrl;
+use crate::http::client::Endpoint;
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
 /// and load balancers, so an idle stream is never cut by one of them.
@@ -311,6 +312,9 @@ pub struct ServerArgs {
     /// Rooms one subscriber may join (?rooms=); 400 above.
     #[arg(long, env = "SSEKIFY_MAX_ROOMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION)]
     pub max_rooms_per_connection: usize,
+    /// The application's endpoint for lifecycle events: batched POSTs of {"events":[…]} (http:// only).
+    #[arg(long, env = "SSEKIFY_EVENTS_URL")]
+    pub events_url: Option<String>,
     /// Most user ids a room presence answer lists (?list=users); longer lists are cut and marked truncated.
     #[arg(long, env = "SSEKIFY_PRESENCE_LIST_MAX", default_value_t = 1000)]
     pub presence_list_max: usize,
@@ -456,6 +460,8 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     /// Most user ids a room presence answer lists.
     pub presence_list_max: usize,
+    /// Where lifecycle events are POSTed (resolved at start).
+    pub events_url: Option<Endpoint>,
     /// Request head bound.
     pub max_head: usize,
     /// Header count bound.
@@ -752,6 +758,10 @@ impl TryFrom<ServerArgs> for Config {
             user_limit_policy: cli.user_limit_policy,
             max_rooms_per_connection: cli.max_rooms_per_connection,
             presence_list_max: cli.presence_list_max,
+            events_url: match cli.events_url.as_deref().filter(|url| !url.is_empty()) {
+                Some(url) => Some(Endpoint::parse(url).map_err(|why| ConfigError::new("events-url", why))?),
+                None => None,
+            },
             max_head,
             max_headers: cli.max_headers,
             read_timeout: duration("read-timeout", &cli.read_timeout)?,

@@ -9,9 +9,12 @@
 //! frame without an id, and handed to each listening shard (the producing
 //! shard's own listeners directly, the others through their inboxes). A
 //! listener's queue is bounded and drops its oldest events, counted in
-//! `eventsDropped`: a slow reader never slows a delivery.
+//! `eventsDropped`: a slow reader never slows a delivery. With
+//! `--events-url`, every event also goes to a sink that POSTs batches to the
+//! application (`server::events_sink`), with the same bound.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -82,6 +85,8 @@ pub struct Event {
     pub kind: EventKind,
     /// The tenant it belongs to (a tenant's listener hears only its own).
     pub tenant: Option<Box<str>>,
+    /// The JSON object: its fields, `type`, `instance` and `at`.
+    pub data: Bytes,
     /// The SSE frame: `event: <kind>` and the JSON object, no id.
     pub frame: Bytes,
 }
@@ -89,10 +94,12 @@ pub struct Event {
 impl Event {
     /// Encodes `fields` (a JSON object) with `instance` and `at` added.
     pub fn new(kind: EventKind, tenant: Option<&str>, instance: u32, mut fields: Map<String, Value>) -> Event {
+        fields.insert("type".into(), kind.name().into());
         fields.insert("instance".into(), format!("{instance:08x}").into());
         fields.insert("at".into(), unix_ms().into());
-        let data = serde_json::to_vec(&Value::Object(fields)).expect("a JSON object serializes");
-        Event { kind, tenant: tenant.map(Into::into), frame: frame::encode_control(kind.name(), &data) }
+        let data = Bytes::from(serde_json::to_vec(&Value::Object(fields)).expect("a JSON object serializes"));
+        let frame = frame::encode_control(kind.name(), &data);
+        Event { kind, tenant: tenant.map(Into::into), data, frame }
     }
 }
 
@@ -111,14 +118,24 @@ pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Which shards have listeners, and what listeners lost.
+/// Hands an event to the `--events-url` sink; gives it back when the sink's
+/// queue is full.
+pub type Sink = Box<dyn Fn(Event) -> Result<(), Event> + Send + Sync>;
+
+/// Which shards have listeners, the sink if any, and what was lost.
 pub struct EventHub {
     /// Listeners per shard.
     listeners: Vec<AtomicU32>,
     /// Listeners on all shards.
     total: AtomicU32,
-    /// Events a listener's full queue or a full shard inbox dropped.
+    /// Events a listener's full queue, a full shard inbox or the sink dropped.
     dropped: AtomicU64,
+    /// The `--events-url` sink, attached at start.
+    sink: OnceLock<Sink>,
+    /// Events the sink delivered to the application.
+    posted: AtomicU64,
+    /// POSTs to the application that failed (each retried, or its batch dropped).
+    post_failures: AtomicU64,
 }
 
 impl EventHub {
@@ -128,12 +145,49 @@ impl EventHub {
             listeners: (0..shards).map(|_| AtomicU32::new(0)).collect(),
             total: AtomicU32::new(0),
             dropped: AtomicU64::new(0),
+            sink: OnceLock::new(),
+            posted: AtomicU64::new(0),
+            post_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Attaches the `--events-url` sink (once, at start).
+    pub fn attach_sink(&self, sink: Sink) {
+        let _ = self.sink.set(sink);
     }
 
     /// Whether anyone listens: checked before an event is even built.
     pub fn active(&self) -> bool {
-        self.total.load(Ordering::Relaxed) > 0
+        self.total.load(Ordering::Relaxed) > 0 || self.sink.get().is_some()
+    }
+
+    /// Hands `event` to the sink, if there is one (a full sink drops it, counted).
+    pub fn to_sink(&self, event: &Event) {
+        if let Some(sink) = self.sink.get() {
+            if sink(event.clone()).is_err() {
+                self.count_dropped(1);
+            }
+        }
+    }
+
+    /// Counts events the sink delivered.
+    pub fn count_posted(&self, n: u64) {
+        self.posted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a failed POST to the application.
+    pub fn count_post_failure(&self) {
+        self.post_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events the sink delivered so far (`eventsPosted`).
+    pub fn posted(&self) -> u64 {
+        self.posted.load(Ordering::Relaxed)
+    }
+
+    /// Failed POSTs so far (`eventsPostFailures`).
+    pub fn post_failures(&self) -> u64 {
+        self.post_failures.load(Ordering::Relaxed)
     }
 
     /// Listeners on all shards (`eventListeners`).

@@ -192,3 +192,86 @@ fn reject_keeps_the_old_connections() {
     assert_eq!(delivered(publish_user(server.api, "ida", r#""kept""#, "")), 1);
     assert_eq!(only.expect_event("the kept connection").data, r#""kept""#);
 }
+
+/// A stand-in for the application's events endpoint: records every POSTed
+/// `{"events":[…]}` body; answers `500` to the first `fail_first` POSTs.
+fn events_endpoint(fail_first: usize) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<Value>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (index, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 64 * 1024];
+            let body = loop {
+                let read = stream.read(&mut chunk).unwrap_or(0);
+                if read == 0 {
+                    break None;
+                }
+                request.extend_from_slice(&chunk[..read]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let Some(end) = text.find("\r\n\r\n") else { continue };
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if request.len() >= end + 4 + length {
+                    break Some(request[end + 4..end + 4 + length].to_vec());
+                }
+            };
+            let Some(body) = body else { continue };
+            let status = if index < fail_first { "500 Internal Server Error" } else { "204 No Content" };
+            let _ = stream
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+            if index >= fail_first {
+                let parsed: Value = serde_json::from_slice(&body).expect("a JSON body");
+                if tx.send(parsed["events"].as_array().expect("an events array").clone()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn events_are_posted_in_batches_and_retried() {
+    let (addr, posts) = events_endpoint(1);
+    let url = format!("http://{addr}/hooks/ssekify");
+    let server = Server::start(&["--events-url", &url, "--max-queue-items", "3000"]);
+    let mut jo = SseClient::open_ready(server.public, "/sse?userId=jo");
+    let batch: Vec<Value> = (0..2500).map(|i| json!({ "user": "jo", "data": i })).collect();
+    assert_eq!(publish_batch(server.api, &json!(batch)).status, 200);
+    for _ in 0..2500 {
+        jo.expect_event("jo's messages");
+    }
+    drop(jo);
+
+    let mut events = Vec::new();
+    let mut sizes = Vec::new();
+    let got_all = wait_until(Duration::from_secs(30), || {
+        while let Ok(batch) = posts.try_recv() {
+            sizes.push(batch.len());
+            events.extend(batch);
+        }
+        events.iter().any(|e| e["type"] == "disconnect")
+    });
+    assert!(got_all, "no disconnect among {} posted events (batches {sizes:?})", events.len());
+    assert!(sizes.iter().all(|&n| n <= 1000), "a POST holds at most 1000 events: {sizes:?}");
+    let kinds = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(
+        (kinds("connect"), kinds("publish"), kinds("disconnect")),
+        (1, 2500, 1),
+        "after one failed POST, retried"
+    );
+    let connect = events.iter().find(|e| e["type"] == "connect").unwrap();
+    assert_eq!(connect["user"], "jo");
+    let stats = server.stats();
+    assert_eq!(stats["eventsPosted"], 2502);
+    assert!(stats["eventsPostFailures"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["eventsDropped"], 0);
+}

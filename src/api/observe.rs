@@ -52,6 +52,8 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     body.insert("rejected".into(), rejected.into());
     body.insert("eventListeners".into(), ctx.shared.events.listeners().into());
     body.insert("eventsDropped".into(), ctx.shared.events.dropped().into());
+    body.insert("eventsPosted".into(), ctx.shared.events.posted().into());
+    body.insert("eventsPostFailures".into(), ctx.shared.events.post_failures().into());
     let shards: Vec<Value> = snapshots
         .iter()
         .enumerate()
@@ -126,6 +128,16 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
                 "ssekify_events_dropped",
                 "Lifecycle events lost to a slow listener or a full shard inbox (a counter).",
                 ctx.shared.events.dropped(),
+            ),
+            (
+                "ssekify_events_posted",
+                "Lifecycle events the application acknowledged at --events-url (a counter).",
+                ctx.shared.events.posted(),
+            ),
+            (
+                "ssekify_events_post_failures",
+                "Failed POSTs to --events-url (a counter).",
+                ctx.shared.events.post_failures(),
             ),
             (
                 "ssekify_bus_live",

@@ -4,10 +4,12 @@
 //!
 //! Parts: [`connection`] (HTTP on one socket), [`access`] (its optional
 //! access log), [`signals`] (SIGTERM/SIGINT → shutdown phases), [`memory`]
-//! (freed memory back to the system after peaks).
+//! (freed memory back to the system after peaks), [`events_sink`]
+//! (`--events-url`).
 
 pub mod access;
 pub mod connection;
+pub mod events_sink;
 pub mod memory;
 pub mod signals;
 
@@ -72,6 +74,10 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
     memory::spawn_trimmer(shared.clone()).map_err(|e| StartError(format!("cannot spawn the memory thread: {e}")))?;
+    if let Some(endpoint) = shared.config.events_url.clone() {
+        events_sink::spawn(shared.clone(), endpoint)
+            .map_err(|e| StartError(format!("cannot spawn the events sink thread: {e}")))?;
+    }
     let bus = match redis {
         Some(url) => {
             let (inbox, local) = inbox(BUS_INBOX_CAPACITY);

@@ -72,6 +72,7 @@ impl ShardCtx {
     /// Hands `event` to every listener of the instance: this shard's
     /// directly, other shards' through their inboxes (a full one drops it).
     pub fn emit(&self, event: Event) {
+        self.shared.events.to_sink(&event);
         for shard in self.shared.events.listening_shards() {
             if shard == self.id {
                 self.deliver_event(&event);

@@ -204,6 +204,7 @@ impl Shared {
     /// Hands `event` to every shard with listeners, from a thread that is
     /// not a shard (the bus); a full inbox drops it (counted).
     pub fn emit(&self, event: Event) {
+        self.events.to_sink(&event);
         for shard in self.events.listening_shards() {
             if self.inboxes[shard].try_send(Envelope::Event(event.clone())).is_err() {
                 self.events.count_dropped(1);
