@@ -3,8 +3,9 @@
 # tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the API
 # fuzzing of scripts/api-fuzz.sh (schemathesis against docs/openapi.json and
 # the real server), the EventSource tests in tests/node (the `eventsource` npm
-# package) and the real-browser tests in tests/browser (Debian's chromium,
-# driven by playwright-core: CORS, reconnects with Last-Event-ID, retry:,
+# package; they also run the examples' chat and their Express, Fastify and Koa
+# publishers against the binary) and the real-browser tests in tests/browser
+# (Debian's chromium, driven by playwright-core: CORS, reconnects with Last-Event-ID, retry:,
 # heartbeats, the --demo page), and the deploy kit's checks: scripts/check-deploy.sh
 # (hadolint, cargo check in the Docker build context, kubernetes-validate,
 # the Compose schema, yamllint, consistency) and scripts/walkthrough.sh (two
@@ -52,7 +53,8 @@ echo "ulimit -n = $(ulimit -n)"
 
 # --- 2. External services ---------------------------------------------------
 # The bus tests start their own redis-server / redis-sentinel processes on
-# free ports; the Node tests need node and tests/node's locked packages.
+# free ports; the Node tests need node and the locked packages of tests/node
+# and examples/node.
 
 # Missing test dependencies: fatal under CI, a loud warning (and that suite
 # skipped) on a developer machine.
@@ -64,9 +66,10 @@ missing_dependency() {
   printf '\nWARNING: %s\n' "$*" >&2
 }
 
-# Node >= 18 (fetch, node:test) and tests/node's locked packages, for the
-# EventSource replay tests in tests/node/. Installs nodejs and npm with apt
-# when they are missing and we are root on Debian.
+# Node >= 20 (fetch, node:test; Fastify 5 and @koa/router in the examples),
+# tests/node's locked packages and those of examples/node (Express, Fastify,
+# Koa), for the EventSource tests in tests/node/. Installs nodejs and npm with
+# apt when they are missing and we are root on Debian.
 node_tests=false
 setup_node() {
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -86,16 +89,19 @@ setup_node() {
   fi
   local major
   major=$(node -p 'process.versions.node.split(".")[0]') || return 1
-  if [ "$major" -lt 18 ]; then
-    echo "node $(node --version) is too old: the tests need node >= 18"
+  if [ "$major" -lt 20 ]; then
+    echo "node $(node --version) is too old: the tests and examples/node need node >= 20"
     return 1
   fi
   echo "node $(node --version), npm $(npm --version)"
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error || return 1
+  # --prefer-offline: what npm's cache holds at the locked versions is used
+  # without asking the registry again.
+  npm ci --prefix examples/node --prefer-offline --no-audit --no-fund --loglevel=error || return 1
 }
 # Chromium and tests/browser's locked packages (playwright-core, which drives
 # the system's chromium and downloads no browser of its own), for the
-# real-browser tests in tests/browser/. Needs node >= 20 (setup_node first).
+# real-browser tests in tests/browser/. Needs setup_node first (node >= 20).
 # Installs Debian's chromium when it is missing and we are root on Debian.
 browser_tests=false
 find_chromium() {
@@ -108,12 +114,7 @@ find_chromium() {
   fi
 }
 setup_browser() {
-  local major chromium
-  major=$(node -p 'process.versions.node.split(".")[0]') || return 1
-  if [ "$major" -lt 20 ]; then
-    echo "node $(node --version) is too old: playwright-core needs node >= 20"
-    return 1
-  fi
+  local chromium
   if ! chromium=$(find_chromium); then
     if [ -n "${CHROMIUM_BIN:-}" ]; then
       echo "CHROMIUM_BIN=$CHROMIUM_BIN is not an executable"
@@ -254,7 +255,7 @@ if [ "$node_tests" != true ]; then
 elif setup_browser; then
   browser_tests=true
 else
-  missing_dependency "chromium (or node >= 20, or tests/browser's packages) could not be set up: the browser tests (tests/browser) are SKIPPED"
+  missing_dependency "chromium (or tests/browser's packages) could not be set up: the browser tests (tests/browser) are SKIPPED"
 fi
 
 step "external services: schemathesis for scripts/api-fuzz.sh"
