@@ -319,8 +319,9 @@ fn a_silent_socket_holds_a_small_buffer() {
         .collect();
     thread::sleep(Duration::from_millis(500));
     let per_socket = (server.rss_kib().saturating_sub(before_kib)) * 1024 / count;
-    // A slow-loris socket used to cost 16 KiB (an 8 KiB read buffer after its first byte).
-    assert!(per_socket < 6 * 1024, "{per_socket} B per silent socket");
+    // A slow-loris socket cost ~19 KiB when its read buffer grew to 16 KiB
+    // after the first byte; now the 4 KiB it started with and its task.
+    assert!(per_socket < 10 * 1024, "{per_socket} B per silent socket");
     drop(sockets);
 }
 
