@@ -135,6 +135,12 @@ impl Tls {
         })
     }
 
+    /// The rustls settings, for a client that drives its own connection
+    /// (the JWKS fetch of [`crate::auth::jwks`], over blocking sockets).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
     fn build(
         roots: RootCertStore,
         identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
