@@ -152,7 +152,8 @@ fn select<'k>(
         return match set.and_then(|set| set.by_kid(kid)) {
             Some(key) if key.alg() == alg => Ok(key),
             Some(_) => Err(Denied::NoKey("the token's kid names a key of another type than its alg")),
-            None => fixed.ok_or(Denied::UnknownKey("the token's kid names no key this server has")),
+            None if set.is_some() => fixed.ok_or(Denied::UnknownKey("the token's kid names no key this server has")),
+            None => fixed.ok_or(Denied::UnknownKey("this server has no key for the token's alg")),
         };
     }
     let mut candidates = set.into_iter().flat_map(|set| set.for_alg(alg)).chain(fixed);
