@@ -213,6 +213,9 @@ pub struct ServerArgs {
     /// on SIGHUP and when a token's kid is unknown (at most every 30s); kept on fetch errors.
     #[arg(long, env = "SSEKIFY_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for an https:// --jwks-url besides Mozilla's roots (a provider behind a private CA).
+    #[arg(long, env = "SSEKIFY_JWKS_CA")]
+    pub jwks_ca: Option<PathBuf>,
     /// How often --jwks-url is fetched again.
     #[arg(long, env = "SSEKIFY_JWKS_REFRESH", default_value = DEFAULT_JWKS_REFRESH)]
     pub jwks_refresh: String,
@@ -630,8 +633,14 @@ fn jwt_verifier(cli: &ServerArgs, leeway: Duration) -> Result<Verifier, ConfigEr
             if every < MIN_JWKS_REFRESH {
                 return Err(ConfigError::new("jwks-refresh", "must be at least 1s"));
             }
-            let tls = crate::bus::tls::Tls::public_roots().client_config();
-            let jwks = Jwks::url(url, every, Some(tls))
+            let tls = match &cli.jwks_ca {
+                Some(_) if !url.starts_with("https://") => {
+                    return Err(ConfigError::new("jwks-ca", "is for an https:// --jwks-url"));
+                }
+                Some(ca) => Tls::with_ca("jwks-ca", ca).map_err(|e| ConfigError::new(e.flag, e.reason))?,
+                None => Tls::public_roots(),
+            };
+            let jwks = Jwks::url(url, every, Some(tls.client_config()))
                 .map_err(|why| ConfigError::new("jwks-url", format!("`{}` {why}", webhook::shown_url(url))))?;
             Some(jwks)
         }
@@ -663,6 +672,7 @@ fn authenticator(cli: &ServerArgs) -> Result<Authenticator, ConfigError> {
         ("jwt-public-key", cli.jwt_public_key.is_some()),
         ("jwks-file", cli.jwks_file.is_some()),
         ("jwks-url", cli.jwks_url.as_deref().is_some_and(|url| !url.is_empty())),
+        ("jwks-ca", cli.jwks_ca.is_some()),
         ("jwt-issuer", cli.jwt_issuer.as_deref().is_some_and(|issuer| !issuer.is_empty())),
         ("jwt-audience", cli.jwt_audience.as_deref().is_some_and(|audience| !audience.is_empty())),
     ];

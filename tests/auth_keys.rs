@@ -354,37 +354,43 @@ struct JwksServer {
 
 impl JwksServer {
     fn start(document: String) -> JwksServer {
+        JwksServer::start_with(document, None)
+    }
+
+    /// Serves over TLS with `tls` (a certificate for 127.0.0.1) when given.
+    fn start_with(document: String, tls: Option<Arc<rustls::ServerConfig>>) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/realms/demo/protocol/openid-connect/certs", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let address = listener.local_addr().unwrap();
+        let url = format!("{scheme}://{address}/realms/demo/protocol/openid-connect/certs");
         let document = Arc::new(Mutex::new(document));
         let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (served, count, stopped) = (document.clone(), requests.clone(), stop.clone());
         let thread = thread::spawn(move || {
             while !stopped.load(Ordering::SeqCst) {
-                let Ok((mut socket, _)) = listener.accept() else {
+                let Ok((socket, _)) = listener.accept() else {
                     thread::sleep(Duration::from_millis(5));
                     continue;
                 };
                 socket.set_nonblocking(false).unwrap();
                 socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                assert!(request.starts_with(b"GET /realms/demo/protocol/openid-connect/certs HTTP/1.1\r\n"));
-                count.fetch_add(1, Ordering::SeqCst);
                 let body = served.lock().unwrap().clone();
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(answer.as_bytes());
+                let answered = match &tls {
+                    Some(config) => {
+                        let session = rustls::ServerConnection::new(config.clone()).unwrap();
+                        let mut stream = rustls::StreamOwned::new(session, socket);
+                        let answered = answer(&mut stream, &body);
+                        stream.conn.send_close_notify();
+                        let _ = stream.flush();
+                        answered
+                    }
+                    None => answer(&mut { socket }, &body),
+                };
+                if answered {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
             }
         });
         JwksServer { url, document, requests, stop, thread: Some(thread) }
@@ -405,6 +411,23 @@ impl JwksServer {
             thread.join().unwrap();
         }
     }
+}
+
+/// Reads one GET of the JWKS path and answers `body`; false when no such
+/// request came (a TLS handshake the client gave up on).
+fn answer(stream: &mut (impl Read + Write), body: &str) -> bool {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert!(request.starts_with(b"GET /realms/demo/protocol/openid-connect/certs HTTP/1.1\r\n"));
+    let answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(answer.as_bytes()).is_ok()
 }
 
 impl Drop for JwksServer {
@@ -481,6 +504,52 @@ fn jwks_url_is_refreshed_periodically() {
     assert!(server.logs().contains("kids=r2"), "{}", server.logs());
 }
 
+/// A throwaway CA (its PEM file in `scratch`) and a server certificate it
+/// signed for 127.0.0.1, as the TLS settings of a test server.
+fn test_pki(scratch: &Scratch) -> (PathBuf, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let ca_path = scratch.path("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (ca_path, Arc::new(config))
+}
+
+#[test]
+fn jwks_url_over_https_checks_the_certificate() {
+    if !have_openssl() {
+        return;
+    }
+    let scratch = Scratch::new("https");
+    let (ca, tls) = test_pki(&scratch);
+    let key = TestKey::ec(&scratch, "e1");
+    let idp = JwksServer::start_with(jwks(&[("e1", &key)]), Some(tls));
+    assert!(idp.url.starts_with("https://127.0.0.1:"));
+    let trusted = Server::start(&["--auth", "jwt", "--jwks-url", &idp.url, "--jwks-ca", ca.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(10), || stat(&trusted.stats(), "jwksLoads") == 1), "{}", trusted.logs());
+    let mut claims = claims("alice");
+    claims.as_object_mut().unwrap().remove("aud");
+    accepted(&trusted, &key.token(Some("e1"), &claims));
+
+    // Without --jwks-ca the private CA is not trusted: no keys, a counted error.
+    let untrusted = Server::start(&["--auth", "jwt", "--jwks-url", &idp.url]);
+    assert!(wait_until(Duration::from_secs(10), || fetch_errors(&untrusted) == 1), "{}", untrusted.logs());
+    assert!(untrusted.logs().contains("certificate"), "{}", untrusted.logs());
+    refused(&untrusted, &key.token(Some("e1"), &claims));
+    assert_eq!(stat(&untrusted.stats(), "jwksLoads"), 0);
+}
+
 #[test]
 fn key_flags_are_checked_at_start() {
     let scratch = Scratch::new("flags");
@@ -489,13 +558,15 @@ fn key_flags_are_checked_at_start() {
     let not_pem = scratch.path("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let missing = scratch.path("missing.pem");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--auth", "jwt", "--jwks-file", bad.to_str().unwrap()], "--jwks-file: "),
         (&["--auth", "jwt", "--jwt-public-key", not_pem.to_str().unwrap()], "--jwt-public-key: "),
         (&["--auth", "jwt", "--jwt-public-key", missing.to_str().unwrap()], "--jwt-public-key: "),
         (&["--auth", "jwt", "--jwks-url", "ftp://idp/certs"], "--jwks-url: `ftp://idp/certs` must start with"),
         (&["--auth", "jwt", "--jwks-url", "http://idp/certs", "--jwks-file", "x"], "--jwks-url: "),
         (&["--jwks-url", "http://idp/certs"], "--jwks-url: is for --auth jwt"),
+        (&["--auth", "jwt", "--jwks-url", "http://idp/certs", "--jwks-ca", "ca.pem"], "--jwks-ca: is for an https://"),
+        (&["--auth", "jwt", "--jwks-url", "https://idp/certs", "--jwks-ca", missing.to_str().unwrap()], "--jwks-ca: "),
     ];
     for (args, expected) in cases {
         let output = Command::new(env!("CARGO_BIN_EXE_ssekify"))

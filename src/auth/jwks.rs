@@ -337,13 +337,15 @@ fn read_file(path: &Path) -> Result<super::keys::Parsed, String> {
 /// Blocking: runs on the refresher thread only.
 pub fn fetch(url: &JwksUrl, tls: Option<&Arc<ClientConfig>>) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + FETCH_TIMEOUT;
-    let address = url
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.authority))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", url.authority))?;
-    let socket = TcpStream::connect_timeout(&address, FETCH_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let addresses = url.authority.to_socket_addrs().map_err(|e| format!("cannot resolve {}: {e}", url.authority))?;
+    // Each address in turn (`localhost` may resolve to ::1 before 127.0.0.1).
+    let mut failure = format!("{} resolves to no address", url.authority);
+    let socket = addresses
+        .into_iter()
+        .find_map(|address| {
+            TcpStream::connect_timeout(&address, FETCH_TIMEOUT).map_err(|e| failure = format!("connect: {e}")).ok()
+        })
+        .ok_or(failure)?;
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     socket
         .set_read_timeout(Some(remaining))
