@@ -640,7 +640,7 @@ fn jwt_verifier(cli: &ServerArgs, leeway: Duration) -> Result<Verifier, ConfigEr
                 Some(ca) => Tls::with_ca("jwks-ca", ca).map_err(|e| ConfigError::new(e.flag, e.reason))?,
                 None => Tls::public_roots(),
             };
-            let jwks = Jwks::url(url, every, Some(tls.client_config()))
+            let jwks = Jwks::url(url, every, tls.client_config())
                 .map_err(|why| ConfigError::new("jwks-url", format!("`{}` {why}", webhook::shown_url(url))))?;
             Some(jwks)
         }

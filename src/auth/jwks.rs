@@ -4,7 +4,7 @@
 //! `kid` the set lacks).
 //!
 //! Parts: [`Jwks`] (the keys in use, the source, the counters), its
-//! refresher thread ([`Jwks::spawn_refresher`], blocking I/O off the shards:
+//! refresher thread ([`Jwks::start`], blocking I/O off the shards:
 //! DNS, connect, TLS, read), [`JwksUrl`] and [`fetch`] (one `GET` over plain
 //! TCP or rustls, bounded in time and size; the answer is read by
 //! `http::client`'s parser, the webhook's and the events sink's).
@@ -138,23 +138,29 @@ pub struct Jwks {
     finished: AtomicU64,
     loads: AtomicU64,
     fetch_errors: AtomicU64,
+    /// Why keys of the file read by [`Jwks::file`] were left out, for the
+    /// log line of [`Jwks::start`].
+    first_skipped: Vec<String>,
 }
 
 impl Jwks {
-    /// `--jwks-file`: read now; a file that cannot be used stops start-up.
+    /// `--jwks-file`: read now (quietly: `check-config` reads it too, and
+    /// the server logs the set in [`Jwks::start`]); a file that cannot be
+    /// used stops start-up.
     pub fn file(path: PathBuf) -> Result<Jwks, String> {
-        let set = read_file(&path)?;
-        let jwks = Jwks::new(Source::File(path));
-        jwks.install(set, false);
+        let parsed = read_file(&path)?;
+        let mut jwks = Jwks::new(Source::File(path));
+        jwks.install(parsed.set);
+        jwks.first_skipped = parsed.skipped;
         Ok(jwks)
     }
 
     /// `--jwks-url`: checked now, fetched by the refresher thread once the
     /// server starts (a provider that is down then delays nothing but the
-    /// tokens, which wait for or retry the fetch).
-    pub fn url(url: &str, every: Duration, tls: Option<Arc<ClientConfig>>) -> Result<Jwks, String> {
+    /// tokens, which wait for or retry the fetch); `tls` is for an `https://` URL.
+    pub fn url(url: &str, every: Duration, tls: Arc<ClientConfig>) -> Result<Jwks, String> {
         let url = JwksUrl::parse(url)?;
-        let tls = if url.tls { Some(tls.ok_or("is https:// and no TLS settings were given")?) } else { None };
+        let tls = url.tls.then_some(tls);
         Ok(Jwks::new(Source::Url { url, every, tls }))
     }
 
@@ -167,6 +173,7 @@ impl Jwks {
             finished: AtomicU64::new(0),
             loads: AtomicU64::new(0),
             fetch_errors: AtomicU64::new(0),
+            first_skipped: Vec::new(),
         }
     }
 
@@ -200,23 +207,30 @@ impl Jwks {
         }
     }
 
-    /// Puts `parsed` in use, logging what changed (a set the same as the one
-    /// in use is only a debug line: periodic fetches mostly bring that).
-    fn install(&self, parsed: super::keys::Parsed, log_same: bool) {
-        let set = Arc::new(parsed.set);
+    /// Puts `set` in use; true when it differs from the set it replaces.
+    fn install(&self, set: KeySet) -> bool {
+        let set = Arc::new(set);
         let previous =
             std::mem::replace(&mut *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()), set.clone());
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let skipped = (!parsed.skipped.is_empty()).then(|| parsed.skipped.join("; "));
-        if *previous != *set || log_same {
-            crate::log!(
-                Info,
-                "JWKS loaded",
-                source = self.shown(),
-                keys = set.keys.len(),
-                kids = set.kids(),
-                skipped = skipped
-            );
+        *previous != *set
+    }
+
+    /// Puts a document read or fetched in use and logs it: an info line
+    /// with the `kid`s and the keys left out, or, for a set the same as the
+    /// one in use that `always` does not ask to announce, a debug line
+    /// (periodic fetches mostly bring that).
+    fn load(&self, parsed: super::keys::Parsed, always: bool) {
+        let changed = self.install(parsed.set);
+        self.announce(&parsed.skipped, changed || always);
+    }
+
+    fn announce(&self, skipped: &[String], info: bool) {
+        let set = self.keys();
+        if info {
+            let skipped = (!skipped.is_empty()).then(|| skipped.join("; "));
+            let (keys, kids) = (set.keys.len(), set.kids());
+            crate::log!(Info, "JWKS loaded", source = self.shown(), keys = keys, kids = kids, skipped = skipped);
         } else {
             crate::log!(Debug, "JWKS unchanged", source = self.shown(), keys = set.keys.len());
         }
@@ -239,7 +253,7 @@ impl Jwks {
     pub fn reload(&self) {
         match &self.source {
             Source::File(path) => match read_file(path) {
-                Ok(parsed) => self.install(parsed, true),
+                Ok(parsed) => self.load(parsed, true),
                 Err(why) => self.failed(&why),
             },
             Source::Url { .. } => {
@@ -248,10 +262,11 @@ impl Jwks {
         }
     }
 
-    /// Starts the thread that fetches the URL at once, then every
-    /// `--jwks-refresh` and when asked; nothing for a file.
-    pub fn spawn_refresher(self: &Arc<Self>) -> io::Result<()> {
+    /// At server start: logs the keys of a file, or starts the thread that
+    /// fetches the URL at once, then every `--jwks-refresh` and when asked.
+    pub fn start(self: &Arc<Self>) -> io::Result<()> {
         let Source::Url { url, every, tls } = &self.source else {
+            self.announce(&self.first_skipped, true);
             return Ok(());
         };
         let (url, every, tls, jwks) = (url.clone(), *every, tls.clone(), self.clone());
@@ -269,7 +284,7 @@ impl Jwks {
                     state.started
                 };
                 match fetch(&url, tls.as_ref()).and_then(|document| parse_jwks(&document)) {
-                    Ok(parsed) => jwks.install(parsed, false),
+                    Ok(parsed) => jwks.load(parsed, false),
                     Err(why) => jwks.failed(&why),
                 }
                 jwks.finished.store(number, Ordering::Release);
@@ -474,7 +489,8 @@ mod tests {
 
     #[test]
     fn unknown_kids_ask_for_a_fetch_at_most_every_30_seconds() {
-        let jwks = Jwks::url("http://127.0.0.1:9/certs", Duration::from_secs(300), None).unwrap();
+        let tls = crate::bus::tls::Tls::public_roots().client_config();
+        let jwks = Jwks::url("http://127.0.0.1:9/certs", Duration::from_secs(300), tls).unwrap();
         assert_eq!(jwks.request(false), Some(1), "the first asks");
         assert_eq!(jwks.request(false), Some(1), "the next waits for the same fetch");
         jwks.refresh.lock().unwrap().wanted = false;

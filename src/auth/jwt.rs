@@ -13,7 +13,8 @@
 //! `alg` needs; a `kid` the set lacks is verified by `--jwt-public-key` if
 //! that is of the right type, else it is unknown (and, with `--jwks-url`,
 //! the set is fetched again, see [`super::jwks`]). A token without `kid` is
-//! verified only when exactly one configured key has the right type.
+//! verified only when exactly one configured key has the right type. Keys
+//! a token points at (`jku`, `x5u`, `jwk` headers) are never fetched or used.
 //!
 //! Claims read: `sub` (the user, required), `rooms` (allowed rooms, `"*"`
 //! for any; absent allows none), `tenant` (the namespace the token is for;
@@ -83,7 +84,8 @@ impl Verifier {
     /// now: structure, algorithm, key and signature first, then the claims.
     pub fn verify(&self, token: &[u8], clock: Clock) -> Result<Grant, Denied> {
         let mut parts = token.split(|&b| b == b'.');
-        let (Some(header), Some(_), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed("a JWT has three parts separated by dots"));
         };
@@ -113,7 +115,6 @@ impl Verifier {
         if !verified {
             return Err(Denied::Signature(Kind::Token));
         }
-        let payload = token.split(|&b| b == b'.').nth(1).unwrap_or_default();
         let claims = object(payload, "the payload is not base64url-encoded JSON object")?;
         self.expected(&claims)?;
         grant(&claims, clock)

@@ -74,7 +74,7 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
     if let Some(jwks) = shared.config.auth.jwks() {
-        jwks.spawn_refresher().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
+        jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
     }
     memory::spawn_trimmer(shared.clone()).map_err(|e| StartError(format!("cannot spawn the memory thread: {e}")))?;
     if let Some(endpoint) = shared.config.events_url.clone() {
