@@ -43,9 +43,24 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
     ];
     match &config.auth {
         Authenticator::None => {}
-        Authenticator::Jwt { leeway, .. } => {
-            out.push(("jwt-secret", set(true)));
-            out.push(("auth-leeway", duration(*leeway)));
+        Authenticator::Jwt(verifier) => {
+            let none = || "none".to_owned();
+            out.push(("jwt-secret", set(verifier.secret.is_some())));
+            out.push(("jwt-public-key", verifier.public_key.as_ref().map_or_else(none, |key| format!("{key:?}"))));
+            match (&verifier.jwks, verifier.jwks.as_ref().and_then(|jwks| jwks.refresh_every())) {
+                (Some(jwks), Some(every)) => {
+                    out.push(("jwks-url", jwks.shown()));
+                    out.push(("jwks-refresh", duration(every)));
+                }
+                (Some(jwks), None) => {
+                    let keys = jwks.keys();
+                    out.push(("jwks-file", format!("{} ({} keys: {})", jwks.shown(), keys.keys.len(), keys.kids())));
+                }
+                (None, _) => out.push(("jwks-file", none())),
+            }
+            out.push(("jwt-issuer", verifier.issuer.clone().unwrap_or_else(none)));
+            out.push(("jwt-audience", verifier.audience.clone().unwrap_or_else(none)));
+            out.push(("auth-leeway", duration(verifier.leeway)));
         }
         Authenticator::Signed { leeway, .. } => {
             out.push(("sign-secret", set(true)));
@@ -131,6 +146,12 @@ fn notes(config: &Config) -> Vec<String> {
     }
     if matches!(config.auth, Authenticator::None) {
         notes.push("subscriber auth is `none`: the userId query parameter is trusted (development mode)".into());
+    }
+    if let Some(warning) = match &config.auth {
+        Authenticator::Jwt(verifier) => verifier.warning(),
+        _ => None,
+    } {
+        notes.push(warning.into());
     }
     notes
 }

@@ -14,6 +14,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::jwks::Jwks;
+use crate::auth::jwt::Verifier;
+use crate::auth::keys::PublicKey;
 use crate::auth::webhook::{self, Webhook};
 use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 use crate::bus::tls::{Tls, TlsFiles};
@@ -48,6 +51,13 @@ pub const DEFAULT_BUS_HISTORY: u64 = 100_000;
 /// kept by NTP (well under a second apart) with room to spare, while a token
 /// still dies within a minute of its `exp`.
 pub const DEFAULT_AUTH_LEEWAY: &str = "30s";
+/// Default interval between fetches of `--jwks-url` (API.md "Subscriber auth
+/// additions"): providers rotate keys over days and publish the next one
+/// ahead, and an unknown `kid` fetches at once anyway, so minutes only bound
+/// how long a withdrawn key keeps working.
+pub const DEFAULT_JWKS_REFRESH: &str = "5m";
+/// Shortest `--jwks-refresh`: more often only loads the identity provider.
+pub const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
 /// Default bound on one webhook auth check: well above an app's usual few
 /// milliseconds, well below a browser giving up on the stream.
 pub const DEFAULT_AUTH_TIMEOUT: &str = "2s";
@@ -126,7 +136,7 @@ pub enum UserLimitPolicy {
 pub enum AuthMode {
     /// Development: the userId query parameter is trusted, any room may be joined.
     None,
-    /// An HS256 JWT (Authorization: Bearer, or ?token=) signed with --jwt-secret.
+    /// A JWT (Authorization: Bearer, or ?token=): HS256 with --jwt-secret, RS256/ES256 with --jwt-public-key or a JWKS.
     Jwt,
     /// A presigned URL (?user=&rooms=&exp=&sig=) signed with --sign-secret; see `ssekify sign`.
     Signed,
@@ -192,6 +202,29 @@ pub struct ServerArgs {
     /// HS256 secret for --auth jwt, at least 32 bytes (prefer the environment: arguments show in `ps`).
     #[arg(long, env = "SSEKIFY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or ES256 tokens with --auth jwt: RSA (2048-8192 bits) or EC P-256, as
+    /// `BEGIN PUBLIC KEY` (SPKI) or `BEGIN RSA PUBLIC KEY`.
+    #[arg(long, env = "SSEKIFY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (RFC 7517) of RS256/ES256 keys, chosen by the token's kid; re-read on SIGHUP.
+    #[arg(long, env = "SSEKIFY_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS URL (https:// or http://): fetched at start, every --jwks-refresh,
+    /// on SIGHUP and when a token's kid is unknown (at most every 30s); kept on fetch errors.
+    #[arg(long, env = "SSEKIFY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for an https:// --jwks-url besides Mozilla's roots (a provider behind a private CA).
+    #[arg(long, env = "SSEKIFY_JWKS_CA")]
+    pub jwks_ca: Option<PathBuf>,
+    /// How often --jwks-url is fetched again.
+    #[arg(long, env = "SSEKIFY_JWKS_REFRESH", default_value = DEFAULT_JWKS_REFRESH)]
+    pub jwks_refresh: String,
+    /// The `iss` claim every token must carry (--auth jwt), such as https://idp.example/realms/app.
+    #[arg(long, env = "SSEKIFY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// A value the token's `aud` claim (a string or an array) must be or contain (--auth jwt).
+    #[arg(long, env = "SSEKIFY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// HMAC-SHA256 secret for --auth signed and `ssekify sign`, at least 32 bytes.
     #[arg(long, env = "SSEKIFY_SIGN_SECRET", hide_env_values = true)]
     pub sign_secret: Option<String>,
@@ -573,13 +606,82 @@ pub fn hmac_key(flag: &'static str, secret: Option<&str>, purpose: &str) -> Resu
     Ok(Key::new(secret.as_bytes()))
 }
 
+/// `--auth jwt`'s keys and expectations: at least one key, one JWKS source.
+fn jwt_verifier(cli: &ServerArgs, leeway: Duration) -> Result<Verifier, ConfigError> {
+    let secret = match cli.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => Some(hmac_key("jwt-secret", Some(secret), "--auth jwt")?),
+        None => None,
+    };
+    let public_key = match &cli.jwt_public_key {
+        Some(path) => {
+            let why = |why: String| ConfigError::new("jwt-public-key", format!("{}: {why}", path.display()));
+            let mut pem = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|file| std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut pem))
+                .map_err(|e| why(format!("cannot be read ({e})")))?;
+            Some(PublicKey::from_pem(&pem).map_err(why)?)
+        }
+        None => None,
+    };
+    let jwks = match (&cli.jwks_file, cli.jwks_url.as_deref().filter(|url| !url.is_empty())) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new("jwks-url", "and --jwks-file both give the key set: choose one"));
+        }
+        (Some(path), None) => Some(Jwks::file(path.clone()).map_err(|why| ConfigError::new("jwks-file", why))?),
+        (None, Some(url)) => {
+            let every = duration("jwks-refresh", &cli.jwks_refresh)?;
+            if every < MIN_JWKS_REFRESH {
+                return Err(ConfigError::new("jwks-refresh", "must be at least 1s"));
+            }
+            let tls = match &cli.jwks_ca {
+                Some(_) if !url.starts_with("https://") => {
+                    return Err(ConfigError::new("jwks-ca", "is for an https:// --jwks-url"));
+                }
+                Some(ca) => Tls::with_ca("jwks-ca", ca).map_err(|e| ConfigError::new(e.flag, e.reason))?,
+                None => Tls::public_roots(),
+            };
+            let jwks = Jwks::url(url, every, tls.client_config())
+                .map_err(|why| ConfigError::new("jwks-url", format!("`{}` {why}", webhook::shown_url(url))))?;
+            Some(jwks)
+        }
+        (None, None) => None,
+    };
+    if secret.is_none() && public_key.is_none() && jwks.is_none() {
+        return Err(ConfigError::new(
+            "jwt-secret",
+            "--auth jwt needs a key: set --jwt-secret or SSEKIFY_JWT_SECRET (HS256), or --jwt-public-key, \
+             --jwks-file or --jwks-url (RS256/ES256)",
+        ));
+    }
+    let nonempty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    Ok(Verifier {
+        secret,
+        public_key,
+        jwks: jwks.map(std::sync::Arc::new),
+        issuer: nonempty(&cli.jwt_issuer),
+        audience: nonempty(&cli.jwt_audience),
+        leeway,
+    })
+}
+
 fn authenticator(cli: &ServerArgs) -> Result<Authenticator, ConfigError> {
     let leeway = duration("auth-leeway", &cli.auth_leeway)?;
+    // Keys for tokens without --auth jwt are a mistake to point out, not to
+    // ignore: the operator meant to check tokens and the server would not.
+    let token_flags = [
+        ("jwt-public-key", cli.jwt_public_key.is_some()),
+        ("jwks-file", cli.jwks_file.is_some()),
+        ("jwks-url", cli.jwks_url.as_deref().is_some_and(|url| !url.is_empty())),
+        ("jwks-ca", cli.jwks_ca.is_some()),
+        ("jwt-issuer", cli.jwt_issuer.as_deref().is_some_and(|issuer| !issuer.is_empty())),
+        ("jwt-audience", cli.jwt_audience.as_deref().is_some_and(|audience| !audience.is_empty())),
+    ];
+    if let Some((flag, _)) = token_flags.iter().find(|(_, given)| *given).filter(|_| cli.auth != AuthMode::Jwt) {
+        return Err(ConfigError::new(flag, "is for --auth jwt, and --auth is not jwt"));
+    }
     Ok(match cli.auth {
         AuthMode::None => Authenticator::None,
-        AuthMode::Jwt => {
-            Authenticator::Jwt { key: hmac_key("jwt-secret", cli.jwt_secret.as_deref(), "--auth jwt")?, leeway }
-        }
+        AuthMode::Jwt => Authenticator::Jwt(Box::new(jwt_verifier(cli, leeway)?)),
         AuthMode::Signed => {
             Authenticator::Signed { key: hmac_key("sign-secret", cli.sign_secret.as_deref(), "--auth signed")?, leeway }
         }
@@ -828,11 +930,14 @@ mod tests {
         const SECRET: &str = "0123456789abcdef0123456789abcdef";
         assert!(matches!(Config::try_from(cli(&[])).unwrap().auth, Authenticator::None));
         let err = Config::try_from(cli(&["--auth", "jwt"])).unwrap_err().to_string();
-        assert_eq!(err, "--jwt-secret: --auth jwt needs a secret: set --jwt-secret or SSEKIFY_JWT_SECRET");
+        assert!(
+            err.starts_with("--jwt-secret: --auth jwt needs a key: set --jwt-secret or SSEKIFY_JWT_SECRET"),
+            "{err}"
+        );
         let err = Config::try_from(cli(&["--auth", "signed", "--sign-secret", &SECRET[1..]])).unwrap_err();
         assert!(err.to_string().starts_with("--sign-secret: must be at least 32 bytes (it is 31)"), "{err}");
         let config = Config::try_from(cli(&["--auth", "jwt", "--jwt-secret", SECRET, "--auth-leeway", "5s"])).unwrap();
-        assert!(matches!(config.auth, Authenticator::Jwt { leeway, .. } if leeway == Duration::from_secs(5)));
+        assert!(matches!(&config.auth, Authenticator::Jwt(verifier) if verifier.leeway == Duration::from_secs(5)));
         assert!(!format!("{config:?}").contains(SECRET), "Debug must not print the secret");
         let config = Config::try_from(cli(&["--auth", "signed", "--sign-secret", SECRET])).unwrap();
         assert!(matches!(config.auth, Authenticator::Signed { leeway, .. } if leeway == Duration::from_secs(30)));

@@ -47,6 +47,12 @@ fn serve(args: ServerArgs) {
     } else {
         ssekify::log!(Info, "subscriber auth", mode = config.auth.mode());
     }
+    if let Some(warning) = match &config.auth {
+        Authenticator::Jwt(verifier) => verifier.warning(),
+        _ => None,
+    } {
+        ssekify::log!(Warn, warning);
+    }
     match server::run(config) {
         Ok(status) => std::process::exit(status),
         Err(error) => {

@@ -7,6 +7,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::auth::jwks::JwksStats;
+
 /// Upper bounds of the latency buckets, in microseconds (100 µs to 2.5 s).
 pub const LATENCY_BUCKETS_US: [u64; 14] =
     [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000];
@@ -136,6 +138,23 @@ pub fn render_rejections(out: &mut String, totals: &[u64; Rejection::ALL.len()])
     );
     for (reason, value) in Rejection::ALL.iter().zip(totals) {
         let _ = writeln!(out, "{name}{{reason=\"{}\"}} {value}", reason.name());
+    }
+}
+
+/// Appends the JWKS figures (all zero without `--jwks-file`/`--jwks-url`,
+/// so dashboards and alerts need no special case).
+pub fn render_jwks(out: &mut String, stats: &JwksStats) {
+    for (name, kind, help, value) in [
+        ("ssekify_jwks_keys", "gauge", "RS256/ES256 keys of the JWKS in use.", stats.keys),
+        ("ssekify_jwks_loads_total", "counter", "JWKS documents loaded and put in use.", stats.loads),
+        (
+            "ssekify_jwks_fetch_errors_total",
+            "counter",
+            "JWKS fetches or reads that failed or were refused; the keys in use were kept.",
+            stats.fetch_errors,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
 }
 

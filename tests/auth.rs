@@ -3,7 +3,7 @@
 //! the real `ssekify sign`), refusals with their status and code, start-up
 //! checks of the secrets, that no credential reaches the logs, and that a
 //! credential opens only its own namespace (a token's `tenant` claim, the
-//! tenant a URL was signed for).
+//! tenant a URL was signed for). RS256, ES256 and JWKS are in tests/auth_keys.rs.
 //!
 //! Tokens and signatures are minted here with HMAC-SHA256 (the `hmac` and
 //! `sha2` crates) and a base64url encoder of this file's own, from the
@@ -334,7 +334,8 @@ fn secrets_are_checked_at_start() {
     let cases: [(&[&str], &str); 4] = [
         (
             &["--auth", "jwt"],
-            "ssekify: --jwt-secret: --auth jwt needs a secret: set --jwt-secret or SSEKIFY_JWT_SECRET",
+            "ssekify: --jwt-secret: --auth jwt needs a key: set --jwt-secret or SSEKIFY_JWT_SECRET (HS256), \
+             or --jwt-public-key, --jwks-file or --jwks-url (RS256/ES256)",
         ),
         (&["--auth", "signed"], "ssekify: --sign-secret: --auth signed needs a secret"),
         (

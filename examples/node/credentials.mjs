@@ -1,13 +1,15 @@
 // Minting subscriber credentials for ssekify from Node 20+ with node:crypto — no dependencies.
 //
 //   SSEKIFY_JWT_SECRET=... SSEKIFY_SIGN_SECRET=... node credentials.mjs alice lobby,news
+//   SSEKIFY_JWT_PRIVATE_KEY=key.pem node credentials.mjs alice lobby   # RS256/ES256
 //
 // Run it to print a JWT (--auth jwt) and a signed URL (--auth signed) with the
 // curl commands that use them, or import the functions in your backend:
-//   import { jwt, signedUrl } from './credentials.mjs'
+//   import { jwt, jwtSigned, signedUrl } from './credentials.mjs'
 //   res.json({ url: signedUrl('https://push.example/sse', { user: session.userId, rooms: ['lobby'] }) })
 
-import { createHmac } from 'node:crypto'
+import { createHmac, createPrivateKey, sign } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 
 const now = () => Math.floor(Date.now() / 1000)
@@ -30,6 +32,29 @@ export function jwt({ user, rooms = [], tenant, ttl = 300, secret = process.env.
   const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))
   const claims = b64url(JSON.stringify({ sub: user, rooms, exp: now() + ttl, ...(tenant ? { tenant } : {}) }))
   return `${header}.${claims}.${hs256(need(secret, 'SSEKIFY_JWT_SECRET'), `${header}.${claims}`)}`
+}
+
+/**
+ * An RS256 or ES256 JWT for --auth jwt with --jwt-public-key or a JWKS: for
+ * tests, and for backends that hold their own key pair instead of an
+ * identity provider. privateKey is a PEM (RSA: RS256; EC P-256: ES256), as
+ * `openssl genpkey` writes it; give the server the public half
+ * (`openssl pkey -in key.pem -pubout`). kid, if given, names the key in the
+ * server's JWKS; iss and aud are needed when the server sets --jwt-issuer and
+ * --jwt-audience. ES256 signatures are r || s (ieee-p1363), not DER.
+ */
+export function jwtSigned({ user, rooms = [], tenant, ttl = 300, privateKey, kid, iss, aud }) {
+  const key = createPrivateKey(privateKey)
+  const ec = key.asymmetricKeyType === 'ec'
+  if (ec && key.asymmetricKeyDetails.namedCurve !== 'prime256v1') throw new Error('ES256 needs a P-256 key')
+  if (!ec && key.asymmetricKeyType !== 'rsa') throw new Error('an RSA or EC P-256 private key is needed')
+  const alg = ec ? 'ES256' : 'RS256'
+  const header = b64url(JSON.stringify({ alg, typ: 'JWT', ...(kid ? { kid } : {}) }))
+  const claims = b64url(JSON.stringify({
+    sub: user, rooms, exp: now() + ttl, ...(tenant ? { tenant } : {}), ...(iss ? { iss } : {}), ...(aud ? { aud } : {}),
+  }))
+  const signature = sign('sha256', Buffer.from(`${header}.${claims}`), { key, dsaEncoding: 'ieee-p1363' })
+  return `${header}.${claims}.${signature.toString('base64url')}`
 }
 
 /**
@@ -56,12 +81,18 @@ function demo() {
     console.log('# --auth jwt')
     console.log(`curl -N -H 'Authorization: Bearer ${token}' '${base}?rooms=${list.join(',')}'`)
   }
+  if (process.env.SSEKIFY_JWT_PRIVATE_KEY) {
+    const token = jwtSigned({ user, rooms: list, privateKey: readFileSync(process.env.SSEKIFY_JWT_PRIVATE_KEY) })
+    console.log('# --auth jwt --jwt-public-key <its public key>')
+    console.log(`curl -N -H 'Authorization: Bearer ${token}' '${base}?rooms=${list.join(',')}'`)
+  }
   if (process.env.SSEKIFY_SIGN_SECRET) {
     console.log('# --auth signed')
     console.log(`curl -N '${signedUrl(base, { user, rooms: list })}'`)
   }
-  if (!process.env.SSEKIFY_JWT_SECRET && !process.env.SSEKIFY_SIGN_SECRET) {
-    console.error('set SSEKIFY_JWT_SECRET and/or SSEKIFY_SIGN_SECRET (the secrets the server was started with)')
+  if (!process.env.SSEKIFY_JWT_SECRET && !process.env.SSEKIFY_SIGN_SECRET && !process.env.SSEKIFY_JWT_PRIVATE_KEY) {
+    console.error('set SSEKIFY_JWT_SECRET and/or SSEKIFY_SIGN_SECRET (the secrets the server was started with),')
+    console.error('or SSEKIFY_JWT_PRIVATE_KEY (a PEM file whose public key the server has)')
     process.exit(2)
   }
 }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
+use crate::auth::jwks::JwksStats;
 use crate::bus::{Bus, BusState, BusStats};
 use crate::http::response::Response;
 use crate::metrics::{self, Rejection, FIELDS};
@@ -54,6 +55,10 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     body.insert("eventsDropped".into(), ctx.shared.events.dropped().into());
     body.insert("eventsPosted".into(), ctx.shared.events.posted().into());
     body.insert("eventsPostFailures".into(), ctx.shared.events.post_failures().into());
+    let jwks = jwks_stats(ctx);
+    body.insert("jwksKeys".into(), jwks.keys.into());
+    body.insert("jwksLoads".into(), jwks.loads.into());
+    body.insert("jwksFetchErrors".into(), jwks.fetch_errors.into());
     let shards: Vec<Value> = snapshots
         .iter()
         .enumerate()
@@ -93,6 +98,11 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     };
     body.insert("bus".into(), bus);
     Response::json(200, &Value::Object(body))
+}
+
+/// The JWKS counters, zero without a JWKS.
+fn jwks_stats(ctx: &ShardCtx) -> JwksStats {
+    ctx.shared.config.auth.jwks().map(|jwks| jwks.stats()).unwrap_or_default()
 }
 
 /// `GET /v1/t/{tenant}/stats`: one tenant's share of the instance.
@@ -167,6 +177,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         &histograms,
     );
     metrics::render_rejections(&mut text, &metrics::rejection_totals(&ctx.shared.stats));
+    metrics::render_jwks(&mut text, &jwks_stats(ctx));
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 

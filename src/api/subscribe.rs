@@ -141,7 +141,7 @@ fn refusal(ctx: &ShardCtx, denied: &Denied) -> Response {
     }
     let response = Response::error(denied.status(), denied.code(), denied.to_string());
     match (&ctx.shared.config.auth, denied) {
-        (Authenticator::Jwt { .. }, _) if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
+        (Authenticator::Jwt(_), _) if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
         (_, Denied::AppUnavailable(_)) => response.header("Retry-After", "1"),
         _ => response,
     }

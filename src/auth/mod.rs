@@ -2,10 +2,12 @@
 //! is for and which rooms it may join, from the credential the mode asks for.
 //!
 //! Parts: [`Authenticator`] (the `--auth` mode with its key, called by
-//! `api::subscribe`), [`jwt`] (HS256 tokens), [`signed`] (presigned URLs and
+//! `api::subscribe`), [`jwt`] (HS256, RS256 and ES256 tokens), [`keys`] (the
+//! public keys: PEM and JWKS), [`jwks`] (a key set that rotates: a file
+//! re-read on `SIGHUP`, a URL fetched), [`signed`] (presigned URLs and
 //! their canonical string, also used by `ssekify sign` in [`crate::sign`]),
 //! [`webhook`] (the application decides, over HTTP), [`base64url`]. Apart
-//! from the webhook's own client, nothing here knows HTTP: the caller hands
+//! from the webhook's and the JWKS fetch's own clients, nothing here knows HTTP: the caller hands
 //! over the credential fields and turns a [`Denied`] into an answer. Secrets and
 //! credentials are never logged or echoed in an answer, and every MAC is
 //! compared in constant time (`Mac::verify_slice`).
@@ -17,11 +19,14 @@
 //! the path's tenant is trusted like `userId`.
 
 pub mod base64url;
+pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod signed;
 pub mod webhook;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -70,13 +75,10 @@ impl fmt::Debug for Key {
 pub enum Authenticator {
     /// Development: the `userId` query parameter is trusted and any room may be joined.
     None,
-    /// An HS256 JWT in `Authorization: Bearer` or `?token=`.
-    Jwt {
-        /// `--jwt-secret`.
-        key: Key,
-        /// `--auth-leeway`: clock skew allowed on `exp` and `nbf`.
-        leeway: Duration,
-    },
+    /// A JWT in `Authorization: Bearer` or `?token=`, HS256 with the secret
+    /// or RS256/ES256 with a public key (boxed: the keys are large, and
+    /// every other mode would pay for them in size).
+    Jwt(Box<jwt::Verifier>),
     /// A presigned URL: `?user=&rooms=&exp=&sig=`.
     Signed {
         /// `--sign-secret`.
@@ -200,8 +202,18 @@ pub enum Denied {
     Missing(Kind),
     /// Not the shape the mode expects, or a claim of the wrong type.
     Malformed(Kind, &'static str),
-    /// A JWT whose `alg` is not `HS256` (`none` included).
+    /// A JWT whose `alg` is none of `HS256`, `RS256`, `ES256` (`none` included).
     Algorithm,
+    /// A JWT whose `alg` has no key here, or whose `kid` names a key of
+    /// another type, or that has no `kid` where several keys could verify it.
+    NoKey(&'static str),
+    /// A JWT whose `kid` names no key here, or none without a `kid` (with
+    /// `--jwks-url` the set is fetched again before this is final).
+    UnknownKey(&'static str),
+    /// A JWT without the `iss` of `--jwt-issuer`.
+    Issuer,
+    /// A JWT whose `aud` is not or does not contain `--jwt-audience`.
+    Audience,
     /// The MAC does not verify: wrong secret or altered fields.
     Signature(Kind),
     /// Past `exp` plus the leeway.
@@ -259,7 +271,13 @@ impl fmt::Display for Denied {
             }
             Denied::Missing(Kind::AppAnswer) => f.write_str("the application's auth check gave no answer"),
             Denied::Malformed(kind, why) => write!(f, "the {kind} is malformed: {why}"),
-            Denied::Algorithm => f.write_str("only HS256 tokens are accepted"),
+            Denied::Algorithm => f.write_str(
+                "the token's alg is not accepted: HS256 (with the server's secret), RS256 or ES256 (with its \
+                 public keys) only, never none",
+            ),
+            Denied::NoKey(why) | Denied::UnknownKey(why) => write!(f, "the token cannot be verified: {why}"),
+            Denied::Issuer => f.write_str("the token is not from the issuer this server trusts (iss)"),
+            Denied::Audience => f.write_str("the token is not for this server (aud)"),
             Denied::Signature(kind) => write!(f, "the {kind}'s signature does not verify"),
             Denied::Expired(kind) => write!(f, "the {kind} has expired"),
             Denied::NotYetValid => f.write_str("the token is not valid yet (nbf is in the future)"),
@@ -286,7 +304,7 @@ impl Authenticator {
     pub fn mode(&self) -> &'static str {
         match self {
             Authenticator::None => "none",
-            Authenticator::Jwt { .. } => "jwt",
+            Authenticator::Jwt(_) => "jwt",
             Authenticator::Signed { .. } => "signed",
             Authenticator::Webhook(_) => "webhook",
         }
@@ -296,7 +314,7 @@ impl Authenticator {
     pub fn kind(&self) -> Option<Kind> {
         match self {
             Authenticator::None => None,
-            Authenticator::Jwt { .. } => Some(Kind::Token),
+            Authenticator::Jwt(_) => Some(Kind::Token),
             Authenticator::Signed { .. } => Some(Kind::SignedUrl),
             Authenticator::Webhook(_) => Some(Kind::AppAnswer),
         }
@@ -309,6 +327,7 @@ impl Authenticator {
             // Boxed: an inline exchange with the app would enlarge every
             // connection's task, idle streams included, by its whole state.
             Authenticator::Webhook(hook) => Box::pin(hook.check(&credentials.forwarded)).await,
+            Authenticator::Jwt(verifier) => verifier.check(token(credentials)?, now).await,
             local => local.verify(credentials, now),
         }
     }
@@ -323,19 +342,30 @@ impl Authenticator {
                 rooms: Rooms::Any,
                 tenant: credentials.tenant.map(str::to_owned),
             }),
-            Authenticator::Jwt { key, leeway } => {
-                // The header wins over the query parameter (documented in the README).
-                let token = credentials
-                    .authorization
-                    .and_then(bearer)
-                    .filter(|t| !t.is_empty())
-                    .or(credentials.token.map(str::as_bytes).filter(|t| !t.is_empty()))
-                    .ok_or(Denied::Missing(Kind::Token))?;
-                jwt::verify(key, token, Clock::new(now, *leeway))
-            }
+            Authenticator::Jwt(verifier) => verifier.verify(token(credentials)?, Clock::new(now, verifier.leeway)),
             Authenticator::Signed { key, leeway } => signed::verify(key, credentials, Clock::new(now, *leeway)),
         }
     }
+
+    /// The rotating key set of `--jwks-file` or `--jwks-url`, if there is one:
+    /// for `SIGHUP`, the refresher thread and the counters.
+    pub fn jwks(&self) -> Option<&Arc<jwks::Jwks>> {
+        match self {
+            Authenticator::Jwt(verifier) => verifier.jwks.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The JWT of a request: the `Authorization: Bearer` header wins over the
+/// `token` query parameter (documented in the README).
+fn token<'a>(credentials: &Credentials<'a>) -> Result<&'a [u8], Denied> {
+    credentials
+        .authorization
+        .and_then(bearer)
+        .filter(|t| !t.is_empty())
+        .or(credentials.token.map(str::as_bytes).filter(|t| !t.is_empty()))
+        .ok_or(Denied::Missing(Kind::Token))
 }
 
 /// The value after `Bearer ` (the scheme is case-insensitive, RFC 9110 §11.1).
@@ -416,7 +446,7 @@ mod tests {
     #[test]
     fn jwt_from_header_first_then_query() {
         let key = Key::new(b"0123456789abcdef0123456789abcdef");
-        let auth = Authenticator::Jwt { key, leeway: Duration::ZERO };
+        let auth = Authenticator::Jwt(Box::new(jwt::Verifier { secret: Some(key), ..jwt::Verifier::default() }));
         let verify = |authorization: Option<&'static [u8]>, token: Option<&'static str>| {
             auth.verify(&Credentials { authorization, token, ..Credentials::default() }, SystemTime::now())
         };

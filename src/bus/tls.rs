@@ -98,16 +98,7 @@ impl Tls {
     pub fn load(files: TlsFiles<'_>) -> Result<Tls, TlsFileError> {
         let mut roots = mozilla_roots();
         if let Some(path) = files.ca {
-            let mut added = 0;
-            for cert in certificates("redis-ca", path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsFileError::new("redis-ca", path, format!("not a CA certificate: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(TlsFileError::new("redis-ca", path, "holds no PEM certificate"));
-            }
+            add_ca(&mut roots, "redis-ca", path)?;
         }
         let identity = match (files.cert, files.key) {
             (None, None) => None,
@@ -135,6 +126,20 @@ impl Tls {
         })
     }
 
+    /// Mozilla's roots plus the CA certificates in `path` (given to `flag`),
+    /// no client certificate: for a JWKS endpoint behind a private CA.
+    pub fn with_ca(flag: &'static str, path: &Path) -> Result<Tls, TlsFileError> {
+        let mut roots = mozilla_roots();
+        add_ca(&mut roots, flag, path)?;
+        Ok(Tls::build(roots, None).expect("the ring provider supports its default protocol versions"))
+    }
+
+    /// The rustls settings, for a client that drives its own connection
+    /// (the JWKS fetch of [`crate::auth::jwks`], over blocking sockets).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
     fn build(
         roots: RootCertStore,
         identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
@@ -149,6 +154,20 @@ impl Tls {
         };
         Ok(Tls { config: Arc::new(config) })
     }
+}
+
+/// Adds the certificates of the PEM file `path` (given to `flag`) to `roots`;
+/// a file without one is an error.
+fn add_ca(roots: &mut RootCertStore, flag: &'static str, path: &Path) -> Result<(), TlsFileError> {
+    let mut added = 0;
+    for cert in certificates(flag, path)? {
+        roots.add(cert).map_err(|e| TlsFileError::new(flag, path, format!("not a CA certificate: {e}")))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(TlsFileError::new(flag, path, "holds no PEM certificate"));
+    }
+    Ok(())
 }
 
 fn mozilla_roots() -> RootCertStore {

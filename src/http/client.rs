@@ -90,8 +90,14 @@ pub async fn exchange(addr: SocketAddr, request: BytesMut, max_answer: usize) ->
 }
 
 /// The answer once `buf` holds all of it: (status, body). `eof` says the
-/// peer closed, which ends a body framed by neither length nor chunks.
-fn parse_answer(buf: &mut BytesMut, eof: bool, max_answer: usize) -> Result<Option<(u16, BytesMut)>, String> {
+/// peer closed, which ends a body framed by neither length nor chunks. Also
+/// the reading of the JWKS fetch ([`crate::auth::jwks`]), which drives its
+/// own blocking socket (and TLS) on a thread of its own.
+pub(crate) fn parse_answer(
+    buf: &mut BytesMut,
+    eof: bool,
+    max_answer: usize,
+) -> Result<Option<(u16, BytesMut)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {

@@ -3,9 +3,9 @@
 //! thread; then waits for the lifecycle to end and returns the exit status.
 //!
 //! Parts: [`connection`] (HTTP on one socket), [`access`] (its optional
-//! access log), [`signals`] (SIGTERM/SIGINT → shutdown phases), [`memory`]
-//! (freed memory back to the system after peaks), [`events_sink`]
-//! (`--events-url`).
+//! access log), [`signals`] (SIGTERM/SIGINT → shutdown phases, SIGHUP →
+//! reload), [`memory`] (freed memory back to the system after peaks),
+//! [`events_sink`] (`--events-url`).
 
 pub mod access;
 pub mod connection;
@@ -73,6 +73,9 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let redis = config.redis.clone();
     let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
+    if let Some(jwks) = shared.config.auth.jwks() {
+        jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
+    }
     memory::spawn_trimmer(shared.clone()).map_err(|e| StartError(format!("cannot spawn the memory thread: {e}")))?;
     if let Some(endpoint) = shared.config.events_url.clone() {
         events_sink::spawn(shared.clone(), endpoint)

@@ -2,15 +2,20 @@
 // examples/node/credentials.mjs (what the README shows backends): a signed URL
 // opened as is, a JWT in the Authorization header (the eventsource package's
 // `fetch` option; browsers use ?token=) and in ?token=, and a refused URL,
-// which EventSource does not retry.
+// which EventSource does not retry; RS256 and ES256 tokens from `jwtSigned`
+// with keys node:crypto makes, against a JWKS file of their public halves.
 //
 //   SSEKIFY_BIN=$PWD/target/debug/ssekify node --test tests/node/*.test.mjs
 
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventSource } from 'eventsource';
 import { api, startServer, waitFor } from './harness.mjs';
-import { jwt, signedUrl } from '../../examples/node/credentials.mjs';
+import { jwt, jwtSigned, signedUrl } from '../../examples/node/credentials.mjs';
 
 const JWT_SECRET = 'node-tests-jwt-secret-0123456789abcdef';
 const SIGN_SECRET = 'node-tests-sign-secret-0123456789abcdef';
@@ -66,4 +71,34 @@ test('a JWT from credentials.mjs works in the Authorization header and in ?token
     assert.deepEqual(sub.received, ['to alice', 'to lobby']);
   }
   assert.ok(!server.logs().includes(token), 'the token must not reach the logs');
+});
+
+test('RS256 and ES256 tokens from credentials.mjs open streams against a JWKS file', { timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ssekify-node-jwks-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const keys = [
+    { ...rsa.publicKey.export({ format: 'jwk' }), kid: 'rsa-1', use: 'sig', alg: 'RS256' },
+    { ...ec.publicKey.export({ format: 'jwk' }), kid: 'ec-1', use: 'sig', alg: 'ES256' },
+  ];
+  const file = join(dir, 'jwks.json');
+  writeFileSync(file, JSON.stringify({ keys }));
+  const server = await startServer(['--auth', 'jwt', '--jwks-file', file, '--jwt-audience', 'ssekify']);
+  t.after(server.stop);
+  const pem = (pair) => pair.privateKey.export({ format: 'pem', type: 'pkcs8' });
+  const subs = [[rsa, 'rsa-1'], [ec, 'ec-1']].map(([pair, kid]) => {
+    const token = jwtSigned({ user: 'alice', rooms: ['lobby'], privateKey: pem(pair), kid, aud: 'ssekify' });
+    const sub = subscribe(`${server.publicUrl}/sse?rooms=lobby&token=${token}`);
+    t.after(() => sub.es.close());
+    return sub;
+  });
+  const wrongKid = subscribe(`${server.publicUrl}/sse?token=${jwtSigned({ user: 'a', privateKey: pem(ec), kid: 'rsa-1', aud: 'ssekify' })}`);
+  t.after(() => wrongKid.es.close());
+  await waitFor('both streams to open', () => subs.every((sub) => sub.opens === 1), subs[1].describe);
+  const answer = await api(server, 'POST', '/v1/rooms/lobby/events', 'to lobby');
+  assert.equal(answer.delivered, 2, JSON.stringify(answer));
+  for (const sub of subs) await waitFor('the event', () => sub.received.length === 1, sub.describe);
+  await waitFor('the refusal', () => wrongKid.es.readyState === EventSource.CLOSED, wrongKid.describe);
+  assert.equal(wrongKid.opens, 0);
 });
