@@ -22,6 +22,7 @@ use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
 use crate::bus::tls::{Tls, TlsFiles};
 use crate::bus::url::RedisUrl;
 use crate::http::client::Endpoint;
+use crate::log::{LogFormat, LogLevel};
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
 /// and load balancers, so an idle stream is never cut by one of them.
@@ -77,28 +78,6 @@ pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: &str = "256MiB";
 /// Smallest --idempotency-max-bytes: below it a shard's share holds too few
 /// keys for a retry to find its answer.
 pub const MIN_IDEMPOTENCY_MAX_BYTES: usize = 64 << 10;
-
-/// How the process logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// `2026-11-24T10:00:00.000Z INFO message key=value`
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Lowest level that is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum LogLevel {
-    /// Everything, including per-connection events.
-    Debug,
-    /// Start-up, shutdown and state changes.
-    Info,
-    /// Recoverable trouble.
-    Warn,
-    /// Failures.
-    Error,
-}
 
 /// Which kernel interface the shards drive their sockets with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

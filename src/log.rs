@@ -21,7 +21,29 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{LogFormat, LogLevel};
+use clap::ValueEnum;
+
+/// How the process logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-24T10:00:00.000Z INFO message key=value`
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Lowest level that is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including per-connection events.
+    Debug,
+    /// Start-up, shutdown and state changes.
+    Info,
+    /// Recoverable trouble.
+    Warn,
+    /// Failures.
+    Error,
+}
 
 static THRESHOLD: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
@@ -168,11 +190,11 @@ pub fn write(level: LogLevel, message: &str, fields: &[(&str, Value<'_>)]) {
 #[macro_export]
 macro_rules! log {
     ($level:ident, $message:expr $(, $key:ident = $value:expr)* $(,)?) => {
-        if $crate::log::enabled($crate::config::LogLevel::$level) {
+        if $crate::log::enabled($crate::log::LogLevel::$level) {
             #[allow(unused_imports)]
             use $crate::log::{ViaDisplay as _, ViaTyped as _};
             $crate::log::write(
-                $crate::config::LogLevel::$level,
+                $crate::log::LogLevel::$level,
                 &$message,
                 &[$((stringify!($key), (&&$crate::log::Field(&$value)).log_value())),*],
             );

@@ -12,7 +12,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::api::Role;
-use crate::config::LogLevel;
+use crate::log::LogLevel;
 use crate::http::request::Request;
 use crate::shard::ShardCtx;
 
