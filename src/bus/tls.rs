@@ -33,7 +33,6 @@ use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-use super::conn::BusError;
 
 /// Ciphertext bytes requested per socket read: one TLS record at most is
 /// 16 KiB of plaintext plus its header and tag.
@@ -190,7 +189,7 @@ fn pem_problem(error: PemError) -> String {
 
 /// The name a server's certificate must carry: the host of `host:port`
 /// (IPv6 in brackets), a DNS name or an IP address.
-pub fn server_name(address: &str) -> Result<ServerName<'static>, BusError> {
+pub fn server_name(address: &str) -> Result<ServerName<'static>, String> {
     let host = match address.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
         _ => address,
@@ -202,7 +201,7 @@ pub fn server_name(address: &str) -> Result<ServerName<'static>, BusError> {
 
 /// Runs the TLS handshake on `stream` (dialled to `address`) and splits the
 /// result. The caller bounds it with its connect timeout.
-pub async fn connect(stream: TcpStream, address: &str, tls: &Tls) -> Result<(TlsReader, TlsWriter), BusError> {
+pub async fn connect(stream: TcpStream, address: &str, tls: &Tls) -> Result<(TlsReader, TlsWriter), String> {
     let name = server_name(address)?;
     let mut session =
         ClientConnection::new(tls.config.clone(), name).map_err(|e| format!("TLS setup for {address} failed: {e}"))?;
@@ -300,7 +299,7 @@ pub struct TlsReader {
 impl TlsReader {
     /// Appends decrypted bytes to `out`; `Ok(0)` when Redis closed the
     /// connection.
-    pub async fn read(&mut self, out: &mut BytesMut) -> Result<usize, BusError> {
+    pub async fn read(&mut self, out: &mut BytesMut) -> Result<usize, String> {
         let before = out.len();
         loop {
             // The borrow ends before the await below.
@@ -325,7 +324,7 @@ impl TlsReader {
     }
 }
 
-fn tls_error(error: String) -> BusError {
+fn tls_error(error: String) -> String {
     format!("TLS error on the Redis connection: {error}")
 }
 
@@ -338,7 +337,7 @@ pub struct TlsWriter {
 impl TlsWriter {
     /// Encrypts and sends all of `bytes` (rustls takes plaintext up to its
     /// buffer limit at a time, so a large write goes out in several rounds).
-    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BusError> {
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), String> {
         let mut offset = 0;
         loop {
             let out = {
