@@ -38,6 +38,22 @@ publish() {
   echo
 }
 
+# wait_for TEXT FILE...: until every FILE holds TEXT, at most 5 s (a loaded
+# machine may take a moment to open a stream or deliver a frame).
+wait_for() {
+  local text=$1 file tries=0; shift
+  for file in "$@"; do
+    until grep -qF -- "$text" "$file"; do
+      tries=$((tries + 1))
+      if [[ $tries -gt 50 ]]; then
+        echo "gave up waiting for '$text' in $file" >&2
+        return 1
+      fi
+      sleep 0.1
+    done
+  done
+}
+
 echo "health: $(curl -sS "$public/healthz")  ready: $(curl -sS "$public/readyz")"
 
 # -N: no output buffering, so each event is written to the file as it arrives.
@@ -47,7 +63,9 @@ curl -sS -N "$public/sse?userId=alice&rooms=lobby,news" >"$out/alice.txt" &
 pids+=($!)
 curl -sS -N "$public/sse?rooms=lobby" >"$out/anonymous.txt" &
 pids+=($!)
-sleep 0.5   # let both streams register before publishing
+# A stream's first line, `retry:`, is written once it is registered: publish
+# only then, or the first messages could go out before anyone listens.
+wait_for 'retry:' "$out/alice.txt" "$out/anonymous.txt"
 
 publish '/v1/users/alice/events?event=notify' \
   -H 'Content-Type: application/json' --data '{"title":"Order shipped","orderId":42}'
@@ -76,7 +94,8 @@ publish '/v1/publish' -H 'Content-Type: application/x-ndjson' --data-binary @- <
 {"all":true,"event":"tick","data":1}
 NDJSON
 
-sleep 0.5   # let the last frames reach the subscribers
+# The last message (`tick`, to everyone) has reached both: so has everything before it.
+wait_for 'event: tick' "$out/alice.txt" "$out/anonymous.txt"
 
 printf '\n===== alice received =====\n'; cat "$out/alice.txt"
 printf '===== anonymous received =====\n'; cat "$out/anonymous.txt"

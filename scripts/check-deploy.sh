@@ -10,8 +10,12 @@
 #                      validated too where kubectl is installed
 #   deploy/compose     check-jsonschema against the Compose Specification's schema
 #   deploy/**/*.yaml   yamllint (deploy/.yamllint.yaml)
+#   deploy/sysctl      scripts/check-sysctl.sh: every key exists under /proc/sys
+#                      on this kernel, every value has the shape of the
+#                      kernel's (read with `sysctl -n`; nothing is written)
 #   all of them        scripts/check_deploy_consistency.py: tags, grace periods,
-#                      probes, selectors, SSEKIFY_* names against `ssekify --help`
+#                      probes, selectors, SSEKIFY_* names against `ssekify --help`,
+#                      sysctl limits against --backlog, LimitNOFILE and the ports
 # nginx's files are exercised by tests/nginx.rs (a real nginx) and
 # scripts/walkthrough.sh; the image's probe script by tests/deploy.rs.
 #
@@ -55,6 +59,9 @@ step "check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/compo
 step "yamllint -c deploy/.yamllint.yaml deploy/"
 "$tools/yamllint" -c deploy/.yamllint.yaml --strict deploy/
 echo "yamllint: no findings"
+
+step "scripts/check-sysctl.sh deploy/sysctl/99-ssekify.conf"
+scripts/check-sysctl.sh deploy/sysctl/99-ssekify.conf
 
 step "scripts/check_deploy_consistency.py"
 "$tools/python" scripts/check_deploy_consistency.py "$PWD" "$bin"

@@ -16,7 +16,12 @@ hadolint); this checks the numbers and names that no schema knows:
   Deployment's pods; SSEKIFY_REDIS names the Redis Service and port;
 - compose: stop_grace_period > grace + 2 s, nginx's mounted files exist, its
   upstream names the ssekify services;
-- systemd: TimeoutStopSec > grace + 2 s.
+- systemd: TimeoutStopSec > grace + 2 s;
+- sysctl (scripts/check-sysctl.sh checks each value against the kernel):
+  net.core.somaxconn >= --backlog's default (listen() backlogs are clamped to
+  it), fs.nr_open >= the unit's LimitNOFILE and <= fs.file-max, and
+  net.ipv4.ip_local_reserved_ports holds the default --listen and
+  --api-listen ports.
 """
 
 import re
@@ -197,6 +202,51 @@ example_grace = re.search(r"^SSEKIFY_SHUTDOWN_GRACE=(\S+)", example, re.M)
 unit_grace = seconds(example_grace.group(1)) if example_grace else grace_default
 stop = re.search(r"^TimeoutStopSec=(\S+)", unit, re.M)
 check(stop and seconds(stop.group(1)) > unit_grace + DRAIN_SLACK, "deploy/systemd: TimeoutStopSec must exceed the grace + 2 s")
+
+# --- sysctl --------------------------------------------------------------------
+sysctl_file = "deploy/sysctl/99-ssekify.conf"
+sysctl = dict(
+    re.findall(r"^([a-z][\w.-]*)[ \t]*=[ \t]*(.*?)[ \t]*$", (repo / sysctl_file).read_text(), re.M)
+)
+
+
+def help_default(flag):
+    found = re.search(re.escape(flag) + r" <[A-Z_]+>.*?\[default: ([^\]]+)\]", help_text, re.S)
+    check(found, f"no {flag} default in --help")
+    return found.group(1) if found else ""
+
+
+for key in ("net.core.somaxconn", "fs.nr_open", "fs.file-max", "net.ipv4.ip_local_reserved_ports"):
+    check(key in sysctl, f"{sysctl_file}: {key} is not set")
+backlog = help_default("--backlog")
+if "net.core.somaxconn" in sysctl and backlog.isdigit():
+    check(
+        int(sysctl["net.core.somaxconn"]) >= int(backlog),
+        f"{sysctl_file}: net.core.somaxconn {sysctl['net.core.somaxconn']} clamps --backlog's default {backlog}",
+    )
+nofile = re.search(r"^LimitNOFILE=(?:\d+:)?(\d+)\s*$", unit, re.M)
+check(nofile, "deploy/systemd: no numeric LimitNOFILE")
+if nofile and "fs.nr_open" in sysctl:
+    check(
+        int(sysctl["fs.nr_open"]) >= int(nofile.group(1)),
+        f"{sysctl_file}: fs.nr_open {sysctl['fs.nr_open']} is below the unit's LimitNOFILE {nofile.group(1)}",
+    )
+if "fs.nr_open" in sysctl and "fs.file-max" in sysctl:
+    check(
+        int(sysctl["fs.file-max"]) >= int(sysctl["fs.nr_open"]),
+        f"{sysctl_file}: fs.file-max {sysctl['fs.file-max']} is below fs.nr_open {sysctl['fs.nr_open']}",
+    )
+reserved = set()
+for item in sysctl.get("net.ipv4.ip_local_reserved_ports", "").split(","):
+    low, _, high = item.strip().partition("-")
+    if low.isdigit() and (high or low).isdigit():
+        reserved.update(range(int(low), int(high or low) + 1))
+for flag in ("--listen", "--api-listen"):
+    port = help_default(flag).rpartition(":")[2]
+    check(
+        port.isdigit() and int(port) in reserved,
+        f"{sysctl_file}: net.ipv4.ip_local_reserved_ports does not hold {flag}'s default port {port}",
+    )
 
 if problems:
     for problem in problems:

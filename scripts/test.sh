@@ -3,12 +3,15 @@
 # tests in tests/ (which spawn the real ssekify binary on 127.0.0.1), the API
 # fuzzing of scripts/api-fuzz.sh (schemathesis against docs/openapi.json and
 # the real server), the EventSource tests in tests/node (the `eventsource` npm
-# package; they also run the examples' chat and their Express, Fastify and Koa
-# publishers against the binary) and the real-browser tests in tests/browser
+# package; they also run every example against the binary: the chat, the
+# Express, Fastify and Koa publishers, publish.mjs and publish.py,
+# credentials.mjs and credentials.py, auth-webhook.mjs and curl.sh) and the
+# real-browser tests in tests/browser
 # (Debian's chromium, driven by playwright-core: CORS, reconnects with Last-Event-ID, retry:,
 # heartbeats, the --demo page), and the deploy kit's checks: scripts/check-deploy.sh
 # (hadolint, cargo check in the Docker build context, kubernetes-validate,
-# the Compose schema, yamllint, consistency) and scripts/walkthrough.sh (two
+# the Compose schema, yamllint, the sysctls against this kernel, consistency)
+# and scripts/walkthrough.sh (two
 # instances, Redis and nginx, as deploy/compose does, without Docker).
 #
 #   scripts/test.sh                 # everything
@@ -28,8 +31,8 @@
 #                                   # /usr/bin/chromium, else chromium on PATH)
 #   CI=true                         # a missing test dependency (node, redis,
 #                                   # nginx, chromium, schemathesis, the deploy
-#                                   # tools) fails the run instead of skipping
-#                                   # its suite
+#                                   # tools, python3 and curl for the examples)
+#                                   # fails the run instead of skipping its suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -98,6 +101,24 @@ setup_node() {
   # --prefer-offline: what npm's cache holds at the locked versions is used
   # without asking the registry again.
   npm ci --prefix examples/node --prefer-offline --no-audit --no-fund --loglevel=error || return 1
+}
+# python3 and curl, with which tests/node runs examples/python/*.py and
+# examples/curl.sh. Installs them with apt when they are missing and we are
+# root on Debian. Without them those tests skip (and fail under CI=true).
+setup_example_tools() {
+  local pkgs=()
+  command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+  command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  [ ${#pkgs[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || return 1
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || return 1
+    return 0
+  fi
+  echo "${pkgs[*]} not installed (and this is not root on Debian, so they cannot be installed here)"
+  return 1
 }
 # Chromium and tests/browser's locked packages (playwright-core, which drives
 # the system's chromium and downloads no browser of its own), for the
@@ -247,6 +268,13 @@ if setup_node; then
   node_tests=true
 else
   missing_dependency "node could not be set up: the Node EventSource tests (tests/node) are SKIPPED"
+fi
+
+step "external services: python3 and curl for the examples' tests in tests/node"
+if setup_example_tools; then
+  echo "$(python3 --version), $(curl --version | head -n 1)"
+else
+  missing_dependency "python3 or curl could not be set up: the tests of examples/python and examples/curl.sh in tests/node will skip (they fail under CI=true)"
 fi
 
 step "external services: chromium for tests/browser"

@@ -3,7 +3,7 @@
 // Authorization, X-Forwarded-For (and, on /t/{tenant}/sse, X-Ssekify-Tenant)
 // headers. Node 20+, no dependencies.
 //
-//   node auth-webhook.mjs                       # listens on 127.0.0.1:3000
+//   node auth-webhook.mjs                       # listens on 127.0.0.1:3000 (PORT=0: a free port)
 //   ssekify --auth webhook --auth-url http://127.0.0.1:3000/sse-auth
 //   curl -N -H 'Cookie: session=s-alice' 'http://127.0.0.1:8080/sse?rooms=lobby'
 //
@@ -44,4 +44,5 @@ const server = http.createServer((req, res) => {
 })
 
 const port = Number(process.env.PORT ?? 3000)
-server.listen(port, '127.0.0.1', () => console.log(`auth webhook on http://127.0.0.1:${port}/sse-auth`))
+// The address actually bound: with PORT=0 the kernel picks a free port.
+server.listen(port, '127.0.0.1', () => console.log(`auth webhook on http://127.0.0.1:${server.address().port}/sse-auth`))

@@ -1,11 +1,15 @@
 // Shared by the node:test files (tests/node, and tests/browser for
 // startServer): start the ssekify binary on port 0, wait for conditions with a
-// bound, and call the api.
+// bound, call the api, record what an EventSource receives, and run the
+// examples' scripts (node, python3, bash) to completion.
 //
-// SSEKIFY_BIN names the binary (default: target/debug/ssekify of this checkout).
+// SSEKIFY_BIN names the binary (default: target/debug/ssekify of this checkout);
+// PYTHON the Python the Python examples run with (default python3).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { EventSource } from 'eventsource';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,7 +22,11 @@ const DEFAULT_ARGS = { '--retry': '300ms', '--shards': '2', '--log-level': 'info
 
 /** Starts ssekify on port 0 and resolves `{ publicUrl, apiUrl, stop, logs }` once it is ready. */
 export function startServer(extraArgs = []) {
-  const args = ['--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'];
+  const args = [];
+  // A test may pin a listener (e.g. a publisher retrying until the port answers).
+  for (const flag of ['--listen', '--api-listen']) {
+    if (!extraArgs.includes(flag)) args.push(flag, '127.0.0.1:0');
+  }
   for (const [flag, value] of Object.entries(DEFAULT_ARGS)) {
     if (!extraArgs.includes(flag)) args.push(flag, value);
   }
@@ -85,4 +93,80 @@ export async function api(server, method, route, body) {
   const text = await res.text();
   assert.equal(res.status, 200, `${method} ${route}: ${res.status} ${text}`);
   return JSON.parse(text);
+}
+
+export const PYTHON = process.env.PYTHON || 'python3';
+
+/**
+ * Whether `command` runs here (`command --version`). A missing one fails the
+ * test under CI=true (scripts/test.sh installs python3 and curl); elsewhere
+ * the test is skipped with a message saying why.
+ */
+export function requireCommand(t, command) {
+  const probe = spawnSync(command, ['--version'], { stdio: 'ignore' });
+  if (!probe.error && probe.status === 0) return true;
+  const why = `${command} is not available (${probe.error?.code ?? `exit ${probe.status}`})`;
+  if (process.env.CI === 'true') throw new Error(`${why}; under CI=true this test must run`);
+  t.skip(`${why}: SKIPPED`);
+  return false;
+}
+
+/**
+ * Runs a command to its end with a bound; resolves `{ code, signal, stdout, stderr }`.
+ * `onStdout(text so far)` sees the output as it arrives.
+ */
+export function run(command, args, { env = process.env, timeoutMs = WAIT_MS, onStdout } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${command} ${args.join(' ')} did not finish within ${timeoutMs} ms; stdout:\n${stdout}\nstderr:\n${stderr}`));
+    }, timeoutMs);
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      onStdout?.(stdout);
+    });
+    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${command}: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** A port nothing listens on right now (bound on 127.0.0.1:0, then released). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Opens an EventSource and records every event of the given types as
+ * `{ type, data, id }`, its opens and the status of each error (undefined
+ * when the connection just dropped). EventSource has no catch-all listener:
+ * name every event type the test expects.
+ */
+export function record(url, types = ['message'], init = undefined) {
+  const es = new EventSource(url, init);
+  const state = { es, events: [], opens: 0, errors: [] };
+  es.addEventListener('open', () => { state.opens += 1; });
+  es.addEventListener('error', (e) => state.errors.push(e.code));
+  for (const type of types) {
+    es.addEventListener(type, (e) => state.events.push({ type, data: e.data, id: e.lastEventId }));
+  }
+  state.describe = () =>
+    `opens=${state.opens} errors=${JSON.stringify(state.errors)} readyState=${es.readyState} events=${JSON.stringify(state.events)}`;
+  return state;
 }
