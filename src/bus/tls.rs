@@ -33,7 +33,6 @@ use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-
 /// Ciphertext bytes requested per socket read: one TLS record at most is
 /// 16 KiB of plaintext plus its header and tag.
 const CIPHERTEXT_CHUNK: usize = 17 * 1024;

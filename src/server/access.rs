@@ -12,8 +12,8 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::api::Role;
-use crate::log::LogLevel;
 use crate::http::request::Request;
+use crate::log::LogLevel;
 use crate::shard::ShardCtx;
 
 /// When a request's head was read, if it is to be logged.
