@@ -90,14 +90,7 @@ impl JwksUrl {
         let has_port =
             host.rsplit_once(':').is_some_and(|(name, port)| port.parse::<u16>().is_ok() && !name.ends_with(':'));
         let authority = if has_port { host.to_owned() } else { format!("{host}:{}", if tls { 443 } else { 80 }) };
-        let target = match target {
-            "" => "/".to_owned(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_owned(),
-        };
-        if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err("has spaces or control characters in its path".into());
-        }
+        let target = crate::http::client::request_target(target)?;
         Ok(JwksUrl { tls, host: host.to_owned(), authority, target })
     }
 

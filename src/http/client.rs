@@ -47,14 +47,7 @@ impl Endpoint {
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host} resolves to no address"))?;
-        let target = match target {
-            "" => "/".to_owned(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_owned(),
-        };
-        if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err("has spaces or control characters in its path".into());
-        }
+        let target = request_target(target)?;
         Ok(Endpoint { addr, host: host.to_owned(), target })
     }
 
@@ -63,6 +56,20 @@ impl Endpoint {
     pub fn url(&self) -> String {
         format!("http://{}{}", self.host, self.target)
     }
+}
+
+/// The path and query of a URL (what follows its host) as a request target:
+/// `/` when empty, a leading `/` before a bare query, no spaces or controls.
+pub fn request_target(rest: &str) -> Result<String, String> {
+    let target = match rest {
+        "" => "/".to_owned(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_owned(),
+    };
+    if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("has spaces or control characters in its path".into());
+    }
+    Ok(target)
 }
 
 /// Sends `request` on a fresh connection to `addr` and reads the answer:
