@@ -99,6 +99,16 @@ mod tests {
         verify(&key(), &credentials, clock())
     }
 
+    /// From the `signed_url` fuzzer: the largest `exp` there is, spelled
+    /// with leading zeros, is a far future, not an overflow.
+    #[test]
+    fn the_largest_exp_is_a_far_future() {
+        let exp = format!("000000{}", u64::MAX);
+        let sig = base64url::encode(&key().sign(canonical("", "lobby", &exp, None).as_bytes()));
+        let grant = check(None, Some("lobby"), &exp, &sig).unwrap();
+        assert_eq!(grant.rooms, Rooms::Only(vec!["lobby".into()]));
+    }
+
     #[test]
     fn canonical_string() {
         assert_eq!(canonical("alice", "a,b", "1800000000", None), "ssekify-sign-v1\nalice\na,b\n1800000000");
