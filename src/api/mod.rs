@@ -297,17 +297,21 @@ pub async fn route(
         }
         Endpoint::Broadcast => Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::All)).await,
         Endpoint::Batch => Box::pin(publish::batch(ctx, bus, &ns, request, &body)).await,
-        Endpoint::UserPresence(user) => {
-            Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::User(user))).await
-        }
-        Endpoint::RoomPresence(room) => {
-            Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::Room(room))).await
-        }
+        Endpoint::UserPresence(user) => Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::User(user)))
+            .await
+            .unwrap_or_else(|refusal| refusal),
+        Endpoint::RoomPresence(room) => Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::Room(room)))
+            .await
+            .unwrap_or_else(|refusal| refusal),
         Endpoint::UserRoom(user, room) => {
-            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::User(user), &room)).await
+            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::User(user), &room))
+                .await
+                .unwrap_or_else(|refusal| refusal)
         }
         Endpoint::ConnectionRoom(id, room) => {
-            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::Connection(id), &room)).await
+            Box::pin(rooms::change(ctx, bus, &ns, request, rooms::Who::Connection(id), &room))
+                .await
+                .unwrap_or_else(|refusal| refusal)
         }
         Endpoint::CloseUser(user) => Box::pin(admin::close_user(ctx, &ns, &user)).await,
         Endpoint::CloseAll => Box::pin(admin::close_all(ctx, ns)).await,

@@ -27,14 +27,8 @@ pub enum Of {
     Room(String),
 }
 
-/// Answers a presence request.
-pub async fn presence(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, ns: &Namespace, request: &Request, of: Of) -> Response {
-    match answer(ctx, bus, ns, request, of).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-async fn answer(
+/// Answers a presence request. The `Err` is a refusal, answered as it is.
+pub async fn presence(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     ns: &Namespace,

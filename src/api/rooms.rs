@@ -29,21 +29,8 @@ pub enum Who {
     Connection(String),
 }
 
-/// `PUT` (join) or `DELETE` (leave) of `room` for `who`.
+/// `PUT` (join) or `DELETE` (leave) of `room` for `who`. The `Err` is a refusal, answered as it is.
 pub async fn change(
-    ctx: &Rc<ShardCtx>,
-    bus: Option<&Bus>,
-    ns: &Namespace,
-    request: &Request,
-    who: Who,
-    room: &str,
-) -> Response {
-    match apply(ctx, bus, ns, request, who, room).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-async fn apply(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     ns: &Namespace,

@@ -91,7 +91,9 @@ impl Registry {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 self.users.remove(user);
-                shrink_when_sparse(&mut self.users);
+                if let Some(to) = shrunk_capacity(self.users.len(), self.users.capacity()) {
+                    self.users.shrink_to(to);
+                }
             }
         }
     }
@@ -129,9 +131,11 @@ fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, co
         members.remove(&conn);
         if members.is_empty() {
             sets.remove(name);
-            shrink_when_sparse(sets);
-        } else {
-            shrink_when_sparse(members);
+            if let Some(to) = shrunk_capacity(sets.len(), sets.capacity()) {
+                sets.shrink_to(to);
+            }
+        } else if let Some(to) = shrunk_capacity(members.len(), members.capacity()) {
+            members.shrink_to(to);
         }
     }
 }
@@ -139,46 +143,13 @@ fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, co
 /// Below this many slots a table is never shrunk: not worth the rehash.
 const SHRINK_ABOVE: usize = 1024;
 
-/// A hash table whose memory can be given back.
-trait Table {
-    fn len(&self) -> usize;
-    fn capacity(&self) -> usize;
-    fn shrink_to(&mut self, min_capacity: usize);
-}
-
-impl<K: Eq + std::hash::Hash, V> Table for AHashMap<K, V> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn capacity(&self) -> usize {
-        (**self).capacity()
-    }
-    fn shrink_to(&mut self, min_capacity: usize) {
-        (**self).shrink_to(min_capacity)
-    }
-}
-
-impl<K: Eq + std::hash::Hash> Table for AHashSet<K> {
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn capacity(&self) -> usize {
-        (**self).capacity()
-    }
-    fn shrink_to(&mut self, min_capacity: usize) {
-        (**self).shrink_to(min_capacity)
-    }
-}
-
-/// Gives a table's memory back when a peak has passed (a quarter full or
-/// less), keeping room to double; amortised, a shrink costs O(1) per removal.
-/// Without it, the indexes of a flood of subscribers stay at their peak size
-/// after they leave (tens of MiB for a million room memberships).
-fn shrink_when_sparse(table: &mut impl Table) {
-    let capacity = table.capacity();
-    if capacity > SHRINK_ABOVE && table.len() * 4 <= capacity {
-        table.shrink_to(table.len() * 2);
-    }
+/// The capacity to shrink a table of `len` entries and `capacity` slots to,
+/// once a peak has passed (a quarter full or less): room to double again.
+/// Amortised, a shrink costs O(1) per removal. Without it, the indexes of a
+/// flood of subscribers stay at their peak size after they leave (tens of MiB
+/// for a million room memberships).
+fn shrunk_capacity(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > SHRINK_ABOVE && len * 4 <= capacity).then_some(len * 2)
 }
 
 #[cfg(test)]
