@@ -146,9 +146,18 @@ fn a_full_body_budget_answers_503_and_frees_with_the_request() {
     let mut slow = tcp_connect(server.api);
     slow.write_all(post_head("/v1/broadcast", length, "").as_bytes()).unwrap();
     slow.write_all(b"\"").unwrap();
-    thread::sleep(Duration::from_millis(200));
 
-    let refused = http(server.api, "POST", "/v1/broadcast", &[], format!("\"{}\"", "y".repeat(length - 2)).as_bytes());
+    // Until the server has read that head, a second publish still fits.
+    let body = format!("\"{}\"", "y".repeat(length - 2));
+    let mut refused = None;
+    let budget_spent = wait_until(IO_TIMEOUT, || {
+        let answer = http(server.api, "POST", "/v1/broadcast", &[], body.as_bytes());
+        let spent = answer.status == 503;
+        refused = Some(answer);
+        spent
+    });
+    assert!(budget_spent, "the slow publish never held the budget");
+    let refused = refused.expect("an answer");
     refused.assert_error(503, "overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"));
 
@@ -261,18 +270,34 @@ fn a_shutdown_answers_requests_in_flight_with_connection_close() {
     assert_eq!(first.status, 200);
     assert_ne!(first.header("connection"), Some("close"));
 
-    // A request whose body is still on its way when the shutdown starts.
-    publisher.send_raw(post_head("/v1/broadcast", 4, "").as_bytes());
-    publisher.send_raw(b"12");
-    thread::sleep(Duration::from_millis(100));
+    // A request whose body is still on its way when the shutdown starts:
+    // pipelined behind one more answered request, so its head is read once
+    // that answer is.
+    let mut pipelined = build_request(server.api, "POST", "/v1/broadcast", &[], b"2", false);
+    pipelined.extend_from_slice(post_head("/v1/broadcast", 4, "").as_bytes());
+    pipelined.extend_from_slice(b"12");
+    publisher.send_raw(&pipelined);
+    assert_eq!(publisher.read_response().expect("the pipelined answer").status, 200);
     assert_eq!(http(server.api, "POST", "/v1/admin/shutdown?graceMs=300", &[], b"").status, 202);
-    thread::sleep(Duration::from_millis(400));
+    assert_eq!(http(server.api, "GET", "/readyz", &[], b"").status, 503, "the shutdown is under way");
     publisher.send_raw(b"34");
     let answer = publisher.read_response().expect("an answer, not a reset");
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(publisher.closed_within(IO_TIMEOUT));
     assert_eq!(server.wait_exit(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)));
+}
+
+/// The server's RSS once it has stopped changing (two equal readings 100 ms
+/// apart, within 10 s): after start-up, or after it took in a burst.
+fn settled_rss_kib(server: &Server) -> u64 {
+    let mut last = server.rss_kib();
+    wait_until(Duration::from_secs(10), || {
+        thread::sleep(Duration::from_millis(100));
+        let now = server.rss_kib();
+        std::mem::replace(&mut last, now) == now
+    });
+    last
 }
 
 /// Opens a subscriber to `rooms` rooms of its own without keeping a client.
@@ -287,8 +312,7 @@ fn subscribe_raw(addr: std::net::SocketAddr, index: usize, rooms: usize) -> TcpS
 #[test]
 fn memory_goes_back_to_the_system_after_a_room_flood() {
     let server = Server::start(&["--shards", "2"]);
-    thread::sleep(Duration::from_millis(300));
-    let idle_kib = server.rss_kib();
+    let idle_kib = settled_rss_kib(&server);
     let flood: Vec<TcpStream> = (0..3000).map(|i| subscribe_raw(server.public, i, 64)).collect();
     wait_connections(server.api, 3000);
     let peak_kib = server.rss_kib();
@@ -307,8 +331,7 @@ fn memory_goes_back_to_the_system_after_a_room_flood() {
 #[test]
 fn a_silent_socket_holds_a_small_buffer() {
     let server = Server::start(&["--shards", "1", "--read-timeout", "30s"]);
-    thread::sleep(Duration::from_millis(300));
-    let before_kib = server.rss_kib();
+    let before_kib = settled_rss_kib(&server);
     let count = 2000;
     let sockets: Vec<TcpStream> = (0..count)
         .map(|_| {
@@ -317,8 +340,8 @@ fn a_silent_socket_holds_a_small_buffer() {
             socket
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
-    let per_socket = (server.rss_kib().saturating_sub(before_kib)) * 1024 / count;
+    // Every socket accepted and its byte read: the server's memory stops moving.
+    let per_socket = (settled_rss_kib(&server).saturating_sub(before_kib)) * 1024 / count;
     // A slow-loris socket cost ~19 KiB when its read buffer grew to 16 KiB
     // after the first byte; now the 4 KiB it started with and its task.
     assert!(per_socket < 10 * 1024, "{per_socket} B per silent socket");

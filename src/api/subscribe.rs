@@ -103,6 +103,7 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
             .closing());
     }
     let open = shared.connections.fetch_add(1, Ordering::AcqRel);
+    shared.connections_high.fetch_max(open + 1, Ordering::Relaxed);
     if let Some(limit) = config.max_connections {
         if open >= limit.get() {
             shared.connections.fetch_sub(1, Ordering::AcqRel);

@@ -40,12 +40,16 @@ fn trim_after_peaks(shared: &Shared) -> ! {
     loop {
         std::thread::sleep(SAMPLE_EVERY);
         let now = shared.connections.load(Ordering::Relaxed);
-        peak = peak.max(now);
+        // The most open since the last sample: a burst that came and went
+        // between two samples is a peak too.
+        let high = shared.connections_high.swap(now, Ordering::Relaxed).max(now);
+        peak = peak.max(high);
+        let still = now == previous && high == now;
         let fallen = peak - now >= (peak / 4).max(MIN_FALL);
         let since = *fallen_since.get_or_insert_with(Instant::now);
         if !fallen {
             fallen_since = None;
-        } else if now == previous || since.elapsed() >= MAX_WAIT {
+        } else if still || since.elapsed() >= MAX_WAIT {
             let started = Instant::now();
             release_free_pages();
             crate::log!(

@@ -66,6 +66,9 @@ pub struct Shared {
     pub ids: IdGenerator,
     /// Subscribers open on the whole instance (for `--max-connections`).
     pub connections: AtomicUsize,
+    /// The most `connections` since the memory thread last looked (it
+    /// resets it), so that a burst between two of its samples is seen.
+    pub connections_high: AtomicUsize,
     /// Public-listener sockets not yet streams (with `connections`, bounded
     /// by `--max-connections`).
     pub public_pending: AtomicUsize,
@@ -93,6 +96,7 @@ impl Shared {
             stats,
             ids,
             connections: AtomicUsize::new(0),
+            connections_high: AtomicUsize::new(0),
             public_pending: AtomicUsize::new(0),
             events,
             lifecycle,

@@ -435,7 +435,7 @@ pub fn parse_responses(bytes: &[u8]) -> Vec<HttpResponse> {
 }
 
 /// Builds a request with `Host`, optional `Content-Length` and the given headers.
-fn build_request(
+pub fn build_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
