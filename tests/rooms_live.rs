@@ -106,3 +106,33 @@ fn a_join_crosses_instances_in_order_with_the_users_messages() {
     let on_b = change(b.api, "PUT", "/v1/users/alice/rooms/lobby?scope=local");
     assert_eq!(on_b.json(), json!({ "joined": 1, "instances": 1 }));
 }
+
+#[test]
+fn a_room_change_redis_cannot_acknowledge_is_503_and_a_retry_applies_it() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let server = Server::start(&["--redis", &redis.url(), "--bus-timeout", "500ms"]);
+    let ready = |status: u16| http(server.public, "GET", "/readyz", &[], b"").status == status;
+    assert!(wait_until(Duration::from_secs(15), || ready(200)));
+    let mut kim = SseClient::open_ready(server.public, "/sse?userId=kim");
+
+    // A frozen Redis: the change is not acknowledged, and not applied here either.
+    redis.signal("STOP");
+    assert!(wait_until(Duration::from_secs(10), || ready(503)), "the bus noticed the frozen Redis");
+    let refused = change(server.api, "PUT", "/v1/users/kim/rooms/desk");
+    refused.assert_error(503, "bus_unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(get_rooms(&server), 0, "nothing joined without Redis's acknowledgement");
+
+    redis.signal("CONT");
+    assert!(wait_until(Duration::from_secs(15), || ready(200)), "the bus came back");
+    assert_eq!(change(server.api, "PUT", "/v1/users/kim/rooms/desk").json()["joined"], 1, "the retry applies it");
+    assert_eq!(delivered(publish_room(server.api, "desk", r#""back""#, "")), 1);
+    assert_eq!(kim.next_event(IO_TIMEOUT).unwrap().data, r#""back""#);
+}
+
+fn get_rooms(server: &Server) -> u64 {
+    server.stats()["rooms"].as_u64().unwrap()
+}
