@@ -57,14 +57,174 @@ fn users_and_rooms_are_counted_over_every_shard() {
     assert_eq!(get(server.api, "/v1/users/ann/presence")["connections"], 0);
 }
 
+/// Two instances on one Redis, each seeing the other alive.
+fn pair(redis: &RedisServer, extra: &[&str]) -> (Server, Server) {
+    let url = redis.url();
+    let start = || {
+        let mut args = vec!["--redis", &url, "--shards", "2", "--bus-timeout", "1s"];
+        args.extend_from_slice(extra);
+        let server = Server::start(&args);
+        assert!(wait_until(Duration::from_secs(15), || http(server.public, "GET", "/readyz", &[], b"").status == 200));
+        server
+    };
+    let (a, b) = (start(), start());
+    // Each hears the other's heartbeat within a second; an anonymous
+    // connection on B is seen from A once it does.
+    let _probe = SseClient::open_ready(b.public, "/sse?rooms=probe");
+    assert!(wait_until(Duration::from_secs(10), || get(a.api, "/v1/rooms/probe/presence")["connections"] == 1));
+    assert!(
+        wait_until(Duration::from_secs(5), || a.stats()["bus"]["instances"] == 2 && b.stats()["bus"]["instances"] == 2)
+    );
+    (a, b)
+}
+
+/// The connection id the next `connect` event on `listener` names.
+fn next_conn_id(listener: &mut SseClient) -> String {
+    let event = listener.expect_event("a connect event");
+    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    data["connId"].as_str().unwrap().to_owned()
+}
+
 #[test]
-fn with_a_bus_presence_is_asked_per_instance() {
+fn presence_adds_up_every_instance_and_forgets_one_that_died() {
     if !require_redis() {
         return;
     }
     let redis = RedisServer::start(&[]);
-    let server = Server::start(&["--redis", &redis.url(), "--bus-timeout", "1s"]);
+    let (a, b) = pair(&redis, &["--presence-list-max", "5"]);
+    let _alice_a = SseClient::open_ready(a.public, "/sse?userId=alice&rooms=lobby");
+    let alice_b: Vec<SseClient> =
+        (0..2).map(|_| SseClient::open_ready(b.public, "/sse?userId=alice&rooms=lobby")).collect();
+    let _bob_b = SseClient::open_ready(b.public, "/sse?userId=bob&rooms=lobby");
+    let _anonymous_a = SseClient::open_ready(a.public, "/sse?rooms=lobby");
+
+    assert_eq!(
+        get(a.api, "/v1/users/alice/presence"),
+        json!({ "user": "alice", "online": true, "connections": 3, "instances": 2 })
+    );
+    assert_eq!(
+        get(a.api, "/v1/users/alice/presence?scope=local"),
+        json!({ "user": "alice", "online": true, "connections": 1, "instances": 1 })
+    );
+    assert_eq!(get(b.api, "/v1/users/bob/presence")["connections"], 1, "asked from the other side too");
+    assert_eq!(get(a.api, "/v1/users/carol/presence")["online"], false);
+    // Alice is on both instances and counts once among the room's users.
+    assert_eq!(
+        get(a.api, "/v1/rooms/lobby/presence?list=users"),
+        json!({ "room": "lobby", "connections": 5, "users": 2, "userIds": ["alice", "bob"], "truncated": false })
+    );
+    assert_eq!(
+        get(a.api, "/v1/rooms/lobby/presence?scope=local"),
+        json!({ "room": "lobby", "connections": 2, "users": 1 })
+    );
+    assert_eq!(get(a.api, "/v1/t/acme/users/alice/presence")["connections"], 0, "a tenant's alice is another user");
+
+    drop(alice_b);
+    assert!(wait_until(Duration::from_secs(10), || get(a.api, "/v1/users/alice/presence")["connections"] == 1));
+
+    // B dies without a word: its connections stop counting once its
+    // heartbeats stop (--bus-timeout and two heartbeats), nothing to clean up.
+    b.signal("KILL");
+    assert!(wait_until(Duration::from_secs(10), || get(a.api, "/v1/rooms/lobby/presence")["connections"] == 2));
+    assert_eq!(
+        get(a.api, "/v1/users/alice/presence"),
+        json!({ "user": "alice", "online": true, "connections": 1, "instances": 1 })
+    );
+    assert_eq!(get(a.api, "/v1/users/bob/presence")["online"], false);
+}
+
+#[test]
+fn without_redis_cluster_presence_is_503_and_local_presence_still_answers() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let server = Server::start(&["--redis", &redis.url(), "--bus-timeout", "500ms"]);
+    let ready = |status: u16| http(server.public, "GET", "/readyz", &[], b"").status == status;
+    assert!(wait_until(Duration::from_secs(15), || ready(200)));
     let _dan = SseClient::open_ready(server.public, "/sse?userId=dan");
-    http(server.api, "GET", "/v1/users/dan/presence", &[], b"").assert_error(501, "not_implemented");
+    assert_eq!(get(server.api, "/v1/users/dan/presence")["connections"], 1);
+    redis.signal("STOP");
+    assert!(wait_until(Duration::from_secs(10), || ready(503)));
+    let refused = http(server.api, "GET", "/v1/users/dan/presence", &[], b"");
+    refused.assert_error(503, "bus_unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
     assert_eq!(get(server.api, "/v1/users/dan/presence?scope=local")["connections"], 1);
+    redis.signal("CONT");
+    assert!(wait_until(Duration::from_secs(15), || ready(200)));
+    assert_eq!(get(server.api, "/v1/users/dan/presence")["connections"], 1);
+}
+
+#[test]
+fn the_per_user_limit_holds_across_instances() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let (a, b) = pair(&redis, &["--max-connections-per-user", "2"]);
+    let _on_a = SseClient::open_ready(a.public, "/sse?userId=erin");
+    let on_b = SseClient::open_ready(b.public, "/sse?userId=erin");
+    for server in [&a, &b] {
+        let third = SseClient::connect(server.public, "/sse?userId=erin", &[]);
+        third.assert_error(429, "too_many_connections");
+        assert!(third.error_text().contains("across instances"), "{}", third.error_text());
+    }
+    let _other_user = SseClient::open_ready(a.public, "/sse?userId=finn");
+    drop(on_b);
+    assert!(wait_until(Duration::from_secs(10), || get(a.api, "/v1/users/erin/presence")["connections"] == 1));
+    let mut again = SseClient::open_ready(a.public, "/sse?userId=erin");
+    assert_eq!(delivered(publish_user(a.api, "erin", r#""still two""#, "&scope=local")), 2);
+    assert_eq!(again.next_event(IO_TIMEOUT).unwrap().data, r#""still two""#);
+}
+
+#[test]
+fn evict_oldest_closes_the_oldest_connection_on_another_instance() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let (a, b) = pair(&redis, &["--max-connections-per-user", "2", "--user-limit-policy", "evict-oldest"]);
+    let mut oldest_on_b = SseClient::open_ready(b.public, "/sse?userId=gus");
+    // Opening times are compared to a quarter second.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut second_on_a = SseClient::open_ready(a.public, "/sse?userId=gus");
+    std::thread::sleep(Duration::from_millis(600));
+    let mut newest_on_a = SseClient::open_ready(a.public, "/sse?userId=gus");
+
+    let evicted = oldest_on_b.expect_event("the eviction");
+    assert_eq!(evicted.event.as_deref(), Some("ssekify.evicted"));
+    assert_eq!(evicted.data, r#"{"reason":"max_connections_per_user"}"#);
+    assert_eq!(evicted.id, None);
+    assert!(oldest_on_b.expect_closed(IO_TIMEOUT), "then closed");
+    assert!(wait_until(Duration::from_secs(10), || get(b.api, "/v1/users/gus/presence")["connections"] == 2));
+    assert_eq!(delivered(publish_user(a.api, "gus", r#""both""#, "")), 2);
+    assert_eq!(second_on_a.next_event(IO_TIMEOUT).unwrap().data, r#""both""#);
+    assert_eq!(newest_on_a.next_event(IO_TIMEOUT).unwrap().data, r#""both""#);
+}
+
+#[test]
+fn a_connection_of_another_instance_is_found_there_or_404() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let (a, b) = pair(&redis, &[]);
+    let mut listener = SseClient::open_ready(b.api, "/v1/events?types=connect");
+    let mut hal = SseClient::open_ready(b.public, "/sse?userId=hal");
+    let id = next_conn_id(&mut listener);
+
+    let joined = http(a.api, "PUT", &format!("/v1/connections/{id}/rooms/desk"), &[], b"");
+    assert_eq!(joined.json(), json!({ "joined": 0, "instances": 2 }), "applied on B through the log");
+    assert_eq!(ok_json(publish_room(a.api, "desk", r#""at the desk""#, ""))["instances"], 2);
+    assert_eq!(hal.next_event(IO_TIMEOUT).unwrap().data, r#""at the desk""#);
+
+    let (instance, rest) = id.split_once('-').unwrap();
+    let serial = rest.rsplit('-').next().unwrap();
+    let gone = format!("{}{}", &id[..id.len() - serial.len()], serial.parse::<u64>().unwrap() + 100);
+    for missing in [gone, "ffffffff-0-0-1".to_owned(), format!("{instance}-9-0-1")] {
+        let path = format!("/v1/connections/{missing}/rooms/desk");
+        http(a.api, "PUT", &path, &[], b"").assert_error(404, "not_found");
+    }
+    let other_tenant = format!("/v1/t/acme/connections/{id}/rooms/desk");
+    http(a.api, "PUT", &other_tenant, &[], b"").assert_error(404, "not_found");
 }

@@ -17,6 +17,7 @@ pub mod presence;
 pub mod publish;
 pub mod rooms;
 pub mod subscribe;
+pub mod user_limit;
 
 use std::rc::Rc;
 
@@ -281,7 +282,7 @@ pub async fn route(
     // fragmented under the streams' long-lived state.
     let response = match endpoint {
         Endpoint::Demo => observe::demo_page(),
-        Endpoint::Subscribe => return subscribe::handle(ctx, ns, request).await,
+        Endpoint::Subscribe => return subscribe::handle(ctx, bus, ns, request).await,
         Endpoint::Health => observe::health(),
         Endpoint::Ready => observe::ready(ctx, bus),
         Endpoint::Metrics => Box::pin(observe::metrics(ctx, bus)).await,

@@ -83,6 +83,7 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
             "catchUps": s.catch_ups,
             "gaps": s.gaps,
             "roundTripUs": s.round_trip_us,
+            "instances": s.instances,
             "partitions": s.positions.iter().enumerate().map(|(partition, p)| json!({
                 "partition": partition,
                 "applied": p.applied,
@@ -93,7 +94,7 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         }),
         None => json!({
             "state": "disabled", "published": 0, "received": 0, "reconnects": 0,
-            "catchUps": 0, "gaps": 0, "roundTripUs": 0, "partitions": [], "lastError": null,
+            "catchUps": 0, "gaps": 0, "roundTripUs": 0, "instances": 1, "partitions": [], "lastError": null,
         }),
     };
     body.insert("bus".into(), bus);
@@ -167,6 +168,11 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
                 "ssekify_bus_lag_entries",
                 "Bus log entries heard of but not yet applied, over all partitions.",
                 bus_value(|b| b.positions.iter().map(|p| p.lag).sum()),
+            ),
+            (
+                "ssekify_bus_instances",
+                "Instances heard alive over the bus, this one included.",
+                bus_value(|b| b.instances),
             ),
             (
                 "ssekify_bus_round_trip_microseconds",

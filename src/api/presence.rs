@@ -1,11 +1,14 @@
 //! Presence: `GET /v1/users/{user}/presence` ("is Alice online?") and
 //! `GET /v1/rooms/{room}/presence[?list=users]` (who is in the room).
 //!
-//! Counted on this instance: a user's owner shard answers for the user, every
-//! shard for a room. With a bus, cluster-wide counts are not available yet:
-//! the routes then need `?scope=local`, and say so, rather than answer with
-//! one instance's share as if it were the cluster's.
+//! On one instance a user's owner shard answers for the user, every shard
+//! for a room. With a bus the question goes to every instance alive (this one
+//! included) and the answer adds theirs up, within one round trip through
+//! Redis; `?scope=local` counts this instance only. An instance that died
+//! stops answering and its heartbeats stop, so it never counts, and nothing
+//! is stored in Redis that could go stale.
 
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use serde_json::json;
@@ -13,11 +16,18 @@ use serde_json::json;
 use super::names::{check_name, invalid};
 use super::publish::{scope, Scope};
 use super::{param, query_params};
-use crate::bus::Bus;
+use crate::bus::{self, Bus};
 use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::namespace::Namespace;
+use crate::shard::presence::{decode_answer, Question, RoomPresence};
 use crate::shard::ShardCtx;
+
+/// User names each instance sends for a room, so that `users` counts a user
+/// connected to several instances once. A room with more users than this on
+/// one instance is counted by adding the instances' counts instead (a user
+/// on two instances then counts twice).
+const UNION_NAMES: usize = 10_000;
 
 /// Whose presence is asked.
 pub enum Of {
@@ -35,20 +45,19 @@ pub async fn presence(
     request: &Request,
     of: Of,
 ) -> Result<Response, Response> {
-    if bus.is_some() && scope(request)? == Scope::Cluster {
-        return Err(Response::error(
-            501,
-            "not_implemented",
-            "cluster-wide presence is not available yet: ask each instance with ?scope=local",
-        ));
-    }
+    let scope = scope(request)?;
+    let cluster = bus.filter(|_| scope == Scope::Cluster);
     match of {
         Of::User(user) => {
             check_name("user", &user)?;
-            let connections = ctx.user_presence(&ns.key(&user)).await;
+            let key = ns.key(&user);
+            let (connections, instances) = match cluster {
+                Some(bus) => user_over_instances(ctx, bus, key.into()).await?,
+                None => (ctx.user_presence(&key).await, 1),
+            };
             Ok(Response::json(
                 200,
-                &json!({ "user": user, "online": connections > 0, "connections": connections, "instances": 1 }),
+                &json!({ "user": user, "online": connections > 0, "connections": connections, "instances": instances }),
             ))
         }
         Of::Room(room) => {
@@ -60,7 +69,11 @@ pub async fn presence(
                 Some(other) => return Err(invalid(format!("list must be `users`, not `{other}`"))),
             };
             let list_max = if list { ctx.shared.config.presence_list_max } else { 0 };
-            let presence = ctx.room_presence(&ns.key(&room), list_max).await;
+            let key = ns.key(&room);
+            let presence = match cluster {
+                Some(bus) => room_over_instances(ctx, bus, key.into(), list_max).await?,
+                None => ctx.room_presence(&key, list_max).await,
+            };
             let mut body = json!({ "room": room, "connections": presence.connections, "users": presence.users });
             if list {
                 body["userIds"] = json!(presence.user_ids);
@@ -69,4 +82,45 @@ pub async fn presence(
             Ok(Response::json(200, &body))
         }
     }
+}
+
+fn unavailable() -> Response {
+    Response::error(503, "bus_unavailable", "other instances cannot be asked without Redis; retry, or ask ?scope=local")
+        .header("Retry-After", "1")
+}
+
+/// A user's connections over every instance, and the instances that answered.
+async fn user_over_instances(ctx: &Rc<ShardCtx>, bus: &Bus, user: Box<str>) -> Result<(u64, usize), Response> {
+    let answers = bus::ask(ctx, bus, Question::User { user, list: 0 }, None).await.map_err(|_| unavailable())?;
+    let counts: Vec<u64> =
+        answers.answers.iter().filter_map(|(_, body)| decode_answer(body)?.0.first().copied()).collect();
+    Ok((counts.iter().sum(), counts.len()))
+}
+
+/// A room's presence over every instance: connections add up; users are
+/// the union of the instances' names while every instance could send all of
+/// its own, else the sum of their counts.
+async fn room_over_instances(
+    ctx: &Rc<ShardCtx>,
+    bus: &Bus,
+    room: Box<str>,
+    list_max: usize,
+) -> Result<RoomPresence, Response> {
+    let list = UNION_NAMES.max(list_max) as u32;
+    let answers = bus::ask(ctx, bus, Question::Room { room, list }, None).await.map_err(|_| unavailable())?;
+    let mut presence = RoomPresence::default();
+    let mut names = BTreeSet::new();
+    let mut all_named = true;
+    let mut users_added = 0;
+    for (_, body) in &answers.answers {
+        let Some((values, lines)) = decode_answer(body) else { continue };
+        let [connections, users] = values[..] else { continue };
+        presence.connections += connections;
+        users_added += users;
+        all_named &= lines.len() as u64 == users;
+        names.extend(lines.into_iter().filter(|name| !name.is_empty()));
+    }
+    presence.users = if all_named { names.len() as u64 } else { users_added };
+    presence.user_ids = names.into_iter().take(list_max).map(str::to_owned).collect();
+    Ok(presence)
 }

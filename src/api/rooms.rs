@@ -19,6 +19,7 @@ use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::namespace::Namespace;
 use crate::shard::envelope::{ConnId, Delivery, RoomChange, RoomChangeCount, Target};
+use crate::shard::presence::{decode_answer, Question};
 use crate::shard::ShardCtx;
 
 /// Whose connections a room change moves.
@@ -51,24 +52,28 @@ pub async fn change(
         }
         Who::Connection(id) => {
             let id = ConnId::parse(&id).ok_or_else(|| invalid("not a connection id"))?;
-            (Target::Connection(id), id.instance == ctx.shared.ids.instance() || !cluster)
+            let here = id.instance == ctx.shared.ids.instance() || !cluster;
+            if let Some(bus) = bus.filter(|_| !here) {
+                if !open_elsewhere(ctx, bus, id, ns).await? {
+                    return Err(no_such_connection());
+                }
+            }
+            (Target::Connection(id), here)
         }
     };
     let change = RoomChange { room: ns.key(room).into(), join };
     let delivery = Delivery::room_change(target, change);
     let (count, instances) = match bus.filter(|_| cluster) {
         Some(bus) => {
-            let published = bus::publish(ctx, bus, vec![Outgoing::room_change(delivery)]).await.map_err(|_| {
-                Response::error(503, "bus_unavailable", "the change was not acknowledged by Redis; retry it")
-                    .header("Retry-After", "1")
-            })?;
+            let published =
+                bus::publish(ctx, bus, vec![Outgoing::room_change(delivery)]).await.map_err(|_| unavailable())?;
             (published.delivered[0], published.receivers)
         }
         None => (ctx.publish(vec![delivery]).await[0], 1),
     };
     let count = RoomChangeCount::unpack(count);
     if known_here && count.found == 0 {
-        return Err(Response::error(404, "not_found", "no such connection"));
+        return Err(no_such_connection());
     }
     if count.refused > 0 {
         let limit = ctx.shared.config.max_rooms_per_connection;
@@ -80,4 +85,25 @@ pub async fn change(
     }
     let key = if join { "joined" } else { "left" };
     Ok(Response::json(200, &json!({ key: count.changed, "instances": instances })))
+}
+
+fn no_such_connection() -> Response {
+    Response::error(404, "not_found", "no such connection")
+}
+
+fn unavailable() -> Response {
+    Response::error(503, "bus_unavailable", "the change was not acknowledged by Redis; retry it")
+        .header("Retry-After", "1")
+}
+
+/// Whether connection `id` of another instance is open there, in `ns`: its
+/// instance is asked (one round trip through Redis); an instance not alive
+/// holds nothing.
+async fn open_elsewhere(ctx: &Rc<ShardCtx>, bus: &Bus, id: ConnId, ns: &Namespace) -> Result<bool, Response> {
+    let answers =
+        bus::ask(ctx, bus, Question::Connection { id }, Some(id.instance)).await.map_err(|_| unavailable())?;
+    let open = answers.answers.iter().filter_map(|(_, body)| decode_answer(body)).any(|(values, lines)| {
+        values.first() == Some(&1) && lines.first().copied().unwrap_or_default() == ns.tenant_name().unwrap_or_default()
+    });
+    Ok(open)
 }

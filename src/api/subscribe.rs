@@ -15,6 +15,7 @@ use super::names::check_name;
 use super::{param, query_params, Routed};
 use crate::auth::webhook::Forwarded;
 use crate::auth::{Authenticator, Credentials, Denied, Kind};
+use crate::bus::Bus;
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::metrics::ShardStats;
@@ -24,8 +25,8 @@ use crate::shard::{Phase, ShardCtx};
 use crate::sse::frame;
 
 /// Validates a subscribe request; reserves its connection slot on success.
-pub async fn handle(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request) -> Routed {
-    match subscription(ctx, namespace, request).await {
+pub async fn handle(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, namespace: Namespace, request: &Request) -> Routed {
+    match subscription(ctx, bus, namespace, request).await {
         Ok(subscription) => Routed::Subscribe(subscription),
         Err(response) => {
             if response.status >= 400 {
@@ -36,7 +37,12 @@ pub async fn handle(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request)
     }
 }
 
-async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Request) -> Result<Subscription, Response> {
+async fn subscription(
+    ctx: &Rc<ShardCtx>,
+    bus: Option<&Bus>,
+    namespace: Namespace,
+    request: &Request,
+) -> Result<Subscription, Response> {
     let shared = &ctx.shared;
     let config = &shared.config;
     if shared.phase() != Phase::Running {
@@ -101,6 +107,11 @@ async fn subscription(ctx: &Rc<ShardCtx>, namespace: Namespace, request: &Reques
         return Err(Response::with_body(200, "text/event-stream; charset=utf-8", Bytes::new())
             .header("Cache-Control", "no-cache, no-transform")
             .closing());
+    }
+    if let (Some(user), Some(bus)) = (&grant.user, bus.filter(|_| config.max_connections_per_user.is_some())) {
+        // Boxed: the wait on the bus would otherwise enlarge every
+        // connection's task (see `api::route`).
+        Box::pin(super::user_limit::check(ctx, bus, &namespace.key(user))).await?;
     }
     let open = shared.connections.fetch_add(1, Ordering::AcqRel);
     shared.connections_high.fetch_max(open + 1, Ordering::Relaxed);

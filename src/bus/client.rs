@@ -18,12 +18,14 @@ use bytes::BytesMut;
 use super::conn::{BusError, RedisConn};
 use super::health::Health;
 use super::log::{AppendSettings, PartitionKeys};
+use super::peer::{self, Peers};
 use super::resp::{self, Reply};
 use super::sequencer::Sequencer;
 use super::session::{Durable, Session};
 use super::tls::Tls;
 use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
+use crate::shard::envelope::{Answer, Envelope};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
 
@@ -62,6 +64,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         },
         epoch_candidate: String::new(),
         health: Health::default(),
+        peers: Peers::new(peer::alive_for(bus.timeout)),
     };
     let mut first = true;
     loop {
@@ -106,8 +109,14 @@ async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: 
         if monoio::time::timeout(left, inbox.recv_batch(&mut commands, BATCH)).await.is_err() {
             return;
         }
-        for BusCommand::Append(append) in commands.drain(..) {
-            apply::refuse(shared, *append).await;
+        for command in commands.drain(..) {
+            match command {
+                BusCommand::Append(append) => apply::refuse(shared, *append).await,
+                BusCommand::Ask(ask) => {
+                    shared.send(ask.reply.shard, Envelope::Reply { to: ask.reply, answer: Answer::default() }).await
+                }
+                BusCommand::Answer { .. } | BusCommand::Evict(_) => {}
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod conn;
 pub mod events;
 pub mod health;
 pub mod log;
+pub mod peer;
 pub mod resp;
 pub mod sequencer;
 pub mod session;
@@ -37,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::shard::envelope::Delivery;
+use crate::shard::envelope::{ConnId, Delivery, ReplyTo};
 use crate::shard::inbox::SharedInbox;
+use crate::shard::presence::Question;
 use crate::shard::{ShardCtx, Shared};
 use apply::Append;
 use log::AppendItem;
@@ -57,6 +59,32 @@ pub const BUS_INBOX_CAPACITY: usize = 16 * 1024;
 pub enum BusCommand {
     /// Append one wire entry to its partition's log.
     Append(Box<Append>),
+    /// Ask the instances alive a question; every answer goes to the asking shard.
+    Ask(Box<Ask>),
+    /// Answer instance `to`'s question `id`.
+    Answer {
+        /// The asking instance.
+        to: u32,
+        /// Its number for the question.
+        id: u64,
+        /// This instance's answer.
+        body: Bytes,
+    },
+    /// Have connection `id`'s instance close it with `ssekify.evicted`.
+    Evict(ConnId),
+}
+
+/// A question for other instances (see [`peer`]).
+#[derive(Debug)]
+pub struct Ask {
+    /// What is asked.
+    pub question: Question,
+    /// Only this instance (the one a connection id names), else every instance alive.
+    pub only: Option<u32>,
+    /// Where the answers go.
+    pub reply: ReplyTo,
+    /// When to answer with whatever came.
+    pub deadline: Instant,
 }
 
 /// Connection state shown in stats and metrics.
@@ -125,6 +153,7 @@ pub struct Bus {
     catch_ups: AtomicU64,
     gaps: AtomicU64,
     round_trip_us: AtomicU64,
+    instances: AtomicU64,
     positions: Mutex<Vec<Position>>,
     last_error: Mutex<Option<String>>,
 }
@@ -147,6 +176,9 @@ pub struct BusStats {
     pub gaps: u64,
     /// The last canary round trip through Redis, in microseconds.
     pub round_trip_us: u64,
+    /// Instances heard alive, this one included (the ones presence and the
+    /// per-user limit ask).
+    pub instances: u64,
     /// Per partition: applied sequence, lag and epoch.
     pub positions: Vec<Position>,
     /// The last connection or protocol error.
@@ -177,6 +209,7 @@ impl Bus {
             catch_ups: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             round_trip_us: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
             positions: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
         }
@@ -206,6 +239,7 @@ impl Bus {
             catch_ups: self.catch_ups.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
             round_trip_us: self.round_trip_us.load(Ordering::Relaxed),
+            instances: self.instances.load(Ordering::Relaxed),
             positions: self.positions.lock().map(|p| p.clone()).unwrap_or_default(),
             last_error: self.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
         }
@@ -255,6 +289,10 @@ impl Bus {
 
     pub(crate) fn record_round_trip(&self, took: Duration) {
         self.round_trip_us.store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_instances(&self, alive: usize) {
+        self.instances.store(alive as u64, Ordering::Relaxed);
     }
 
     /// Copies the partitions' positions for stats (once per housekeeping tick).
@@ -431,6 +469,37 @@ pub async fn publish(ctx: &Rc<ShardCtx>, bus: &Bus, messages: Vec<Outgoing>) -> 
         }
     }
     Ok(published)
+}
+
+/// Asks `question` of every instance alive, this one included (or of
+/// `only`), and waits for their answers or `--bus-timeout`, whichever comes
+/// first: an instance that stops answering meanwhile is left out once its
+/// heartbeats stop, so a dead instance never counts. Refused when the bus is
+/// not live.
+pub async fn ask(
+    ctx: &Rc<ShardCtx>,
+    bus: &Bus,
+    question: Question,
+    only: Option<u32>,
+) -> Result<peer::Answers, BusUnavailable> {
+    if !bus.is_live() {
+        return Err(BusUnavailable);
+    }
+    let deadline = Instant::now() + bus.timeout;
+    let send = |reply| bus.inbox.try_send(BusCommand::Ask(Box::new(Ask { question, only, reply, deadline }))).is_ok();
+    let answer = ctx.request_with_timeout(send, bus.timeout + ENTRY_ALLOWANCE).await.ok_or(BusUnavailable)?;
+    // An empty answer: the session ended before the answers came.
+    if answer.values.is_empty() {
+        return Err(BusUnavailable);
+    }
+    Ok(peer::Answers::from_answer(answer))
+}
+
+/// Asks connection `id`'s instance to close it with `ssekify.evicted`
+/// (best effort: a lost request leaves the user one connection over until
+/// its next connection asks again).
+pub fn evict(bus: &Bus, id: ConnId) {
+    let _ = bus.inbox.try_send(BusCommand::Evict(id));
 }
 
 /// Groups message indexes into wire entries: runs of consecutive messages

@@ -21,12 +21,14 @@ use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
 use super::events::{spawn_reader, Event, Events};
 use super::health::Health;
 use super::log::{self, AppendSettings, PartitionKeys};
+use super::peer::{self, Answers, PeerMessage, Peers};
 use super::resp::{self, Reply};
 use super::sequencer::{Action, Sequencer};
 use super::url::{RedisUrl, Topology};
-use super::{Bus, BusCommand};
-use crate::shard::envelope::Envelope;
+use super::{Ask, Bus, BusCommand};
+use crate::shard::envelope::{Answer, ConnId, Envelope, ReplyTo};
 use crate::shard::inbox::LocalInbox;
+use crate::shard::presence::Question;
 use crate::shard::Shared;
 
 /// Pace of the housekeeping: deadlines, canary, overdue notifications.
@@ -43,6 +45,26 @@ enum Sent {
     State { partition: u16 },
     Range { partition: u16, from: u64 },
     Rebase { partition: u16, epoch: String },
+    Peer { channel: String, message: PeerPayload },
+}
+
+/// A peer message's bytes, shown by length (a room's answer may be large).
+struct PeerPayload(bytes::Bytes);
+
+impl std::fmt::Debug for PeerPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+/// What a message from another instance asks of this one.
+enum PeerWork {
+    /// A question of this instance's, fully answered (or settled).
+    Reply(ReplyTo, Answers),
+    /// A question for this instance's shards.
+    Question { from: u32, id: u64, question: Question },
+    /// Close a connection of this instance's.
+    Evict(ConnId),
 }
 
 /// One command connection.
@@ -71,6 +93,8 @@ pub struct Durable {
     pub epoch_candidate: String,
     /// What the log has said about the link so far.
     pub health: Health,
+    /// Other instances heard, and this instance's questions to them.
+    pub peers: Peers,
 }
 
 /// The live connections of one session.
@@ -82,6 +106,12 @@ pub struct Session {
     /// The subscription connections' writing halves, kept open.
     subscriptions: Vec<CommandWriter>,
     canary_channel: String,
+    /// Heartbeats and questions to every instance.
+    peers_channel: String,
+    /// Answers and what is addressed to this instance alone.
+    own_channel: String,
+    /// Prefix of every channel.
+    prefix: String,
     url: RedisUrl,
     /// This instance's id, written into every entry it appends.
     instance: u32,
@@ -121,7 +151,10 @@ impl Session {
         durable.settings.sharded = sharded;
         let node = into_node(conn, &events, 0, timeout).await?;
         let canary_channel = format!("{}:canary:{:08x}", bus.channel, bus.instance);
-        let mut channels: Vec<&[u8]> = vec![canary_channel.as_bytes()];
+        let peers_channel = peer::shared_channel(&bus.channel);
+        let own_channel = peer::own_channel(&bus.channel, bus.instance);
+        let mut channels: Vec<&[u8]> =
+            vec![canary_channel.as_bytes(), peers_channel.as_bytes(), own_channel.as_bytes()];
         if !sharded {
             channels.extend(durable.keys.iter().map(|k| k.channel.as_bytes()));
         }
@@ -145,6 +178,9 @@ impl Session {
             events,
             subscriptions: vec![subscriber.writer],
             canary_channel,
+            peers_channel,
+            own_channel,
+            prefix: bus.channel.clone(),
             url: url.clone(),
             instance: bus.instance,
         };
@@ -206,6 +242,11 @@ impl Session {
         }
         durable.own.fail_unacknowledged(shared).await;
         durable.sequencer.disconnected();
+        // Answers that can no longer come: the askers hear "unavailable".
+        bus.record_instances(0);
+        for (reply, _) in durable.peers.abandon() {
+            shared.send(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }).await;
+        }
         error
     }
 
@@ -219,7 +260,9 @@ impl Session {
         for partition in 0..durable.sequencer.len() {
             self.queue(partition, Sent::State { partition });
         }
-        let canary_every = (bus.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let canary_every = peer::heartbeat_every(bus.timeout);
+        durable.peers.heard(self.instance, Instant::now());
+        let mut peer_work = Vec::new();
         let mut canary_seen = Instant::now();
         let mut next_canary = Instant::now();
         let mut next_tick = Instant::now() + TICK;
@@ -239,14 +282,24 @@ impl Session {
                 _ = monoio::time::sleep_until(deadline) => {}
             }
             let now = Instant::now();
-            for BusCommand::Append(append) in commands.drain(..) {
-                if append.deadline <= now {
-                    apply::refuse(shared, *append).await;
-                    continue;
+            for command in commands.drain(..) {
+                match command {
+                    BusCommand::Append(append) if append.deadline <= now => apply::refuse(shared, *append).await,
+                    BusCommand::Append(append) => {
+                        let (partition, token) = (append.partition, append.token);
+                        durable.own.insert(*append);
+                        self.queue(partition, Sent::Append { token });
+                    }
+                    BusCommand::Ask(ask) => self.ask(durable, *ask, now, &mut peer_work),
+                    BusCommand::Answer { to, id, body } => {
+                        let answer = PeerMessage::Answer { from: self.instance, id, body };
+                        self.send_peer(peer::own_channel(&self.prefix, to), &answer);
+                    }
+                    BusCommand::Evict(id) if id.instance == self.instance => peer_work.push(PeerWork::Evict(id)),
+                    BusCommand::Evict(id) => {
+                        self.send_peer(peer::own_channel(&self.prefix, id.instance), &PeerMessage::Evict { id })
+                    }
                 }
-                let (partition, token) = (append.partition, append.token);
-                durable.own.insert(*append);
-                self.queue(partition, Sent::Append { token });
             }
             for event in events.drain(..) {
                 match event {
@@ -263,7 +316,7 @@ impl Session {
                             return error;
                         }
                     }
-                    Event::Pushed(Ok(reply)) => match self.on_pushed(durable, reply, &mut actions) {
+                    Event::Pushed(Ok(reply)) => match self.on_pushed(durable, reply, &mut actions, &mut peer_work) {
                         Ok(true) => canary_seen = Instant::now(),
                         Ok(false) => {}
                         Err(error) => return error,
@@ -282,6 +335,7 @@ impl Session {
                 synced_later.extend(later);
             }
             self.carry_out(shared, bus, durable, &mut actions).await;
+            serve_peers(shared, bus, &mut peer_work).await;
             if !live && durable.sequencer.all_synced() {
                 // Publishes wait until every partition is synced: a log that
                 // went back must get its new epoch before anyone appends.
@@ -300,7 +354,12 @@ impl Session {
                 if now >= next_canary {
                     next_canary = now + canary_every;
                     self.queue_on(0, Sent::Canary);
+                    let heartbeat = PeerMessage::Heartbeat { instance: self.instance };
+                    self.send_peer(self.peers_channel.clone(), &heartbeat);
                 }
+                peer_work.extend(durable.peers.settle(now).into_iter().map(|(reply, a)| PeerWork::Reply(reply, a)));
+                bus.record_instances(durable.peers.alive(now).len());
+                serve_peers(shared, bus, &mut peer_work).await;
                 for (partition, seq) in durable.own.overdue(now - NOTICE_OVERDUE) {
                     durable.sequencer.expect(partition, seq, &mut actions);
                 }
@@ -329,7 +388,7 @@ impl Session {
                     Sent::State { partition } | Sent::Range { partition, .. } | Sent::Rebase { partition, .. } => {
                         Some(*partition)
                     }
-                    Sent::Canary => None,
+                    Sent::Canary | Sent::Peer { .. } => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
                 // Sharded Pub/Sub: a partition that moved took its
@@ -364,6 +423,7 @@ impl Session {
                 }
             },
             Sent::Canary => bus.record_round_trip(at.elapsed()),
+            Sent::Peer { .. } => {}
             Sent::State { partition } | Sent::Rebase { partition, .. } => {
                 let state = log::parse_state(&check(reply)?)?;
                 durable.sequencer.on_state(partition, state.epoch, state.seq, state.base, actions);
@@ -378,7 +438,13 @@ impl Session {
     }
 
     /// Handles a message on a subscription; true for this instance's canary.
-    fn on_pushed(&mut self, durable: &mut Durable, reply: Reply, actions: &mut Vec<Action>) -> Result<bool, BusError> {
+    fn on_pushed(
+        &mut self,
+        durable: &mut Durable,
+        reply: Reply,
+        actions: &mut Vec<Action>,
+        peer_work: &mut Vec<PeerWork>,
+    ) -> Result<bool, BusError> {
         let Reply::Array(mut parts) = reply else { return Ok(false) };
         match parts.first().and_then(Reply::text) {
             Some("message" | "smessage") if parts.len() == 3 => {}
@@ -393,11 +459,62 @@ impl Session {
         if channel == self.canary_channel {
             return Ok(true);
         }
+        if channel == self.peers_channel || channel == self.own_channel {
+            self.on_peer_message(durable, &payload, peer_work);
+            return Ok(false);
+        }
         let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return Ok(false) };
         if let Some(notice) = log::parse_notice(payload) {
             durable.sequencer.on_notice(partition as u16, notice.epoch, notice.seq, notice.entry, actions);
         }
         Ok(false)
+    }
+
+    /// Takes a message from another instance (or this one's own heartbeat
+    /// and questions, which come back like everyone's).
+    fn on_peer_message(&mut self, durable: &mut Durable, payload: &bytes::Bytes, peer_work: &mut Vec<PeerWork>) {
+        let Some(message) = PeerMessage::parse(payload) else { return };
+        let now = Instant::now();
+        match message {
+            PeerMessage::Heartbeat { instance } => durable.peers.heard(instance, now),
+            PeerMessage::Question { from, id, question } => {
+                durable.peers.heard(from, now);
+                peer_work.push(PeerWork::Question { from, id, question });
+            }
+            PeerMessage::Answer { from, id, body } => {
+                durable.peers.heard(from, now);
+                if let Some((reply, answers)) = durable.peers.answered(id, from, body) {
+                    peer_work.push(PeerWork::Reply(reply, answers));
+                }
+            }
+            PeerMessage::Evict { id } if id.instance == self.instance => peer_work.push(PeerWork::Evict(id)),
+            PeerMessage::Evict { .. } => {}
+        }
+    }
+
+    /// Sends a shard's question to the instances alive (or the one it is
+    /// for); with nobody to ask, the shard hears so at once.
+    fn ask(&mut self, durable: &mut Durable, ask: Ask, now: Instant, peer_work: &mut Vec<PeerWork>) {
+        let asked = match ask.only {
+            Some(instance) if durable.peers.is_alive(instance, now) => vec![instance],
+            Some(_) => Vec::new(),
+            None => durable.peers.alive(now),
+        };
+        if asked.is_empty() {
+            return peer_work.push(PeerWork::Reply(ask.reply, Answers::default()));
+        }
+        let id = durable.peers.ask(asked, ask.reply, ask.deadline);
+        let channel = match ask.only {
+            Some(instance) => peer::own_channel(&self.prefix, instance),
+            None => self.peers_channel.clone(),
+        };
+        self.send_peer(channel, &PeerMessage::Question { from: self.instance, id, question: ask.question });
+    }
+
+    /// Publishes `message` on `channel` (through the first node: plain
+    /// Pub/Sub reaches every subscriber wherever it is connected).
+    fn send_peer(&mut self, channel: String, message: &PeerMessage) {
+        self.queue_on(0, Sent::Peer { channel, message: PeerPayload(message.encode()) });
     }
 
     /// Carries out the sequencer's actions in order. The gaps among them
@@ -477,6 +594,9 @@ impl Session {
                         );
                     }
                     Sent::Canary => resp::command(&mut node.out, &[b"PUBLISH", self.canary_channel.as_bytes(), b"1"]),
+                    Sent::Peer { channel, message } => {
+                        resp::command(&mut node.out, &[b"PUBLISH", channel.as_bytes(), &message.0])
+                    }
                     Sent::State { partition } => log::state_command(&mut node.out, &durable.keys[*partition as usize]),
                     Sent::Range { partition, from } => {
                         log::range_command(&mut node.out, &durable.keys[*partition as usize], *from)
@@ -518,6 +638,38 @@ impl Session {
         let node = open_node(&self.url, address, &self.events, index, timeout).await?;
         self.nodes.push(node);
         Ok(index)
+    }
+}
+
+/// Hands what other instances asked to the shards that know, and answers
+/// to the shards that asked.
+async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) {
+    for item in work.drain(..) {
+        match item {
+            PeerWork::Reply(reply, answers) => {
+                shared.send(reply.shard, Envelope::Reply { to: reply, answer: answers.into_answer() }).await
+            }
+            PeerWork::Evict(id) if usize::from(id.shard) < shared.shard_count() => {
+                shared.send(usize::from(id.shard), Envelope::Evict { id }).await
+            }
+            PeerWork::Evict(_) => {}
+            PeerWork::Question { from, id, question } => {
+                let shard = match &question {
+                    Question::User { user, .. } => shared.owner(user),
+                    Question::Room { room, .. } => shared.owner(room),
+                    Question::Connection { id } => usize::from(id.shard),
+                };
+                let inbox = bus.inbox.clone();
+                let answer = Box::new(move |body| {
+                    let _ = inbox.try_send(BusCommand::Answer { to: from, id, body });
+                });
+                if shard < shared.shard_count() {
+                    shared.send(shard, Envelope::Question { question, answer }).await;
+                } else {
+                    answer(crate::shard::presence::encode_answer(&[0], &[]));
+                }
+            }
+        }
     }
 }
 

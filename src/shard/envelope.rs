@@ -223,8 +223,11 @@ pub struct Answer {
     pub body: Option<Bytes>,
 }
 
+/// Where the answer to another instance's question goes: the bus's way
+/// back to it, called once with the answer's bytes.
+pub type AnswerBack = Box<dyn FnOnce(Bytes) + Send>;
+
 /// A cross-shard message.
-#[derive(Debug)]
 pub enum Envelope {
     /// A subscriber accepted by another shard; this one owns its user.
     Subscriber {
@@ -315,6 +318,18 @@ pub enum Envelope {
         ticket: Ticket,
         /// The successful answer's body.
         answer: Option<Bytes>,
+    },
+    /// A question from another instance (through the bus), answered through `answer`.
+    Question {
+        /// What is asked.
+        question: crate::shard::presence::Question,
+        /// Where the answer goes.
+        answer: AnswerBack,
+    },
+    /// Close this shard's connection `id` with `ssekify.evicted`.
+    Evict {
+        /// The connection.
+        id: ConnId,
     },
     /// An answer to an earlier request.
     Reply {

@@ -630,6 +630,8 @@ impl ShardCtx {
                 let values = self.tenant_counts_local(&tenant);
                 self.reply(reply, values);
             }
+            Envelope::Question { question, answer } => self.answer_question(question, answer),
+            Envelope::Evict { id } => self.evict(&id),
             Envelope::BusGap { lost, partitions } => self.bus_gap(&lost, partitions),
             Envelope::Event(event) => self.deliver_event(&event),
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
@@ -731,7 +733,7 @@ struct Tally {
 pub const EVICTED_EVENT: &str = "ssekify.evicted";
 
 /// The `ssekify.evicted` frame (no id: the client's last id stays put).
-fn evicted_frame() -> Bytes {
+pub(crate) fn evicted_frame() -> Bytes {
     crate::sse::frame::encode_control(EVICTED_EVENT, br#"{"reason":"max_connections_per_user"}"#)
 }
 

@@ -1,13 +1,78 @@
 //! Who is here: a user's connections (on its owner shard) and a room's
-//! connections and users (on every shard), for the presence routes.
+//! connections and users (on every shard), for the presence routes, and the
+//! same questions as other instances ask them over the bus ([`Question`]),
+//! with the eviction a cluster-wide `--max-connections-per-user` sends.
 
 use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::envelope::{Answer, Envelope};
+use super::conn::{CloseReason, Closing};
+use super::envelope::{Answer, AnswerBack, ConnId, Envelope};
 use super::ShardCtx;
 use crate::namespace::plain_name;
+
+/// A question another instance asks about this one's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// A user's connections (an internal key): `[count]`, and the `list`
+    /// oldest as lines `<connId> <opened, Unix ms>`.
+    User {
+        /// The user's internal key.
+        user: Box<str>,
+        /// How many of the oldest connections to list.
+        list: u32,
+    },
+    /// A room's presence (an internal key): `[connections, users]`, and up
+    /// to `list` user names as lines.
+    Room {
+        /// The room's internal key.
+        room: Box<str>,
+        /// How many user names to send.
+        list: u32,
+    },
+    /// Whether a connection is open here: `[1]` and a line with its tenant
+    /// (empty in the default namespace), or `[0]`.
+    Connection {
+        /// The connection.
+        id: ConnId,
+    },
+}
+
+/// One instance's answer to a [`Question`]: its counts on the first line,
+/// space-separated, then one line per listed item.
+pub fn encode_answer(values: &[u64], lines: &[String]) -> Bytes {
+    let mut out = BytesMut::new();
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b' ');
+        }
+        out.put_slice(value.to_string().as_bytes());
+    }
+    for line in lines {
+        out.put_u8(b'\n');
+        out.put_slice(line.as_bytes());
+    }
+    out.freeze()
+}
+
+/// The counts and lines of an answer; `None` when malformed (an answer from
+/// a broken peer is left out rather than trusted).
+pub fn decode_answer(body: &[u8]) -> Option<(Vec<u64>, Vec<&str>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut lines = text.split('\n');
+    let counts = lines.next()?;
+    let values = if counts.is_empty() {
+        Vec::new()
+    } else {
+        counts
+            .split(' ')
+            .map(|n| n.bytes().all(|b| b.is_ascii_digit()).then(|| n.parse().ok()).flatten())
+            .collect::<Option<Vec<u64>>>()?
+    };
+    Some((values, lines.collect()))
+}
 
 /// A room's presence on this instance.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,6 +110,72 @@ impl ShardCtx {
             presence.user_ids.extend(names.split('\n').filter(|n| !n.is_empty()).take(room_left).map(str::to_owned));
         }
         presence
+    }
+
+    /// Answers `question` from another instance through `answer`, on the
+    /// shard the bus handed it to: the user's owner, the connection's shard,
+    /// or any shard for a room (which asks the others).
+    pub(super) fn answer_question(self: &Rc<Self>, question: Question, answer: AnswerBack) {
+        match question {
+            Question::User { user, list } => {
+                let (count, lines) = self.local_user_connections(&user, list as usize);
+                answer(encode_answer(&[count], &lines));
+            }
+            Question::Connection { id } => {
+                let state = self.state.borrow();
+                let tenant = self.open_connection_in(&state.conns, &id).map(|slot| state.conns[slot].tenant.clone());
+                let lines: Vec<String> = tenant.iter().map(|t| t.as_deref().unwrap_or_default().to_owned()).collect();
+                drop(state);
+                answer(encode_answer(&[u64::from(tenant.is_some())], &lines));
+            }
+            Question::Room { room, list } => {
+                let ctx = self.clone();
+                monoio::spawn(async move {
+                    let presence = ctx.room_presence(&room, list as usize).await;
+                    answer(encode_answer(&[presence.connections, presence.users], &presence.user_ids));
+                });
+            }
+        }
+    }
+
+    /// Closes connection `id` with `ssekify.evicted`, if it is still open
+    /// here: a newer connection of its user on another instance took its place.
+    pub(super) fn evict(&self, id: &ConnId) {
+        let mut state = self.state.borrow_mut();
+        let Some(slot) = self.open_connection_in(&state.conns, id) else { return };
+        let conn = &mut state.conns[slot];
+        conn.push_control(super::evicted_frame());
+        conn.close(Closing::AfterFlush, CloseReason::Evicted);
+    }
+
+    /// The slot of `id` when it is an open subscriber of this shard.
+    pub(super) fn open_connection_in(&self, conns: &slab::Slab<super::conn::Conn>, id: &ConnId) -> Option<usize> {
+        let here = id.instance == self.shared.ids.instance() && usize::from(id.shard) == self.id;
+        let slot = id.slot as usize;
+        let conn = conns.get(slot)?;
+        (here && conn.serial == id.serial && conn.closing.is_none() && conn.listener.is_none()).then_some(slot)
+    }
+
+    /// A user's open connections here (an internal key) and the `list`
+    /// oldest as `<connId> <opened, Unix ms>` (to the shard clock's
+    /// resolution), oldest first.
+    fn local_user_connections(&self, user: &str, list: usize) -> (u64, Vec<String>) {
+        let state = self.state.borrow();
+        let mut open: Vec<usize> =
+            state.registry.user(user).iter().copied().filter(|&key| state.conns[key].closing.is_none()).collect();
+        open.sort_unstable_by_key(|&key| state.conns[key].serial);
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_shard = self.now_ms();
+        let lines = open
+            .iter()
+            .take(list)
+            .map(|&key| {
+                let conn = &state.conns[key];
+                let opened = now_unix.saturating_sub(now_shard.saturating_sub(conn.opened_ms));
+                format!("{} {opened}", self.conn_id(key, conn))
+            })
+            .collect();
+        (open.len() as u64, lines)
     }
 
     /// This shard's part of [`ShardCtx::user_presence`].

@@ -53,9 +53,7 @@ impl ShardCtx {
     /// and in the namespace of `room` (a tenant's key cannot move another
     /// tenant's connection).
     fn find(&self, conns: &slab::Slab<Conn>, id: &ConnId, room: &str) -> Option<usize> {
-        let here = id.instance == self.shared.ids.instance() && usize::from(id.shard) == self.id;
-        let slot = id.slot as usize;
-        let conn = conns.get(slot).filter(|conn| here && conn.serial == id.serial && conn.closing.is_none())?;
-        (conn.tenant.as_deref() == tenant_of_key(room)).then_some(slot)
+        let slot = self.open_connection_in(conns, id)?;
+        (conns[slot].tenant.as_deref() == tenant_of_key(room)).then_some(slot)
     }
 }
