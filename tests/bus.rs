@@ -613,6 +613,11 @@ fn cluster_instances_on_different_nodes_reach_each_other() {
         assert_eq!(answer["instances"], json!(2), "`instances` is SPUBLISH's reply: {answer}");
     }
     assert_quiet(&mut [("A", &mut on_a), ("B", &mut on_b)], Duration::from_millis(300));
+    // Instances on different nodes hear each other (plain Pub/Sub crosses
+    // the cluster bus): presence asked on A counts B's subscriber.
+    assert!(wait_until(Duration::from_secs(10), || bus(&a)["instances"] == 2 && bus(&b)["instances"] == 2));
+    let presence = http(a.api, "GET", "/v1/users/cu/presence", &[], b"").json();
+    assert_eq!(presence, json!({ "user": "cu", "online": true, "connections": 1, "instances": 2 }));
 }
 
 // ---------------------------------------------------------------------------

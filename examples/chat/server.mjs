@@ -5,7 +5,13 @@
 //
 //   node examples/chat/server.mjs        # env: SSEKIFY_API (127.0.0.1:8081),
 //                                        # SSEKIFY_PUBLIC (127.0.0.1:8080),
-//                                        # SSEKIFY_API_KEY, PORT (3000)
+//                                        # SSEKIFY_API_KEY, PORT (3000),
+//                                        # SSEKIFY_EVENTS (SSEKIFY_API)
+//
+// Several ssekify instances over Redis: joins, messages and presence through
+// any one instance's api reach and count every instance; the lifecycle
+// events stream is per instance, so SSEKIFY_EVENTS lists every instance's api
+// (comma-separated) for the app to hear every disconnect.
 //
 // Routes (JSON in, JSON out):
 //   GET  /config                     -> { sse }: where the browser subscribes (?userId=)
@@ -27,6 +33,7 @@ const base = (value, fallback) => {
 const API = base(process.env.SSEKIFY_API, '127.0.0.1:8081');
 const PUBLIC = base(process.env.SSEKIFY_PUBLIC, '127.0.0.1:8080');
 const KEY = process.env.SSEKIFY_API_KEY;
+const EVENTS = (process.env.SSEKIFY_EVENTS || API).split(',').map((api) => base(api));
 const PORT = Number(process.env.PORT || 3000);
 
 /** One call to ssekify's api; resolves the JSON answer, rejects on anything but 200. */
@@ -52,14 +59,15 @@ async function announce(room) {
 const roomsOf = new Map();
 
 /**
- * Follows ssekify's lifecycle events: a user whose last connection closed
- * leaves the online lists of the rooms this app put them in.
+ * Follows one instance's lifecycle events: a user whose last connection
+ * closed (on any instance: presence counts them all) leaves the online lists
+ * of the rooms this app put them in.
  */
-async function followEvents() {
+async function followEvents(api) {
   const headers = KEY ? { Authorization: `Bearer ${KEY}` } : {};
   for (;;) {
     try {
-      const res = await fetch(`${API}/v1/events?types=disconnect`, { headers });
+      const res = await fetch(`${api}/v1/events?types=disconnect`, { headers });
       const decoder = new TextDecoder();
       let buffer = '';
       for await (const chunk of res.body) {
@@ -126,5 +134,5 @@ const server = http.createServer(async (req, res) => {
 
 server.listen(PORT, '127.0.0.1', () => {
   console.log(`chat listening on http://127.0.0.1:${server.address().port}`);
-  followEvents();
+  for (const api of EVENTS) followEvents(api);
 });

@@ -10,14 +10,20 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EventSource } from 'eventsource';
-import { startServer, waitFor, WAIT_MS } from './harness.mjs';
+import { requireCommand, startRedis, startServer, waitFor, WAIT_MS } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHAT = path.resolve(here, '../../examples/chat/server.mjs');
 
 /** Starts the chat app on a free port; resolves its base URL and a stop function. */
-function startChat(server) {
-  const env = { ...process.env, SSEKIFY_API: server.apiUrl, SSEKIFY_PUBLIC: server.publicUrl, PORT: '0' };
+function startChat(server, events = [server]) {
+  const env = {
+    ...process.env,
+    SSEKIFY_API: server.apiUrl,
+    SSEKIFY_PUBLIC: server.publicUrl,
+    SSEKIFY_EVENTS: events.map((s) => s.apiUrl).join(','),
+    PORT: '0',
+  };
   const child = spawn(process.execPath, [CHAT], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let logs = '';
   const stop = () => child.kill('SIGKILL');
@@ -82,5 +88,43 @@ test('a presence-aware chat runs on ssekify alone', { timeout: 60_000 }, async (
   await waitFor('alice to see bob leave', () => lastPresence(alice) === '["alice"]', alice.describe);
   const online = await (await fetch(`${chat.url}/rooms/lobby/online`)).json();
   assert.deepEqual(online.users, ['alice']);
+  assert.equal(alice.opens, 1, 'joins happened without reconnecting');
+});
+
+test('the chat spans two instances over Redis', { timeout: 60_000 }, async (t) => {
+  if (!requireCommand(t, 'redis-server')) return;
+  const redis = await startRedis();
+  t.after(redis.stop);
+  const a = await startServer(['--redis', redis.url, '--bus-timeout', '1s']);
+  t.after(a.stop);
+  const b = await startServer(['--redis', redis.url, '--bus-timeout', '1s']);
+  t.after(b.stop);
+  // The app talks to A only, and hears both instances' events.
+  const chat = await startChat(a, [a, b]);
+  t.after(chat.stop);
+  const alice = member(a, 'alice');
+  const bob = member(b, 'bob');
+  t.after(() => { alice.es.close(); bob.es.close(); });
+  await waitFor('both streams to open', () => alice.opens === 1 && bob.opens === 1, () => alice.describe() + bob.describe());
+  const instances = async () => (await (await fetch(`${a.apiUrl}/v1/stats`)).json()).bus.instances;
+  const deadline = Date.now() + WAIT_MS;
+  while ((await instances()) !== 2) {
+    assert.ok(Date.now() < deadline, 'A hears B alive within the wait');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  await post(chat, '/rooms/lobby/join', { user: 'alice' });
+  const joined = await post(chat, '/rooms/lobby/join', { user: 'bob' });
+  assert.equal(joined.instances, 2, 'the join went to both instances');
+  assert.deepEqual(joined.users, ['alice', 'bob'], 'presence asked on A counts bob on B');
+  await waitFor('bob, on B, to see the list', () => lastPresence(bob) === '["alice","bob"]', bob.describe);
+  await waitFor('alice, on A, to see the list', () => lastPresence(alice) === '["alice","bob"]', alice.describe);
+
+  await post(chat, '/rooms/lobby/say', { user: 'alice', text: 'across' });
+  await waitFor('bob to read alice through the bus', () => bob.chat.some((m) => m.text === 'across'), bob.describe);
+
+  // Bob's tab closes on B: B's events stream tells the app, A's presence agrees.
+  bob.es.close();
+  await waitFor('alice to see bob leave', () => lastPresence(alice) === '["alice"]', alice.describe);
   assert.equal(alice.opens, 1, 'joins happened without reconnecting');
 });

@@ -170,3 +170,35 @@ export function record(url, types = ['message'], init = undefined) {
     `opens=${state.opens} errors=${JSON.stringify(state.errors)} readyState=${es.readyState} events=${JSON.stringify(state.events)}`;
   return state;
 }
+
+/**
+ * Starts a redis-server of its own on a free port (no persistence) and
+ * resolves `{ url, stop }` once it accepts connections. Callers check
+ * `requireCommand(t, 'redis-server')` first.
+ */
+export async function startRedis() {
+  const port = await freePort();
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+  const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let logs = '';
+  const stop = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(`redis-server did not start within ${WAIT_MS} ms:\n${logs}`));
+    }, WAIT_MS);
+    child.stdout.on('data', (chunk) => {
+      logs += chunk;
+      if (logs.includes('Ready to accept connections')) {
+        clearTimeout(timer);
+        resolve({ url: `redis://127.0.0.1:${port}`, stop });
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`redis-server exited ${code}:\n${logs}`));
+    });
+  });
+}
