@@ -34,6 +34,13 @@ fn users_and_rooms_are_counted_over_every_shard() {
         json!({ "user": "ann", "online": true, "connections": 2, "instances": 1 })
     );
     assert_eq!(get(server.api, "/v1/rooms/lobby/presence"), json!({ "room": "lobby", "connections": 5, "users": 3 }));
+    let tabs = get(server.api, "/v1/users/ann/presence?list=connections");
+    let instance = server.stats()["instance"].as_str().unwrap().to_owned();
+    let ids = tabs["connIds"].as_array().unwrap();
+    assert_eq!((ids.len(), &tabs["truncated"]), (2, &json!(false)), "{tabs}");
+    assert!(ids.iter().all(|id| id.as_str().unwrap().starts_with(&format!("{instance}-"))), "{tabs}");
+    assert_ne!(ids[0], ids[1]);
+    http(server.api, "GET", "/v1/users/ann/presence?list=users", &[], b"").assert_error(400, "invalid_request");
     let listed = get(server.api, "/v1/rooms/lobby/presence?list=users");
     assert_eq!(listed["truncated"], true, "{listed}");
     assert_eq!(listed["userIds"].as_array().unwrap().len(), 2, "{listed}");
@@ -108,6 +115,12 @@ fn presence_adds_up_every_instance_and_forgets_one_that_died() {
     );
     assert_eq!(get(b.api, "/v1/users/bob/presence")["connections"], 1, "asked from the other side too");
     assert_eq!(get(a.api, "/v1/users/carol/presence")["online"], false);
+    // Her tabs, by id, wherever they are: the oldest first.
+    let tabs = get(b.api, "/v1/users/alice/presence?list=connections");
+    let ids: Vec<&str> = tabs["connIds"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+    let a_instance = a.stats()["instance"].as_str().unwrap().to_owned();
+    assert_eq!(ids.len(), 3, "{tabs}");
+    assert_eq!(ids.iter().filter(|id| id.starts_with(&a_instance)).count(), 1, "{tabs}");
     // Alice is on both instances and counts once among the room's users.
     assert_eq!(
         get(a.api, "/v1/rooms/lobby/presence?list=users"),

@@ -1,5 +1,6 @@
-//! Presence: `GET /v1/users/{user}/presence` ("is Alice online?") and
-//! `GET /v1/rooms/{room}/presence[?list=users]` (who is in the room).
+//! Presence: `GET /v1/users/{user}/presence[?list=connections]` ("is Alice
+//! online, and which tabs?") and `GET /v1/rooms/{room}/presence[?list=users]`
+//! (who is in the room).
 //!
 //! On one instance a user's owner shard answers for the user, every shard
 //! for a room. With a bus the question goes to every instance alive (this one
@@ -20,7 +21,8 @@ use crate::bus::{self, Bus};
 use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::namespace::Namespace;
-use crate::shard::presence::{decode_answer, Question, RoomPresence};
+use crate::shard::envelope::ConnId;
+use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection, Question, RoomPresence};
 use crate::shard::ShardCtx;
 
 /// User names each instance sends for a room, so that `users` counts a user
@@ -50,15 +52,30 @@ pub async fn presence(
     match of {
         Of::User(user) => {
             check_name("user", &user)?;
-            let key = ns.key(&user);
-            let (connections, instances) = match cluster {
-                Some(bus) => user_over_instances(ctx, bus, key.into()).await?,
-                None => (ctx.user_presence(&key).await, 1),
+            let list = match param(&query_params(request)?, "list") {
+                None => false,
+                Some("connections") => true,
+                Some(other) => return Err(invalid(format!("list must be `connections`, not `{other}`"))),
             };
-            Ok(Response::json(
-                200,
-                &json!({ "user": user, "online": connections > 0, "connections": connections, "instances": instances }),
-            ))
+            let list_max = if list { ctx.shared.config.presence_list_max } else { 0 };
+            let key = ns.key(&user);
+            let (connections, instances, mut listed) = match cluster {
+                Some(bus) => user_over_instances(ctx, bus, key.into(), list_max).await?,
+                None => {
+                    let (connections, listed) = ctx.user_presence(&key, list_max).await;
+                    (connections, 1, listed)
+                }
+            };
+            let mut body = json!({
+                "user": user, "online": connections > 0, "connections": connections, "instances": instances
+            });
+            if list {
+                oldest_first(&mut listed);
+                listed.truncate(list_max);
+                body["connIds"] = json!(listed.iter().map(|(_, id)| id.to_string()).collect::<Vec<_>>());
+                body["truncated"] = json!(connections > listed.len() as u64);
+            }
+            Ok(Response::json(200, &body))
         }
         Of::Room(room) => {
             check_name("room", &room)?;
@@ -89,12 +106,25 @@ fn unavailable() -> Response {
         .header("Retry-After", "1")
 }
 
-/// A user's connections over every instance, and the instances that answered.
-async fn user_over_instances(ctx: &Rc<ShardCtx>, bus: &Bus, user: Box<str>) -> Result<(u64, usize), Response> {
-    let answers = bus::ask(ctx, bus, Question::User { user, list: 0 }, None).await.map_err(|_| unavailable())?;
-    let counts: Vec<u64> =
-        answers.answers.iter().filter_map(|(_, body)| decode_answer(body)?.0.first().copied()).collect();
-    Ok((counts.iter().sum(), counts.len()))
+/// A user's connections over every instance, the instances that answered,
+/// and up to `list` of each instance's oldest connections.
+async fn user_over_instances(
+    ctx: &Rc<ShardCtx>,
+    bus: &Bus,
+    user: Box<str>,
+    list: usize,
+) -> Result<(u64, usize, Vec<(u64, ConnId)>), Response> {
+    let question = Question::User { user, list: list as u32 };
+    let answers = bus::ask(ctx, bus, question, None).await.map_err(|_| unavailable())?;
+    let (mut connections, mut instances, mut listed) = (0, 0, Vec::new());
+    for (_, body) in &answers.answers {
+        let Some((values, lines)) = decode_answer(body) else { continue };
+        let Some(count) = values.first() else { continue };
+        connections += count;
+        instances += 1;
+        listed.extend(lines.into_iter().filter_map(parse_listed_connection));
+    }
+    Ok((connections, instances, listed))
 }
 
 /// A room's presence over every instance: connections add up; users are

@@ -21,7 +21,7 @@ use crate::config::UserLimitPolicy;
 use crate::http::response::Response;
 use crate::namespace::plain_name;
 use crate::shard::envelope::ConnId;
-use crate::shard::presence::{decode_answer, Question};
+use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection, Question};
 use crate::shard::ShardCtx;
 
 /// Admits or refuses a new connection of `user` (an internal key) under the
@@ -39,7 +39,7 @@ pub async fn check(ctx: &Rc<ShardCtx>, bus: &Bus, user: &str) -> Result<(), Resp
     for (_, body) in &answers.answers {
         let Some((values, lines)) = decode_answer(body) else { continue };
         total += values.first().copied().unwrap_or(0);
-        open.extend(lines.iter().filter_map(|line| parse_connection(line)));
+        open.extend(lines.iter().filter_map(|line| parse_listed_connection(line)));
     }
     if total < limit as u64 {
         return Ok(());
@@ -58,29 +58,10 @@ pub async fn check(ctx: &Rc<ShardCtx>, bus: &Bus, user: &str) -> Result<(), Resp
             format!("user already holds {total} connections across instances (--max-connections-per-user {limit})"),
         ));
     }
-    open.sort_unstable_by_key(|(opened, id)| (*opened, id.instance, id.serial));
+    oldest_first(&mut open);
     let excess = (total + 1 - limit as u64) as usize;
     for (_, id) in open.into_iter().take(excess) {
         bus::evict(bus, id);
     }
     Ok(())
-}
-
-/// A listed connection: `<connId> <opened, Unix ms>`.
-fn parse_connection(line: &str) -> Option<(u64, ConnId)> {
-    let (id, opened) = line.split_once(' ')?;
-    Some((opened.parse().ok()?, ConnId::parse(id)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listed_connections_read_back() {
-        let id = ConnId { instance: 0x1234_abcd, shard: 0, slot: 4, serial: 9 };
-        assert_eq!(parse_connection(&format!("{id} 1700000000000")), Some((1_700_000_000_000, id)));
-        assert_eq!(parse_connection("nope 1"), None);
-        assert_eq!(parse_connection(&format!("{id} soon")), None);
-    }
 }

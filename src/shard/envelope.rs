@@ -257,11 +257,14 @@ pub enum Envelope {
         /// Where to confirm.
         reply: ReplyTo,
     },
-    /// Reply with the connections of a user (an internal key) here.
+    /// Reply with the connections of a user (an internal key) here: the
+    /// count, and the `list` oldest as lines (see [`crate::shard::presence::Question::User`]).
     UserPresence {
         /// The user.
         user: Box<str>,
-        /// Where to send the count.
+        /// How many to list.
+        list: usize,
+        /// Where to send them.
         reply: ReplyTo,
     },
     /// Reply with a room's connections and users here, and up to `list_max` user names.

@@ -614,9 +614,9 @@ impl ShardCtx {
                 self.clear_recent_local(&which);
                 self.reply(reply, Vec::new());
             }
-            Envelope::UserPresence { user, reply } => {
-                let count = self.local_user_presence(&user);
-                self.reply(reply, count);
+            Envelope::UserPresence { user, list, reply } => {
+                let (count, lines) = self.local_user_connections(&user, list);
+                self.answer(reply, Answer { values: vec![count], body: Some(Bytes::from(lines.join("\n"))) });
             }
             Envelope::RoomPresence { room, list_max, reply } => {
                 let answer = self.local_room_presence(&room, list_max);

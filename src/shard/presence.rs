@@ -57,6 +57,18 @@ pub fn encode_answer(values: &[u64], lines: &[String]) -> Bytes {
     out.freeze()
 }
 
+/// A listed connection, `<connId> <opened, Unix ms>`, as (opened, id).
+pub fn parse_listed_connection(line: &str) -> Option<(u64, ConnId)> {
+    let (id, opened) = line.split_once(' ')?;
+    Some((opened.parse().ok()?, ConnId::parse(id)?))
+}
+
+/// Orders listed connections oldest first (by opening time, then instance
+/// and registration: one user's connections on one instance share a shard).
+pub fn oldest_first(connections: &mut [(u64, ConnId)]) {
+    connections.sort_unstable_by_key(|(opened, id)| (*opened, id.instance, id.serial));
+}
+
 /// The counts and lines of an answer; `None` when malformed (an answer from
 /// a broken peer is left out rather than trusted).
 pub fn decode_answer(body: &[u8]) -> Option<(Vec<u64>, Vec<&str>)> {
@@ -86,11 +98,15 @@ pub struct RoomPresence {
 }
 
 impl ShardCtx {
-    /// Connections of `user` (an internal key) on this instance.
-    pub async fn user_presence(self: &Rc<Self>, user: &str) -> u64 {
+    /// Connections of `user` (an internal key) on this instance, and the
+    /// `list` oldest (see [`parse_listed_connection`]).
+    pub async fn user_presence(self: &Rc<Self>, user: &str, list: usize) -> (u64, Vec<(u64, ConnId)>) {
         let owner = self.shared.owner(user);
-        let answers = self.ask(&[owner], |_, reply| Envelope::UserPresence { user: user.into(), reply }).await;
-        answers.first().and_then(|a| a.values.first().copied()).unwrap_or(0)
+        let answers = self.ask(&[owner], |_, reply| Envelope::UserPresence { user: user.into(), list, reply }).await;
+        let Some(answer) = answers.into_iter().next() else { return (0, Vec::new()) };
+        let lines = answer.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let listed = lines.split('\n').filter_map(parse_listed_connection).collect();
+        (answer.values.first().copied().unwrap_or(0), listed)
     }
 
     /// `room` (an internal key) on this instance, listing at most `list_max` users.
@@ -159,7 +175,7 @@ impl ShardCtx {
     /// A user's open connections here (an internal key) and the `list`
     /// oldest as `<connId> <opened, Unix ms>` (to the shard clock's
     /// resolution), oldest first.
-    fn local_user_connections(&self, user: &str, list: usize) -> (u64, Vec<String>) {
+    pub(super) fn local_user_connections(&self, user: &str, list: usize) -> (u64, Vec<String>) {
         let state = self.state.borrow();
         let mut open: Vec<usize> =
             state.registry.user(user).iter().copied().filter(|&key| state.conns[key].closing.is_none()).collect();
@@ -178,11 +194,6 @@ impl ShardCtx {
         (open.len() as u64, lines)
     }
 
-    /// This shard's part of [`ShardCtx::user_presence`].
-    pub(super) fn local_user_presence(&self, user: &str) -> Vec<u64> {
-        vec![self.state.borrow().registry.user(user).len() as u64]
-    }
-
     /// This shard's part of [`ShardCtx::room_presence`]: `[connections,
     /// users]` and up to `list_max` user names, newline-separated.
     pub(super) fn local_room_presence(&self, room: &str, list_max: usize) -> Answer {
@@ -193,5 +204,24 @@ impl ShardCtx {
         users.dedup();
         let names: Vec<&str> = users.iter().take(list_max).map(|user| plain_name(user)).collect();
         Answer { values: vec![members.len() as u64, users.len() as u64], body: Some(Bytes::from(names.join("\n"))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_connections_read_back_oldest_first() {
+        let id = |instance, serial| ConnId { instance, shard: 0, slot: 4, serial };
+        assert_eq!(
+            parse_listed_connection(&format!("{} 1700000000000", id(1, 9))),
+            Some((1_700_000_000_000, id(1, 9)))
+        );
+        assert_eq!(parse_listed_connection("nope 1"), None);
+        assert_eq!(parse_listed_connection(&format!("{} soon", id(1, 9))), None);
+        let mut listed = vec![(5, id(2, 1)), (5, id(1, 7)), (5, id(1, 3)), (4, id(9, 9))];
+        oldest_first(&mut listed);
+        assert_eq!(listed, vec![(4, id(9, 9)), (5, id(1, 3)), (5, id(1, 7)), (5, id(2, 1))]);
     }
 }
