@@ -10,8 +10,10 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -62,11 +64,13 @@ pub fn spawn(shared: Arc<Shared>, endpoint: Endpoint) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Events waiting to be POSTed, and when the oldest arrived.
+/// Events waiting to be POSTed, when the oldest arrived, and the batcher
+/// to wake when more arrive.
 #[derive(Default)]
 struct Pending {
     events: VecDeque<Bytes>,
     oldest_since: Option<Instant>,
+    waiting: Option<Waker>,
 }
 
 async fn run(shared: Arc<Shared>, endpoint: Endpoint, inbox: LocalInbox<Event>) {
@@ -90,25 +94,51 @@ async fn collect(shared: Arc<Shared>, mut inbox: LocalInbox<Event>, pending: Rc<
         let excess = pending.events.len().saturating_sub(PENDING_MAX);
         pending.events.drain(..excess);
         shared.events.count_dropped(excess as u64);
+        if let Some(waker) = pending.waiting.take() {
+            waker.wake();
+        }
     }
+}
+
+/// Completes once [`collect`] added events after its first poll.
+fn added(pending: &RefCell<Pending>) -> impl Future<Output = ()> + '_ {
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        let mut pending = pending.borrow_mut();
+        if registered && pending.waiting.is_none() {
+            return Poll::Ready(());
+        }
+        pending.waiting = Some(cx.waker().clone());
+        registered = true;
+        Poll::Pending
+    })
 }
 
 /// Waits until [`BATCH_MAX`] events wait or the oldest waited [`BATCH_WAIT`];
 /// takes them.
 async fn next_batch(pending: &RefCell<Pending>) -> Vec<Bytes> {
-    const TICK: Duration = Duration::from_millis(20);
     loop {
-        {
+        let due = {
             let mut pending = pending.borrow_mut();
-            let due = pending.oldest_since.is_some_and(|since| since.elapsed() >= BATCH_WAIT);
-            if !pending.events.is_empty() && (pending.events.len() >= BATCH_MAX || due) {
+            let due = pending.oldest_since.map(|since| since + BATCH_WAIT);
+            let overdue = due.is_some_and(|due| due <= Instant::now());
+            if !pending.events.is_empty() && (pending.events.len() >= BATCH_MAX || overdue) {
                 let take = pending.events.len().min(BATCH_MAX);
                 let batch: Vec<Bytes> = pending.events.drain(..take).collect();
                 pending.oldest_since = (!pending.events.is_empty()).then(Instant::now);
                 return batch;
             }
+            due.filter(|_| !pending.events.is_empty())
+        };
+        // Asleep until events arrive, or the oldest waiting is due: no
+        // polling while nothing happens.
+        match due {
+            None => added(pending).await,
+            Some(due) => monoio::select! {
+                _ = added(pending) => {}
+                _ = monoio::time::sleep_until(monoio::time::Instant::from_std(due)) => {}
+            },
         }
-        monoio::time::sleep(TICK).await;
     }
 }
 
