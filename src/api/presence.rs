@@ -21,8 +21,8 @@ use crate::bus::{self, Bus};
 use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::namespace::Namespace;
-use crate::shard::envelope::ConnId;
-use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection, Question, RoomPresence};
+use crate::shard::envelope::{ConnId, Question};
+use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection, RoomPresence};
 use crate::shard::ShardCtx;
 
 /// User names each instance sends for a room, so that `users` counts a user

@@ -18,8 +18,9 @@ use crate::bus::{self, Bus, Outgoing};
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::namespace::Namespace;
+use crate::shard::envelope::Question;
 use crate::shard::envelope::{ConnId, Delivery, RoomChange, RoomChangeCount, Target};
-use crate::shard::presence::{decode_answer, Question};
+use crate::shard::presence::decode_answer;
 use crate::shard::ShardCtx;
 
 /// Whose connections a room change moves.

@@ -20,8 +20,8 @@ use crate::bus::{self, Bus};
 use crate::config::UserLimitPolicy;
 use crate::http::response::Response;
 use crate::namespace::plain_name;
-use crate::shard::envelope::ConnId;
-use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection, Question};
+use crate::shard::envelope::{ConnId, Question};
+use crate::shard::presence::{decode_answer, oldest_first, parse_listed_connection};
 use crate::shard::ShardCtx;
 
 /// Admits or refuses a new connection of `user` (an internal key) under the

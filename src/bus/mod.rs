@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::shard::envelope::Question;
 use crate::shard::envelope::{ConnId, Delivery, ReplyTo};
 use crate::shard::inbox::SharedInbox;
-use crate::shard::presence::Question;
 use crate::shard::{ShardCtx, Shared};
 use apply::Append;
 use log::AppendItem;

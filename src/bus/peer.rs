@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::shard::envelope::Question;
 use crate::shard::envelope::{Answer, ConnId, ReplyTo};
-use crate::shard::presence::Question;
 
 /// How often an instance says it is alive (and checks its own subscription
 /// with the canary): a quarter of `--bus-timeout`, within 50 ms..1 s.

@@ -26,9 +26,9 @@ use super::resp::{self, Reply};
 use super::sequencer::{Action, Sequencer};
 use super::url::{RedisUrl, Topology};
 use super::{Ask, Bus, BusCommand};
+use crate::shard::envelope::Question;
 use crate::shard::envelope::{Answer, ConnId, Envelope, ReplyTo};
 use crate::shard::inbox::LocalInbox;
-use crate::shard::presence::Question;
 use crate::shard::Shared;
 
 /// Pace of the housekeeping: deadlines, canary, overdue notifications.

@@ -223,6 +223,33 @@ pub struct Answer {
     pub body: Option<Bytes>,
 }
 
+/// A question another instance asks about this one's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// A user's connections (an internal key): `[count]`, and the `list`
+    /// oldest as lines `<connId> <opened, Unix ms>`.
+    User {
+        /// The user's internal key.
+        user: Box<str>,
+        /// How many of the oldest connections to list.
+        list: u32,
+    },
+    /// A room's presence (an internal key): `[connections, users]`, and up
+    /// to `list` user names as lines.
+    Room {
+        /// The room's internal key.
+        room: Box<str>,
+        /// How many user names to send.
+        list: u32,
+    },
+    /// Whether a connection is open here: `[1]` and a line with its tenant
+    /// (empty in the default namespace), or `[0]`.
+    Connection {
+        /// The connection.
+        id: ConnId,
+    },
+}
+
 /// Where the answer to another instance's question goes: the bus's way
 /// back to it, called once with the answer's bytes.
 pub type AnswerBack = Box<dyn FnOnce(Bytes) + Send>;
@@ -258,7 +285,7 @@ pub enum Envelope {
         reply: ReplyTo,
     },
     /// Reply with the connections of a user (an internal key) here: the
-    /// count, and the `list` oldest as lines (see [`crate::shard::presence::Question::User`]).
+    /// count, and the `list` oldest as lines (see [`Question::User`]).
     UserPresence {
         /// The user.
         user: Box<str>,
@@ -325,7 +352,7 @@ pub enum Envelope {
     /// A question from another instance (through the bus), answered through `answer`.
     Question {
         /// What is asked.
-        question: crate::shard::presence::Question,
+        question: Question,
         /// Where the answer goes.
         answer: AnswerBack,
     },

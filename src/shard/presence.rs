@@ -9,36 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::conn::{CloseReason, Closing};
-use super::envelope::{Answer, AnswerBack, ConnId, Envelope};
+use super::envelope::{Answer, AnswerBack, ConnId, Envelope, Question};
 use super::ShardCtx;
 use crate::namespace::plain_name;
-
-/// A question another instance asks about this one's connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Question {
-    /// A user's connections (an internal key): `[count]`, and the `list`
-    /// oldest as lines `<connId> <opened, Unix ms>`.
-    User {
-        /// The user's internal key.
-        user: Box<str>,
-        /// How many of the oldest connections to list.
-        list: u32,
-    },
-    /// A room's presence (an internal key): `[connections, users]`, and up
-    /// to `list` user names as lines.
-    Room {
-        /// The room's internal key.
-        room: Box<str>,
-        /// How many user names to send.
-        list: u32,
-    },
-    /// Whether a connection is open here: `[1]` and a line with its tenant
-    /// (empty in the default namespace), or `[0]`.
-    Connection {
-        /// The connection.
-        id: ConnId,
-    },
-}
 
 /// One instance's answer to a [`Question`]: its counts on the first line,
 /// space-separated, then one line per listed item.
