@@ -967,6 +967,22 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_config_is_loaded_and_its_errors_name_the_flag_file_and_field() {
+        assert!(Config::try_from(cli(&[])).unwrap().tenant_config.is_none());
+        let path = std::env::temp_dir().join(format!("ssekify-config-tenants-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"tenants": {"acme": {"apiKey": "k"}}}"#).unwrap();
+        let shown = path.display().to_string();
+        let err = Config::try_from(cli(&["--tenant-config", &shown, "--api-key", "k"])).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("--tenant-config: {shown}: tenants.acme.apiKey: is the instance's --api-key; give the tenant a key of its own")
+        );
+        let config = Config::try_from(cli(&["--tenant-config", &shown])).unwrap();
+        assert_eq!(config.tenant_config.unwrap().api_key("acme"), Some("k"));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_flag() {
         let err = Config::try_from(cli(&["--keep-alive", "soon"])).unwrap_err();
         assert!(err.to_string().starts_with("--keep-alive:"), "{err}");
