@@ -102,6 +102,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
     }
     out.extend([
         ("tenants", config.tenants.as_ref().map_or_else(|| "any".into(), |names| names.join(","))),
+        ("tenant-config", config.tenant_config.as_ref().map_or_else(|| "none".into(), |tenants| tenants.summary())),
         ("max-queue-items", config.max_queue_items.to_string()),
         ("max-queue-bytes", size(config.max_queue_bytes.get())),
         ("drop-policy", format!("{:?}", config.drop_policy).to_ascii_lowercase()),

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -23,6 +24,7 @@ use crate::bus::tls::{Tls, TlsFiles};
 use crate::bus::url::RedisUrl;
 use crate::http::client::Endpoint;
 use crate::log::{LogFormat, LogLevel};
+use crate::tenants::TenantConfig;
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
 /// and load balancers, so an idle stream is never cut by one of them.
@@ -299,6 +301,10 @@ pub struct ServerArgs {
     /// (others get 404); without it any valid name is a tenant.
     #[arg(long, env = "SSEKIFY_TENANTS")]
     pub tenants: Option<String>,
+    /// Tenant quotas and keys, a JSON file: defaults and per tenant maxConnections, publishRate,
+    /// publishBurst, recentMaxBytes, apiKey (see the README's "Tenants"); re-read on SIGHUP.
+    #[arg(long, env = "SSEKIFY_TENANT_CONFIG")]
+    pub tenant_config: Option<PathBuf>,
     /// How long a publish waits for Redis before answering 503, and how soon a
     /// Redis that stops answering is noticed (publishes and /readyz go 503).
     #[arg(long, env = "SSEKIFY_BUS_TIMEOUT", default_value = "2s")]
@@ -453,6 +459,9 @@ pub struct Config {
     pub bus_history: u64,
     /// Allowed tenants, sorted and deduplicated (`None`: any valid name).
     pub tenants: Option<Vec<Box<str>>>,
+    /// Tenant quotas and keys as loaded at start (`None`: no `--tenant-config`;
+    /// SIGHUP re-reads the file and the shards swap theirs).
+    pub tenant_config: Option<Arc<TenantConfig>>,
     /// Publish acknowledgement deadline.
     pub bus_timeout: Duration,
     /// Queue bound in frames.
@@ -793,6 +802,12 @@ impl TryFrom<ServerArgs> for Config {
         if idempotency_max_bytes < MIN_IDEMPOTENCY_MAX_BYTES {
             return Err(ConfigError::new("idempotency-max-bytes", "must be at least 64KiB"));
         }
+        let tenant_config = match cli.tenant_config.as_deref().filter(|path| !path.as_os_str().is_empty()) {
+            Some(path) => Some(Arc::new(
+                TenantConfig::load(path, api_key.as_deref()).map_err(|why| ConfigError::new("tenant-config", why))?,
+            )),
+            None => None,
+        };
         Ok(Config {
             listen,
             api_listen,
@@ -822,6 +837,7 @@ impl TryFrom<ServerArgs> for Config {
                 cli.channel
             },
             tenants: cli.tenants.as_deref().filter(|t| !t.is_empty()).map(tenants).transpose()?,
+            tenant_config,
             bus_partitions: match cli.bus_partitions {
                 1..=1024 => cli.bus_partitions,
                 _ => return Err(ConfigError::new("bus-partitions", "must be 1-1024")),
@@ -948,6 +964,22 @@ mod tests {
         let err = Config::try_from(cli(&["--tenants", "a/b"])).unwrap_err();
         assert!(err.to_string().starts_with("--tenants:"), "{err}");
         assert!(Config::try_from(cli(&["--tenants", ","])).is_err());
+    }
+
+    #[test]
+    fn the_tenant_config_is_loaded_and_its_errors_name_the_flag_file_and_field() {
+        assert!(Config::try_from(cli(&[])).unwrap().tenant_config.is_none());
+        let path = std::env::temp_dir().join(format!("ssekify-config-tenants-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"tenants": {"acme": {"apiKey": "k"}}}"#).unwrap();
+        let shown = path.display().to_string();
+        let err = Config::try_from(cli(&["--tenant-config", &shown, "--api-key", "k"])).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("--tenant-config: {shown}: tenants.acme.apiKey: is the instance's --api-key; give the tenant a key of its own")
+        );
+        let config = Config::try_from(cli(&["--tenant-config", &shown])).unwrap();
+        assert_eq!(config.tenant_config.unwrap().api_key("acme"), Some("k"));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

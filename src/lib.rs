@@ -3,7 +3,7 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`events`], [`config`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
+//! [`events`], [`config`], [`tenants`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
 //! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
 //! beside the server. See `docs/architecture.md` for
 //! the data path.
@@ -23,3 +23,4 @@ pub mod server;
 pub mod shard;
 pub mod sign;
 pub mod sse;
+pub mod tenants;

@@ -42,6 +42,9 @@ fn serve(args: ServerArgs) {
     if config.api_key.is_none() {
         ssekify::log!(Info, "api listener has no --api-key; it accepts any local caller", api = config.api_listen);
     }
+    if let Some(tenants) = &config.tenant_config {
+        ssekify::log!(Info, "tenant config", summary = tenants.summary());
+    }
     if matches!(config.auth, Authenticator::None) {
         ssekify::log!(Warn, "subscriber auth is `none`: the userId query parameter is trusted (development mode)");
     } else {

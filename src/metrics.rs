@@ -70,11 +70,18 @@ pub enum Rejection {
     BodyBudget,
     /// `--max-connections` subscribers, or public sockets beyond them (503).
     AtCapacity,
+    /// A tenant's subscriber beyond its `maxConnections` (429).
+    TenantQuota,
+    /// A tenant's publish beyond its `publishRate`/`publishBurst` (429, or 413
+    /// for a batch larger than the burst).
+    TenantRateLimited,
+    /// A tenant's api key on a route that is not its tenant's (403).
+    Forbidden,
 }
 
 impl Rejection {
     /// Every reason, in the order of [`Rejections`]' slots.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::BadRequest,
         Rejection::HeadTooLarge,
         Rejection::BodyTooLarge,
@@ -84,7 +91,16 @@ impl Rejection {
         Rejection::Unauthorized,
         Rejection::BodyBudget,
         Rejection::AtCapacity,
+        Rejection::TenantQuota,
+        Rejection::TenantRateLimited,
+        Rejection::Forbidden,
     ];
+
+    /// The reasons counted per tenant too (a tenant's metrics and stats):
+    /// the refusals of its limits and keys, and its subscribers turned away
+    /// by the instance's capacity.
+    pub const PER_TENANT: [Rejection; 4] =
+        [Rejection::TenantQuota, Rejection::TenantRateLimited, Rejection::Forbidden, Rejection::AtCapacity];
 
     /// The `reason` label and stats key.
     pub fn name(self) -> &'static str {
@@ -98,6 +114,9 @@ impl Rejection {
             Rejection::Unauthorized => "unauthorized",
             Rejection::BodyBudget => "body_budget",
             Rejection::AtCapacity => "at_capacity",
+            Rejection::TenantQuota => "tenant_quota",
+            Rejection::TenantRateLimited => "tenant_rate_limited",
+            Rejection::Forbidden => "forbidden",
         }
     }
 }
@@ -139,6 +158,70 @@ pub fn render_rejections(out: &mut String, totals: &[u64; Rejection::ALL.len()])
     for (reason, value) in Rejection::ALL.iter().zip(totals) {
         let _ = writeln!(out, "{name}{{reason=\"{}\"}} {value}", reason.name());
     }
+}
+
+/// One tenant label's figures for the exposition ([`render_tenants`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TenantRow<'a> {
+    /// A listed tenant's name, or `_other` for every tenant the file does not list.
+    pub label: &'a str,
+    /// Open connections (gauge).
+    pub connections: u64,
+    /// Distinct named users with a connection (gauge).
+    pub users: u64,
+    /// Distinct rooms with members (gauge).
+    pub rooms: u64,
+    /// Frame bytes its replay rings reference (gauge).
+    pub replay_bytes: u64,
+    /// Messages accepted by its publish routes (counter).
+    pub published: u64,
+    /// Message frames handed to its connections (counter).
+    pub sent: u64,
+    /// Refusals in the order of [`Rejection::PER_TENANT`] (counters).
+    pub rejected: [u64; Rejection::PER_TENANT.len()],
+}
+
+/// Appends the per-tenant families, `ssekify_tenant_*{tenant="…"}`: one
+/// series per listed tenant and one for `_other`, so the label's values are
+/// bounded by the tenant config. They are families of their own, beside the
+/// unlabelled instance totals (which count every namespace), so a `sum()`
+/// over either never counts anything twice.
+pub fn render_tenants(out: &mut String, rows: &[TenantRow<'_>]) {
+    type Field = fn(&TenantRow<'_>) -> u64;
+    let families: [(&str, &str, &str, Field); 6] = [
+        ("ssekify_tenant_connections", "gauge", "Open subscriber connections of the tenant.", |r| r.connections),
+        ("ssekify_tenant_users", "gauge", "Distinct users of the tenant with a connection.", |r| r.users),
+        ("ssekify_tenant_rooms", "gauge", "Distinct rooms of the tenant with members.", |r| r.rooms),
+        ("ssekify_tenant_replay_bytes", "gauge", "Frame bytes referenced by the tenant's replay rings.", |r| {
+            r.replay_bytes
+        }),
+        ("ssekify_tenant_published_total", "counter", "Messages accepted by the tenant's publish routes.", |r| {
+            r.published
+        }),
+        ("ssekify_tenant_sent_total", "counter", "Message frames handed to the tenant's connections.", |r| r.sent),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help} Unlisted tenants share tenant=\"_other\".\n# TYPE {name} {kind}");
+        for row in rows {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label_value(row.label), field(row));
+        }
+    }
+    let name = "ssekify_tenant_rejected_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The tenant's requests and connections turned away, by reason.\n# TYPE {name} counter"
+    );
+    for row in rows {
+        for (reason, value) in Rejection::PER_TENANT.iter().zip(row.rejected) {
+            let _ =
+                writeln!(out, "{name}{{tenant=\"{}\",reason=\"{}\"}} {value}", label_value(row.label), reason.name());
+        }
+    }
+}
+
+/// A label value escaped as the text format asks (`\`, `"` and newline).
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Appends the JWKS figures (all zero without `--jwks-file`/`--jwks-url`,
@@ -386,5 +469,21 @@ mod tests {
             assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{line}");
         }
         assert!(text.contains("ssekify_rooms 2\n"));
+    }
+
+    #[test]
+    fn tenant_rows_carry_escaped_labels() {
+        let mut out = String::new();
+        let rows = [
+            TenantRow { label: "acme", connections: 3, sent: 9, ..TenantRow::default() },
+            TenantRow { label: "a\"b\\c", rejected: [1, 2, 0, 0], ..TenantRow::default() },
+        ];
+        render_tenants(&mut out, &rows);
+        assert!(out.contains("ssekify_tenant_connections{tenant=\"acme\"} 3\n"), "{out}");
+        assert!(out.contains("ssekify_tenant_sent_total{tenant=\"acme\"} 9\n"), "{out}");
+        assert!(
+            out.contains("ssekify_tenant_rejected_total{tenant=\"a\\\"b\\\\c\",reason=\"tenant_rate_limited\"} 2\n"),
+            "{out}"
+        );
     }
 }

@@ -156,10 +156,19 @@ fn users_rooms_and_broadcasts_stay_in_their_namespace() {
         assert_eq!(stat(&all, "connections"), 9, "[{driver}] {all}");
         assert_eq!(stat(&all, "users"), 3, "[{driver}] one `u` per namespace: {all}");
         assert_eq!(stat(&all, "rooms"), 3, "[{driver}] one `r` per namespace: {all}");
+        let counts = |stats: &Value| json!({ "tenant": stats["tenant"], "connections": stats["connections"], "users": stats["users"], "rooms": stats["rooms"] });
         let acme = ok_json(http(api, "GET", "/v1/t/acme/stats", &[], b""));
-        assert_eq!(acme, json!({ "tenant": "acme", "connections": 3, "users": 1, "rooms": 1 }), "[{driver}]");
+        assert_eq!(counts(&acme), json!({ "tenant": "acme", "connections": 3, "users": 1, "rooms": 1 }), "[{driver}]");
+        assert_eq!(acme["label"], "_other", "[{driver}] no tenant config: every tenant's counters are _other's");
+        assert!(acme["replayBytes"].as_u64().unwrap() > 0, "[{driver}] {acme}");
         let empty = ok_json(http(api, "GET", "/v1/t/nobody/stats", &[], b""));
-        assert_eq!(empty, json!({ "tenant": "nobody", "connections": 0, "users": 0, "rooms": 0 }), "[{driver}]");
+        assert_eq!(
+            counts(&empty),
+            json!({ "tenant": "nobody", "connections": 0, "users": 0, "rooms": 0 }),
+            "[{driver}]"
+        );
+        assert_eq!(empty["replayBytes"], 0, "[{driver}]");
+        assert_eq!(empty["limits"]["maxConnections"], Value::Null, "[{driver}] no tenant config: no limits");
     }
 }
 

@@ -251,10 +251,7 @@ pub fn admit(ctx: &ShardCtx, role: Role, request: &Request) -> Result<Admitted, 
             .header("Allow", allow_header(route.allow)));
     }
     if route.api && !is_health {
-        if let Some(refusal) = check_api_key(request, config) {
-            rejected.count(Rejection::Unauthorized);
-            return Err(refusal);
-        }
+        check_api_key(ctx, request, route.tenant.as_deref())?;
     }
     if matches!(route.endpoint, Endpoint::Subscribe) && request.body != BodyFraming::Empty {
         rejected.count(Rejection::BadRequest);
@@ -339,18 +336,35 @@ fn not_found(role: Role, segments: &[String]) -> Response {
     }
 }
 
-/// `Authorization: Bearer <key>`, compared in constant time.
-fn check_api_key(request: &Request, config: &Config) -> Option<Response> {
-    let key = config.api_key.as_deref()?;
+/// `Authorization: Bearer <key>`, compared in constant time, for an api
+/// route of `tenant` (`None`: an instance-wide route). The instance's
+/// `--api-key` opens every route. A tenant's `apiKey` (`--tenant-config`)
+/// opens that tenant's `/v1/t/{tenant}/…` routes only: `403 forbidden`
+/// elsewhere, whether or not the instance has a key. Without `--api-key`,
+/// a route of a tenant with an `apiKey` needs that key, and every other
+/// route is open as before (the api listener is then loopback only).
+fn check_api_key(ctx: &ShardCtx, request: &Request, tenant: Option<&str>) -> Result<(), Response> {
+    let config = &ctx.shared.config;
     let given = request.header("authorization").and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
-    if constant_time_eq(given, key.as_bytes()) {
-        None
-    } else {
-        Some(
-            Response::error(401, "unauthorized", "missing or wrong api key (Authorization: Bearer <key>)")
-                .header("WWW-Authenticate", "Bearer"),
-        )
+    if config.api_key.as_deref().is_some_and(|key| constant_time_eq(given, key.as_bytes())) {
+        return Ok(());
     }
+    let tenants = ctx.tenant_config();
+    if let Some((owner, _)) = tenants.key_owner(given).filter(|(_, key)| constant_time_eq(given, key.as_bytes())) {
+        if tenant == Some(owner) {
+            return Ok(());
+        }
+        ctx.count_tenant_rejection(Some(owner), Rejection::Forbidden);
+        let message = format!("this is tenant {owner}'s key: it opens /v1/t/{owner}/… routes only");
+        return Err(Response::error(403, "forbidden", message));
+    }
+    let needed = config.api_key.is_some() || tenant.is_some_and(|tenant| tenants.api_key(tenant).is_some());
+    if !needed {
+        return Ok(());
+    }
+    ctx.stats().rejected.count(Rejection::Unauthorized);
+    Err(Response::error(401, "unauthorized", "missing or wrong api key (Authorization: Bearer <key>)")
+        .header("WWW-Authenticate", "Bearer"))
 }
 
 /// Equality whose time depends only on the lengths, not on where bytes differ.

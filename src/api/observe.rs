@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::jwks::JwksStats;
 use crate::bus::{Bus, BusState, BusStats};
 use crate::http::response::Response;
-use crate::metrics::{self, Rejection, FIELDS};
+use crate::metrics::{self, Rejection, TenantRow, FIELDS};
 use crate::shard::{Phase, ShardCtx};
 
 /// `GET /healthz`: the process runs.
@@ -106,18 +106,60 @@ fn jwks_stats(ctx: &ShardCtx) -> JwksStats {
     ctx.shared.config.auth.jwks().map(|jwks| jwks.stats()).unwrap_or_default()
 }
 
-/// `GET /v1/t/{tenant}/stats`: one tenant's share of the instance.
+/// `GET /v1/t/{tenant}/stats`: one tenant's share of the instance, and the
+/// limits in force for it. `published`, `sent` and `rejected` are the
+/// counters of its metrics label, named in `label`: its own when the tenant
+/// config lists it, else `_other`'s, shared by every tenant it does not list.
 pub async fn tenant_stats(ctx: &Rc<ShardCtx>, tenant: &str) -> Response {
-    let counts = ctx.tenant_counts(tenant).await;
+    let figures = ctx.tenant_counts(tenant).await;
+    let config = ctx.tenant_config();
+    let limits = config.limits(tenant);
+    let rejected: Map<String, Value> = Rejection::PER_TENANT
+        .iter()
+        .zip(figures.tally.rejected)
+        .map(|(reason, n)| (reason.name().into(), n.into()))
+        .collect();
     Response::json(
         200,
         &json!({
             "tenant": tenant,
-            "connections": counts.connections,
-            "users": counts.users,
-            "rooms": counts.rooms,
+            "connections": figures.connections,
+            "users": figures.users,
+            "rooms": figures.rooms,
+            "replayBytes": figures.replay_bytes,
+            "label": config.label(config.slot(tenant)),
+            "published": figures.tally.published,
+            "sent": figures.tally.sent,
+            "rejected": rejected,
+            "limits": {
+                "maxConnections": limits.max_connections,
+                "publishRate": limits.publish.map(|rate| rate.per_second),
+                "publishBurst": limits.publish.map(|rate| rate.burst),
+                "recentMaxBytes": limits.recent_max_bytes,
+            },
         }),
     )
+}
+
+/// The `ssekify_tenant_*` families: every listed tenant and `_other`.
+async fn render_tenants(ctx: &Rc<ShardCtx>, text: &mut String) {
+    let config = ctx.tenant_config();
+    let figures = ctx.tenant_report(config.clone()).await;
+    let rows: Vec<TenantRow<'_>> = figures
+        .iter()
+        .enumerate()
+        .map(|(slot, f)| TenantRow {
+            label: config.label(slot),
+            connections: f.connections,
+            users: f.users,
+            rooms: f.rooms,
+            replay_bytes: f.replay_bytes,
+            published: f.tally.published,
+            sent: f.tally.sent,
+            rejected: f.tally.rejected,
+        })
+        .collect();
+    metrics::render_tenants(text, &rows);
 }
 
 /// `GET /metrics`: Prometheus text exposition.
@@ -184,6 +226,7 @@ pub async fn metrics(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
     );
     metrics::render_rejections(&mut text, &metrics::rejection_totals(&ctx.shared.stats));
     metrics::render_jwks(&mut text, &jwks_stats(ctx));
+    render_tenants(ctx, &mut text).await;
     Response::with_body(200, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 

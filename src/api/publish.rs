@@ -21,12 +21,13 @@ use crate::bus::{self, Bus, Outgoing};
 use crate::events::{Event, EventKind};
 use crate::http::request::Request;
 use crate::http::response::{Response, JSON};
-use crate::metrics::ShardStats;
+use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
 use crate::shard::idempotency::{valid_key, Claim, Ticket};
 use crate::shard::ShardCtx;
 use crate::sse::frame;
+use crate::tenants::quota::RateRefusal;
 
 /// Who a single-message route addresses.
 pub enum To {
@@ -147,7 +148,42 @@ async fn validate_and_deliver(
 ) -> Result<Vec<Value>, Response> {
     let scope = scope(request)?;
     let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
-    deliver(ctx, bus, scope, idempotency_key.as_deref(), prepare()?).await
+    let prepared = prepare()?;
+    let messages = prepared.len() as u64;
+    if let Some(tenant) = ns.tenant_name() {
+        take_tenant_rate(ctx, tenant, messages)?;
+    }
+    let results = deliver(ctx, bus, scope, idempotency_key.as_deref(), prepared).await?;
+    if let Some(tenant) = ns.tenant_name() {
+        ctx.count_tenant_published(tenant, messages);
+    }
+    Ok(results)
+}
+
+/// Takes `messages` tokens from the tenant's publish bucket of this
+/// instance (its `publishRate`/`publishBurst`; a batch takes one per
+/// message): `429 tenant_rate_limited` with `Retry-After` when it is out of
+/// them, `413 batch_over_burst` for a batch that a full bucket could not
+/// pass either (retrying it would never help: split it).
+fn take_tenant_rate(ctx: &ShardCtx, tenant: &str, messages: u64) -> Result<(), Response> {
+    let Some(quotas) = &ctx.shared.tenant_quotas else { return Ok(()) };
+    let Some(rate) = ctx.tenant_config().limits(tenant).publish else { return Ok(()) };
+    let refusal = match quotas.take_publish(tenant, rate, messages) {
+        Ok(()) => return Ok(()),
+        Err(RateRefusal::Wait(seconds)) => Response::error(
+            429,
+            "tenant_rate_limited",
+            format!("tenant {tenant} is over its publishRate of {}/s on this instance", rate.per_second),
+        )
+        .header("Retry-After", seconds.to_string()),
+        Err(RateRefusal::OverBurst(burst)) => Response::error(
+            413,
+            "batch_over_burst",
+            format!("the batch has {messages} messages, over tenant {tenant}'s publishBurst of {burst}: split it"),
+        ),
+    };
+    ctx.count_tenant_rejection(Some(tenant), Rejection::TenantRateLimited);
+    Err(refusal)
 }
 
 /// Where a publish goes: `cluster` (default) through the bus when there is one.

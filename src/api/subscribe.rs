@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, Credentials, Denied, Kind};
 use crate::bus::Bus;
 use crate::http::request::{Method, Request};
 use crate::http::response::Response;
-use crate::metrics::ShardStats;
+use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::Namespace;
 use crate::shard::envelope::Subscription;
 use crate::shard::{Phase, ShardCtx};
@@ -118,13 +118,24 @@ async fn subscription(
     if let Some(limit) = config.max_connections {
         if open >= limit.get() {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            ctx.stats().rejected.count(crate::metrics::Rejection::AtCapacity);
+            ctx.count_tenant_rejection(namespace.tenant_name(), Rejection::AtCapacity);
             return Err(Response::error(
                 503,
                 "at_capacity",
                 format!("the server holds {limit} subscribers (--max-connections)"),
             )
             .header("Retry-After", "1"));
+        }
+    }
+    if let (Some(quotas), Some(tenant)) = (&shared.tenant_quotas, namespace.tenant_name()) {
+        if let Err(limit) = quotas.admit_connection(tenant, ctx.tenant_config().limits(tenant).max_connections) {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            ctx.count_tenant_rejection(Some(tenant), Rejection::TenantQuota);
+            return Err(Response::error(
+                429,
+                "tenant_quota",
+                format!("tenant {tenant} holds its {limit} subscribers on this instance (maxConnections)"),
+            ));
         }
     }
     // The header wins over the query parameter (API.md "Subscribe").

@@ -6,12 +6,17 @@
 //! First SIGTERM/SIGINT: graceful shutdown over `--shutdown-grace`. Second:
 //! exit now. SIGHUP re-reads what can change without a restart: the keys of
 //! `--jwks-file` (a bad file is logged and the keys in use kept), or a fetch
-//! of `--jwks-url`; with nothing to reload it says so in the log. Nothing
-//! connected is touched.
+//! of `--jwks-url`, and `--tenant-config` (a bad file is logged and the config
+//! in force kept; a good one reaches every shard as an envelope, so no shard
+//! ever takes a lock for it); with nothing to reload it says so in the log.
+//! Nothing connected is touched.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::shard::envelope::Envelope;
 use crate::shard::{LifecycleEvent, Shared};
+use crate::tenants::TenantConfig;
 
 /// Exit status when a second signal cuts the grace period short.
 pub const FORCED_EXIT: i32 = 1;
@@ -72,11 +77,38 @@ pub fn spawn_watcher(shared: Arc<Shared>) {
 
 /// SIGHUP: reloads what the configuration lets change while running.
 fn reload(shared: &Shared) {
-    match shared.config.auth.jwks() {
-        Some(jwks) => {
-            crate::log!(Info, "SIGHUP: reloading the JWKS", source = jwks.shown());
-            jwks.reload();
+    let jwks = shared.config.auth.jwks();
+    if let Some(jwks) = jwks {
+        crate::log!(Info, "SIGHUP: reloading the JWKS", source = jwks.shown());
+        jwks.reload();
+    }
+    if let Some(tenants) = &shared.config.tenant_config {
+        reload_tenants(shared, tenants.path.as_deref().unwrap_or(Path::new("")));
+    }
+    if jwks.is_none() && shared.config.tenant_config.is_none() {
+        crate::log!(Info, "SIGHUP: nothing to reload (no --jwks-file, --jwks-url or --tenant-config)");
+    }
+}
+
+/// Re-reads `--tenant-config` and hands the new config to every shard,
+/// which puts it in force for new connections and publishes; a file that
+/// does not validate is refused and the config in force kept.
+fn reload_tenants(shared: &Shared, path: &Path) {
+    match TenantConfig::load(path, shared.config.api_key.as_deref()) {
+        Ok(config) => {
+            let config = Arc::new(config);
+            for shard in 0..shared.shard_count() {
+                shared.send_blocking(shard, Envelope::TenantConfig(config.clone()));
+            }
+            crate::log!(
+                Info,
+                "tenant config reloaded",
+                tenants = config.tenants().len(),
+                file = path.display().to_string()
+            );
         }
-        None => crate::log!(Info, "SIGHUP: nothing to reload (no --jwks-file or --jwks-url)"),
+        Err(error) => {
+            crate::log!(Error, "tenant config refused; the one in force is kept", error = error);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! What travels between shards over their inboxes.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use super::idempotency::Ticket;
 use crate::events::{Event, EventTypes};
 use crate::namespace::Namespace;
+use crate::tenants::TenantConfig;
 
 /// Who a message is for. User and room names are internal keys
 /// ([`Namespace::key`]), in the process and on the bus alike.
@@ -308,13 +310,22 @@ pub enum Envelope {
         /// Where to send them.
         reply: ReplyTo,
     },
-    /// Reply with a tenant's counts here: `[connections, users, room hashes…]`.
+    /// Reply with a tenant's figures here (see `shard::tenants`).
     TenantCounts {
         /// The tenant.
         tenant: Box<str>,
         /// Where to send them.
         reply: ReplyTo,
     },
+    /// Reply with the figures of every label of `labels` here (metrics).
+    TenantReport {
+        /// The labels asked for, as the asking shard's config has them.
+        labels: Arc<TenantConfig>,
+        /// Where to send them.
+        reply: ReplyTo,
+    },
+    /// A reloaded tenant config to put in force.
+    TenantConfig(Arc<TenantConfig>),
     /// The bus log lost messages of some partitions: tell the connections
     /// that may have missed one (once each), and make resumes from before it
     /// report a gap.

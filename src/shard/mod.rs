@@ -21,8 +21,10 @@ mod requests;
 mod rooms;
 mod shared;
 mod shutdown;
+mod tenants;
 
 pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder, INBOX_CAPACITY};
+pub use tenants::{ShardTenants, TenantFigures};
 pub mod replay;
 pub mod writer;
 
@@ -46,7 +48,7 @@ use envelope::{Answer, Delivery, Envelope, Selection, Subscription, Target};
 use idempotency::{Claim, IdempotencyLimits, IdempotencyTable, Ticket};
 use queue::{Pushed, QueueLimits};
 use registry::Registry;
-use replay::{ReplayLimits, ReplayStore, Stream};
+use replay::{ReplayLimits, ReplayStore, Stream, TenantBudgets};
 use writer::FrameBatch;
 
 /// Batch buffers kept for reuse; beyond this many concurrent writers, buffers are freed after use.
@@ -90,6 +92,8 @@ pub struct ShardCtx {
     pub requests_in_flight: Cell<usize>,
     /// Subscribers registered here so far: each one's serial in its [`ConnId`](envelope::ConnId).
     registrations: Cell<u64>,
+    /// The tenant config in force here and the per-tenant counters.
+    tenants: RefCell<ShardTenants>,
 }
 
 impl ShardCtx {
@@ -97,13 +101,15 @@ impl ShardCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let config = &shared.config;
         let share = |total: usize| total.div_ceil(shared.shard_count()).max(1);
-        let replay = ReplayStore::new(ReplayLimits {
+        let mut replay = ReplayStore::new(ReplayLimits {
             entries: config.recent_buffer,
             ttl_ms: config.recent_ttl.as_millis() as u64,
             max_users: share(config.recent_max_users),
             max_rooms: share(config.recent_max_rooms),
             max_bytes: share(config.recent_max_bytes),
         });
+        let tenant_config = config.tenant_config.clone().unwrap_or_default();
+        replay.set_budgets(TenantBudgets { config: Some(tenant_config.clone()), shards: shared.shard_count() });
         let limits = QueueLimits {
             max_items: config.max_queue_items.get(),
             max_bytes: config.max_queue_bytes.get(),
@@ -134,6 +140,7 @@ impl ShardCtx {
             body_bytes_in_flight: Cell::new(0),
             requests_in_flight: Cell::new(0),
             registrations: Cell::new(0),
+            tenants: RefCell::new(ShardTenants::new(tenant_config)),
         })
     }
 
@@ -196,7 +203,7 @@ impl ShardCtx {
                     tenant = subscription.namespace.tenant_name(),
                     reason = "too_many_connections",
                 );
-                drop_connection_slot(&self.shared);
+                drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
                 ShardStats::add(&self.stats().errors, 1);
                 let refusal = Response::error(
                     429,
@@ -251,6 +258,7 @@ impl ShardCtx {
         let stats = self.stats();
         ShardStats::add(&stats.sent, replayed);
         ShardStats::add(&stats.subscribes, 1);
+        self.count_tenant_sent(conn.tenant.as_deref(), replayed);
         stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
         stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
         stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
@@ -291,7 +299,7 @@ impl ShardCtx {
         if let Some(tenant) = &conn.tenant {
             state.registry.remove_tenant_member(tenant, key);
         }
-        drop_connection_slot(&self.shared);
+        drop_connection_slot(&self.shared, conn.tenant.as_deref());
         let stats = self.stats();
         stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
         stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
@@ -421,6 +429,7 @@ impl ShardCtx {
             ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
         }
         self.report_replay(replay);
+        self.count_tenant_sent(Self::tenant_of_target(target), tally.queued);
         tally.queued
     }
 
@@ -542,43 +551,6 @@ impl ShardCtx {
         state.registry.room_names().map(|name| self.shared.owner_hasher.hash_one(&**name)).collect()
     }
 
-    /// A tenant's connections, distinct users and distinct rooms across
-    /// every shard (users live on one shard each, so their counts add up).
-    pub async fn tenant_counts(self: &Rc<Self>, tenant: &str) -> TenantCounts {
-        let all: Vec<usize> = (0..self.shared.shard_count()).collect();
-        let replies = self.ask(&all, |_, reply| Envelope::TenantCounts { tenant: tenant.into(), reply }).await;
-        let mut counts = TenantCounts::default();
-        let mut rooms = ahash::AHashSet::new();
-        for answer in replies {
-            if let [connections, users, hashes @ ..] = answer.values.as_slice() {
-                counts.connections += connections;
-                counts.users += users;
-                rooms.extend(hashes.iter().copied());
-            }
-        }
-        counts.rooms = rooms.len() as u64;
-        counts
-    }
-
-    /// `[connections, distinct users, room hashes…]` of `tenant` here; visits
-    /// that tenant's connections only.
-    fn tenant_counts_local(&self, tenant: &str) -> Vec<u64> {
-        let state = self.state.borrow();
-        let Some(members) = state.registry.tenant(tenant) else { return vec![0, 0] };
-        let mut users = ahash::AHashSet::new();
-        let mut rooms = ahash::AHashSet::new();
-        for &key in members {
-            let conn = &state.conns[key];
-            if let Some(user) = &conn.user {
-                users.insert(Rc::as_ptr(user));
-            }
-            rooms.extend(conn.rooms.iter().map(|room| self.shared.owner_hasher.hash_one(&**room)));
-        }
-        let mut values = vec![members.len() as u64, users.len() as u64];
-        values.extend(rooms);
-        values
-    }
-
     /// Handles one envelope from the inbox.
     pub fn handle(self: &Rc<Self>, envelope: Envelope) {
         match envelope {
@@ -587,7 +559,7 @@ impl ShardCtx {
                 match TcpStream::from_std(std::net::TcpStream::from(fd)) {
                     Ok(stream) => self.register(stream, subscription),
                     Err(error) => {
-                        drop_connection_slot(&self.shared);
+                        drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
                         ShardStats::add(&self.stats().errors, 1);
                         crate::log!(Warn, "could not adopt a moved subscriber", error = error);
                     }
@@ -632,6 +604,11 @@ impl ShardCtx {
             }
             Envelope::Question { question, answer } => self.answer_question(question, answer),
             Envelope::Evict { id } => self.evict(&id),
+            Envelope::TenantReport { labels, reply } => {
+                let values = self.tenant_report_local(&labels);
+                self.reply(reply, values);
+            }
+            Envelope::TenantConfig(config) => self.apply_tenant_config(config),
             Envelope::BusGap { lost, partitions } => self.bus_gap(&lost, partitions),
             Envelope::Event(event) => self.deliver_event(&event),
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
@@ -707,17 +684,6 @@ fn claim_answer(claim: Claim) -> Answer {
     }
 }
 
-/// One tenant's share of the instance (`GET /v1/t/{tenant}/stats`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TenantCounts {
-    /// Its open connections.
-    pub connections: u64,
-    /// Its distinct named users with a connection.
-    pub users: u64,
-    /// Its distinct rooms with members.
-    pub rooms: u64,
-}
-
 /// Counts of one fan-out, added to the shard's counters once at the end.
 #[derive(Default)]
 struct Tally {
@@ -737,6 +703,11 @@ pub(crate) fn evicted_frame() -> Bytes {
     crate::sse::frame::encode_control(EVICTED_EVENT, br#"{"reason":"max_connections_per_user"}"#)
 }
 
-fn drop_connection_slot(shared: &Shared) {
+/// Gives back the places a subscriber held under `--max-connections` and,
+/// in a tenant, under its `maxConnections`.
+fn drop_connection_slot(shared: &Shared, tenant: Option<&str>) {
     shared.connections.fetch_sub(1, Ordering::AcqRel);
+    if let (Some(quotas), Some(tenant)) = (&shared.tenant_quotas, tenant) {
+        quotas.release_connection(tenant);
+    }
 }

@@ -59,6 +59,11 @@ impl Registry {
         self.rooms.keys()
     }
 
+    /// Every tenant with connections here, and those connections.
+    pub fn tenants(&self) -> impl Iterator<Item = (&Rc<str>, &AHashSet<usize>)> {
+        self.tenants.iter()
+    }
+
     /// Interns `user` and records `conn` under it; returns the shared name.
     pub fn add_user(&mut self, user: &str, conn: usize) -> Rc<str> {
         match self.users.get_key_value(user) {

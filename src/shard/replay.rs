@@ -21,17 +21,27 @@
 //! entries, recorded as wrap-around so a resume that needed them gets the gap.
 //! Every bound costs O(log n) per ring evicted or entry dropped, never a scan.
 //!
+//! A tenant's rings (its users', rooms' and broadcast ring) are also counted
+//! per tenant, and a tenant with a `recentMaxBytes` ([`TenantBudgets`]; this
+//! shard's share of it, as with `--recent-max-bytes`) over its budget loses
+//! its own least recently active rings first, never another namespace's: a
+//! ring of a user without a connection, a room ring or its broadcast ring
+//! goes whole, a connected user's ring loses its oldest entries (recorded as
+//! wrap-around, so a resume that needed them gets the gap).
+//!
 //! A resume merges the rings that apply to a connection by arrival sequence,
 //! so replayed frames come in the order they were published on this shard.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 
-use crate::namespace::Namespace;
+use crate::namespace::{tenant_of_key, Namespace};
 use crate::sse::frame::encode_control;
+use crate::tenants::TenantConfig;
 
 /// Event name of the in-band "you may have missed messages" notice.
 pub const GAP_EVENT: &str = "ssekify.gap";
@@ -88,6 +98,43 @@ struct Ring {
     last_active_ms: u64,
     /// Its user has a connection here: out of reach of the count cap and TTL.
     pinned: bool,
+    /// The tenant it belongs to (`None`: the default namespace).
+    tenant: Option<Rc<str>>,
+}
+
+/// The per-tenant byte budgets of one shard: each tenant's `recentMaxBytes`
+/// divided among the shards, as `--recent-max-bytes` is.
+#[derive(Debug, Clone, Default)]
+pub struct TenantBudgets {
+    /// The tenant config in force on this shard (`None`: no budgets).
+    pub config: Option<Arc<TenantConfig>>,
+    /// Shards the budgets are shared among.
+    pub shards: usize,
+}
+
+impl TenantBudgets {
+    /// This shard's share of `tenant`'s budget, if it has one.
+    fn of(&self, tenant: &str) -> Option<usize> {
+        let bytes = self.config.as_ref()?.limits(tenant).recent_max_bytes?;
+        Some(bytes.div_ceil(self.shards.max(1)).max(1))
+    }
+}
+
+/// One tenant's share of this store.
+#[derive(Debug, Default)]
+struct TenantUse {
+    /// Frame bytes its rings reference.
+    bytes: usize,
+    /// Its rings, least recently active first.
+    order: BTreeMap<u64, (KeyedKind, Rc<str>)>,
+}
+
+/// What [`Keyed::touch`] did to the ring's place in the activity order.
+enum Touched {
+    /// It was created, under this shared name.
+    Created(Rc<str>),
+    /// It existed and moved from this activity mark.
+    Moved(u64),
 }
 
 /// Rings by name with least-recently-active order.
@@ -139,6 +186,9 @@ pub struct ReplayStore {
     next_touch: u64,
     entries: usize,
     bytes: usize,
+    /// Per tenant with rings here: its bytes and its rings by activity.
+    tenant_use: AHashMap<Rc<str>, TenantUse>,
+    budgets: TenantBudgets,
 }
 
 impl ReplayStore {
@@ -156,7 +206,26 @@ impl ReplayStore {
             next_touch: 0,
             entries: 0,
             bytes: 0,
+            tenant_use: AHashMap::new(),
+            budgets: TenantBudgets::default(),
         }
+    }
+
+    /// Puts new per-tenant budgets in force (at start and on a reload of
+    /// the tenant config); a tenant now over its budget is trimmed at its
+    /// next message, so a reload does no work on the shard at once.
+    pub fn set_budgets(&mut self, budgets: TenantBudgets) {
+        self.budgets = budgets;
+    }
+
+    /// Frame bytes `tenant`'s rings reference here.
+    pub fn tenant_bytes(&self, tenant: &str) -> usize {
+        self.tenant_use.get(tenant).map_or(0, |u| u.bytes)
+    }
+
+    /// Every tenant with rings here and their bytes.
+    pub fn tenants_bytes(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.tenant_use.iter().map(|(name, u)| (&**name, u.bytes))
     }
 
     /// False when `--recent-buffer 0` disabled replay.
@@ -184,22 +253,38 @@ impl ReplayStore {
         self.next_touch += 1;
         let (seq, touch, capacity) = (self.next_seq, self.next_touch, self.limits.entries);
         let entry = Entry { seq, id_len, frame: frame.clone() };
-        let ring = match stream {
+        let (ring, touched, kind) = match stream {
             Stream::All => {
                 self.broadcast.touch = touch;
-                &mut self.broadcast
+                (&mut self.broadcast, Touched::Moved(touch), KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                self.users.touch(name, touch, seq, || connected.contains(name))
+                let (ring, touched) = self.users.touch(name, touch, seq, || connected.contains(name));
+                (ring, touched, KeyedKind::Users)
             }
-            Stream::Room(name) => self.rooms.touch(name, touch, seq, || false),
-            Stream::Tenant(name) => self.tenants.touch(name, touch, seq, || false),
+            Stream::Room(name) => {
+                let (ring, touched) = self.rooms.touch(name, touch, seq, || false);
+                (ring, touched, KeyedKind::Rooms)
+            }
+            Stream::Tenant(name) => {
+                let (ring, touched) = self.tenants.touch(name, touch, seq, || false);
+                (ring, touched, KeyedKind::Tenants)
+            }
         };
+        let tenant = match stream {
+            Stream::All => None,
+            Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
+            Stream::Tenant(name) => Some(name),
+        };
+        if let (Touched::Created(_), Some(tenant)) = (&touched, tenant) {
+            ring.tenant = Some(intern(&mut self.tenant_use, tenant));
+        }
         ring.last_active_ms = now_ms;
         let len = ring.entries.len();
+        let mut freed = 0;
         if len == capacity {
-            let freed = drop_front(ring).expect("full");
+            freed = drop_front(ring).expect("full");
             self.entries -= 1;
             self.bytes -= freed;
         } else if len == ring.entries.capacity() {
@@ -210,7 +295,60 @@ impl ReplayStore {
         ring.entries.push_back(entry);
         self.entries += 1;
         self.bytes += frame.len();
+        if let Some(tenant) = ring.tenant.clone() {
+            let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
+            tenant_use.bytes = tenant_use.bytes + frame.len() - freed;
+            match touched {
+                Touched::Created(name) => {
+                    tenant_use.order.insert(touch, (kind, name));
+                }
+                Touched::Moved(old) => {
+                    if let Some(place) = tenant_use.order.remove(&old) {
+                        tenant_use.order.insert(touch, place);
+                    }
+                }
+            }
+            self.enforce_tenant_budget(&tenant);
+        }
         self.enforce_bounds();
+    }
+
+    /// Evicts `tenant`'s own least recently active rings while it is over
+    /// its budget: whole rings, except that a connected user's ring loses
+    /// its oldest entries (and goes whole only once empty).
+    fn enforce_tenant_budget(&mut self, tenant: &str) {
+        let Some(budget) = self.budgets.of(tenant) else { return };
+        loop {
+            let (touch, kind, name) = {
+                let Some(tenant_use) = self.tenant_use.get(tenant).filter(|u| u.bytes > budget) else { return };
+                let Some((&touch, (kind, name))) = tenant_use.order.iter().next() else { return };
+                (touch, *kind, name.clone())
+            };
+            let keyed = match kind {
+                KeyedKind::Users => &mut self.users,
+                KeyedKind::Rooms => &mut self.rooms,
+                KeyedKind::Tenants => &mut self.tenants,
+            };
+            match keyed.rings.get_mut(&name) {
+                Some(ring) if ring.pinned && ring.entries.len() > 1 => {
+                    let freed = drop_front(ring).expect("not empty");
+                    self.entries -= 1;
+                    self.bytes -= freed;
+                    if let Some(tenant_use) = self.tenant_use.get_mut(tenant) {
+                        tenant_use.bytes -= freed;
+                    }
+                }
+                Some(_) => {
+                    let ring = keyed.remove(&name).expect("present");
+                    self.forget(&ring);
+                }
+                None => {
+                    if let Some(tenant_use) = self.tenant_use.get_mut(tenant) {
+                        tenant_use.order.remove(&touch);
+                    }
+                }
+            }
+        }
     }
 
     /// Marks `user` as connected here (its first connection on this shard):
@@ -231,7 +369,15 @@ impl ReplayStore {
             return;
         }
         self.next_touch += 1;
-        self.users.unpin(user, self.next_touch, now_ms);
+        let touch = self.next_touch;
+        if let Some(old) = self.users.unpin(user, touch, now_ms) {
+            let tenant = self.users.rings.get(user).and_then(|ring| ring.tenant.clone());
+            if let Some(tenant_use) = tenant.and_then(|tenant| self.tenant_use.get_mut(&*tenant)) {
+                if let Some(place) = tenant_use.order.remove(&old) {
+                    tenant_use.order.insert(touch, place);
+                }
+            }
+        }
         self.enforce_bounds();
     }
 
@@ -409,8 +555,13 @@ impl ReplayStore {
             Some((touch, name)) if broadcast.is_none_or(|b| touch < b) => {
                 let ring = self.users.rings.get_mut(&name).expect("pinned ring");
                 let freed = drop_front(ring).expect("rings are never empty");
+                if let Some(tenant_use) = ring.tenant.as_ref().and_then(|tenant| self.tenant_use.get_mut(&**tenant)) {
+                    tenant_use.bytes -= freed;
+                }
                 if ring.entries.is_empty() {
-                    self.users.remove(&name);
+                    if let Some(ring) = self.users.remove(&name) {
+                        self.forget(&ring);
+                    }
                 }
                 freed
             }
@@ -422,13 +573,24 @@ impl ReplayStore {
         true
     }
 
+    /// Takes a ring that left its map out of the counts.
     fn forget(&mut self, ring: &Ring) {
+        let bytes = ring.entries.iter().map(|e| e.frame.len()).sum::<usize>();
         self.entries -= ring.entries.len();
-        self.bytes -= ring.entries.iter().map(|e| e.frame.len()).sum::<usize>();
+        self.bytes -= bytes;
+        if let Some(tenant) = &ring.tenant {
+            if let Some(tenant_use) = self.tenant_use.get_mut(&**tenant) {
+                tenant_use.bytes -= bytes;
+                tenant_use.order.remove(&ring.touch);
+                if tenant_use.order.is_empty() {
+                    self.tenant_use.remove(&**tenant);
+                }
+            }
+        }
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum KeyedKind {
     Users,
     Rooms,
@@ -437,6 +599,18 @@ enum KeyedKind {
 
 fn newest(ring: &Ring) -> u64 {
     ring.entries.back().map_or(ring.wrapped_through, |e| e.seq)
+}
+
+/// The shared name of `tenant` in `tenant_use`, added if new.
+fn intern(tenant_use: &mut AHashMap<Rc<str>, TenantUse>, tenant: &str) -> Rc<str> {
+    match tenant_use.get_key_value(tenant) {
+        Some((name, _)) => name.clone(),
+        None => {
+            let name: Rc<str> = Rc::from(tenant);
+            tenant_use.insert(name.clone(), TenantUse::default());
+            name
+        }
+    }
 }
 
 /// Drops `ring`'s oldest entry, recorded as wrap-around; returns its frame's size.
@@ -448,15 +622,18 @@ fn drop_front(ring: &mut Ring) -> Option<usize> {
 
 impl Keyed {
     /// The ring of `name`, created if needed (pinned when `pin_new` says so),
-    /// marked most recently active.
-    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> &mut Ring {
+    /// marked most recently active; says whether it was created or moved.
+    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> (&mut Ring, Touched) {
+        let mut touched = None;
         if !self.rings.contains_key(name) {
             let name: Rc<str> = Rc::from(name);
             let pinned = pin_new();
             self.rings.insert(name.clone(), Ring { created_at: seq - 1, touch, pinned, ..Ring::default() });
-            if pinned { &mut self.pinned } else { &mut self.order }.insert(touch, name);
+            if pinned { &mut self.pinned } else { &mut self.order }.insert(touch, name.clone());
+            touched = Some(Touched::Created(name));
         }
         let ring = self.rings.get_mut(name).expect("present");
+        let old = ring.touch;
         if ring.touch != touch {
             let order = if ring.pinned { &mut self.pinned } else { &mut self.order };
             if let Some(name) = order.remove(&ring.touch) {
@@ -464,7 +641,7 @@ impl Keyed {
             }
             ring.touch = touch;
         }
-        ring
+        (ring, touched.unwrap_or(Touched::Moved(old)))
     }
 
     /// Takes `name`'s ring, if any, out of the count cap and TTL order.
@@ -478,16 +655,18 @@ impl Keyed {
     }
 
     /// Puts `name`'s ring, if any, back in the count cap and TTL order as the
-    /// most recently active (`touch`), active at `now_ms` at the earliest.
-    fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) {
-        if let Some(ring) = self.rings.get_mut(name).filter(|ring| ring.pinned) {
-            if let Some(name) = self.pinned.remove(&ring.touch) {
-                self.order.insert(touch, name);
-            }
-            ring.pinned = false;
-            ring.touch = touch;
-            ring.last_active_ms = ring.last_active_ms.max(now_ms);
+    /// most recently active (`touch`), active at `now_ms` at the earliest;
+    /// returns its previous activity mark when it moved.
+    fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) -> Option<u64> {
+        let ring = self.rings.get_mut(name).filter(|ring| ring.pinned)?;
+        let old = ring.touch;
+        if let Some(name) = self.pinned.remove(&ring.touch) {
+            self.order.insert(touch, name);
         }
+        ring.pinned = false;
+        ring.touch = touch;
+        ring.last_active_ms = ring.last_active_ms.max(now_ms);
+        Some(old)
     }
 
     fn oldest(&self) -> Option<&Ring> {
@@ -862,6 +1041,43 @@ mod tests {
         assert_eq!(store.usage().rooms, 1, "globex's broadcast ring is left");
         store.clear_all();
         assert_eq!(store.usage(), ReplayUsage::default());
+    }
+
+    #[test]
+    fn a_tenants_budget_evicts_its_own_least_recent_rings_only() {
+        let frame = encode("a1", None, b"x").len();
+        let text = format!(r#"{{"tenants": {{"a": {{"recentMaxBytes": {}}}}}}}"#, 3 * frame);
+        let config = Arc::new(TenantConfig::parse(text.as_bytes(), None).unwrap());
+        let mut store = ReplayStore::new(ReplayLimits { max_users: 100, max_rooms: 100, ..limits(10) });
+        store.set_budgets(TenantBudgets { config: Some(config), shards: 1 });
+        let (a, b) = (Namespace::tenant("a"), Namespace::tenant("b"));
+        let key = |ns: &Namespace, name: &str| ns.key(name).into_owned();
+        publish(&mut store, Stream::User(&key(&b, "u1")), "b1", 0);
+        publish(&mut store, Stream::User(&key(&b, "u2")), "b2", 0);
+        for (user, id) in [("u1", "a1"), ("u2", "a2"), ("u3", "a3")] {
+            publish(&mut store, Stream::User(&key(&a, user)), id, 0);
+        }
+        assert_eq!(store.tenant_bytes("a"), 3 * frame, "at its budget");
+        publish(&mut store, Stream::Room(&key(&a, "r")), "a4", 0);
+        assert_eq!(store.tenant_bytes("a"), 3 * frame);
+        assert!(resume(&store, &key(&a, "u1"), "a1").0, "a's least recently active ring went");
+        assert_eq!(resume(&store, &key(&a, "u2"), "a2"), (false, vec![]), "the others stay");
+        assert_eq!(resume(&store, &key(&b, "u1"), "b1"), (false, vec![]), "b's older rings are not a's to evict");
+        assert_eq!(store.tenant_bytes("b"), 2 * frame);
+
+        // A connected user's ring loses its oldest entries instead of going whole.
+        pin(&mut store, &key(&a, "p"));
+        for id in ["p1", "p2", "p3", "p4"] {
+            publish(&mut store, Stream::User(&key(&a, "p")), id, 0);
+        }
+        assert_eq!(store.tenant_bytes("a"), 3 * frame);
+        assert_eq!(resume(&store, &key(&a, "p"), "p2"), (false, vec!["p3".into(), "p4".into()]));
+        publish(&mut store, Stream::User(&key(&a, "p")), "p5", 0);
+        assert_eq!(resume(&store, &key(&a, "p"), "p3"), (false, vec!["p4".into(), "p5".into()]));
+        assert!(resume(&store, &key(&a, "p"), "p1").0, "shortened: a gap for what it lost");
+        assert_eq!(store.tenants_bytes().map(|(_, bytes)| bytes).sum::<usize>(), store.usage().bytes);
+        store.clear_all();
+        assert_eq!(store.tenants_bytes().count(), 0, "no tenant left behind");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::events::{Event, EventHub};
 use crate::metrics::ShardStats;
 use crate::sse::id::IdGenerator;
+use crate::tenants::quota::TenantQuotas;
 
 /// Envelopes an inbox holds before senders must wait: a few milliseconds of
 /// traffic at full speed, bounded so a stalled shard cannot grow memory.
@@ -76,6 +77,9 @@ pub struct Shared {
     pub lifecycle: mpsc::Sender<LifecycleEvent>,
     /// Who listens to lifecycle events (`GET /v1/events`), and what they lost.
     pub events: EventHub,
+    /// Tenants' subscribers and publish buckets on this instance, kept when
+    /// `--tenant-config` is given (their limits come from the shards' configs).
+    pub tenant_quotas: Option<TenantQuotas>,
     phase: AtomicU8,
     pub(super) owner_hasher: ahash::RandomState,
 }
@@ -90,6 +94,7 @@ impl Shared {
     ) -> Self {
         let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
         let events = EventHub::new(inboxes.len());
+        let tenant_quotas = config.tenant_config.as_ref().map(|_| TenantQuotas::default());
         Shared {
             config,
             inboxes,
@@ -99,6 +104,7 @@ impl Shared {
             connections_high: AtomicUsize::new(0),
             public_pending: AtomicUsize::new(0),
             events,
+            tenant_quotas,
             lifecycle,
             phase: AtomicU8::new(Phase::Running as u8),
             // Fixed keys: every thread must agree on a user's owner.

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""User-space instructions per delivery, per single publish and per batch
+message, counted by callgrind: identical run to run on a noisy VM, unlike
+time, so a change to the hot paths can be judged by one run.
+
+Runs the release binary (one shard) under `valgrind --tool=callgrind` and
+drives it over real sockets from this script. Counting is switched on only
+around each workload (`callgrind_control --zero` before, `--dump` after),
+so start-up and the subscribes are not counted; the instructions of an idle
+phase as long as the workload are subtracted (the shard's heartbeat sweep,
+the memory thread), which leaves what the workload itself cost. The kernel's
+work (the sends themselves) is not user space and not counted: the load
+scenarios measure it.
+
+    cargo build --release
+    benches/callgrind.py                 # io_uring (the default driver)
+    benches/callgrind.py --driver epoll
+
+Rows (instructions, Ir):
+  delivery                     one frame to one subscriber of a broadcast:
+                               (broadcast to N subscribers - broadcast to none) / N
+  single publish, delivered    POST /v1/users/{u}/events to a user with one
+                               subscriber, the answer and the delivery included
+  single publish, nobody       the same to a user with no subscriber here
+  batch message, delivered     one message of an NDJSON batch of 1,000, each to
+                               a user with one subscriber
+  batch message, nobody        the same to users with no subscriber here
+"""
+import argparse
+import glob
+import http.client
+import json
+import os
+import selectors
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBSCRIBERS = 100
+BROADCASTS = 200
+SINGLES = 1000
+BATCH = 1000
+DATA = '{"text":"' + "x" * 87 + '"}'  # 100 B of JSON
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, condition, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+class Readers:
+    """Subscriber sockets read on a thread of their own, counting frames."""
+
+    def __init__(self, port, users):
+        self.counts = [0] * len(users)
+        self.socks = []
+        self.selector = selectors.DefaultSelector()
+        for index, user in enumerate(users):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(f"GET /sse?userId={user} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, index)
+            self.socks.append(sock)
+        self.tails = [b""] * len(users)
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.running:
+            for key, _ in self.selector.select(0.1):
+                chunk = key.fileobj.recv(1 << 16)
+                data = self.tails[key.data] + chunk
+                self.counts[key.data] += data.count(b"\ndata: ")
+                self.tails[key.data] = data[-8:]
+
+    def total(self):
+        return sum(self.counts)
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+class Server:
+    def __init__(self, binary, driver, work):
+        self.public, self.api = free_port(), free_port()
+        self.work = work
+        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out", binary,
+                "--listen", f"127.0.0.1:{self.public}", "--api-listen", f"127.0.0.1:{self.api}",
+                "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn"]
+        self.logs = open(os.path.join(work, "server.log"), "w")
+        self.process = subprocess.Popen(args, stdout=self.logs, stderr=self.logs)
+        wait_for("the server under callgrind", self.ready)
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=120)
+
+    def ready(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.public, timeout=5)
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+
+    def connections(self):
+        self.conn.request("GET", "/v1/stats")
+        return json.loads(self.conn.getresponse().read())["connections"]
+
+    def post(self, path, body, content_type="application/json"):
+        self.conn.request("POST", path, body, {"Content-Type": content_type})
+        response = self.conn.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise SystemExit(f"POST {path}: {response.status} {answer[:200]!r}")
+
+    def control(self, *args):
+        subprocess.run(["callgrind_control", *args, str(self.process.pid)], check=True, capture_output=True)
+
+    def counted(self, workload):
+        """Instructions the server ran during `workload()`, less an idle phase as long."""
+        self.control("--zero")
+        started = time.time()
+        workload()
+        took = time.time() - started
+        busy = self.dump()
+        self.control("--zero")
+        time.sleep(took)
+        idle = self.dump()
+        return busy - idle
+
+    def dump(self):
+        before = set(glob.glob(f"{self.work}/callgrind.out*"))
+        self.control("--dump")
+        wait_for("the dump", lambda: set(glob.glob(f"{self.work}/callgrind.out*")) - before)
+        (path,) = set(glob.glob(f"{self.work}/callgrind.out*")) - before
+        with open(path) as dump:
+            for line in dump:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    return int(line.split()[1])
+        raise SystemExit(f"no total in {path}")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/ssekify"))
+    parser.add_argument("--driver", default="uring", choices=["uring", "epoll"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        server = Server(args.binary, args.driver, work)
+        rows = {}
+        try:
+            broadcast = lambda: [server.post("/v1/broadcast", DATA) for _ in range(BROADCASTS)]  # noqa: E731
+            to_nobody = server.counted(broadcast)
+            users = [f"u{i}" for i in range(SUBSCRIBERS)]
+            readers = Readers(server.public, users)
+            wait_for("the subscribers", lambda: server.connections() == SUBSCRIBERS)
+
+            def broadcast_and_wait():
+                expected = readers.total() + BROADCASTS * SUBSCRIBERS
+                broadcast()
+                wait_for("every delivery", lambda: readers.total() >= expected)
+
+            rows["delivery"] = (server.counted(broadcast_and_wait) - to_nobody) / (BROADCASTS * SUBSCRIBERS)
+
+            def singles(prefix, wait):
+                def run():
+                    expected = readers.total() + (SINGLES if wait else 0)
+                    for i in range(SINGLES):
+                        server.post(f"/v1/users/{prefix}{i % SUBSCRIBERS}/events", DATA)
+                    wait_for("the single deliveries", lambda: readers.total() >= expected)
+                return run
+
+            rows["single publish, delivered"] = server.counted(singles("u", True)) / SINGLES
+            rows["single publish, nobody"] = server.counted(singles("nobody", False)) / SINGLES
+
+            def batch(prefix, wait):
+                body = "\n".join(f'{{"user":"{prefix}{i % SUBSCRIBERS}","data":{DATA}}}' for i in range(BATCH))
+
+                def run():
+                    expected = readers.total() + (BATCH if wait else 0)
+                    server.post("/v1/publish", body, "application/x-ndjson")
+                    wait_for("the batch's deliveries", lambda: readers.total() >= expected)
+                return run
+
+            rows["batch message, delivered"] = server.counted(batch("u", True)) / BATCH
+            rows["batch message, nobody"] = server.counted(batch("nobody", False)) / BATCH
+            readers.close()
+        finally:
+            server.stop()
+    print(f"user-space instructions (callgrind Ir), --io-driver {args.driver}, one shard")
+    for name, value in rows.items():
+        print(f"{name:<28} {value:>10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
