@@ -8,12 +8,15 @@
 //! `apiKey`s (403 on other tenants' and instance-wide routes, accepted on
 //! their own), SIGHUP lowering and raising limits with streams kept open and
 //! a broken file refused with the old config still enforced, the metrics'
-//! `tenant` label, and a bad file refused at start.
+//! `tenant` label, and a bad file refused at start; and `maxConnections`
+//! over two instances sharing a real Redis.
 //!
 //! Servers run two shards (one where eviction order must be exact), so a
 //! tenant's subscribers are spread across them.
 
 mod common;
+#[path = "support_redis/mod.rs"]
+mod support_redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use support_redis::{require_redis, RedisServer};
 
 /// A tenant config file in the temp directory, removed on drop.
 struct TenantFile(PathBuf);
@@ -397,4 +401,47 @@ fn a_bad_file_stops_the_start_and_check_config_shows_a_good_one() {
     assert!(report.contains("--tenant-config") && report.contains("1 tenants: acme"), "{report}");
     assert!(report.contains("maxConnections=10"), "{report}");
     assert!(!report.contains("secret-acme-key"), "no key shown: {report}");
+}
+
+#[test]
+fn a_tenants_connections_count_over_every_instance() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let file = TenantFile::new("cluster", &json!({ "tenants": { "acme": { "maxConnections": 3 } } }));
+    let url = redis.url();
+    let instance = || {
+        let server = start(&file, &["--redis", &url, "--bus-timeout", "1s"]);
+        assert!(wait_until(Duration::from_secs(15), || http(server.public, "GET", "/readyz", &[], b"").status == 200));
+        server
+    };
+    let (a, b) = (instance(), instance());
+    assert!(wait_until(Duration::from_secs(10), || a.stats()["bus"]["instances"] == 2
+        && b.stats()["bus"]["instances"] == 2));
+    let on_a: Vec<SseClient> = (0..2).map(|_| SseClient::open_ready(a.public, "/t/acme/sse")).collect();
+    // B hears A's two within a heartbeat (a quarter of --bus-timeout).
+    let _on_b = SseClient::open_ready(b.public, "/t/acme/sse");
+    assert!(wait_until(Duration::from_secs(5), || {
+        let refused = SseClient::connect(a.public, "/t/acme/sse", &[]);
+        refused.status == 429
+    }));
+    let refused = SseClient::connect(b.public, "/t/acme/sse", &[]);
+    refused.assert_error(429, "tenant_quota");
+    assert!(refused.error_text().contains("over every instance"), "{}", refused.error_text());
+    let _other = SseClient::open_ready(b.public, "/t/globex/sse");
+
+    // A dies with its two streams: they stop counting once its heartbeats
+    // stop (--bus-timeout and two heartbeats), and B admits two more.
+    a.signal("KILL");
+    let mut more_on_b = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let client = SseClient::connect(b.public, "/t/acme/sse", &[]);
+        if client.status == 200 {
+            more_on_b.push(client);
+        }
+        more_on_b.len() == 2
+    }));
+    SseClient::connect(b.public, "/t/acme/sse", &[]).assert_error(429, "tenant_quota");
+    drop(on_a);
 }

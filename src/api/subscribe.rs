@@ -134,7 +134,7 @@ async fn subscription(
             return Err(Response::error(
                 429,
                 "tenant_quota",
-                format!("tenant {tenant} holds its {limit} subscribers on this instance (maxConnections)"),
+                format!("tenant {tenant} holds its {limit} subscribers (maxConnections, over every instance)"),
             ));
         }
     }

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ahash::AHashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::shard::envelope::Question;
@@ -44,10 +45,13 @@ pub fn own_channel(prefix: &str, instance: u32) -> String {
 /// One message on a peer channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
-    /// An instance is alive (sent every heartbeat).
+    /// An instance is alive (sent every heartbeat), with its subscribers
+    /// per tenant when tenants have connection quotas (`--tenant-config`).
     Heartbeat {
         /// Who.
         instance: u32,
+        /// Tenants with subscribers there, and how many.
+        tenants: Vec<(Box<str>, u64)>,
     },
     /// A question; answered on the asker's own channel.
     Question {
@@ -80,7 +84,12 @@ impl PeerMessage {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
         match self {
-            PeerMessage::Heartbeat { instance } => out.put_slice(format!("h {instance:08x}").as_bytes()),
+            PeerMessage::Heartbeat { instance, tenants } => {
+                out.put_slice(format!("h {instance:08x}").as_bytes());
+                for (tenant, count) in tenants {
+                    out.put_slice(format!("\n{count} {tenant}").as_bytes());
+                }
+            }
             PeerMessage::Question { from, id, question } => {
                 out.put_slice(format!("q {from:08x} {id} ").as_bytes());
                 match question {
@@ -108,7 +117,12 @@ impl PeerMessage {
         let head = std::str::from_utf8(head).ok()?;
         let (kind, head) = head.split_once(' ')?;
         match (kind, rest) {
-            ("h", None) => Some(PeerMessage::Heartbeat { instance: parse_instance(head)? }),
+            ("h", rest) => {
+                let instance = parse_instance(head)?;
+                let lines = rest.as_deref().map(std::str::from_utf8).transpose().ok()?.unwrap_or_default();
+                let tenants = if rest.is_none() { Vec::new() } else { parse_tenant_counts(lines)? };
+                Some(PeerMessage::Heartbeat { instance, tenants })
+            }
             ("e", None) => Some(PeerMessage::Evict { id: ConnId::parse(head)? }),
             ("a", Some(body)) => {
                 let (from, id) = head.split_once(' ')?;
@@ -138,6 +152,18 @@ impl PeerMessage {
             _ => None,
         }
     }
+}
+
+/// A heartbeat's tenant lines, `<count> <tenant>`; `None` if any is malformed.
+fn parse_tenant_counts(lines: &str) -> Option<Vec<(Box<str>, u64)>> {
+    lines
+        .split('\n')
+        .map(|line| {
+            let (count, tenant) = line.split_once(' ')?;
+            crate::namespace::valid_name(tenant).then_some(())?;
+            Some((tenant.into(), parse_number(count)?))
+        })
+        .collect()
 }
 
 /// An internal key as sent: a name, or a tenant and a name around one NUL.
@@ -209,11 +235,18 @@ struct Waiting {
     deadline: Instant,
 }
 
+/// What was last heard from an instance.
+#[derive(Debug)]
+struct Heard {
+    at: Instant,
+    tenants: Vec<(Box<str>, u64)>,
+}
+
 /// The instances heard recently and the questions waiting for them.
 #[derive(Debug)]
 pub struct Peers {
     alive_for: Duration,
-    heard: HashMap<u32, Instant>,
+    heard: HashMap<u32, Heard>,
     waiting: HashMap<u64, Waiting>,
     next_id: u64,
 }
@@ -224,14 +257,31 @@ impl Peers {
         Peers { alive_for, heard: HashMap::new(), waiting: HashMap::new(), next_id: 1 }
     }
 
-    /// A heartbeat (or any message) from `instance`.
+    /// Any message from `instance`.
     pub fn heard(&mut self, instance: u32, now: Instant) {
-        self.heard.insert(instance, now);
+        self.heard.entry(instance).or_insert_with(|| Heard { at: now, tenants: Vec::new() }).at = now;
+    }
+
+    /// A heartbeat from `instance`, with its subscribers per tenant.
+    pub fn heartbeat(&mut self, instance: u32, now: Instant, tenants: Vec<(Box<str>, u64)>) {
+        self.heard.insert(instance, Heard { at: now, tenants });
     }
 
     /// Whether `instance` was heard recently.
     pub fn is_alive(&self, instance: u32, now: Instant) -> bool {
-        self.heard.get(&instance).is_some_and(|&at| now.duration_since(at) <= self.alive_for)
+        self.heard.get(&instance).is_some_and(|heard| now.duration_since(heard.at) <= self.alive_for)
+    }
+
+    /// Subscribers per tenant on the instances alive other than `me`, as
+    /// their last heartbeats said.
+    pub fn tenants_elsewhere(&self, me: u32, now: Instant) -> AHashMap<Box<str>, u64> {
+        let mut sums: AHashMap<Box<str>, u64> = AHashMap::new();
+        for (_, heard) in self.heard.iter().filter(|(&i, _)| i != me && self.is_alive(i, now)) {
+            for (tenant, count) in &heard.tenants {
+                *sums.entry(tenant.clone()).or_default() += count;
+            }
+        }
+        sums
     }
 
     /// The instances heard recently, in a stable order.
@@ -264,11 +314,11 @@ impl Peers {
     /// longer alive, with what they got; instances long silent are forgotten.
     pub fn settle(&mut self, now: Instant) -> Vec<(ReplyTo, Answers)> {
         let alive_for = self.alive_for;
-        self.heard.retain(|_, at| now.duration_since(*at) <= alive_for * 4);
+        self.heard.retain(|_, heard| now.duration_since(heard.at) <= alive_for * 4);
         let heard = &self.heard;
         let mut done = Vec::new();
         for (&id, waiting) in &mut self.waiting {
-            waiting.waiting_for.retain(|i| heard.get(i).is_some_and(|&at| now.duration_since(at) <= alive_for));
+            waiting.waiting_for.retain(|i| heard.get(i).is_some_and(|h| now.duration_since(h.at) <= alive_for));
             if waiting.waiting_for.is_empty() || waiting.deadline <= now {
                 done.push(id);
             }
@@ -302,7 +352,8 @@ mod tests {
     fn every_message_reads_back_as_written() {
         let id = ConnId { instance: 0x00ab_cdef, shard: 1, slot: 2, serial: 3 };
         let messages = [
-            PeerMessage::Heartbeat { instance: 7 },
+            PeerMessage::Heartbeat { instance: 7, tenants: Vec::new() },
+            PeerMessage::Heartbeat { instance: 7, tenants: vec![("acme".into(), 3), ("big co".into(), 0)] },
             PeerMessage::Question { from: 1, id: 9, question: Question::User { user: "ann lee".into(), list: 3 } },
             PeerMessage::Question { from: 1, id: 10, question: Question::Room { room: "acme\0lobby".into(), list: 0 } },
             PeerMessage::Question { from: 2, id: 11, question: Question::Connection { id } },
@@ -321,6 +372,9 @@ mod tests {
             "",
             "h",
             "h 7",
+            "h 00000007\n",
+            "h 00000007\nx acme",
+            "h 00000007\n1 a/b",
             "h 0000000G",
             "q 00000001 x u 1 ann",
             "q 00000001 1 u x ann",
@@ -358,6 +412,19 @@ mod tests {
         assert_eq!(answers.asked, 2);
         assert_eq!(answers.answers.len(), 2);
         assert!(peers.answered(id, 2, Bytes::from("0")).is_none(), "answered once");
+    }
+
+    #[test]
+    fn tenant_counts_add_up_over_the_other_instances_alive() {
+        let now = Instant::now();
+        let mut peers = Peers::new(Duration::from_secs(3));
+        peers.heartbeat(1, now, vec![("acme".into(), 5)]);
+        peers.heartbeat(2, now, vec![("acme".into(), 2), ("globex".into(), 1)]);
+        peers.heartbeat(3, now - Duration::from_secs(4), vec![("acme".into(), 100)]);
+        peers.heard(2, now);
+        let elsewhere = peers.tenants_elsewhere(1, now);
+        assert_eq!(elsewhere.get("acme"), Some(&2), "not its own, not the silent instance's");
+        assert_eq!(elsewhere.get("globex"), Some(&1), "a message other than a heartbeat keeps the counts");
     }
 
     #[test]

@@ -244,6 +244,11 @@ impl Session {
         durable.sequencer.disconnected();
         // Answers that can no longer come: the askers hear "unavailable".
         bus.record_instances(0);
+        // Without the bus, other instances' counts are unknown: each
+        // instance holds its tenants to their limits by itself.
+        if let Some(quotas) = &shared.tenant_quotas {
+            quotas.set_elsewhere(Default::default());
+        }
         for (reply, _) in durable.peers.abandon() {
             shared.send(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }).await;
         }
@@ -354,11 +359,14 @@ impl Session {
                 if now >= next_canary {
                     next_canary = now + canary_every;
                     self.queue_on(0, Sent::Canary);
-                    let heartbeat = PeerMessage::Heartbeat { instance: self.instance };
+                    let heartbeat = PeerMessage::Heartbeat { instance: self.instance, tenants: tenant_counts(shared) };
                     self.send_peer(self.peers_channel.clone(), &heartbeat);
                 }
                 peer_work.extend(durable.peers.settle(now).into_iter().map(|(reply, a)| PeerWork::Reply(reply, a)));
                 bus.record_instances(durable.peers.alive(now).len());
+                if let Some(quotas) = &shared.tenant_quotas {
+                    quotas.set_elsewhere(durable.peers.tenants_elsewhere(self.instance, now));
+                }
                 serve_peers(shared, bus, &mut peer_work).await;
                 for (partition, seq) in durable.own.overdue(now - NOTICE_OVERDUE) {
                     durable.sequencer.expect(partition, seq, &mut actions);
@@ -476,7 +484,7 @@ impl Session {
         let Some(message) = PeerMessage::parse(payload) else { return };
         let now = Instant::now();
         match message {
-            PeerMessage::Heartbeat { instance } => durable.peers.heard(instance, now),
+            PeerMessage::Heartbeat { instance, tenants } => durable.peers.heartbeat(instance, now, tenants),
             PeerMessage::Question { from, id, question } => {
                 durable.peers.heard(from, now);
                 peer_work.push(PeerWork::Question { from, id, question });
@@ -639,6 +647,22 @@ impl Session {
         self.nodes.push(node);
         Ok(index)
     }
+}
+
+/// Tenants a heartbeat carries at most: the ones with the most subscribers
+/// here (a tenant left out counts nothing here for the other instances).
+const HEARTBEAT_TENANTS: usize = 10_000;
+
+/// This instance's subscribers per tenant, for its heartbeat (none without
+/// `--tenant-config`: no connection quotas to share).
+fn tenant_counts(shared: &Shared) -> Vec<(Box<str>, u64)> {
+    let Some(quotas) = &shared.tenant_quotas else { return Vec::new() };
+    let mut counts = quotas.all_connections();
+    if counts.len() > HEARTBEAT_TENANTS {
+        counts.sort_unstable_by_key(|(_, count)| std::cmp::Reverse(*count));
+        counts.truncate(HEARTBEAT_TENANTS);
+    }
+    counts
 }
 
 /// Hands what other instances asked to the shards that know, and answers

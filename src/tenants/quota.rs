@@ -43,6 +43,9 @@ pub struct TenantQuotas {
     started: Instant,
     hasher: ahash::RandomState,
     connections: Vec<Mutex<AHashMap<Box<str>, u64>>>,
+    /// Subscribers per tenant on the other instances, as their last
+    /// heartbeats over the bus said (empty without a bus), by the same stripes.
+    elsewhere: Vec<Mutex<AHashMap<Box<str>, u64>>>,
     buckets: Vec<Mutex<AHashMap<Box<str>, u64>>>,
 }
 
@@ -52,6 +55,7 @@ impl Default for TenantQuotas {
             started: Instant::now(),
             hasher: ahash::RandomState::new(),
             connections: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            elsewhere: (0..STRIPES).map(|_| Mutex::default()).collect(),
             buckets: (0..STRIPES).map(|_| Mutex::default()).collect(),
         }
     }
@@ -74,14 +78,34 @@ impl TenantQuotas {
         connections_in(&lock(&self.connections[self.stripe(tenant)]), tenant)
     }
 
+    /// The tenant's subscribers on the other instances, as last heard.
+    pub fn connections_elsewhere(&self, tenant: &str) -> u64 {
+        connections_in(&lock(&self.elsewhere[self.stripe(tenant)]), tenant)
+    }
+
+    /// Replaces the other instances' counts (the bus, once per heartbeat).
+    pub fn set_elsewhere(&self, counts: AHashMap<Box<str>, u64>) {
+        let mut stripes: Vec<AHashMap<Box<str>, u64>> = (0..STRIPES).map(|_| AHashMap::new()).collect();
+        for (tenant, count) in counts {
+            stripes[self.stripe(&tenant)].insert(tenant, count);
+        }
+        for (stripe, counts) in self.elsewhere.iter().zip(stripes) {
+            *lock(stripe) = counts;
+        }
+    }
+
     /// Counts one more subscriber of `tenant` unless that would take it
     /// over `limit`; `Err(limit)` then, and nothing is counted. This is the
-    /// one place a tenant's connections meet its `maxConnections`: check
-    /// and count happen under one lock, so two shards admitting at once
-    /// cannot both take the last place.
+    /// one place a tenant's connections meet its `maxConnections`: this
+    /// instance's subscribers and the other instances' (as their last
+    /// heartbeats said, at most a second old). Check and count happen under
+    /// one lock, so two shards admitting at once cannot both take the last
+    /// place here; two instances admitting within one heartbeat can (see
+    /// "Tenants" in the README).
     pub fn admit_connection(&self, tenant: &str, limit: Option<u64>) -> Result<(), u64> {
+        let elsewhere = if limit.is_some() { self.connections_elsewhere(tenant) } else { 0 };
         let mut counts = lock(&self.connections[self.stripe(tenant)]);
-        if let Some(limit) = limit.filter(|&limit| connections_in(&counts, tenant) >= limit) {
+        if let Some(limit) = limit.filter(|&limit| connections_in(&counts, tenant) + elsewhere >= limit) {
             return Err(limit);
         }
         match counts.get_mut(tenant) {
@@ -162,6 +186,17 @@ mod tests {
         }
         quotas.release_connection("globex");
         assert!(quotas.all_connections().is_empty(), "tenants without connections are forgotten");
+    }
+
+    #[test]
+    fn other_instances_count_against_the_limit() {
+        let quotas = TenantQuotas::default();
+        quotas.set_elsewhere([("acme".into(), 2)].into_iter().collect());
+        assert_eq!(quotas.admit_connection("acme", Some(3)), Ok(()));
+        assert_eq!(quotas.admit_connection("acme", Some(3)), Err(3), "1 here and 2 elsewhere");
+        assert_eq!(quotas.admit_connection("globex", Some(1)), Ok(()));
+        quotas.set_elsewhere(AHashMap::new());
+        assert_eq!(quotas.admit_connection("acme", Some(3)), Ok(()), "the other instance went away");
     }
 
     #[test]
