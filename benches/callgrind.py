@@ -104,7 +104,7 @@ class Server:
     def __init__(self, binary, driver, work):
         self.public, self.api = free_port(), free_port()
         self.work = work
-        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out", binary,
+        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out", "--compress-strings=no", binary,
                 "--listen", f"127.0.0.1:{self.public}", "--api-listen", f"127.0.0.1:{self.api}",
                 "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn"]
         self.logs = open(os.path.join(work, "server.log"), "w")
@@ -155,7 +155,9 @@ class Server:
         raise SystemExit(f"no total in {path}")
 
     def stop(self):
-        self.process.terminate()
+        # SIGKILL: a graceful shutdown under valgrind takes its time, and
+        # nothing is measured after the last dump.
+        self.process.kill()
         self.process.wait()
 
 
@@ -163,11 +165,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/ssekify"))
     parser.add_argument("--driver", default="uring", choices=["uring", "epoll"])
+    parser.add_argument("--keep", metavar="DIR", help="keep the dumps there, one per phase (for callgrind_annotate)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as temp:
+        work = args.keep or temp
+        os.makedirs(work, exist_ok=True)
         server = Server(args.binary, args.driver, work)
         rows = {}
-        try:
+        try:  # the dumps are numbered in this order: each phase, then its idle twin
             broadcast = lambda: [server.post("/v1/broadcast", DATA) for _ in range(BROADCASTS)]  # noqa: E731
             to_nobody = server.counted(broadcast)
             users = [f"u{i}" for i in range(SUBSCRIBERS)]
