@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(value(line.as_bytes()), Some(message), "the raw message is the line's value");
     }
     let written: Vec<&str> = messages.iter().map(|raw| raw.get()).collect();
-    let again = batch_messages(written.join("\n").as_bytes(), true).expect("written back, accepted again");
+    let joined = written.join("\n");
+    let again = batch_messages(joined.as_bytes(), true).expect("written back, accepted again");
     assert_eq!(again.iter().map(|raw| raw.get()).collect::<Vec<_>>(), written);
 
     for raw in &messages {

@@ -62,7 +62,11 @@ pub async fn single(
     let publish = async {
         let prepare = || Ok(vec![prepare_single(ctx, ns, request, body, to)?]);
         match validate_and_deliver(ctx, bus, ns, request, prepare).await {
-            Ok(mut results) => Response::json(200, &results.remove(0)),
+            Ok(results) => {
+                let mut body = Vec::with_capacity(96);
+                results[0].write_json(&mut body);
+                Response::with_body(200, JSON, body)
+            }
             Err(response) => refused(ctx, response),
         }
     };
@@ -134,7 +138,18 @@ async fn publish_batch(
     body: &Bytes,
 ) -> Response {
     match validate_and_deliver(ctx, bus, ns, request, || prepare_batch(ctx, ns, request, body)).await {
-        Ok(results) => Response::json(200, &json!({ "results": results })),
+        Ok(results) => {
+            let mut body = Vec::with_capacity(16 + results.len() * 64);
+            body.extend_from_slice(b"{\"results\":[");
+            for (index, result) in results.iter().enumerate() {
+                if index > 0 {
+                    body.push(b',');
+                }
+                result.write_json(&mut body);
+            }
+            body.extend_from_slice(b"]}");
+            Response::with_body(200, JSON, body)
+        }
         Err(response) => refused(ctx, response),
     }
 }
@@ -145,7 +160,7 @@ async fn validate_and_deliver(
     ns: &Namespace,
     request: &Request,
     prepare: impl FnOnce() -> Result<Vec<Prepared>, Response>,
-) -> Result<Vec<Value>, Response> {
+) -> Result<Vec<Outcome>, Response> {
     let scope = scope(request)?;
     let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
     let prepared = prepare()?;
@@ -215,7 +230,7 @@ async fn deliver(
     scope: Scope,
     idempotency_key: Option<&str>,
     prepared: Vec<Prepared>,
-) -> Result<Vec<Value>, Response> {
+) -> Result<Vec<Outcome>, Response> {
     let started = std::time::Instant::now();
     let count = prepared.len() as u64;
     let targets: Option<Vec<Target>> =
@@ -249,13 +264,10 @@ async fn deliver(
                 .zip(published.delivered)
                 .zip(published.duplicates)
                 .map(|((id, delivered), duplicate)| match duplicate {
-                    None => json!({ "id": id, "delivered": delivered, "instances": published.receivers }),
-                    Some(first) => json!({
-                        "id": first,
-                        "delivered": 0,
-                        "instances": published.receivers,
-                        "duplicate": true,
-                    }),
+                    None => Outcome { id, delivered, instances: Some(published.receivers), duplicate: false },
+                    Some(first) => {
+                        Outcome { id: first, delivered: 0, instances: Some(published.receivers), duplicate: true }
+                    }
                 })
                 .collect()
         }
@@ -264,7 +276,7 @@ async fn deliver(
             let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
             ids.into_iter()
                 .zip(delivered)
-                .map(|(id, delivered)| json!({ "id": id, "delivered": delivered, "instances": Value::Null }))
+                .map(|(id, delivered)| Outcome { id, delivered, instances: None, duplicate: false })
                 .collect()
         }
     };
@@ -276,8 +288,38 @@ async fn deliver(
     Ok(results)
 }
 
+/// What a publish route answers for one message.
+struct Outcome {
+    /// The id it was published with (a duplicate's: the first publish's).
+    id: String,
+    /// This instance's connections it was queued to.
+    delivered: u64,
+    /// The instances Redis handed it to (`None`: no bus, or `scope=local`).
+    instances: Option<u64>,
+    /// A retry the bus log recognised.
+    duplicate: bool,
+}
+
+impl Outcome {
+    /// Writes `{"id","delivered","instances"[,"duplicate":true]}` straight
+    /// into an answer (no map per message).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut *out, &self.id).expect("a string always serializes");
+        out.extend_from_slice(format!(",\"delivered\":{},\"instances\":", self.delivered).as_bytes());
+        match self.instances {
+            Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        if self.duplicate {
+            out.extend_from_slice(b",\"duplicate\":true");
+        }
+        out.push(b'}');
+    }
+}
+
 /// The `publish` lifecycle event of one message and its result.
-fn publish_event(ctx: &ShardCtx, target: &Target, result: &Value) -> Event {
+fn publish_event(ctx: &ShardCtx, target: &Target, result: &Outcome) -> Event {
     let (to, tenant) = match target {
         Target::User(key) => (json!({ "user": plain_name(key) }), tenant_of_key(key)),
         Target::Room(key) => (json!({ "room": plain_name(key) }), tenant_of_key(key)),
@@ -286,11 +328,11 @@ fn publish_event(ctx: &ShardCtx, target: &Target, result: &Value) -> Event {
         Target::Connection(id) => (json!({ "connection": id.to_string() }), None),
     };
     let mut fields = Map::new();
-    fields.insert("id".into(), result["id"].clone());
+    fields.insert("id".into(), result.id.clone().into());
     fields.insert("target".into(), to);
-    fields.insert("delivered".into(), result["delivered"].clone());
+    fields.insert("delivered".into(), result.delivered.into());
     fields.insert("tenant".into(), tenant.into());
-    if result.get("duplicate").is_some() {
+    if result.duplicate {
         fields.insert("duplicate".into(), true.into());
     }
     Event::new(EventKind::Publish, tenant, ctx.shared.ids.instance(), fields)
@@ -373,7 +415,26 @@ fn prepare(
     })
 }
 
-type Object = HashMap<String, Box<RawValue>>;
+/// A JSON object's members as written, values borrowed from the body.
+/// Keys too, unless one holds an escape (a second read decodes them then);
+/// a repeated key keeps its last value, as any JSON object read into a map.
+enum Members<'a> {
+    Plain(HashMap<&'a str, &'a RawValue, ahash::RandomState>),
+    Decoded(HashMap<String, &'a RawValue, ahash::RandomState>),
+}
+
+impl<'a> Members<'a> {
+    fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text).map(Members::Plain).or_else(|_| serde_json::from_str(text).map(Members::Decoded))
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        match self {
+            Members::Plain(map) => map.get(key).copied(),
+            Members::Decoded(map) => map.get(key).copied(),
+        }
+    }
+}
 
 fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
     let ndjson = request
@@ -390,9 +451,9 @@ fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes
 /// of NDJSON, else the `messages` array of a JSON object; never empty.
 /// Public, with [`parse_message`], only so that the fuzz targets (`fuzz/`)
 /// can reach the parsing without a shard.
-pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, Response> {
-    let messages: Vec<Box<RawValue>> = if ndjson {
-        let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
+pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<Vec<&RawValue>, Response> {
+    let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
+    let messages: Vec<&RawValue> = if ndjson {
         text.lines()
             .filter(|line| !line.trim().is_empty())
             .enumerate()
@@ -401,9 +462,8 @@ pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<Vec<Box<RawValue>>, R
             })
             .collect::<Result<_, _>>()?
     } else {
-        let mut top: Object =
-            serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
-        let list = top.remove("messages").ok_or_else(|| invalid("the body needs a `messages` array"))?;
+        let top = Members::parse(text).map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
+        let list = top.get("messages").ok_or_else(|| invalid("the body needs a `messages` array"))?;
         serde_json::from_str(list.get()).map_err(|_| invalid("`messages` must be an array"))?
     };
     if messages.is_empty() {
@@ -441,7 +501,7 @@ pub struct Fields {
 /// Reads one raw batch message (an element of [`batch_messages`]) into its
 /// fields, or says why it is refused. Public only for the fuzz targets.
 pub fn parse_message(raw: &RawValue) -> Result<Fields, String> {
-    let message: Object = serde_json::from_str(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
+    let message = Members::parse(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
     let text = |key: &str| -> Result<Option<String>, String> {
         message
             .get(key)
