@@ -1,7 +1,7 @@
 //! SSE frame encoding: `ssekify::sse::frame::encode` (one pre-sized `BytesMut`,
 //! frozen into shared `Bytes`) against a naive encoder that builds a `String`
 //! with one `format!` per line and converts it to `Bytes`, as a simple server
-//! would. Also times `encoded_len`, the size check done before any allocation.
+//! would.
 //!
 //! Run: `cargo bench --bench frame`
 
@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use common::{header, measure, ratio};
-use ssekify::sse::frame::{encode, encoded_len};
+use ssekify::sse::frame::encode;
 
 /// A generated id has this shape (31 bytes, see `sse::id`).
 const ID: &str = "1795996800000-0a1b2c3d-0000002a";
@@ -57,7 +57,6 @@ fn main() {
     for (label, data, _) in &cases {
         let ours = encode(ID, EVENT, data.as_bytes());
         assert_eq!(ours, naive_encode(ID, EVENT, data), "both encoders agree on {label}");
-        assert_eq!(ours.len(), encoded_len(ID, EVENT, data.as_bytes()));
         assert_eq!(data.lines().count(), if label.contains("10 lines") { 10 } else { 1 });
     }
 
@@ -72,13 +71,6 @@ fn main() {
         });
         ratio(&format!("encode {label}"), ours, naive);
         pairs.push((label, ours, naive));
-    }
-
-    header("encoded_len (size check before allocating); op = one call", "op");
-    for (label, data, iterations) in &cases {
-        measure(&format!("ssekify encoded_len   {label}"), *iterations, || {
-            encoded_len(black_box(ID), black_box(EVENT), black_box(data.as_bytes()))
-        });
     }
 
     println!();

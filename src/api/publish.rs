@@ -393,8 +393,10 @@ fn prepare(
         }
         None => ctx.shared.ids.next(),
     };
-    let size = frame::encoded_len(&id, event, &data);
-    let limit = ctx.shared.config.max_payload;
+    // Encoded first, checked after: the payload is scanned once, and an
+    // oversized frame costs one buffer no larger than the body already read.
+    let frame = frame::encode(&id, event, &data);
+    let (size, limit) = (frame.len(), ctx.shared.config.max_payload);
     if size > limit {
         let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");
         let tenant = match &target {
@@ -405,7 +407,6 @@ fn prepare(
         ctx.emit_error("payload_too_large", &message, tenant);
         return Err(Response::error(413, "payload_too_large", message));
     }
-    let frame = frame::encode(&id, event, &data);
     Ok(Prepared {
         id,
         id_given,

@@ -30,16 +30,12 @@ pub fn check_field(value: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Size of the frame [`encode`] would produce, without producing it (for the
-/// `--max-payload` check before any allocation).
-pub fn encoded_len(id: &str, event: Option<&str>, data: &[u8]) -> usize {
-    4 + id.len() + 1 + body_len(event, data)
-}
-
 /// Encodes `id`, `event` (omitted when absent or `message`, the browser's default)
 /// and `data` split into lines. Fields must have passed [`check_field`].
+/// The payload is scanned once, as it is written: the buffer is sized for
+/// one line (what a JSON payload is) and grows only for more.
 pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(encoded_len(id, event, data));
+    let mut out = BytesMut::with_capacity(4 + id.len() + 1 + one_line_body_len(event, data));
     out.put_slice(b"id: ");
     out.put_slice(id.as_bytes());
     out.put_u8(b'\n');
@@ -51,21 +47,15 @@ pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
 /// [`encode`] but with no `id:` line, so a browser's last event id stays that
 /// of the last message it got and its reconnect resumes from there.
 pub fn encode_control(event: &str, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body_len(Some(event), data));
+    let mut out = BytesMut::with_capacity(one_line_body_len(Some(event), data));
     put_body(&mut out, Some(event), data);
     out.freeze()
 }
 
-/// Length of what [`put_body`] writes.
-fn body_len(event: Option<&str>, data: &[u8]) -> usize {
-    let mut len = 0;
-    if let Some(event) = event.filter(|e| *e != "message") {
-        len += 7 + event.len() + 1;
-    }
-    for line in Lines::new(data) {
-        len += 6 + line.len() + 1;
-    }
-    len + 1
+/// Length of what [`put_body`] writes when `data` is one line.
+fn one_line_body_len(event: Option<&str>, data: &[u8]) -> usize {
+    let event = event.filter(|e| *e != "message").map_or(0, |event| 7 + event.len() + 1);
+    event + 6 + data.len() + 1 + 1
 }
 
 /// The `event:` line, the `data:` lines and the blank line ending a frame.
@@ -169,9 +159,7 @@ mod tests {
     }
 
     fn frame(id: &str, event: Option<&str>, data: &str) -> String {
-        let bytes = encode(id, event, data.as_bytes());
-        assert_eq!(bytes.len(), encoded_len(id, event, data.as_bytes()));
-        String::from_utf8(bytes.to_vec()).unwrap()
+        String::from_utf8(encode(id, event, data.as_bytes()).to_vec()).unwrap()
     }
 
     #[test]
@@ -198,11 +186,8 @@ mod tests {
 
     #[test]
     fn control_frames_have_no_id_line_and_split_data_alike() {
-        let control = |event: &str, data: &str| {
-            let bytes = encode_control(event, data.as_bytes());
-            assert_eq!(bytes.len(), body_len(Some(event), data.as_bytes()));
-            String::from_utf8(bytes.to_vec()).unwrap()
-        };
+        let control =
+            |event: &str, data: &str| String::from_utf8(encode_control(event, data.as_bytes()).to_vec()).unwrap();
         assert_eq!(
             control("server:shutdown", "{\"graceMs\":5000}"),
             "event: server:shutdown\ndata: {\"graceMs\":5000}\n\n"
