@@ -24,3 +24,4 @@ pub mod shard;
 pub mod sign;
 pub mod sse;
 pub mod tenants;
+pub mod units;

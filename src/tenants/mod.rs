@@ -306,7 +306,7 @@ fn limits(fields: &Map<String, Value>, at: &str, inherited: &Limits, is_defaults
         None => inherited.recent_max_bytes,
         Some(value) => {
             let bytes = match value {
-                Value::String(text) => crate::config::parse_size(text).ok(),
+                Value::String(text) => crate::units::parse_size(text).ok(),
                 other => other.as_u64().and_then(|n| usize::try_from(n).ok()),
             };
             match bytes {
