@@ -1,6 +1,7 @@
 // Publishing to ssekify from Node 20+ with the built-in fetch — no dependencies.
 //
 //   SSEKIFY_API=127.0.0.1:8081 SSEKIFY_API_KEY=... node publish.mjs
+//   SSEKIFY_TENANT=acme SSEKIFY_API_KEY=<acme's apiKey> node publish.mjs   # one tenant's routes
 //
 // Run it to publish one of each kind, or import the functions:
 //   import { toUser } from './publish.mjs'
@@ -10,7 +11,11 @@ import { pathToFileURL } from 'node:url'
 
 const raw = process.env.SSEKIFY_API ?? '127.0.0.1:8081'
 const API = (raw.startsWith('http') ? raw : `http://${raw}`).replace(/\/+$/, '')
-const KEY = process.env.SSEKIFY_API_KEY // only needed with --api-key
+const KEY = process.env.SSEKIFY_API_KEY // only needed with --api-key (or a tenant's apiKey)
+// With a tenant, every route is under /v1/t/{tenant}/: its users, rooms and
+// broadcast, where a tenant's own apiKey is accepted.
+const TENANT = process.env.SSEKIFY_TENANT
+const BASE = TENANT ? `${API}/v1/t/${encodeURIComponent(TENANT)}` : `${API}/v1`
 
 /** The server refused the request: HTTP status, error code and message from its JSON body. */
 export class PublishError extends Error {
@@ -30,7 +35,7 @@ async function post(path, body, contentType) {
   for (let attempt = 1; ; attempt++) {
     let res
     try {
-      res = await fetch(API + path, { method: 'POST', headers, body, signal: AbortSignal.timeout(5000) })
+      res = await fetch(BASE + path, { method: 'POST', headers, body, signal: AbortSignal.timeout(5000) })
     } catch (err) {
       if (err.cause?.code === 'ECONNREFUSED' && attempt < 4) {
         await new Promise((r) => setTimeout(r, 250 * 2 ** attempt))
@@ -62,23 +67,23 @@ function query(opts) {
 const seg = encodeURIComponent // user ids and room names may hold any UTF-8 but ',' and '/'
 
 export const toUser = (user, data, opts = {}) =>
-  post(`/v1/users/${seg(user)}/events${query(opts)}`, ...encode(data))
+  post(`/users/${seg(user)}/events${query(opts)}`, ...encode(data))
 
 export const toRoom = (room, data, opts = {}) =>
-  post(`/v1/rooms/${seg(room)}/events${query(opts)}`, ...encode(data))
+  post(`/rooms/${seg(room)}/events${query(opts)}`, ...encode(data))
 
-export const broadcast = (data, opts = {}) => post(`/v1/broadcast${query(opts)}`, ...encode(data))
+export const broadcast = (data, opts = {}) => post(`/broadcast${query(opts)}`, ...encode(data))
 
 /** messages: [{user|room|all:true, event?, id?, data}]; validated whole, delivered in order. */
-export const batch = (messages) => post('/v1/publish', JSON.stringify({ messages }), 'application/json')
+export const batch = (messages) => post('/publish', JSON.stringify({ messages }), 'application/json')
 
 /** Same as batch, as NDJSON: one object per line, handy for streaming producers. */
 export const batchNdjson = (messages) =>
-  post('/v1/publish', messages.map((m) => JSON.stringify(m)).join('\n') + '\n', 'application/x-ndjson')
+  post('/publish', messages.map((m) => JSON.stringify(m)).join('\n') + '\n', 'application/x-ndjson')
 
 // One of each kind; runs only when this file is the script, not when imported.
 async function demo() {
-  console.log('api:', API)
+  console.log('api:', BASE)
   console.log('user     ', JSON.stringify(await toUser('alice', { title: 'Order shipped', orderId: 42 }, { event: 'notify' })))
   console.log('user text', JSON.stringify(await toUser('alice', 'hello alice\nsecond line', { event: 'chat' })))
   console.log('room     ', JSON.stringify(await toRoom('lobby', { user: 'bob', state: 'online' }, { event: 'presence' })))

@@ -2,6 +2,7 @@
 """Publishing to ssekify with the Python standard library only (urllib).
 
     SSEKIFY_API=127.0.0.1:8081 SSEKIFY_API_KEY=... python3 publish.py
+    SSEKIFY_TENANT=acme SSEKIFY_API_KEY=<acme's apiKey> python3 publish.py   # one tenant's routes
 
 Run it to publish one of each kind, or import the functions:
     from publish import to_user
@@ -17,7 +18,11 @@ import urllib.request
 
 _raw = os.environ.get("SSEKIFY_API", "127.0.0.1:8081")
 API = (_raw if _raw.startswith("http") else "http://" + _raw).rstrip("/")
-KEY = os.environ.get("SSEKIFY_API_KEY")  # only needed with --api-key
+KEY = os.environ.get("SSEKIFY_API_KEY")  # only needed with --api-key (or a tenant's apiKey)
+# With a tenant, every route is under /v1/t/{tenant}/: its users, rooms and
+# broadcast, where a tenant's own apiKey is accepted.
+TENANT = os.environ.get("SSEKIFY_TENANT")
+BASE = f"{API}/v1/t/{urllib.parse.quote(TENANT, safe='')}" if TENANT else f"{API}/v1"
 
 
 class PublishError(Exception):
@@ -33,7 +38,7 @@ def _post(path, body, content_type):
     headers = {"Content-Type": content_type}
     if KEY:
         headers["Authorization"] = f"Bearer {KEY}"
-    request = urllib.request.Request(API + path, data=body, headers=headers, method="POST")
+    request = urllib.request.Request(BASE + path, data=body, headers=headers, method="POST")
     for attempt in range(1, 5):
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -74,26 +79,26 @@ def _seg(name):
 
 
 def to_user(user, data, event=None, id=None):
-    return _post(f"/v1/users/{_seg(user)}/events{_query(event, id)}", *_encode(data))
+    return _post(f"/users/{_seg(user)}/events{_query(event, id)}", *_encode(data))
 
 
 def to_room(room, data, event=None, id=None):
-    return _post(f"/v1/rooms/{_seg(room)}/events{_query(event, id)}", *_encode(data))
+    return _post(f"/rooms/{_seg(room)}/events{_query(event, id)}", *_encode(data))
 
 
 def broadcast(data, event=None, id=None):
-    return _post(f"/v1/broadcast{_query(event, id)}", *_encode(data))
+    return _post(f"/broadcast{_query(event, id)}", *_encode(data))
 
 
 def batch(messages):
     """messages: [{user|room|all: True, event?, id?, data}]; validated whole, delivered in order."""
-    return _post("/v1/publish", json.dumps({"messages": messages}).encode("utf-8"), "application/json")
+    return _post("/publish", json.dumps({"messages": messages}).encode("utf-8"), "application/json")
 
 
 def batch_ndjson(messages):
     """Same as batch, as NDJSON: one object per line, handy for streaming producers."""
     body = "".join(json.dumps(m) + "\n" for m in messages).encode("utf-8")
-    return _post("/v1/publish", body, "application/x-ndjson")
+    return _post("/publish", body, "application/x-ndjson")
 
 
 def _show(label, answer):
@@ -101,7 +106,7 @@ def _show(label, answer):
 
 
 def _demo():
-    print("api:", API)
+    print("api:", BASE)
     _show("user     ", to_user("alice", {"title": "Order shipped", "orderId": 42}, event="notify"))
     _show("user text", to_user("alice", "hello alice\nsecond line", event="chat"))
     _show("room     ", to_room("lobby", {"user": "bob", "state": "online"}, event="presence"))

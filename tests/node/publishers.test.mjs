@@ -11,6 +11,8 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { PYTHON, WAIT_MS, freePort, record, requireCommand, run, startServer, waitFor } from './harness.mjs';
@@ -19,6 +21,7 @@ const EXAMPLES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../
 const PUBLISH_MJS = path.join(EXAMPLES, 'node/publish.mjs');
 const PUBLISH_PY = path.join(EXAMPLES, 'python/publish.py');
 const API_KEY = 'node-tests-api-key-publishers';
+const ACME_KEY = 'node-tests-acme-tenant-key';
 
 // Every event type the examples publish (EventSource has no catch-all).
 const TYPES = ['message', 'notify', 'chat', 'presence', 'headline', 'tick'];
@@ -62,10 +65,11 @@ function comparable(events) {
 const expected = (who) =>
   DEMO.filter((m) => m.to === 'both' || m.to === who).map(({ type, json, text }) => (text === undefined ? { type, json } : { type, text }));
 
-/** The two subscribers of the demos, open. */
-async function subscribers(t, server) {
-  const alice = record(`${server.publicUrl}/sse?userId=alice&rooms=lobby,news`, TYPES);
-  const anonymous = record(`${server.publicUrl}/sse?rooms=lobby`, TYPES);
+/** The two subscribers of the demos, open (in `tenant`'s namespace when given). */
+async function subscribers(t, server, tenant) {
+  const sse = tenant ? `${server.publicUrl}/t/${tenant}/sse` : `${server.publicUrl}/sse`;
+  const alice = record(`${sse}?userId=alice&rooms=lobby,news`, TYPES);
+  const anonymous = record(`${sse}?rooms=lobby`, TYPES);
   t.after(() => { alice.es.close(); anonymous.es.close(); });
   await waitFor('both streams to open', () => alice.opens === 1 && anonymous.opens === 1, () => alice.describe() + anonymous.describe());
   return { alice, anonymous };
@@ -117,6 +121,38 @@ for (const demo of DEMOS) {
     // Server-assigned ids, the same for a message both received.
     assert.ok(alice.events.every((e) => e.id), alice.describe());
     assert.equal(new Set(alice.events.map((e) => e.id)).size, alice.events.length);
+  });
+}
+
+for (const demo of DEMOS) {
+  test(`${demo.name} publishes into one tenant with that tenant's own key`, { timeout: 60_000 }, async (t) => {
+    if (demo.python && !requireCommand(t, PYTHON)) return;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ssekify-tenant-'));
+    t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const config = path.join(dir, 'tenants.json');
+    fs.writeFileSync(config, JSON.stringify({ tenants: { acme: { apiKey: ACME_KEY } } }));
+    const server = await startServer(['--api-key', API_KEY, '--tenant-config', config]);
+    t.after(server.stop);
+    const { alice, anonymous } = await subscribers(t, server, 'acme');
+    // The default namespace's alice must hear nothing of acme's messages.
+    const outsider = record(`${server.publicUrl}/sse?userId=alice&rooms=lobby,news`, TYPES);
+    t.after(() => outsider.es.close());
+    await waitFor('the outsider to open', () => outsider.opens === 1, outsider.describe);
+
+    const env = { ...process.env, SSEKIFY_API: demo.api(server), SSEKIFY_API_KEY: ACME_KEY, SSEKIFY_TENANT: 'acme' };
+    const result = await run(demo.command(), demo.args, { env });
+    const output = `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`;
+    assert.equal(result.code, 0, output);
+    checkAnswers(answers(result.stdout), output);
+    await waitFor('alice\'s events', () => alice.events.length >= expected('alice').length, alice.describe);
+    await waitFor('the anonymous subscriber\'s events', () => anonymous.events.length >= expected('anonymous').length, anonymous.describe);
+    assert.deepEqual(comparable(alice.events), expected('alice'));
+    assert.equal(outsider.events.length, 0, outsider.describe());
+
+    // Without the tenant, acme's key opens nothing.
+    const refused = await run(demo.command(), demo.args, { env: { ...env, SSEKIFY_TENANT: '' } });
+    assert.notEqual(refused.code, 0, 'the default namespace refuses a tenant key');
+    assert.match(refused.stdout + refused.stderr, /403|forbidden/);
   });
 }
 
