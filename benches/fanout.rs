@@ -31,6 +31,7 @@ use std::sync::{mpsc, Arc};
 use bytes::Bytes;
 use clap::Parser;
 use common::{header, measure_per, ratio};
+use ssekify::auth::Authenticator;
 use ssekify::config::{Cli, Config, DropPolicy};
 use ssekify::shard::conn::Conn;
 use ssekify::shard::envelope::{Delivery, Target};
@@ -130,10 +131,11 @@ fn frame_of(len: usize) -> Bytes {
 /// connections of the default namespace and `tenant_conns` of tenant `acme`
 /// registered directly in its slab (no sockets, no writers).
 fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
-    let config = Config::try_from(Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
+    let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
     let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
     let (lifecycle, _) = mpsc::channel();
-    let shared = Arc::new(Shared::new(config, vec![shared_inbox], IdGenerator::new(1), lifecycle));
+    let shared =
+        Arc::new(Shared::new(config, Authenticator::None, None, vec![shared_inbox], IdGenerator::new(1), lifecycle));
     let ctx = ShardCtx::new(0, shared);
     {
         let mut state = ctx.state.borrow_mut();

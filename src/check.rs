@@ -12,26 +12,28 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::auth::Authenticator;
-use crate::config::{Config, VERSION};
+use crate::config::VERSION;
+use crate::setup::Setup;
 
-/// The report `check-config` prints for a valid `config`: one `flag  value`
+/// The report `check-config` prints for a valid `setup`: one `flag  value`
 /// line per setting, secrets shown only as set, then notes on what the
 /// server would warn about at start.
-pub fn report(config: &Config) -> String {
+pub fn report(setup: &Setup) -> String {
     let mut out = format!("ssekify {VERSION}: the configuration is valid\n");
-    let settings = settings(config);
+    let settings = settings(setup);
     let width = settings.iter().map(|(flag, _)| flag.len()).max().unwrap_or(0) + 2;
     for (flag, value) in &settings {
         let _ = writeln!(out, "  --{flag:<width$}{value}");
     }
-    for note in notes(config) {
+    for note in notes(setup) {
         let _ = writeln!(out, "note: {note}");
     }
     out
 }
 
 /// Every setting in `--help` order, as the server will use it.
-fn settings(config: &Config) -> Vec<(&'static str, String)> {
+fn settings(setup: &Setup) -> Vec<(&'static str, String)> {
+    let config = &setup.config;
     let set = |secret: bool| if secret { "(set)".to_owned() } else { "none".to_owned() };
     let mut out = vec![
         ("listen", config.listen.to_string()),
@@ -39,9 +41,9 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
         ("api-key", set(config.api_key.is_some())),
         ("shards", config.shards.to_string()),
         ("pin-cores", config.pin_cores.to_string()),
-        ("auth", config.auth.mode().to_owned()),
+        ("auth", setup.auth.mode().to_owned()),
     ];
-    match &config.auth {
+    match &setup.auth {
         Authenticator::None => {}
         Authenticator::Jwt(verifier) => {
             let none = || "none".to_owned();
@@ -90,9 +92,9 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
         ("idempotency-max-keys", config.idempotency_max_keys.to_string()),
         ("idempotency-max-bytes", size(config.idempotency_max_bytes)),
         // The address's Display hides the user and password.
-        ("redis", config.redis.as_ref().map_or_else(|| "none (one instance, no bus)".into(), |url| url.to_string())),
+        ("redis", setup.redis.as_ref().map_or_else(|| "none (one instance, no bus)".into(), |url| url.to_string())),
     ]);
-    if config.redis.is_some() {
+    if setup.redis.is_some() {
         out.extend([
             ("channel", config.channel.clone()),
             ("bus-partitions", config.bus_partitions.to_string()),
@@ -102,7 +104,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
     }
     out.extend([
         ("tenants", config.tenants.as_ref().map_or_else(|| "any".into(), |names| names.join(","))),
-        ("tenant-config", config.tenant_config.as_ref().map_or_else(|| "none".into(), |tenants| tenants.summary())),
+        ("tenant-config", setup.tenant_config.as_ref().map_or_else(|| "none".into(), |tenants| tenants.summary())),
         ("max-queue-items", config.max_queue_items.to_string()),
         ("max-queue-bytes", size(config.max_queue_bytes.get())),
         ("drop-policy", format!("{:?}", config.drop_policy).to_ascii_lowercase()),
@@ -122,7 +124,7 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
         ("presence-list-max", config.presence_list_max.to_string()),
         (
             "events-url",
-            config.events_url.as_ref().map_or_else(|| "none".into(), |url| crate::auth::webhook::shown_url(&url.url())),
+            setup.events_url.as_ref().map_or_else(|| "none".into(), |url| crate::auth::webhook::shown_url(&url.url())),
         ),
         ("max-head", size(config.max_head)),
         ("max-headers", config.max_headers.to_string()),
@@ -140,15 +142,16 @@ fn settings(config: &Config) -> Vec<(&'static str, String)> {
 }
 
 /// What the server would point out at start, so a check does not hide it.
-fn notes(config: &Config) -> Vec<String> {
+fn notes(setup: &Setup) -> Vec<String> {
+    let config = &setup.config;
     let mut notes = Vec::new();
     if config.api_key.is_none() {
         notes.push(format!("the api listener ({}) has no --api-key: any local caller may publish", config.api_listen));
     }
-    if matches!(config.auth, Authenticator::None) {
+    if matches!(setup.auth, Authenticator::None) {
         notes.push("subscriber auth is `none`: the userId query parameter is trusted (development mode)".into());
     }
-    if let Some(warning) = match &config.auth {
+    if let Some(warning) = match &setup.auth {
         Authenticator::Jwt(verifier) => verifier.warning(),
         _ => None,
     } {
@@ -190,7 +193,7 @@ mod tests {
     fn report_for(args: &[&str]) -> String {
         let mut argv = vec!["ssekify"];
         argv.extend_from_slice(args);
-        report(&Config::try_from(Cli::try_parse_from(argv).unwrap().server).unwrap())
+        report(&Setup::try_from(Cli::try_parse_from(argv).unwrap().server).unwrap())
     }
 
     #[test]

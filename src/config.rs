@@ -9,22 +9,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::jwks::Jwks;
-use crate::auth::jwt::Verifier;
-use crate::auth::keys::PublicKey;
-use crate::auth::webhook::{self, Webhook};
-use crate::auth::{Authenticator, Key, MIN_SECRET_BYTES};
-use crate::bus::tls::{Tls, TlsFiles};
-use crate::bus::url::RedisUrl;
-use crate::http::client::Endpoint;
 use crate::log::{LogFormat, LogLevel};
-use crate::tenants::TenantConfig;
 use crate::units::{parse_duration, parse_size};
 
 /// Default heartbeat interval: below the 30–60 s idle timeouts of common proxies
@@ -418,8 +408,6 @@ pub struct Config {
     pub shards: NonZeroUsize,
     /// Pin shard threads to cores.
     pub pin_cores: bool,
-    /// Subscriber auth mode and its key.
-    pub auth: Authenticator,
     /// CORS origin for /sse.
     pub cors_origin: Option<String>,
     /// Whether `GET /` serves the demo page.
@@ -450,8 +438,6 @@ pub struct Config {
     pub idempotency_max_keys: usize,
     /// Idempotency table bytes per instance, every key's entry counted.
     pub idempotency_max_bytes: usize,
-    /// The bus's Redis, when several instances share messages.
-    pub redis: Option<RedisUrl>,
     /// Prefix of the bus's keys and channels.
     pub channel: String,
     /// Bus log partitions (1-1024).
@@ -460,9 +446,6 @@ pub struct Config {
     pub bus_history: u64,
     /// Allowed tenants, sorted and deduplicated (`None`: any valid name).
     pub tenants: Option<Vec<Box<str>>>,
-    /// Tenant quotas and keys as loaded at start (`None`: no `--tenant-config`;
-    /// SIGHUP re-reads the file and the shards swap theirs).
-    pub tenant_config: Option<Arc<TenantConfig>>,
     /// Publish acknowledgement deadline.
     pub bus_timeout: Duration,
     /// Queue bound in frames.
@@ -482,8 +465,6 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     /// Most user ids a room presence answer lists.
     pub presence_list_max: usize,
-    /// Where lifecycle events are POSTed (resolved at start).
-    pub events_url: Option<Endpoint>,
     /// Request head bound.
     pub max_head: usize,
     /// Header count bound.
@@ -543,149 +524,6 @@ fn address(flag: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::new(flag, format!("`{text}` is not an address such as 127.0.0.1:8081 or [::1]:8081")))
 }
 
-/// Keys HMAC-SHA256 with the secret given to `flag`, refusing a missing one
-/// (`purpose` says what needs it) or one shorter than [`MIN_SECRET_BYTES`].
-pub fn hmac_key(flag: &'static str, secret: Option<&str>, purpose: &str) -> Result<Key, ConfigError> {
-    let env = format!("SSEKIFY_{}", flag.to_ascii_uppercase().replace('-', "_"));
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        return Err(ConfigError::new(flag, format!("{purpose} needs a secret: set --{flag} or {env}")));
-    };
-    if secret.len() < MIN_SECRET_BYTES {
-        return Err(ConfigError::new(
-            flag,
-            format!(
-                "must be at least {MIN_SECRET_BYTES} bytes (it is {}): an HMAC-SHA256 key shorter than the hash \
-                 is easier to guess than a signature is to forge (RFC 7518 §3.2); `openssl rand -base64 32` makes one",
-                secret.len()
-            ),
-        ));
-    }
-    Ok(Key::new(secret.as_bytes()))
-}
-
-/// `--auth jwt`'s keys and expectations: at least one key, one JWKS source.
-fn jwt_verifier(cli: &ServerArgs, leeway: Duration) -> Result<Verifier, ConfigError> {
-    let secret = match cli.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
-        Some(secret) => Some(hmac_key("jwt-secret", Some(secret), "--auth jwt")?),
-        None => None,
-    };
-    let public_key = match &cli.jwt_public_key {
-        Some(path) => {
-            let why = |why: String| ConfigError::new("jwt-public-key", format!("{}: {why}", path.display()));
-            let mut pem = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|file| std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut pem))
-                .map_err(|e| why(format!("cannot be read ({e})")))?;
-            Some(PublicKey::from_pem(&pem).map_err(why)?)
-        }
-        None => None,
-    };
-    let jwks = match (&cli.jwks_file, cli.jwks_url.as_deref().filter(|url| !url.is_empty())) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new("jwks-url", "and --jwks-file both give the key set: choose one"));
-        }
-        (Some(path), None) => Some(Jwks::file(path.clone()).map_err(|why| ConfigError::new("jwks-file", why))?),
-        (None, Some(url)) => {
-            let every = duration("jwks-refresh", &cli.jwks_refresh)?;
-            if every < MIN_JWKS_REFRESH {
-                return Err(ConfigError::new("jwks-refresh", "must be at least 1s"));
-            }
-            let tls = match &cli.jwks_ca {
-                Some(_) if !url.starts_with("https://") => {
-                    return Err(ConfigError::new("jwks-ca", "is for an https:// --jwks-url"));
-                }
-                Some(ca) => Tls::with_ca("jwks-ca", ca).map_err(|e| ConfigError::new(e.flag, e.reason))?,
-                None => Tls::public_roots(),
-            };
-            let jwks = Jwks::url(url, every, tls.client_config())
-                .map_err(|why| ConfigError::new("jwks-url", format!("`{}` {why}", webhook::shown_url(url))))?;
-            Some(jwks)
-        }
-        (None, None) => None,
-    };
-    if secret.is_none() && public_key.is_none() && jwks.is_none() {
-        return Err(ConfigError::new(
-            "jwt-secret",
-            "--auth jwt needs a key: set --jwt-secret or SSEKIFY_JWT_SECRET (HS256), or --jwt-public-key, \
-             --jwks-file or --jwks-url (RS256/ES256)",
-        ));
-    }
-    let nonempty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
-    Ok(Verifier {
-        secret,
-        public_key,
-        jwks: jwks.map(std::sync::Arc::new),
-        issuer: nonempty(&cli.jwt_issuer),
-        audience: nonempty(&cli.jwt_audience),
-        leeway,
-    })
-}
-
-fn authenticator(cli: &ServerArgs) -> Result<Authenticator, ConfigError> {
-    let leeway = duration("auth-leeway", &cli.auth_leeway)?;
-    // Keys for tokens without --auth jwt are a mistake to point out, not to
-    // ignore: the operator meant to check tokens and the server would not.
-    let token_flags = [
-        ("jwt-public-key", cli.jwt_public_key.is_some()),
-        ("jwks-file", cli.jwks_file.is_some()),
-        ("jwks-url", cli.jwks_url.as_deref().is_some_and(|url| !url.is_empty())),
-        ("jwks-ca", cli.jwks_ca.is_some()),
-        ("jwt-issuer", cli.jwt_issuer.as_deref().is_some_and(|issuer| !issuer.is_empty())),
-        ("jwt-audience", cli.jwt_audience.as_deref().is_some_and(|audience| !audience.is_empty())),
-    ];
-    if let Some((flag, _)) = token_flags.iter().find(|(_, given)| *given).filter(|_| cli.auth != AuthMode::Jwt) {
-        return Err(ConfigError::new(flag, "is for --auth jwt, and --auth is not jwt"));
-    }
-    Ok(match cli.auth {
-        AuthMode::None => Authenticator::None,
-        AuthMode::Jwt => Authenticator::Jwt(Box::new(jwt_verifier(cli, leeway)?)),
-        AuthMode::Signed => {
-            Authenticator::Signed { key: hmac_key("sign-secret", cli.sign_secret.as_deref(), "--auth signed")?, leeway }
-        }
-        AuthMode::Webhook => {
-            let url = cli.auth_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-                ConfigError::new(
-                    "auth-url",
-                    "--auth webhook needs the application's URL: set --auth-url or SSEKIFY_AUTH_URL",
-                )
-            })?;
-            let timeout = duration("auth-timeout", &cli.auth_timeout)?;
-            if timeout.is_zero() {
-                return Err(ConfigError::new("auth-timeout", "must be above zero"));
-            }
-            let ttl = duration("auth-cache-ttl", &cli.auth_cache_ttl)?;
-            let hook = Webhook::new(url, timeout, ttl, cli.auth_cache_max)
-                .map_err(|why| ConfigError::new("auth-url", format!("`{}` {why}", webhook::shown_url(url))))?;
-            Authenticator::Webhook(Box::new(hook))
-        }
-    })
-}
-
-/// `--redis` with the TLS files applied; the files without a TLS address are
-/// refused rather than ignored (the operator meant to encrypt).
-fn redis(cli: &ServerArgs) -> Result<Option<RedisUrl>, ConfigError> {
-    let files =
-        TlsFiles { ca: cli.redis_ca.as_deref(), cert: cli.redis_cert.as_deref(), key: cli.redis_key.as_deref() };
-    let given = [("redis-ca", files.ca), ("redis-cert", files.cert), ("redis-key", files.key)]
-        .into_iter()
-        .find_map(|(flag, path)| path.map(|_| flag));
-    let Some(text) = cli.redis.as_deref().filter(|r| !r.is_empty()) else {
-        return match given {
-            Some(flag) => Err(ConfigError::new(flag, "is for a rediss:// address, and --redis is not set")),
-            None => Ok(None),
-        };
-    };
-    let mut url = crate::bus::url::parse(text).map_err(|why| ConfigError::new("redis", why))?;
-    match (&mut url.tls, given) {
-        (Some(tls), Some(_)) => *tls = Tls::load(files).map_err(|e| ConfigError::new(e.flag, e.reason))?,
-        (None, Some(flag)) => {
-            return Err(ConfigError::new(flag, "is for a rediss:// address; --redis is not TLS (use rediss://)"))
-        }
-        _ => {}
-    }
-    Ok(Some(url))
-}
-
 fn positive(flag: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
     NonZeroUsize::new(value).ok_or_else(|| ConfigError::new(flag, "must be at least 1"))
 }
@@ -711,15 +549,13 @@ fn tenants(list: &str) -> Result<Vec<Box<str>>, ConfigError> {
     Ok(names)
 }
 
-impl TryFrom<ServerArgs> for Config {
+impl TryFrom<&ServerArgs> for Config {
     type Error = ConfigError;
 
-    fn try_from(cli: ServerArgs) -> Result<Self, ConfigError> {
+    fn try_from(cli: &ServerArgs) -> Result<Self, ConfigError> {
         let listen = address("listen", &cli.listen)?;
         let api_listen = address("api-listen", &cli.api_listen)?;
-        let auth = authenticator(&cli)?;
-        let redis = redis(&cli)?;
-        let api_key = cli.api_key.filter(|key| !key.is_empty());
+        let api_key = cli.api_key.clone().filter(|key| !key.is_empty());
         if api_key.is_none() && !api_listen.ip().is_loopback() {
             return Err(ConfigError::new(
                 "api-listen",
@@ -771,20 +607,13 @@ impl TryFrom<ServerArgs> for Config {
         if idempotency_max_bytes < MIN_IDEMPOTENCY_MAX_BYTES {
             return Err(ConfigError::new("idempotency-max-bytes", "must be at least 64KiB"));
         }
-        let tenant_config = match cli.tenant_config.as_deref().filter(|path| !path.as_os_str().is_empty()) {
-            Some(path) => Some(Arc::new(
-                TenantConfig::load(path, api_key.as_deref()).map_err(|why| ConfigError::new("tenant-config", why))?,
-            )),
-            None => None,
-        };
         Ok(Config {
             listen,
             api_listen,
             api_key,
             shards,
             pin_cores: cli.pin_cores,
-            auth,
-            cors_origin: cli.cors_origin.filter(|origin| !origin.is_empty()),
+            cors_origin: cli.cors_origin.clone().filter(|origin| !origin.is_empty()),
             demo: cli.demo,
             keep_alive,
             retry: duration("retry", &cli.retry)?,
@@ -799,14 +628,12 @@ impl TryFrom<ServerArgs> for Config {
             idempotency_window: duration("idempotency-window", &cli.idempotency_window)?,
             idempotency_max_keys: cli.idempotency_max_keys,
             idempotency_max_bytes,
-            redis,
             channel: if cli.channel.is_empty() {
                 return Err(ConfigError::new("channel", "must not be empty"));
             } else {
-                cli.channel
+                cli.channel.clone()
             },
             tenants: cli.tenants.as_deref().filter(|t| !t.is_empty()).map(tenants).transpose()?,
-            tenant_config,
             bus_partitions: match cli.bus_partitions {
                 1..=1024 => cli.bus_partitions,
                 _ => return Err(ConfigError::new("bus-partitions", "must be 1-1024")),
@@ -824,10 +651,6 @@ impl TryFrom<ServerArgs> for Config {
             user_limit_policy: cli.user_limit_policy,
             max_rooms_per_connection: cli.max_rooms_per_connection,
             presence_list_max: cli.presence_list_max,
-            events_url: match cli.events_url.as_deref().filter(|url| !url.is_empty()) {
-                Some(url) => Some(Endpoint::parse(url).map_err(|why| ConfigError::new("events-url", why))?),
-                None => None,
-            },
             max_head,
             max_headers: cli.max_headers,
             read_timeout: duration("read-timeout", &cli.read_timeout)?,
@@ -863,90 +686,38 @@ mod tests {
 
     #[test]
     fn public_api_listener_needs_a_key() {
-        let err = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--api-listen", "0.0.0.0:8081"])).unwrap_err();
         assert!(err.to_string().starts_with("--api-listen:"), "{err}");
-        let config = Config::try_from(cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
+        let config = Config::try_from(&cli(&["--api-listen", "0.0.0.0:8081", "--api-key", "k"])).unwrap();
         assert_eq!(config.api_key.as_deref(), Some("k"));
     }
 
     #[test]
-    fn auth_modes_need_a_long_enough_secret() {
-        const SECRET: &str = "0123456789abcdef0123456789abcdef";
-        assert!(matches!(Config::try_from(cli(&[])).unwrap().auth, Authenticator::None));
-        let err = Config::try_from(cli(&["--auth", "jwt"])).unwrap_err().to_string();
-        assert!(
-            err.starts_with("--jwt-secret: --auth jwt needs a key: set --jwt-secret or SSEKIFY_JWT_SECRET"),
-            "{err}"
-        );
-        let err = Config::try_from(cli(&["--auth", "signed", "--sign-secret", &SECRET[1..]])).unwrap_err();
-        assert!(err.to_string().starts_with("--sign-secret: must be at least 32 bytes (it is 31)"), "{err}");
-        let config = Config::try_from(cli(&["--auth", "jwt", "--jwt-secret", SECRET, "--auth-leeway", "5s"])).unwrap();
-        assert!(matches!(&config.auth, Authenticator::Jwt(verifier) if verifier.leeway == Duration::from_secs(5)));
-        assert!(!format!("{config:?}").contains(SECRET), "Debug must not print the secret");
-        let config = Config::try_from(cli(&["--auth", "signed", "--sign-secret", SECRET])).unwrap();
-        assert!(matches!(config.auth, Authenticator::Signed { leeway, .. } if leeway == Duration::from_secs(30)));
-        let err = Config::try_from(cli(&["--auth", "webhook"])).unwrap_err().to_string();
-        assert_eq!(err, "--auth-url: --auth webhook needs the application's URL: set --auth-url or SSEKIFY_AUTH_URL");
-        let err = Config::try_from(cli(&["--auth", "webhook", "--auth-url", "https://app/auth"])).unwrap_err();
-        assert!(err.to_string().starts_with("--auth-url: `https://app/auth` must start with http://"), "{err}");
-        let config = Config::try_from(cli(&["--auth", "webhook", "--auth-url", "http://127.0.0.1:3000/auth"])).unwrap();
-        assert!(matches!(config.auth, Authenticator::Webhook(hook) if hook.timeout == Duration::from_secs(2)));
-    }
-
-    #[test]
-    fn tls_files_need_a_tls_address() {
-        let err = Config::try_from(cli(&["--redis", "redis://h:1", "--redis-ca", "/x.pem"])).unwrap_err();
-        assert!(err.to_string().starts_with("--redis-ca: is for a rediss:// address"), "{err}");
-        let err = Config::try_from(cli(&["--redis-cert", "/x.pem"])).unwrap_err();
-        assert!(err.to_string().starts_with("--redis-cert:"), "{err}");
-        let err = Config::try_from(cli(&["--redis", "rediss://h:1", "--redis-ca", "/nonexistent.pem"])).unwrap_err();
-        assert!(err.to_string().starts_with("--redis-ca: /nonexistent.pem: cannot be read ("), "{err}");
-        let config = Config::try_from(cli(&["--redis", "rediss://h:1"])).unwrap();
-        assert!(config.redis.is_some_and(|url| url.tls.is_some()));
-    }
-
-    #[test]
     fn tenants_are_listed_sorted_and_checked() {
-        assert_eq!(Config::try_from(cli(&[])).unwrap().tenants, None);
-        let config = Config::try_from(cli(&["--tenants", "globex, acme,acme"])).unwrap();
+        assert_eq!(Config::try_from(&cli(&[])).unwrap().tenants, None);
+        let config = Config::try_from(&cli(&["--tenants", "globex, acme,acme"])).unwrap();
         assert_eq!(config.tenants, Some(vec!["acme".into(), "globex".into()]));
-        let err = Config::try_from(cli(&["--tenants", "a/b"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--tenants", "a/b"])).unwrap_err();
         assert!(err.to_string().starts_with("--tenants:"), "{err}");
-        assert!(Config::try_from(cli(&["--tenants", ","])).is_err());
-    }
-
-    #[test]
-    fn the_tenant_config_is_loaded_and_its_errors_name_the_flag_file_and_field() {
-        assert!(Config::try_from(cli(&[])).unwrap().tenant_config.is_none());
-        let path = std::env::temp_dir().join(format!("ssekify-config-tenants-{}.json", std::process::id()));
-        std::fs::write(&path, r#"{"tenants": {"acme": {"apiKey": "k"}}}"#).unwrap();
-        let shown = path.display().to_string();
-        let err = Config::try_from(cli(&["--tenant-config", &shown, "--api-key", "k"])).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!("--tenant-config: {shown}: tenants.acme.apiKey: is the instance's --api-key; give the tenant a key of its own")
-        );
-        let config = Config::try_from(cli(&["--tenant-config", &shown])).unwrap();
-        assert_eq!(config.tenant_config.unwrap().api_key("acme"), Some("k"));
-        std::fs::remove_file(&path).unwrap();
+        assert!(Config::try_from(&cli(&["--tenants", ","])).is_err());
     }
 
     #[test]
     fn errors_name_the_flag() {
-        let err = Config::try_from(cli(&["--keep-alive", "soon"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--keep-alive", "soon"])).unwrap_err();
         assert!(err.to_string().starts_with("--keep-alive:"), "{err}");
-        let err = Config::try_from(cli(&["--max-queue-items", "0"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--max-queue-items", "0"])).unwrap_err();
         assert!(err.to_string().starts_with("--max-queue-items:"), "{err}");
     }
 
     #[test]
     fn idempotency_memory_is_a_size_of_at_least_64_kib() {
-        assert_eq!(Config::try_from(cli(&[])).unwrap().idempotency_max_bytes, 256 << 20);
-        let config = Config::try_from(cli(&["--idempotency-max-bytes", "64KiB"])).unwrap();
+        assert_eq!(Config::try_from(&cli(&[])).unwrap().idempotency_max_bytes, 256 << 20);
+        let config = Config::try_from(&cli(&["--idempotency-max-bytes", "64KiB"])).unwrap();
         assert_eq!(config.idempotency_max_bytes, 64 << 10);
-        let err = Config::try_from(cli(&["--idempotency-max-bytes", "1000"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--idempotency-max-bytes", "1000"])).unwrap_err();
         assert_eq!(err.to_string(), "--idempotency-max-bytes: must be at least 64KiB");
-        let err = Config::try_from(cli(&["--idempotency-max-bytes", "lots"])).unwrap_err();
+        let err = Config::try_from(&cli(&["--idempotency-max-bytes", "lots"])).unwrap_err();
         assert!(err.to_string().starts_with("--idempotency-max-bytes: `lots`"), "{err}");
     }
 }

@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::names::{is_valid_name, MAX_NAME};
 use crate::auth::signed;
-use crate::config::{hmac_key, ConfigError, SignArgs};
+use crate::config::{ConfigError, SignArgs};
+use crate::setup::hmac_key;
 use crate::units::parse_duration;
 
 /// The signed URL (or query string) for `args`, valid from `now` for `--ttl`.

@@ -103,7 +103,7 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
 
 /// The JWKS counters, zero without a JWKS.
 fn jwks_stats(ctx: &ShardCtx) -> JwksStats {
-    ctx.shared.config.auth.jwks().map(|jwks| jwks.stats()).unwrap_or_default()
+    ctx.shared.auth.jwks().map(|jwks| jwks.stats()).unwrap_or_default()
 }
 
 /// `GET /v1/t/{tenant}/stats`: one tenant's share of the instance, and the

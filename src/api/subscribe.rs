@@ -71,10 +71,10 @@ async fn subscription(
         },
     };
     let grant =
-        config.auth.authenticate(&credentials, SystemTime::now()).await.map_err(|denied| refusal(ctx, &denied))?;
+        shared.auth.authenticate(&credentials, SystemTime::now()).await.map_err(|denied| refusal(ctx, &denied))?;
     grant.allow_tenant(namespace.tenant_name()).map_err(|denied| refusal(ctx, &denied))?;
     if let Some(user) = &grant.user {
-        check_name("userId", user).map_err(|invalid| match config.auth.kind() {
+        check_name("userId", user).map_err(|invalid| match shared.auth.kind() {
             // The name came from the app, whose answer is at fault.
             Some(Kind::AppAnswer) => refusal(
                 ctx,
@@ -163,7 +163,7 @@ fn refusal(ctx: &ShardCtx, denied: &Denied) -> Response {
         _ => ShardStats::add(&stats.auth_refused, 1),
     }
     let response = Response::error(denied.status(), denied.code(), denied.to_string());
-    match (&ctx.shared.config.auth, denied) {
+    match (&ctx.shared.auth, denied) {
         (Authenticator::Jwt(_), _) if denied.status() == 401 => response.header("WWW-Authenticate", "Bearer"),
         (_, Denied::AppUnavailable(_)) => response.header("Retry-After", "1"),
         _ => response,

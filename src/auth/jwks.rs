@@ -366,7 +366,7 @@ pub fn fetch(url: &JwksUrl, tls: Option<&Arc<ClientConfig>>) -> Result<Vec<u8>, 
     );
     let (status, body) = match tls {
         Some(config) => {
-            let name = crate::bus::tls::server_name(&url.authority)?;
+            let name = crate::tls::server_name(&url.authority)?;
             let session = ClientConnection::new(config.clone(), name).map_err(|e| format!("TLS setup: {e}"))?;
             exchange(&mut StreamOwned::new(session, socket), request.as_bytes(), deadline)?
         }
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn unknown_kids_ask_for_a_fetch_at_most_every_30_seconds() {
-        let tls = crate::bus::tls::Tls::public_roots().client_config();
+        let tls = crate::tls::Tls::public_roots().client_config();
         let jwks = Jwks::url("http://127.0.0.1:9/certs", Duration::from_secs(300), tls).unwrap();
         assert_eq!(jwks.request(false), Some(1), "the first asks");
         assert_eq!(jwks.request(false), Some(1), "the next waits for the same fetch");

@@ -22,12 +22,12 @@ use super::peer::{self, Peers};
 use super::resp::{self, Reply};
 use super::sequencer::Sequencer;
 use super::session::{Durable, Session};
-use super::tls::Tls;
 use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
 use crate::shard::envelope::{Answer, Envelope};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::Shared;
+use crate::tls::Tls;
 
 /// First and largest reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -12,8 +12,9 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::resp::{self, Reply};
-use super::tls::{self, Tls, TlsReader, TlsWriter};
+use super::tls::{self, TlsReader, TlsWriter};
 use super::url::RedisUrl;
+use crate::tls::Tls;
 
 /// Bytes requested per read.
 const READ_CHUNK: usize = 16 * 1024;

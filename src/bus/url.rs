@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use super::tls::Tls;
+use crate::tls::Tls;
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,8 +11,6 @@ pub mod response;
 
 use std::fmt;
 
-use crate::metrics::Rejection;
-
 /// What went wrong reading a request, and therefore what to answer before closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -50,21 +48,6 @@ impl Error {
             Error::BodyTooLarge => "payload_too_large",
             Error::Timeout => "request_timeout",
             Error::BodyBudget => "overloaded",
-        }
-    }
-}
-
-impl Error {
-    /// The reason counted in `ssekify_rejected_total` (none for a client
-    /// that went away).
-    pub fn rejection(&self) -> Option<Rejection> {
-        match self {
-            Error::BadRequest(_) => Some(Rejection::BadRequest),
-            Error::HeadTooLarge => Some(Rejection::HeadTooLarge),
-            Error::BodyTooLarge => Some(Rejection::BodyTooLarge),
-            Error::Timeout => Some(Rejection::Timeout),
-            Error::BodyBudget => Some(Rejection::BodyBudget),
-            Error::UnexpectedEof => None,
         }
     }
 }

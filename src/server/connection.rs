@@ -192,10 +192,23 @@ async fn linger(stream: &mut TcpStream) {
     }
 }
 
+/// The reason a request error is counted under in `ssekify_rejected_total`
+/// (none for a client that went away).
+fn rejection(error: &Error) -> Option<Rejection> {
+    match error {
+        Error::BadRequest(_) => Some(Rejection::BadRequest),
+        Error::HeadTooLarge => Some(Rejection::HeadTooLarge),
+        Error::BodyTooLarge => Some(Rejection::BodyTooLarge),
+        Error::Timeout => Some(Rejection::Timeout),
+        Error::BodyBudget => Some(Rejection::BodyBudget),
+        Error::UnexpectedEof => None,
+    }
+}
+
 /// Answers a malformed, oversized or timed-out request, then the caller closes.
 async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
     ShardStats::add(&ctx.stats().errors, 1);
-    if let Some(reason) = error.rejection() {
+    if let Some(reason) = rejection(&error) {
         ctx.stats().rejected.count(reason);
     }
     if error == Error::BodyTooLarge {

@@ -24,6 +24,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use crate::api::{Role, Services};
 use crate::bus::{self, Bus, BusSettings, BUS_INBOX_CAPACITY};
 use crate::config::{Config, IoDriver};
+use crate::setup::Setup;
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
 use crate::shard::{heartbeat, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
@@ -57,7 +58,8 @@ struct Addresses {
 }
 
 /// Runs the instance until shutdown; returns the process exit status.
-pub fn run(mut config: Config) -> Result<i32, StartError> {
+pub fn run(setup: Setup) -> Result<i32, StartError> {
+    let Setup { mut config, auth, redis, tenant_config, events_url } = setup;
     signals::block_in_this_thread();
     memory::fix_allocator_thresholds();
     refuse_taken_ports(&config)?;
@@ -70,14 +72,13 @@ pub fn run(mut config: Config) -> Result<i32, StartError> {
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
     let instance = random_instance();
     let ids = IdGenerator::new(instance);
-    let redis = config.redis.clone();
-    let shared = Arc::new(Shared::new(config, inboxes, ids, lifecycle_tx));
+    let shared = Arc::new(Shared::new(config, auth, tenant_config, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
-    if let Some(jwks) = shared.config.auth.jwks() {
+    if let Some(jwks) = shared.auth.jwks() {
         jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
     }
     memory::spawn_trimmer(shared.clone()).map_err(|e| StartError(format!("cannot spawn the memory thread: {e}")))?;
-    if let Some(endpoint) = shared.config.events_url.clone() {
+    if let Some(endpoint) = events_url {
         events_sink::spawn(shared.clone(), endpoint)
             .map_err(|e| StartError(format!("cannot spawn the events sink thread: {e}")))?;
     }

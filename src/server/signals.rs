@@ -77,15 +77,15 @@ pub fn spawn_watcher(shared: Arc<Shared>) {
 
 /// SIGHUP: reloads what the configuration lets change while running.
 fn reload(shared: &Shared) {
-    let jwks = shared.config.auth.jwks();
+    let jwks = shared.auth.jwks();
     if let Some(jwks) = jwks {
         crate::log!(Info, "SIGHUP: reloading the JWKS", source = jwks.shown());
         jwks.reload();
     }
-    if let Some(tenants) = &shared.config.tenant_config {
+    if let Some(tenants) = &shared.tenant_config {
         reload_tenants(shared, tenants.path.as_deref().unwrap_or(Path::new("")));
     }
-    if jwks.is_none() && shared.config.tenant_config.is_none() {
+    if jwks.is_none() && shared.tenant_config.is_none() {
         crate::log!(Info, "SIGHUP: nothing to reload (no --jwks-file, --jwks-url or --tenant-config)");
     }
 }

@@ -108,7 +108,7 @@ impl ShardCtx {
             max_rooms: share(config.recent_max_rooms),
             max_bytes: share(config.recent_max_bytes),
         });
-        let tenant_config = config.tenant_config.clone().unwrap_or_default();
+        let tenant_config = shared.tenant_config.clone().unwrap_or_default();
         replay.set_budgets(TenantBudgets { config: Some(tenant_config.clone()), shards: shared.shard_count() });
         let limits = QueueLimits {
             max_items: config.max_queue_items.get(),

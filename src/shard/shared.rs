@@ -9,11 +9,13 @@ use bytes::Bytes;
 
 use super::envelope::{Delivery, Envelope, Target};
 use super::inbox::SharedInbox;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{Event, EventHub};
 use crate::metrics::ShardStats;
 use crate::sse::id::IdGenerator;
 use crate::tenants::quota::TenantQuotas;
+use crate::tenants::TenantConfig;
 
 /// Envelopes an inbox holds before senders must wait: a few milliseconds of
 /// traffic at full speed, bounded so a stalled shard cannot grow memory.
@@ -59,6 +61,12 @@ pub enum LifecycleEvent {
 pub struct Shared {
     /// Validated configuration.
     pub config: Config,
+    /// Subscriber auth mode and its key.
+    pub auth: Authenticator,
+    /// Tenant quotas and keys as loaded at start (`None`: no
+    /// `--tenant-config`); SIGHUP re-reads its file, and the shards swap
+    /// theirs (each holds the one in force).
+    pub tenant_config: Option<Arc<TenantConfig>>,
     /// Inbox of each shard, by shard id.
     pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
     /// Counters of each shard, by shard id.
@@ -88,15 +96,19 @@ impl Shared {
     /// Shared state for `config.shards` shards with the given inboxes.
     pub fn new(
         config: Config,
+        auth: Authenticator,
+        tenant_config: Option<Arc<TenantConfig>>,
         inboxes: Vec<Arc<SharedInbox<Envelope>>>,
         ids: IdGenerator,
         lifecycle: mpsc::Sender<LifecycleEvent>,
     ) -> Self {
         let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
         let events = EventHub::new(inboxes.len());
-        let tenant_quotas = config.tenant_config.as_ref().map(|_| TenantQuotas::default());
+        let tenant_quotas = tenant_config.as_ref().map(|_| TenantQuotas::default());
         Shared {
             config,
+            auth,
+            tenant_config,
             inboxes,
             stats,
             ids,
