@@ -12,6 +12,17 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SSEKIFY_COMMIT");
+    // Watched whatever git answers below: a build that could not ask git
+    // (git missing for a moment, a ref being rewritten) asks again once
+    // HEAD or a branch moves, instead of keeping `unknown` for good.
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        let dot_git = PathBuf::from(dir).join(".git");
+        for path in [dot_git.join("HEAD"), dot_git.join("refs").join("heads")] {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
     let commit = match std::env::var("SSEKIFY_COMMIT") {
         Ok(given) if !given.trim().is_empty() => given.trim().to_owned(),
         _ => git_commit().unwrap_or_else(|| "unknown".to_owned()),
