@@ -301,6 +301,56 @@ fn batch_ndjson_is_delivered_in_order() {
     );
 }
 
+/// A batch far larger than one routing chunk (16,384) or one envelope to
+/// another shard (1,024) is delivered whole, in order, with each message's
+/// own count: the pieces it travels in add back up.
+#[test]
+fn a_large_batch_is_delivered_whole_and_in_order_across_shards() {
+    let server = Server::start(&["--shards", "2", "--max-queue-items", "50000"]);
+    let mut users: Vec<(String, SseClient)> = (0..4)
+        .map(|i| {
+            let user = format!("big{i}");
+            let client = SseClient::open_ready(server.public, &format!("/sse?userId={user}&rooms=hall"));
+            (user, client)
+        })
+        .collect();
+    let mut watcher = SseClient::open_ready(server.public, "/sse?rooms=hall");
+    const MESSAGES: usize = 40_000;
+    // Every 100th message goes to the room (all five), the rest round-robin to one user.
+    let line = |i: usize| {
+        if i % 100 == 0 {
+            format!("{{\"room\":\"hall\",\"data\":\"r{i}\"}}")
+        } else {
+            format!("{{\"user\":\"big{}\",\"data\":\"u{i}\"}}", i % 4)
+        }
+    };
+    let body: Vec<String> = (0..MESSAGES).map(line).collect();
+    let resp = http(
+        server.api,
+        "POST",
+        "/v1/publish",
+        &[("Content-Type", "application/x-ndjson")],
+        body.join("\n").as_bytes(),
+    );
+    let answer = ok_json(resp);
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), MESSAGES);
+    for (i, result) in results.iter().enumerate() {
+        let want = if i % 100 == 0 { 5 } else { 1 };
+        assert_eq!(result["delivered"], want, "message {i}: {result}");
+    }
+    for (n, (_, client)) in users.iter_mut().enumerate() {
+        let want: Vec<String> = (0..MESSAGES)
+            .filter(|i| i % 100 == 0 || i % 4 == n)
+            .map(|i| if i % 100 == 0 { format!("r{i}") } else { format!("u{i}") })
+            .collect();
+        let got: Vec<String> = (0..want.len()).map(|_| client.expect_event("a batch message").data).collect();
+        assert_eq!(got, want, "big{n} got every message of its own, in order");
+    }
+    let hall: Vec<String> = (0..MESSAGES / 100).map(|_| watcher.expect_event("a room message").data).collect();
+    assert_eq!(hall, (0..MESSAGES).step_by(100).map(|i| format!("r{i}")).collect::<Vec<_>>());
+}
+
 #[test]
 fn invalid_batches_deliver_nothing() {
     let server = Server::start(&[]);

@@ -25,6 +25,7 @@ use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
 use crate::shard::idempotency::{valid_key, Claim, Ticket};
+use crate::shard::yielding;
 use crate::shard::ShardCtx;
 use crate::sse::frame;
 use crate::tenants::quota::RateRefusal;
@@ -60,7 +61,7 @@ pub async fn single(
     to: To,
 ) -> Response {
     let publish = async {
-        let prepare = || Ok(vec![prepare_single(ctx, ns, request, body, to)?]);
+        let prepare = async { Ok(vec![prepare_single(ctx, ns, request, body, to)?]) };
         match validate_and_deliver(ctx, bus, ns, request, prepare).await {
             Ok(results) => {
                 let mut body = Vec::with_capacity(96);
@@ -137,11 +138,16 @@ async fn publish_batch(
     request: &Request,
     body: &Bytes,
 ) -> Response {
-    match validate_and_deliver(ctx, bus, ns, request, || prepare_batch(ctx, ns, request, body)).await {
+    match validate_and_deliver(ctx, bus, ns, request, prepare_batch(ctx, ns, request, body)).await {
         Ok(results) => {
             let mut body = Vec::with_capacity(16 + results.len() * 64);
             body.extend_from_slice(b"{\"results\":[");
-            for (index, result) in results.iter().enumerate() {
+            let mut budget = yielding::Budget::default();
+            // By value, each result freed once written (see ShardCtx::publish).
+            for (index, result) in results.into_iter().enumerate() {
+                if budget.spent() {
+                    yielding::yield_now().await;
+                }
                 if index > 0 {
                     body.push(b',');
                 }
@@ -159,11 +165,11 @@ async fn validate_and_deliver(
     bus: Option<&Bus>,
     ns: &Namespace,
     request: &Request,
-    prepare: impl FnOnce() -> Result<Vec<Prepared>, Response>,
+    prepare: impl Future<Output = Result<Vec<Prepared>, Response>>,
 ) -> Result<Vec<Outcome>, Response> {
     let scope = scope(request)?;
     let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
-    let prepared = prepare()?;
+    let prepared = prepare.await?;
     let messages = prepared.len() as u64;
     if let Some(tenant) = ns.tenant_name() {
         take_tenant_rate(ctx, tenant, messages)?;
@@ -272,8 +278,14 @@ async fn deliver(
                 .collect()
         }
         _ => {
-            let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
-            let delivered = ctx.publish(prepared.into_iter().map(|p| p.delivery).collect()).await;
+            // The ids are taken as the deliveries are, chunk by chunk (a
+            // batch's half a million are not moved in one stretch).
+            let mut ids = Vec::with_capacity(prepared.len());
+            let deliveries = prepared.into_iter().map(|p| {
+                ids.push(p.id);
+                p.delivery
+            });
+            let delivered = ctx.publish(deliveries).await;
             ids.into_iter()
                 .zip(delivered)
                 .map(|(id, delivered)| Outcome { id, delivered, instances: None, duplicate: false })
@@ -437,15 +449,27 @@ impl<'a> Members<'a> {
     }
 }
 
-fn prepare_batch(ctx: &ShardCtx, ns: &Namespace, request: &Request, body: &Bytes) -> Result<Vec<Prepared>, Response> {
+/// Every message of a batch validated and encoded, giving the shard's other
+/// work a turn now and then (a 16 MiB batch is ~500,000 messages).
+async fn prepare_batch(
+    ctx: &ShardCtx,
+    ns: &Namespace,
+    request: &Request,
+    body: &Bytes,
+) -> Result<Vec<Prepared>, Response> {
     let ndjson = request
         .header_str("content-type")
         .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
-    batch_messages(body, ndjson)?
-        .iter()
-        .enumerate()
-        .map(|(index, raw)| prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal)))
-        .collect()
+    let messages = batch_messages(body, ndjson)?;
+    let mut prepared = Vec::with_capacity(messages.len());
+    let mut budget = yielding::Budget::default();
+    for (index, raw) in messages.iter().enumerate() {
+        if budget.spent() {
+            yielding::yield_now().await;
+        }
+        prepared.push(prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal))?);
+    }
+    Ok(prepared)
 }
 
 /// The messages of a batch body, each still raw JSON: one per non-blank line

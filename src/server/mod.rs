@@ -27,7 +27,7 @@ use crate::config::{Config, IoDriver};
 use crate::setup::Setup;
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
-use crate::shard::{heartbeat, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
+use crate::shard::{heartbeat, yielding, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
 use crate::sse::id::{random_instance, IdGenerator};
 use connection::PendingSocket;
 
@@ -341,10 +341,20 @@ impl ShardBoot {
         }
         let _ = lifecycle.send(LifecycleEvent::Ready { public, api, driver });
         let mut batch = Vec::with_capacity(INBOX_BATCH);
+        let mut budget = yielding::Budget::default();
         loop {
             local.recv_batch(&mut batch, INBOX_BATCH).await;
+            let full = batch.len() == INBOX_BATCH;
             for envelope in batch.drain(..) {
                 ctx.handle(envelope);
+            }
+            // While envelopes keep coming (full batches), the inbox never
+            // waits and the runtime never reaps completions: the shard's
+            // streams and requests get a turn once this ran a slice of time.
+            if !full {
+                budget.reset();
+            } else if budget.overdue() {
+                yielding::yield_now().await;
             }
         }
     }

@@ -27,6 +27,7 @@ pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder, INBOX_CAPACITY};
 pub use tenants::{ShardTenants, TenantFigures};
 pub mod replay;
 pub mod writer;
+pub mod yielding;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -53,6 +54,14 @@ use writer::FrameBatch;
 
 /// Batch buffers kept for reuse; beyond this many concurrent writers, buffers are freed after use.
 const BATCH_POOL_MAX: usize = 4096;
+
+/// Deliveries in one envelope to another shard: a large publish reaches
+/// them in several, each handled in one turn, so that shard's own streams
+/// run between them (a few milliseconds of work each at most).
+const DELIVERIES_PER_ENVELOPE: usize = 1024;
+
+/// Deliveries a publish routes at once: a few milliseconds of routing.
+const PUBLISH_CHUNK: usize = 16 * 1024;
 
 /// The mutable state of one shard.
 pub struct ShardState {
@@ -312,27 +321,64 @@ impl ShardCtx {
     }
 
     /// Publishes frames in order and returns, per delivery, the number of
-    /// connections it was queued to across all shards.
-    pub async fn publish(self: &Rc<Self>, deliveries: Vec<Delivery>) -> Vec<u64> {
+    /// connections it was queued to across all shards. A large publish goes
+    /// [`PUBLISH_CHUNK`] deliveries at a time, so no step of it (routing,
+    /// delivering, freeing) holds the shard for long.
+    pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Vec<u64> {
+        let mut rest = deliveries.into_iter().peekable();
+        let mut totals = Vec::with_capacity(rest.size_hint().0);
+        let mut budget = yielding::Budget::default();
+        while rest.peek().is_some() {
+            let chunk: Vec<Delivery> = rest.by_ref().take(PUBLISH_CHUNK).collect();
+            totals.extend(self.publish_chunk(chunk, &mut budget).await);
+        }
+        totals
+    }
+
+    /// One chunk of [`ShardCtx::publish`].
+    async fn publish_chunk(self: &Rc<Self>, deliveries: Vec<Delivery>, budget: &mut yielding::Budget) -> Vec<u64> {
+        if budget.overdue() {
+            yielding::yield_now().await;
+        }
         let shards = self.shared.shard_count();
         let mut totals = vec![0u64; deliveries.len()];
         let (mut per_shard, routes) = self.shared.route(deliveries);
-        let local = std::mem::take(&mut per_shard[self.id]);
-        for (delivery, &index) in local.iter().zip(&routes[self.id]) {
-            totals[index] += self.deliver(delivery);
+        // Other shards get their part in envelopes of at most
+        // DELIVERIES_PER_ENVELOPE, each handled in one turn of theirs; this
+        // shard delivers its own part giving way now and then (`yielding`).
+        let mut envelopes: Vec<(usize, Vec<Delivery>)> = Vec::new();
+        for shard in (0..shards).filter(|&s| s != self.id) {
+            let mut rest = std::mem::take(&mut per_shard[shard]).into_iter().peekable();
+            while rest.peek().is_some() {
+                envelopes.push((shard, rest.by_ref().take(DELIVERIES_PER_ENVELOPE).collect()));
+            }
         }
-        let remote: Vec<usize> = (0..shards).filter(|&s| s != self.id && !per_shard[s].is_empty()).collect();
-        if !remote.is_empty() {
-            let replies = self
-                .ask(&remote, |shard, reply| Envelope::Deliver {
-                    deliveries: std::mem::take(&mut per_shard[shard]),
-                    reply: Some(reply),
-                })
-                .await;
-            for (shard, answer) in remote.iter().zip(replies) {
-                for (&index, count) in routes[*shard].iter().zip(answer.values) {
-                    totals[index] += count;
-                }
+        let targets: Vec<usize> = envelopes.iter().map(|(shard, _)| *shard).collect();
+        let mut parts = envelopes.into_iter().map(|(_, part)| part);
+        let replies = async {
+            if targets.is_empty() {
+                return Vec::new();
+            }
+            self.ask(&targets, |_, reply| Envelope::Deliver {
+                deliveries: parts.next().expect("one part per target"),
+                reply: Some(reply),
+            })
+            .await
+        };
+        let local = std::mem::take(&mut per_shard[self.id]);
+        // By value: each delivery is freed as it is done, not all at the end.
+        for (delivery, &index) in local.into_iter().zip(&routes[self.id]) {
+            if budget.spent() {
+                yielding::yield_now().await;
+            }
+            totals[index] += self.deliver(&delivery);
+        }
+        let mut offsets = vec![0usize; shards];
+        for (shard, answer) in targets.iter().zip(replies.await) {
+            let indexes = &routes[*shard][offsets[*shard]..];
+            offsets[*shard] += answer.values.len();
+            for (&index, count) in indexes.iter().zip(answer.values) {
+                totals[index] += count;
             }
         }
         totals
