@@ -4,15 +4,13 @@
 Starts the release binary with one shard, a watcher subscribed as user `w`,
 and a prober that publishes to `w` every 5 ms (each message carries its send
 time), then posts one large NDJSON batch (--batch-bytes, default 16 MiB of
-small messages to users nobody else is) or a broadcast to --subscribers
-connections. Prints the watcher's delivery latency (median, p99, max) while
-the big publish runs, and how long it took: a shard that yields
-cooperatively keeps the max near the time of one slice of work, not of the
-whole publish.
+small messages to users nobody else is). Prints the watcher's delivery
+latency (median, p99, max) while the batch runs, and how long it took: a
+shard that yields cooperatively keeps the max near the time of one slice of
+work, not of the whole batch.
 
     cargo build --release
-    loadtest/scenarios/stall.py                    # the 16 MiB batch
-    loadtest/scenarios/stall.py --subscribers 5000 --broadcasts 200
+    loadtest/scenarios/stall.py
 """
 import argparse
 import http.client
@@ -85,8 +83,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/ssekify"))
     parser.add_argument("--batch-bytes", type=int, default=16 << 20)
-    parser.add_argument("--subscribers", type=int, default=0, help="broadcast to this many instead of a batch")
-    parser.add_argument("--broadcasts", type=int, default=100)
     args = parser.parse_args()
     public, api = free_port(), free_port()
     server = subprocess.Popen(
@@ -95,7 +91,6 @@ def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for("the server", lambda: socket.create_connection(("127.0.0.1", public)).close() is None)
-        crowd = [subscribe(public, "rooms=crowd") for _ in range(args.subscribers)]
         latencies, stop = [], threading.Event()
         watcher = subscribe(public, "userId=w")
         threads = [threading.Thread(target=watch, args=(watcher, latencies, stop)),
@@ -104,24 +99,16 @@ def main():
             thread.start()
         time.sleep(1)
         conn = http.client.HTTPConnection("127.0.0.1", api, timeout=600)
+        line_bytes = len(json.dumps({"user": "nobody000000", "data": "x"})) + 1
+        count = args.batch_bytes // line_bytes
+        body = "\n".join(json.dumps({"user": f"nobody{i:06d}", "data": "x"}) for i in range(count)).encode()
         started = time.time()
-        if args.subscribers:
-            drain = threading.Thread(target=lambda: [s.setblocking(False) for s in crowd])
-            drain.start()
-            for _ in range(args.broadcasts):
-                conn.request("POST", "/v1/rooms/crowd/events", "x" * 100, {"Content-Type": "text/plain"})
-                conn.getresponse().read()
-            what = f"{args.broadcasts} room publishes to {args.subscribers} subscribers"
-        else:
-            line_bytes = len(json.dumps({"user": "nobody000000", "data": "x"})) + 1
-            count = args.batch_bytes // line_bytes
-            body = "\n".join(json.dumps({"user": f"nobody{i:06d}", "data": "x"}) for i in range(count)).encode()
-            conn.request("POST", "/v1/publish", body, {"Content-Type": "application/x-ndjson"})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise SystemExit(f"the batch was refused: {answer.status}")
-            what = f"one NDJSON batch of {count:,} messages ({len(body) / (1 << 20):.1f} MiB)"
+        conn.request("POST", "/v1/publish", body, {"Content-Type": "application/x-ndjson"})
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise SystemExit(f"the batch was refused: {answer.status}")
+        what = f"one NDJSON batch of {count:,} messages ({len(body) / (1 << 20):.1f} MiB)"
         finished = time.time()
         time.sleep(0.5)
         stop.set()
