@@ -133,7 +133,7 @@ impl ShardCtx {
         let mut state = self.state.borrow_mut();
         let Some(slot) = self.open_connection_in(&state.conns, id) else { return };
         let conn = &mut state.conns[slot];
-        conn.push_control(super::evicted_frame());
+        conn.push_control(super::registration::evicted_frame());
         conn.close(Closing::AfterFlush, CloseReason::Evicted);
     }
 

@@ -1,0 +1,229 @@
+//! Frames into queues: a publish routed to the shards that hold its
+//! recipients (a large one in chunks, giving way), and on each shard the
+//! recipients' queues, the replay ring and the gap notices of a bus loss.
+
+use std::rc::Rc;
+
+use super::conn::{CloseReason, Closing, Conn};
+use super::envelope::{Delivery, Envelope, Target};
+use super::queue::Pushed;
+use super::replay::{self, Stream};
+use super::{yielding, ShardCtx, ShardState};
+use crate::metrics::ShardStats;
+
+/// Deliveries in one envelope to another shard: a large publish reaches
+/// them in several, each handled in one turn, so that shard's own streams
+/// run between them (a few milliseconds of work each at most).
+const DELIVERIES_PER_ENVELOPE: usize = 1024;
+
+/// Deliveries a publish routes at once: a few milliseconds of routing.
+const PUBLISH_CHUNK: usize = 16 * 1024;
+
+impl ShardCtx {
+    /// Publishes frames in order and returns, per delivery, the number of
+    /// connections it was queued to across all shards. A large publish goes
+    /// `PUBLISH_CHUNK` deliveries at a time, so no step of it (routing,
+    /// delivering, freeing) holds the shard for long.
+    pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Vec<u64> {
+        let mut rest = deliveries.into_iter().peekable();
+        let mut totals = Vec::with_capacity(rest.size_hint().0);
+        let mut budget = yielding::Budget::default();
+        while rest.peek().is_some() {
+            let chunk: Vec<Delivery> = rest.by_ref().take(PUBLISH_CHUNK).collect();
+            totals.extend(self.publish_chunk(chunk, &mut budget).await);
+        }
+        totals
+    }
+
+    /// One chunk of [`ShardCtx::publish`].
+    pub(super) async fn publish_chunk(
+        self: &Rc<Self>,
+        deliveries: Vec<Delivery>,
+        budget: &mut yielding::Budget,
+    ) -> Vec<u64> {
+        if budget.overdue() {
+            yielding::yield_now().await;
+        }
+        let shards = self.shared.shard_count();
+        let mut totals = vec![0u64; deliveries.len()];
+        let (mut per_shard, routes) = self.shared.route(deliveries);
+        // Other shards get their part in envelopes of at most
+        // DELIVERIES_PER_ENVELOPE, each handled in one turn of theirs; this
+        // shard delivers its own part giving way now and then (`yielding`).
+        let mut envelopes: Vec<(usize, Vec<Delivery>)> = Vec::new();
+        for shard in (0..shards).filter(|&s| s != self.id) {
+            let mut rest = std::mem::take(&mut per_shard[shard]).into_iter().peekable();
+            while rest.peek().is_some() {
+                envelopes.push((shard, rest.by_ref().take(DELIVERIES_PER_ENVELOPE).collect()));
+            }
+        }
+        let targets: Vec<usize> = envelopes.iter().map(|(shard, _)| *shard).collect();
+        let mut parts = envelopes.into_iter().map(|(_, part)| part);
+        let replies = async {
+            if targets.is_empty() {
+                return Vec::new();
+            }
+            self.ask(&targets, |_, reply| Envelope::Deliver {
+                deliveries: parts.next().expect("one part per target"),
+                reply: Some(reply),
+            })
+            .await
+        };
+        let local = std::mem::take(&mut per_shard[self.id]);
+        // By value: each delivery is freed as it is done, not all at the end.
+        for (delivery, &index) in local.into_iter().zip(&routes[self.id]) {
+            if budget.spent() {
+                yielding::yield_now().await;
+            }
+            totals[index] += self.deliver(&delivery);
+        }
+        let mut offsets = vec![0usize; shards];
+        for (shard, answer) in targets.iter().zip(replies.await) {
+            let indexes = &routes[*shard][offsets[*shard]..];
+            offsets[*shard] += answer.values.len();
+            for (&index, count) in indexes.iter().zip(answer.values) {
+                totals[index] += count;
+            }
+        }
+        totals
+    }
+
+    /// Queues `frame` to the local connections `target` names; returns how many.
+    pub fn deliver(&self, delivery: &Delivery) -> u64 {
+        let (target, frame) = (&delivery.target, &delivery.frame);
+        if let Some(change) = &delivery.room_change {
+            return self.change_rooms(target, change).pack();
+        }
+        if frame.is_empty() {
+            return 0;
+        }
+        let mut state = self.state.borrow_mut();
+        let ShardState { conns, registry, replay, listeners, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let stream = match target {
+            Target::User(user) => Stream::User(user),
+            Target::Room(room) => Stream::Room(room),
+            Target::All => Stream::All,
+            Target::Tenant(tenant) => Stream::Tenant(tenant),
+            // Only room changes address one connection.
+            Target::Connection(_) => return 0,
+        };
+        if delivery.skip_known_id && replay.knows(stream, frame) {
+            return 0;
+        }
+        replay.record(stream, frame, self.clock_ms.get());
+        let mut tally = Tally::default();
+        let mut push = |conn: &mut Conn| {
+            if conn.closing.is_some() {
+                return;
+            }
+            match conn.queue.push(frame.clone(), &self.limits) {
+                Pushed::Queued { dropped_oldest } => {
+                    conn.told_bus_gap = false;
+                    conn.sent += 1;
+                    tally.queued += 1;
+                    tally.dropped_oldest += dropped_oldest as u64;
+                    conn.notify();
+                    if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
+                        *queue_items_max = (*queue_items_max).max(conn.queue.items());
+                        *queue_bytes_max = (*queue_bytes_max).max(conn.queue.bytes());
+                        tally.raised_marks = true;
+                    }
+                }
+                Pushed::DroppedNewest => tally.dropped_newest += 1,
+                Pushed::Overflow => {
+                    tally.overflowed += 1;
+                    conn.close(Closing::Now, CloseReason::Backpressure);
+                }
+            }
+        };
+        match target {
+            Target::User(user) => {
+                for &key in registry.user(user) {
+                    push(&mut conns[key]);
+                }
+            }
+            Target::Room(room) => {
+                for &key in registry.room(room).into_iter().flatten() {
+                    push(&mut conns[key]);
+                }
+            }
+            // The default namespace: the whole slab, skipping tenants'
+            // connections and event listeners only when this shard has any
+            // (so without them the loop is what it always was).
+            Target::All if registry.has_tenants() || !listeners.is_empty() => {
+                for (_, conn) in conns.iter_mut() {
+                    if conn.tenant.is_none() && conn.listener.is_none() {
+                        push(conn);
+                    }
+                }
+            }
+            Target::All => {
+                for (_, conn) in conns.iter_mut() {
+                    push(conn);
+                }
+            }
+            Target::Tenant(tenant) => {
+                for &key in registry.tenant(tenant).into_iter().flatten() {
+                    push(&mut conns[key]);
+                }
+            }
+            Target::Connection(_) => {}
+        }
+        let stats = self.stats();
+        ShardStats::add(&stats.sent, tally.queued);
+        ShardStats::add(&stats.dropped_oldest, tally.dropped_oldest);
+        ShardStats::add(&stats.dropped_newest, tally.dropped_newest);
+        ShardStats::add(&stats.disconnected_by_backpressure, tally.overflowed);
+        if tally.raised_marks {
+            ShardStats::raise(&stats.queue_items_max, *queue_items_max as u64);
+            ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
+        }
+        self.report_replay(replay);
+        self.count_tenant_sent(Self::tenant_of_target(target), tally.queued);
+        tally.queued
+    }
+
+    /// The bus lost messages of the `lost` partitions: every local
+    /// connection with a user, room or broadcast in one gets one
+    /// `ssekify.gap` (reason `bus`), and their rings stop resuming across the loss.
+    pub(super) fn bus_gap(&self, lost: &[u16], partitions: u16) {
+        let in_partition = |target: &Target| lost.contains(&target.partition(partitions));
+        let mut state = self.state.borrow_mut();
+        let ShardState { conns, replay, .. } = &mut *state;
+        let mut told = 0;
+        for (_, conn) in conns.iter_mut().filter(|(_, conn)| conn.listener.is_none()) {
+            let broadcast = match &conn.tenant {
+                Some(tenant) => Target::Tenant((**tenant).into()),
+                None => Target::All,
+            };
+            let affected = in_partition(&broadcast)
+                || conn.user.as_ref().is_some_and(|user| in_partition(&Target::User((**user).into())))
+                || conn.rooms.iter().any(|room| in_partition(&Target::Room((**room).into())));
+            if affected && conn.closing.is_none() && !conn.told_bus_gap {
+                let last = replay.newest_id(conn.user.as_deref(), &conn.rooms, conn.tenant.as_deref());
+                conn.push_control(replay::bus_gap_frame(last.as_deref()));
+                conn.told_bus_gap = true;
+                told += 1;
+            }
+        }
+        replay.mark_lost(|stream| {
+            in_partition(&match stream {
+                replay::Stream::User(key) => Target::User(key.into()),
+                replay::Stream::Room(key) => Target::Room(key.into()),
+                replay::Stream::All => Target::All,
+                replay::Stream::Tenant(name) => Target::Tenant(name.into()),
+            })
+        });
+        crate::log!(Warn, "told subscribers of a bus gap", connections = told);
+    }
+}
+
+/// Counts of one fan-out, added to the shard's counters once at the end.
+#[derive(Default)]
+struct Tally {
+    queued: u64,
+    dropped_oldest: u64,
+    dropped_newest: u64,
+    overflowed: u64,
+    raised_marks: bool,
+}

@@ -1,0 +1,189 @@
+//! A subscriber's arrival and departure on its shard: handed to the user's
+//! owner shard, registered in the slab and the indexes (with the per-user
+//! limit, the replay it resumes from and its `connect` event), and forgotten
+//! when its writer ends.
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use smallvec::SmallVec;
+
+use super::conn::{CloseReason, Closing, Conn};
+use super::envelope::{Envelope, Subscription};
+use super::{replay, writer, ShardCtx, Shared};
+use crate::config::UserLimitPolicy;
+use crate::http::response::Response;
+use crate::metrics::ShardStats;
+
+impl ShardCtx {
+    /// Takes a subscriber whose request was accepted: registers it here when
+    /// this shard owns its user (or it is anonymous), else moves the socket
+    /// and the request to the owner's inbox.
+    pub async fn subscribe(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
+        let owner = subscription.user.as_deref().map_or(self.id, |user| self.shared.owner(user));
+        if owner == self.id {
+            self.register(stream, subscription);
+            return;
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        self.send(owner, Envelope::Subscriber { fd, subscription }).await;
+    }
+
+    /// Registers a subscriber on its owning shard and starts its writer.
+    pub(super) fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
+        if let Some(types) = subscription.events {
+            return self.register_listener(stream, subscription, types);
+        }
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
+            // Connections already closing (an eviction's) no longer count.
+            let open: SmallVec<[usize; 4]> =
+                state.registry.user(user).iter().copied().filter(|&key| state.conns[key].closing.is_none()).collect();
+            if open.len() >= limit.get() && self.shared.config.user_limit_policy == UserLimitPolicy::EvictOldest {
+                let excess = open.len() + 1 - limit.get();
+                let mut oldest = open;
+                oldest.sort_unstable_by_key(|&key| state.conns[key].serial);
+                for &key in &oldest[..excess] {
+                    let conn = &mut state.conns[key];
+                    conn.push_control(evicted_frame());
+                    conn.close(Closing::AfterFlush, CloseReason::Evicted);
+                }
+            } else if open.len() >= limit.get() {
+                crate::log!(
+                    Debug,
+                    "subscriber refused",
+                    shard = self.id,
+                    user = crate::namespace::plain_name(user),
+                    tenant = subscription.namespace.tenant_name(),
+                    reason = "too_many_connections",
+                );
+                drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
+                ShardStats::add(&self.stats().errors, 1);
+                let refusal = Response::error(
+                    429,
+                    "too_many_connections",
+                    format!("user already holds {limit} connections (--max-connections-per-user)"),
+                );
+                monoio::spawn(writer::answer_and_close(stream, refusal));
+                return;
+            }
+        }
+        let entry = state.conns.vacant_entry();
+        let key = entry.key();
+        let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
+        let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
+        if let Some(user) = user.as_ref().filter(|user| state.registry.user(user).len() == 1) {
+            state.replay.pin_user(user);
+        }
+        let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
+        let serial = self.registrations.get() + 1;
+        self.registrations.set(serial);
+        let conn = entry.insert(Conn::new(tenant, user, rooms, serial, self.now_ms()));
+        conn.push_control(subscription.preamble);
+        // Same turn of the shard as the registration: nothing published
+        // meanwhile can fall between the replayed part and the live part.
+        let replay = state.replay.replay(
+            conn.user.as_deref(),
+            &conn.rooms,
+            conn.tenant.as_deref(),
+            subscription.last_event_id.as_deref(),
+        );
+        if replay.gap {
+            conn.push_control(replay::gap_frame(subscription.last_event_id.as_deref().unwrap_or_default()));
+        }
+        let replayed = replay.frames.len() as u64;
+        for frame in replay.frames {
+            conn.push_control(frame);
+        }
+        conn.sent = replayed;
+        crate::log!(
+            Debug,
+            "subscriber connected",
+            shard = self.id,
+            conn = self.conn_id(key, conn),
+            user = conn.user.as_deref().map(crate::namespace::plain_name),
+            tenant = conn.tenant,
+            rooms = conn.rooms.len(),
+            resumed = subscription.last_event_id.is_some(),
+            replayed = replayed,
+            gap = replay.gap,
+        );
+        let connect = self.shared.events.active().then(|| self.connect_event(key, conn));
+        let stats = self.stats();
+        ShardStats::add(&stats.sent, replayed);
+        ShardStats::add(&stats.subscribes, 1);
+        self.count_tenant_sent(conn.tenant.as_deref(), replayed);
+        stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        drop(guard);
+        monoio::spawn(writer::serve(self.clone(), key, stream));
+        if let Some(event) = connect {
+            self.emit(event);
+        }
+    }
+
+    /// Forgets a connection whose writer ended for `reason`.
+    pub(crate) fn unregister(&self, key: usize, reason: CloseReason) {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let conn = state.conns.remove(key);
+        if conn.listener.is_some() {
+            return self.unregister_listener(state, key);
+        }
+        crate::log!(
+            Debug,
+            "subscriber disconnected",
+            shard = self.id,
+            conn = self.conn_id(key, &conn),
+            user = conn.user.as_deref().map(crate::namespace::plain_name),
+            tenant = conn.tenant,
+            reason = reason.name(),
+        );
+        if let Some(user) = &conn.user {
+            state.registry.remove_user(user, key);
+            if state.registry.user(user).is_empty() {
+                state.replay.unpin_user(user, self.now_ms());
+                self.report_replay(&state.replay);
+            }
+        }
+        for room in &conn.rooms {
+            state.registry.remove_member(room, key);
+        }
+        if let Some(tenant) = &conn.tenant {
+            state.registry.remove_tenant_member(tenant, key);
+        }
+        drop_connection_slot(&self.shared, conn.tenant.as_deref());
+        let stats = self.stats();
+        stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
+        stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
+        stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
+        if self.shared.events.active() {
+            let event = self.disconnect_event(key, &conn, reason);
+            drop(guard);
+            self.emit(event);
+        }
+    }
+}
+
+/// Event name of the notice a connection gets when a newer one of its user
+/// takes its place.
+pub const EVICTED_EVENT: &str = "ssekify.evicted";
+
+/// The `ssekify.evicted` frame (no id: the client's last id stays put).
+pub(crate) fn evicted_frame() -> Bytes {
+    crate::sse::frame::encode_control(EVICTED_EVENT, br#"{"reason":"max_connections_per_user"}"#)
+}
+
+/// Gives back the places a subscriber held under `--max-connections` and,
+/// in a tenant, under its `maxConnections`.
+pub(super) fn drop_connection_slot(shared: &Shared, tenant: Option<&str>) {
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
+    if let (Some(quotas), Some(tenant)) = (&shared.tenant_quotas, tenant) {
+        quotas.release_connection(tenant);
+    }
+}
