@@ -31,6 +31,7 @@ use std::sync::{mpsc, Arc};
 use bytes::Bytes;
 use clap::Parser;
 use common::{header, measure_per, ratio};
+use ssekify::api::subscribe::render_refusal;
 use ssekify::auth::Authenticator;
 use ssekify::config::{Cli, Config, DropPolicy};
 use ssekify::shard::conn::Conn;
@@ -134,8 +135,15 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
     let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
     let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
     let (lifecycle, _) = mpsc::channel();
-    let shared =
-        Arc::new(Shared::new(config, Authenticator::None, None, vec![shared_inbox], IdGenerator::new(1), lifecycle));
+    let shared = Arc::new(Shared::new(
+        config,
+        Authenticator::None,
+        None,
+        render_refusal,
+        vec![shared_inbox],
+        IdGenerator::new(1),
+        lifecycle,
+    ));
     let ctx = ShardCtx::new(0, shared);
     {
         let mut state = ctx.state.borrow_mut();

@@ -20,7 +20,7 @@ use crate::http::request::{Method, Request};
 use crate::http::response::Response;
 use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::Namespace;
-use crate::shard::envelope::Subscription;
+use crate::shard::envelope::{Refusal, Subscription};
 use crate::shard::{Phase, ShardCtx};
 use crate::sse::frame;
 
@@ -149,6 +149,19 @@ async fn subscription(
     let user = grant.user.map(|user| namespace.key(&user).into_owned());
     let rooms = rooms.iter().map(|room| namespace.key(room).into_owned()).collect();
     Ok(Subscription { namespace, user, rooms, last_event_id, preamble: preamble(ctx), events: None })
+}
+
+/// The whole HTTP answer for a subscriber its owner shard turned away (the
+/// shard says why, this says it in HTTP; see [`crate::shard::Shared::render_refusal`]).
+pub fn render_refusal(refusal: &Refusal) -> Bytes {
+    let response = match refusal {
+        Refusal::TooManyConnections { limit } => Response::error(
+            429,
+            "too_many_connections",
+            format!("user already holds {limit} connections (--max-connections-per-user)"),
+        ),
+    };
+    response.closing().encode(false, false).freeze()
 }
 
 /// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),

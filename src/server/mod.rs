@@ -72,7 +72,8 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
     let instance = random_instance();
     let ids = IdGenerator::new(instance);
-    let shared = Arc::new(Shared::new(config, auth, tenant_config, inboxes, ids, lifecycle_tx));
+    let refusals = crate::api::subscribe::render_refusal;
+    let shared = Arc::new(Shared::new(config, auth, tenant_config, refusals, inboxes, ids, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
     if let Some(jwks) = shared.auth.jwks() {
         jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;

@@ -252,6 +252,19 @@ pub enum Question {
     },
 }
 
+/// Why a subscriber's owner shard turned it away after the api layer had
+/// admitted it. The shard says why; the api layer puts it into an HTTP
+/// answer ([`crate::shard::Shared::render_refusal`]), so the shard builds
+/// no HTTP itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The user already holds `--max-connections-per-user` streams here.
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+}
+
 /// Where the answer to another instance's question goes: the bus's way
 /// back to it, called once with the answer's bytes.
 pub type AnswerBack = Box<dyn FnOnce(Bytes) + Send>;

@@ -12,10 +12,9 @@ use monoio::net::TcpStream;
 use smallvec::SmallVec;
 
 use super::conn::{CloseReason, Closing, Conn};
-use super::envelope::{Envelope, Subscription};
+use super::envelope::{Envelope, Refusal, Subscription};
 use super::{replay, writer, ShardCtx, Shared};
 use crate::config::UserLimitPolicy;
-use crate::http::response::Response;
 use crate::metrics::ShardStats;
 
 impl ShardCtx {
@@ -63,12 +62,8 @@ impl ShardCtx {
                 );
                 drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
                 ShardStats::add(&self.stats().errors, 1);
-                let refusal = Response::error(
-                    429,
-                    "too_many_connections",
-                    format!("user already holds {limit} connections (--max-connections-per-user)"),
-                );
-                monoio::spawn(writer::answer_and_close(stream, refusal));
+                let answer = (self.shared.render_refusal)(&Refusal::TooManyConnections { limit: limit.get() });
+                monoio::spawn(writer::answer_and_close(stream, answer));
                 return;
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::envelope::{Delivery, Envelope, Target};
+use super::envelope::{Delivery, Envelope, Refusal, Target};
 use super::inbox::SharedInbox;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -67,6 +67,9 @@ pub struct Shared {
     /// `--tenant-config`); SIGHUP re-reads its file, and the shards swap
     /// theirs (each holds the one in force).
     pub tenant_config: Option<Arc<TenantConfig>>,
+    /// The api layer's words for a shard's [`Refusal`]: the whole HTTP
+    /// answer, `Connection: close` included.
+    pub render_refusal: fn(&Refusal) -> Bytes,
     /// Inbox of each shard, by shard id.
     pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
     /// Counters of each shard, by shard id.
@@ -98,6 +101,7 @@ impl Shared {
         config: Config,
         auth: Authenticator,
         tenant_config: Option<Arc<TenantConfig>>,
+        render_refusal: fn(&Refusal) -> Bytes,
         inboxes: Vec<Arc<SharedInbox<Envelope>>>,
         ids: IdGenerator,
         lifecycle: mpsc::Sender<LifecycleEvent>,
@@ -109,6 +113,7 @@ impl Shared {
             config,
             auth,
             tenant_config,
+            render_refusal,
             inboxes,
             stats,
             ids,

@@ -19,7 +19,6 @@ use monoio::net::TcpStream;
 
 use super::conn::{CloseReason, Work};
 use super::ShardCtx;
-use crate::http::response::Response;
 use crate::metrics::ShardStats;
 
 /// Frames per `writev`: plenty to empty a typical queue in one syscall while
@@ -240,9 +239,9 @@ async fn watch_hangup(mut reader: TcpOwnedReadHalf) {
     }
 }
 
-/// Writes a refusal and closes (a subscriber refused on its owner shard).
-pub async fn answer_and_close(mut stream: TcpStream, response: Response) {
-    let bytes = response.closing().encode(false, false).freeze();
-    let _ = stream.write_all(bytes).await;
+/// Writes a refusal (a whole HTTP answer, see [`super::envelope::Refusal`])
+/// and closes: a subscriber refused on its owner shard.
+pub async fn answer_and_close(mut stream: TcpStream, answer: Bytes) {
+    let _ = stream.write_all(answer).await;
     let _ = stream.shutdown().await;
 }
