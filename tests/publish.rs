@@ -306,7 +306,8 @@ fn batch_ndjson_is_delivered_in_order() {
 /// own count: the pieces it travels in add back up.
 #[test]
 fn a_large_batch_is_delivered_whole_and_in_order_across_shards() {
-    let server = Server::start(&["--shards", "2", "--max-queue-items", "50000"]);
+    // Queues hold a whole share: the test reads one subscriber after another.
+    let server = Server::start(&["--shards", "2", "--max-queue-items", "50000", "--max-queue-bytes", "16MiB"]);
     let mut users: Vec<(String, SseClient)> = (0..4)
         .map(|i| {
             let user = format!("big{i}");

@@ -57,18 +57,6 @@ impl ShardCtx {
                 envelopes.push((shard, rest.by_ref().take(DELIVERIES_PER_ENVELOPE).collect()));
             }
         }
-        let targets: Vec<usize> = envelopes.iter().map(|(shard, _)| *shard).collect();
-        let mut parts = envelopes.into_iter().map(|(_, part)| part);
-        let replies = async {
-            if targets.is_empty() {
-                return Vec::new();
-            }
-            self.ask(&targets, |_, reply| Envelope::Deliver {
-                deliveries: parts.next().expect("one part per target"),
-                reply: Some(reply),
-            })
-            .await
-        };
         let local = std::mem::take(&mut per_shard[self.id]);
         // By value: each delivery is freed as it is done, not all at the end.
         for (delivery, &index) in local.into_iter().zip(&routes[self.id]) {
@@ -77,8 +65,22 @@ impl ShardCtx {
             }
             totals[index] += self.deliver(&delivery);
         }
+        // Asked after the local part (as before yielding came in), so the
+        // wait for the other shards is not part of the loop's state: the
+        // future of every publish stays small.
+        let targets: Vec<usize> = envelopes.iter().map(|(shard, _)| *shard).collect();
+        let mut parts = envelopes.into_iter().map(|(_, part)| part);
+        let replies = if targets.is_empty() {
+            Vec::new()
+        } else {
+            self.ask(&targets, |_, reply| Envelope::Deliver {
+                deliveries: parts.next().expect("one part per target"),
+                reply: Some(reply),
+            })
+            .await
+        };
         let mut offsets = vec![0usize; shards];
-        for (shard, answer) in targets.iter().zip(replies.await) {
+        for (shard, answer) in targets.iter().zip(replies) {
             let indexes = &routes[*shard][offsets[*shard]..];
             offsets[*shard] += answer.values.len();
             for (&index, count) in indexes.iter().zip(answer.values) {

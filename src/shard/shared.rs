@@ -168,11 +168,13 @@ impl Shared {
     }
 
     /// Sends from a runtime thread (a shard or the bus), waiting while the
-    /// inbox is full without blocking the thread.
+    /// inbox is full without blocking the thread. The wait's timer entry
+    /// (768 bytes) is boxed: an inbox is rarely full, and inline it would
+    /// enlarge every future that sends (each publish's among them).
     pub async fn send(&self, shard: usize, mut envelope: Envelope) {
         while let Err(back) = self.inboxes[shard].try_send(envelope) {
             envelope = back;
-            monoio::time::sleep(Duration::from_millis(1)).await;
+            Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
         }
     }
 
