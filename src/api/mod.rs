@@ -19,6 +19,7 @@ pub mod rooms;
 pub mod subscribe;
 pub mod user_limit;
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use std::sync::Arc;
@@ -127,8 +128,8 @@ impl Endpoint {
     }
 }
 
-fn find(segments: &[String]) -> Option<Route> {
-    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+fn find(segments: &[Cow<'_, str>]) -> Option<Route> {
+    let seg: Vec<&str> = segments.iter().map(|segment| &**segment).collect();
     match seg.as_slice() {
         ["t", tenant, "sse"] => Some(Route {
             allow: &[Method::Get],
@@ -323,7 +324,7 @@ pub async fn route(
 }
 
 /// 404, pointing to the api listener when an api path was asked on the public one.
-fn not_found(role: Role, segments: &[String]) -> Response {
+fn not_found(role: Role, segments: &[Cow<'_, str>]) -> Response {
     let api_path = segments.first().is_some_and(|first| first == "v1" || first == "metrics");
     if role == Role::Public && api_path {
         Response::error(

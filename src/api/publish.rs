@@ -207,6 +207,13 @@ fn take_tenant_rate(ctx: &ShardCtx, tenant: &str, messages: u64) -> Result<(), R
     Err(refusal)
 }
 
+/// Whether a `Content-Type` value starts with the media type `expected`
+/// (lower case), in any case, without copying it.
+fn media_type_is(value: &str, expected: &str) -> bool {
+    let value = value.trim_start().as_bytes();
+    value.len() >= expected.len() && value[..expected.len()].eq_ignore_ascii_case(expected.as_bytes())
+}
+
 /// Where a publish goes: `cluster` (default) through the bus when there is one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Scope {
@@ -218,6 +225,14 @@ pub(super) enum Scope {
 
 /// The `scope` query parameter; `400` for anything but `cluster` or `local`.
 pub(super) fn scope(request: &Request) -> Result<Scope, Response> {
+    // Most queries name no scope: one that is plain visible ASCII (nothing
+    // to decode, so nothing a full read could refuse) without the word is
+    // the default, without building the list of parameters.
+    let query = &request.query[..];
+    let plain = query.iter().all(|&b| b.is_ascii_graphic() && b != b'%');
+    if plain && !query.windows(5).any(|w| w == b"scope") {
+        return Ok(Scope::Cluster);
+    }
     let params = query_params(request)?;
     match param(&params, "scope") {
         None | Some("cluster") => Ok(Scope::Cluster),
@@ -374,9 +389,7 @@ fn prepare_single(
         }
         To::All => Target::All,
     };
-    let is_json = request
-        .header_str("content-type")
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let is_json = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/json"));
     if is_json {
         serde_json::from_slice::<&RawValue>(body).map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
     } else if std::str::from_utf8(body).is_err() {
@@ -457,9 +470,7 @@ async fn prepare_batch(
     request: &Request,
     body: &Bytes,
 ) -> Result<Vec<Prepared>, Response> {
-    let ndjson = request
-        .header_str("content-type")
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/x-ndjson"));
+    let ndjson = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/x-ndjson"));
     let messages = batch_messages(body, ndjson)?;
     let mut prepared = Vec::with_capacity(messages.len());
     let mut budget = yielding::Budget::default();
@@ -560,4 +571,18 @@ pub fn parse_message(raw: &RawValue) -> Result<Fields, String> {
         data.get().to_owned()
     };
     Ok(Fields { target, event: text("event")?, id: text("id")?, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_match_in_any_case_with_parameters() {
+        assert!(media_type_is("application/json", "application/json"));
+        assert!(media_type_is("  Application/JSON; charset=utf-8", "application/json"));
+        assert!(media_type_is("application/x-ndjson", "application/x-ndjson"));
+        assert!(!media_type_is("application/js", "application/json"));
+        assert!(!media_type_is("text/plain", "application/json"));
+    }
 }

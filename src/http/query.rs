@@ -1,14 +1,22 @@
 //! Percent-decoding of path segments and query strings (RFC 3986 §2.1; query
 //! parameters also take `+` as a space, as HTML forms and most clients send them).
 
+use std::borrow::Cow;
+
 /// Why a target component could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeError;
 
 /// Decodes `%XX` escapes (and `+` when `plus_is_space`) and checks UTF-8.
 pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
+    decode_borrowed(raw, plus_is_space).map(Cow::into_owned)
+}
+
+/// [`decode`], borrowing `raw` when it holds nothing to decode (nearly
+/// every path segment): no allocation then.
+fn decode_borrowed(raw: &[u8], plus_is_space: bool) -> Result<Cow<'_, str>, DecodeError> {
     if !raw.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
-        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError);
+        return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| DecodeError);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -33,7 +41,7 @@ pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| DecodeError)
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| DecodeError)
 }
 
 /// The value of one ASCII hex digit.
@@ -56,9 +64,14 @@ pub fn pairs(query: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
         .collect()
 }
 
-/// Decoded path segments after the leading `/` (`+` stays literal in paths).
-pub fn segments(path: &[u8]) -> Result<Vec<String>, DecodeError> {
-    path.strip_prefix(b"/").unwrap_or(path).split(|&b| b == b'/').map(|segment| decode(segment, false)).collect()
+/// Decoded path segments after the leading `/` (`+` stays literal in paths),
+/// borrowed from `path` unless escaped.
+pub fn segments(path: &[u8]) -> Result<Vec<Cow<'_, str>>, DecodeError> {
+    path.strip_prefix(b"/")
+        .unwrap_or(path)
+        .split(|&b| b == b'/')
+        .map(|segment| decode_borrowed(segment, false))
+        .collect()
 }
 
 #[cfg(test)]
