@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write as _;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -333,11 +334,12 @@ impl Outcome {
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":");
         serde_json::to_writer(&mut *out, &self.id).expect("a string always serializes");
-        out.extend_from_slice(format!(",\"delivered\":{},\"instances\":", self.delivered).as_bytes());
-        match self.instances {
-            Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
+        // Formatted straight into the answer: no string per message.
+        let _ = write!(out, ",\"delivered\":{},\"instances\":", self.delivered);
+        let _ = match self.instances {
+            Some(n) => write!(out, "{n}"),
+            None => out.write_all(b"null"),
+        };
         if self.duplicate {
             out.extend_from_slice(b",\"duplicate\":true");
         }
