@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(ROOT, "loadtest", "scenarios"))
 from local import free_port, wait_for  # noqa: E402
 
 
-def wait(what, condition):
+def valgrind_wait(what, condition):
     """`wait_for` with room for valgrind, which runs the server ~50x slower."""
     wait_for(what, condition, timeout=120)
 SUBSCRIBERS = 100
@@ -100,7 +100,7 @@ class Server:
                 "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn"]
         self.logs = open(os.path.join(work, "server.log"), "w")
         self.process = subprocess.Popen(args, stdout=self.logs, stderr=self.logs)
-        wait("the server under callgrind", self.ready)
+        valgrind_wait("the server under callgrind", self.ready)
         self.conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=120)
 
     def ready(self):
@@ -137,7 +137,7 @@ class Server:
     def dump(self):
         before = set(glob.glob(f"{self.work}/callgrind.out*"))
         self.control("--dump")
-        wait("the dump", lambda: set(glob.glob(f"{self.work}/callgrind.out*")) - before)
+        valgrind_wait("the dump", lambda: set(glob.glob(f"{self.work}/callgrind.out*")) - before)
         (path,) = set(glob.glob(f"{self.work}/callgrind.out*")) - before
         with open(path) as dump:
             for line in dump:
@@ -168,12 +168,12 @@ def main():
             to_nobody = server.counted(broadcast)
             users = [f"u{i}" for i in range(SUBSCRIBERS)]
             readers = Readers(server.public, users)
-            wait("the subscribers", lambda: server.connections() == SUBSCRIBERS)
+            valgrind_wait("the subscribers", lambda: server.connections() == SUBSCRIBERS)
 
             def broadcast_and_wait():
                 expected = readers.total() + BROADCASTS * SUBSCRIBERS
                 broadcast()
-                wait("every delivery", lambda: readers.total() >= expected)
+                valgrind_wait("every delivery", lambda: readers.total() >= expected)
 
             rows["delivery"] = (server.counted(broadcast_and_wait) - to_nobody) / (BROADCASTS * SUBSCRIBERS)
 
@@ -182,7 +182,7 @@ def main():
                     expected = readers.total() + (SINGLES if wait else 0)
                     for i in range(SINGLES):
                         server.post(f"/v1/users/{prefix}{i % SUBSCRIBERS}/events", DATA)
-                    wait("the single deliveries", lambda: readers.total() >= expected)
+                    valgrind_wait("the single deliveries", lambda: readers.total() >= expected)
                 return run
 
             rows["single publish, delivered"] = server.counted(singles("u", True)) / SINGLES
@@ -194,7 +194,7 @@ def main():
                 def run():
                     expected = readers.total() + (BATCH if wait else 0)
                     server.post("/v1/publish", body, "application/x-ndjson")
-                    wait("the batch's deliveries", lambda: readers.total() >= expected)
+                    valgrind_wait("the batch's deliveries", lambda: readers.total() >= expected)
                 return run
 
             rows["batch message, delivered"] = server.counted(batch("u", True)) / BATCH
