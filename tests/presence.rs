@@ -1,5 +1,8 @@
-//! Presence on one instance: a user's connections and a room's members,
-//! counted over every shard, listed within `--presence-list-max`.
+//! Presence: a user's connections and a room's members, counted over every
+//! shard and, with a real Redis, over every instance (one killed, Redis
+//! frozen), listed within `--presence-list-max`; the per-user limit across
+//! instances (reject, evict-oldest, each instance alone without Redis); a
+//! room change for another instance's connection.
 
 mod common;
 #[path = "support_redis/mod.rs"]
@@ -188,6 +191,33 @@ fn the_per_user_limit_holds_across_instances() {
     let mut again = SseClient::open_ready(a.public, "/sse?userId=erin");
     assert_eq!(delivered(publish_user(a.api, "erin", r#""still two""#, "&scope=local")), 2);
     assert_eq!(again.next_event(IO_TIMEOUT).unwrap().data, r#""still two""#);
+}
+
+#[test]
+fn without_redis_the_per_user_limit_holds_on_each_instance() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let (a, b) = pair(&redis, &["--max-connections-per-user", "1"]);
+    let _on_b = SseClient::open_ready(b.public, "/sse?userId=ivy");
+    assert!(wait_until(Duration::from_secs(10), || get(a.api, "/v1/users/ivy/presence")["connections"] == 1));
+    SseClient::connect(a.public, "/sse?userId=ivy", &[]).assert_error(429, "too_many_connections");
+
+    // Frozen Redis: the instances cannot ask each other, so each holds the
+    // limit for its own streams, and subscribers still get in.
+    redis.signal("STOP");
+    let ready = |status: u16| http(a.public, "GET", "/readyz", &[], b"").status == status;
+    assert!(wait_until(Duration::from_secs(10), || ready(503)), "A noticed the frozen Redis");
+    let mut on_a = SseClient::open_ready(a.public, "/sse?userId=ivy");
+    let second = SseClient::connect(a.public, "/sse?userId=ivy", &[]);
+    second.assert_error(429, "too_many_connections");
+    assert!(!second.error_text().contains("across instances"), "A's own count: {}", second.error_text());
+    assert_eq!(delivered(publish_user(a.api, "ivy", r#""local""#, "&scope=local")), 1);
+    assert_eq!(on_a.next_event(IO_TIMEOUT).unwrap().data, r#""local""#);
+
+    redis.signal("CONT");
+    assert!(wait_until(Duration::from_secs(15), || ready(200)), "the bus came back");
 }
 
 #[test]
