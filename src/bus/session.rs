@@ -361,12 +361,14 @@ impl Session {
                     self.queue_on(0, Sent::Canary);
                     let heartbeat = PeerMessage::Heartbeat { instance: self.instance, tenants: tenant_counts(shared) };
                     self.send_peer(self.peers_channel.clone(), &heartbeat);
+                    // The others' counts change at their heartbeats' pace:
+                    // summed once per heartbeat of ours, not every tick.
+                    if let Some(quotas) = &shared.tenant_quotas {
+                        quotas.set_elsewhere(durable.peers.tenants_elsewhere(self.instance, now));
+                    }
                 }
                 peer_work.extend(durable.peers.settle(now).into_iter().map(|(reply, a)| PeerWork::Reply(reply, a)));
                 bus.record_instances(durable.peers.alive(now).len());
-                if let Some(quotas) = &shared.tenant_quotas {
-                    quotas.set_elsewhere(durable.peers.tenants_elsewhere(self.instance, now));
-                }
                 serve_peers(shared, bus, &mut peer_work).await;
                 for (partition, seq) in durable.own.overdue(now - NOTICE_OVERDUE) {
                     durable.sequencer.expect(partition, seq, &mut actions);
