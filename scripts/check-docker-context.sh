@@ -119,8 +119,13 @@ PY
 step "cargo check --locked --offline --bin ssekify in the build context"
 # Fetch in the repository (the context's Cargo.lock is the same file), then
 # check offline in the copy: only what the context holds is used.
+# SSEKIFY_COMMIT is set as the image build sets it: cargo hashes the copy as
+# the same package as the repository (paths are relative to the workspace),
+# so without it build.rs's `unknown` (the copy has no .git) would be kept
+# for the repository's next builds too, and `--version` would say so.
 cargo fetch --locked --quiet
-(cd "$context" && CARGO_TARGET_DIR="$repo/target" cargo check --locked --offline --bin ssekify)
+(cd "$context" && SSEKIFY_COMMIT=context-check CARGO_TARGET_DIR="$repo/target" \
+    cargo check --locked --offline --bin ssekify)
 
 step "docker build and run (only with a Docker daemon)"
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
