@@ -1,8 +1,9 @@
 //! Fan-out of one message to 10,000 in-memory subscriber queues, as a shard
 //! does it: the frame is encoded once and every `FrameQueue` gets a clone of the
 //! same `Bytes` (a reference count). One round pushes into every queue, then
-//! drains every queue the way the writer does (`take_batch` into a reused
-//! batch, `written`, batch cleared), so the next round starts empty. No sockets.
+//! drains every queue the way the write loop does (`describe` into a reused
+//! iovec array, `consume` as if the socket took it all), so the next round
+//! starts empty. No sockets.
 //!
 //! Baseline: copy-per-recipient, a `Vec<u8>` clone of the frame pushed into a
 //! `VecDeque<Vec<u8>>` per subscriber and drained the same way.
@@ -34,7 +35,7 @@ use common::{header, measure_per, ratio};
 use ssekify::api::subscribe::render_refusal;
 use ssekify::auth::Authenticator;
 use ssekify::config::{Cli, Config, DropPolicy};
-use ssekify::shard::conn::Conn;
+use ssekify::shard::conn::{slot_of, Conn};
 use ssekify::shard::envelope::{Delivery, Target};
 use ssekify::shard::inbox::inbox;
 use ssekify::shard::queue::{FrameQueue, Pushed, QueueLimits};
@@ -74,11 +75,11 @@ static GLOBAL: Counting = Counting;
 const RECIPIENTS: usize = 10_000;
 /// The server's defaults are far above one frame per queue; nothing is dropped.
 const LIMITS: QueueLimits = QueueLimits { max_items: 1024, max_bytes: 1 << 20, policy: DropPolicy::Oldest };
-/// Frames the writer takes per batch.
+/// Frames the write loop sends at once.
 const BATCH: usize = 64;
 
 /// One shared-frame round: push to every queue, then drain every queue.
-fn shared_round(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>, frame: &Bytes) -> usize {
+fn shared_round(queues: &mut [FrameQueue], iovecs: &mut Vec<libc::iovec>, frame: &Bytes) -> usize {
     for queue in queues.iter_mut() {
         let pushed = queue.push(frame.clone(), &LIMITS);
         debug_assert_eq!(pushed, Pushed::Queued { dropped_oldest: 0 });
@@ -86,13 +87,18 @@ fn shared_round(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>, frame: &Bytes
     }
     let mut written = 0;
     for queue in queues.iter_mut() {
-        queue.take_batch(batch, BATCH);
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        queue.written(batch.len(), bytes);
-        written += bytes;
-        batch.clear();
+        written += send_all(queue, iovecs);
     }
     written
+}
+
+/// Drains a queue as the write loop does when the socket takes everything.
+fn send_all(queue: &mut FrameQueue, iovecs: &mut Vec<libc::iovec>) -> usize {
+    iovecs.clear();
+    let bytes = queue.describe(iovecs, BATCH);
+    black_box(&iovecs);
+    queue.consume(bytes);
+    bytes
 }
 
 /// One copy-per-recipient round, same shape.
@@ -130,7 +136,7 @@ fn frame_of(len: usize) -> Bytes {
 
 /// A one-shard context, as the server builds it, with `conns` anonymous
 /// connections of the default namespace and `tenant_conns` of tenant `acme`
-/// registered directly in its slab (no sockets, no writers).
+/// registered directly in its slab (no sockets: the write loop does not run).
 fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
     let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
     let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
@@ -144,54 +150,50 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
         IdGenerator::new(1),
         lifecycle,
     ));
-    let ctx = ShardCtx::new(0, shared);
+    let ctx = ShardCtx::new(0, shared).expect("an epoll set");
     {
         let mut state = ctx.state.borrow_mut();
         for _ in 0..conns {
-            state.conns.insert(Conn::new(None, None, Default::default(), 0, 0));
+            let key = state.conns.vacant_key();
+            state.conns.insert(Conn::new(-1, key, None, None, Default::default(), 0, 0));
         }
         for _ in 0..tenant_conns {
             let key = state.conns.vacant_key();
             let tenant = state.registry.add_tenant_member("acme", key);
-            state.conns.insert(Conn::new(Some(tenant), None, Default::default(), 0, 0));
+            state.conns.insert(Conn::new(-1, key, Some(tenant), None, Default::default(), 0, 0));
         }
     }
     ctx
 }
 
-/// One broadcast through the shard (`deliver`), then every queue drained as
-/// the writer does.
-fn shard_round(ctx: &ShardCtx, batch: &mut Vec<Bytes>, delivery: &Delivery) -> usize {
+/// One broadcast through the shard (`deliver`), then every listed queue
+/// drained as the write loop does: the rows with connections that the
+/// broadcast does not reach count the broadcast, not a drain.
+fn shard_round(ctx: &ShardCtx, write_loop: &mut WriteLoop, delivery: &Delivery) -> usize {
     let queued = ctx.deliver(delivery) as usize;
+    let WriteLoop { iovecs, due } = write_loop;
     let mut state = ctx.state.borrow_mut();
-    for (_, conn) in state.conns.iter_mut() {
-        conn.queue.take_batch(batch, BATCH);
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        conn.queue.written(batch.len(), bytes);
-        batch.clear();
+    state.ready.take(due);
+    for token in due.drain(..) {
+        let conn = &mut state.conns[slot_of(token)];
+        conn.taken();
+        send_all(&mut conn.queue, iovecs);
     }
     queued
 }
 
-/// Like [`shard_round`], draining only the queues that got the frame (a
-/// shard's writers are woken only for those), so the rows with connections
-/// that the broadcast does not reach count the broadcast, not the drain.
-fn shard_round_reached(ctx: &ShardCtx, batch: &mut Vec<Bytes>, delivery: &Delivery) -> usize {
-    let queued = ctx.deliver(delivery) as usize;
-    let mut state = ctx.state.borrow_mut();
-    for (_, conn) in state.conns.iter_mut().filter(|(_, conn)| conn.queue.has_waiting()) {
-        conn.queue.take_batch(batch, BATCH);
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        conn.queue.written(batch.len(), bytes);
-        batch.clear();
-    }
-    queued
+/// The write loop's reused buffers.
+#[derive(Default)]
+struct WriteLoop {
+    iovecs: Vec<libc::iovec>,
+    due: Vec<u64>,
 }
 
-fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
+fn shard_broadcast(queues: &mut [FrameQueue], iovecs: &mut Vec<libc::iovec>) {
     let frame = frame_of(100);
     let ctx = shard_with(RECIPIENTS, 0);
     let all = Delivery::message(Target::All, frame.clone(), false);
+    let batch = &mut WriteLoop::default();
     assert_eq!(shard_round(&ctx, batch, &all), RECIPIENTS);
     header(
         &format!(
@@ -201,7 +203,7 @@ fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
     );
     let iterations = 300;
     let bare = measure_per("bare FrameQueue round (section 1)", iterations, RECIPIENTS as u64, || {
-        shared_round(queues, batch, &frame)
+        shared_round(queues, iovecs, &frame)
     });
     let shard =
         measure_per("ShardCtx::deliver, Target::All", iterations, RECIPIENTS as u64, || shard_round(&ctx, batch, &all));
@@ -215,26 +217,23 @@ fn shard_broadcast(queues: &mut [FrameQueue], batch: &mut Vec<Bytes>) {
     // 10,000 more connections on the shard, all of tenant `acme`.
     let mixed = shard_with(RECIPIENTS, RECIPIENTS);
     let tenant = Delivery::message(Target::Tenant("acme".into()), frame.clone(), false);
-    assert_eq!(shard_round_reached(&mixed, batch, &all), RECIPIENTS);
-    assert_eq!(shard_round_reached(&mixed, batch, &tenant), RECIPIENTS);
-    let reached = measure_per("  same, draining only the queues reached", iterations, RECIPIENTS as u64, || {
-        shard_round_reached(&ctx, batch, &all)
-    });
+    assert_eq!(shard_round(&mixed, batch, &all), RECIPIENTS);
+    assert_eq!(shard_round(&mixed, batch, &tenant), RECIPIENTS);
     let skipping = measure_per("  Target::All, 10,000 tenant conns also here", iterations, RECIPIENTS as u64, || {
-        shard_round_reached(&mixed, batch, &all)
+        shard_round(&mixed, batch, &all)
     });
     let members = measure_per("  Target::Tenant, its 10,000 of 20,000", iterations, RECIPIENTS as u64, || {
-        shard_round_reached(&mixed, batch, &tenant)
+        shard_round(&mixed, batch, &tenant)
     });
-    ratio("default broadcast with a tenant beside it", skipping, reached);
-    ratio("tenant broadcast (member set)", members, reached);
-    let allocs = allocations_in(|| shard_round_reached(&mixed, batch, &tenant));
+    ratio("default broadcast with a tenant beside it", skipping, shard);
+    ratio("tenant broadcast (member set)", members, shard);
+    let allocs = allocations_in(|| shard_round(&mixed, batch, &tenant));
     println!("  allocations in one warm tenant broadcast round: {allocs}");
 }
 
 fn main() {
     let mut queues: Vec<FrameQueue> = (0..RECIPIENTS).map(|_| FrameQueue::default()).collect();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
     let mut copies: Vec<VecDeque<Vec<u8>>> = (0..RECIPIENTS).map(|_| VecDeque::new()).collect();
     let mut copy_batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     let mut clones: Vec<Bytes> = Vec::with_capacity(RECIPIENTS);
@@ -242,7 +241,7 @@ fn main() {
     // 100 B is the case asked for; 4 KiB shows how the copy scales with size.
     for (len, iterations) in [(100usize, 300u64), (4096, 40)] {
         let frame = frame_of(len);
-        assert_eq!(shared_round(&mut queues, &mut batch, &frame), RECIPIENTS * len);
+        assert_eq!(shared_round(&mut queues, &mut iovecs, &frame), RECIPIENTS * len);
         assert!(queues.iter().all(FrameQueue::is_idle));
         assert_eq!(copy_round(&mut copies, &mut copy_batch, &frame), RECIPIENTS * len);
 
@@ -251,7 +250,7 @@ fn main() {
             "recipient",
         );
         let shared = measure_per("ssekify FrameQueue, shared Bytes", iterations, RECIPIENTS as u64, || {
-            shared_round(&mut queues, &mut batch, &frame)
+            shared_round(&mut queues, &mut iovecs, &frame)
         });
         let copied = measure_per("baseline VecDeque<Vec<u8>>, copy each", iterations, RECIPIENTS as u64, || {
             copy_round(&mut copies, &mut copy_batch, &frame)
@@ -264,7 +263,7 @@ fn main() {
         });
         ratio(&format!("shared-frame fan-out, {len} B"), shared, copied);
 
-        let shared_allocs = allocations_in(|| shared_round(&mut queues, &mut batch, &frame));
+        let shared_allocs = allocations_in(|| shared_round(&mut queues, &mut iovecs, &frame));
         let copy_allocs = allocations_in(|| copy_round(&mut copies, &mut copy_batch, &frame));
         println!("  allocations in one warm round of {RECIPIENTS} recipients (counting global allocator):");
         for (name, allocs) in [
@@ -274,5 +273,5 @@ fn main() {
             println!("    {name:<40} {allocs:>8} total  {:>8.4} per recipient", allocs as f64 / RECIPIENTS as f64);
         }
     }
-    shard_broadcast(&mut queues, &mut batch);
+    shard_broadcast(&mut queues, &mut iovecs);
 }

@@ -27,7 +27,7 @@ use crate::config::{Config, IoDriver};
 use crate::setup::Setup;
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
-use crate::shard::{heartbeat, yielding, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
+use crate::shard::{heartbeat, watcher, writer, yielding, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
 use crate::sse::id::{random_instance, IdGenerator};
 use connection::PendingSocket;
 
@@ -335,8 +335,18 @@ impl ShardBoot {
         let local_addr = |index: usize| listeners[index].0.local_addr().unwrap_or(addresses.public);
         let public = local_addr(0);
         let api = if shared_listener { public } else { local_addr(1) };
-        let ctx = ShardCtx::new(id, shared);
+        let sockets = ShardCtx::new(id, shared).and_then(|ctx| ctx.sockets.waiter().map(|waiter| (ctx, waiter)));
+        let (ctx, waiter) = match sockets {
+            Ok(started) => started,
+            Err(error) => {
+                let _ =
+                    lifecycle.send(LifecycleEvent::Failed(format!("shard {id}: cannot make its epoll set: {error}")));
+                return;
+            }
+        };
         monoio::spawn(heartbeat::run(ctx.clone()));
+        monoio::spawn(writer::run(ctx.clone()));
+        monoio::spawn(watcher::run(ctx.clone(), waiter));
         for (listener, role) in listeners {
             monoio::spawn(accept_loop(ctx.clone(), services.clone(), listener, role));
         }

@@ -15,7 +15,7 @@ impl ShardCtx {
     /// queues flush; returns how many.
     pub fn close_local(&self, which: &Selection, reason: CloseReason) -> u64 {
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, registry, .. } = &mut *state;
+        let ShardState { conns, registry, ready, .. } = &mut *state;
         let keys: SmallVec<[usize; 4]> = match which {
             Selection::User(user) => registry.user(user).iter().copied().collect(),
             Selection::Namespace(namespace) => match namespace.tenant_name() {
@@ -29,7 +29,7 @@ impl ShardCtx {
             Selection::Everything => conns.iter().map(|(key, _)| key).collect(),
         };
         for &key in &keys {
-            conns[key].close(Closing::AfterFlush, reason);
+            conns[key].close(Closing::AfterFlush, reason, ready);
         }
         keys.len() as u64
     }

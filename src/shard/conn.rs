@@ -1,6 +1,7 @@
-//! One subscriber connection's state on its shard: identity, queue, and the
-//! handshake with its writer task.
+//! One subscriber connection's state on its shard: identity, socket and
+//! queue, and the list through which it asks the shard's write loop for a turn.
 
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
@@ -66,17 +67,6 @@ impl CloseReason {
     }
 }
 
-/// What the writer should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Work {
-    /// Frames are waiting.
-    Write,
-    /// Everything is written and a graceful close was asked for.
-    Finish,
-    /// Stop immediately.
-    Abort,
-}
-
 /// A subscriber as the shard sees it.
 #[derive(Debug)]
 pub struct Conn {
@@ -108,13 +98,22 @@ pub struct Conn {
     /// A bus gap notice was queued and no message since: a second loss
     /// found before the next message is the same news, not told twice.
     pub told_bus_gap: bool,
-    waker: Option<Waker>,
-    parked: bool,
+    /// The socket, owned: closed when the connection is unregistered (a
+    /// raw descriptor, so that a connection without one can be built for
+    /// benchmarks of the shard's bookkeeping).
+    pub socket: RawFd,
+    /// The socket took less than it was offered: frames wait for the
+    /// shard's epoll set to say it has room.
+    pub blocked: bool,
+    slot: u32,
+    scheduled: bool,
 }
 
 impl Conn {
-    /// A connection registered at shard time `now_ms`.
+    /// A connection on `socket`, registered in `slot` at shard time `now_ms`.
     pub fn new(
+        socket: RawFd,
+        slot: usize,
         tenant: Option<Rc<str>>,
         user: Option<Rc<str>>,
         rooms: SmallVec<[Rc<str>; 2]>,
@@ -135,78 +134,94 @@ impl Conn {
             close_reason: None,
             writing_since_ms: None,
             told_bus_gap: false,
-            waker: None,
-            parked: false,
+            socket,
+            blocked: false,
+            slot: slot as u32,
+            scheduled: false,
         }
     }
 
-    /// Wakes the writer if it waits for frames.
-    pub fn notify(&mut self) {
-        if self.parked {
-            self.parked = false;
-            if let Some(waker) = &self.waker {
-                waker.wake_by_ref();
-            }
-        }
+    /// The token of this connection in the shard's epoll set and write list:
+    /// its slot, and its serial for telling a reused slot's new tenant apart.
+    pub fn token(&self) -> u64 {
+        token(self.slot as usize, self.serial)
     }
 
-    /// Queues a control frame outside the limits and wakes the writer.
-    pub fn push_control(&mut self, frame: Bytes) {
+    /// Queues a control frame outside the limits and asks for a write.
+    pub fn push_control(&mut self, frame: Bytes, ready: &mut ReadyList) {
         self.queue.push_unbounded(frame);
-        self.notify();
+        ready.add(self);
     }
 
-    /// Asks for a close for `reason`; `Now` also interrupts a write in progress.
-    pub fn close(&mut self, how: Closing, reason: CloseReason) {
+    /// Asks for a close for `reason`; `Now` also abandons a blocked write.
+    pub fn close(&mut self, how: Closing, reason: CloseReason, ready: &mut ReadyList) {
         if self.closing.is_none() || (how == Closing::Now && self.closing != Some(Closing::Now)) {
             self.close_reason = Some(reason);
         }
         if self.closing != Some(Closing::Now) {
             self.closing = Some(how);
         }
-        // Wake the writer whether it waits for frames or is mid-write: a
-        // close must interrupt both.
-        self.parked = false;
-        if let Some(waker) = &self.waker {
-            waker.wake_by_ref();
-        }
+        ready.add(self);
     }
 
-    /// The writer's wait: ready when there is work, else parks with the waker.
-    pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Work> {
-        let work = match self.closing {
-            Some(Closing::Now) => Some(Work::Abort),
-            _ if self.queue.has_waiting() => Some(Work::Write),
-            Some(Closing::AfterFlush) if self.queue.is_idle() => Some(Work::Finish),
-            _ => None,
-        };
-        match work {
-            Some(work) => {
-                self.parked = false;
-                Poll::Ready(work)
+    /// Called by the write loop as it takes its turn: the connection may be listed again.
+    pub fn taken(&mut self) {
+        self.scheduled = false;
+    }
+}
+
+/// The token of slot `slot` holding the connection with `serial`.
+pub fn token(slot: usize, serial: u64) -> u64 {
+    (serial << 32) | (slot as u64 & 0xffff_ffff)
+}
+
+/// The slot a token names.
+pub fn slot_of(token: u64) -> usize {
+    (token & 0xffff_ffff) as usize
+}
+
+/// The connections with something for the shard's write loop to do (frames
+/// to send, a close to carry out), each listed once however many frames it
+/// got meanwhile; a blocked one waits for room instead, unless it is to be
+/// closed at once. The loop's waker is woken when the list stops being empty.
+#[derive(Default)]
+pub struct ReadyList {
+    tokens: Vec<u64>,
+    waker: Option<Waker>,
+}
+
+impl ReadyList {
+    /// Lists `conn` for the write loop, unless it is listed or waits for room.
+    pub fn add(&mut self, conn: &mut Conn) {
+        if conn.scheduled || (conn.blocked && conn.closing != Some(Closing::Now)) {
+            return;
+        }
+        conn.scheduled = true;
+        self.tokens.push(conn.token());
+        if self.tokens.len() == 1 {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
             }
-            None => {
-                self.register(cx);
-                self.parked = true;
-                Poll::Pending
-            }
         }
     }
 
-    /// During a write: true when the write must be abandoned. Keeps the waker
-    /// registered but not parked, so frame pushes do not wake a busy writer.
-    pub fn poll_abort(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.closing == Some(Closing::Now) {
-            return true;
+    /// The write loop's wait: moves the listed tokens into `due` when there
+    /// are any, else keeps the waker.
+    pub fn poll_take(&mut self, cx: &mut Context<'_>, due: &mut Vec<u64>) -> Poll<()> {
+        if self.take(due) {
+            return Poll::Ready(());
         }
-        self.register(cx);
-        false
+        self.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
-    fn register(&mut self, cx: &mut Context<'_>) {
-        match &self.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => self.waker = Some(cx.waker().clone()),
+    /// Moves the listed tokens into the empty `due` (which lends the list
+    /// its capacity back); false when none are listed.
+    pub fn take(&mut self, due: &mut Vec<u64>) -> bool {
+        if self.tokens.is_empty() {
+            return false;
         }
+        std::mem::swap(&mut self.tokens, due);
+        true
     }
 }

@@ -100,7 +100,8 @@ impl ShardCtx {
             return 0;
         }
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, registry, replay, listeners, queue_items_max, queue_bytes_max, .. } = &mut *state;
+        let ShardState { conns, registry, replay, listeners, ready, queue_items_max, queue_bytes_max, .. } =
+            &mut *state;
         let stream = match target {
             Target::User(user) => Stream::User(user),
             Target::Room(room) => Stream::Room(room),
@@ -124,7 +125,7 @@ impl ShardCtx {
                     conn.sent += 1;
                     tally.queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
-                    conn.notify();
+                    ready.add(conn);
                     if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
                         *queue_items_max = (*queue_items_max).max(conn.queue.items());
                         *queue_bytes_max = (*queue_bytes_max).max(conn.queue.bytes());
@@ -134,7 +135,7 @@ impl ShardCtx {
                 Pushed::DroppedNewest => tally.dropped_newest += 1,
                 Pushed::Overflow => {
                     tally.overflowed += 1;
-                    conn.close(Closing::Now, CloseReason::Backpressure);
+                    conn.close(Closing::Now, CloseReason::Backpressure, ready);
                 }
             }
         };
@@ -191,7 +192,7 @@ impl ShardCtx {
     pub(super) fn bus_gap(&self, lost: &[u16], partitions: u16) {
         let in_partition = |target: &Target| lost.contains(&target.partition(partitions));
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, replay, .. } = &mut *state;
+        let ShardState { conns, replay, ready, .. } = &mut *state;
         let mut told = 0;
         for (_, conn) in conns.iter_mut().filter(|(_, conn)| conn.listener.is_none()) {
             let broadcast = match &conn.tenant {
@@ -203,7 +204,7 @@ impl ShardCtx {
                 || conn.rooms.iter().any(|room| in_partition(&Target::Room((**room).into())));
             if affected && conn.closing.is_none() && !conn.told_bus_gap {
                 let last = replay.newest_id(conn.user.as_deref(), &conn.rooms, conn.tenant.as_deref());
-                conn.push_control(replay::bus_gap_frame(last.as_deref()));
+                conn.push_control(replay::bus_gap_frame(last.as_deref()), ready);
                 conn.told_bus_gap = true;
                 told += 1;
             }

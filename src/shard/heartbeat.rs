@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::conn::{CloseReason, Closing};
-use super::ShardCtx;
+use super::{ShardCtx, ShardState};
 use crate::metrics::ShardStats;
 use crate::sse::frame::PING;
 
@@ -44,17 +44,18 @@ pub async fn run(ctx: Rc<ShardCtx>) {
             if cursor >= slots {
                 cursor = 0;
             }
-            if let Some(conn) = state.conns.get_mut(cursor) {
+            let ShardState { conns, ready, .. } = &mut *state;
+            if let Some(conn) = conns.get_mut(cursor) {
                 let stuck = conn.writing_since_ms.is_some_and(|since| now.saturating_sub(since) >= write_timeout_ms);
                 if stuck && conn.closing != Some(Closing::Now) {
-                    conn.close(Closing::Now, CloseReason::WriteTimeout);
+                    conn.close(Closing::Now, CloseReason::WriteTimeout, ready);
                     stalled += 1;
                 } else if conn.closing.is_none()
                     && conn.queue.is_idle()
                     && now.saturating_sub(conn.last_write_ms) >= keep_alive_ms
                 {
                     conn.last_write_ms = now;
-                    conn.push_control(PING);
+                    conn.push_control(PING, ready);
                     pinged += 1;
                 }
             }

@@ -6,15 +6,14 @@
 //! user, rooms or tenant index, so no message reaches it, and its own queue
 //! bounds ([`LISTENER_QUEUE`]) dropping the oldest events.
 
-use std::rc::Rc;
+use std::os::fd::OwnedFd;
 
-use monoio::net::TcpStream;
 use serde_json::{json, Map, Value};
 
 use super::conn::{CloseReason, Conn};
 use super::envelope::{Envelope, Subscription};
 use super::queue::{Pushed, QueueLimits};
-use super::{writer, ShardCtx, ShardState};
+use super::{ShardCtx, ShardState};
 use crate::config::DropPolicy;
 use crate::events::{error_event, Event, EventKind, EventTypes};
 use crate::namespace::plain_name;
@@ -25,21 +24,24 @@ pub const LISTENER_QUEUE: QueueLimits =
     QueueLimits { max_items: 10_000, max_bytes: 4 << 20, policy: DropPolicy::Oldest };
 
 impl ShardCtx {
-    /// Registers a lifecycle events listener and starts its writer.
-    pub(super) fn register_listener(self: &Rc<Self>, stream: TcpStream, subscription: Subscription, types: EventTypes) {
-        let mut state = self.state.borrow_mut();
+    /// Registers a lifecycle events listener, its socket in the epoll set.
+    pub(super) fn register_listener(&self, fd: OwnedFd, subscription: Subscription, types: EventTypes) {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let serial = self.registrations.get() + 1;
+        let Some(socket) = self.watch(state, fd, serial) else { return };
+        self.registrations.set(serial);
         let tenant = subscription.namespace.tenant_name().map(Into::into);
         let entry = state.conns.vacant_entry();
         let key = entry.key();
-        let mut conn = Conn::new(tenant, None, Default::default(), 0, self.now_ms());
+        let mut conn = Conn::new(socket, key, tenant, None, Default::default(), serial, self.now_ms());
         conn.listener = Some(types);
-        entry.insert(conn).push_control(subscription.preamble);
+        entry.insert(conn).push_control(subscription.preamble, &mut state.ready);
         state.listeners.push(key);
         self.shared.events.adjust(self.id, true);
-        monoio::spawn(writer::serve(self.clone(), key, stream));
     }
 
-    /// Forgets a listener whose writer ended.
+    /// Forgets a listener that ended.
     pub(super) fn unregister_listener(&self, state: &mut ShardState, key: usize) {
         state.listeners.retain(|&listener| listener != key);
         self.shared.events.adjust(self.id, false);
@@ -48,7 +50,7 @@ impl ShardCtx {
     /// Queues `event` to this shard's listeners that want it.
     pub(super) fn deliver_event(&self, event: &Event) {
         let mut state = self.state.borrow_mut();
-        let ShardState { conns, listeners, .. } = &mut *state;
+        let ShardState { conns, listeners, ready, .. } = &mut *state;
         let mut dropped = 0;
         for &key in listeners.iter() {
             let conn = &mut conns[key];
@@ -61,7 +63,7 @@ impl ShardCtx {
             match conn.queue.push(event.frame.clone(), &LISTENER_QUEUE) {
                 Pushed::Queued { dropped_oldest } => {
                     dropped += dropped_oldest as u64;
-                    conn.notify();
+                    ready.add(conn);
                 }
                 Pushed::DroppedNewest | Pushed::Overflow => dropped += 1,
             }

@@ -1,8 +1,10 @@
 //! Shards: one thread, one runtime, and the connections, users and rooms it owns.
 //!
 //! Parts: [`conn`] (a subscriber's state), [`queue`] (its bounded frame queue),
-//! [`registry`] (user and room indexes), [`writer`] (the task draining a queue
-//! into its socket), [`heartbeat`] (the paced ping sweep), [`inbox`] (the
+//! [`registry`] (user and room indexes), [`writer`] (the write loop draining
+//! the queues into their sockets), [`socket`] (those sockets' system calls
+//! and epoll set), [`watcher`] (hang-ups and room again, from that set),
+//! [`heartbeat`] (the paced ping sweep), [`inbox`] (the
 //! cross-shard channels) and [`envelope`] (what travels over them); what a
 //! shard does, by concern: `registration` (subscribers arriving and leaving),
 //! `delivery` (publishes into queues and rings), `admin` (closes and ring
@@ -35,11 +37,12 @@ mod stats;
 mod tenants;
 
 use claims::claim_answer;
-use registration::drop_connection_slot;
 pub use registration::EVICTED_EVENT;
 pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder, INBOX_CAPACITY};
 pub use tenants::{ShardTenants, TenantFigures};
 pub mod replay;
+pub mod socket;
+pub mod watcher;
 pub mod writer;
 pub mod yielding;
 
@@ -49,20 +52,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use monoio::net::TcpStream;
 use slab::Slab;
 
 use crate::metrics::ShardStats;
-use conn::{CloseReason, Conn};
+use conn::{CloseReason, Conn, ReadyList};
 use envelope::{Answer, Envelope};
 use idempotency::{IdempotencyLimits, IdempotencyTable};
 use queue::QueueLimits;
 use registry::Registry;
 use replay::{ReplayLimits, ReplayStore, TenantBudgets};
-use writer::FrameBatch;
-
-/// Batch buffers kept for reuse; beyond this many concurrent writers, buffers are freed after use.
-const BATCH_POOL_MAX: usize = 4096;
+use socket::Watchlist;
 
 /// The mutable state of one shard.
 pub struct ShardState {
@@ -74,9 +73,10 @@ pub struct ShardState {
     pub replay: ReplayStore,
     /// Idempotency keys owned by this shard.
     pub idempotency: IdempotencyTable,
+    /// Connections with something for the write loop to do.
+    pub ready: ReadyList,
     /// Slots of the lifecycle event listeners among `conns`.
     listeners: Vec<usize>,
-    batches: Vec<FrameBatch>,
     queue_items_max: usize,
     queue_bytes_max: usize,
 }
@@ -104,11 +104,13 @@ pub struct ShardCtx {
     registrations: Cell<u64>,
     /// The tenant config in force here and the per-tenant counters.
     tenants: RefCell<ShardTenants>,
+    /// The epoll set of this shard's subscriber sockets.
+    pub sockets: Watchlist,
 }
 
 impl ShardCtx {
-    /// The context of shard `id`.
-    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
+    /// The context of shard `id`; fails only when the kernel refuses an epoll set.
+    pub fn new(id: usize, shared: Arc<Shared>) -> std::io::Result<Rc<Self>> {
         let config = &shared.config;
         let share = |total: usize| total.div_ceil(shared.shard_count()).max(1);
         let mut replay = ReplayStore::new(ReplayLimits {
@@ -125,7 +127,8 @@ impl ShardCtx {
             max_bytes: config.max_queue_bytes.get(),
             policy: config.drop_policy,
         };
-        Rc::new(ShardCtx {
+        let sockets = Watchlist::new()?;
+        Ok(Rc::new(ShardCtx {
             id,
             limits,
             state: RefCell::new(ShardState {
@@ -137,8 +140,8 @@ impl ShardCtx {
                     max_keys: share(config.idempotency_max_keys),
                     max_bytes: share(config.idempotency_max_bytes),
                 }),
+                ready: ReadyList::default(),
                 listeners: Vec::new(),
-                batches: Vec::new(),
                 queue_items_max: 0,
                 queue_bytes_max: 0,
             }),
@@ -151,7 +154,8 @@ impl ShardCtx {
             requests_in_flight: Cell::new(0),
             registrations: Cell::new(0),
             tenants: RefCell::new(ShardTenants::new(tenant_config)),
-        })
+            sockets,
+        }))
     }
 
     /// This shard's counters.
@@ -176,14 +180,7 @@ impl ShardCtx {
         match envelope {
             Envelope::Subscriber { fd, subscription } => {
                 ShardStats::add(&self.stats().moved_in, 1);
-                match TcpStream::from_std(std::net::TcpStream::from(fd)) {
-                    Ok(stream) => self.register(stream, subscription),
-                    Err(error) => {
-                        drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
-                        ShardStats::add(&self.stats().errors, 1);
-                        crate::log!(Warn, "could not adopt a moved subscriber", error = error);
-                    }
-                }
+                self.register(fd, subscription);
             }
             Envelope::Deliver { deliveries, reply } => {
                 let counts = deliveries.iter().map(|d| self.deliver(d)).collect();
@@ -244,20 +241,6 @@ impl ShardCtx {
                     }
                 }
             }
-        }
-    }
-
-    /// A batch buffer from the pool (writers hold one only while writing).
-    pub(crate) fn take_batch(&self) -> FrameBatch {
-        self.state.borrow_mut().batches.pop().unwrap_or_default()
-    }
-
-    /// Returns a drained batch buffer to the pool.
-    pub(crate) fn return_batch(&self, mut batch: FrameBatch) {
-        batch.clear();
-        let mut state = self.state.borrow_mut();
-        if state.batches.len() < BATCH_POOL_MAX {
-            state.batches.push(batch);
         }
     }
 }

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::conn::{CloseReason, Closing};
 use super::envelope::{Answer, AnswerBack, ConnId, Envelope, Question};
-use super::ShardCtx;
+use super::{ShardCtx, ShardState};
 use crate::namespace::plain_name;
 
 /// One instance's answer to a [`Question`]: its counts on the first line,
@@ -132,9 +132,10 @@ impl ShardCtx {
     pub(super) fn evict(&self, id: &ConnId) {
         let mut state = self.state.borrow_mut();
         let Some(slot) = self.open_connection_in(&state.conns, id) else { return };
-        let conn = &mut state.conns[slot];
-        conn.push_control(super::registration::evicted_frame());
-        conn.close(Closing::AfterFlush, CloseReason::Evicted);
+        let ShardState { conns, ready, .. } = &mut *state;
+        let conn = &mut conns[slot];
+        conn.push_control(super::registration::evicted_frame(), ready);
+        conn.close(Closing::AfterFlush, CloseReason::Evicted, ready);
     }
 
     /// The slot of `id` when it is an open subscriber of this shard.

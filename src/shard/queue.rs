@@ -2,13 +2,12 @@
 //!
 //! Frames are shared `Bytes`, so a push is a reference count and a slot in a
 //! ring that keeps its capacity: no allocation per recipient once warm. The
-//! bounds count everything accepted and not yet written, including the batch
-//! the writer has in flight; only frames still waiting can be dropped, so a
-//! partly written frame is never cut.
+//! bounds count everything accepted and not yet written; a frame the socket
+//! took part of stays first and is never dropped, so a frame is never cut.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::config::DropPolicy;
 
@@ -44,36 +43,31 @@ pub enum Pushed {
 /// One connection's queue.
 #[derive(Debug, Default)]
 pub struct FrameQueue {
-    waiting: VecDeque<Bytes>,
-    waiting_bytes: usize,
-    in_flight_items: usize,
-    in_flight_bytes: usize,
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// The socket took part of the first frame: the rest must follow it.
+    started: bool,
 }
 
 impl FrameQueue {
     /// Frames accepted and not yet written.
     pub fn items(&self) -> usize {
-        self.waiting.len() + self.in_flight_items
+        self.frames.len()
     }
 
     /// Bytes accepted and not yet written.
     pub fn bytes(&self) -> usize {
-        self.waiting_bytes + self.in_flight_bytes
+        self.bytes
     }
 
-    /// True when frames wait for the writer.
+    /// True when frames wait to be written.
     pub fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+        !self.frames.is_empty()
     }
 
-    /// Frames waiting for the writer (not yet in flight).
-    pub fn waiting(&self) -> usize {
-        self.waiting.len()
-    }
-
-    /// True when nothing is waiting or in flight.
+    /// True when nothing waits to be written.
     pub fn is_idle(&self) -> bool {
-        self.items() == 0
+        self.frames.is_empty()
     }
 
     /// Queues a message frame under the limits. An empty queue always accepts,
@@ -90,18 +84,20 @@ impl FrameQueue {
             DropPolicy::Disconnect => Pushed::Overflow,
             DropPolicy::Oldest => {
                 let mut dropped = 0;
+                // A started frame stays: the oldest one that may go is after it.
+                let oldest = usize::from(self.started);
                 while !fits(self) {
-                    let Some(old) = self.waiting.pop_front() else {
+                    let Some(old) = self.frames.remove(oldest) else {
                         break;
                     };
-                    self.waiting_bytes -= old.len();
+                    self.bytes -= old.len();
                     dropped += 1;
                 }
                 if fits(self) || self.is_idle() {
                     self.push_unbounded(frame);
                     Pushed::Queued { dropped_oldest: dropped }
                 } else {
-                    // Only the in-flight batch is left and the frame still does
+                    // Only the started frame is left and the frame still does
                     // not fit beside it: the frame is the one dropped.
                     Pushed::DroppedNewest
                 }
@@ -111,37 +107,41 @@ impl FrameQueue {
 
     /// Queues a control frame (preamble, heartbeat, shutdown notice) outside the limits.
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.waiting_bytes += frame.len();
-        self.waiting.push_back(frame);
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
     }
 
-    /// Moves up to `max` waiting frames into `batch` and marks them in flight.
-    pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) {
-        let take = self.waiting.len().min(max);
-        for frame in self.waiting.drain(..take) {
-            self.waiting_bytes -= frame.len();
-            self.in_flight_items += 1;
-            self.in_flight_bytes += frame.len();
-            batch.push(frame);
+    /// Describes up to `max` of the oldest frames in `iovecs` for one send;
+    /// returns their length in bytes.
+    pub fn describe(&self, iovecs: &mut Vec<libc::iovec>, max: usize) -> usize {
+        let mut total = 0;
+        iovecs.extend(self.frames.iter().take(max).map(|frame| {
+            total += frame.len();
+            libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() }
+        }));
+        total
+    }
+
+    /// Forgets the `written` bytes the socket took: whole frames leave, a
+    /// frame taken in part keeps its rest first. Returns the whole frames.
+    pub fn consume(&mut self, mut written: usize) -> usize {
+        self.bytes -= written;
+        let mut done = 0;
+        while let Some(frame) = self.frames.front_mut() {
+            if written < frame.len() {
+                frame.advance(written);
+                self.started = written > 0 || self.started;
+                break;
+            }
+            written -= frame.len();
+            self.frames.pop_front();
+            self.started = false;
+            done += 1;
         }
-        if self.waiting.is_empty() && self.waiting.capacity() > RETAINED_CAPACITY {
-            self.waiting.shrink_to(RETAINED_CAPACITY);
+        if self.frames.is_empty() && self.frames.capacity() > RETAINED_CAPACITY {
+            self.frames.shrink_to(RETAINED_CAPACITY);
         }
-    }
-
-    /// Moves the oldest waiting frame in flight.
-    pub fn take_one(&mut self) -> Option<Bytes> {
-        let frame = self.waiting.pop_front()?;
-        self.waiting_bytes -= frame.len();
-        self.in_flight_items += 1;
-        self.in_flight_bytes += frame.len();
-        Some(frame)
-    }
-
-    /// Records that in-flight frames reached the socket.
-    pub fn written(&mut self, items: usize, bytes: usize) {
-        self.in_flight_items -= items;
-        self.in_flight_bytes -= bytes;
+        done
     }
 }
 
@@ -157,12 +157,23 @@ mod tests {
         Bytes::from_static(text.as_bytes())
     }
 
-    fn drain(queue: &mut FrameQueue) -> Vec<Bytes> {
-        let mut batch = Vec::new();
-        queue.take_batch(&mut batch, usize::MAX);
-        let bytes = batch.iter().map(Bytes::len).sum();
-        queue.written(batch.len(), bytes);
-        batch
+    /// What one send of `take` bytes would carry, then consumed.
+    fn send(queue: &mut FrameQueue, take: usize) -> Vec<u8> {
+        let mut iovecs = Vec::new();
+        queue.describe(&mut iovecs, usize::MAX);
+        let mut sent = Vec::new();
+        for iovec in iovecs {
+            // SAFETY: the iovec describes a frame the queue holds.
+            let bytes = unsafe { std::slice::from_raw_parts(iovec.iov_base as *const u8, iovec.iov_len) };
+            sent.extend_from_slice(bytes);
+        }
+        sent.truncate(take);
+        queue.consume(sent.len());
+        sent
+    }
+
+    fn drain(queue: &mut FrameQueue) -> Vec<u8> {
+        send(queue, usize::MAX)
     }
 
     #[test]
@@ -172,7 +183,7 @@ mod tests {
             assert_eq!(queue.push(frame(f), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 0 });
         }
         assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 1 });
-        assert_eq!(drain(&mut queue), vec![frame("b"), frame("c"), frame("d")]);
+        assert_eq!(drain(&mut queue), b"bcd");
         assert!(queue.is_idle());
     }
 
@@ -192,21 +203,30 @@ mod tests {
         }
         assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Newest)), Pushed::DroppedNewest);
         assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Disconnect)), Pushed::Overflow);
-        assert_eq!(drain(&mut queue), vec![frame("a"), frame("b"), frame("c")]);
+        assert_eq!(drain(&mut queue), b"abc");
     }
 
     #[test]
-    fn in_flight_frames_count_but_are_never_dropped() {
+    fn a_partly_sent_frame_is_finished_never_dropped() {
         let mut queue = FrameQueue::default();
-        let mut batch = Vec::new();
-        for f in ["a", "b", "c"] {
+        for f in ["abcd", "ef", "gh"] {
             queue.push(frame(f), &limits(DropPolicy::Oldest));
         }
-        queue.take_batch(&mut batch, 8);
-        assert_eq!(queue.items(), 3);
-        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::DroppedNewest);
-        queue.written(3, 3);
-        assert_eq!(queue.push(frame("d"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 0 });
+        assert_eq!(send(&mut queue, 2), b"ab");
+        assert_eq!((queue.items(), queue.bytes()), (3, 6));
+        // Full by count: "ef" (the oldest not started) goes, "cd" stays first.
+        assert_eq!(queue.push(frame("ij"), &limits(DropPolicy::Oldest)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(drain(&mut queue), b"cdghij");
+        assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn a_started_frame_alone_is_kept_and_the_new_one_dropped() {
+        let mut queue = FrameQueue::default();
+        queue.push(frame("0123456789"), &limits(DropPolicy::Oldest));
+        assert_eq!(send(&mut queue, 1), b"0");
+        assert_eq!(queue.push(frame("xy"), &limits(DropPolicy::Oldest)), Pushed::DroppedNewest);
+        assert_eq!(drain(&mut queue), b"123456789");
     }
 
     #[test]

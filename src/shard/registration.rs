@@ -1,9 +1,9 @@
 //! A subscriber's arrival and departure on its shard: handed to the user's
-//! owner shard, registered in the slab and the indexes (with the per-user
-//! limit, the replay it resumes from and its `connect` event), and forgotten
-//! when its writer ends.
+//! owner shard, registered in the slab, the indexes and the epoll set (with
+//! the per-user limit, the replay it resumes from and its `connect` event),
+//! and forgotten when it ends.
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use super::conn::{CloseReason, Closing, Conn};
 use super::envelope::{Envelope, Refusal, Subscription};
-use super::{replay, writer, ShardCtx, Shared};
+use super::{replay, socket, writer, ShardCtx, ShardState, Shared};
 use crate::config::UserLimitPolicy;
 use crate::metrics::ShardStats;
 
@@ -23,18 +23,21 @@ impl ShardCtx {
     /// and the request to the owner's inbox.
     pub async fn subscribe(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
         let owner = subscription.user.as_deref().map_or(self.id, |user| self.shared.owner(user));
+        // SAFETY: the stream is whole (not split), so the descriptor is its
+        // alone; from here on the shard's write loop and epoll set use it.
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
         if owner == self.id {
-            self.register(stream, subscription);
+            self.register(fd, subscription);
             return;
         }
-        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
         self.send(owner, Envelope::Subscriber { fd, subscription }).await;
     }
 
-    /// Registers a subscriber on its owning shard and starts its writer.
-    pub(super) fn register(self: &Rc<Self>, stream: TcpStream, subscription: Subscription) {
+    /// Registers a subscriber on its owning shard, with its socket in the
+    /// shard's epoll set and its preamble listed for the write loop.
+    pub(super) fn register(self: &Rc<Self>, fd: OwnedFd, subscription: Subscription) {
         if let Some(types) = subscription.events {
-            return self.register_listener(stream, subscription, types);
+            return self.register_listener(fd, subscription, types);
         }
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
@@ -48,8 +51,8 @@ impl ShardCtx {
                 oldest.sort_unstable_by_key(|&key| state.conns[key].serial);
                 for &key in &oldest[..excess] {
                     let conn = &mut state.conns[key];
-                    conn.push_control(evicted_frame());
-                    conn.close(Closing::AfterFlush, CloseReason::Evicted);
+                    conn.push_control(evicted_frame(), &mut state.ready);
+                    conn.close(Closing::AfterFlush, CloseReason::Evicted, &mut state.ready);
                 }
             } else if open.len() >= limit.get() {
                 crate::log!(
@@ -63,10 +66,19 @@ impl ShardCtx {
                 drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
                 ShardStats::add(&self.stats().errors, 1);
                 let answer = (self.shared.render_refusal)(&Refusal::TooManyConnections { limit: limit.get() });
-                monoio::spawn(writer::answer_and_close(stream, answer));
+                match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                    Ok(stream) => drop(monoio::spawn(writer::answer_and_close(stream, answer))),
+                    Err(error) => crate::log!(Warn, "could not answer a refused subscriber", error = error),
+                }
                 return;
             }
         }
+        let serial = self.registrations.get() + 1;
+        let Some(socket) = self.watch(state, fd, serial) else {
+            drop_connection_slot(&self.shared, subscription.namespace.tenant_name());
+            return;
+        };
+        self.registrations.set(serial);
         let entry = state.conns.vacant_entry();
         let key = entry.key();
         let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
@@ -75,10 +87,9 @@ impl ShardCtx {
             state.replay.pin_user(user);
         }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
-        let serial = self.registrations.get() + 1;
-        self.registrations.set(serial);
-        let conn = entry.insert(Conn::new(tenant, user, rooms, serial, self.now_ms()));
-        conn.push_control(subscription.preamble);
+        let conn = entry.insert(Conn::new(socket, key, tenant, user, rooms, serial, self.now_ms()));
+        let ready = &mut state.ready;
+        conn.push_control(subscription.preamble, ready);
         // Same turn of the shard as the registration: nothing published
         // meanwhile can fall between the replayed part and the live part.
         let replay = state.replay.replay(
@@ -88,11 +99,11 @@ impl ShardCtx {
             subscription.last_event_id.as_deref(),
         );
         if replay.gap {
-            conn.push_control(replay::gap_frame(subscription.last_event_id.as_deref().unwrap_or_default()));
+            conn.push_control(replay::gap_frame(subscription.last_event_id.as_deref().unwrap_or_default()), ready);
         }
         let replayed = replay.frames.len() as u64;
         for frame in replay.frames {
-            conn.push_control(frame);
+            conn.push_control(frame, ready);
         }
         conn.sent = replayed;
         crate::log!(
@@ -116,17 +127,33 @@ impl ShardCtx {
         stats.users.store(state.registry.user_count() as u64, Ordering::Relaxed);
         stats.rooms.store(state.registry.room_count() as u64, Ordering::Relaxed);
         drop(guard);
-        monoio::spawn(writer::serve(self.clone(), key, stream));
         if let Some(event) = connect {
             self.emit(event);
         }
     }
 
-    /// Forgets a connection whose writer ended for `reason`.
+    /// Puts a new connection's socket in the epoll set under the token of
+    /// the slot it is about to take and hands back the descriptor, the
+    /// connection's from then on. On failure (the kernel's limit of watches)
+    /// the socket is closed with a log line: its client retries.
+    pub(super) fn watch(&self, state: &ShardState, fd: OwnedFd, serial: u64) -> Option<RawFd> {
+        let token = super::conn::token(state.conns.vacant_key(), serial);
+        match self.sockets.watch(fd.as_raw_fd(), token) {
+            Ok(()) => Some(fd.into_raw_fd()),
+            Err(error) => {
+                ShardStats::add(&self.stats().errors, 1);
+                crate::log!(Warn, "could not watch a subscriber's socket", shard = self.id, error = error);
+                None
+            }
+        }
+    }
+
+    /// Forgets a connection that ended for `reason` and closes its socket.
     pub(crate) fn unregister(&self, key: usize, reason: CloseReason) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         let conn = state.conns.remove(key);
+        socket::close(conn.socket);
         if conn.listener.is_some() {
             return self.unregister_listener(state, key);
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::conn::{CloseReason, Closing};
-use super::{LifecycleEvent, ShardCtx};
+use super::{LifecycleEvent, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
 
 impl ShardCtx {
@@ -16,10 +16,11 @@ impl ShardCtx {
     /// then closes spread evenly over `grace`, then a report to the main thread.
     pub fn shutdown(self: &Rc<Self>, grace: Duration, announce: Option<Bytes>) {
         if let Some(frame) = announce {
-            let mut state = self.state.borrow_mut();
-            let count = state.conns.len() as u64;
-            for (_, conn) in state.conns.iter_mut() {
-                conn.push_control(frame.clone());
+            let mut guard = self.state.borrow_mut();
+            let ShardState { conns, ready, .. } = &mut *guard;
+            let count = conns.len() as u64;
+            for (_, conn) in conns.iter_mut() {
+                conn.push_control(frame.clone(), ready);
             }
             ShardStats::add(&self.stats().sent, count);
         }
@@ -39,8 +40,10 @@ async fn close_spread(ctx: Rc<ShardCtx>, grace: Duration) {
         if due > now + Duration::from_millis(5) {
             monoio::time::sleep(due - now).await;
         }
-        if let Some(conn) = ctx.state.borrow_mut().conns.get_mut(*key) {
-            conn.close(Closing::AfterFlush, CloseReason::Shutdown);
+        let mut guard = ctx.state.borrow_mut();
+        let ShardState { conns, ready, .. } = &mut *guard;
+        if let Some(conn) = conns.get_mut(*key) {
+            conn.close(Closing::AfterFlush, CloseReason::Shutdown, ready);
         }
     }
     // Anything that subscribed meanwhile (moved in flight) closes too.
