@@ -192,3 +192,41 @@ fn a_stalled_write_is_cut_after_the_write_timeout() {
     };
     assert_eq!(after.data, "still here");
 }
+
+#[test]
+fn a_subscriber_that_pauses_gets_every_frame_in_order_when_it_reads_again() {
+    // Queues that hold everything: the stream fills the sockets' buffers,
+    // waits for room while its frames queue up, and resumes as the client
+    // reads, on each io driver.
+    for driver in drivers() {
+        let server = Server::start(&[
+            "--io-driver",
+            driver,
+            "--max-queue-items",
+            "100000",
+            "--max-queue-bytes",
+            "256MiB",
+            "--shards",
+            "1",
+        ]);
+        let mut paused = SseClient::connect_unread(server.public, "/sse?userId=paused", &[]);
+        wait_connections(server.api, 1);
+        let count = 800;
+        let mut conn = HttpConn::open(server.api);
+        for seq in 0..count {
+            let resp = conn.request("POST", "/v1/broadcast", &[], payload(seq).as_bytes());
+            assert_eq!(resp.status, 200, "{driver}: publish {seq}");
+        }
+        // 800 × 16 KiB is far beyond the sockets' buffers: most of it queues.
+        let queued = stat(&stats(server.api), "queueBytesMax");
+        assert!(queued > 1 << 20, "{driver}: the stream never had to wait for room ({queued} bytes queued at most)");
+        assert_eq!(paused.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)), "{driver}");
+        for seq in 0..count {
+            let event = paused.next_event(Duration::from_secs(20)).unwrap_or_else(|| panic!("{driver}: frame {seq}"));
+            assert_eq!(seq_of(&event.data), seq, "{driver}: frames out of order");
+        }
+        let stats = stats(server.api);
+        assert_eq!(stat(&stats, "droppedOldest") + stat(&stats, "droppedNewest"), 0, "{driver}: {stats}");
+        assert_eq!(stat(&stats, "connections"), 1, "{driver}: {stats}");
+    }
+}
