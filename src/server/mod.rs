@@ -345,7 +345,7 @@ impl ShardBoot {
             }
         };
         monoio::spawn(heartbeat::run(ctx.clone()));
-        monoio::spawn(writer::run(ctx.clone()));
+        monoio::spawn(writer::run(ctx.clone(), driver == "uring"));
         monoio::spawn(watcher::run(ctx.clone(), waiter));
         for (listener, role) in listeners {
             monoio::spawn(accept_loop(ctx.clone(), services.clone(), listener, role));

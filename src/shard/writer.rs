@@ -1,27 +1,38 @@
 //! The shard's write loop: one task sends every listed connection's frames
-//! with one non-blocking `send`/`sendmsg` each, and carries out closes.
+//! in batches of non-blocking sends, and carries out closes.
 //!
 //! Deliveries only queue a frame and list the connection ([`ReadyList`]);
 //! the loop runs once the publish or inbox batch that listed them gives way,
-//! so a connection that got several frames meanwhile gets them in one system
-//! call. A socket that takes less than offered is `blocked` until the shard's
-//! epoll set says it has room ([`super::watcher`]); the heartbeat sweep closes
-//! one that stays blocked for `--write-timeout`.
+//! so a connection that got several frames meanwhile gets them in one send.
+//! Under the io_uring driver a round's sends go to the kernel in one
+//! submission ([`SendRing`]); under epoll, one `send`/`sendmsg` each. A
+//! socket that takes less than offered is `blocked` until the shard's epoll
+//! set says it has room ([`super::watcher`]); the heartbeat sweep closes one
+//! that stays blocked for `--write-timeout`.
 
 use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use slab::Slab;
 
 use super::conn::{slot_of, CloseReason, Closing, Conn, ReadyList};
-use super::{socket, yielding, ShardCtx};
+use super::socket::{self, SendRing};
+use super::{yielding, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
 
-/// Frames per send: plenty to empty a typical queue in one system call
-/// while keeping the iovec array small (IOV_MAX is 1024).
+/// Frames per send: plenty to empty a typical queue at once while keeping
+/// the iovec arrays small (IOV_MAX is 1024); a longer queue is listed again
+/// and sends its next frames in the next round.
 pub const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Connections per round, and so sends per ring submission.
+const ROUND: u32 = 256;
 
 /// How a connection's turn ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +45,48 @@ enum End {
     WriteFailed,
 }
 
-/// Runs the write loop of one shard forever.
-pub async fn run(ctx: Rc<ShardCtx>) {
+/// The write loop's reused buffers.
+struct Round {
+    /// A batch per round through a ring of the write loop's own; without
+    /// one (the epoll driver, or no ring to be had), a system call per send.
+    ring: Option<SendRing>,
+    /// The iovecs of every send of the round; reserved once, never grown
+    /// during a round, so the ring's pointers into it stay valid.
+    iovecs: Vec<libc::iovec>,
+    /// The round's sends.
+    sends: Vec<Pending>,
+    /// Connections the round ended, unregistered once the state is released.
+    ends: Vec<(usize, End)>,
+}
+
+/// One send of a round.
+struct Pending {
+    token: u64,
+    socket: RawFd,
+    /// Its frames' iovecs in the round's array.
+    iovecs: Range<usize>,
+    /// Their length in bytes.
+    offered: usize,
+}
+
+/// Runs the write loop of one shard forever; `uring` when the shard runs
+/// the io_uring driver (the sends then go through a ring too).
+pub async fn run(ctx: Rc<ShardCtx>, uring: bool) {
+    let ring = match uring.then(|| SendRing::new(ROUND)) {
+        Some(Ok(ring)) => Some(ring),
+        Some(Err(error)) => {
+            crate::log!(Warn, "no io_uring ring for sends; sending by system calls", shard = ctx.id, error = error);
+            None
+        }
+        None => None,
+    };
+    let mut round = Round {
+        ring,
+        iovecs: Vec::with_capacity(ROUND as usize * MAX_FRAMES_PER_WRITE),
+        sends: Vec::with_capacity(ROUND as usize),
+        ends: Vec::new(),
+    };
     let mut due = Vec::new();
-    let mut iovecs = Vec::with_capacity(MAX_FRAMES_PER_WRITE);
     loop {
         poll_fn(|cx| ctx.state.borrow_mut().ready.poll_take(cx, &mut due)).await;
         let mut budget = yielding::Budget::default();
@@ -46,62 +95,137 @@ pub async fn run(ctx: Rc<ShardCtx>) {
             if budget.spent() {
                 yielding::yield_now().await;
             }
-            turn(&ctx, due[next], &mut iovecs);
-            next += 1;
+            let until = due.len().min(next + ROUND as usize);
+            round.run(&ctx, &due[next..until]);
+            next = until;
         }
         due.clear();
     }
 }
 
-/// One connection's turn: send what waits, then close it if that was asked.
-fn turn(ctx: &ShardCtx, token: u64, iovecs: &mut Vec<libc::iovec>) {
-    let slot = slot_of(token);
-    let mut state = ctx.state.borrow_mut();
-    let Some(conn) = state.conns.get_mut(slot).filter(|conn| conn.token() == token) else { return };
-    conn.taken();
-    let Some(end) = send_waiting(conn, iovecs, ctx.now_ms()) else { return };
-    let reason = match end {
-        End::WriteFailed => CloseReason::WriteError,
-        // Only a close the server asked for finishes or aborts a connection.
-        End::Finished | End::Aborted => conn.close_reason.unwrap_or(CloseReason::Shutdown),
-    };
-    match end {
-        End::Finished => socket::shutdown_write(conn.socket),
-        End::WriteFailed => ShardStats::add(&ctx.stats().errors, 1),
-        End::Aborted => {}
-    }
-    drop(state);
-    ctx.unregister(slot, reason);
-}
-
-/// Sends the waiting frames until the queue is empty or the socket full;
-/// says how the connection ends, if it does.
-fn send_waiting(conn: &mut Conn, iovecs: &mut Vec<libc::iovec>, now_ms: u64) -> Option<End> {
-    if conn.closing == Some(Closing::Now) {
-        return Some(End::Aborted);
-    }
-    let mut progressed = false;
-    while !conn.blocked && conn.queue.has_waiting() {
-        iovecs.clear();
-        let offered = conn.queue.describe(iovecs, MAX_FRAMES_PER_WRITE);
-        match socket::send(conn.socket, iovecs) {
-            Ok(sent) => {
-                conn.queue.consume(sent);
-                conn.last_write_ms = now_ms;
-                progressed = true;
-                conn.blocked = sent < offered;
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => conn.blocked = true,
-            Err(_) => return Some(End::WriteFailed),
+impl Round {
+    /// One round: the listed connections' waiting frames sent, their
+    /// outcomes settled, the connections that ended unregistered.
+    fn run(&mut self, ctx: &ShardCtx, tokens: &[u64]) {
+        let now_ms = ctx.now_ms();
+        {
+            let mut guard = ctx.state.borrow_mut();
+            let ShardState { conns, ready, .. } = &mut *guard;
+            self.prepare(conns, tokens);
+            self.send(ctx, conns, ready, now_ms);
+        }
+        for (slot, end) in self.ends.drain(..) {
+            let reason = {
+                let state = ctx.state.borrow();
+                let conn = &state.conns[slot];
+                match end {
+                    End::Finished => socket::shutdown_write(conn.socket),
+                    End::WriteFailed => ShardStats::add(&ctx.stats().errors, 1),
+                    End::Aborted => {}
+                }
+                match end {
+                    End::WriteFailed => CloseReason::WriteError,
+                    // Only a close the server asked for finishes or aborts a connection.
+                    End::Finished | End::Aborted => conn.close_reason.unwrap_or(CloseReason::Shutdown),
+                }
+            };
+            ctx.unregister(slot, reason);
         }
     }
-    if !conn.blocked {
-        conn.writing_since_ms = None;
-    } else if progressed || conn.writing_since_ms.is_none() {
-        // Progress restarts the stall clock.
-        conn.writing_since_ms = Some(now_ms);
+
+    /// Describes each listed connection's waiting frames for one send, or
+    /// notes that it ends.
+    fn prepare(&mut self, conns: &mut Slab<Conn>, tokens: &[u64]) {
+        self.iovecs.clear();
+        self.sends.clear();
+        for &token in tokens {
+            let slot = slot_of(token);
+            let Some(conn) = conns.get_mut(slot).filter(|conn| conn.token() == token) else { continue };
+            conn.taken();
+            if conn.closing == Some(Closing::Now) {
+                self.ends.push((slot, End::Aborted));
+            } else if conn.queue.has_waiting() && !conn.blocked {
+                let first = self.iovecs.len();
+                let offered = conn.queue.describe(&mut self.iovecs, MAX_FRAMES_PER_WRITE);
+                self.sends.push(Pending { token, socket: conn.socket, iovecs: first..self.iovecs.len(), offered });
+            } else if finished(conn) {
+                self.ends.push((slot, End::Finished));
+            }
+        }
     }
-    (conn.closing == Some(Closing::AfterFlush) && conn.queue.is_idle()).then_some(End::Finished)
+
+    /// Makes the round's sends and settles each connection's outcome.
+    fn send(&mut self, ctx: &ShardCtx, conns: &mut Slab<Conn>, ready: &mut ReadyList, now_ms: u64) {
+        let Round { ring, iovecs, sends, ends } = self;
+        let mut outcome = |send: &Pending, result: io::Result<usize>| {
+            let slot = slot_of(send.token);
+            if let Some(end) = settle(&mut conns[slot], result, send.offered, now_ms, ready) {
+                ends.push((slot, end));
+            }
+        };
+        let failed = match ring {
+            None => {
+                for send in sends.iter() {
+                    outcome(send, socket::send(send.socket, &iovecs[send.iovecs.clone()]));
+                }
+                None
+            }
+            Some(ring) => {
+                for (index, send) in sends.iter().enumerate() {
+                    // SAFETY: `iovecs` is not touched until the batch is
+                    // answered, and the frames it describes stay in their
+                    // queues: nothing else runs meanwhile.
+                    unsafe { ring.push(send.socket, &iovecs[send.iovecs.clone()], index as u64) };
+                }
+                ring.submit(|tag, result| outcome(&sends[tag as usize], result)).err()
+            }
+        };
+        if let Some(error) = failed {
+            crate::log!(Error, "the send ring failed; sending by system calls", shard = ctx.id, error = error);
+            *ring = None;
+            // What the ring did not answer is still queued: list it again
+            // (a connection it did answer gets an empty turn).
+            for send in sends.iter() {
+                ready.add(&mut conns[slot_of(send.token)]);
+            }
+        }
+    }
+}
+
+/// Applies one send's outcome to its connection; says how the connection
+/// ends, if it does. A connection with frames left (more than one send's
+/// worth) is listed again for the next round.
+fn settle(
+    conn: &mut Conn,
+    result: io::Result<usize>,
+    offered: usize,
+    now_ms: u64,
+    ready: &mut ReadyList,
+) -> Option<End> {
+    match result {
+        Ok(sent) => {
+            conn.queue.consume(sent);
+            conn.last_write_ms = now_ms;
+            conn.blocked = sent < offered;
+            // Progress restarts the stall clock.
+            conn.writing_since_ms = conn.blocked.then_some(now_ms);
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+            conn.blocked = true;
+            conn.writing_since_ms.get_or_insert(now_ms);
+        }
+        Err(_) => return Some(End::WriteFailed),
+    }
+    if conn.queue.has_waiting() {
+        ready.add(conn);
+        return None;
+    }
+    finished(conn).then_some(End::Finished)
+}
+
+/// True when a graceful close was asked for and everything is sent.
+fn finished(conn: &Conn) -> bool {
+    conn.closing == Some(Closing::AfterFlush) && conn.queue.is_idle()
 }
 
 /// Gives a blocked connection whose socket has room again its turn.
