@@ -5,7 +5,11 @@
 # BATCH=100: ssekify's batch route (POST /v1/publish, BATCH messages a request)
 # at RATE (default then 200,000 msg/s). Nchan has no batch route: with
 # PEER=nchan, BATCH is refused.
-#   PEER=ssekify|nchan SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 loadtest/scenarios/targeted.sh
+# PEER=floor runs no server: the same requests answered by a bare thread on
+# the first server core that reads each request, sends a fixed answer and
+# one frame (ssekify-loadtest targeted-floor), the least CPU per targeted
+# publish any server can spend here.
+#   PEER=ssekify|nchan|floor SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 ROOMS=${ROOMS:-100}
@@ -16,6 +20,18 @@ SIZE=${SIZE:-100}
 PUBLISHERS=${PUBLISHERS:-32}
 
 lt_setup
+if [[ $PEER == floor ]]; then
+    ((BATCH == 1)) || lt_die "the targeted floor is for the single-message route; run BATCH=1"
+    json=$(result_file targeted)
+    server=$(lt_core_list "$SERVER_CORES" | head -n1)
+    client=$(lt_core_list "$GEN_CORES" | head -n1)
+    lt_log "ssekify-loadtest targeted-floor: server thread on core $server, client on core $client"
+    "$GEN_BIN" targeted-floor --connections "$SUBSCRIBERS" --publishers "$PUBLISHERS" --rate "$RATE" \
+        --size $((SIZE + 30)) --duration "$DURATION" --server-core "$server" --client-core "$client" \
+        --json "$json" || exit 1
+    [[ -n ${LT_RESULTS:-} ]] && echo "$json" >>"$LT_RESULTS"
+    exit 0
+fi
 lt_gen_processes "$SUBSCRIBERS" "$PUBLISHERS"
 if ((BATCH > 1)) && [[ $PEER != ssekify ]]; then
     lt_die "$PEER has no batch publish route; run BATCH=1 (single-message route) for it"

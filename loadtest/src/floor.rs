@@ -161,7 +161,7 @@ fn reader(addr: std::net::SocketAddr, connections: usize, mut report_to: std::fs
 }
 
 /// An SSE frame of exactly `size` bytes: `data: xxx…\n\n`.
-fn frame(size: usize) -> Vec<u8> {
+pub(crate) fn frame(size: usize) -> Vec<u8> {
     let mut frame = b"data: ".to_vec();
     frame.resize(size.max(8) - 2, b'x');
     frame.extend_from_slice(b"\n\n");
@@ -252,14 +252,14 @@ fn read_all(mut clients: Vec<TcpStream>) -> io::Result<u64> {
 
 /// This thread's CPU time (user + system, including softirq work done in its
 /// context), microseconds.
-fn thread_cpu_micros() -> f64 {
+pub(crate) fn thread_cpu_micros() -> f64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `now` is a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as f64 * 1e6 + now.tv_nsec as f64 / 1e3
 }
 
-fn pin(core: Option<usize>) {
+pub(crate) fn pin(core: Option<usize>) {
     if let Some(id) = core {
         core_affinity::set_for_current(core_affinity::CoreId { id });
     }

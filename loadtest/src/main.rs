@@ -4,12 +4,14 @@
 //! or per room; single or batch route), and reports per-delivery latency,
 //! fan-out completion, loss, and the server's CPU time per delivery. `churn`
 //! measures subscriber accepts per second; `idle` the server's memory per
-//! connection; `floor` what the kernel alone charges per send, with no server;
+//! connection; `floor` what the kernel alone charges per send, with no server,
+//! and `targeted-floor` per targeted publish (a read and two sends);
 //! `chaos` whether acknowledged messages survive faults across instances.
 //! Every scenario prints a table and can write JSON.
 
 mod chaos;
 mod floor;
+mod floor_targeted;
 mod net;
 mod proc;
 mod publisher;
@@ -60,6 +62,10 @@ enum Scenario {
     /// No server: the kernel's CPU cost of one small TCP send, the floor under
     /// any server's CPU per delivery on this machine.
     Floor(FloorArgs),
+    /// No server: the least CPU a targeted publish costs on this machine
+    /// (read the request, send the answer, send one frame), the floor under
+    /// any server's CPU per targeted publish.
+    TargetedFloor(TargetedFloorArgs),
     /// Subscribers hopping between instances with Last-Event-ID while
     /// publishers send to random instances: acknowledged messages lost,
     /// duplicated or reordered (exit status 2 when any was lost, duplicated or
@@ -199,10 +205,49 @@ struct FloorArgs {
     json: Option<String>,
 }
 
+#[derive(Args)]
+struct TargetedFloorArgs {
+    /// Subscriber connections the frames go to, one after the other.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Keep-alive publisher connections, one request in flight on each.
+    #[arg(long, default_value_t = 32)]
+    publishers: usize,
+    /// Requests per second, all publishers together.
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// Bytes per request (a `POST /v1/users/{u}/events` with a 100-byte body is ~220).
+    #[arg(long, default_value_t = 220)]
+    request_size: usize,
+    /// Bytes per answer (ssekify's `200` with its JSON is ~150).
+    #[arg(long, default_value_t = 150)]
+    answer_size: usize,
+    /// Bytes per frame (ssekify's frame for a 100-byte payload is ~130).
+    #[arg(long, default_value_t = 130)]
+    size: usize,
+    /// Seconds of requests.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Core the server thread is pinned to.
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// Core the client process is pinned to.
+    #[arg(long)]
+    client_core: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 fn main() {
     let cli = Cli::parse();
-    if let Scenario::Floor(args) = &cli.scenario {
-        match floor_report(args) {
+    let bare = match &cli.scenario {
+        Scenario::Floor(args) => Some(floor_report(args)),
+        Scenario::TargetedFloor(args) => Some(targeted_floor_report(args)),
+        _ => None,
+    };
+    if let Some(report) = bare {
+        match report {
             Ok(report) => report.print(),
             Err(error) => {
                 eprintln!("ssekify-loadtest: {error}");
@@ -217,7 +262,7 @@ fn main() {
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
             Scenario::Chaos(args) => chaos::run(args).await,
-            Scenario::Floor(_) => unreachable!("handled before the runtime starts"),
+            Scenario::Floor(_) | Scenario::TargetedFloor(_) => unreachable!("handled before the runtime starts"),
         }
     };
     let report = match cli.io_driver {
@@ -279,6 +324,33 @@ fn floor_report(args: &FloorArgs) -> Result<Report, String> {
     report.add("send_round_p50_ms", format!("{:.2}", round_ms(0.5)));
     report.add("send_round_p99_ms", format!("{:.2}", round_ms(0.99)));
     report.add("send_round_max_ms", format!("{:.2}", round_ms(1.0)));
+    Ok(report)
+}
+
+fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
+    let sizes = floor_targeted::Sizes { request: args.request_size, answer: args.answer_size, frame: args.size };
+    let duration = Duration::from_secs_f64(args.duration);
+    let cores = (args.server_core, args.client_core);
+    let floor = floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, duration, cores)
+        .map_err(|error| format!("targeted floor: {error}"))?;
+    // Keys named as in `run`'s report for `--mode users`, so compare.sh
+    // prints the floor as one more row beside the servers.
+    let mut report = Report::new(args.json.clone());
+    let window = floor.window.as_secs_f64();
+    report.add("scenario", "floor");
+    report.add("mode", "users");
+    report.add("subscribers", args.connections);
+    report.add("subscribers_reading", args.connections);
+    report.add("rate_msgs_per_s", args.rate);
+    report.add("payload_bytes", args.size);
+    report.add("batch", 1);
+    report.add("messages_sent", floor.requests);
+    report.add("messages_failed", 0);
+    report.add("deliveries_received", floor.frames_received);
+    report.add("deliveries_lost", floor.requests.saturating_sub(floor.frames_received));
+    report.add("window_s", format!("{window:.2}"));
+    report.add("server_cpu_core_share", format!("{:.3}", floor.server_cpu_us / 1e6 / window));
+    report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.requests.max(1) as f64));
     Ok(report)
 }
 

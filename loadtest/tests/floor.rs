@@ -1,5 +1,7 @@
-//! `ssekify-loadtest floor` end to end: the bare sender reaches every
-//! connection with every frame, through both send methods, and reports it.
+//! `ssekify-loadtest floor` and `targeted-floor` end to end: the bare sender
+//! reaches every connection with every frame (through both send methods),
+//! the bare responder answers every request and delivers its frame, and
+//! both report it.
 
 use std::process::Command;
 
@@ -29,4 +31,20 @@ fn every_frame_reaches_every_connection_with_both_send_methods() {
         let per_send: f64 = field(&stdout, "server_cpu_us_per_delivery").parse().expect("a number");
         assert!(per_send >= 0.0);
     }
+}
+
+#[test]
+fn the_targeted_floor_answers_every_request_and_delivers_every_frame() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+        .args(["targeted-floor", "--connections", "50", "--publishers", "4", "--rate", "200", "--duration", "0.5"])
+        .output()
+        .expect("run ssekify-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(field(&stdout, "mode"), "users");
+    assert_eq!(field(&stdout, "messages_sent"), "100", "200 requests/s for 0.5 s");
+    assert_eq!(field(&stdout, "deliveries_received"), "100", "one frame per request");
+    assert_eq!(field(&stdout, "deliveries_lost"), "0");
+    let per_request: f64 = field(&stdout, "server_cpu_us_per_message").parse().expect("a number");
+    assert!(per_request > 0.0, "a read and two sends cost something");
 }

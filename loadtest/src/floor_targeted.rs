@@ -1,0 +1,311 @@
+//! The targeted floor: what one publish to one user costs a server on this
+//! machine at the least, with no server around it.
+//!
+//! A "server" thread on one core does only what any server must per
+//! targeted publish: read the request from a keep-alive publisher
+//! connection, send a fixed answer back, and send one frame to one of
+//! `--connections` subscriber sockets (one `read(2)` and two `send(2)`, the
+//! `epoll_wait` amortised over whatever is ready). A forked client process
+//! on another core paces `--rate` requests a second over `--publishers`
+//! connections (one request in flight each, as an HTTP/1.1 publisher without
+//! pipelining) and drains the subscribers. The server thread's CPU time per
+//! request is the floor under a server's CPU per targeted publish.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+use crate::floor::{pin, thread_cpu_micros};
+
+/// Sizes of what travels, in bytes.
+#[derive(Clone, Copy)]
+pub struct Sizes {
+    /// One publish request (head and body).
+    pub request: usize,
+    /// Its answer.
+    pub answer: usize,
+    /// The frame it delivers.
+    pub frame: usize,
+}
+
+/// What the run measured.
+pub struct TargetedFloor {
+    /// Requests the server thread answered.
+    pub requests: u64,
+    /// Frames the subscribers received whole.
+    pub frames_received: u64,
+    /// Server thread CPU time (user + system), microseconds.
+    pub server_cpu_us: f64,
+    /// Wall-clock length of the client's sending window.
+    pub window: Duration,
+}
+
+/// Runs the measurement; see the module doc. The client is a forked child
+/// process so that each side stays under the per-process file limit.
+pub fn measure(
+    connections: usize,
+    publishers: usize,
+    rate: f64,
+    sizes: Sizes,
+    duration: Duration,
+    cores: (Option<usize>, Option<usize>),
+) -> io::Result<TargetedFloor> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills two descriptors; fork happens before this process
+    // starts any thread, so the child may allocate and use std freely.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (mut results, report_to) =
+        unsafe { (std::fs::File::from_raw_fd(pipe[0]), std::fs::File::from_raw_fd(pipe[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(listener);
+            drop(results);
+            pin(cores.1);
+            let outcome = client(addr, connections, publishers, rate, sizes, duration, report_to);
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) }
+        }
+        child => {
+            drop(report_to);
+            let served = server(&listener, connections, publishers, sizes, cores.0);
+            let mut text = String::new();
+            let read = results.read_to_string(&mut text);
+            let mut status = 0;
+            // SAFETY: child is this process's child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            let (requests, server_cpu_us) = served?;
+            read?;
+            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>());
+            let (Some(Ok(frame_bytes)), Some(Ok(window_s))) = (fields.next(), fields.next()) else {
+                return Err(io::Error::other("the client process failed"));
+            };
+            Ok(TargetedFloor {
+                requests,
+                frames_received: frame_bytes as u64 / sizes.frame.max(1) as u64,
+                server_cpu_us,
+                window: Duration::from_secs_f64(window_s),
+            })
+        }
+    }
+}
+
+/// The parent: accepts the subscribers, then the publishers; answers every
+/// request and delivers its frame until the publishers close; closes the
+/// subscribers. Returns (requests, CPU µs).
+fn server(
+    listener: &TcpListener,
+    connections: usize,
+    publishers: usize,
+    sizes: Sizes,
+    core: Option<usize>,
+) -> io::Result<(u64, f64)> {
+    let accept = |count: usize| -> io::Result<Vec<TcpStream>> {
+        (0..count)
+            .map(|_| {
+                let (stream, _) = listener.accept()?;
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+            .collect()
+    };
+    let subscribers = accept(connections)?;
+    let mut publishers = accept(publishers)?;
+    pin(core);
+    let answer = vec![b'a'; sizes.answer];
+    let frame = crate::floor::frame(sizes.frame);
+    let epoll = Epoll::new()?;
+    for (index, publisher) in publishers.iter().enumerate() {
+        epoll.add(publisher.as_raw_fd(), index as u64)?;
+    }
+    let mut partial = vec![0usize; publishers.len()];
+    let mut buffer = vec![0u8; 64 * 1024];
+    let (mut requests, mut next, mut open) = (0u64, 0usize, publishers.len());
+    let mut ready = Vec::with_capacity(EVENTS);
+    let cpu_before = thread_cpu_micros();
+    while open > 0 {
+        epoll.wait(1000, &mut ready)?;
+        for &index in &ready {
+            let publisher = &mut publishers[index as usize];
+            let read = publisher.read(&mut buffer)?;
+            if read == 0 {
+                epoll.remove(publisher.as_raw_fd())?;
+                open -= 1;
+                continue;
+            }
+            let bytes = partial[index as usize] + read;
+            partial[index as usize] = bytes % sizes.request;
+            for _ in 0..bytes / sizes.request {
+                send_whole(publisher.as_raw_fd(), &answer)?;
+                send_whole(subscribers[next].as_raw_fd(), &frame)?;
+                next = (next + 1) % subscribers.len();
+                requests += 1;
+            }
+        }
+    }
+    let cpu = thread_cpu_micros() - cpu_before;
+    drop(subscribers);
+    Ok((requests, cpu))
+}
+
+/// One non-blocking send that must go out whole (small, to a socket that keeps up).
+fn send_whole(fd: i32, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: fd is an open socket of the caller; bytes outlive the call.
+    let sent = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if sent == bytes.len() as isize {
+        Ok(())
+    } else if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Err(io::Error::other(format!("short send of {sent} of {} bytes", bytes.len())))
+    }
+}
+
+/// The child: connects the subscribers and publishers, paces the requests
+/// (one in flight per publisher), drains the subscribers until the server
+/// closes them, and writes "frame_bytes window_s" to `report_to`.
+fn client(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    publishers: usize,
+    rate: f64,
+    sizes: Sizes,
+    duration: Duration,
+    mut report_to: std::fs::File,
+) -> io::Result<()> {
+    let connect = |count: usize| -> io::Result<Vec<TcpStream>> {
+        (0..count)
+            .map(|_| {
+                let stream = TcpStream::connect(addr)?;
+                stream.set_nonblocking(true)?;
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+            .collect()
+    };
+    let mut subscribers = connect(connections)?;
+    let mut publishers = connect(publishers)?;
+    let epoll = Epoll::new()?;
+    // Tokens: subscribers by index, publishers after them.
+    for (index, stream) in subscribers.iter().chain(&publishers).enumerate() {
+        epoll.add(stream.as_raw_fd(), index as u64)?;
+    }
+    let request = vec![b'r'; sizes.request];
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let mut answered_bytes = vec![0usize; publishers.len()];
+    let mut free: Vec<usize> = (0..publishers.len()).collect();
+    let (mut sent, mut answered, mut frame_bytes) = (0u64, 0u64, 0u64);
+    let mut open_subscribers = subscribers.len();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut ready = Vec::with_capacity(EVENTS);
+    let start = Instant::now();
+    let give_up = duration + Duration::from_secs(10);
+    let mut window = None;
+    while open_subscribers > 0 {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while sent < due && window.is_none() {
+            let Some(index) = free.pop() else { break };
+            publishers[index].write_all(&request)?;
+            sent += 1;
+        }
+        if (answered == total || start.elapsed() > give_up) && window.is_none() {
+            window = Some(start.elapsed());
+            // Everything answered (or never will be): closing the publishers
+            // ends the server's loop, which then closes the subscribers.
+            publishers.clear();
+        }
+        epoll.wait(1, &mut ready)?;
+        for &token in &ready {
+            let index = token as usize;
+            if index < subscribers.len() {
+                loop {
+                    match subscribers[index].read(&mut buffer) {
+                        Ok(0) => {
+                            epoll.remove(subscribers[index].as_raw_fd())?;
+                            open_subscribers -= 1;
+                            break;
+                        }
+                        Ok(read) => frame_bytes += read as u64,
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) => return Err(error),
+                    }
+                }
+            } else if let Some(publisher) = publishers.get_mut(index - subscribers.len()) {
+                let read = match publisher.read(&mut buffer) {
+                    Ok(read) => read,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => return Err(error),
+                };
+                let slot = index - subscribers.len();
+                answered_bytes[slot] += read;
+                while answered_bytes[slot] >= sizes.answer {
+                    answered_bytes[slot] -= sizes.answer;
+                    answered += 1;
+                    free.push(slot);
+                }
+            }
+        }
+    }
+    let window = window.unwrap_or_else(|| start.elapsed());
+    write!(report_to, "{frame_bytes} {}", window.as_secs_f64())
+}
+
+/// Events read per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// A level-triggered epoll set for readable sockets.
+struct Epoll(i32);
+
+impl Epoll {
+    fn new() -> io::Result<Self> {
+        // SAFETY: a plain system call; the descriptor is closed on drop.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll(fd))
+    }
+
+    fn add(&self, fd: i32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: both descriptors are open; event outlives the call.
+        if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn remove(&self, fd: i32) -> io::Result<()> {
+        // SAFETY: both descriptors are open.
+        if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Puts the tokens of the ready sockets in `ready`, waiting up to `timeout_ms`.
+    fn wait(&self, timeout_ms: i32, ready: &mut Vec<u64>) -> io::Result<()> {
+        ready.clear();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        // SAFETY: the buffer has room for EVENTS events.
+        let count = unsafe { libc::epoll_wait(self.0, events.as_mut_ptr(), EVENTS as i32, timeout_ms) };
+        if count < 0 {
+            let error = io::Error::last_os_error();
+            return if error.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(error) };
+        }
+        ready.extend(events[..count as usize].iter().map(|event| event.u64));
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this set's own.
+        unsafe { libc::close(self.0) };
+    }
+}
