@@ -225,3 +225,48 @@ impl ReadyList {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record is most of what an idle subscriber costs (its queue's ring
+    /// and the user index are the rest), so growing it is a visible choice.
+    #[test]
+    fn a_connection_record_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 224, "a connection record is {size} B");
+    }
+
+    /// A reused slot's new connection has another token: the write loop and
+    /// the epoll set tell it from the one that left.
+    #[test]
+    fn tokens_name_the_slot_and_tell_its_tenants_apart() {
+        let first = Conn::new(-1, 7, None, None, SmallVec::new(), 1, 0);
+        let second = Conn::new(-1, 7, None, None, SmallVec::new(), 2, 0);
+        assert_eq!(slot_of(first.token()), 7);
+        assert_eq!(slot_of(second.token()), 7);
+        assert_ne!(first.token(), second.token());
+    }
+
+    /// However many frames a connection gets before its turn, it is listed
+    /// once; a blocked one is not listed until a close at once.
+    #[test]
+    fn the_ready_list_holds_each_connection_once() {
+        let mut ready = ReadyList::default();
+        let mut conn = Conn::new(-1, 3, None, None, SmallVec::new(), 1, 0);
+        conn.push_control(Bytes::from_static(b"a"), &mut ready);
+        conn.push_control(Bytes::from_static(b"b"), &mut ready);
+        let mut due = Vec::new();
+        assert!(ready.take(&mut due));
+        assert_eq!(due, vec![conn.token()]);
+        conn.taken();
+        conn.blocked = true;
+        conn.push_control(Bytes::from_static(b"c"), &mut ready);
+        assert!(!ready.take(&mut Vec::new()), "a blocked connection waits for room");
+        conn.close(Closing::Now, CloseReason::Backpressure, &mut ready);
+        let mut due = Vec::new();
+        assert!(ready.take(&mut due), "a close at once does not wait for room");
+        assert_eq!(due, vec![conn.token()]);
+    }
+}

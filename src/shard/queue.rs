@@ -1,7 +1,9 @@
 //! The bounded queue of frames waiting to be written to one connection.
 //!
-//! Frames are shared `Bytes`, so a push is a reference count and a slot in a
-//! ring that keeps its capacity: no allocation per recipient once warm. The
+//! Frames are shared `Bytes`, so a push is a reference count and a slot: the
+//! oldest frame in the connection's own record, the others in a ring that
+//! keeps its capacity, so no allocation per recipient once warm, and a
+//! connection that keeps up (one frame at a time) never allocates one. The
 //! bounds count everything accepted and not yet written; a frame the socket
 //! took part of stays first and is never dropped, so a frame is never cut.
 
@@ -11,8 +13,8 @@ use bytes::{Buf, Bytes};
 
 use crate::config::DropPolicy;
 
-/// Capacity kept after a burst drains; larger rings are released so an idle
-/// connection does not keep the memory of its busiest moment.
+/// Ring capacity kept after a burst drains; larger rings are released so an
+/// idle connection does not keep the memory of its busiest moment.
 const RETAINED_CAPACITY: usize = 16;
 
 /// Bounds and policy of every queue on a shard.
@@ -43,7 +45,7 @@ pub enum Pushed {
 /// One connection's queue.
 #[derive(Debug, Default)]
 pub struct FrameQueue {
-    frames: VecDeque<Bytes>,
+    frames: Frames,
     bytes: usize,
     /// The socket took part of the first frame: the rest must follow it.
     started: bool,
@@ -138,10 +140,61 @@ impl FrameQueue {
             self.started = false;
             done += 1;
         }
-        if self.frames.is_empty() && self.frames.capacity() > RETAINED_CAPACITY {
-            self.frames.shrink_to(RETAINED_CAPACITY);
-        }
+        self.frames.release_burst();
         done
+    }
+}
+
+/// Frames in order: the oldest inline, the others in a ring that is
+/// allocated only when a second frame waits.
+#[derive(Debug, Default)]
+struct Frames {
+    oldest: Option<Bytes>,
+    others: VecDeque<Bytes>,
+}
+
+impl Frames {
+    fn len(&self) -> usize {
+        usize::from(self.oldest.is_some()) + self.others.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.oldest.is_none()
+    }
+
+    fn push_back(&mut self, frame: Bytes) {
+        match self.oldest {
+            None => self.oldest = Some(frame),
+            Some(_) => self.others.push_back(frame),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let oldest = self.oldest.take()?;
+        self.oldest = self.others.pop_front();
+        Some(oldest)
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.oldest.as_mut()
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Bytes> {
+        match index {
+            0 => self.pop_front(),
+            _ => self.others.remove(index - 1),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.oldest.iter().chain(&self.others)
+    }
+
+    /// Gives back a drained ring larger than [`RETAINED_CAPACITY`].
+    fn release_burst(&mut self) {
+        if self.others.is_empty() && self.others.capacity() > RETAINED_CAPACITY {
+            self.others.shrink_to(RETAINED_CAPACITY);
+        }
     }
 }
 
