@@ -7,12 +7,16 @@
 //! Every route publishes into one namespace: the default one, or a tenant's
 //! (`/v1/t/{tenant}/…`), whose targets and idempotency keys are its own.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use serde::de::{self, Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -480,7 +484,7 @@ async fn prepare_batch(
         if budget.spent() {
             yielding::yield_now().await;
         }
-        prepared.push(prepare_message(ctx, ns, raw).map_err(|refusal| at_index(index, refusal))?);
+        prepared.push(prepare_message(ctx, ns, body, raw).map_err(|refusal| at_index(index, refusal))?);
     }
     Ok(prepared)
 }
@@ -518,41 +522,36 @@ fn at_index(index: usize, refusal: Response) -> Response {
     Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
-fn prepare_message(ctx: &ShardCtx, ns: &Namespace, raw: &RawValue) -> Result<Prepared, Response> {
+fn prepare_message(ctx: &ShardCtx, ns: &Namespace, body: &Bytes, raw: &RawValue) -> Result<Prepared, Response> {
     let fields = parse_message(raw).map_err(invalid)?;
-    prepare(ctx, fields.target.scoped(ns), fields.event.as_deref(), fields.id.as_deref(), Bytes::from(fields.data))
+    // Data without escapes is a slice of the body: no copy.
+    let data = match fields.data {
+        Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
+        Cow::Owned(text) => Bytes::from(text),
+    };
+    prepare(ctx, fields.target.scoped(ns), fields.event.as_deref(), fields.id.as_deref(), data)
 }
 
 /// The fields of one batch message (public for the fuzz targets, see
-/// [`batch_messages`]).
-pub struct Fields {
+/// [`batch_messages`]); strings borrowed from the body unless they hold an escape.
+pub struct Fields<'a> {
     /// `user`, `room` or `"all": true`, a plain (unscoped) target.
     pub target: Target,
     /// `event`, not yet checked as a frame field.
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// `id`, not yet checked as a frame field.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
     /// `data`: a JSON string's value, else the raw JSON text of the value.
-    pub data: String,
+    pub data: Cow<'a, str>,
 }
 
 /// Reads one raw batch message (an element of [`batch_messages`]) into its
 /// fields, or says why it is refused. Public only for the fuzz targets.
-pub fn parse_message(raw: &RawValue) -> Result<Fields, String> {
-    let message = Members::parse(raw.get()).map_err(|_| "must be a JSON object".to_owned())?;
-    let text = |key: &str| -> Result<Option<String>, String> {
-        message
-            .get(key)
-            .map(|v| serde_json::from_str::<String>(v.get()).map_err(|_| format!("`{key}` must be a string")))
-            .transpose()
-    };
-    let all = match message.get("all") {
-        None => false,
-        Some(v) => serde_json::from_str::<bool>(v.get()).map_err(|_| "`all` must be true or false".to_owned())?,
-    };
-    let user = text("user")?;
-    let room = text("room")?;
-    let target = match (user, room, all) {
+pub fn parse_message(raw: &RawValue) -> Result<Fields<'_>, String> {
+    let refusal = Cell::new(None);
+    let message =
+        Message::read(raw.get(), &refusal).map_err(|_| refusal.take().unwrap_or("must be a JSON object").to_owned())?;
+    let target = match (message.user, message.room, message.all.unwrap_or(false)) {
         (Some(user), None, false) => {
             check_name("user", &user)
                 .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
@@ -566,13 +565,108 @@ pub fn parse_message(raw: &RawValue) -> Result<Fields, String> {
         (None, None, true) => Target::All,
         _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
     };
-    let data = message.get("data").ok_or("needs `data`")?;
-    let data: String = if data.get().starts_with('"') {
-        serde_json::from_str(data.get()).map_err(|_| "`data` is not a valid string")?
+    let data = message.data.ok_or("needs `data`")?.get();
+    let data = if data.starts_with('"') {
+        serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0
     } else {
-        data.get().to_owned()
+        Cow::Borrowed(data)
     };
-    Ok(Fields { target, event: text("event")?, id: text("id")?, data })
+    Ok(Fields { target, event: message.event, id: message.id, data })
+}
+
+/// One batch message's members, read in one pass of the message; a
+/// repeated member keeps its last value.
+#[derive(Default)]
+struct Message<'a> {
+    user: Option<Cow<'a, str>>,
+    room: Option<Cow<'a, str>>,
+    event: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    all: Option<bool>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> Message<'a> {
+    /// Reads `text`; a member of the wrong type puts its refusal in `refusal`.
+    fn read(text: &'a str, refusal: &Cell<Option<&'static str>>) -> Result<Self, serde_json::Error> {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let message = serde::Deserializer::deserialize_map(&mut reader, MessageVisitor { refusal })?;
+        reader.end()?;
+        Ok(message)
+    }
+}
+
+/// Reads the members of a [`Message`].
+struct MessageVisitor<'r> {
+    refusal: &'r Cell<Option<&'static str>>,
+}
+
+impl<'de> Visitor<'de> for MessageVisitor<'_> {
+    type Value = Message<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message<'de>, A::Error> {
+        let refuse = |why: &'static str| {
+            self.refusal.set(Some(why));
+            A::Error::custom(why)
+        };
+        let mut message = Message::default();
+        while let Some(Text(key)) = map.next_key::<Text>()? {
+            match &*key {
+                "user" => {
+                    message.user = Some(map.next_value::<Text>().map_err(|_| refuse("`user` must be a string"))?.0)
+                }
+                "room" => {
+                    message.room = Some(map.next_value::<Text>().map_err(|_| refuse("`room` must be a string"))?.0)
+                }
+                "event" => {
+                    message.event = Some(map.next_value::<Text>().map_err(|_| refuse("`event` must be a string"))?.0)
+                }
+                "id" => message.id = Some(map.next_value::<Text>().map_err(|_| refuse("`id` must be a string"))?.0),
+                "all" => message.all = Some(map.next_value().map_err(|_| refuse("`all` must be true or false"))?),
+                "data" => message.data = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(message)
+    }
+}
+
+/// A JSON string, borrowed from the body when it holds no escape.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// Reads a [`Text`].
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Owned(text)))
+    }
 }
 
 #[cfg(test)]
@@ -586,5 +680,39 @@ mod tests {
         assert!(media_type_is("application/x-ndjson", "application/x-ndjson"));
         assert!(!media_type_is("application/js", "application/json"));
         assert!(!media_type_is("text/plain", "application/json"));
+    }
+
+    fn parsed(message: &str) -> Result<Fields<'_>, String> {
+        parse_message(serde_json::from_str::<&RawValue>(message).expect("valid JSON"))
+    }
+
+    #[test]
+    fn a_message_is_read_borrowed_unless_a_string_holds_an_escape() {
+        let fields = parsed(r#"{"user":"alice","event":"chat","id":"7","data":"hi","extra":[1,{"a":2}]}"#).unwrap();
+        assert!(matches!(&fields.target, Target::User(user) if &**user == "alice"));
+        assert!(matches!(fields.data, Cow::Borrowed("hi")));
+        assert!(matches!(fields.event, Some(Cow::Borrowed("chat"))));
+        assert!(matches!(fields.id, Some(Cow::Borrowed("7"))));
+        let fields = parsed(r#"{"us\u0065r":"bob","data":"line\none"}"#).unwrap();
+        assert!(matches!(&fields.target, Target::User(user) if &**user == "bob"));
+        assert_eq!(fields.data, "line\none");
+        let fields = parsed(r#"{"all":true,"data":{"n":[1,2]}}"#).unwrap();
+        assert!(matches!(fields.target, Target::All));
+        assert!(matches!(fields.data, Cow::Borrowed(r#"{"n":[1,2]}"#)), "non-string data is its JSON text");
+        let fields = parsed(r#"{"room":"a","room":"b","data":"x"}"#).unwrap();
+        assert!(matches!(&fields.target, Target::Room(room) if &**room == "b"), "the last of a repeated member");
+    }
+
+    #[test]
+    fn a_message_member_of_the_wrong_kind_is_named() {
+        assert_eq!(parsed(r#"{"user":1,"data":"x"}"#).err().unwrap(), "`user` must be a string");
+        assert_eq!(parsed(r#"{"room":null,"data":"x"}"#).err().unwrap(), "`room` must be a string");
+        assert_eq!(parsed(r#"{"all":"yes","data":"x"}"#).err().unwrap(), "`all` must be true or false");
+        assert_eq!(parsed(r#"{"user":"a","event":2,"data":"x"}"#).err().unwrap(), "`event` must be a string");
+        assert_eq!(parsed(r#"{"user":"a","id":[],"data":"x"}"#).err().unwrap(), "`id` must be a string");
+        assert_eq!(parsed(r#"[1]"#).err().unwrap(), "must be a JSON object");
+        assert_eq!(parsed(r#"{"user":"a"}"#).err().unwrap(), "needs `data`");
+        assert!(parsed(r#"{"user":"a","room":"b","data":"x"}"#).err().unwrap().starts_with("needs exactly one target"));
+        assert!(parsed(r#"{"user":"a/b","data":"x"}"#).err().unwrap().starts_with("`user` must be 1-128 bytes"));
     }
 }
