@@ -566,10 +566,11 @@ pub fn parse_message(raw: &RawValue) -> Result<Fields<'_>, String> {
         _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
     };
     let data = message.data.ok_or("needs `data`")?.get();
-    let data = if data.starts_with('"') {
-        serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0
-    } else {
-        Cow::Borrowed(data)
+    let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
+        // A valid JSON string without a backslash is its own text between the quotes.
+        Some(text) if !text.as_bytes().contains(&b'\\') => Cow::Borrowed(text),
+        Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
+        None => Cow::Borrowed(data),
     };
     Ok(Fields { target, event: message.event, id: message.id, data })
 }
