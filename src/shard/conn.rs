@@ -84,7 +84,7 @@ pub struct Conn {
     pub sent: u64,
     /// Set for a lifecycle events listener: the kinds it hears.
     pub listener: Option<EventTypes>,
-    /// Frames waiting or in flight.
+    /// Frames not yet sent (the first one possibly in part).
     pub queue: FrameQueue,
     /// Shard clock (ms) of the last completed write, for heartbeats.
     pub last_write_ms: u64,

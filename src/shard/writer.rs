@@ -157,6 +157,9 @@ impl Round {
     /// Makes the round's sends and settles each connection's outcome.
     fn send(&mut self, ctx: &ShardCtx, conns: &mut Slab<Conn>, ready: &mut ReadyList, now_ms: u64) {
         let Round { ring, iovecs, sends, ends } = self;
+        if sends.is_empty() {
+            return;
+        }
         let mut outcome = |send: &Pending, result: io::Result<usize>| {
             let slot = slot_of(send.token);
             if let Some(end) = settle(&mut conns[slot], result, send.offered, now_ms, ready) {
