@@ -172,19 +172,21 @@ fn a_full_body_budget_answers_503_and_frees_with_the_request() {
 #[test]
 fn framing_and_escapes_are_strict() {
     let server = Server::start(&[]);
-    let chunked = |size_line: &str| {
+    // `close` asks for the close a good request would not get (keep-alive).
+    let chunked = |size_line: &str, close: bool| {
+        let connection = if close { "Connection: close\r\n" } else { "" };
         let request = format!(
-            "POST /v1/broadcast HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\n\"hi\"\r\n0\r\n\r\n"
+            "POST /v1/broadcast HTTP/1.1\r\nHost: t\r\n{connection}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\n\"hi\"\r\n0\r\n\r\n"
         );
         let (bytes, closed) = raw_exchange_closed(server.api, request.as_bytes());
         (parse_responses(&bytes), closed)
     };
-    let (ok, _) = chunked("4");
+    let (ok, _) = chunked("4", true);
     assert_eq!(ok[0].status, 200, "a plain chunk size: {}", ok[0].text());
-    let (ok, _) = chunked("4 ;ext=1");
+    let (ok, _) = chunked("4 ;ext=1", true);
     assert_eq!(ok[0].status, 200, "an extension after whitespace: {}", ok[0].text());
     for bad in ["+4", " 4", "0x4", "4x", "-4"] {
-        let (responses, closed) = chunked(bad);
+        let (responses, closed) = chunked(bad, false);
         responses[0].assert_error(400, "bad_request");
         assert!(closed, "chunk size {bad:?}: the connection stayed open");
     }
@@ -197,10 +199,11 @@ fn framing_and_escapes_are_strict() {
     parse_responses(&bytes)[0].assert_error(431, "headers_too_large");
     assert!(closed);
 
-    for target in ["/sse?userId=%+5", "/sse?userId=%-1", "/sse?userId=%4"] {
-        let (bytes, _) =
+    for target in ["/sse?userId=%+5", "/sse?userId=%-1", "/sse?userId=%4", "/sse/%ff"] {
+        let (bytes, closed) =
             raw_exchange_closed(server.public, format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         parse_responses(&bytes)[0].assert_error(400, "bad_request");
+        assert!(closed, "{target}: a malformed request target leaves the connection open");
     }
     let mut subscriber = SseClient::open_ready(server.public, "/sse?userId=a%2Bb");
     assert_eq!(delivered(publish_user(server.api, "a+b", r#""ok""#, "")), 1);

@@ -224,7 +224,7 @@ pub fn admit(ctx: &ShardCtx, role: Role, request: &Request) -> Result<Admitted, 
     let rejected = &ctx.stats().rejected;
     let Ok(segments) = query::segments(&request.path) else {
         rejected.count(Rejection::BadRequest);
-        return Err(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8"));
+        return Err(Response::error(400, "bad_request", "the path is not valid percent-encoded UTF-8").closing());
     };
     let Some(route) = find(&segments).filter(|r| config.demo || !matches!(r.endpoint, Endpoint::Demo)) else {
         rejected.count(Rejection::NotFound);
@@ -256,7 +256,7 @@ pub fn admit(ctx: &ShardCtx, role: Role, request: &Request) -> Result<Admitted, 
     }
     if matches!(route.endpoint, Endpoint::Subscribe) && request.body != BodyFraming::Empty {
         rejected.count(Rejection::BadRequest);
-        return Err(Response::error(400, "bad_request", "a subscribe request carries no body"));
+        return Err(Response::error(400, "bad_request", "a subscribe request carries no body").closing());
     }
     let ns = names::namespace(route.tenant.as_deref(), config.tenants.as_deref())?;
     Ok(Admitted { endpoint: route.endpoint, ns })
@@ -376,10 +376,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Decoded query parameters, or the 400 answer for an undecodable query.
+/// Decoded query parameters, or the 400 answer for an undecodable query
+/// (a malformed request: the connection closes after it).
 pub fn query_params(request: &Request) -> Result<Vec<(String, String)>, Response> {
     query::pairs(&request.query)
-        .map_err(|_| Response::error(400, "bad_request", "the query is not valid percent-encoded UTF-8"))
+        .map_err(|_| Response::error(400, "bad_request", "the query is not valid percent-encoded UTF-8").closing())
 }
 
 /// The last value of a query parameter.
