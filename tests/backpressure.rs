@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -15,6 +17,12 @@ const MESSAGES: usize = 3000;
 const PAYLOAD: usize = 16 * 1024;
 /// Upper bound on the server's resident memory while one subscriber is stuck.
 const RSS_LIMIT_KIB: u64 = 200 * 1024;
+/// Most broadcasts the publisher runs ahead of the reading subscriber: 1 MiB,
+/// within its queue's 2 MiB, so a reader that keeps up never loses one to the
+/// drop policy however slowly this test's own client parses (a debug build
+/// on two busy cores is slower than the server, and drop-oldest would then
+/// rightly drop the reader's oldest frames too).
+const READER_WINDOW: usize = 64;
 
 fn payload(seq: usize) -> String {
     let mut p = format!("seq {seq:05} ");
@@ -55,21 +63,30 @@ fn run(policy: &str) -> Outcome {
     let mut reader = SseClient::open_ready(server.public, "/sse?userId=fast");
     wait_connections(server.api, 2);
 
-    let reading = thread::spawn(move || {
-        let mut seqs = Vec::with_capacity(MESSAGES);
-        while seqs.len() < MESSAGES {
-            match reader.next_event(Duration::from_secs(30)) {
-                Some(ev) => seqs.push(seq_of(&ev.data)),
-                None => break,
+    let read = Arc::new(AtomicUsize::new(0));
+    let reading = thread::spawn({
+        let read = read.clone();
+        move || {
+            let mut seqs = Vec::with_capacity(MESSAGES);
+            while seqs.len() < MESSAGES {
+                match reader.next_event(Duration::from_secs(30)) {
+                    Some(ev) => seqs.push(seq_of(&ev.data)),
+                    None => break,
+                }
+                read.store(seqs.len(), Ordering::Release);
             }
+            // Hand the client back: it must stay connected for the stats checks.
+            (seqs, reader)
         }
-        // Hand the client back: it must stay connected for the stats checks.
-        (seqs, reader)
     });
 
     let mut conn = HttpConn::open(server.api);
     let mut max_rss_kib = 0;
     for seq in 0..MESSAGES {
+        let reader_behind = Instant::now();
+        while seq >= read.load(Ordering::Acquire) + READER_WINDOW && reader_behind.elapsed() < Duration::from_secs(30) {
+            thread::sleep(Duration::from_millis(1));
+        }
         let resp = conn.request("POST", "/v1/broadcast", &[], payload(seq).as_bytes());
         assert_eq!(resp.status, 200, "publish {seq}: {:?}", resp.text());
         let delivered = resp.json()["delivered"].as_u64().unwrap();
