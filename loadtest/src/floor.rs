@@ -57,6 +57,29 @@ pub fn measure(
 ) -> io::Result<Floor> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let (sent, report) = split_process(
+        cores.1,
+        |report_to| reader(addr, connections, report_to),
+        || sender(&listener, connections, rate, size, duration, method, cores.0),
+    )?;
+    let (sends, sender_cpu_us, window, rounds) = sent?;
+    let mut fields = report.split_whitespace().map(|f| f.parse::<f64>());
+    let (Some(Ok(bytes_received)), Some(Ok(reader_cpu_us))) = (fields.next(), fields.next()) else {
+        return Err(io::Error::other("the reader process failed"));
+    };
+    Ok(Floor { sends, bytes_received: bytes_received as u64, sender_cpu_us, reader_cpu_us, window, rounds })
+}
+
+/// Runs `child` in a forked process pinned to `child_core`, with the write
+/// end of a pipe to report on, while `parent` runs in this one; returns the
+/// parent's result and what the child wrote. Two processes, so that each side
+/// of a measurement stays under the per-process file limit. Call it before
+/// this process starts any thread.
+pub(crate) fn split_process<T>(
+    child_core: Option<usize>,
+    child: impl FnOnce(std::fs::File) -> io::Result<()>,
+    parent: impl FnOnce() -> T,
+) -> io::Result<(T, String)> {
     let mut pipe = [0i32; 2];
     // SAFETY: pipe fills two descriptors; fork happens before this process
     // starts any thread, so the child may allocate and use std freely.
@@ -68,28 +91,22 @@ pub fn measure(
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            drop(listener);
             drop(results);
-            pin(cores.1);
-            let outcome = reader(addr, connections, report_to);
+            pin(child_core);
+            let outcome = child(report_to);
             // SAFETY: leaving the child without running the parent's exit handlers.
             unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) }
         }
-        child => {
+        pid => {
             drop(report_to);
-            let sent = sender(&listener, connections, rate, size, duration, method, cores.0);
-            let mut text = String::new();
-            let read = results.read_to_string(&mut text);
+            let done = parent();
+            let mut report = String::new();
+            let read = results.read_to_string(&mut report);
             let mut status = 0;
-            // SAFETY: child is this process's child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            let (sends, sender_cpu_us, window, rounds) = sent?;
+            // SAFETY: pid is this process's child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
             read?;
-            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>());
-            let (Some(Ok(bytes_received)), Some(Ok(reader_cpu_us))) = (fields.next(), fields.next()) else {
-                return Err(io::Error::other("the reader process failed"));
-            };
-            Ok(Floor { sends, bytes_received: bytes_received as u64, sender_cpu_us, reader_cpu_us, window, rounds })
+            Ok((done, report))
         }
     }
 }

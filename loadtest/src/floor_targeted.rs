@@ -13,10 +13,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::floor::{pin, thread_cpu_micros};
+use crate::floor::{pin, split_process, thread_cpu_micros};
 
 /// Sizes of what travels, in bytes.
 #[derive(Clone, Copy)]
@@ -53,46 +53,22 @@ pub fn measure(
 ) -> io::Result<TargetedFloor> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe fills two descriptors; fork happens before this process
-    // starts any thread, so the child may allocate and use std freely.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (mut results, report_to) =
-        unsafe { (std::fs::File::from_raw_fd(pipe[0]), std::fs::File::from_raw_fd(pipe[1])) };
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            drop(listener);
-            drop(results);
-            pin(cores.1);
-            let outcome = client(addr, connections, publishers, rate, sizes, duration, report_to);
-            // SAFETY: leaving the child without running the parent's exit handlers.
-            unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) }
-        }
-        child => {
-            drop(report_to);
-            let served = server(&listener, connections, publishers, sizes, cores.0);
-            let mut text = String::new();
-            let read = results.read_to_string(&mut text);
-            let mut status = 0;
-            // SAFETY: child is this process's child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            let (requests, server_cpu_us) = served?;
-            read?;
-            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>());
-            let (Some(Ok(frame_bytes)), Some(Ok(window_s))) = (fields.next(), fields.next()) else {
-                return Err(io::Error::other("the client process failed"));
-            };
-            Ok(TargetedFloor {
-                requests,
-                frames_received: frame_bytes as u64 / sizes.frame.max(1) as u64,
-                server_cpu_us,
-                window: Duration::from_secs_f64(window_s),
-            })
-        }
-    }
+    let (served, report) = split_process(
+        cores.1,
+        |report_to| client(addr, connections, publishers, rate, sizes, duration, report_to),
+        || server(&listener, connections, publishers, sizes, cores.0),
+    )?;
+    let (requests, server_cpu_us) = served?;
+    let mut fields = report.split_whitespace().map(|f| f.parse::<f64>());
+    let (Some(Ok(frame_bytes)), Some(Ok(window_s))) = (fields.next(), fields.next()) else {
+        return Err(io::Error::other("the client process failed"));
+    };
+    Ok(TargetedFloor {
+        requests,
+        frames_received: frame_bytes as u64 / sizes.frame.max(1) as u64,
+        server_cpu_us,
+        window: Duration::from_secs_f64(window_s),
+    })
 }
 
 /// The parent: accepts the subscribers, then the publishers; answers every
