@@ -29,7 +29,7 @@ use crate::metrics::ShardStats;
 /// Frames per send: plenty to empty a typical queue at once while keeping
 /// the iovec arrays small (IOV_MAX is 1024); a longer queue is listed again
 /// and sends its next frames in the next round.
-pub const MAX_FRAMES_PER_WRITE: usize = 64;
+const MAX_FRAMES_PER_WRITE: usize = 64;
 
 /// Connections per round, and so sends per ring submission.
 const ROUND: u32 = 256;
