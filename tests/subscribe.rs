@@ -263,3 +263,50 @@ fn rooms_per_connection_follow_the_flag() {
     let message = refused.error_json()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("at most 2 rooms") && message.contains("--max-rooms-per-connection"), "{message}");
 }
+
+/// Opens a stream on a bare socket and reads its response head.
+fn raw_stream(addr: std::net::SocketAddr, user: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = tcp_connect(addr);
+    stream.write_all(format!("GET /sse?userId={user} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a response head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+#[test]
+fn a_client_that_goes_away_in_any_way_is_unregistered_at_once() {
+    // The shard's epoll set reports a FIN (EPOLLRDHUP), a reset (EPOLLHUP |
+    // EPOLLERR) and a half-close alike, with nothing sent to the stream.
+    for driver in drivers() {
+        let server = Server::start(&["--io-driver", driver, "--keep-alive", "1h"]);
+        let closed = raw_stream(server.public, "fin");
+        let reset = raw_stream(server.public, "rst");
+        let half = raw_stream(server.public, "half");
+        wait_connections(server.api, 3);
+        drop(closed);
+        wait_connections(server.api, 2);
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a plain setsockopt on the stream's open descriptor; with a
+        // zero linger its close sends a reset instead of a FIN.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&reset),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "{driver}: SO_LINGER");
+        drop(reset);
+        wait_connections(server.api, 1);
+        half.shutdown(std::net::Shutdown::Write).unwrap();
+        wait_connections(server.api, 0);
+    }
+}
