@@ -41,7 +41,6 @@ use ssekify::shard::inbox::inbox;
 use ssekify::shard::queue::{FrameQueue, Pushed, QueueLimits};
 use ssekify::shard::{ShardCtx, Shared, INBOX_CAPACITY};
 use ssekify::sse::frame::encode;
-use ssekify::sse::id::IdGenerator;
 
 /// Counts every allocation (and growth by `realloc`) made through it.
 struct Counting;
@@ -141,15 +140,8 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
     let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("default config");
     let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
     let (lifecycle, _) = mpsc::channel();
-    let shared = Arc::new(Shared::new(
-        config,
-        Authenticator::None,
-        None,
-        render_refusal,
-        vec![shared_inbox],
-        IdGenerator::new(1),
-        lifecycle,
-    ));
+    let shared =
+        Arc::new(Shared::new(config, Authenticator::None, None, render_refusal, vec![shared_inbox], 1, lifecycle));
     let ctx = ShardCtx::new(0, shared).expect("an epoll set");
     {
         let mut state = ctx.state.borrow_mut();

@@ -73,7 +73,7 @@ pub async fn stats(ctx: &Rc<ShardCtx>, bus: Option<&Bus>) -> Response {
         .collect();
     body.insert("shards".into(), shards.into());
     body.insert("phase".into(), phase_name(ctx.shared.phase()).into());
-    body.insert("instance".into(), format!("{:08x}", ctx.shared.ids.instance()).into());
+    body.insert("instance".into(), format!("{:08x}", ctx.shared.instance).into());
     let bus = match bus.map(Bus::stats) {
         Some(s) => json!({
             "state": s.state.name(),

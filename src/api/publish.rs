@@ -9,13 +9,11 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write as _;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use serde::de::{self, Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -33,6 +31,7 @@ use crate::shard::idempotency::{valid_key, Claim, Ticket};
 use crate::shard::yielding;
 use crate::shard::ShardCtx;
 use crate::sse::frame;
+use crate::sse::id::GeneratedId;
 use crate::tenants::quota::RateRefusal;
 
 /// Who a single-message route addresses.
@@ -45,14 +44,29 @@ pub enum To {
     All,
 }
 
-/// A validated, encoded message; its delivery's target is in the namespace's keys.
-struct Prepared {
-    id: String,
-    /// The publisher chose the id (a retry of it is recognised on every instance).
-    id_given: bool,
-    event: Option<String>,
+/// A validated, encoded message; its delivery's target is in the namespace's
+/// keys. Its strings are borrowed from the request where they can be.
+struct Prepared<'a> {
+    id: MessageId<'a>,
+    event: Option<Cow<'a, str>>,
     data: Bytes,
     delivery: Delivery,
+}
+
+/// A message's id: assigned here, or the publisher's (a retry of which is
+/// recognised on every instance).
+enum MessageId<'a> {
+    Generated(GeneratedId),
+    Given(Cow<'a, str>),
+}
+
+impl MessageId<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            MessageId::Generated(id) => id.as_str(),
+            MessageId::Given(id) => id,
+        }
+    }
 }
 
 /// `POST /v1/users/{u}/events`, `/v1/rooms/{r}/events`, `/v1/broadcast`
@@ -145,7 +159,8 @@ async fn publish_batch(
 ) -> Response {
     match validate_and_deliver(ctx, bus, ns, request, prepare_batch(ctx, ns, request, body)).await {
         Ok(results) => {
-            let mut body = Vec::with_capacity(16 + results.len() * 64);
+            // ~75 bytes per result with a generated id: one allocation.
+            let mut body = Vec::with_capacity(16 + results.len() * 96);
             body.extend_from_slice(b"{\"results\":[");
             let mut budget = yielding::Budget::default();
             // By value, each result freed once written (see ShardCtx::publish).
@@ -165,13 +180,13 @@ async fn publish_batch(
     }
 }
 
-async fn validate_and_deliver(
+async fn validate_and_deliver<'a>(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     ns: &Namespace,
     request: &Request,
-    prepare: impl Future<Output = Result<Vec<Prepared>, Response>>,
-) -> Result<Vec<Outcome>, Response> {
+    prepare: impl Future<Output = Result<Vec<Prepared<'a>>, Response>>,
+) -> Result<Vec<Outcome<'a>>, Response> {
     let scope = scope(request)?;
     let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
     let prepared = prepare.await?;
@@ -250,32 +265,37 @@ pub(super) fn scope(request: &Request) -> Result<Scope, Response> {
 /// delivers them here and on every other instance once Redis acknowledged
 /// them; without one (or `scope=local`) delivers them here. Returns one
 /// result each.
-async fn deliver(
+async fn deliver<'a>(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     scope: Scope,
     idempotency_key: Option<&str>,
-    prepared: Vec<Prepared>,
-) -> Result<Vec<Outcome>, Response> {
+    prepared: Vec<Prepared<'a>>,
+) -> Result<Vec<Outcome<'a>>, Response> {
     let started = std::time::Instant::now();
     let count = prepared.len() as u64;
     let targets: Option<Vec<Target>> =
         ctx.shared.events.active().then(|| prepared.iter().map(|p| p.delivery.target.clone()).collect());
     let results = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
-            let ids: Vec<String> = prepared.iter().map(|p| p.id.clone()).collect();
+            let mut ids = Vec::with_capacity(prepared.len());
             let messages = prepared
                 .into_iter()
                 .enumerate()
-                .map(|(index, p)| Outgoing {
-                    dedupe: match idempotency_key {
-                        Some(key) => Some(bus::idempotency_dedupe(key, index)),
-                        None => p.id_given.then(|| bus::id_dedupe(&p.delivery, &p.id)),
-                    },
-                    delivery: p.delivery,
-                    id: p.id,
-                    event: p.event,
-                    data: p.data,
+                .map(|(index, p)| {
+                    let message = Outgoing {
+                        dedupe: match (idempotency_key, &p.id) {
+                            (Some(key), _) => Some(bus::idempotency_dedupe(key, index)),
+                            (None, MessageId::Given(id)) => Some(bus::id_dedupe(&p.delivery, id)),
+                            (None, MessageId::Generated(_)) => None,
+                        },
+                        id: p.id.as_str().to_owned(),
+                        event: p.event.map(Cow::into_owned),
+                        delivery: p.delivery,
+                        data: p.data,
+                    };
+                    ids.push(p.id);
+                    message
                 })
                 .collect();
             let published = bus::publish(ctx, bus, messages).await.map_err(|_| {
@@ -291,9 +311,12 @@ async fn deliver(
                 .zip(published.duplicates)
                 .map(|((id, delivered), duplicate)| match duplicate {
                     None => Outcome { id, delivered, instances: Some(published.receivers), duplicate: false },
-                    Some(first) => {
-                        Outcome { id: first, delivered: 0, instances: Some(published.receivers), duplicate: true }
-                    }
+                    Some(first) => Outcome {
+                        id: MessageId::Given(Cow::Owned(first)),
+                        delivered: 0,
+                        instances: Some(published.receivers),
+                        duplicate: true,
+                    },
                 })
                 .collect()
         }
@@ -321,9 +344,9 @@ async fn deliver(
 }
 
 /// What a publish route answers for one message.
-struct Outcome {
+struct Outcome<'a> {
     /// The id it was published with (a duplicate's: the first publish's).
-    id: String,
+    id: MessageId<'a>,
     /// This instance's connections it was queued to.
     delivered: u64,
     /// The instances Redis handed it to (`None`: no bus, or `scope=local`).
@@ -332,18 +355,27 @@ struct Outcome {
     duplicate: bool,
 }
 
-impl Outcome {
+impl Outcome<'_> {
     /// Writes `{"id","delivered","instances"[,"duplicate":true]}` straight
-    /// into an answer (no map per message).
+    /// into an answer (no map or string per message).
     fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":");
-        serde_json::to_writer(&mut *out, &self.id).expect("a string always serializes");
-        // Formatted straight into the answer: no string per message.
-        let _ = write!(out, ",\"delivered\":{},\"instances\":", self.delivered);
-        let _ = match self.instances {
-            Some(n) => write!(out, "{n}"),
-            None => out.write_all(b"null"),
-        };
+        match &self.id {
+            // Digits, hex and dashes: nothing to escape.
+            MessageId::Generated(id) => {
+                out.push(b'"');
+                out.extend_from_slice(id.as_str().as_bytes());
+                out.push(b'"');
+            }
+            MessageId::Given(id) => serde_json::to_writer(&mut *out, id).expect("a string always serializes"),
+        }
+        out.extend_from_slice(b",\"delivered\":");
+        push_decimal(out, self.delivered);
+        out.extend_from_slice(b",\"instances\":");
+        match self.instances {
+            Some(n) => push_decimal(out, n),
+            None => out.extend_from_slice(b"null"),
+        }
         if self.duplicate {
             out.extend_from_slice(b",\"duplicate\":true");
         }
@@ -351,8 +383,24 @@ impl Outcome {
     }
 }
 
+/// `n` in decimal digits, without the formatting machinery (a third of a
+/// batch answer's cost per message went to it).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// The `publish` lifecycle event of one message and its result.
-fn publish_event(ctx: &ShardCtx, target: &Target, result: &Outcome) -> Event {
+fn publish_event(ctx: &ShardCtx, target: &Target, result: &Outcome<'_>) -> Event {
     let (to, tenant) = match target {
         Target::User(key) => (json!({ "user": plain_name(key) }), tenant_of_key(key)),
         Target::Room(key) => (json!({ "room": plain_name(key) }), tenant_of_key(key)),
@@ -361,14 +409,14 @@ fn publish_event(ctx: &ShardCtx, target: &Target, result: &Outcome) -> Event {
         Target::Connection(id) => (json!({ "connection": id.to_string() }), None),
     };
     let mut fields = Map::new();
-    fields.insert("id".into(), result.id.clone().into());
+    fields.insert("id".into(), result.id.as_str().into());
     fields.insert("target".into(), to);
     fields.insert("delivered".into(), result.delivered.into());
     fields.insert("tenant".into(), tenant.into());
     if result.duplicate {
         fields.insert("duplicate".into(), true.into());
     }
-    Event::new(EventKind::Publish, tenant, ctx.shared.ids.instance(), fields)
+    Event::new(EventKind::Publish, tenant, ctx.shared.instance, fields)
 }
 
 fn refused(ctx: &ShardCtx, response: Response) -> Response {
@@ -376,13 +424,13 @@ fn refused(ctx: &ShardCtx, response: Response) -> Response {
     response
 }
 
-fn prepare_single(
+fn prepare_single<'a>(
     ctx: &ShardCtx,
     ns: &Namespace,
     request: &Request,
     body: &Bytes,
     to: To,
-) -> Result<Prepared, Response> {
+) -> Result<Prepared<'a>, Response> {
     let params = query_params(request)?;
     let target = match to {
         To::User(user) => {
@@ -401,32 +449,32 @@ fn prepare_single(
     } else if std::str::from_utf8(body).is_err() {
         return Err(invalid("the body is not valid UTF-8"));
     }
-    prepare(ctx, target.scoped(ns), param(&params, "event"), param(&params, "id"), body.clone())
+    let owned = |name| param(&params, name).map(|value| Cow::Owned(value.to_owned()));
+    prepare(ctx, target.scoped(ns), owned("event"), owned("id"), body.clone())
 }
 
 /// Checks fields and size, assigns the id, encodes the frame once; `target`
 /// is already in the namespace's keys.
-fn prepare(
+fn prepare<'a>(
     ctx: &ShardCtx,
     target: Target,
-    event: Option<&str>,
-    id: Option<&str>,
+    event: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
     data: Bytes,
-) -> Result<Prepared, Response> {
-    if let Some(event) = event {
+) -> Result<Prepared<'a>, Response> {
+    if let Some(event) = &event {
         check_field("event", event)?;
     }
-    let id_given = id.is_some();
     let id = match id {
         Some(id) => {
-            check_field("id", id)?;
-            id.to_owned()
+            check_field("id", &id)?;
+            MessageId::Given(id)
         }
-        None => ctx.shared.ids.next(),
+        None => MessageId::Generated(ctx.ids.next()),
     };
     // Encoded first, checked after: the payload is scanned once, and an
     // oversized frame costs one buffer no larger than the body already read.
-    let frame = frame::encode(&id, event, &data);
+    let frame = frame::encode(id.as_str(), event.as_deref(), &data);
     let (size, limit) = (frame.len(), ctx.shared.config.max_payload);
     if size > limit {
         let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");
@@ -438,80 +486,102 @@ fn prepare(
         ctx.emit_error("payload_too_large", &message, tenant);
         return Err(Response::error(413, "payload_too_large", message));
     }
-    Ok(Prepared {
-        id,
-        id_given,
-        event: event.map(str::to_owned),
-        data,
-        delivery: Delivery::message(target, frame, false),
-    })
+    Ok(Prepared { id, event, data, delivery: Delivery::message(target, frame, false) })
 }
 
-/// A JSON object's members as written, values borrowed from the body.
-/// Keys too, unless one holds an escape (a second read decodes them then);
-/// a repeated key keeps its last value, as any JSON object read into a map.
-enum Members<'a> {
-    Plain(HashMap<&'a str, &'a RawValue, ahash::RandomState>),
-    Decoded(HashMap<String, &'a RawValue, ahash::RandomState>),
-}
-
-impl<'a> Members<'a> {
-    fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text).map(Members::Plain).or_else(|_| serde_json::from_str(text).map(Members::Decoded))
-    }
-
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        match self {
-            Members::Plain(map) => map.get(key).copied(),
-            Members::Decoded(map) => map.get(key).copied(),
-        }
-    }
-}
-
-/// Every message of a batch validated and encoded, giving the shard's other
-/// work a turn now and then (a 16 MiB batch is ~500,000 messages).
-async fn prepare_batch(
+/// Every message of a batch read, validated and encoded, giving the shard's
+/// other work a turn now and then (a 16 MiB batch is ~500,000 messages).
+async fn prepare_batch<'a>(
     ctx: &ShardCtx,
     ns: &Namespace,
     request: &Request,
-    body: &Bytes,
-) -> Result<Vec<Prepared>, Response> {
+    body: &'a Bytes,
+) -> Result<Vec<Prepared<'a>>, Response> {
     let ndjson = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/x-ndjson"));
     let messages = batch_messages(body, ndjson)?;
-    let mut prepared = Vec::with_capacity(messages.len());
+    let mut prepared = Vec::with_capacity(messages.len_hint());
     let mut budget = yielding::Budget::default();
-    for (index, raw) in messages.iter().enumerate() {
+    for (index, fields) in messages.enumerate() {
         if budget.spent() {
             yielding::yield_now().await;
         }
-        prepared.push(prepare_message(ctx, ns, body, raw).map_err(|refusal| at_index(index, refusal))?);
+        let fields = fields.map_err(|why| invalid(format!("messages[{index}]: {why}")))?;
+        prepared.push(prepare_message(ctx, ns, body, fields).map_err(|refusal| at_index(index, refusal))?);
     }
     Ok(prepared)
 }
 
-/// The messages of a batch body, each still raw JSON: one per non-blank line
-/// of NDJSON, else the `messages` array of a JSON object; never empty.
-/// Public, with [`parse_message`], only so that the fuzz targets (`fuzz/`)
-/// can reach the parsing without a shard.
-pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<Vec<&RawValue>, Response> {
+/// The messages of a batch body: one per non-blank line of NDJSON, read as
+/// the iteration reaches it (so a long body's reading gives way with its
+/// preparing), else the `messages` array of a JSON object, read whole at
+/// once; never empty. Each message is read in one pass: its members
+/// borrowed from the body unless they hold an escape, its `data` validated
+/// as JSON on the way. Public, with [`Fields`], only so that the fuzz
+/// targets (`fuzz/`) can reach the reading without a shard.
+pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Response> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
-    let messages: Vec<&RawValue> = if ndjson {
-        text.lines()
-            .filter(|line| !line.trim().is_empty())
-            .enumerate()
-            .map(|(index, line)| {
-                serde_json::from_str(line).map_err(|e| invalid(format!("messages[{index}]: not valid JSON: {e}")))
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        let top = Members::parse(text).map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
-        let list = top.get("messages").ok_or_else(|| invalid("the body needs a `messages` array"))?;
-        serde_json::from_str(list.get()).map_err(|_| invalid("`messages` must be an array"))?
-    };
-    if messages.is_empty() {
-        return Err(invalid("`messages` is empty"));
+    if ndjson {
+        if text.trim().is_empty() {
+            return Err(invalid("`messages` is empty"));
+        }
+        return Ok(BatchMessages::Lines(text));
     }
-    Ok(messages)
+    let why = Cell::new(None);
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let listed = serde::Deserializer::deserialize_map(&mut reader, BodyVisitor { why: &why })
+        .and_then(|listed| reader.end().map(|()| listed));
+    match listed {
+        Ok(Some(list)) if list.is_empty() => Err(invalid("`messages` is empty")),
+        Ok(Some(list)) => Ok(BatchMessages::Listed(list.into_iter())),
+        Ok(None) => Err(invalid("the body needs a `messages` array")),
+        Err(e) => Err(invalid(match why.take() {
+            Some(why) if !(e.is_syntax() || e.is_eof()) => why,
+            _ => format!("the body is not a JSON object: {e}"),
+        })),
+    }
+}
+
+/// The messages of a batch, each its fields or why it is refused (see
+/// [`batch_messages`]).
+pub enum BatchMessages<'a> {
+    /// NDJSON text not yet read.
+    Lines(&'a str),
+    /// A JSON batch's messages, read.
+    Listed(std::vec::IntoIter<Fields<'a>>),
+}
+
+impl BatchMessages<'_> {
+    /// How many messages there are at most (lines, blank ones included),
+    /// so the prepared messages are not moved as they grow.
+    fn len_hint(&self) -> usize {
+        match self {
+            BatchMessages::Lines(text) => memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1,
+            BatchMessages::Listed(list) => list.len(),
+        }
+    }
+}
+
+impl<'a> Iterator for BatchMessages<'a> {
+    type Item = Result<Fields<'a>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            BatchMessages::Listed(list) => list.next().map(Ok),
+            BatchMessages::Lines(rest) => loop {
+                if rest.is_empty() {
+                    return None;
+                }
+                let (line, after) = match memchr::memchr(b'\n', rest.as_bytes()) {
+                    Some(at) => (&rest[..at], &rest[at + 1..]),
+                    None => (*rest, ""),
+                };
+                *rest = after;
+                if !line.trim_start().is_empty() {
+                    return Some(parse_message(line));
+                }
+            },
+        }
+    }
 }
 
 /// The same refusal, its message prefixed with `messages[index]: `.
@@ -522,14 +592,18 @@ fn at_index(index: usize, refusal: Response) -> Response {
     Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
-fn prepare_message(ctx: &ShardCtx, ns: &Namespace, body: &Bytes, raw: &RawValue) -> Result<Prepared, Response> {
-    let fields = parse_message(raw).map_err(invalid)?;
+fn prepare_message<'a>(
+    ctx: &ShardCtx,
+    ns: &Namespace,
+    body: &Bytes,
+    fields: Fields<'a>,
+) -> Result<Prepared<'a>, Response> {
     // Data without escapes is a slice of the body: no copy.
     let data = match fields.data {
         Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
         Cow::Owned(text) => Bytes::from(text),
     };
-    prepare(ctx, fields.target.scoped(ns), fields.event.as_deref(), fields.id.as_deref(), data)
+    prepare(ctx, fields.target.scoped(ns), fields.event, fields.id, data)
 }
 
 /// The fields of one batch message (public for the fuzz targets, see
@@ -545,34 +619,89 @@ pub struct Fields<'a> {
     pub data: Cow<'a, str>,
 }
 
-/// Reads one raw batch message (an element of [`batch_messages`]) into its
-/// fields, or says why it is refused. Public only for the fuzz targets.
-pub fn parse_message(raw: &RawValue) -> Result<Fields<'_>, String> {
+/// Reads one message (a line of an NDJSON batch) into its fields in one
+/// pass, or says why it is refused. Public only for the fuzz targets.
+pub fn parse_message(text: &str) -> Result<Fields<'_>, String> {
     let refusal = Cell::new(None);
-    let message =
-        Message::read(raw.get(), &refusal).map_err(|_| refusal.take().unwrap_or("must be a JSON object").to_owned())?;
-    let target = match (message.user, message.room, message.all.unwrap_or(false)) {
-        (Some(user), None, false) => {
-            check_name("user", &user)
-                .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
-            Target::User(user.into())
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let read = serde::Deserializer::deserialize_map(&mut reader, MessageVisitor { refusal: &refusal })
+        .and_then(|message| reader.end().map(|()| message));
+    match read {
+        Ok(message) => message.fields(),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(format!("not valid JSON: {e}")),
+        Err(_) => Err(refusal.take().unwrap_or("must be a JSON object").to_owned()),
+    }
+}
+
+/// Reads a JSON batch body: its `messages` array, read message by message
+/// ([`ListVisitor`]); other members are skipped, a repeated `messages`
+/// keeps the last. A refusal's words go to `why`.
+struct BodyVisitor<'r> {
+    why: &'r Cell<Option<String>>,
+}
+
+impl<'de> Visitor<'de> for BodyVisitor<'_> {
+    type Value = Option<Vec<Fields<'de>>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut list = None;
+        while let Some(Text(key)) = map.next_key::<Text>()? {
+            if key == "messages" {
+                self.why.set(Some("`messages` must be an array".to_owned()));
+                list = Some(map.next_value_seed(ListVisitor { why: self.why })?);
+                self.why.set(None);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
         }
-        (None, Some(room), false) => {
-            check_name("room", &room)
-                .map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
-            Target::Room(room.into())
+        Ok(list)
+    }
+}
+
+/// Reads the `messages` array of a JSON batch into each message's fields;
+/// a refused message's words, with its index, go to `why`.
+struct ListVisitor<'r> {
+    why: &'r Cell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ListVisitor<'_> {
+    type Value = Vec<Fields<'de>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListVisitor<'_> {
+    type Value = Vec<Fields<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        loop {
+            let index = list.len();
+            let refusal = Cell::new(None);
+            let why = |why: &str| Some(format!("messages[{index}]: {why}"));
+            match seq.next_element_seed(MessageVisitor { refusal: &refusal }) {
+                Ok(None) => return Ok(list),
+                Ok(Some(message)) => list.push(message.fields().map_err(|refused| {
+                    self.why.set(why(&refused));
+                    A::Error::custom(refused)
+                })?),
+                Err(e) => {
+                    self.why.set(why(refusal.take().unwrap_or("must be a JSON object")));
+                    return Err(e);
+                }
+            }
         }
-        (None, None, true) => Target::All,
-        _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
-    };
-    let data = message.data.ok_or("needs `data`")?.get();
-    let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
-        // A valid JSON string without a backslash is its own text between the quotes.
-        Some(text) if !text.as_bytes().contains(&b'\\') => Cow::Borrowed(text),
-        Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
-        None => Cow::Borrowed(data),
-    };
-    Ok(Fields { target, event: message.event, id: message.id, data })
+    }
 }
 
 /// One batch message's members, read in one pass of the message; a
@@ -588,18 +717,45 @@ struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// Reads `text`; a member of the wrong type puts its refusal in `refusal`.
-    fn read(text: &'a str, refusal: &Cell<Option<&'static str>>) -> Result<Self, serde_json::Error> {
-        let mut reader = serde_json::Deserializer::from_str(text);
-        let message = serde::Deserializer::deserialize_map(&mut reader, MessageVisitor { refusal })?;
-        reader.end()?;
-        Ok(message)
+    /// Its target checked and its `data` taken out, or why it is refused.
+    fn fields(self) -> Result<Fields<'a>, String> {
+        let target = match (self.user, self.room, self.all.unwrap_or(false)) {
+            (Some(user), None, false) => {
+                check_name("user", &user)
+                    .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
+                Target::User(user.into())
+            }
+            (None, Some(room), false) => {
+                check_name("room", &room)
+                    .map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
+                Target::Room(room.into())
+            }
+            (None, None, true) => Target::All,
+            _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
+        };
+        let data = self.data.ok_or("needs `data`")?.get();
+        let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
+            // A valid JSON string without a backslash is its own text between the quotes.
+            Some(text) if memchr::memchr(b'\\', text.as_bytes()).is_none() => Cow::Borrowed(text),
+            Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
+            None => Cow::Borrowed(data),
+        };
+        Ok(Fields { target, event: self.event, id: self.id, data })
     }
 }
 
-/// Reads the members of a [`Message`].
+/// Reads the members of a [`Message`]; a member of the wrong type puts its
+/// refusal in `refusal`.
 struct MessageVisitor<'r> {
     refusal: &'r Cell<Option<&'static str>>,
+}
+
+impl<'de> DeserializeSeed<'de> for MessageVisitor<'_> {
+    type Value = Message<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
 }
 
 impl<'de> Visitor<'de> for MessageVisitor<'_> {
@@ -684,7 +840,7 @@ mod tests {
     }
 
     fn parsed(message: &str) -> Result<Fields<'_>, String> {
-        parse_message(serde_json::from_str::<&RawValue>(message).expect("valid JSON"))
+        parse_message(message)
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub async fn change(
         }
         Who::Connection(id) => {
             let id = ConnId::parse(&id).ok_or_else(|| invalid("not a connection id"))?;
-            let here = id.instance == ctx.shared.ids.instance() || !cluster;
+            let here = id.instance == ctx.shared.instance || !cluster;
             if let Some(bus) = bus.filter(|_| !here) {
                 if !open_elsewhere(ctx, bus, id, ns).await? {
                     return Err(no_such_connection());

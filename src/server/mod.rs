@@ -28,7 +28,7 @@ use crate::setup::Setup;
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
 use crate::shard::{heartbeat, watcher, writer, yielding, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
-use crate::sse::id::{random_instance, IdGenerator};
+use crate::sse::id::random_instance;
 use connection::PendingSocket;
 
 /// Submission queue entries per shard ring: enough for a burst of writes to
@@ -71,9 +71,8 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let (lifecycle_tx, lifecycle_rx) = mpsc::channel();
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
     let instance = random_instance();
-    let ids = IdGenerator::new(instance);
     let refusals = crate::api::subscribe::render_refusal;
-    let shared = Arc::new(Shared::new(config, auth, tenant_config, refusals, inboxes, ids, lifecycle_tx));
+    let shared = Arc::new(Shared::new(config, auth, tenant_config, refusals, inboxes, instance, lifecycle_tx));
     signals::spawn_watcher(shared.clone());
     if let Some(jwks) = shared.auth.jwks() {
         jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
@@ -141,7 +140,7 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
         shards = shard_count,
         driver = driver,
         max_connections = config.max_connections.map_or(0, |n| n.get()),
-        instance = format!("{:08x}", shared.ids.instance()),
+        instance = format!("{:08x}", shared.instance),
         version = env!("CARGO_PKG_VERSION"),
         commit = crate::config::COMMIT,
     );

@@ -87,7 +87,7 @@ impl ShardCtx {
     /// Emits an `error` event, when anyone listens.
     pub fn emit_error(&self, kind: &str, message: &str, tenant: Option<&str>) {
         if self.shared.events.active() {
-            self.emit(error_event(kind, message, tenant, self.shared.ids.instance()));
+            self.emit(error_event(kind, message, tenant, self.shared.instance));
         }
     }
 
@@ -96,7 +96,7 @@ impl ShardCtx {
         let mut fields = self.conn_fields(key, conn);
         let rooms: Vec<&str> = conn.rooms.iter().map(|room| plain_name(room)).collect();
         fields.insert("rooms".into(), json!(rooms));
-        Event::new(EventKind::Connect, conn.tenant.as_deref(), self.shared.ids.instance(), fields)
+        Event::new(EventKind::Connect, conn.tenant.as_deref(), self.shared.instance, fields)
     }
 
     /// The `disconnect` event of the subscriber that was in `key`.
@@ -105,7 +105,7 @@ impl ShardCtx {
         fields.insert("reason".into(), reason.event_name().into());
         fields.insert("durationMs".into(), self.now_ms().saturating_sub(conn.opened_ms).into());
         fields.insert("sent".into(), conn.sent.into());
-        Event::new(EventKind::Disconnect, conn.tenant.as_deref(), self.shared.ids.instance(), fields)
+        Event::new(EventKind::Disconnect, conn.tenant.as_deref(), self.shared.instance, fields)
     }
 
     fn conn_fields(&self, key: usize, conn: &Conn) -> Map<String, Value> {

@@ -55,6 +55,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::metrics::ShardStats;
+use crate::sse::id::IdGenerator;
 use conn::{CloseReason, Conn, ReadyList};
 use envelope::{Answer, Envelope};
 use idempotency::{IdempotencyLimits, IdempotencyTable};
@@ -106,6 +107,8 @@ pub struct ShardCtx {
     tenants: RefCell<ShardTenants>,
     /// The epoll set of this shard's subscriber sockets.
     pub sockets: Watchlist,
+    /// Ids of the messages published through this shard without one.
+    pub ids: IdGenerator,
 }
 
 impl ShardCtx {
@@ -128,6 +131,7 @@ impl ShardCtx {
             policy: config.drop_policy,
         };
         let sockets = Watchlist::new()?;
+        let ids = IdGenerator::new(shared.instance, id);
         Ok(Rc::new(ShardCtx {
             id,
             limits,
@@ -155,6 +159,7 @@ impl ShardCtx {
             registrations: Cell::new(0),
             tenants: RefCell::new(ShardTenants::new(tenant_config)),
             sockets,
+            ids,
         }))
     }
 

@@ -140,7 +140,7 @@ impl ShardCtx {
 
     /// The slot of `id` when it is an open subscriber of this shard.
     pub(super) fn open_connection_in(&self, conns: &slab::Slab<super::conn::Conn>, id: &ConnId) -> Option<usize> {
-        let here = id.instance == self.shared.ids.instance() && usize::from(id.shard) == self.id;
+        let here = id.instance == self.shared.instance && usize::from(id.shard) == self.id;
         let slot = id.slot as usize;
         let conn = conns.get(slot)?;
         (here && conn.serial == id.serial && conn.closing.is_none() && conn.listener.is_none()).then_some(slot)

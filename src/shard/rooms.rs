@@ -14,7 +14,7 @@ use crate::namespace::tenant_of_key;
 impl ShardCtx {
     /// The cluster-wide id of the local connection in `slot`.
     pub fn conn_id(&self, slot: usize, conn: &Conn) -> ConnId {
-        ConnId { instance: self.shared.ids.instance(), shard: self.id as u16, slot: slot as u32, serial: conn.serial }
+        ConnId { instance: self.shared.instance, shard: self.id as u16, slot: slot as u32, serial: conn.serial }
     }
 
     /// Applies a room change to the connections `target` names here.

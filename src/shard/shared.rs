@@ -13,7 +13,6 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{Event, EventHub};
 use crate::metrics::ShardStats;
-use crate::sse::id::IdGenerator;
 use crate::tenants::quota::TenantQuotas;
 use crate::tenants::TenantConfig;
 
@@ -74,8 +73,8 @@ pub struct Shared {
     pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
     /// Counters of each shard, by shard id.
     pub stats: Vec<ShardStats>,
-    /// Event id source.
-    pub ids: IdGenerator,
+    /// This process's id on the bus (in event and connection ids).
+    pub instance: u32,
     /// Subscribers open on the whole instance (for `--max-connections`).
     pub connections: AtomicUsize,
     /// The most `connections` since the memory thread last looked (it
@@ -103,7 +102,7 @@ impl Shared {
         tenant_config: Option<Arc<TenantConfig>>,
         render_refusal: fn(&Refusal) -> Bytes,
         inboxes: Vec<Arc<SharedInbox<Envelope>>>,
-        ids: IdGenerator,
+        instance: u32,
         lifecycle: mpsc::Sender<LifecycleEvent>,
     ) -> Self {
         let stats = (0..inboxes.len()).map(|_| ShardStats::default()).collect();
@@ -116,7 +115,7 @@ impl Shared {
             render_refusal,
             inboxes,
             stats,
-            ids,
+            instance,
             connections: AtomicUsize::new(0),
             connections_high: AtomicUsize::new(0),
             public_pending: AtomicUsize::new(0),

@@ -78,28 +78,6 @@ pub fn retry(millis: u128) -> Bytes {
     Bytes::from(format!("retry: {millis}\n\n"))
 }
 
-/// The first CR or LF in `data`, eight bytes at a time: a payload is
-/// usually one long line, scanned for breaks to size its frame and to write
-/// it. A byte equal to CR or LF becomes zero after the XOR, and
-/// `(x - 0x01…) & !x & 0x80…` marks the first zero byte of a word exactly
-/// (a borrow only marks bytes above it).
-fn find_line_break(data: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let mut chunks = data.chunks_exact(8);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of eight"));
-        let found = zero_bytes(word ^ (ONES * u64::from(b'\n'))) | zero_bytes(word ^ (ONES * u64::from(b'\r')));
-        if found != 0 {
-            return Some(offset + (found.trailing_zeros() / 8) as usize);
-        }
-        offset += 8;
-    }
-    chunks.remainder().iter().position(|&b| b == b'\n' || b == b'\r').map(|at| offset + at)
-}
-
 /// Splits on CRLF, CR and LF; yields a final empty line after a trailing break,
 /// and one empty line for empty input (so an empty payload still dispatches).
 struct Lines<'a> {
@@ -117,7 +95,7 @@ impl<'a> Iterator for Lines<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest?;
-        match find_line_break(rest) {
+        match memchr::memchr2(b'\n', b'\r', rest) {
             None => {
                 self.rest = None;
                 Some(rest)
@@ -134,29 +112,6 @@ impl<'a> Iterator for Lines<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_breaks_are_found_where_a_byte_scan_finds_them() {
-        let naive = |data: &[u8]| data.iter().position(|&b| b == b'\n' || b == b'\r');
-        // Every position in words and tails, beside bytes one bit away from
-        // CR and LF (borrows and near misses), and none at all.
-        for len in 0..40 {
-            for filler in [b'x', 0x00, 0x0b, 0x0c, 0x0e, 0x8a, 0x8d, 0xff, 0x09, 0x01] {
-                let base = vec![filler; len];
-                assert_eq!(find_line_break(&base), naive(&base), "{filler:#x} x {len}");
-                for at in 0..len {
-                    for brk in [b'\n', b'\r'] {
-                        let mut data = base.clone();
-                        data[at] = brk;
-                        if at + 3 < len {
-                            data[at + 3] = b'\n';
-                        }
-                        assert_eq!(find_line_break(&data), naive(&data), "{data:?}");
-                    }
-                }
-            }
-        }
-    }
 
     fn frame(id: &str, event: Option<&str>, data: &str) -> String {
         String::from_utf8(encode(id, event, data.as_bytes()).to_vec()).unwrap()
