@@ -48,6 +48,9 @@ pub struct IdGenerator {
     last_micros: Cell<u64>,
     /// Ids handed out in that microsecond, less one.
     count: Cell<u32>,
+    /// The last id: its millisecond and instance parts are written again
+    /// only when the millisecond changes.
+    last: Cell<GeneratedId>,
 }
 
 impl IdGenerator {
@@ -55,7 +58,13 @@ impl IdGenerator {
     /// process from others on the same bus.
     pub fn new(instance: u32, shard: usize) -> Self {
         let shard = u32::try_from(shard).ok().filter(|s| *s < 1 << SHARD_BITS).expect("at most 1,024 shards");
-        IdGenerator { instance, shard, last_micros: Cell::new(0), count: Cell::new(0) }
+        IdGenerator {
+            instance,
+            shard,
+            last_micros: Cell::new(0),
+            count: Cell::new(0),
+            last: Cell::new(format_id(0, instance, 0)),
+        }
     }
 
     /// A fresh id. Time never goes backwards here (a wall-clock step back
@@ -72,27 +81,42 @@ impl IdGenerator {
         self.last_micros.set(micros);
         self.count.set(count);
         let sequence = ((micros % 1000) as u32) << (COUNT_BITS + SHARD_BITS) | count << SHARD_BITS | self.shard;
-        format_id(micros / 1000, self.instance, sequence)
+        let id = match micros / 1000 == last / 1000 {
+            true => self.last.get().with_sequence(sequence),
+            false => format_id(micros / 1000, self.instance, sequence),
+        };
+        self.last.set(id);
+        id
     }
 }
 
 /// `<millis:013>-<instance:08x>-<sequence:08x>`, written digit by digit:
 /// the formatting machinery cost ten times as much per message.
 fn format_id(millis: u64, instance: u32, sequence: u32) -> GeneratedId {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; ID_LEN];
     let mut rest = millis;
     for digit in out[..13].iter_mut().rev() {
         *digit = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    for (i, digit) in out[14..22].iter_mut().enumerate() {
-        *digit = HEX[((instance >> (28 - 4 * i)) & 0xf) as usize];
+    put_hex(&mut out[14..22], instance);
+    GeneratedId(out).with_sequence(sequence)
+}
+
+/// `value` as eight lower-case hex digits.
+fn put_hex(out: &mut [u8], value: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((value >> (28 - 4 * i)) & 0xf) as usize];
     }
-    for (i, digit) in out[23..].iter_mut().enumerate() {
-        *digit = HEX[((sequence >> (28 - 4 * i)) & 0xf) as usize];
+}
+
+impl GeneratedId {
+    /// The same id with another sequence part.
+    fn with_sequence(mut self, sequence: u32) -> GeneratedId {
+        put_hex(&mut self.0[23..], sequence);
+        self
     }
-    GeneratedId(out)
 }
 
 /// A random-enough instance id from the clock, the pid and ahash's per-process keys.
@@ -143,6 +167,7 @@ mod tests {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let far = (now_ms + 60_000) * 1000 + 999;
         ids.last_micros.set(far);
+        ids.last.set(format_id(far / 1000, 7, 0));
         ids.count.set((1 << COUNT_BITS) - 2);
         let (last_count, next_microsecond) = (ids.next(), ids.next());
         assert_eq!(&last_count.as_str()[..13], format!("{:013}", far / 1000));
