@@ -44,6 +44,13 @@ impl ShardCtx {
         if budget.overdue() {
             yielding::yield_now().await;
         }
+        if let [delivery] = &deliveries[..] {
+            // A lone message for this shard alone (a user it owns, or the
+            // only shard): queued at once, without splitting by shard.
+            if self.shared.shards_for(&delivery.target) == (self.id..self.id + 1) {
+                return vec![self.deliver(delivery)];
+            }
+        }
         let shards = self.shared.shard_count();
         let mut totals = vec![0u64; deliveries.len()];
         let (mut per_shard, routes) = self.shared.route(deliveries);

@@ -214,7 +214,7 @@ impl Shared {
     /// The shards that queue a delivery to `target`: a user's owner, a
     /// connection's shard, or every shard for a room's or a broadcast (of
     /// any namespace).
-    fn shards_for(&self, target: &Target) -> std::ops::Range<usize> {
+    pub fn shards_for(&self, target: &Target) -> std::ops::Range<usize> {
         match target {
             Target::User(user) => {
                 let owner = self.owner(user);
