@@ -16,6 +16,7 @@
 //! sees. Shard state is `!Send`, lives in a `RefCell` on its thread, and is
 //! never borrowed across an `.await`.
 
+mod activity;
 mod admin;
 mod claims;
 pub mod conn;

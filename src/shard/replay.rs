@@ -19,7 +19,10 @@
 //! drop go first (least recently active first); when only pinned rings and the
 //! broadcast ring are left, the least recently active of them loses its oldest
 //! entries, recorded as wrap-around so a resume that needed them gets the gap.
-//! Every bound costs O(log n) per ring evicted or entry dropped, never a scan.
+//! Activity is a message to the ring, or a connection of its user (pinning
+//! counts as activity). Every bound costs amortised O(1) per message, ring
+//! evicted or entry dropped, never a scan (the orders are `shard::activity`
+//! queues, not trees).
 //!
 //! A tenant's rings (its users', rooms' and broadcast ring) are also counted
 //! per tenant, and a tenant with a `recentMaxBytes` ([`TenantBudgets`]; this
@@ -32,13 +35,14 @@
 //! A resume merges the rings that apply to a connection by arrival sequence,
 //! so replayed frames come in the order they were published on this shard.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 
+use super::activity::ActivityOrder;
 use crate::namespace::{tenant_of_key, Namespace};
 use crate::sse::frame::encode_control;
 use crate::tenants::TenantConfig;
@@ -89,11 +93,14 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Ring {
+    /// The name it is kept under (shared with the map's key).
+    name: Rc<str>,
     entries: VecDeque<Entry>,
     /// Sequence of the newest entry pushed out by wrap-around (0: none).
     wrapped_through: u64,
     /// Sequence counter value when the ring was created.
     created_at: u64,
+    /// Its activity mark: its place in the activity orders.
     touch: u64,
     last_active_ms: u64,
     /// Its user has a connection here: out of reach of the count cap and TTL.
@@ -126,15 +133,7 @@ struct TenantUse {
     /// Frame bytes its rings reference.
     bytes: usize,
     /// Its rings, least recently active first.
-    order: BTreeMap<u64, (KeyedKind, Rc<str>)>,
-}
-
-/// What [`Keyed::touch`] did to the ring's place in the activity order.
-enum Touched {
-    /// It was created, under this shared name.
-    Created(Rc<str>),
-    /// It existed and moved from this activity mark.
-    Moved(u64),
+    order: ActivityOrder<(KeyedKind, Rc<str>)>,
 }
 
 /// Rings by name with least-recently-active order.
@@ -142,9 +141,9 @@ enum Touched {
 struct Keyed {
     rings: AHashMap<Rc<str>, Ring>,
     /// Rings the count cap and the TTL may drop, least recently active first.
-    order: BTreeMap<u64, Rc<str>>,
+    order: ActivityOrder<Rc<str>>,
     /// Pinned rings, least recently active first (only the byte bound shortens them).
-    pinned: BTreeMap<u64, Rc<str>>,
+    pinned: ActivityOrder<Rc<str>>,
     /// Newest sequence held by a ring that was dropped whole (evicted, expired, cleared).
     forgotten_through: u64,
 }
@@ -253,23 +252,23 @@ impl ReplayStore {
         self.next_touch += 1;
         let (seq, touch, capacity) = (self.next_seq, self.next_touch, self.limits.entries);
         let entry = Entry { seq, id_len, frame: frame.clone() };
-        let (ring, touched, kind) = match stream {
+        let (ring, created, kind) = match stream {
             Stream::All => {
                 self.broadcast.touch = touch;
-                (&mut self.broadcast, Touched::Moved(touch), KeyedKind::Users)
+                (&mut self.broadcast, false, KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let (ring, touched) = self.users.touch(name, touch, seq, || connected.contains(name));
-                (ring, touched, KeyedKind::Users)
+                let (ring, created) = self.users.touch(name, touch, seq, || connected.contains(name));
+                (ring, created, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let (ring, touched) = self.rooms.touch(name, touch, seq, || false);
-                (ring, touched, KeyedKind::Rooms)
+                let (ring, created) = self.rooms.touch(name, touch, seq, || false);
+                (ring, created, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let (ring, touched) = self.tenants.touch(name, touch, seq, || false);
-                (ring, touched, KeyedKind::Tenants)
+                let (ring, created) = self.tenants.touch(name, touch, seq, || false);
+                (ring, created, KeyedKind::Tenants)
             }
         };
         let tenant = match stream {
@@ -277,7 +276,7 @@ impl ReplayStore {
             Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
             Stream::Tenant(name) => Some(name),
         };
-        if let (Touched::Created(_), Some(tenant)) = (&touched, tenant) {
+        if let (true, Some(tenant)) = (created, tenant) {
             ring.tenant = Some(intern(&mut self.tenant_use, tenant));
         }
         ring.last_active_ms = now_ms;
@@ -296,17 +295,13 @@ impl ReplayStore {
         self.entries += 1;
         self.bytes += frame.len();
         if let Some(tenant) = ring.tenant.clone() {
+            let name = ring.name.clone();
             let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
             tenant_use.bytes = tenant_use.bytes + frame.len() - freed;
-            match touched {
-                Touched::Created(name) => {
-                    tenant_use.order.insert(touch, (kind, name));
-                }
-                Touched::Moved(old) => {
-                    if let Some(place) = tenant_use.order.remove(&old) {
-                        tenant_use.order.insert(touch, place);
-                    }
-                }
+            tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
+            match created {
+                true => tenant_use.order.insert(touch, (kind, name)),
+                false => tenant_use.order.moved(touch, (kind, name)),
             }
             self.enforce_tenant_budget(&tenant);
         }
@@ -319,34 +314,24 @@ impl ReplayStore {
     fn enforce_tenant_budget(&mut self, tenant: &str) {
         let Some(budget) = self.budgets.of(tenant) else { return };
         loop {
-            let (touch, kind, name) = {
-                let Some(tenant_use) = self.tenant_use.get(tenant).filter(|u| u.bytes > budget) else { return };
-                let Some((&touch, (kind, name))) = tenant_use.order.iter().next() else { return };
-                (touch, *kind, name.clone())
+            let (kind, name) = {
+                let Some(tenant_use) = self.tenant_use.get_mut(tenant).filter(|u| u.bytes > budget) else { return };
+                let current = current_in_tenant(&self.users, &self.rooms, &self.tenants);
+                let Some((_, (kind, name))) = tenant_use.order.front(current) else { return };
+                (*kind, name.clone())
             };
-            let keyed = match kind {
-                KeyedKind::Users => &mut self.users,
-                KeyedKind::Rooms => &mut self.rooms,
-                KeyedKind::Tenants => &mut self.tenants,
-            };
-            match keyed.rings.get_mut(&name) {
-                Some(ring) if ring.pinned && ring.entries.len() > 1 => {
-                    let freed = drop_front(ring).expect("not empty");
-                    self.entries -= 1;
-                    self.bytes -= freed;
-                    if let Some(tenant_use) = self.tenant_use.get_mut(tenant) {
-                        tenant_use.bytes -= freed;
-                    }
+            let keyed = self.keyed_mut(kind);
+            let ring = keyed.rings.get_mut(&name).expect("a current place names a ring");
+            if ring.pinned && ring.entries.len() > 1 {
+                let freed = drop_front(ring).expect("not empty");
+                self.entries -= 1;
+                self.bytes -= freed;
+                if let Some(tenant_use) = self.tenant_use.get_mut(tenant) {
+                    tenant_use.bytes -= freed;
                 }
-                Some(_) => {
-                    let ring = keyed.remove(&name).expect("present");
-                    self.forget(&ring);
-                }
-                None => {
-                    if let Some(tenant_use) = self.tenant_use.get_mut(tenant) {
-                        tenant_use.order.remove(&touch);
-                    }
-                }
+            } else {
+                let ring = keyed.remove(&name).expect("present");
+                self.forget(&ring);
             }
         }
     }
@@ -358,7 +343,11 @@ impl ReplayStore {
             return;
         }
         self.connected.insert(user.clone());
-        self.users.pin(user);
+        self.next_touch += 1;
+        let touch = self.next_touch;
+        if self.users.pin(user, touch) {
+            self.moved_in_tenant(KeyedKind::Users, user, touch);
+        }
     }
 
     /// Marks `user` as gone (its last connection here closed): its ring falls
@@ -370,15 +359,21 @@ impl ReplayStore {
         }
         self.next_touch += 1;
         let touch = self.next_touch;
-        if let Some(old) = self.users.unpin(user, touch, now_ms) {
-            let tenant = self.users.rings.get(user).and_then(|ring| ring.tenant.clone());
-            if let Some(tenant_use) = tenant.and_then(|tenant| self.tenant_use.get_mut(&*tenant)) {
-                if let Some(place) = tenant_use.order.remove(&old) {
-                    tenant_use.order.insert(touch, place);
-                }
-            }
+        if self.users.unpin(user, touch, now_ms) {
+            self.moved_in_tenant(KeyedKind::Users, user, touch);
         }
         self.enforce_bounds();
+    }
+
+    /// Moves the ring `name` of `kind`, now active at `touch`, in its
+    /// tenant's order (rings of the default namespace have none).
+    fn moved_in_tenant(&mut self, kind: KeyedKind, name: &str, touch: u64) {
+        let Some(ring) = self.keyed(kind).rings.get(name) else { return };
+        let Some(tenant) = ring.tenant.clone() else { return };
+        let name = ring.name.clone();
+        let Some(tenant_use) = self.tenant_use.get_mut(&*tenant) else { return };
+        tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
+        tenant_use.order.moved(touch, (kind, name));
     }
 
     /// True when `frame`'s id is already in `stream`'s ring (a repeat).
@@ -484,7 +479,7 @@ impl ReplayStore {
         }
         let due = |ring: &Ring| now_ms.saturating_sub(ring.last_active_ms) >= ttl;
         for kind in [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants] {
-            while self.keyed(kind).oldest().is_some_and(due) {
+            while self.keyed_mut(kind).oldest().is_some_and(due) {
                 let ring = self.keyed_mut(kind).pop_oldest().expect("a due ring");
                 self.forget(&ring);
             }
@@ -536,7 +531,7 @@ impl ReplayStore {
             // The least recently active unpinned ring of any kind goes first.
             let oldest = [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants]
                 .into_iter()
-                .filter_map(|kind| self.keyed(kind).order.keys().next().map(|&touch| (touch, kind)))
+                .filter_map(|kind| self.keyed_mut(kind).oldest().map(|ring| (ring.touch, kind)))
                 .min_by_key(|(touch, _)| *touch);
             match oldest.and_then(|(_, kind)| self.keyed_mut(kind).pop_oldest()) {
                 Some(ring) => self.forget(&ring),
@@ -549,7 +544,8 @@ impl ReplayStore {
     /// Drops the oldest entry of the least recently active pinned or broadcast
     /// ring (a pinned ring left empty goes whole); false when there is none.
     fn shorten_least_active(&mut self) -> bool {
-        let pinned = self.users.pinned.iter().next().map(|(&touch, name)| (touch, name.clone()));
+        let users = &mut self.users;
+        let pinned = users.pinned.front(current(&users.rings)).map(|(touch, name)| (touch, name.clone()));
         let broadcast = (!self.broadcast.entries.is_empty()).then_some(self.broadcast.touch);
         let freed = match pinned {
             Some((touch, name)) if broadcast.is_none_or(|b| touch < b) => {
@@ -581,8 +577,8 @@ impl ReplayStore {
         if let Some(tenant) = &ring.tenant {
             if let Some(tenant_use) = self.tenant_use.get_mut(&**tenant) {
                 tenant_use.bytes -= bytes;
-                tenant_use.order.remove(&ring.touch);
-                if tenant_use.order.is_empty() {
+                tenant_use.order.removed();
+                if tenant_use.order.len() == 0 {
                     self.tenant_use.remove(&**tenant);
                 }
             }
@@ -590,7 +586,7 @@ impl ReplayStore {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyedKind {
     Users,
     Rooms,
@@ -621,70 +617,97 @@ fn drop_front(ring: &mut Ring) -> Option<usize> {
 }
 
 impl Keyed {
-    /// The ring of `name`, created if needed (pinned when `pin_new` says so),
-    /// marked most recently active; says whether it was created or moved.
-    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> (&mut Ring, Touched) {
-        let mut touched = None;
-        if !self.rings.contains_key(name) {
-            let name: Rc<str> = Rc::from(name);
-            let pinned = pin_new();
-            self.rings.insert(name.clone(), Ring { created_at: seq - 1, touch, pinned, ..Ring::default() });
-            if pinned { &mut self.pinned } else { &mut self.order }.insert(touch, name.clone());
-            touched = Some(Touched::Created(name));
-        }
-        let ring = self.rings.get_mut(name).expect("present");
-        let old = ring.touch;
-        if ring.touch != touch {
-            let order = if ring.pinned { &mut self.pinned } else { &mut self.order };
-            if let Some(name) = order.remove(&ring.touch) {
-                order.insert(touch, name);
+    /// The ring of `name`, created if needed (pinned when `pin_new` says
+    /// so), marked most recently active (`touch`); true when created.
+    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> (&mut Ring, bool) {
+        let Keyed { rings, order, pinned, .. } = self;
+        order.sweep(current(rings));
+        pinned.sweep(current(rings));
+        let created = match rings.get_mut(name) {
+            Some(ring) => {
+                ring.touch = touch;
+                if ring.pinned { &mut *pinned } else { &mut *order }.moved(touch, ring.name.clone());
+                false
             }
-            ring.touch = touch;
-        }
-        (ring, touched.unwrap_or(Touched::Moved(old)))
+            None => {
+                let name: Rc<str> = Rc::from(name);
+                let is_pinned = pin_new();
+                let ring =
+                    Ring { name: name.clone(), created_at: seq - 1, touch, pinned: is_pinned, ..Ring::default() };
+                rings.insert(name.clone(), ring);
+                if is_pinned { &mut *pinned } else { &mut *order }.insert(touch, name);
+                true
+            }
+        };
+        (rings.get_mut(name).expect("present"), created)
     }
 
-    /// Takes `name`'s ring, if any, out of the count cap and TTL order.
-    fn pin(&mut self, name: &str) {
-        if let Some(ring) = self.rings.get_mut(name).filter(|ring| !ring.pinned) {
-            if let Some(name) = self.order.remove(&ring.touch) {
-                self.pinned.insert(ring.touch, name);
-            }
-            ring.pinned = true;
-        }
+    /// Takes `name`'s ring, if any, out of the count cap and TTL order: a
+    /// connection counts as activity (`touch`). True when it moved.
+    fn pin(&mut self, name: &str, touch: u64) -> bool {
+        let Keyed { rings, order, pinned, .. } = self;
+        pinned.sweep(current(rings));
+        let Some(ring) = rings.get_mut(name).filter(|ring| !ring.pinned) else { return false };
+        ring.pinned = true;
+        ring.touch = touch;
+        order.removed();
+        pinned.insert(touch, ring.name.clone());
+        true
     }
 
     /// Puts `name`'s ring, if any, back in the count cap and TTL order as the
     /// most recently active (`touch`), active at `now_ms` at the earliest;
-    /// returns its previous activity mark when it moved.
-    fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) -> Option<u64> {
-        let ring = self.rings.get_mut(name).filter(|ring| ring.pinned)?;
-        let old = ring.touch;
-        if let Some(name) = self.pinned.remove(&ring.touch) {
-            self.order.insert(touch, name);
-        }
+    /// true when it moved.
+    fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) -> bool {
+        let Keyed { rings, order, pinned, .. } = self;
+        order.sweep(current(rings));
+        let Some(ring) = rings.get_mut(name).filter(|ring| ring.pinned) else { return false };
         ring.pinned = false;
         ring.touch = touch;
         ring.last_active_ms = ring.last_active_ms.max(now_ms);
-        Some(old)
+        pinned.removed();
+        order.insert(touch, ring.name.clone());
+        true
     }
 
-    fn oldest(&self) -> Option<&Ring> {
-        self.order.values().next().and_then(|name| self.rings.get(name))
+    /// The least recently active ring the count cap and TTL may drop.
+    fn oldest(&mut self) -> Option<&Ring> {
+        let (_, name) = self.order.front(current(&self.rings))?;
+        self.rings.get(name)
     }
 
     fn pop_oldest(&mut self) -> Option<Ring> {
-        let (_, name) = self.order.pop_first()?;
-        let ring = self.rings.remove(&name)?;
-        self.forgotten_through = self.forgotten_through.max(newest(&ring));
-        Some(ring)
+        let name = self.order.front(current(&self.rings))?.1.clone();
+        self.remove(&name)
     }
 
     fn remove(&mut self, name: &str) -> Option<Ring> {
         let ring = self.rings.remove(name)?;
-        if ring.pinned { &mut self.pinned } else { &mut self.order }.remove(&ring.touch);
+        if ring.pinned { &mut self.pinned } else { &mut self.order }.removed();
         self.forgotten_through = self.forgotten_through.max(newest(&ring));
         Some(ring)
+    }
+}
+
+/// Whether a place in a [`Keyed`] order is current: its ring is there and
+/// still holds that activity mark.
+fn current(rings: &AHashMap<Rc<str>, Ring>) -> impl Fn(u64, &Rc<str>) -> bool + '_ {
+    move |touch, name| rings.get(name).is_some_and(|ring| ring.touch == touch)
+}
+
+/// Whether a place in a tenant's order is current (see [`current`]).
+fn current_in_tenant<'a>(
+    users: &'a Keyed,
+    rooms: &'a Keyed,
+    tenants: &'a Keyed,
+) -> impl Fn(u64, &(KeyedKind, Rc<str>)) -> bool + 'a {
+    move |touch, (kind, name)| {
+        let keyed = match kind {
+            KeyedKind::Users => users,
+            KeyedKind::Rooms => rooms,
+            KeyedKind::Tenants => tenants,
+        };
+        current(&keyed.rings)(touch, name)
     }
 }
 
@@ -978,6 +1001,41 @@ mod tests {
         publish(&mut store, Stream::User("q"), "q5", 0);
         assert!(store.usage().bytes <= 8 * frame);
         assert_eq!(resume(&store, "q", "q5"), (false, vec![]), "a new ring for q, still connected");
+    }
+
+    #[test]
+    fn a_connection_counts_as_activity_for_the_byte_bound() {
+        let frame = encode("p1", None, b"x").len();
+        let mut store = ReplayStore::new(ReplayLimits { max_bytes: 4 * frame, ..limits(10) });
+        for id in ["p1", "p2"] {
+            publish(&mut store, Stream::User("p"), id, 0);
+        }
+        for id in ["q1", "q2"] {
+            publish(&mut store, Stream::User("q"), id, 0);
+        }
+        pin(&mut store, "q");
+        pin(&mut store, "p");
+        publish(&mut store, Stream::User("r"), "r1", 0);
+        assert!(resume(&store, "r", "r1").0, "an unpinned ring goes before pinned ones");
+        pin(&mut store, "r");
+        publish(&mut store, Stream::User("r"), "r2", 0);
+        assert_eq!(resume(&store, "q", "q1"), (true, vec!["q2".into()]), "q connected before p: shortened first");
+        assert_eq!(resume(&store, "p", "p1"), (false, vec!["p2".into()]));
+    }
+
+    #[test]
+    fn many_moves_keep_the_activity_orders_small() {
+        let mut store = ReplayStore::new(limits(4));
+        pin(&mut store, "p");
+        for round in 0..5_000 {
+            for user in ["p", "a", "b"] {
+                publish(&mut store, Stream::User(user), &format!("{user}{round}"), 0);
+            }
+        }
+        let places = |order: &ActivityOrder<Rc<str>>| order.places();
+        assert!(places(&store.users.order) <= 2 * 2 + 33, "{}", places(&store.users.order));
+        assert!(places(&store.users.pinned) <= 2 + 33, "{}", places(&store.users.pinned));
+        assert_eq!(resume(&store, "a", "a4998"), (false, vec!["a4999".into()]));
     }
 
     #[test]
