@@ -24,7 +24,19 @@ pub const SEPARATOR: char = '\0';
 /// True for a valid user id, room or tenant name: 1–128 bytes of UTF-8
 /// without control characters, `,` or `/`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(|c| c.is_control() || c == ',' || c == '/')
+    // Byte by byte, as every published message's target is checked: the
+    // control characters (Unicode `Cc`) are the one-byte C0 set and DEL, and
+    // C1 (U+0080-U+009F), which UTF-8 writes as 0xC2 followed by 0x80-0x9F.
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME
+        && !bytes.iter().enumerate().any(|(at, &b)| {
+            b < 0x20
+                || b == 0x7f
+                || b == b','
+                || b == b'/'
+                || (b == 0xc2 && bytes.get(at + 1).is_some_and(|next| (0x80..=0x9f).contains(next)))
+        })
 }
 
 /// The plain name of an internal key of any namespace (for logs, which
@@ -119,6 +131,16 @@ mod tests {
         assert!(!valid_name("a\0b"));
         assert!(valid_name(&"x".repeat(128)));
         assert!(!valid_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn every_control_character_and_only_those_is_refused() {
+        for c in (0..0x3000).chain([0xfeff, 0x1f600]).filter_map(char::from_u32) {
+            let refused = c.is_control() || c == ',' || c == '/';
+            for name in [format!("{c}"), format!("a{c}"), format!("{c}z"), format!("\u{e9}{c}\u{e9}")] {
+                assert_eq!(valid_name(&name), !refused, "{name:?}");
+            }
+        }
     }
 
     #[test]
