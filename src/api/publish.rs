@@ -23,7 +23,7 @@ use super::{param, query_params};
 use crate::bus::{self, Bus, Outgoing};
 use crate::events::{Event, EventKind};
 use crate::http::request::Request;
-use crate::http::response::{Response, JSON};
+use crate::http::response::{decimal, Response, JSON};
 use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
@@ -399,20 +399,9 @@ impl Outcome<'_> {
     }
 }
 
-/// `n` in decimal digits, without the formatting machinery (a third of a
-/// batch answer's cost per message went to it).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+/// `n` in decimal digits (see [`decimal`]).
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
 }
 
 /// The `publish` lifecycle event of one message and its result.

@@ -67,11 +67,13 @@ pub fn pairs(query: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
 /// Decoded path segments after the leading `/` (`+` stays literal in paths),
 /// borrowed from `path` unless escaped.
 pub fn segments(path: &[u8]) -> Result<Vec<Cow<'_, str>>, DecodeError> {
-    path.strip_prefix(b"/")
-        .unwrap_or(path)
-        .split(|&b| b == b'/')
-        .map(|segment| decode_borrowed(segment, false))
-        .collect()
+    let path = path.strip_prefix(b"/").unwrap_or(path);
+    // Most paths hold no escape: checked whole once, split as text.
+    if memchr::memchr(b'%', path).is_none() {
+        let text = std::str::from_utf8(path).map_err(|_| DecodeError)?;
+        return Ok(text.split('/').map(Cow::Borrowed).collect());
+    }
+    path.split(|&b| b == b'/').map(|segment| decode_borrowed(segment, false)).collect()
 }
 
 #[cfg(test)]

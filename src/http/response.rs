@@ -56,14 +56,17 @@ impl Response {
     /// the same headers, Content-Length included, and no body).
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> BytesMut {
         let mut out = BytesMut::with_capacity(160 + self.body.len());
+        let mut digits = [0; 20];
         out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(self.status.to_string().as_bytes());
+        out.put_slice(decimal(u64::from(self.status), &mut digits));
         out.put_u8(b' ');
         out.put_slice(reason(self.status).as_bytes());
         out.put_slice(b"\r\n");
         if !self.body.is_empty() || self.status != 204 {
             put_header(&mut out, "Content-Type", self.content_type);
-            put_header(&mut out, "Content-Length", &self.body.len().to_string());
+            out.put_slice(b"Content-Length: ");
+            out.put_slice(decimal(self.body.len() as u64, &mut digits));
+            out.put_slice(b"\r\n");
         }
         for (name, value) in &self.headers {
             put_header(&mut out, name, value);
@@ -74,6 +77,21 @@ impl Response {
             out.put_slice(&self.body);
         }
         out
+    }
+}
+
+/// `n` in decimal digits, written into `digits` without the formatting
+/// machinery or a string (every answer has two numbers, a batch answer two
+/// per message).
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
     }
 }
 
@@ -109,6 +127,13 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_read_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 200, 1_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn encodes_json_errors_and_head() {
