@@ -117,10 +117,9 @@ impl ShardCtx {
             // Only room changes address one connection.
             Target::Connection(_) => return 0,
         };
-        if delivery.skip_known_id && replay.knows(stream, frame) {
+        if !replay.record(stream, frame, self.clock_ms.get(), delivery.skip_known_id) {
             return 0;
         }
-        replay.record(stream, frame, self.clock_ms.get());
         let mut tally = Tally::default();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {

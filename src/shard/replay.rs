@@ -91,6 +91,13 @@ impl Entry {
     }
 }
 
+impl Ring {
+    /// True when an entry has the id `id`.
+    fn holds(&self, id: &[u8]) -> bool {
+        self.entries.iter().any(|e| e.id() == id)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Ring {
     /// The name it is kept under (shared with the map's key).
@@ -243,34 +250,42 @@ impl ReplayStore {
     }
 
     /// Records a frame published to `stream` (frames start with `id: <id>\n`).
-    pub fn record(&mut self, stream: Stream<'_>, frame: &Bytes, now_ms: u64) {
+    /// With `skip_known` (a frame from another instance) a frame whose id
+    /// the ring already holds is a repeat: nothing is recorded and the
+    /// answer is false (deliver it to nobody).
+    pub fn record(&mut self, stream: Stream<'_>, frame: &Bytes, now_ms: u64, skip_known: bool) -> bool {
         if !self.enabled() {
-            return;
+            return true;
         }
-        let Some(id_len) = frame_id_len(frame) else { return };
-        self.next_seq += 1;
-        self.next_touch += 1;
-        let (seq, touch, capacity) = (self.next_seq, self.next_touch, self.limits.entries);
-        let entry = Entry { seq, id_len, frame: frame.clone() };
+        let Some(id_len) = frame_id_len(frame) else { return true };
+        let id = &frame[4..4 + id_len as usize];
+        let known = |ring: &Ring| skip_known && ring.holds(id);
+        let (seq, touch, capacity) = (self.next_seq + 1, self.next_touch + 1, self.limits.entries);
         let (ring, created, kind) = match stream {
+            Stream::All if known(&self.broadcast) => return false,
             Stream::All => {
                 self.broadcast.touch = touch;
                 (&mut self.broadcast, false, KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let (ring, created) = self.users.touch(name, touch, seq, || connected.contains(name));
+                let Some((ring, created)) = self.users.touch(name, touch, seq, || connected.contains(name), known)
+                else {
+                    return false;
+                };
                 (ring, created, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let (ring, created) = self.rooms.touch(name, touch, seq, || false);
+                let Some((ring, created)) = self.rooms.touch(name, touch, seq, || false, known) else { return false };
                 (ring, created, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let (ring, created) = self.tenants.touch(name, touch, seq, || false);
+                let Some((ring, created)) = self.tenants.touch(name, touch, seq, || false, known) else { return false };
                 (ring, created, KeyedKind::Tenants)
             }
         };
+        (self.next_seq, self.next_touch) = (seq, touch);
+        let entry = Entry { seq, id_len, frame: frame.clone() };
         let tenant = match stream {
             Stream::All => None,
             Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
@@ -306,6 +321,7 @@ impl ReplayStore {
             self.enforce_tenant_budget(&tenant);
         }
         self.enforce_bounds();
+        true
     }
 
     /// Evicts `tenant`'s own least recently active rings while it is over
@@ -374,19 +390,6 @@ impl ReplayStore {
         let Some(tenant_use) = self.tenant_use.get_mut(&*tenant) else { return };
         tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
         tenant_use.order.moved(touch, (kind, name));
-    }
-
-    /// True when `frame`'s id is already in `stream`'s ring (a repeat).
-    pub fn knows(&self, stream: Stream<'_>, frame: &[u8]) -> bool {
-        let Some(id_len) = frame_id_len(frame) else { return false };
-        let id = &frame[4..4 + id_len as usize];
-        let ring = match stream {
-            Stream::All => Some(&self.broadcast),
-            Stream::User(name) => self.users.rings.get(name),
-            Stream::Room(name) => self.rooms.rings.get(name),
-            Stream::Tenant(name) => self.tenants.rings.get(name),
-        };
-        ring.is_some_and(|ring| ring.entries.iter().any(|e| e.id() == id))
     }
 
     /// Frames for a new connection of `user` in `rooms` of `tenant` (`None`:
@@ -619,11 +622,21 @@ fn drop_front(ring: &mut Ring) -> Option<usize> {
 impl Keyed {
     /// The ring of `name`, created if needed (pinned when `pin_new` says
     /// so), marked most recently active (`touch`); true when created.
-    fn touch(&mut self, name: &str, touch: u64, seq: u64, pin_new: impl FnOnce() -> bool) -> (&mut Ring, bool) {
+    /// `None`, and nothing changed, when the ring exists and `known` says
+    /// the message is a repeat.
+    fn touch(
+        &mut self,
+        name: &str,
+        touch: u64,
+        seq: u64,
+        pin_new: impl FnOnce() -> bool,
+        known: impl FnOnce(&Ring) -> bool,
+    ) -> Option<(&mut Ring, bool)> {
         let Keyed { rings, order, pinned, .. } = self;
         order.sweep(current(rings));
         pinned.sweep(current(rings));
         let created = match rings.get_mut(name) {
+            Some(ring) if known(ring) => return None,
             Some(ring) => {
                 ring.touch = touch;
                 if ring.pinned { &mut *pinned } else { &mut *order }.moved(touch, ring.name.clone());
@@ -639,7 +652,7 @@ impl Keyed {
                 true
             }
         };
-        (rings.get_mut(name).expect("present"), created)
+        Some((rings.get_mut(name).expect("present"), created))
     }
 
     /// Takes `name`'s ring, if any, out of the count cap and TTL order: a
@@ -791,8 +804,19 @@ mod tests {
             .collect()
     }
 
+    /// True when `stream`'s ring holds the id `id`.
+    fn holds(store: &ReplayStore, stream: Stream<'_>, id: &str) -> bool {
+        let ring = match stream {
+            Stream::All => Some(&store.broadcast),
+            Stream::User(name) => store.users.rings.get(name),
+            Stream::Room(name) => store.rooms.rings.get(name),
+            Stream::Tenant(name) => store.tenants.rings.get(name),
+        };
+        ring.is_some_and(|ring| ring.holds(id.as_bytes()))
+    }
+
     fn publish(store: &mut ReplayStore, stream: Stream<'_>, id: &str, now: u64) {
-        store.record(stream, &encode(id, None, b"x"), now);
+        assert!(store.record(stream, &encode(id, None, b"x"), now, false));
     }
 
     #[test]
@@ -1057,14 +1081,18 @@ mod tests {
     }
 
     #[test]
-    fn knows_ids_in_the_targets_ring_only() {
+    fn a_repeat_is_an_id_in_the_targets_ring_only() {
         let mut store = ReplayStore::new(limits(5));
         publish(&mut store, Stream::User("u"), "1", 0);
         publish(&mut store, Stream::All, "2", 0);
-        assert!(store.knows(Stream::User("u"), &encode("1", None, b"other data")));
-        assert!(!store.knows(Stream::User("v"), &encode("1", None, b"x")));
-        assert!(!store.knows(Stream::All, &encode("1", None, b"x")));
-        assert!(store.knows(Stream::All, &encode("2", Some("e"), b"x")));
+        let entries = store.usage().entries;
+        assert!(!store.record(Stream::User("u"), &encode("1", None, b"other data"), 0, true));
+        assert!(!store.record(Stream::All, &encode("2", Some("e"), b"x"), 0, true));
+        assert_eq!(store.usage().entries, entries, "a repeat is not recorded");
+        assert!(store.record(Stream::User("u"), &encode("1", None, b"again"), 0, false), "unless it may repeat");
+        assert!(store.record(Stream::User("v"), &encode("1", None, b"x"), 0, true));
+        assert!(store.record(Stream::All, &encode("1", None, b"x"), 0, true));
+        assert_eq!(store.usage().entries, entries + 3);
     }
 
     #[test]
@@ -1087,13 +1115,13 @@ mod tests {
         assert!(foreign.gap, "another namespace's id is unknown here");
         assert_eq!(ids(&foreign), ["t1", "t2", "t3"]);
         assert_eq!(store.usage().rooms, 4, "2 rooms + 2 tenant broadcast rings");
-        assert!(store.knows(Stream::Tenant("acme"), &encode("t3", None, b"x")));
-        assert!(!store.knows(Stream::All, &encode("t3", None, b"x")));
+        assert!(holds(&store, Stream::Tenant("acme"), "t3"));
+        assert!(!holds(&store, Stream::All, "t3"));
 
         store.clear_namespace(&acme);
         assert!(store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("t1")).gap);
         assert_eq!(ids(&store.replay(Some("u"), &default_rooms, None, Some("d1"))), ["d2", "d3"], "untouched");
-        assert!(store.knows(Stream::Tenant("globex"), &encode("g1", None, b"x")), "untouched");
+        assert!(holds(&store, Stream::Tenant("globex"), "g1"), "untouched");
         store.clear_namespace(&Namespace::DEFAULT);
         assert_eq!(store.usage().users, 0);
         assert_eq!(store.usage().rooms, 1, "globex's broadcast ring is left");
