@@ -865,6 +865,42 @@ mod tests {
         assert!(matches!(&fields.target, Target::Room(room) if &**room == "b"), "the last of a repeated member");
     }
 
+    /// The refusal's words for a batch body, or the messages' own.
+    fn batch_refusal(body: &str, ndjson: bool) -> Result<Vec<Result<String, String>>, String> {
+        match batch_messages(body.as_bytes(), ndjson) {
+            Ok(messages) => Ok(messages.map(|m| m.map(|fields| fields.data.into_owned())).collect()),
+            Err(refusal) => Err(serde_json::from_slice::<Value>(&refusal.body).unwrap()["message"].to_string()),
+        }
+    }
+
+    #[test]
+    fn a_json_batch_is_refused_with_what_is_wrong_and_where() {
+        let refused = |body: &str| batch_refusal(body, false).expect_err(body);
+        assert!(refused("{nope").contains("the body is not a JSON object"));
+        assert!(refused("[]").contains("the body is not a JSON object"));
+        assert!(refused(r#"{"messages":[{"user":"a","data":1}]} x"#).contains("the body is not a JSON object"));
+        assert!(refused(r#"{"messages":[{"user":"a","data":1},{"user":"b","data":}]}"#).contains("not a JSON object"));
+        assert!(refused(r#"{"messages":"x"}"#).contains("`messages` must be an array"));
+        assert!(refused("{}").contains("the body needs a `messages` array"));
+        assert!(refused(r#"{"messages":[]}"#).contains("`messages` is empty"));
+        assert!(refused(r#"{"messages":[{"all":true,"data":1},2]}"#).contains("messages[1]: must be a JSON object"));
+        assert!(refused(r#"{"messages":[{"user":1,"data":1}]}"#).contains("messages[0]: `user` must be a string"));
+        assert!(refused(r#"{"messages":[{"data":1}]}"#).contains("messages[0]: needs exactly one target"));
+        let read =
+            batch_refusal(r#"{"other":[1],"messages":[{"all":true,"data":{"a":1}},{"room":"r","data":"x"}]}"#, false);
+        assert_eq!(read, Ok(vec![Ok(r#"{"a":1}"#.to_owned()), Ok("x".to_owned())]));
+    }
+
+    #[test]
+    fn an_ndjson_batch_is_read_line_by_line() {
+        assert!(batch_refusal(" \n\t\n", true).unwrap_err().contains("`messages` is empty"));
+        let read = batch_refusal("{\"all\":true,\"data\":1}\r\n\n-\n{\"user\":2,\"data\":1}\n", true).unwrap();
+        assert_eq!(read[0], Ok("1".to_owned()), "a CRLF line");
+        assert!(read[1].as_ref().unwrap_err().starts_with("not valid JSON"), "{:?}", read[1]);
+        assert_eq!(read[2], Err("`user` must be a string".to_owned()));
+        assert_eq!(read.len(), 3, "blank lines are no messages");
+    }
+
     #[test]
     fn a_message_member_of_the_wrong_kind_is_named() {
         assert_eq!(parsed(r#"{"user":1,"data":"x"}"#).err().unwrap(), "`user` must be a string");
