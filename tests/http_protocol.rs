@@ -406,6 +406,30 @@ fn idle_keep_alive_connection_is_not_answered_408() {
 }
 
 #[test]
+fn a_kept_alive_connection_idle_past_idle_timeout_is_closed_unanswered() {
+    for driver in drivers() {
+        let server = Server::start_with_driver(driver, &["--idle-timeout", "400ms", "--read-timeout", "5s"]);
+        let addr = server.api;
+        let mut stream = tcp_connect(addr);
+        // Two requests on the connection, each read within its own deadline,
+        // then silence.
+        for _ in 0..2 {
+            stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+            thread::sleep(Duration::from_millis(200));
+        }
+        let started = Instant::now();
+        let (raw, closed) = read_to_eof(&mut stream, IO_TIMEOUT);
+        let elapsed = started.elapsed();
+        assert!(closed, "{driver}: an idle connection stays open");
+        assert!(elapsed >= Duration::from_millis(100), "{driver}: closed too early ({elapsed:?})");
+        assert!(elapsed < Duration::from_secs(4), "{driver}: --read-timeout applied, not --idle-timeout ({elapsed:?})");
+        let responses = parse_responses(&raw);
+        assert_eq!(responses.len(), 2, "{driver}: two answers and no 408: {:?}", String::from_utf8_lossy(&raw));
+        assert!(responses.iter().all(|r| r.status == 200), "{driver}");
+    }
+}
+
+#[test]
 fn error_bodies_are_json_with_content_length() {
     let server = Server::start(&[]);
     let resp = http(server.api, "GET", "/definitely/not/here", &[], b"");

@@ -7,14 +7,18 @@
 //! within the shard's `--body-budget`. A body nobody may read is never
 //! buffered: the answer goes out and the connection closes.
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
 use super::access;
 use crate::api::{self, Role, Routed, Services};
@@ -67,8 +71,9 @@ pub async fn serve(
     let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
     let mut buf = BytesMut::new();
     let mut first = true;
+    let mut timer = ReadTimer::default();
     loop {
-        let request = match read_head(&mut stream, &mut buf, limits, &ctx, first).await {
+        let request = match read_head(&mut stream, &mut buf, limits, &ctx, first, &mut timer).await {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(error) => {
@@ -91,13 +96,15 @@ pub async fn serve(
         };
         let limit = admitted.body_limit(config);
         let (body, _charge) = match limit {
-            Some(limit) if unread_body => match read_body(&mut stream, &mut buf, &request, limit, &ctx).await {
-                Ok(read) => read,
-                Err(error) => {
-                    refuse(&ctx, &mut stream, error).await;
-                    break;
+            Some(limit) if unread_body => {
+                match read_body(&mut stream, &mut buf, &request, limit, &ctx, &mut timer).await {
+                    Ok(read) => read,
+                    Err(error) => {
+                        refuse(&ctx, &mut stream, error).await;
+                        break;
+                    }
                 }
-            },
+            }
             _ => (Bytes::new(), BodyCharge::none(&ctx)),
         };
         match api::route(&ctx, &services, &request, admitted, body).await {
@@ -234,6 +241,7 @@ async fn read_head(
     limits: HeadLimits,
     ctx: &ShardCtx,
     first: bool,
+    timer: &mut ReadTimer,
 ) -> Result<Option<Request>, Error> {
     let config = &ctx.shared.config;
     let mut receiving = first;
@@ -251,7 +259,7 @@ async fn read_head(
         let had_bytes = !buf.is_empty();
         // A full buffer holding part of a head doubles; an empty one asks for a head's worth.
         let want = if had_bytes { buf.len().clamp(FIRST_READ, READ_CHUNK) } else { FIRST_READ };
-        match read_some(stream, buf, deadline, want).await {
+        match read_some(stream, buf, timer, deadline, want).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if had_bytes => return Err(Error::UnexpectedEof),
             ReadOutcome::Eof => return Ok(None),
@@ -270,6 +278,7 @@ async fn read_body<'a>(
     request: &Request,
     limit: usize,
     ctx: &'a ShardCtx,
+    timer: &mut ReadTimer,
 ) -> Result<(Bytes, BodyCharge<'a>), Error> {
     let mut decoder = BodyDecoder::new(request.body, limit)?;
     let mut charge = BodyCharge::none(ctx);
@@ -286,7 +295,7 @@ async fn read_body<'a>(
             return Ok((body.freeze(), charge));
         }
         charge.raise_to(decoder.received() + buf.len())?;
-        match read_some(stream, buf, deadline, READ_CHUNK).await {
+        match read_some(stream, buf, timer, deadline, READ_CHUNK).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof => return Err(Error::UnexpectedEof),
             ReadOutcome::TimedOut => return Err(Error::Timeout),
@@ -396,25 +405,58 @@ enum ReadOutcome {
     TimedOut,
 }
 
+/// One timer for every read of a connection, moved to each read's deadline:
+/// a timer made and dropped per read (and the timeout future around it,
+/// moved as it was awaited) cost ~800 instructions a request. Boxed, made
+/// at the first read: monoio's timer is 640 bytes, which held in the
+/// connection's task would make every waiting connection that much larger.
+#[derive(Default)]
+struct ReadTimer(Option<Pin<Box<Sleep>>>);
+
+impl ReadTimer {
+    /// The timer, due at `deadline`.
+    fn due(&mut self, deadline: monoio::time::Instant) -> Pin<&mut Sleep> {
+        match &mut self.0 {
+            Some(timer) if timer.deadline() == deadline => {}
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.0 = Some(Box::pin(monoio::time::sleep_until(deadline))),
+        }
+        self.0.as_mut().expect("made above").as_mut()
+    }
+}
+
 /// Appends what arrives to `buf`, first growing it by `want` when less than
-/// [`MIN_SPARE`] bytes of room are left.
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant, want: usize) -> ReadOutcome {
+/// [`MIN_SPARE`] bytes of room are left; gives up at `deadline` (at least a
+/// millisecond from now).
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timer: &mut ReadTimer,
+    deadline: Instant,
+    want: usize,
+) -> ReadOutcome {
     if buf.capacity() - buf.len() < MIN_SPARE {
         buf.reserve(want);
     }
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    match monoio::time::timeout(remaining, stream.read(spare)).await {
-        Ok((result, returned)) => {
+    let deadline = monoio::time::Instant::from_std(deadline.max(Instant::now() + Duration::from_millis(1)));
+    let mut timer = timer.due(deadline);
+    let mut read = pin!(stream.read(spare));
+    let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Some(done)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    });
+    match read.await {
+        Some((result, returned)) => {
             *buf = returned.into_inner();
             match result {
                 Ok(0) | Err(_) => ReadOutcome::Eof,
                 Ok(_) => ReadOutcome::Data,
             }
         }
-        Err(_) => ReadOutcome::TimedOut,
+        None => ReadOutcome::TimedOut,
     }
 }
 
