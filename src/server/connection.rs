@@ -259,6 +259,9 @@ async fn read_head(
         let had_bytes = !buf.is_empty();
         // A full buffer holding part of a head doubles; an empty one asks for a head's worth.
         let want = if had_bytes { buf.len().clamp(FIRST_READ, READ_CHUNK) } else { FIRST_READ };
+        // A connection's first request (a subscriber's only one) reads
+        // without the kept timer (see `ReadTimer`).
+        let timer = if first { None } else { Some(&mut *timer) };
         match read_some(stream, buf, timer, deadline, want).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if had_bytes => return Err(Error::UnexpectedEof),
@@ -295,7 +298,7 @@ async fn read_body<'a>(
             return Ok((body.freeze(), charge));
         }
         charge.raise_to(decoder.received() + buf.len())?;
-        match read_some(stream, buf, timer, deadline, READ_CHUNK).await {
+        match read_some(stream, buf, Some(&mut *timer), deadline, READ_CHUNK).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof => return Err(Error::UnexpectedEof),
             ReadOutcome::TimedOut => return Err(Error::Timeout),
@@ -405,11 +408,15 @@ enum ReadOutcome {
     TimedOut,
 }
 
-/// One timer for every read of a connection, moved to each read's deadline:
-/// a timer made and dropped per read (and the timeout future around it,
-/// moved as it was awaited) cost ~800 instructions a request. Boxed, made
-/// at the first read: monoio's timer is 640 bytes, which held in the
-/// connection's task would make every waiting connection that much larger.
+/// One timer for the reads of a kept-alive connection, moved to each read's
+/// deadline: a timer made and dropped per read (and the timeout future
+/// around it, moved as it was awaited) cost ~800 instructions a request.
+/// Boxed, made at its first use: monoio's timer is 640 bytes, which held in
+/// the connection's task would make every waiting connection that much
+/// larger. Not used for a connection's first head: a subscriber, which sends
+/// one, would allocate it only to free it at the hand-over, and those frees
+/// among the streams' long-lived allocations left holes (idle memory per
+/// subscriber 584 → 750 B, `loadtest/scenarios/idle.sh`).
 #[derive(Default)]
 struct ReadTimer(Option<Pin<Box<Sleep>>>);
 
@@ -427,11 +434,11 @@ impl ReadTimer {
 
 /// Appends what arrives to `buf`, first growing it by `want` when less than
 /// [`MIN_SPARE`] bytes of room are left; gives up at `deadline` (at least a
-/// millisecond from now).
+/// millisecond from now), timed by `timer` or, without one, a timer of its own.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    timer: &mut ReadTimer,
+    timer: Option<&mut ReadTimer>,
     deadline: Instant,
     want: usize,
 ) -> ReadOutcome {
@@ -442,13 +449,20 @@ async fn read_some(
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
     let deadline = monoio::time::Instant::from_std(deadline.max(Instant::now() + Duration::from_millis(1)));
-    let mut timer = timer.due(deadline);
-    let mut read = pin!(stream.read(spare));
-    let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
-        Poll::Ready(done) => Poll::Ready(Some(done)),
-        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-    });
-    match read.await {
+    let read = stream.read(spare);
+    let done = match timer {
+        Some(timer) => {
+            let mut timer = timer.due(deadline);
+            let mut read = pin!(read);
+            std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                Poll::Ready(done) => Poll::Ready(Some(done)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await
+        }
+        None => monoio::time::timeout_at(deadline, read).await.ok(),
+    };
+    match done {
         Some((result, returned)) => {
             *buf = returned.into_inner();
             match result {
