@@ -4,13 +4,16 @@
 Starts the release binary with one shard, a watcher subscribed as user `w`,
 and a prober that publishes to `w` every 5 ms (each message carries its send
 time), then posts one large NDJSON batch (--batch-bytes, default 16 MiB of
-small messages to users nobody else is). Prints the watcher's delivery
+small messages to users nobody else is; --json: the same as one
+`{"messages":[…]}` body, which is read whole before its messages are
+prepared, where NDJSON lines are read as the preparing loop reaches them). Prints the watcher's delivery
 latency (median, p99, max) while the batch runs, and how long it took: a
 shard that yields cooperatively keeps the max near the time of one slice of
 work, not of the whole batch.
 
     cargo build --release
     loadtest/scenarios/stall.py
+    loadtest/scenarios/stall.py --json
 """
 import argparse
 import http.client
@@ -69,6 +72,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/ssekify"))
     parser.add_argument("--batch-bytes", type=int, default=16 << 20)
+    parser.add_argument("--json", action="store_true", help="one JSON body instead of NDJSON")
     args = parser.parse_args()
     public, api = free_port(), free_port()
     server = subprocess.Popen(
@@ -86,15 +90,19 @@ def main():
         time.sleep(1)
         conn = http.client.HTTPConnection("127.0.0.1", api, timeout=600)
         line_bytes = len(json.dumps({"user": "nobody000000", "data": "x"})) + 1
-        count = args.batch_bytes // line_bytes
-        body = "\n".join(json.dumps({"user": f"nobody{i:06d}", "data": "x"}) for i in range(count)).encode()
+        count = (args.batch_bytes - 16) // line_bytes  # room for the JSON form's wrapper
+        messages = [json.dumps({"user": f"nobody{i:06d}", "data": "x"}) for i in range(count)]
+        if args.json:
+            body, kind, form = ('{"messages":[' + ",".join(messages) + "]}").encode(), "application/json", "JSON"
+        else:
+            body, kind, form = "\n".join(messages).encode(), "application/x-ndjson", "NDJSON"
         started = time.time()
-        conn.request("POST", "/v1/publish", body, {"Content-Type": "application/x-ndjson"})
+        conn.request("POST", "/v1/publish", body, {"Content-Type": kind})
         answer = conn.getresponse()
         answer.read()
         if answer.status != 200:
             raise SystemExit(f"the batch was refused: {answer.status}")
-        what = f"one NDJSON batch of {count:,} messages ({len(body) / (1 << 20):.1f} MiB)"
+        what = f"one {form} batch of {count:,} messages ({len(body) / (1 << 20):.1f} MiB)"
         finished = time.time()
         time.sleep(0.5)
         stop.set()
