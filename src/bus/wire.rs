@@ -45,9 +45,9 @@ pub struct WireMessage {
     /// Recipients, in internal keys.
     pub target: Target,
     /// Event id, assigned by the publishing instance.
-    pub id: String,
+    pub id: WireText,
     /// Event name.
-    pub event: Option<String>,
+    pub event: Option<WireText>,
     /// Payload.
     pub data: Bytes,
     /// Set for a live room change (id, event and data are then empty).
@@ -151,9 +151,9 @@ fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
     let key = text(take_short(input)?)?;
     let target = match kind {
         0 if key.is_empty() => Target::All,
-        1 if valid_key(&key) => Target::User(key.into()),
-        2 if valid_key(&key) => Target::Room(key.into()),
-        3 if valid_name(&key) => Target::Tenant(key.into()),
+        1 if valid_key(&key) => Target::User((*key).into()),
+        2 if valid_key(&key) => Target::Room((*key).into()),
+        3 if valid_name(&key) => Target::Tenant((*key).into()),
         0..=3 => return Err(WireError("invalid target name")),
         _ => return Err(WireError("unknown target")),
     };
@@ -186,7 +186,7 @@ fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, Wire
     let who = input.get_u8();
     let key = text(take_short(input)?)?;
     let target = match who {
-        1 if valid_key(&key) => Target::User(key.into()),
+        1 if valid_key(&key) => Target::User((*key).into()),
         6 => Target::Connection(ConnId::parse(&key).ok_or(WireError("invalid connection id"))?),
         1 => return Err(WireError("invalid target name")),
         _ => return Err(WireError("unknown room change target")),
@@ -195,8 +195,8 @@ fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, Wire
     if !valid_key(&room) {
         return Err(WireError("invalid room name"));
     }
-    let room_change = Some(RoomChange { room: room.into(), join });
-    Ok(WireMessage { target, id: String::new(), event: None, data: Bytes::new(), room_change })
+    let room_change = Some(RoomChange { room: (*room).into(), join });
+    Ok(WireMessage { target, id: WireText::default(), event: None, data: Bytes::new(), room_change })
 }
 
 /// A user or room key: a valid name, or a valid tenant, the separator and a valid name.
@@ -236,8 +236,31 @@ fn take_short(input: &mut Bytes) -> Result<Bytes, WireError> {
     Ok(input.split_to(len))
 }
 
-fn text(bytes: Bytes) -> Result<String, WireError> {
-    String::from_utf8(bytes.into()).map_err(|_| WireError("field is not UTF-8"))
+fn text(bytes: Bytes) -> Result<WireText, WireError> {
+    std::str::from_utf8(&bytes).map_err(|_| WireError("field is not UTF-8"))?;
+    Ok(WireText(bytes))
+}
+
+/// UTF-8 text sliced out of a log entry: checked once, never copied (each
+/// message's id was copied into a `String` of its own, one of the three
+/// allocations a received message cost the bus thread).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireText(Bytes);
+
+impl std::ops::Deref for WireText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // SAFETY: a `WireText` is made only by `text`, which checked that
+        // its bytes are UTF-8, or from a `&str`.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl From<&str> for WireText {
+    fn from(text: &str) -> Self {
+        WireText(Bytes::copy_from_slice(text.as_bytes()))
+    }
 }
 
 #[cfg(test)]
