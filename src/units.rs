@@ -1,5 +1,6 @@
 //! Sizes and durations as flags, environment variables and the tenant file
-//! write them (`64KiB`, `500ms`): one reading everywhere, in a leaf that
+//! write them (`64KiB`, `500ms`): one reading everywhere, and numbers written
+//! as decimal text for the wire formats (HTTP answers, RESP), in a leaf that
 //! imports nothing of the crate.
 
 use std::time::Duration;
@@ -36,9 +37,31 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     value.checked_mul(factor).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// `n` in decimal digits, written into `digits` without the formatting
+/// machinery or a string (every HTTP answer has two numbers, a batch answer two
+/// per message, every Redis command one per argument).
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_read_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 200, 1_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn durations_take_units_and_bare_milliseconds() {

@@ -23,7 +23,7 @@ use super::{param, query_params};
 use crate::bus::{self, Bus, Outgoing};
 use crate::events::{Event, EventKind};
 use crate::http::request::Request;
-use crate::http::response::{decimal, Response, JSON};
+use crate::http::response::{Response, JSON};
 use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
@@ -33,6 +33,7 @@ use crate::shard::ShardCtx;
 use crate::sse::frame;
 use crate::sse::id::GeneratedId;
 use crate::tenants::quota::RateRefusal;
+use crate::units::decimal;
 
 /// Who a single-message route addresses.
 pub enum To {

@@ -5,6 +5,8 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame as Resp2;
 use redis_protocol::resp3::types::BytesFrame as Resp3;
 
+use crate::units::decimal;
+
 /// A reply or pushed message, protocol-neutral.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -49,19 +51,9 @@ pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
 }
 
 /// `<kind><decimal>\r\n`, formatted on the stack.
-fn put_length(out: &mut BytesMut, kind: u8, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+fn put_length(out: &mut BytesMut, kind: u8, n: usize) {
     out.extend_from_slice(&[kind]);
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(decimal(n as u64, &mut [0; 20]));
     out.extend_from_slice(b"\r\n");
 }
 

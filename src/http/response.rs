@@ -2,6 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::units::decimal;
+
 /// Content type of every JSON answer.
 pub const JSON: &str = "application/json";
 
@@ -80,21 +82,6 @@ impl Response {
     }
 }
 
-/// `n` in decimal digits, written into `digits` without the formatting
-/// machinery or a string (every answer has two numbers, a batch answer two
-/// per message).
-pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
-}
-
 fn put_header(out: &mut BytesMut, name: &str, value: &str) {
     out.put_slice(name.as_bytes());
     out.put_slice(b": ");
@@ -127,13 +114,6 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals_read_as_display_writes_them() {
-        for n in [0, 7, 10, 99, 200, 1_000_000, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
-    }
 
     #[test]
     fn encodes_json_errors_and_head() {

@@ -23,18 +23,17 @@ const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 /// Sends as much of the frames `iovecs` describe as the socket takes now,
 /// never waiting; `WouldBlock` when it takes nothing.
 pub fn send(fd: RawFd, iovecs: &[libc::iovec]) -> io::Result<usize> {
-    let flags = SEND_FLAGS;
     loop {
         // SAFETY: every iovec describes a live `Bytes` of the caller's queue,
         // which the caller does not touch during the call.
         let sent = match iovecs {
-            [one] => unsafe { libc::send(fd, one.iov_base, one.iov_len, flags) },
+            [one] => unsafe { libc::send(fd, one.iov_base, one.iov_len, SEND_FLAGS) },
             many => {
                 // SAFETY: an all-zero msghdr is valid (no name, no control data).
                 let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
                 header.msg_iov = many.as_ptr().cast_mut();
                 header.msg_iovlen = many.len();
-                unsafe { libc::sendmsg(fd, &header, flags) }
+                unsafe { libc::sendmsg(fd, &header, SEND_FLAGS) }
             }
         };
         if sent >= 0 {
