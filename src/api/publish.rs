@@ -88,7 +88,8 @@ pub async fn single(
         Err(answer) => return answer,
     };
     let prepare = async { Ok(vec![prepare_single(ctx, ns, request, body, to)?]) };
-    let response = match validate_and_deliver(ctx, bus, ns, request, prepare).await {
+    let key = claim.as_ref().map(ClaimGuard::key);
+    let response = match validate_and_deliver(ctx, bus, ns, request, key, prepare).await {
         Ok(results) => {
             let mut body = Vec::with_capacity(96);
             results[0].write_json(&mut body);
@@ -106,7 +107,7 @@ pub async fn batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, ns: &Namespace, reques
         Ok(claim) => claim,
         Err(answer) => return answer,
     };
-    let response = publish_batch(ctx, bus, ns, request, body).await;
+    let response = publish_batch(ctx, bus, ns, request, claim.as_ref().map(ClaimGuard::key), body).await;
     finish(claim, &response);
     response
 }
@@ -153,6 +154,11 @@ struct ClaimGuard<'a> {
 }
 
 impl ClaimGuard<'_> {
+    /// The claimed key, in the namespace's keys.
+    fn key(&self) -> &str {
+        &self.key
+    }
+
     fn finish(&mut self, answer: Option<Bytes>) {
         self.done = true;
         self.ctx.finish_idempotency_key(&self.key, self.ticket, answer);
@@ -172,9 +178,10 @@ async fn publish_batch(
     bus: Option<&Bus>,
     ns: &Namespace,
     request: &Request,
+    idempotency_key: Option<&str>,
     body: &Bytes,
 ) -> Response {
-    match validate_and_deliver(ctx, bus, ns, request, prepare_batch(ctx, ns, request, body)).await {
+    match validate_and_deliver(ctx, bus, ns, request, idempotency_key, prepare_batch(ctx, ns, request, body)).await {
         Ok(results) => {
             // ~75 bytes per result with a generated id: one allocation.
             let mut body = Vec::with_capacity(16 + results.len() * 96);
@@ -202,16 +209,16 @@ async fn validate_and_deliver<'a>(
     bus: Option<&Bus>,
     ns: &Namespace,
     request: &Request,
+    idempotency_key: Option<&str>,
     prepare: impl Future<Output = Result<Vec<Prepared<'a>>, Response>>,
 ) -> Result<Vec<Outcome<'a>>, Response> {
     let scope = scope(request)?;
-    let idempotency_key = request.header_str("idempotency-key").map(|key| ns.key(key).into_owned());
     let prepared = prepare.await?;
     let messages = prepared.len() as u64;
     if let Some(tenant) = ns.tenant_name() {
         take_tenant_rate(ctx, tenant, messages)?;
     }
-    let results = deliver(ctx, bus, scope, idempotency_key.as_deref(), prepared).await?;
+    let results = deliver(ctx, bus, scope, idempotency_key, prepared).await?;
     if let Some(tenant) = ns.tenant_name() {
         ctx.count_tenant_published(tenant, messages);
     }
