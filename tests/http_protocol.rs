@@ -409,23 +409,38 @@ fn idle_keep_alive_connection_is_not_answered_408() {
 fn a_kept_alive_connection_idle_past_idle_timeout_is_closed_unanswered() {
     for driver in drivers() {
         let server = Server::start_with_driver(driver, &["--idle-timeout", "400ms", "--read-timeout", "5s"]);
-        let addr = server.api;
-        let mut stream = tcp_connect(addr);
-        // Two requests on the connection, each read within its own deadline,
-        // then silence.
+        let mut conn = HttpConn::open(server.api);
+        // Two requests answered on the connection (the second read by the
+        // connection's kept timer), then silence.
         for _ in 0..2 {
-            stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
-            thread::sleep(Duration::from_millis(200));
+            assert_eq!(conn.request("GET", "/healthz", &[], b"").status, 200, "{driver}");
         }
         let started = Instant::now();
-        let (raw, closed) = read_to_eof(&mut stream, IO_TIMEOUT);
+        let (raw, closed) = read_to_eof(&mut conn.stream, IO_TIMEOUT);
         let elapsed = started.elapsed();
         assert!(closed, "{driver}: an idle connection stays open");
-        assert!(elapsed >= Duration::from_millis(100), "{driver}: closed too early ({elapsed:?})");
+        assert!(raw.is_empty(), "{driver}: no 408 for an idle connection: {:?}", String::from_utf8_lossy(&raw));
+        assert!(elapsed >= Duration::from_millis(300), "{driver}: closed too early ({elapsed:?})");
         assert!(elapsed < Duration::from_secs(4), "{driver}: --read-timeout applied, not --idle-timeout ({elapsed:?})");
+    }
+}
+
+#[test]
+fn a_stalled_head_after_an_answered_request_is_408_after_read_timeout() {
+    for driver in drivers() {
+        let server = Server::start_with_driver(driver, &["--read-timeout", "500ms", "--idle-timeout", "30s"]);
+        let mut conn = HttpConn::open(server.api);
+        assert_eq!(conn.request("GET", "/healthz", &[], b"").status, 200, "{driver}");
+        let started = Instant::now();
+        conn.send_raw(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nX-Half: ", server.api).as_bytes());
+        let (raw, closed) = read_to_eof(&mut conn.stream, IO_TIMEOUT);
+        let elapsed = started.elapsed();
+        assert!(closed, "{driver}: no close after a stalled second head");
+        assert!(elapsed >= Duration::from_millis(400), "{driver}: closed too early ({elapsed:?})");
+        assert!(elapsed < Duration::from_secs(20), "{driver}: --idle-timeout applied to a started head ({elapsed:?})");
         let responses = parse_responses(&raw);
-        assert_eq!(responses.len(), 2, "{driver}: two answers and no 408: {:?}", String::from_utf8_lossy(&raw));
-        assert!(responses.iter().all(|r| r.status == 200), "{driver}");
+        assert_eq!(responses.len(), 1, "{driver}: {:?}", String::from_utf8_lossy(&raw));
+        responses[0].assert_error(408, "request_timeout");
     }
 }
 
