@@ -142,7 +142,7 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
     let (lifecycle, _) = mpsc::channel();
     let shared =
         Arc::new(Shared::new(config, Authenticator::None, None, render_refusal, vec![shared_inbox], 1, lifecycle));
-    let ctx = ShardCtx::new(0, shared).expect("an epoll set");
+    let ctx = ShardCtx::new(0, shared, None).expect("an epoll set");
     {
         let mut state = ctx.state.borrow_mut();
         for _ in 0..conns {

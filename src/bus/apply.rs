@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::log::AppendItem;
 use super::wire::{self, WireMessage, HEADER_LEN};
 use super::Bus;
 use crate::namespace::tenant_of_key;
 use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
+use crate::shard::interest::Probe;
 use crate::shard::Shared;
 use crate::sse::frame;
 
@@ -180,10 +182,20 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         .collect();
     bus.count_received(deliveries.len() as u64);
     let (per_shard, _) = shared.route(deliveries);
+    let mut probes: SmallVec<[Probe; 8]> = SmallVec::new();
     for (shard, deliveries) in per_shard.into_iter().enumerate() {
-        if !deliveries.is_empty() {
-            shared.send(shard, Envelope::Deliver { deliveries, reply: None }).await;
+        if deliveries.is_empty() {
+            continue;
         }
+        // Messages for nobody on the shard wait for its next wake; a
+        // membership change is the shard's business now.
+        let interest = &shared.lanes[shard].interest;
+        probes.clear();
+        probes.extend(deliveries.iter().map(|d| match d.room_change {
+            Some(_) => Probe::Always,
+            None => interest.probe(&d.target),
+        }));
+        shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None }, &probes).await;
     }
 }
 
@@ -205,7 +217,7 @@ async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
     let (mut per_shard, _) = shared.route(std::mem::take(&mut append.deliveries));
     for (shard, reply) in append.local {
         let deliveries = std::mem::take(&mut per_shard[shard]);
-        shared.send(shard, Envelope::Deliver { deliveries, reply: Some(reply) }).await;
+        shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: Some(reply) }, Probe::NOW).await;
     }
 }
 
@@ -224,7 +236,7 @@ async fn answer_locals(shared: &Shared, append: &Append, counts: impl Fn(usize) 
 }
 
 async fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
-    shared.send(to.shard, Envelope::Reply { to, answer }).await;
+    shared.send_from_bus(to.shard, Envelope::Reply { to, answer }, Probe::NOW).await;
 }
 
 /// The tenant a target belongs to (`None`: the default namespace).

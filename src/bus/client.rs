@@ -26,6 +26,7 @@ use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
 use crate::shard::envelope::{Answer, Envelope};
 use crate::shard::inbox::LocalInbox;
+use crate::shard::interest::Probe;
 use crate::shard::Shared;
 use crate::tls::Tls;
 
@@ -93,6 +94,8 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
             Err(error) => error,
         };
         durable.health.failed(&shared, &bus, &error);
+        // No tick while down: what the shards were not woken for goes in now.
+        shared.ring_waiting_lanes();
         refuse_for(&shared, &mut inbox, backoff.next()).await;
     }
 }
@@ -113,7 +116,13 @@ async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: 
             match command {
                 BusCommand::Append(append) => apply::refuse(shared, *append).await,
                 BusCommand::Ask(ask) => {
-                    shared.send(ask.reply.shard, Envelope::Reply { to: ask.reply, answer: Answer::default() }).await
+                    shared
+                        .send_from_bus(
+                            ask.reply.shard,
+                            Envelope::Reply { to: ask.reply, answer: Answer::default() },
+                            Probe::NOW,
+                        )
+                        .await
                 }
                 BusCommand::Answer { .. } | BusCommand::Evict(_) => {}
             }

@@ -29,6 +29,7 @@ use super::{Ask, Bus, BusCommand};
 use crate::shard::envelope::Question;
 use crate::shard::envelope::{Answer, ConnId, Envelope, ReplyTo};
 use crate::shard::inbox::LocalInbox;
+use crate::shard::interest::Probe;
 use crate::shard::Shared;
 
 /// Pace of the housekeeping: deadlines, canary, overdue notifications.
@@ -250,7 +251,9 @@ impl Session {
             quotas.set_elsewhere(Default::default());
         }
         for (reply, _) in durable.peers.abandon() {
-            shared.send(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }).await;
+            shared
+                .send_from_bus(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }, Probe::NOW)
+                .await;
         }
         error
     }
@@ -350,6 +353,8 @@ impl Session {
             }
             if now >= next_tick {
                 next_tick = now + TICK;
+                // What the shards were not woken for is in their rings a tick later at most.
+                shared.ring_waiting_lanes();
                 if let Some(stale) = self.overdue(now, bus.timeout) {
                     return stale;
                 }
@@ -563,7 +568,9 @@ impl Session {
                     }
                     let partitions = durable.sequencer.len();
                     for shard in 0..shared.shard_count() {
-                        shared.send(shard, Envelope::BusGap { lost: lost.clone(), partitions }).await;
+                        shared
+                            .send_from_bus(shard, Envelope::BusGap { lost: lost.clone(), partitions }, Probe::NOW)
+                            .await;
                     }
                 }
             }
@@ -673,10 +680,16 @@ async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) 
     for item in work.drain(..) {
         match item {
             PeerWork::Reply(reply, answers) => {
-                shared.send(reply.shard, Envelope::Reply { to: reply, answer: answers.into_answer() }).await
+                shared
+                    .send_from_bus(
+                        reply.shard,
+                        Envelope::Reply { to: reply, answer: answers.into_answer() },
+                        Probe::NOW,
+                    )
+                    .await
             }
             PeerWork::Evict(id) if usize::from(id.shard) < shared.shard_count() => {
-                shared.send(usize::from(id.shard), Envelope::Evict { id }).await
+                shared.send_from_bus(usize::from(id.shard), Envelope::Evict { id }, Probe::NOW).await
             }
             PeerWork::Evict(_) => {}
             PeerWork::Question { from, id, question } => {
@@ -690,7 +703,7 @@ async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) 
                     let _ = inbox.try_send(BusCommand::Answer { to: from, id, body });
                 });
                 if shard < shared.shard_count() {
-                    shared.send(shard, Envelope::Question { question, answer }).await;
+                    shared.send_from_bus(shard, Envelope::Question { question, answer }, Probe::NOW).await;
                 } else {
                     answer(crate::shard::presence::encode_answer(&[0], &[]));
                 }

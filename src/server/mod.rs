@@ -27,6 +27,7 @@ use crate::config::{Config, IoDriver};
 use crate::setup::Setup;
 use crate::shard::envelope::Envelope;
 use crate::shard::inbox::{inbox, LocalInbox};
+use crate::shard::lane::LocalLane;
 use crate::shard::{heartbeat, watcher, writer, yielding, LifecycleEvent, ShardCtx, Shared, INBOX_CAPACITY};
 use crate::sse::id::random_instance;
 use connection::PendingSocket;
@@ -72,7 +73,9 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let (inboxes, locals): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox(INBOX_CAPACITY)).unzip();
     let instance = random_instance();
     let refusals = crate::api::subscribe::render_refusal;
-    let shared = Arc::new(Shared::new(config, auth, tenant_config, refusals, inboxes, instance, lifecycle_tx));
+    let mut shared = Shared::new(config, auth, tenant_config, refusals, inboxes, instance, lifecycle_tx);
+    let mut lanes: Vec<_> = if redis.is_some() { shared.open_bus_lanes() } else { Vec::new() };
+    let shared = Arc::new(shared);
     signals::spawn_watcher(shared.clone());
     if let Some(jwks) = shared.auth.jwks() {
         jwks.start().map_err(|e| StartError(format!("cannot spawn the JWKS thread: {e}")))?;
@@ -112,7 +115,8 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let mut bus_live = false;
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let boot = ShardBoot { id, shared: shared.clone(), bus: bus.clone(), local, addresses, shared_listener };
+        let lane = (!lanes.is_empty()).then(|| lanes.remove(0));
+        let boot = ShardBoot { id, shared: shared.clone(), bus: bus.clone(), local, lane, addresses, shared_listener };
         spawn_shard(boot, core)?;
         loop {
             match lifecycle_rx.recv() {
@@ -300,13 +304,14 @@ struct ShardBoot {
     shared: Arc<Shared>,
     bus: Option<Arc<Bus>>,
     local: LocalInbox<Envelope>,
+    lane: Option<LocalLane>,
     addresses: Addresses,
     shared_listener: bool,
 }
 
 impl ShardBoot {
     async fn run(self, driver: &'static str) {
-        let ShardBoot { id, shared, bus, mut local, addresses, shared_listener } = self;
+        let ShardBoot { id, shared, bus, mut local, lane, addresses, shared_listener } = self;
         let services = Rc::new(Services { bus });
         let lifecycle = shared.lifecycle.clone();
         let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(shared.config.backlog);
@@ -334,7 +339,7 @@ impl ShardBoot {
         let local_addr = |index: usize| listeners[index].0.local_addr().unwrap_or(addresses.public);
         let public = local_addr(0);
         let api = if shared_listener { public } else { local_addr(1) };
-        let sockets = ShardCtx::new(id, shared).and_then(|ctx| ctx.sockets.waiter().map(|waiter| (ctx, waiter)));
+        let sockets = ShardCtx::new(id, shared, lane).and_then(|ctx| ctx.sockets.waiter().map(|waiter| (ctx, waiter)));
         let (ctx, waiter) = match sockets {
             Ok(started) => started,
             Err(error) => {
@@ -352,9 +357,16 @@ impl ShardBoot {
         let _ = lifecycle.send(LifecycleEvent::Ready { public, api, driver });
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         let mut budget = yielding::Budget::default();
+        let mut lane_backlog = false;
         loop {
-            local.recv_batch(&mut batch, INBOX_BATCH).await;
-            let full = batch.len() == INBOX_BATCH;
+            if lane_backlog {
+                local.take_ready(&mut batch, INBOX_BATCH);
+            } else {
+                local.recv_batch(&mut batch, INBOX_BATCH).await;
+            }
+            // The bus's lane at every turn: some of it waits without a doorbell.
+            lane_backlog = ctx.take_lane(INBOX_BATCH);
+            let full = batch.len() == INBOX_BATCH || lane_backlog;
             for envelope in batch.drain(..) {
                 ctx.handle(envelope);
             }

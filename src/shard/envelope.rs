@@ -350,6 +350,9 @@ pub enum Envelope {
     },
     /// A lifecycle event for this shard's listeners.
     Event(Event),
+    /// The bus queued something in this shard's lane (see `shard::lane`)
+    /// that somebody here may want: take the lane now.
+    BusDoorbell,
     /// Announce, then close every connection over `grace`.
     Shutdown {
         /// Spread of the closes.

@@ -52,15 +52,20 @@ impl<T> SharedInbox<T> {
 }
 
 impl<T> LocalInbox<T> {
+    /// Takes what is there, up to `max` items in `out`, without waiting.
+    pub fn take_ready(&mut self, out: &mut Vec<T>, max: usize) {
+        while out.len() < max {
+            match self.rx.try_recv() {
+                Ok(item) => out.push(item),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
     /// Waits for at least one item, then takes up to `max` into `out`.
     pub async fn recv_batch(&mut self, out: &mut Vec<T>, max: usize) {
         loop {
-            while out.len() < max {
-                match self.rx.try_recv() {
-                    Ok(item) => out.push(item),
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                }
-            }
+            self.take_ready(out, max);
             if !out.is_empty() {
                 return;
             }

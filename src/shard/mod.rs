@@ -5,7 +5,9 @@
 //! the queues into their sockets), [`socket`] (those sockets' system calls
 //! and epoll set), [`watcher`] (hang-ups and room again, from that set),
 //! [`heartbeat`] (the paced ping sweep), [`inbox`] (the
-//! cross-shard channels) and [`envelope`] (what travels over them); what a
+//! cross-shard channels), [`envelope`] (what travels over them), [`lane`]
+//! (the bus thread's ordered queue into a shard) and [`interest`] (whom a
+//! bus message may concern there, read by the bus); what a
 //! shard does, by concern: `registration` (subscribers arriving and leaving),
 //! `delivery` (publishes into queues and rings), `admin` (closes and ring
 //! clears), `claims` (idempotency keys on their owner shard), `stats`,
@@ -25,6 +27,8 @@ pub mod envelope;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod inbox;
+pub mod interest;
+pub mod lane;
 mod listeners;
 pub mod presence;
 pub mod queue;
@@ -60,6 +64,7 @@ use crate::sse::id::IdGenerator;
 use conn::{CloseReason, Conn, ReadyList};
 use envelope::{Answer, Envelope};
 use idempotency::{IdempotencyLimits, IdempotencyTable};
+use lane::LocalLane;
 use queue::QueueLimits;
 use registry::Registry;
 use replay::{ReplayLimits, ReplayStore, TenantBudgets};
@@ -110,11 +115,14 @@ pub struct ShardCtx {
     pub sockets: Watchlist,
     /// Ids of the messages published through this shard without one.
     pub ids: IdGenerator,
+    /// What the bus thread hands this shard (with a bus).
+    lane: Option<LocalLane>,
 }
 
 impl ShardCtx {
-    /// The context of shard `id`; fails only when the kernel refuses an epoll set.
-    pub fn new(id: usize, shared: Arc<Shared>) -> std::io::Result<Rc<Self>> {
+    /// The context of shard `id`, taking what the bus hands it from `lane`
+    /// (with a bus); fails only when the kernel refuses an epoll set.
+    pub fn new(id: usize, shared: Arc<Shared>, lane: Option<LocalLane>) -> std::io::Result<Rc<Self>> {
         let config = &shared.config;
         let share = |total: usize| total.div_ceil(shared.shard_count()).max(1);
         let mut replay = ReplayStore::new(ReplayLimits {
@@ -138,7 +146,7 @@ impl ShardCtx {
             limits,
             state: RefCell::new(ShardState {
                 conns: Slab::new(),
-                registry: Registry::default(),
+                registry: Registry::new(lane.as_ref().map(|lane| lane.interest().clone())),
                 replay,
                 idempotency: IdempotencyTable::new(IdempotencyLimits {
                     window_ms: config.idempotency_window.as_millis() as u64,
@@ -161,6 +169,7 @@ impl ShardCtx {
             tenants: RefCell::new(ShardTenants::new(tenant_config)),
             sockets,
             ids,
+            lane,
         }))
     }
 
@@ -179,6 +188,35 @@ impl ShardCtx {
         let now = self.started.elapsed().as_millis() as u64;
         self.clock_ms.set(now);
         now
+    }
+
+    /// Whom bus messages may concern here, as the bus reads it (with a bus).
+    fn interest(&self) -> Option<&interest::Interest> {
+        self.lane.as_ref().map(|lane| &**lane.interest())
+    }
+
+    /// Handles what waits in the bus's lane, in order, for up to `limit`
+    /// steps; true when it stopped there (more may wait). Ends on an empty lane read after a
+    /// fence, so what this shard's interest gained meanwhile is seen by the
+    /// bus, or what the bus queued is found here.
+    pub fn take_lane(self: &Rc<Self>, limit: usize) -> bool {
+        let Some(lane) = &self.lane else { return false };
+        lane.begin();
+        let mut fenced = true;
+        for _ in 0..limit {
+            match lane.next() {
+                Some(envelope) => {
+                    self.handle(envelope);
+                    fenced = false;
+                }
+                None if fenced => return false,
+                None => {
+                    lane.begin();
+                    fenced = true;
+                }
+            }
+        }
+        true
     }
 
     /// Handles one envelope from the inbox.
@@ -234,6 +272,8 @@ impl ShardCtx {
             Envelope::TenantConfig(config) => self.apply_tenant_config(config),
             Envelope::BusGap { lost, partitions } => self.bus_gap(&lost, partitions),
             Envelope::Event(event) => self.deliver_event(&event),
+            // The inbox's batch comes after the lane is taken.
+            Envelope::BusDoorbell => {}
             Envelope::Shutdown { grace, announce } => self.shutdown(grace, announce),
             Envelope::Reply { to, answer } => {
                 let mut pending = self.pending.borrow_mut();

@@ -39,6 +39,15 @@ impl ShardCtx {
         if let Some(types) = subscription.events {
             return self.register_listener(fd, subscription, types);
         }
+        // What the bus queued without waking this shard goes into the rings
+        // before the replay reads them; what it queues from here on finds
+        // the new connection in the interest filter, or is taken at the end.
+        self.take_lane(usize::MAX);
+        self.register_subscriber(fd, subscription);
+        self.take_lane(usize::MAX);
+    }
+
+    fn register_subscriber(self: &Rc<Self>, fd: OwnedFd, subscription: Subscription) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         if let (Some(limit), Some(user)) = (self.shared.config.max_connections_per_user, &subscription.user) {
@@ -88,6 +97,9 @@ impl ShardCtx {
         }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(socket, key, tenant, user, rooms, serial, self.now_ms()));
+        if let Some(interest) = self.interest() {
+            interest.connection_opened();
+        }
         let ready = &mut state.ready;
         conn.push_control(subscription.preamble, ready);
         // Same turn of the shard as the registration: nothing published
@@ -178,6 +190,9 @@ impl ShardCtx {
         }
         if let Some(tenant) = &conn.tenant {
             state.registry.remove_tenant_member(tenant, key);
+        }
+        if let Some(interest) = self.interest() {
+            interest.connection_closed();
         }
         drop_connection_slot(&self.shared, conn.tenant.as_deref());
         let stats = self.stats();

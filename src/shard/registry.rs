@@ -8,9 +8,12 @@
 //! set, so its broadcast visits its own connections only.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
 use smallvec::SmallVec;
+
+use super::interest::{Interest, Kind};
 
 /// Connections of one user on this shard (most users hold one or two tabs).
 pub type UserConns = SmallVec<[usize; 2]>;
@@ -21,9 +24,17 @@ pub struct Registry {
     users: AHashMap<Rc<str>, UserConns>,
     rooms: AHashMap<Rc<str>, AHashSet<usize>>,
     tenants: AHashMap<Rc<str>, AHashSet<usize>>,
+    /// Told of each name's first and last connection here (with a bus).
+    interest: Option<Arc<Interest>>,
 }
 
 impl Registry {
+    /// Empty indexes, telling `interest` (if any) of each name's first and
+    /// last connection.
+    pub fn new(interest: Option<Arc<Interest>>) -> Self {
+        Registry { interest, ..Registry::default() }
+    }
+
     /// Distinct users with a connection here.
     pub fn user_count(&self) -> usize {
         self.users.len()
@@ -75,6 +86,9 @@ impl Registry {
             None => {
                 let name: Rc<str> = Rc::from(user);
                 self.users.insert(name.clone(), SmallVec::from_elem(conn, 1));
+                if let Some(interest) = &self.interest {
+                    interest.add(Kind::User, user);
+                }
                 name
             }
         }
@@ -82,12 +96,12 @@ impl Registry {
 
     /// Interns `room` and records `conn` as a member; returns the shared name.
     pub fn add_member(&mut self, room: &str, conn: usize) -> Rc<str> {
-        add_to_set(&mut self.rooms, room, conn)
+        add_to_set(&mut self.rooms, room, conn, self.interest.as_deref().map(|i| (i, Kind::Room)))
     }
 
     /// Interns `tenant` and records `conn` as one of its connections.
     pub fn add_tenant_member(&mut self, tenant: &str, conn: usize) -> Rc<str> {
-        add_to_set(&mut self.tenants, tenant, conn)
+        add_to_set(&mut self.tenants, tenant, conn, self.interest.as_deref().map(|i| (i, Kind::Tenant)))
     }
 
     /// Forgets `conn` under `user`, and the user when it was the last.
@@ -96,6 +110,9 @@ impl Registry {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 self.users.remove(user);
+                if let Some(interest) = &self.interest {
+                    interest.remove(Kind::User, user);
+                }
                 if let Some(to) = shrunk_capacity(self.users.len(), self.users.capacity()) {
                     self.users.shrink_to(to);
                 }
@@ -105,16 +122,19 @@ impl Registry {
 
     /// Forgets `conn` in `room`, and the room when it was the last member.
     pub fn remove_member(&mut self, room: &str, conn: usize) {
-        remove_from_set(&mut self.rooms, room, conn);
+        remove_from_set(&mut self.rooms, room, conn, self.interest.as_deref().map(|i| (i, Kind::Room)));
     }
 
     /// Forgets `conn` of `tenant`, and the tenant when it was the last.
     pub fn remove_tenant_member(&mut self, tenant: &str, conn: usize) {
-        remove_from_set(&mut self.tenants, tenant, conn);
+        remove_from_set(&mut self.tenants, tenant, conn, self.interest.as_deref().map(|i| (i, Kind::Tenant)));
     }
 }
 
-fn add_to_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize) -> Rc<str> {
+/// The interest filter to tell, and under which kind, when a set appears or goes.
+type Told<'a> = Option<(&'a Interest, Kind)>;
+
+fn add_to_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize, told: Told) -> Rc<str> {
     match sets.get_key_value(name) {
         Some((interned, _)) => {
             let interned = interned.clone();
@@ -126,16 +146,22 @@ fn add_to_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: u
             let mut members = AHashSet::new();
             members.insert(conn);
             sets.insert(interned.clone(), members);
+            if let Some((interest, kind)) = told {
+                interest.add(kind, name);
+            }
             interned
         }
     }
 }
 
-fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize) {
+fn remove_from_set(sets: &mut AHashMap<Rc<str>, AHashSet<usize>>, name: &str, conn: usize, told: Told) {
     if let Some(members) = sets.get_mut(name) {
         members.remove(&conn);
         if members.is_empty() {
             sets.remove(name);
+            if let Some((interest, kind)) = told {
+                interest.remove(kind, name);
+            }
             if let Some(to) = shrunk_capacity(sets.len(), sets.capacity()) {
                 sets.shrink_to(to);
             }
@@ -178,6 +204,29 @@ mod tests {
         registry.remove_member("lobby", 3);
         assert_eq!(registry.user_count(), 0);
         assert_eq!(registry.room_count(), 0);
+    }
+
+    #[test]
+    fn the_interest_filter_follows_first_and_last_connections() {
+        use crate::shard::envelope::Target;
+        let interest = Arc::new(Interest::default());
+        let mut registry = Registry::new(Some(interest.clone()));
+        let wanted = |target: Target| interest.wanted(interest.probe(&target));
+        registry.add_user("alice", 1);
+        registry.add_user("alice", 2);
+        registry.add_member("lobby", 1);
+        registry.add_tenant_member("acme", 2);
+        assert!(wanted(Target::User("alice".into())));
+        assert!(wanted(Target::Room("lobby".into())));
+        assert!(wanted(Target::Tenant("acme".into())));
+        registry.remove_user("alice", 1);
+        assert!(wanted(Target::User("alice".into())), "one connection is left");
+        registry.remove_user("alice", 2);
+        registry.remove_member("lobby", 1);
+        registry.remove_tenant_member("acme", 2);
+        assert!(!wanted(Target::User("alice".into())));
+        assert!(!wanted(Target::Room("lobby".into())));
+        assert!(!wanted(Target::Tenant("acme".into())));
     }
 
     #[test]

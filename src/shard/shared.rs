@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 use super::envelope::{Delivery, Envelope, Refusal, Target};
 use super::inbox::SharedInbox;
+use super::interest::Probe;
+use super::lane::{self, LocalLane, SharedLane};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{Event, EventHub};
@@ -71,6 +73,8 @@ pub struct Shared {
     pub render_refusal: fn(&Refusal) -> Bytes,
     /// Inbox of each shard, by shard id.
     pub inboxes: Vec<Arc<SharedInbox<Envelope>>>,
+    /// The bus thread's lane into each shard, by shard id (none without a bus).
+    pub lanes: Vec<Arc<SharedLane>>,
     /// Counters of each shard, by shard id.
     pub stats: Vec<ShardStats>,
     /// This process's id on the bus (in event and connection ids).
@@ -114,6 +118,7 @@ impl Shared {
             tenant_config,
             render_refusal,
             inboxes,
+            lanes: Vec::new(),
             stats,
             instance,
             connections: AtomicUsize::new(0),
@@ -125,6 +130,47 @@ impl Shared {
             phase: AtomicU8::new(Phase::Running as u8),
             // Fixed keys: every thread must agree on a user's owner.
             owner_hasher: ahash::RandomState::with_seeds(0x5e5e, 0xf1f1, 0x0a0a, 0x3c3c),
+        }
+    }
+
+    /// Opens the bus thread's lanes into the shards (with a bus only);
+    /// returns each shard's end, by shard id.
+    pub fn open_bus_lanes(&mut self) -> Vec<LocalLane> {
+        let (shared, local) = (0..self.shard_count()).map(|_| lane::lane()).unzip();
+        self.lanes = shared;
+        local
+    }
+
+    /// Hands `envelope` to `shard` from the bus thread, after everything the
+    /// bus handed it before. The shard is woken now unless `probes` show
+    /// that nobody there wants it: then it waits for the shard's next wake
+    /// (at the latest [`Shared::ring_waiting_lanes`] on the bus's tick).
+    pub async fn send_from_bus(&self, shard: usize, mut envelope: Envelope, probes: &[Probe]) {
+        let lane = &self.lanes[shard];
+        while let Err(back) = lane.push(envelope) {
+            envelope = back;
+            self.ring(shard);
+            Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
+        }
+        if lane.must_ring(probes) {
+            self.ring(shard);
+        }
+    }
+
+    /// Wakes every shard whose lane holds envelopes it was not woken for.
+    pub fn ring_waiting_lanes(&self) {
+        for shard in 0..self.lanes.len() {
+            if self.lanes[shard].waiting() {
+                self.ring(shard);
+            }
+        }
+    }
+
+    /// Puts a doorbell in `shard`'s inbox unless one is on its way.
+    fn ring(&self, shard: usize) {
+        let lane = &self.lanes[shard];
+        if lane.claim_doorbell() && self.inboxes[shard].try_send(Envelope::BusDoorbell).is_err() {
+            lane.release_doorbell();
         }
     }
 
