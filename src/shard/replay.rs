@@ -82,6 +82,9 @@ pub enum Stream<'a> {
 struct Entry {
     seq: u64,
     id_len: u16,
+    /// [`id_print`] of its id: a look for an id reads the ring's entries
+    /// alone, not each frame's bytes elsewhere in memory.
+    id_print: u32,
     frame: Bytes,
 }
 
@@ -89,12 +92,23 @@ impl Entry {
     fn id(&self) -> &[u8] {
         &self.frame[4..4 + self.id_len as usize]
     }
+
+    /// True when its id is `id`, whose [`id_print`] is `print`.
+    fn has_id(&self, id: &[u8], print: u32) -> bool {
+        self.id_print == print && self.id() == id
+    }
+}
+
+/// A 32-bit hash of an id (fixed keys: the same on every shard and run).
+fn id_print(id: &[u8]) -> u32 {
+    static PRINTS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+    PRINTS.get_or_init(|| ahash::RandomState::with_seeds(0x1d, 0x5eed, 0x9e37, 0x79b9)).hash_one(id) as u32
 }
 
 impl Ring {
-    /// True when an entry has the id `id`.
-    fn holds(&self, id: &[u8]) -> bool {
-        self.entries.iter().any(|e| e.id() == id)
+    /// True when an entry has the id `id`, whose [`id_print`] is `print`.
+    fn holds(&self, id: &[u8], print: u32) -> bool {
+        self.entries.iter().any(|e| e.has_id(id, print))
     }
 }
 
@@ -259,7 +273,8 @@ impl ReplayStore {
         }
         let Some(id_len) = frame_id_len(frame) else { return true };
         let id = &frame[4..4 + id_len as usize];
-        let known = |ring: &Ring| skip_known && ring.holds(id);
+        let id_print = id_print(id);
+        let known = |ring: &Ring| skip_known && ring.holds(id, id_print);
         let (seq, touch, capacity) = (self.next_seq + 1, self.next_touch + 1, self.limits.entries);
         let (ring, created, kind) = match stream {
             Stream::All if known(&self.broadcast) => return false,
@@ -285,7 +300,7 @@ impl ReplayStore {
             }
         };
         (self.next_seq, self.next_touch) = (seq, touch);
-        let entry = Entry { seq, id_len, frame: frame.clone() };
+        let entry = Entry { seq, id_len, id_print, frame: frame.clone() };
         let tenant = match stream {
             Stream::All => None,
             Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
@@ -413,9 +428,10 @@ impl ReplayStore {
                 None => missing_forgotten = missing_forgotten.max(keyed.forgotten_through),
             }
         }
+        let print = id_print(last_id.as_bytes());
         let found = rings
             .iter()
-            .find_map(|(ring, _)| ring.entries.iter().find(|e| e.id() == last_id.as_bytes()).map(|e| e.seq));
+            .find_map(|(ring, _)| ring.entries.iter().find(|e| e.has_id(last_id.as_bytes(), print)).map(|e| e.seq));
         let after = found.unwrap_or(0);
         let lost = found.is_none()
             || missing_forgotten > after
@@ -812,7 +828,7 @@ mod tests {
             Stream::Room(name) => store.rooms.rings.get(name),
             Stream::Tenant(name) => store.tenants.rings.get(name),
         };
-        ring.is_some_and(|ring| ring.holds(id.as_bytes()))
+        ring.is_some_and(|ring| ring.holds(id.as_bytes(), id_print(id.as_bytes())))
     }
 
     fn publish(store: &mut ReplayStore, stream: Stream<'_>, id: &str, now: u64) {
