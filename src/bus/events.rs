@@ -71,7 +71,7 @@ impl Events {
             if self.queue.borrow().len() < EVENTS_MAX {
                 return Poll::Ready(());
             }
-            self.room_wakers.borrow_mut().push(cx.waker().clone());
+            register(&self.room_wakers, cx.waker());
             Poll::Pending
         })
         .await
@@ -91,10 +91,20 @@ impl Events {
             if self.stopped.get() {
                 return Poll::Ready(());
             }
-            self.stop_wakers.borrow_mut().push(cx.waker().clone());
+            register(&self.stop_wakers, cx.waker());
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Adds `waker` to `wakers` unless it is there: a reader polls these
+/// futures at every message, and a copy each time would grow for as long
+/// as the session lives.
+fn register(wakers: &RefCell<Vec<Waker>>, waker: &Waker) {
+    let mut wakers = wakers.borrow_mut();
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
     }
 }
 
@@ -123,4 +133,35 @@ pub fn spawn_reader(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Wake};
+
+    struct Counted;
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_reader_waiting_for_the_stop_at_every_message_is_remembered_once() {
+        let events = Events::default();
+        let waker = Waker::from(Arc::new(Counted));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..1_000 {
+            let stopped = std::pin::pin!(events.stopped());
+            assert!(stopped.poll(&mut cx).is_pending());
+        }
+        assert_eq!(events.stop_wakers.borrow().len(), 1);
+        let other = Waker::from(Arc::new(Counted));
+        assert!(std::pin::pin!(events.stopped()).poll(&mut Context::from_waker(&other)).is_pending());
+        assert_eq!(events.stop_wakers.borrow().len(), 2, "another reader is another waker");
+        events.stop();
+        assert!(std::pin::pin!(events.stopped()).poll(&mut cx).is_ready());
+    }
 }
