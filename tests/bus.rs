@@ -100,6 +100,15 @@ fn metric(server: &Server, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("/metrics has no `{name}` line:\n{text}"))
 }
 
+/// The io_uring instances process `pid` holds open.
+fn io_uring_rings(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the instance's descriptors")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("io_uring"))
+        .count()
+}
+
 /// Subscribes and waits until the server counts `expect_total` connections.
 fn subscribe(server: &Server, path: &str, expect_total: u64) -> SseClient {
     let client = SseClient::open_ready(server.public, path);
@@ -162,6 +171,11 @@ fn two_instances_deliver_every_message_once_with_the_same_ids() {
         let url = redis.url();
         let a = instance(Some(driver), &url, &["--channel", &channel]);
         let b = instance(Some(driver), &url, &["--channel", &channel]);
+        if driver == "epoll" {
+            // The bus thread too: where io_uring is refused (a container's
+            // seccomp profile), `--io-driver epoll` must keep every thread off it.
+            assert_eq!(io_uring_rings(a.pid()), 0, "--io-driver epoll with a bus opened io_uring rings");
+        }
 
         let mut a_user = subscribe(&a, &sse_path("u", &[]), 1);
         let mut a_room = subscribe(&a, &sse_path("", &["r"]), 2);

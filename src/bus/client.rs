@@ -27,6 +27,7 @@ use super::{apply, Bus, BusCommand, BusState};
 use crate::shard::envelope::{Answer, Envelope};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::interest::Probe;
+use crate::config::IoDriver;
 use crate::shard::Shared;
 use crate::tls::Tls;
 
@@ -36,13 +37,30 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Commands taken from the inbox per turn while refusing.
 const BATCH: usize = 256;
 
-/// Starts the bus thread.
+/// Starts the bus thread, on the kernel interface `--io-driver` names (as
+/// the shards: where io_uring is refused, e.g. by a container's seccomp
+/// profile, `epoll` keeps every thread off it).
 pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, url: RedisUrl) -> std::io::Result<()> {
     std::thread::Builder::new().name("bus".into()).spawn(move || {
-        let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
-        match runtime {
-            Ok(mut runtime) => runtime.block_on(run(shared, bus, inbox, url)),
-            Err(e) => crate::log!(Error, "bus runtime failed to start", error = e),
+        let driver = shared.config.io_driver;
+        let serve = move || run(shared, bus, inbox, url);
+        let uring = match driver {
+            IoDriver::Uring => true,
+            IoDriver::Epoll => false,
+            IoDriver::Auto => monoio::utils::detect_uring(),
+        };
+        if uring {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+                Ok(mut runtime) => return runtime.block_on(serve()),
+                Err(error) if driver == IoDriver::Auto => {
+                    crate::log!(Warn, "bus: io_uring runtime failed; falling back to epoll", error = error)
+                }
+                Err(error) => return crate::log!(Error, "bus runtime failed to start", error = error),
+            }
+        }
+        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+            Ok(mut runtime) => runtime.block_on(serve()),
+            Err(error) => crate::log!(Error, "bus runtime failed to start", error = error),
         }
     })?;
     Ok(())
