@@ -5,12 +5,14 @@
 //! fan-out completion, loss, and the server's CPU time per delivery. `churn`
 //! measures subscriber accepts per second; `idle` the server's memory per
 //! connection; `floor` what the kernel alone charges per send, with no server,
-//! and `targeted-floor` per targeted publish (a read and two sends);
+//! `targeted-floor` per targeted publish (a read and two sends) and
+//! `receive-floor` per message pushed to a waiting thread (a bus instance's);
 //! `chaos` whether acknowledged messages survive faults across instances.
 //! Every scenario prints a table and can write JSON.
 
 mod chaos;
 mod floor;
+mod floor_receive;
 mod floor_targeted;
 mod net;
 mod proc;
@@ -66,6 +68,10 @@ enum Scenario {
     /// (read the request, send the answer, send one frame), the floor under
     /// any server's CPU per targeted publish.
     TargetedFloor(TargetedFloorArgs),
+    /// No server: the least CPU a message pushed to a sleeping thread costs
+    /// it on this machine (woken by the data, one read), the floor under an
+    /// instance's CPU per message it receives from the bus.
+    ReceiveFloor(ReceiveFloorArgs),
     /// Subscribers hopping between instances with Last-Event-ID while
     /// publishers send to random instances: acknowledged messages lost,
     /// duplicated or reordered (exit status 2 when any was lost, duplicated or
@@ -239,11 +245,37 @@ struct TargetedFloorArgs {
     json: Option<String>,
 }
 
+#[derive(Args)]
+struct ReceiveFloorArgs {
+    /// Messages per second.
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Messages per write (1: each arrives alone, as a lone publish's does).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Bytes per message (a bus notice with a 100-byte payload is ~250).
+    #[arg(long, default_value_t = 250)]
+    size: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Core the receiving thread is pinned to.
+    #[arg(long)]
+    receiver_core: Option<usize>,
+    /// Core the sending process is pinned to.
+    #[arg(long)]
+    sender_core: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let bare = match &cli.scenario {
         Scenario::Floor(args) => Some(floor_report(args)),
         Scenario::TargetedFloor(args) => Some(targeted_floor_report(args)),
+        Scenario::ReceiveFloor(args) => Some(receive_floor_report(args)),
         _ => None,
     };
     if let Some(report) = bare {
@@ -262,7 +294,9 @@ fn main() {
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
             Scenario::Chaos(args) => chaos::run(args).await,
-            Scenario::Floor(_) | Scenario::TargetedFloor(_) => unreachable!("handled before the runtime starts"),
+            Scenario::Floor(_) | Scenario::TargetedFloor(_) | Scenario::ReceiveFloor(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     };
     let report = match cli.io_driver {
@@ -351,6 +385,23 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
     report.add("window_s", format!("{window:.2}"));
     report.add("server_cpu_core_share", format!("{:.3}", floor.server_cpu_us / 1e6 / window));
     report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.requests.max(1) as f64));
+    Ok(report)
+}
+
+fn receive_floor_report(args: &ReceiveFloorArgs) -> Result<Report, String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let cores = (args.receiver_core, args.sender_core);
+    let floor = floor_receive::measure(args.rate, args.batch, args.size, duration, cores)
+        .map_err(|error| format!("receive floor: {error}"))?;
+    let mut report = Report::new(args.json.clone());
+    report.add("scenario", "receive-floor");
+    report.add("rate_msgs_per_s", args.rate);
+    report.add("batch", args.batch);
+    report.add("message_bytes", args.size);
+    report.add("messages_received", floor.messages);
+    report.add("reads", floor.reads);
+    report.add("window_s", format!("{:.2}", floor.window.as_secs_f64()));
+    report.add("receiver_cpu_us_per_msg", format!("{:.3}", floor.receiver_cpu_us / floor.messages.max(1) as f64));
     Ok(report)
 }
 
