@@ -25,9 +25,20 @@ Rows (instructions, Ir):
   batch message, delivered     one message of an NDJSON batch of 1,000, each to
                                a user with one subscriber
   batch message, nobody        the same to users with no subscriber here
+  bus message, single          on an instance that receives from the bus
+                               (redis-server and a second instance, not
+                               counted, publish), one message to a user with
+                               no subscriber there, each published alone
+  bus message, batched         the same, published in batches of 100 to one
+                               user (one log entry each; a batch to many
+                               users is many entries, each costing about a
+                               single message) (both bus rows with --io-driver epoll,
+                               whatever --driver says; skipped without
+                               redis-server)
 """
 import argparse
 import glob
+import shutil
 import http.client
 import json
 import os
@@ -92,13 +103,13 @@ class Readers:
 
 
 class Server:
-    def __init__(self, binary, driver, work):
+    def __init__(self, binary, driver, work, name="callgrind.out", extra=()):
         self.public, self.api = free_port(), free_port()
-        self.work = work
-        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.out", "--compress-strings=no", binary,
+        self.work, self.name, self.polls = work, name, 0
+        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/{name}", "--compress-strings=no", binary,
                 "--listen", f"127.0.0.1:{self.public}", "--api-listen", f"127.0.0.1:{self.api}",
-                "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn"]
-        self.logs = open(os.path.join(work, "server.log"), "w")
+                "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn", *extra]
+        self.logs = open(os.path.join(work, f"{name}.log"), "w")
         self.process = subprocess.Popen(args, stdout=self.logs, stderr=self.logs)
         valgrind_wait("the server under callgrind", self.ready)
         self.conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=120)
@@ -108,9 +119,13 @@ class Server:
         conn.request("GET", "/healthz")
         return conn.getresponse().status == 200
 
-    def connections(self):
+    def stats(self):
+        self.polls += 1
         self.conn.request("GET", "/v1/stats")
-        return json.loads(self.conn.getresponse().read())["connections"]
+        return json.loads(self.conn.getresponse().read())
+
+    def connections(self):
+        return self.stats()["connections"]
 
     def post(self, path, body, content_type="application/json"):
         self.conn.request("POST", path, body, {"Content-Type": content_type})
@@ -123,22 +138,28 @@ class Server:
         subprocess.run(["callgrind_control", *args, str(self.process.pid)], check=True, capture_output=True)
 
     def counted(self, workload):
-        """Instructions the server ran during `workload()`, less an idle phase as long."""
+        """Instructions the server ran during `workload()`, less an idle phase
+        as long with as many `GET /v1/stats` as the workload made (a wait
+        for the bus polls them)."""
         self.control("--zero")
-        started = time.time()
+        started, polls = time.time(), self.polls
         workload()
-        took = time.time() - started
+        took, polls = time.time() - started, self.polls - polls
         busy = self.dump()
         self.control("--zero")
-        time.sleep(took)
+        idle_started = time.time()
+        for _ in range(polls):
+            self.stats()
+        time.sleep(max(0.0, took - (time.time() - idle_started)))
         idle = self.dump()
         return busy - idle
 
     def dump(self):
-        before = set(glob.glob(f"{self.work}/callgrind.out*"))
+        pattern = f"{self.work}/{self.name}.*"
+        before = set(glob.glob(pattern))
         self.control("--dump")
-        valgrind_wait("the dump", lambda: set(glob.glob(f"{self.work}/callgrind.out*")) - before)
-        (path,) = set(glob.glob(f"{self.work}/callgrind.out*")) - before
+        valgrind_wait("the dump", lambda: set(glob.glob(pattern)) - before)
+        (path,) = set(glob.glob(pattern)) - before
         with open(path) as dump:
             for line in dump:
                 if line.startswith("summary:") or line.startswith("totals:"):
@@ -150,6 +171,87 @@ class Server:
         # nothing is measured after the last dump.
         self.process.kill()
         self.process.wait()
+
+
+class Publisher:
+    """A native instance on the bus that publishes what the counted one receives."""
+
+    def __init__(self, binary, redis_url, work):
+        self.api = free_port()
+        args = [binary, "--listen", f"127.0.0.1:{free_port()}", "--api-listen", f"127.0.0.1:{self.api}",
+                "--shards", "1", "--redis", redis_url, "--log-level", "warn"]
+        self.logs = open(os.path.join(work, "publisher.log"), "w")
+        self.process = subprocess.Popen(args, stdout=self.logs, stderr=self.logs)
+        self.conn = None
+        wait_for("the publishing instance", self.ready, timeout=30)
+
+    def ready(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.api, timeout=5)
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            return False
+        self.conn = conn
+        return True
+
+    def post(self, path, body, content_type="application/json"):
+        self.conn.request("POST", path, body, {"Content-Type": content_type})
+        response = self.conn.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise SystemExit(f"POST {path} on the publisher: {response.status} {answer[:200]!r}")
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+def bus_rows(binary, work):
+    """Instructions per message an instance spends on what it receives from the bus."""
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{redis_port}"
+    publisher = receiver = None
+    rows = {}
+    try:
+        # epoll: valgrind does not know io_uring_enter blocks, so a bus thread
+        # waiting there holds its lock and starves the shard. A long
+        # --bus-timeout: valgrind slows the canary's round trip, not Redis.
+        receiver = Server(binary, "epoll", work, "callgrind.bus.out", ["--redis", url, "--bus-timeout", "60s"])
+        valgrind_wait("the receiving instance's bus", lambda: receiver.stats()["bus"]["state"] == "live")
+        publisher = Publisher(binary, url, work)
+
+        def received(publish, count):
+            def run():
+                expected = receiver.stats()["bus"]["received"] + count
+                publish()
+                valgrind_wait("the bus messages", lambda: receiver.stats()["bus"]["received"] >= expected)
+                # The shard takes what nobody there wants at the bus's next tick.
+                time.sleep(0.5)
+            return run
+
+        def singles():
+            for i in range(SINGLES):
+                publisher.post(f"/v1/users/nobody{i}/events", DATA)
+
+        def batches():
+            # As loadtest/scenarios/chaos.sh's bus cost: a batch's messages
+            # go to one user, so they travel as one log entry.
+            for start in range(0, BATCH, 100):
+                lines = (f'{{"user":"nobody{start}","data":{DATA}}}' for _ in range(100))
+                publisher.post("/v1/publish", "\n".join(lines), "application/x-ndjson")
+
+        rows["bus message, single"] = receiver.counted(received(singles, SINGLES)) / SINGLES
+        rows["bus message, batched"] = receiver.counted(received(batches, BATCH)) / BATCH
+    finally:
+        for process in (publisher, receiver):
+            if process:
+                process.stop()
+        redis.kill()
+        redis.wait()
+    return rows
 
 
 def main():
@@ -202,6 +304,8 @@ def main():
             readers.close()
         finally:
             server.stop()
+        if shutil.which("redis-server"):
+            rows.update(bus_rows(args.binary, work))
     print(f"user-space instructions (callgrind Ir), --io-driver {args.driver}, one shard")
     for name, value in rows.items():
         print(f"{name:<28} {value:>10,.0f}")
