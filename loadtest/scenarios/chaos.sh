@@ -22,7 +22,9 @@
 # msg/s on the single route, then at BUS_BATCH_RATE (20,000) msg/s in batches
 # of BUS_BATCH (100); the last instance, which has no subscriber and publishes
 # nothing, is charged: (utime + stime from /proc/<pid>/stat over the phase) /
-# (its bus.received increase in GET /v1/stats).
+# (its bus.received increase in GET /v1/stats). Beside each, the receiving
+# floor (`ssekify-loadtest receive-floor`: a bare thread woken to read the
+# same number of messages per write, at the same rate).
 #   FAULTS=all|none PERSIST=0|1 SUBSCRIBERS RATE DURATION SETTLE=5 ROOMS INSTANCES=3
 #   PUBLISHERS=16 BUS_COST=1 BUS_SECONDS BUS_RATE BUS_BATCH BUS_BATCH_RATE
 #   CHAOS_ARGS (more generator flags) loadtest/scenarios/chaos.sh
@@ -237,6 +239,16 @@ if [[ $BUS_COST == 1 ]] && ((INSTANCES > 1)); then
     bus_cost single --publish-url "http://127.0.0.1:${API[0]}/v1/users/u{i}/events" --rate "$BUS_RATE" --publishers 4
     bus_cost batched --publish-url "http://127.0.0.1:${API[0]}/v1/publish" --batch "$BUS_BATCH" \
         --rate "$BUS_BATCH_RATE" --publishers 4
+    # The receiving floor in the same run, sender and receiver on the
+    # server's first core as Redis and the instances are.
+    core=${SERVER_CORES%%[,-]*}
+    for phase in "single 1 $BUS_RATE" "batched $BUS_BATCH $BUS_BATCH_RATE"; do
+        read -r name batch rate <<<"$phase"
+        floor=$("$GEN_BIN" receive-floor --rate "$rate" --batch "$batch" --duration "$BUS_SECONDS" \
+            --receiver-core "$core" --sender-core "$core" | awk '$1 == "receiver_cpu_us_per_msg" { print $2 }')
+        printf '%-34s %s\n' "bus_floor_us_per_msg_$name" "${floor:-0}"
+        sed -i "s|}\$|,\"bus_floor_us_per_msg_$name\":${floor:-0}}|" "$json"
+    done
 fi
 lt_log "json: $json"
 exit "$status"
