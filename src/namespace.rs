@@ -51,6 +51,15 @@ pub fn tenant_of_key(key: &str) -> Option<&str> {
     separator_at(key).map(|at| &key[..at])
 }
 
+/// True for an internal key as a log entry carries it: a valid name, or a
+/// valid tenant, the [`SEPARATOR`] and a valid name.
+pub fn valid_key(key: &str) -> bool {
+    match separator_at(key) {
+        None => valid_name(key),
+        Some(at) => valid_name(&key[..at]) && valid_name(&key[at + 1..]),
+    }
+}
+
 /// Where the first [`SEPARATOR`] is: looked up for every message routed, so
 /// by a byte search rather than a `char` pattern (a tenth of the cost).
 fn separator_at(key: &str) -> Option<usize> {
@@ -118,6 +127,15 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_a_name_or_a_tenant_and_a_name() {
+        assert!(valid_key("alice"));
+        assert!(valid_key("acme\0alice"));
+        for bad in ["", "acme\0", "\0alice", "acme\0al\0ice", "a/b", "acme\0a,b"] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -181,22 +181,33 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         })
         .collect();
     bus.count_received(deliveries.len() as u64);
-    let (per_shard, _) = shared.route(deliveries);
-    let mut probes: SmallVec<[Probe; 8]> = SmallVec::new();
-    for (shard, deliveries) in per_shard.into_iter().enumerate() {
-        if deliveries.is_empty() {
-            continue;
+    if let [only] = &deliveries[..] {
+        // Most entries: one message, for one shard (a user's), handed on as it is.
+        let shards = shared.shards_for(&only.target);
+        if shards.len() == 1 {
+            return hand_on(shared, shards.start, deliveries).await;
         }
-        // Messages for nobody on the shard wait for its next wake; a
-        // membership change is the shard's business now.
-        let interest = &shared.lanes[shard].interest;
-        probes.clear();
-        probes.extend(deliveries.iter().map(|d| match d.room_change {
+    }
+    for (shard, deliveries) in shared.route(deliveries).0.into_iter().enumerate() {
+        if !deliveries.is_empty() {
+            hand_on(shared, shard, deliveries).await;
+        }
+    }
+}
+
+/// Hands `shard` what it must apply of another instance's entry. Messages
+/// for nobody there wait for its next wake; a membership change is the
+/// shard's business now.
+async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>) {
+    let interest = &shared.lanes[shard].interest;
+    let probes: SmallVec<[Probe; 4]> = deliveries
+        .iter()
+        .map(|d| match d.room_change {
             Some(_) => Probe::Always,
             None => interest.probe(&d.target),
-        }));
-        shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None }, &probes).await;
-    }
+        })
+        .collect();
+    shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None }, &probes).await;
 }
 
 /// Delivers an own entry with the publisher's frames; messages the log

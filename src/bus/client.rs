@@ -24,10 +24,10 @@ use super::sequencer::Sequencer;
 use super::session::{Durable, Session};
 use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
+use crate::config::IoDriver;
 use crate::shard::envelope::{Answer, Envelope};
 use crate::shard::inbox::LocalInbox;
 use crate::shard::interest::Probe;
-use crate::config::IoDriver;
 use crate::shard::Shared;
 use crate::tls::Tls;
 

@@ -211,20 +211,20 @@ pub fn parse_appended(reply: &Reply) -> Result<Appended, String> {
 
 /// A notification from a partition's channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
+pub struct Notice<'a> {
     /// The log's epoch.
-    pub epoch: String,
+    pub epoch: &'a str,
     /// The entry's sequence number.
     pub seq: u64,
     /// The entry, unless it was too large to travel inline.
     pub entry: Option<Bytes>,
 }
 
-/// Parses `<epoch>:<seq>:<entry>`.
-pub fn parse_notice(payload: Bytes) -> Option<Notice> {
-    let first = payload.iter().position(|&b| b == b':')?;
-    let second = first + 1 + payload[first + 1..].iter().position(|&b| b == b':')?;
-    let epoch = std::str::from_utf8(&payload[..first]).ok()?.to_owned();
+/// Parses `<epoch>:<seq>:<entry>` (the epoch borrowed: it is kept only when it changes).
+pub fn parse_notice(payload: &Bytes) -> Option<Notice<'_>> {
+    let first = memchr::memchr(b':', payload)?;
+    let second = first + 1 + memchr::memchr(b':', &payload[first + 1..])?;
+    let epoch = std::str::from_utf8(&payload[..first]).ok()?;
     let seq: u64 = std::str::from_utf8(&payload[first + 1..second]).ok()?.parse().ok()?;
     let entry = payload.slice(second + 1..);
     (seq > 0 && !epoch.is_empty()).then(|| Notice { epoch, seq, entry: (!entry.is_empty()).then_some(entry) })
@@ -362,13 +362,14 @@ mod tests {
 
     #[test]
     fn notices_carry_epoch_sequence_and_entry() {
-        let notice = parse_notice(Bytes::from_static(b"ab12:7:\x02xyz:1")).unwrap();
-        assert_eq!(notice, Notice { epoch: "ab12".into(), seq: 7, entry: Some(Bytes::from_static(b"\x02xyz:1")) });
-        assert_eq!(parse_notice(Bytes::from_static(b"ab12:8:")).unwrap().entry, None, "read from the stream");
-        assert_eq!(parse_notice(Bytes::from_static(b"ab12:x:")), None);
-        assert_eq!(parse_notice(Bytes::from_static(b"ab12:0:")), None);
-        assert_eq!(parse_notice(Bytes::from_static(b":1:")), None);
-        assert_eq!(parse_notice(Bytes::from_static(b"ab12")), None);
+        let payload = Bytes::from_static(b"ab12:7:\x02xyz:1");
+        let notice = parse_notice(&payload).unwrap();
+        assert_eq!(notice, Notice { epoch: "ab12", seq: 7, entry: Some(Bytes::from_static(b"\x02xyz:1")) });
+        assert_eq!(parse_notice(&Bytes::from_static(b"ab12:8:")).unwrap().entry, None, "read from the stream");
+        assert_eq!(parse_notice(&Bytes::from_static(b"ab12:x:")), None);
+        assert_eq!(parse_notice(&Bytes::from_static(b"ab12:0:")), None);
+        assert_eq!(parse_notice(&Bytes::from_static(b":1:")), None);
+        assert_eq!(parse_notice(&Bytes::from_static(b"ab12")), None);
     }
 
     #[test]

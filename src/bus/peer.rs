@@ -138,7 +138,7 @@ impl PeerMessage {
                     "u" | "r" => {
                         let (list, key) = rest.split_once(' ')?;
                         let list = u32::try_from(parse_number(list)?).ok()?;
-                        let key: Box<str> = valid_key(key)?.into();
+                        let key: Box<str> = crate::namespace::valid_key(key).then_some(key)?.into();
                         if what == "u" {
                             Question::User { user: key, list }
                         } else {
@@ -164,13 +164,6 @@ fn parse_tenant_counts(lines: &str) -> Option<Vec<(Box<str>, u64)>> {
             Some((tenant.into(), parse_number(count)?))
         })
         .collect()
-}
-
-/// An internal key as sent: a name, or a tenant and a name around one NUL.
-fn valid_key(key: &str) -> Option<&str> {
-    let (tenant, name) = key.split_once(crate::namespace::SEPARATOR).map_or((None, key), |(t, n)| (Some(t), n));
-    let valid = crate::namespace::valid_name;
-    (valid(name) && tenant.is_none_or(valid)).then_some(key)
 }
 
 fn parse_instance(text: &str) -> Option<u32> {

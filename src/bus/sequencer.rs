@@ -212,23 +212,23 @@ impl Sequencer {
         }
         part.synced = true;
         for (epoch, seq, entry) in std::mem::take(&mut part.early) {
-            self.on_notice(p, epoch, seq, entry, out);
+            self.on_notice(p, &epoch, seq, entry, out);
         }
     }
 
     /// A notification of entry `seq` of `p` under `epoch` arrived.
-    pub fn on_notice(&mut self, p: u16, epoch: String, seq: u64, entry: Option<Bytes>, out: &mut Vec<Action>) {
+    pub fn on_notice(&mut self, p: u16, epoch: &str, seq: u64, entry: Option<Bytes>, out: &mut Vec<Action>) {
         let part = &mut self.partitions[p as usize];
         if !part.synced {
-            part.early.push((epoch, seq, entry));
+            part.early.push((epoch.to_owned(), seq, entry));
             return;
         }
         match &part.epoch {
-            None => part.epoch = Some(epoch),
-            Some(known) if *known != epoch => {
+            None => part.epoch = Some(epoch.to_owned()),
+            Some(known) if known != epoch => {
                 // Where does the new epoch start? The log's state says.
                 part.synced = false;
-                part.early.push((epoch, seq, entry));
+                part.early.push((epoch.to_owned(), seq, entry));
                 out.push(Action::Sync { partition: p });
                 return;
             }
@@ -237,6 +237,15 @@ impl Sequencer {
         part.newest = part.newest.max(seq);
         if seq <= part.applied {
             return;
+        }
+        if seq == part.applied + 1 && !part.fetching && part.held.is_empty() {
+            if let Some(entry) = entry {
+                // The next one, with nothing held: applied without a stay in `held`.
+                part.applied = seq;
+                part.reset_announced = false;
+                out.push(Action::Apply { partition: p, seq, entry });
+                return;
+            }
         }
         part.held.insert(seq, entry);
         while part.held.len() > HELD_MAX {
@@ -326,7 +335,7 @@ mod tests {
 
     fn notice(s: &mut Sequencer, epoch: &str, seq: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        s.on_notice(0, epoch.into(), seq, entry(seq), &mut out);
+        s.on_notice(0, epoch, seq, entry(seq), &mut out);
         out
     }
 
@@ -377,7 +386,7 @@ mod tests {
     fn entries_too_large_to_notify_are_fetched() {
         let mut s = synced("e", 0);
         let mut out = Vec::new();
-        s.on_notice(0, "e".into(), 1, None, &mut out);
+        s.on_notice(0, "e", 1, None, &mut out);
         assert_eq!(out, vec![Action::Fetch { partition: 0, from: 1 }]);
         assert_eq!(range(&mut s, [1]), vec![apply(1)]);
     }

@@ -479,7 +479,7 @@ impl Session {
             return Ok(false);
         }
         let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return Ok(false) };
-        if let Some(notice) = log::parse_notice(payload) {
+        if let Some(notice) = log::parse_notice(&payload) {
             durable.sequencer.on_notice(partition as u16, notice.epoch, notice.seq, notice.entry, actions);
         }
         Ok(false)

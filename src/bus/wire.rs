@@ -25,8 +25,9 @@
 //! checks a publish (names, ids, events, UTF-8 data), refusing trailing bytes.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
-use crate::namespace::{valid_name, SEPARATOR};
+use crate::namespace::{valid_key, valid_name};
 use crate::shard::envelope::{ConnId, RoomChange, Target};
 use crate::sse::frame;
 
@@ -61,8 +62,9 @@ pub struct Entry {
     pub instance: u32,
     /// The publisher's token for it (matches its own pending publishes).
     pub token: u64,
-    /// Its messages, in publish order.
-    pub messages: Vec<WireMessage>,
+    /// Its messages, in publish order (most entries hold one: a batch's
+    /// messages to different partitions travel as entries of their own).
+    pub messages: SmallVec<[WireMessage; 1]>,
 }
 
 /// Why an entry was not understood.
@@ -133,7 +135,7 @@ pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
     }
     let instance = input.get_u32();
     let token = input.get_u64();
-    let mut messages = Vec::new();
+    let mut messages = SmallVec::new();
     while input.has_remaining() {
         messages.push(decode_message(&mut input)?);
     }
@@ -197,14 +199,6 @@ fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, Wire
     }
     let room_change = Some(RoomChange { room: (*room).into(), join });
     Ok(WireMessage { target, id: WireText::default(), event: None, data: Bytes::new(), room_change })
-}
-
-/// A user or room key: a valid name, or a valid tenant, the separator and a valid name.
-fn valid_key(key: &str) -> bool {
-    match key.split_once(SEPARATOR) {
-        None => valid_name(key),
-        Some((tenant, name)) => valid_name(tenant) && valid_name(name),
-    }
 }
 
 /// An id or event name as the HTTP edge accepts it.
@@ -314,7 +308,7 @@ mod tests {
         let encoded = entry(&messages);
         let lens: usize = messages.iter().map(|m| message_len(&m.target, &m.id, m.event.as_deref(), &m.data)).sum();
         assert_eq!(encoded.len(), HEADER_LEN + lens);
-        assert_eq!(decode(encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages });
+        assert_eq!(decode(encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
     }
 
     #[test]
