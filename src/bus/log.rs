@@ -111,6 +111,21 @@ impl PartitionKeys {
     }
 }
 
+/// The partition whose notification channel is `channel`: read from its
+/// name (`{<bus channel>:<partition>}:n`), then checked against `keys`
+/// (one comparison per notification, not one per partition).
+pub fn partition_of(keys: &[PartitionKeys], channel: &[u8]) -> Option<u16> {
+    let close = memchr::memrchr(b'}', channel)?;
+    let colon = memchr::memrchr(b':', &channel[..close])?;
+    let digits = &channel[colon + 1..close];
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    let partition =
+        digits.iter().try_fold(0usize, |n, &b| b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0')))?;
+    (keys.get(partition)?.channel.as_bytes() == channel).then_some(partition as u16)
+}
+
 /// Settings every append carries.
 #[derive(Debug, Clone, Copy)]
 pub struct AppendSettings {
@@ -358,6 +373,18 @@ mod tests {
         assert_eq!(parse_major_version(&text("# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\n")), Some(7));
         assert_eq!(parse_major_version(&text("redis_version:6.2.1")), Some(6));
         assert_eq!(parse_major_version(&text("nothing")), None);
+    }
+
+    #[test]
+    fn a_notification_channel_names_its_partition() {
+        let keys: Vec<PartitionKeys> = (0..16).map(|p| PartitionKeys::new("ssekify:bus", p)).collect();
+        assert_eq!(partition_of(&keys, b"{ssekify:bus:0}:n"), Some(0));
+        assert_eq!(partition_of(&keys, b"{ssekify:bus:15}:n"), Some(15));
+        for other in
+            [&b"{ssekify:bus:16}:n"[..], b"{other:bus:3}:n", b"{ssekify:bus:03}:n", b"ssekify:bus:peers", b"{}:n"]
+        {
+            assert_eq!(partition_of(&keys, other), None, "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

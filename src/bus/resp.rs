@@ -2,7 +2,7 @@
 //! [`Reply`] type whichever protocol version (RESP2 or RESP3) the connection speaks.
 
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp2::types::BytesFrame as Resp2;
+use redis_protocol::resp2::types::RangeFrame;
 use redis_protocol::resp3::types::BytesFrame as Resp3;
 
 use crate::units::decimal;
@@ -63,17 +63,25 @@ pub fn decode(buf: &mut BytesMut, resp3: bool) -> Result<Option<Reply>, Protocol
     if resp3 {
         Ok(redis_protocol::resp3::decode::complete::decode_bytes_mut(buf).map_err(error)?.map(|(f, _, _)| from3(f)))
     } else {
-        Ok(redis_protocol::resp2::decode::decode_bytes_mut(buf).map_err(error)?.map(|(f, _, _)| from2(f)))
+        // The frame's ranges, then our reply sliced from them: one array
+        // built per reply, not redis-protocol's and then ours.
+        let Some((frame, len)) = redis_protocol::resp2::decode::decode_range(buf).map_err(error)? else {
+            return Ok(None);
+        };
+        let bytes = buf.split_to(len).freeze();
+        Ok(Some(from_range(&bytes, frame)))
     }
 }
 
-fn from2(frame: Resp2) -> Reply {
+fn from_range(bytes: &Bytes, frame: RangeFrame) -> Reply {
     match frame {
-        Resp2::SimpleString(b) | Resp2::BulkString(b) => Reply::Text(b),
-        Resp2::Error(e) => Reply::Error(e.to_string()),
-        Resp2::Integer(i) => Reply::Int(i),
-        Resp2::Array(items) => Reply::Array(items.into_iter().map(from2).collect()),
-        Resp2::Null => Reply::Null,
+        RangeFrame::SimpleString((start, end)) | RangeFrame::BulkString((start, end)) => {
+            Reply::Text(bytes.slice(start..end))
+        }
+        RangeFrame::Error((start, end)) => Reply::Error(String::from_utf8_lossy(&bytes[start..end]).into_owned()),
+        RangeFrame::Integer(i) => Reply::Int(i),
+        RangeFrame::Array(items) => Reply::Array(items.into_iter().map(|item| from_range(bytes, item)).collect()),
+        RangeFrame::Null => Reply::Null,
     }
 }
 
@@ -114,7 +122,7 @@ mod tests {
 
     #[test]
     fn replies_split_across_reads() {
-        let wire = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:5\r\n";
+        let wire = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:5\r\n-ERR no\r\n$-1\r\n+OK\r\n";
         let mut buf = BytesMut::new();
         let mut replies = Vec::new();
         for byte in wire {
@@ -132,8 +140,12 @@ mod tests {
                     Reply::Text(Bytes::from_static(b"abc")),
                 ]),
                 Reply::Int(5),
+                Reply::Error("ERR no".into()),
+                Reply::Null,
+                Reply::Text(Bytes::from_static(b"OK")),
             ]
         );
+        assert!(buf.is_empty(), "every reply taken whole");
     }
 
     #[test]

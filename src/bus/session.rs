@@ -461,26 +461,29 @@ impl Session {
         peer_work: &mut Vec<PeerWork>,
     ) -> Result<bool, BusError> {
         let Reply::Array(mut parts) = reply else { return Ok(false) };
-        match parts.first().and_then(Reply::text) {
-            Some("message" | "smessage") if parts.len() == 3 => {}
+        match parts.first() {
+            Some(Reply::Text(kind))
+                if parts.len() == 3 && (kind[..] == b"message"[..] || kind[..] == b"smessage"[..]) => {}
             // A slot moved (resharding, failover): its channel's
             // subscription ended with it.
-            Some("sunsubscribe") => return Err("a partition's node changed (sunsubscribe)".into()),
+            Some(Reply::Text(kind)) if kind[..] == b"sunsubscribe"[..] => {
+                return Err("a partition's node changed (sunsubscribe)".into())
+            }
             _ => return Ok(false),
         }
         let Some(Reply::Text(payload)) = parts.pop() else { return Ok(false) };
-        let Some(channel) = parts.pop() else { return Ok(false) };
-        let Some(channel) = channel.text() else { return Ok(false) };
-        if channel == self.canary_channel {
-            return Ok(true);
-        }
-        if channel == self.peers_channel || channel == self.own_channel {
-            self.on_peer_message(durable, &payload, peer_work);
+        let Some(Reply::Text(channel)) = parts.pop() else { return Ok(false) };
+        if let Some(partition) = log::partition_of(&durable.keys, &channel) {
+            if let Some(notice) = log::parse_notice(&payload) {
+                durable.sequencer.on_notice(partition, notice.epoch, notice.seq, notice.entry, actions);
+            }
             return Ok(false);
         }
-        let Some(partition) = durable.keys.iter().position(|k| k.channel == channel) else { return Ok(false) };
-        if let Some(notice) = log::parse_notice(&payload) {
-            durable.sequencer.on_notice(partition as u16, notice.epoch, notice.seq, notice.entry, actions);
+        if channel == self.canary_channel.as_bytes() {
+            return Ok(true);
+        }
+        if channel == self.peers_channel.as_bytes() || channel == self.own_channel.as_bytes() {
+            self.on_peer_message(durable, &payload, peer_work);
         }
         Ok(false)
     }
