@@ -18,7 +18,7 @@
 # it exits 2 when any acknowledged message was lost, duplicated or misrouted,
 # and so does this script (usable as a gate).
 # Then (BUS_COST=1) the bus's cost per message on a receiving instance: only
-# instance 1 publishes, to one user, BUS_SECONDS (10) s at BUS_RATE (2,000)
+# instance 1 publishes, to BUS_USERS (1) users, BUS_SECONDS (10) s at BUS_RATE (2,000)
 # msg/s on the single route, then at BUS_BATCH_RATE (20,000) msg/s in batches
 # of BUS_BATCH (100); the last instance, which has no subscriber and publishes
 # nothing, is charged: (utime + stime from /proc/<pid>/stat over the phase) /
@@ -26,7 +26,7 @@
 # floor (`ssekify-loadtest receive-floor`: a bare thread woken to read the
 # same number of messages per write, at the same rate).
 #   FAULTS=all|none PERSIST=0|1 SUBSCRIBERS RATE DURATION SETTLE=5 ROOMS INSTANCES=3
-#   PUBLISHERS=16 BUS_COST=1 BUS_SECONDS BUS_RATE BUS_BATCH BUS_BATCH_RATE
+#   PUBLISHERS=16 BUS_COST=1 BUS_SECONDS BUS_RATE BUS_BATCH BUS_BATCH_RATE BUS_USERS
 #   CHAOS_ARGS (more generator flags) loadtest/scenarios/chaos.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
@@ -43,6 +43,7 @@ BUS_SECONDS=${BUS_SECONDS:-10}
 BUS_RATE=${BUS_RATE:-2000}
 BUS_BATCH=${BUS_BATCH:-100}
 BUS_BATCH_RATE=${BUS_BATCH_RATE:-20000}
+BUS_USERS=${BUS_USERS:-1}
 CHAOS_ARGS=${CHAOS_ARGS:-}
 PEER=ssekify
 
@@ -224,7 +225,7 @@ bus_cost() {
     shift
     tick=$(getconf CLK_TCK)
     cpu0=$(cpu_ticks "${PID[last]}") rx0=$(stat_of "$last" bus.received)
-    taskset -c "$GEN_CORES" "$GEN_BIN" run --subscribers 1 --sse-url "http://127.0.0.1:${PORT[0]}/sse?userId=u{i}" \
+    taskset -c "$GEN_CORES" "$GEN_BIN" run --subscribers "$BUS_USERS" --sse-url "http://127.0.0.1:${PORT[0]}/sse?userId=u{i}" \
         --mode users --duration "$BUS_SECONDS" --drain 1 "$@" </dev/null >"$LT_RUN/bus-$name.log" 2>&1 \
         || { lt_log "bus cost ($name): the generator failed"; return 0; }
     cpu1=$(cpu_ticks "${PID[last]}") rx1=$(stat_of "$last" bus.received)
