@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
                 sequencer.on_state(partition, Some(epoch.into()), seq, base, &mut actions);
             }
             _ => {
-                if let Some(notice) = log::parse_notice(Bytes::copy_from_slice(line)) {
+                let payload = Bytes::copy_from_slice(line);
+                if let Some(notice) = log::parse_notice(&payload) {
                     sequencer.on_notice(partition, notice.epoch, notice.seq, notice.entry, &mut actions);
                 }
             }

@@ -10,6 +10,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 
+/// Envelopes a shard's inbox holds before senders must wait: a few
+/// milliseconds of traffic at full speed, bounded so a stalled shard cannot
+/// grow memory.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
 /// The sending side, shared by every thread (`Shared*` in the naming rule).
 pub struct SharedInbox<T> {
     tx: SyncSender<T>,

@@ -19,7 +19,7 @@ use super::envelope::Envelope;
 use super::interest::{Interest, Probe};
 
 /// Envelopes a lane holds before the bus waits (as many as an inbox).
-pub const LANE_CAPACITY: usize = super::shared::INBOX_CAPACITY;
+pub const LANE_CAPACITY: usize = super::inbox::INBOX_CAPACITY;
 
 /// Quiet envelopes after which the bus wakes the shard anyway: bounds the
 /// work a wake finds, and the bus's tick bounds how late a ring is written.

@@ -42,8 +42,9 @@ mod stats;
 mod tenants;
 
 use claims::claim_answer;
+pub use inbox::INBOX_CAPACITY;
 pub use registration::EVICTED_EVENT;
-pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder, INBOX_CAPACITY};
+pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder};
 pub use tenants::{ShardTenants, TenantFigures};
 pub mod replay;
 pub mod socket;

@@ -18,10 +18,6 @@ use crate::metrics::ShardStats;
 use crate::tenants::quota::TenantQuotas;
 use crate::tenants::TenantConfig;
 
-/// Envelopes an inbox holds before senders must wait: a few milliseconds of
-/// traffic at full speed, bounded so a stalled shard cannot grow memory.
-pub const INBOX_CAPACITY: usize = 16 * 1024;
-
 /// Lifecycle of the whole instance; it only moves forward ([`Shared::advance_phase`]),
 /// driven by the signal thread and the admin routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
