@@ -224,3 +224,74 @@ pub(super) fn drop_connection_slot(shared: &Shared, tenant: Option<&str>) {
         quotas.release_connection(tenant);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::sync::{mpsc, Arc};
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::config::{Cli, Config};
+    use crate::namespace::Namespace;
+    use crate::shard::envelope::{Delivery, Target};
+    use crate::shard::inbox::{inbox, INBOX_CAPACITY};
+    use crate::sse::frame::encode;
+
+    fn no_refusal(_: &Refusal) -> Bytes {
+        Bytes::new()
+    }
+
+    /// Everything queued to connection `key`, as its socket would get it.
+    fn queued(ctx: &ShardCtx, key: usize) -> String {
+        let state = ctx.state.borrow();
+        let mut iovecs = Vec::new();
+        state.conns[key].queue.describe(&mut iovecs, 64);
+        iovecs
+            .iter()
+            .map(|v| {
+                // SAFETY: the iovecs point into frames the queue holds while `state` is borrowed.
+                let bytes = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                String::from_utf8_lossy(bytes).into_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_registration_takes_in_what_the_bus_queued_before_it_reads_the_rings() {
+        let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("defaults");
+        let (shared_inbox, _local) = inbox(INBOX_CAPACITY);
+        let (lifecycle, _) = mpsc::channel();
+        let mut shared = Shared::new(config, Authenticator::None, None, no_refusal, vec![shared_inbox], 1, lifecycle);
+        let lane = shared.open_bus_lanes().pop();
+        let shared = Arc::new(shared);
+        let ctx = ShardCtx::new(0, shared.clone(), lane).expect("an epoll set");
+        let message = |id: &str| Delivery::message(Target::User("u".into()), encode(id, None, b"{}"), true);
+        ctx.deliver(&message("m1"));
+        // m2 comes from the bus for a user nobody here has: queued, not rung.
+        let bus_lane = &shared.lanes[0];
+        let probe = bus_lane.interest.probe(&Target::User("u".into()));
+        assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m2")], reply: None }).is_ok());
+        assert!(!bus_lane.must_ring(&[probe]), "nobody here wants it yet");
+
+        // The client got m2 from another instance and resumes here.
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        let subscription = Subscription {
+            namespace: Namespace::default(),
+            user: Some("u".into()),
+            rooms: Vec::new(),
+            last_event_id: Some("m2".into()),
+            preamble: Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            events: None,
+        };
+        ctx.register(OwnedFd::from(socket), subscription);
+        let key = ctx.state.borrow().registry.user("u")[0];
+        assert_eq!(queued(&ctx, key), "HTTP/1.1 200 OK\r\n\r\n", "no gap and no repeat: m2 was in the ring");
+
+        // From now on the bus sees the connection and rings for u's messages.
+        assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m3")], reply: None }).is_ok());
+        assert!(bus_lane.must_ring(&[probe]));
+    }
+}
