@@ -136,8 +136,10 @@ pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
     let instance = input.get_u32();
     let token = input.get_u64();
     let mut messages = SmallVec::new();
+    let mut previous = None;
     while input.has_remaining() {
-        messages.push(decode_message(&mut input)?);
+        let message = decode_message(&mut input, &mut previous, messages.last())?;
+        messages.push(message);
     }
     if messages.is_empty() {
         return Err(WireError("no messages"));
@@ -145,19 +147,29 @@ pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
     Ok(Entry { instance, token, messages })
 }
 
-fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
+/// The kind and key of the last message's target as they were read: a
+/// batch's messages to one user come in runs, whose target is checked once.
+type PreviousKey = Option<(u8, Bytes)>;
+
+fn decode_message(
+    input: &mut Bytes,
+    previous: &mut PreviousKey,
+    last: Option<&WireMessage>,
+) -> Result<WireMessage, WireError> {
     let kind = input.get_u8();
     if let 4 | 5 = kind {
+        *previous = None;
         return decode_room_change(input, kind == 4);
     }
-    let key = text(take_short(input)?)?;
-    let target = match kind {
-        0 if key.is_empty() => Target::All,
-        1 if valid_key(&key) => Target::User((*key).into()),
-        2 if valid_key(&key) => Target::Room((*key).into()),
-        3 if valid_name(&key) => Target::Tenant((*key).into()),
-        0..=3 => return Err(WireError("invalid target name")),
-        _ => return Err(WireError("unknown target")),
+    let raw = take_short(input)?;
+    let target = match (&*previous, last) {
+        (Some((seen, key)), Some(last)) if *seen == kind && *key == raw => last.target.clone(),
+        _ => {
+            let key = std::str::from_utf8(&raw).map_err(|_| WireError("field is not UTF-8"))?;
+            let target = decode_target(kind, key)?;
+            *previous = Some((kind, raw));
+            target
+        }
     };
     let id = text(take_short(input)?)?;
     if !valid_field(&id) {
@@ -179,6 +191,17 @@ fn decode_message(input: &mut Bytes) -> Result<WireMessage, WireError> {
         return Err(WireError("data is not UTF-8"));
     }
     Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data, room_change: None })
+}
+
+fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
+    Ok(match kind {
+        0 if key.is_empty() => Target::All,
+        1 if valid_key(key) => Target::User(key.into()),
+        2 if valid_key(key) => Target::Room(key.into()),
+        3 if valid_name(key) => Target::Tenant(key.into()),
+        0..=3 => return Err(WireError("invalid target name")),
+        _ => return Err(WireError("unknown target")),
+    })
 }
 
 fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, WireError> {
@@ -309,6 +332,30 @@ mod tests {
         let lens: usize = messages.iter().map(|m| message_len(&m.target, &m.id, m.event.as_deref(), &m.data)).sum();
         assert_eq!(encoded.len(), HEADER_LEN + lens);
         assert_eq!(decode(encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
+    }
+
+    #[test]
+    fn runs_to_one_target_keep_each_target_of_its_kind() {
+        let to = |target: Target, id: &str| WireMessage {
+            target,
+            id: id.into(),
+            event: None,
+            data: Bytes::from_static(b"{}"),
+            room_change: None,
+        };
+        let messages = vec![
+            to(Target::User("a".into()), "1"),
+            to(Target::User("a".into()), "2"),
+            to(Target::Room("a".into()), "3"),
+            to(Target::User("a".into()), "4"),
+            to(Target::User("b".into()), "5"),
+            to(Target::User("b".into()), "6"),
+        ];
+        let decoded = decode(entry(&messages)).unwrap();
+        assert_eq!(decoded.messages.into_vec(), messages);
+        let mut bad = BytesMut::from(&entry(&messages[..1])[..]);
+        bad.extend_from_slice(&message(&Target::User("a/b".into()), "7", None, b"{}"));
+        assert_eq!(decode(bad.freeze()), Err(WireError("invalid target name")), "a new key is checked");
     }
 
     #[test]
