@@ -3,7 +3,8 @@
 //!
 //! A counting filter over the users, rooms and tenants with a connection on
 //! the shard (each counted once, when its first connection comes and its
-//! last goes), plus the number of connections for broadcasts. A message
+//! last goes); a broadcast is wanted while the shard's connection gauge
+//! ([`crate::metrics::ShardStats`]) is above zero. A message
 //! whose target is not in it reaches nobody here: the bus queues it for
 //! the shard's replay rings without waking the shard for it ([`super::lane`]).
 //! A collision only costs a wake-up, never a message. The shard changes it;
@@ -11,7 +12,7 @@
 //! so a target that gains a connection while a message for it is being
 //! queued either is seen by the bus or finds the message in the lane.
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use super::envelope::Target;
 
@@ -51,13 +52,13 @@ impl Probe {
 /// One shard's filter (see the module documentation).
 pub struct Interest {
     slots: Box<[AtomicU16]>,
-    connections: AtomicUsize,
     hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for Interest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Interest").field("connections", &self.connections.load(Ordering::Relaxed)).finish()
+        let taken = self.slots.iter().filter(|slot| slot.load(Ordering::Relaxed) != 0).count();
+        f.debug_struct("Interest").field("slots_taken", &taken).finish()
     }
 }
 
@@ -65,7 +66,6 @@ impl Default for Interest {
     fn default() -> Self {
         Interest {
             slots: (0..SLOTS).map(|_| AtomicU16::new(0)).collect(),
-            connections: AtomicUsize::new(0),
             hasher: ahash::RandomState::with_seeds(0x1e7e, 0x57ed, 0xb0b5, 0xcafe),
         }
     }
@@ -88,16 +88,6 @@ impl Interest {
         });
     }
 
-    /// A connection opened here.
-    pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A connection here ended.
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// Where a message to `target` finds its wanters.
     pub fn probe(&self, target: &Target) -> Probe {
         match target {
@@ -109,11 +99,12 @@ impl Interest {
         }
     }
 
-    /// True when somebody here may want what `probe` was found for.
-    pub fn wanted(&self, probe: Probe) -> bool {
+    /// True when somebody here may want what `probe` was found for, the
+    /// shard having `connections` open (its gauge).
+    pub fn wanted(&self, probe: Probe, connections: &AtomicU64) -> bool {
         match probe {
             Probe::Slot(slot) => self.slots[slot as usize].load(Ordering::Relaxed) != 0,
-            Probe::AnyConnection => self.connections.load(Ordering::Relaxed) != 0,
+            Probe::AnyConnection => connections.load(Ordering::Relaxed) != 0,
             Probe::Always => true,
         }
     }
@@ -130,30 +121,26 @@ mod tests {
 
     #[test]
     fn a_target_is_wanted_while_it_has_a_connection() {
-        let interest = Interest::default();
+        let (interest, none) = (Interest::default(), AtomicU64::new(0));
         let alice = interest.probe(&Target::User("alice".into()));
-        assert!(!interest.wanted(alice));
+        assert!(!interest.wanted(alice, &none));
         interest.add(Kind::User, "alice");
-        assert!(interest.wanted(alice));
-        assert!(!interest.wanted(interest.probe(&Target::Room("alice".into()))), "a room of the same name is another");
+        assert!(interest.wanted(alice, &none));
+        let room = interest.probe(&Target::Room("alice".into()));
+        assert!(!interest.wanted(room, &none), "a room of the same name is another");
         interest.remove(Kind::User, "alice");
-        assert!(!interest.wanted(alice));
-        assert!(interest.wanted(interest.probe(&Target::Connection(ConnId {
-            instance: 1,
-            shard: 0,
-            slot: 0,
-            serial: 1
-        }))));
+        assert!(!interest.wanted(alice, &none));
+        let connection = Target::Connection(ConnId { instance: 1, shard: 0, slot: 0, serial: 1 });
+        assert!(interest.wanted(interest.probe(&connection), &none));
     }
 
     #[test]
     fn broadcasts_are_wanted_while_any_connection_is_open() {
-        let interest = Interest::default();
-        assert!(!interest.wanted(interest.probe(&Target::All)));
-        interest.connection_opened();
-        assert!(interest.wanted(interest.probe(&Target::All)));
-        interest.connection_closed();
-        assert!(!interest.wanted(interest.probe(&Target::All)));
+        let (interest, connections) = (Interest::default(), AtomicU64::new(0));
+        let all = interest.probe(&Target::All);
+        assert!(!interest.wanted(all, &connections));
+        connections.store(1, Ordering::Relaxed);
+        assert!(interest.wanted(all, &connections));
     }
 
     #[test]
@@ -163,6 +150,6 @@ mod tests {
         interest.slots[slot as usize].store(u16::MAX, Ordering::Relaxed);
         interest.add(Kind::Room, "lobby");
         interest.remove(Kind::Room, "lobby");
-        assert!(interest.wanted(Probe::Slot(slot)));
+        assert!(interest.wanted(Probe::Slot(slot), &AtomicU64::new(0)));
     }
 }

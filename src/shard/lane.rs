@@ -11,7 +11,7 @@
 //! each subscriber's registration, so a resume reads complete rings and the
 //! live messages follow the replayed ones.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -68,12 +68,13 @@ impl SharedLane {
     }
 
     /// After a push: true when the shard must be woken for it, because
-    /// somebody there may want what `probes` were found for, or enough waits.
-    pub fn must_ring(&self, probes: &[Probe]) -> bool {
+    /// somebody there may want what `probes` were found for (the shard having
+    /// `connections` open), or enough waits.
+    pub fn must_ring(&self, probes: &[Probe], connections: &AtomicU64) -> bool {
         // Pairs with the fence in `LocalLane::begin`: a target that just
         // gained a connection is seen here, or the shard finds this envelope.
         fence(Ordering::SeqCst);
-        probes.iter().any(|&probe| self.interest.wanted(probe))
+        probes.iter().any(|&probe| self.interest.wanted(probe, connections))
             || self.quiet.fetch_add(1, Ordering::Relaxed) + 1 >= RING_AFTER
     }
 
@@ -128,13 +129,14 @@ mod tests {
     #[test]
     fn the_bus_rings_for_a_wanted_target_or_a_backlog() {
         let (shared, local) = lane();
+        let none = AtomicU64::new(0);
         let bob = shared.interest.probe(&Target::User("bob".into()));
         assert!(shared.push(deliver()).is_ok());
-        assert!(!shared.must_ring(&[bob]), "nobody wants bob's message here");
+        assert!(!shared.must_ring(&[bob], &none), "nobody wants bob's message here");
         assert!(shared.waiting());
         local.interest().add(Kind::User, "bob");
         assert!(shared.push(deliver()).is_ok());
-        assert!(shared.must_ring(&[bob]));
+        assert!(shared.must_ring(&[bob], &none));
         assert!(shared.claim_doorbell());
         assert!(!shared.claim_doorbell(), "one doorbell on its way at a time");
         assert!(!shared.waiting());
@@ -142,7 +144,8 @@ mod tests {
         assert!(local.next().is_some() && local.next().is_some() && local.next().is_none());
         assert!(shared.claim_doorbell(), "answered: it may ring again");
         let nobody = shared.interest.probe(&Target::User("carol".into()));
-        let rings = (0..RING_AFTER).filter(|_| shared.push(deliver()).is_ok() && shared.must_ring(&[nobody])).count();
+        let rings =
+            (0..RING_AFTER).filter(|_| shared.push(deliver()).is_ok() && shared.must_ring(&[nobody], &none)).count();
         assert_eq!(rings, 1, "a backlog of quiet envelopes rings once");
     }
 }

@@ -191,11 +191,6 @@ impl ShardCtx {
         now
     }
 
-    /// Whom bus messages may concern here, as the bus reads it (with a bus).
-    fn interest(&self) -> Option<&interest::Interest> {
-        self.lane.as_ref().map(|lane| &**lane.interest())
-    }
-
     /// Handles what waits in the bus's lane, in order, for up to `limit`
     /// steps; true when it stopped there (more may wait). Ends on an empty lane read after a
     /// fence, so what this shard's interest gained meanwhile is seen by the

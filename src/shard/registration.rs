@@ -97,9 +97,6 @@ impl ShardCtx {
         }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(socket, key, tenant, user, rooms, serial, self.now_ms()));
-        if let Some(interest) = self.interest() {
-            interest.connection_opened();
-        }
         let ready = &mut state.ready;
         conn.push_control(subscription.preamble, ready);
         // Same turn of the shard as the registration: nothing published
@@ -191,9 +188,6 @@ impl ShardCtx {
         if let Some(tenant) = &conn.tenant {
             state.registry.remove_tenant_member(tenant, key);
         }
-        if let Some(interest) = self.interest() {
-            interest.connection_closed();
-        }
         drop_connection_slot(&self.shared, conn.tenant.as_deref());
         let stats = self.stats();
         stats.connections.store((state.conns.len() - state.listeners.len()) as u64, Ordering::Relaxed);
@@ -274,7 +268,8 @@ mod tests {
         let bus_lane = &shared.lanes[0];
         let probe = bus_lane.interest.probe(&Target::User("u".into()));
         assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m2")], reply: None }).is_ok());
-        assert!(!bus_lane.must_ring(&[probe]), "nobody here wants it yet");
+        let connections = &shared.stats[0].connections;
+        assert!(!bus_lane.must_ring(&[probe], connections), "nobody here wants it yet");
 
         // The client got m2 from another instance and resumes here.
         let (socket, _peer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
@@ -292,6 +287,6 @@ mod tests {
 
         // From now on the bus sees the connection and rings for u's messages.
         assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m3")], reply: None }).is_ok());
-        assert!(bus_lane.must_ring(&[probe]));
+        assert!(bus_lane.must_ring(&[probe], connections));
     }
 }

@@ -211,7 +211,8 @@ mod tests {
         use crate::shard::envelope::Target;
         let interest = Arc::new(Interest::default());
         let mut registry = Registry::new(Some(interest.clone()));
-        let wanted = |target: Target| interest.wanted(interest.probe(&target));
+        let none = std::sync::atomic::AtomicU64::new(0);
+        let wanted = |target: Target| interest.wanted(interest.probe(&target), &none);
         registry.add_user("alice", 1);
         registry.add_user("alice", 2);
         registry.add_member("lobby", 1);

@@ -148,7 +148,7 @@ impl Shared {
             self.ring(shard);
             Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
         }
-        if lane.must_ring(probes) {
+        if lane.must_ring(probes, &self.stats[shard].connections) {
             self.ring(shard);
         }
     }
