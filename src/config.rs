@@ -72,7 +72,7 @@ pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: &str = "256MiB";
 /// keys for a retry to find its answer.
 pub const MIN_IDEMPOTENCY_MAX_BYTES: usize = 64 << 10;
 
-/// Which kernel interface the shards drive their sockets with.
+/// Which kernel interface the shards and the bus thread drive their sockets with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum IoDriver {
     /// io_uring when the kernel allows it, else epoll.
@@ -81,6 +81,18 @@ pub enum IoDriver {
     Uring,
     /// epoll (mio) always.
     Epoll,
+}
+
+impl IoDriver {
+    /// True when a thread should build an io_uring runtime first (with
+    /// `Auto`, falling back to epoll if that fails).
+    pub fn tries_uring(self) -> bool {
+        match self {
+            IoDriver::Uring => true,
+            IoDriver::Epoll => false,
+            IoDriver::Auto => monoio::utils::detect_uring(),
+        }
+    }
 }
 
 /// What happens when a connection's queue is full (the seed's `dropPolicy`).

@@ -44,12 +44,7 @@ pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, 
     std::thread::Builder::new().name("bus".into()).spawn(move || {
         let driver = shared.config.io_driver;
         let serve = move || run(shared, bus, inbox, url);
-        let uring = match driver {
-            IoDriver::Uring => true,
-            IoDriver::Epoll => false,
-            IoDriver::Auto => monoio::utils::detect_uring(),
-        };
-        if uring {
+        if driver.tries_uring() {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
                 Ok(mut runtime) => return runtime.block_on(serve()),
                 Err(error) if driver == IoDriver::Auto => {

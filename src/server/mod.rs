@@ -74,7 +74,7 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let instance = random_instance();
     let refusals = crate::api::subscribe::render_refusal;
     let mut shared = Shared::new(config, auth, tenant_config, refusals, inboxes, instance, lifecycle_tx);
-    let mut lanes: Vec<_> = if redis.is_some() { shared.open_bus_lanes() } else { Vec::new() };
+    let mut lanes = if redis.is_some() { shared.open_bus_lanes() } else { Vec::new() }.into_iter();
     let shared = Arc::new(shared);
     signals::spawn_watcher(shared.clone());
     if let Some(jwks) = shared.auth.jwks() {
@@ -115,7 +115,7 @@ pub fn run(setup: Setup) -> Result<i32, StartError> {
     let mut bus_live = false;
     for (id, local) in locals.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let lane = (!lanes.is_empty()).then(|| lanes.remove(0));
+        let lane = lanes.next();
         let boot = ShardBoot { id, shared: shared.clone(), bus: bus.clone(), local, lane, addresses, shared_listener };
         spawn_shard(boot, core)?;
         loop {
@@ -246,12 +246,7 @@ fn spawn_shard(boot: ShardBoot, core: Option<core_affinity::CoreId>) -> Result<(
         }
         let lifecycle = boot.shared.lifecycle.clone();
         let driver = boot.shared.config.io_driver;
-        let uring = match driver {
-            IoDriver::Uring => true,
-            IoDriver::Epoll => false,
-            IoDriver::Auto => monoio::utils::detect_uring(),
-        };
-        let result = if uring {
+        let result = if driver.tries_uring() {
             match build_uring() {
                 Ok(mut runtime) => {
                     runtime.block_on(boot.run("uring"));
