@@ -241,10 +241,7 @@ impl Sequencer {
         if seq == part.applied + 1 && !part.fetching && part.held.is_empty() {
             if let Some(entry) = entry {
                 // The next one, with nothing held: applied without a stay in `held`.
-                part.applied = seq;
-                part.reset_announced = false;
-                out.push(Action::Apply { partition: p, seq, entry });
-                return;
+                return Self::apply_next(p, part, seq, entry, out);
             }
         }
         part.held.insert(seq, entry);
@@ -314,10 +311,15 @@ impl Sequencer {
                 return;
             }
             let (seq, entry) = entry.remove_entry();
-            part.applied = seq;
-            part.reset_announced = false;
-            out.push(Action::Apply { partition: p, seq, entry: entry.expect("checked inline") });
+            Self::apply_next(p, part, seq, entry.expect("checked inline"), out);
         }
+    }
+
+    /// Applies `entry`, the one after `part.applied`.
+    fn apply_next(p: u16, part: &mut Partition, seq: u64, entry: Bytes, out: &mut Vec<Action>) {
+        part.applied = seq;
+        part.reset_announced = false;
+        out.push(Action::Apply { partition: p, seq, entry });
     }
 }
 
