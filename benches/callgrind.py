@@ -102,7 +102,24 @@ class Readers:
             sock.close()
 
 
-class Server:
+class Instance:
+    """A running ssekify and a keep-alive connection (`self.conn`) to its api listener."""
+
+    def post(self, path, body, content_type="application/json"):
+        self.conn.request("POST", path, body, {"Content-Type": content_type})
+        response = self.conn.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise SystemExit(f"POST {path} on {self.api}: {response.status} {answer[:200]!r}")
+
+    def stop(self):
+        # SIGKILL: a graceful shutdown under valgrind takes its time, and
+        # nothing is measured after the last dump.
+        self.process.kill()
+        self.process.wait()
+
+
+class Server(Instance):
     def __init__(self, binary, driver, work, name="callgrind.out", extra=()):
         self.public, self.api = free_port(), free_port()
         self.work, self.name, self.polls = work, name, 0
@@ -126,13 +143,6 @@ class Server:
 
     def connections(self):
         return self.stats()["connections"]
-
-    def post(self, path, body, content_type="application/json"):
-        self.conn.request("POST", path, body, {"Content-Type": content_type})
-        response = self.conn.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise SystemExit(f"POST {path}: {response.status} {answer[:200]!r}")
 
     def control(self, *args):
         subprocess.run(["callgrind_control", *args, str(self.process.pid)], check=True, capture_output=True)
@@ -166,14 +176,8 @@ class Server:
                     return int(line.split()[1])
         raise SystemExit(f"no total in {path}")
 
-    def stop(self):
-        # SIGKILL: a graceful shutdown under valgrind takes its time, and
-        # nothing is measured after the last dump.
-        self.process.kill()
-        self.process.wait()
 
-
-class Publisher:
+class Publisher(Instance):
     """A native instance on the bus that publishes what the counted one receives."""
 
     def __init__(self, binary, redis_url, work):
@@ -194,17 +198,6 @@ class Publisher:
             return False
         self.conn = conn
         return True
-
-    def post(self, path, body, content_type="application/json"):
-        self.conn.request("POST", path, body, {"Content-Type": content_type})
-        response = self.conn.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise SystemExit(f"POST {path} on the publisher: {response.status} {answer[:200]!r}")
-
-    def stop(self):
-        self.process.kill()
-        self.process.wait()
 
 
 def bus_rows(binary, work):
