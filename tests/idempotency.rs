@@ -191,6 +191,27 @@ fn the_same_key_on_another_route_is_answered_from_memory() {
 }
 
 #[test]
+fn a_repeat_sent_after_the_answer_gets_the_answer() {
+    // The key's owner records the answer before the client gets it, so a
+    // repeat the client sends next (here on a fresh connection, often to
+    // another shard than the key's owner or the first request's) is answered
+    // from memory, never `409 idempotency_in_progress`. Many keys, because a
+    // late record loses only a race.
+    const KEYS: usize = 300;
+    for driver in drivers() {
+        let server = Server::start_with_driver(driver, SHARDS);
+        let api = server.api;
+        for n in 0..KEYS {
+            let key = format!("answered-{n}");
+            let first = ok_json(post(api, "/v1/users/u/events", Some(&key), "text/plain", "once"));
+            let repeat = post(api, "/v1/users/u/events", Some(&key), "text/plain", "once");
+            assert_eq!(repeat.status, 200, "{driver}, key {key}: {:?}", repeat.text());
+            assert_eq!(repeat.json(), first, "{driver}, key {key}: answered from memory");
+        }
+    }
+}
+
+#[test]
 fn keys_are_forgotten_after_the_window() {
     let server = Server::start(&["--shards", "4", "--idempotency-window", "300ms"]);
     let api = server.api;

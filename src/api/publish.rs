@@ -97,7 +97,7 @@ pub async fn single(
         }
         Err(response) => refused(ctx, response),
     };
-    finish(claim, &response);
+    finish(claim, &response).await;
     response
 }
 
@@ -108,7 +108,7 @@ pub async fn batch(ctx: &Rc<ShardCtx>, bus: Option<&Bus>, ns: &Namespace, reques
         Err(answer) => return answer,
     };
     let response = publish_batch(ctx, bus, ns, request, claim.as_ref().map(ClaimGuard::key), body).await;
-    finish(claim, &response);
+    finish(claim, &response).await;
     response
 }
 
@@ -136,11 +136,12 @@ async fn claim<'a>(
     }
 }
 
-/// Records the publish's answer with its key's claim: a success is what a
-/// repeat gets; anything else releases the key for a retry.
-fn finish(claim: Option<ClaimGuard<'_>>, response: &Response) {
+/// Records the publish's answer with its key's claim, before the answer
+/// goes out: a success is what a repeat gets; anything else releases the key
+/// for a retry.
+async fn finish(claim: Option<ClaimGuard<'_>>, response: &Response) {
     if let Some(mut claim) = claim {
-        claim.finish((response.status == 200).then(|| response.body.clone()));
+        claim.finish((response.status == 200).then(|| response.body.clone())).await;
     }
 }
 
@@ -159,16 +160,17 @@ impl ClaimGuard<'_> {
         &self.key
     }
 
-    fn finish(&mut self, answer: Option<Bytes>) {
+    /// Dropped while the owner's inbox is full, the claim is released instead.
+    async fn finish(&mut self, answer: Option<Bytes>) {
+        self.ctx.finish_idempotency_key(&self.key, self.ticket, answer).await;
         self.done = true;
-        self.ctx.finish_idempotency_key(&self.key, self.ticket, answer);
     }
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.ctx.finish_idempotency_key(&self.key, self.ticket, None);
+            self.ctx.release_idempotency_key(&self.key, self.ticket);
         }
     }
 }

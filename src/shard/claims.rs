@@ -27,15 +27,31 @@ impl ShardCtx {
         }
     }
 
-    /// Stores (or, with `None`, releases) the answer of the claim `ticket` of a key.
-    pub fn finish_idempotency_key(self: &Rc<Self>, key: &str, ticket: Ticket, answer: Option<Bytes>) {
+    /// Stores (or, with `None`, releases) the answer of the claim `ticket` of a
+    /// key, queued on its owner before this returns: the answer goes to the
+    /// client after, so a repeat the client sends once it has the answer
+    /// reaches the owner's inbox behind the finish and gets the answer, never
+    /// `409 idempotency_in_progress` (one inbox per shard keeps push order).
+    pub async fn finish_idempotency_key(&self, key: &str, ticket: Ticket, answer: Option<Bytes>) {
         let owner = self.shared.owner(key);
         if owner == self.id {
             self.state.borrow_mut().idempotency.finish(key, ticket, answer.as_deref());
             return;
         }
+        self.send(owner, Envelope::IdempotencyFinish { key: key.into(), ticket, answer }).await;
+    }
+
+    /// Releases the claim `ticket` of a key from where nothing can wait (a
+    /// request dropped mid-publish, whose client gets no answer to order
+    /// against): a task queues the release.
+    pub fn release_idempotency_key(self: &Rc<Self>, key: &str, ticket: Ticket) {
+        let owner = self.shared.owner(key);
+        if owner == self.id {
+            self.state.borrow_mut().idempotency.finish(key, ticket, None);
+            return;
+        }
         let ctx = self.clone();
-        let envelope = Envelope::IdempotencyFinish { key: key.into(), ticket, answer };
+        let envelope = Envelope::IdempotencyFinish { key: key.into(), ticket, answer: None };
         monoio::spawn(async move { ctx.send(owner, envelope).await });
     }
 }
