@@ -4,17 +4,17 @@
 //! same bytes.
 #![no_main]
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use ssekify::bus::wire;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(entry) = wire::decode(Bytes::copy_from_slice(data)) else { return };
+    let Ok(entry) = wire::decode(data) else { return };
     let mut again = BytesMut::from(&wire::header(entry.instance, entry.token)[..]);
     for m in &entry.messages {
         let bytes = match &m.room_change {
             Some(change) => wire::room_change(&m.target, change),
-            None => wire::message(&m.target, &m.id, m.event.as_deref(), &m.data),
+            None => wire::message(&m.target, m.id, m.event, m.data),
         };
         again.extend_from_slice(&bytes);
     }

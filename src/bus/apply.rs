@@ -160,16 +160,16 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
             }
         }
     }
-    let decoded = match wire::decode(entry) {
+    let decoded = match wire::decode(&entry) {
         Ok(decoded) => decoded,
         Err(error) => {
             bus.report_error(shared, &format!("undecodable bus log entry: {}", error.0));
             return;
         }
     };
-    let listed = |target: &Target| match (&bus.tenants, tenant_of(target)) {
-        (Some(list), Some(tenant)) => list.iter().any(|t| &**t == tenant),
-        _ => true,
+    let listed = |target: &Target| match &bus.tenants {
+        Some(list) => tenant_of(target).is_none_or(|tenant| list.iter().any(|t| &**t == tenant)),
+        None => true,
     };
     let deliveries: Vec<Delivery> = decoded
         .messages
@@ -177,7 +177,7 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         .filter(|m| listed(&m.target))
         .map(|WireMessage { target, id, event, data, room_change }| match room_change {
             Some(change) => Delivery::room_change(target, change),
-            None => Delivery::message(target, frame::encode(&id, event.as_deref(), &data), true),
+            None => Delivery::message(target, frame::encode(id, event, data), true),
         })
         .collect();
     bus.count_received(deliveries.len() as u64);
@@ -214,7 +214,7 @@ async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>) {
 /// dropped as duplicates get an empty frame, which delivers nothing.
 async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
     if append.deduplicated() {
-        let kept = wire::decode(entry).map(|e| e.messages).unwrap_or_default();
+        let kept = wire::decode(&entry).map(|e| e.messages).unwrap_or_default();
         let mut kept = kept.iter().peekable();
         for (item, delivery) in append.items.iter().zip(&mut append.deliveries) {
             let same = kept.peek().is_some_and(|m| m.id.as_bytes() == &item.id[..] && m.target == delivery.target);

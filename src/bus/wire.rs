@@ -24,7 +24,7 @@
 //! [`decode`] trusts nothing, and checks every field exactly as the HTTP edge
 //! checks a publish (names, ids, events, UTF-8 data), refusing trailing bytes.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::namespace::{valid_key, valid_name};
@@ -40,31 +40,33 @@ pub const HEADER_LEN: usize = 13;
 /// Longest id or event name, as the HTTP edge allows.
 const MAX_FIELD: usize = 256;
 
-/// One message as it travels between instances.
+/// One message as it travels between instances, read from an entry's
+/// bytes, which it borrows: the receiver encodes its frame and is done with
+/// it, so nothing of it is copied or reference-counted on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WireMessage {
+pub struct WireMessage<'a> {
     /// Recipients, in internal keys.
     pub target: Target,
     /// Event id, assigned by the publishing instance.
-    pub id: WireText,
+    pub id: &'a str,
     /// Event name.
-    pub event: Option<WireText>,
+    pub event: Option<&'a str>,
     /// Payload.
-    pub data: Bytes,
+    pub data: &'a [u8],
     /// Set for a live room change (id, event and data are then empty).
     pub room_change: Option<RoomChange>,
 }
 
 /// A decoded log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<'a> {
     /// The instance that published it.
     pub instance: u32,
     /// The publisher's token for it (matches its own pending publishes).
     pub token: u64,
     /// Its messages, in publish order (most entries hold one: a batch's
     /// messages to different partitions travel as entries of their own).
-    pub messages: SmallVec<[WireMessage; 1]>,
+    pub messages: SmallVec<[WireMessage<'a>; 1]>,
 }
 
 /// Why an entry was not understood.
@@ -126,18 +128,17 @@ pub fn room_change(target: &Target, change: &RoomChange) -> Bytes {
 }
 
 /// Decodes and validates one entry.
-pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
-    if input.remaining() < HEADER_LEN {
-        return Err(WireError("truncated header"));
-    }
-    if input.get_u8() != VERSION {
+pub fn decode(entry: &[u8]) -> Result<Entry<'_>, WireError> {
+    let mut input = Reader(entry);
+    let header = input.take(HEADER_LEN).ok_or(WireError("truncated header"))?;
+    if header[0] != VERSION {
         return Err(WireError("unknown version"));
     }
-    let instance = input.get_u32();
-    let token = input.get_u64();
+    let instance = u32::from_be_bytes(header[1..5].try_into().expect("4 bytes"));
+    let token = u64::from_be_bytes(header[5..13].try_into().expect("8 bytes"));
     let mut messages = SmallVec::new();
     let mut previous = None;
-    while input.has_remaining() {
+    while !input.0.is_empty() {
         let message = decode_message(&mut input, &mut previous, messages.last())?;
         messages.push(message);
     }
@@ -148,46 +149,42 @@ pub fn decode(mut input: Bytes) -> Result<Entry, WireError> {
 }
 
 /// The kind and key of the last message's target as they were read: a
-/// batch's messages to one user come in runs, whose target is checked once.
-type PreviousKey = Option<(u8, Bytes)>;
+/// batch's messages to one user come in runs, whose target is checked once
+/// and shared.
+type PreviousKey<'a> = Option<(u8, &'a [u8])>;
 
-fn decode_message(
-    input: &mut Bytes,
-    previous: &mut PreviousKey,
-    last: Option<&WireMessage>,
-) -> Result<WireMessage, WireError> {
-    let kind = input.get_u8();
+fn decode_message<'a>(
+    input: &mut Reader<'a>,
+    previous: &mut PreviousKey<'a>,
+    last: Option<&WireMessage<'a>>,
+) -> Result<WireMessage<'a>, WireError> {
+    let kind = input.take(1).ok_or(WireError("truncated message"))?[0];
     if let 4 | 5 = kind {
         *previous = None;
         return decode_room_change(input, kind == 4);
     }
-    let raw = take_short(input)?;
+    let raw = input.short()?;
     let target = match (&*previous, last) {
         (Some((seen, key)), Some(last)) if *seen == kind && *key == raw => last.target.clone(),
         _ => {
-            let key = std::str::from_utf8(&raw).map_err(|_| WireError("field is not UTF-8"))?;
+            let key = std::str::from_utf8(raw).map_err(|_| WireError("field is not UTF-8"))?;
             let target = decode_target(kind, key)?;
             *previous = Some((kind, raw));
             target
         }
     };
-    let id = text(take_short(input)?)?;
-    if !valid_field(&id) {
+    let id = text(input.short()?)?;
+    if !valid_field(id) {
         return Err(WireError("invalid id"));
     }
-    let event = text(take_short(input)?)?;
-    if !event.is_empty() && !valid_field(&event) {
+    let event = text(input.short()?)?;
+    if !event.is_empty() && !valid_field(event) {
         return Err(WireError("invalid event"));
     }
-    if input.remaining() < 4 {
-        return Err(WireError("truncated data length"));
-    }
-    let len = input.get_u32() as usize;
-    if input.remaining() < len {
-        return Err(WireError("truncated data"));
-    }
-    let data = input.split_to(len);
-    if std::str::from_utf8(&data).is_err() {
+    let len = input.take(4).ok_or(WireError("truncated data length"))?;
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    let data = input.take(len).ok_or(WireError("truncated data"))?;
+    if std::str::from_utf8(data).is_err() {
         return Err(WireError("data is not UTF-8"));
     }
     Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data, room_change: None })
@@ -204,24 +201,21 @@ fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
     })
 }
 
-fn decode_room_change(input: &mut Bytes, join: bool) -> Result<WireMessage, WireError> {
-    if !input.has_remaining() {
-        return Err(WireError("truncated room change"));
-    }
-    let who = input.get_u8();
-    let key = text(take_short(input)?)?;
+fn decode_room_change<'a>(input: &mut Reader<'a>, join: bool) -> Result<WireMessage<'a>, WireError> {
+    let who = input.take(1).ok_or(WireError("truncated room change"))?[0];
+    let key = text(input.short()?)?;
     let target = match who {
-        1 if valid_key(&key) => Target::User((*key).into()),
-        6 => Target::Connection(ConnId::parse(&key).ok_or(WireError("invalid connection id"))?),
+        1 if valid_key(key) => Target::User(key.into()),
+        6 => Target::Connection(ConnId::parse(key).ok_or(WireError("invalid connection id"))?),
         1 => return Err(WireError("invalid target name")),
         _ => return Err(WireError("unknown room change target")),
     };
-    let room = text(take_short(input)?)?;
-    if !valid_key(&room) {
+    let room = text(input.short()?)?;
+    if !valid_key(room) {
         return Err(WireError("invalid room name"));
     }
-    let room_change = Some(RoomChange { room: (*room).into(), join });
-    Ok(WireMessage { target, id: WireText::default(), event: None, data: Bytes::new(), room_change })
+    let room_change = Some(RoomChange { room: room.into(), join });
+    Ok(WireMessage { target, id: "", event: None, data: &[], room_change })
 }
 
 /// An id or event name as the HTTP edge accepts it.
@@ -242,84 +236,62 @@ fn put_short(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn take_short(input: &mut Bytes) -> Result<Bytes, WireError> {
-    if input.remaining() < 2 {
-        return Err(WireError("truncated length"));
+/// The unread rest of an entry.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    /// The next `len` bytes, if there are as many.
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(taken)
     }
-    let len = input.get_u16() as usize;
-    if input.remaining() < len {
-        return Err(WireError("truncated field"));
-    }
-    Ok(input.split_to(len))
-}
 
-fn text(bytes: Bytes) -> Result<WireText, WireError> {
-    std::str::from_utf8(&bytes).map_err(|_| WireError("field is not UTF-8"))?;
-    Ok(WireText(bytes))
-}
-
-/// UTF-8 text sliced out of a log entry: checked once, never copied (each
-/// message's id was copied into a `String` of its own, one of the three
-/// allocations a received message cost the bus thread).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WireText(Bytes);
-
-impl std::ops::Deref for WireText {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        // SAFETY: a `WireText` is made only by `text`, which checked that
-        // its bytes are UTF-8, or from a `&str`.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    /// A field with a `u16` length before it.
+    fn short(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.take(2).ok_or(WireError("truncated length"))?;
+        self.take(usize::from(u16::from_be_bytes([len[0], len[1]]))).ok_or(WireError("truncated field"))
     }
 }
 
-impl From<&str> for WireText {
-    fn from(text: &str) -> Self {
-        WireText(Bytes::copy_from_slice(text.as_bytes()))
-    }
+fn text(bytes: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(bytes).map_err(|_| WireError("field is not UTF-8"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(messages: &[WireMessage]) -> Bytes {
+    fn entry(messages: &[WireMessage<'_>]) -> Bytes {
         let mut out = BytesMut::from(&header(0xdead_beef, 42)[..]);
         for m in messages {
-            out.extend_from_slice(&message(&m.target, &m.id, m.event.as_deref(), &m.data));
+            out.extend_from_slice(&message(&m.target, m.id, m.event, m.data));
         }
         out.freeze()
     }
 
-    fn sample() -> Vec<WireMessage> {
+    fn sample() -> Vec<WireMessage<'static>> {
         vec![
             WireMessage {
                 target: Target::User("alice".into()),
-                id: "1".into(),
-                event: Some("n".into()),
-                data: Bytes::from_static(b"a\nb"),
+                id: "1",
+                event: Some("n"),
+                data: b"a\nb",
                 room_change: None,
             },
             WireMessage {
                 target: Target::Room("acme\0lobby".into()),
-                id: "2".into(),
+                id: "2",
                 event: None,
-                data: Bytes::new(),
+                data: b"",
                 room_change: None,
             },
-            WireMessage {
-                target: Target::All,
-                id: "3".into(),
-                event: None,
-                data: Bytes::from_static(b"{}"),
-                room_change: None,
-            },
+            WireMessage { target: Target::All, id: "3", event: None, data: b"{}", room_change: None },
             WireMessage {
                 target: Target::Tenant("acme".into()),
-                id: "4".into(),
+                id: "4",
                 event: None,
-                data: Bytes::from("é"),
+                data: "é".as_bytes(),
                 room_change: None,
             },
         ]
@@ -329,20 +301,15 @@ mod tests {
     fn round_trip_keeps_order_and_fields() {
         let messages = sample();
         let encoded = entry(&messages);
-        let lens: usize = messages.iter().map(|m| message_len(&m.target, &m.id, m.event.as_deref(), &m.data)).sum();
+        let lens: usize = messages.iter().map(|m| message_len(&m.target, m.id, m.event, m.data)).sum();
         assert_eq!(encoded.len(), HEADER_LEN + lens);
-        assert_eq!(decode(encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
+        assert_eq!(decode(&encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
     }
 
     #[test]
     fn runs_to_one_target_keep_each_target_of_its_kind() {
-        let to = |target: Target, id: &str| WireMessage {
-            target,
-            id: id.into(),
-            event: None,
-            data: Bytes::from_static(b"{}"),
-            room_change: None,
-        };
+        let to =
+            |target: Target, id: &'static str| WireMessage { target, id, event: None, data: b"{}", room_change: None };
         let messages = vec![
             to(Target::User("a".into()), "1"),
             to(Target::User("a".into()), "2"),
@@ -351,24 +318,19 @@ mod tests {
             to(Target::User("b".into()), "5"),
             to(Target::User("b".into()), "6"),
         ];
-        let decoded = decode(entry(&messages)).unwrap();
+        let encoded = entry(&messages);
+        let decoded = decode(&encoded).unwrap();
         assert_eq!(decoded.messages.into_vec(), messages);
         let mut bad = BytesMut::from(&entry(&messages[..1])[..]);
         bad.extend_from_slice(&message(&Target::User("a/b".into()), "7", None, b"{}"));
-        assert_eq!(decode(bad.freeze()), Err(WireError("invalid target name")), "a new key is checked");
+        assert_eq!(decode(&bad), Err(WireError("invalid target name")), "a new key is checked");
     }
 
     #[test]
     fn more_messages_than_a_u16_count_survive() {
-        let one = WireMessage {
-            target: Target::All,
-            id: "x".into(),
-            event: None,
-            data: Bytes::from_static(b"1"),
-            room_change: None,
-        };
+        let one = WireMessage { target: Target::All, id: "x", event: None, data: b"1", room_change: None };
         let messages = vec![one; 70_000];
-        assert_eq!(decode(entry(&messages)).unwrap().messages.len(), 70_000);
+        assert_eq!(decode(&entry(&messages)).unwrap().messages.len(), 70_000);
     }
 
     #[test]
@@ -378,11 +340,11 @@ mod tests {
         let mut message_ends = Vec::new();
         let mut end = HEADER_LEN;
         for m in &messages {
-            end += message_len(&m.target, &m.id, m.event.as_deref(), &m.data);
+            end += message_len(&m.target, m.id, m.event, m.data);
             message_ends.push(end);
         }
         for cut in 0..good.len() {
-            let decoded = decode(good.slice(..cut));
+            let decoded = decode(&good[..cut]);
             if cut == HEADER_LEN {
                 assert_eq!(decoded, Err(WireError("no messages")));
             } else {
@@ -391,10 +353,10 @@ mod tests {
         }
         let mut trailing = good.to_vec();
         trailing.push(0);
-        assert!(decode(Bytes::from(trailing)).is_err(), "a trailing byte is a truncated message");
+        assert!(decode(&trailing).is_err(), "a trailing byte is a truncated message");
         let mut wrong_version = good.to_vec();
         wrong_version[0] = 1;
-        assert_eq!(decode(Bytes::from(wrong_version)), Err(WireError("unknown version")));
+        assert_eq!(decode(&wrong_version), Err(WireError("unknown version")));
     }
 
     #[test]
@@ -402,7 +364,7 @@ mod tests {
         let bad = |target: Target, id: &str, event: Option<&str>, data: &[u8]| {
             let mut out = BytesMut::from(&header(1, 1)[..]);
             out.extend_from_slice(&message(&target, id, event, data));
-            decode(out.freeze()).unwrap_err()
+            decode(&out).unwrap_err()
         };
         assert_eq!(bad(Target::User("a,b".into()), "1", None, b""), WireError("invalid target name"));
         assert_eq!(bad(Target::User("".into()), "1", None, b""), WireError("invalid target name"));
@@ -416,7 +378,7 @@ mod tests {
         let mut unknown = BytesMut::from(&header(1, 1)[..]);
         unknown.extend_from_slice(&message(&Target::All, "1", None, b""));
         unknown[HEADER_LEN] = 9;
-        assert_eq!(decode(unknown.freeze()), Err(WireError("unknown target")));
+        assert_eq!(decode(&unknown), Err(WireError("unknown target")));
     }
 
     #[test]
@@ -432,19 +394,19 @@ mod tests {
             assert_eq!(bytes.len(), room_change_len(target, change));
             out.extend_from_slice(&bytes);
         }
-        let decoded = decode(out.freeze()).unwrap().messages;
+        let decoded = decode(&out).unwrap().messages;
         let back: Vec<_> = decoded.into_iter().map(|m| (m.target, m.room_change.unwrap())).collect();
         assert_eq!(back, changes);
 
         let bad = |target: &Target, room: &str| {
             let mut out = BytesMut::from(&header(1, 1)[..]);
             out.extend_from_slice(&room_change(target, &RoomChange { room: room.into(), join: true }));
-            decode(out.freeze()).unwrap_err()
+            decode(&out).unwrap_err()
         };
         assert_eq!(bad(&Target::User("a".into()), "x,y"), WireError("invalid room name"));
         assert_eq!(bad(&Target::User("a/b".into()), "x"), WireError("invalid target name"));
         let mut forged = BytesMut::from(&header(1, 1)[..]);
         forged.extend_from_slice(&[4, 6, 0, 3, b'a', b'-', b'b', 0, 1, b'x']);
-        assert_eq!(decode(forged.freeze()), Err(WireError("invalid connection id")));
+        assert_eq!(decode(&forged), Err(WireError("invalid connection id")));
     }
 }

@@ -12,17 +12,20 @@ use crate::namespace::Namespace;
 use crate::tenants::TenantConfig;
 
 /// Who a message is for. User and room names are internal keys
-/// ([`Namespace::key`]), in the process and on the bus alike.
+/// ([`Namespace::key`]), in the process and on the bus alike, shared (`Arc`)
+/// so that the copies of one target cost a reference count, not an
+/// allocation: a room's or a broadcast's delivery to every shard, a bus
+/// entry's run of messages to one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every connection of one user (on the user's owner shard).
-    User(Box<str>),
+    User(Arc<str>),
     /// Every member of a room (on every shard).
-    Room(Box<str>),
+    Room(Arc<str>),
     /// Every connection of the default namespace (on every shard).
     All,
     /// Every connection of one tenant (on every shard).
-    Tenant(Box<str>),
+    Tenant(Arc<str>),
     /// One connection, wherever in the cluster its id says it lives.
     Connection(ConnId),
 }
