@@ -162,7 +162,7 @@ fn shard_with(conns: usize, tenant_conns: usize) -> Rc<ShardCtx> {
 /// drained as the write loop does: the rows with connections that the
 /// broadcast does not reach count the broadcast, not a drain.
 fn shard_round(ctx: &ShardCtx, write_loop: &mut WriteLoop, delivery: &Delivery) -> usize {
-    let queued = ctx.deliver(delivery) as usize;
+    let queued = ctx.deliver(delivery.clone()) as usize;
     let WriteLoop { iovecs, due } = write_loop;
     let mut state = ctx.state.borrow_mut();
     state.ready.take(due);

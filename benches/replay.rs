@@ -152,7 +152,7 @@ impl Load {
             }
             let user = self.rng.below(self.users.len());
             let frame: Bytes = encode(&id_of(now, self.sent), None, &self.payload);
-            self.store.record(Stream::User(&self.users[user]), &frame, now, false);
+            self.store.record(Stream::User(&self.users[user]), frame, now, false);
             self.last[user] = Some((now, self.sent));
         }
     }

@@ -61,9 +61,10 @@ pub fn valid_key(key: &str) -> bool {
 }
 
 /// Where the first [`SEPARATOR`] is: looked up for every message routed, so
-/// by a byte search rather than a `char` pattern (a tenth of the cost).
+/// by a plain byte loop, not a `char` pattern (ten times the cost) nor
+/// `memchr` (whose set-up costs more than a name of a few bytes takes).
 fn separator_at(key: &str) -> Option<usize> {
-    memchr::memchr(SEPARATOR as u8, key.as_bytes())
+    key.bytes().position(|b| b == SEPARATOR as u8)
 }
 
 /// The default namespace (`None`) or one tenant's.

@@ -4,6 +4,9 @@
 
 use std::rc::Rc;
 
+use ahash::AHashSet;
+use slab::Slab;
+
 use super::conn::{CloseReason, Closing, Conn};
 use super::envelope::{Delivery, Envelope, Target};
 use super::queue::Pushed;
@@ -48,7 +51,7 @@ impl ShardCtx {
             // A lone message for this shard alone (a user it owns, or the
             // only shard): queued at once, without splitting by shard.
             if self.shared.shards_for(&delivery.target) == (self.id..self.id + 1) {
-                return vec![self.deliver(delivery)];
+                return deliveries.into_iter().map(|d| self.deliver(d)).collect();
             }
         }
         let shards = self.shared.shard_count();
@@ -70,7 +73,7 @@ impl ShardCtx {
             if budget.spent() {
                 yielding::yield_now().await;
             }
-            totals[index] += self.deliver(&delivery);
+            totals[index] += self.deliver(delivery);
         }
         // Asked after the local part (as before yielding came in), so the
         // wait for the other shards is not part of the loop's state: the
@@ -98,10 +101,10 @@ impl ShardCtx {
     }
 
     /// Queues `frame` to the local connections `target` names; returns how many.
-    pub fn deliver(&self, delivery: &Delivery) -> u64 {
-        let (target, frame) = (&delivery.target, &delivery.frame);
-        if let Some(change) = &delivery.room_change {
-            return self.change_rooms(target, change).pack();
+    pub fn deliver(&self, delivery: Delivery) -> u64 {
+        let Delivery { target, frame, skip_known_id, room_change } = delivery;
+        if let Some(change) = &room_change {
+            return self.change_rooms(&target, change).pack();
         }
         if frame.is_empty() {
             return 0;
@@ -109,17 +112,31 @@ impl ShardCtx {
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, replay, listeners, ready, queue_items_max, queue_bytes_max, .. } =
             &mut *state;
-        let stream = match target {
-            Target::User(user) => Stream::User(user),
-            Target::Room(room) => Stream::Room(room),
-            Target::All => Stream::All,
-            Target::Tenant(tenant) => Stream::Tenant(tenant),
+        let (stream, recipients) = match &target {
+            Target::User(user) => (Stream::User(user), Recipients::Listed(registry.user(user))),
+            Target::Room(room) => (Stream::Room(room), Recipients::Set(registry.room(room))),
+            Target::All if registry.has_tenants() || !listeners.is_empty() => {
+                (Stream::All, Recipients::DefaultNamespace)
+            }
+            Target::All => (Stream::All, Recipients::Everyone),
+            Target::Tenant(tenant) => (Stream::Tenant(tenant), Recipients::Set(registry.tenant(tenant))),
             // Only room changes address one connection.
             Target::Connection(_) => return 0,
         };
-        if !replay.record(stream, frame, self.clock_ms.get(), delivery.skip_known_id) {
+        // The ring takes the frame itself when nobody here gets it (most of
+        // what the bus brings): a second holder would cost the frame its
+        // shared header, an allocation.
+        let queued_frame = match recipients.none(conns) {
+            true => None,
+            false => Some(frame.clone()),
+        };
+        if !replay.record(stream, frame, self.clock_ms.get(), skip_known_id) {
             return 0;
         }
+        let Some(frame) = queued_frame else {
+            self.report_replay(replay);
+            return 0;
+        };
         let mut tally = Tally::default();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {
@@ -145,38 +162,32 @@ impl ShardCtx {
                 }
             }
         };
-        match target {
-            Target::User(user) => {
-                for &key in registry.user(user) {
+        match recipients {
+            Recipients::Listed(keys) => {
+                for &key in keys {
                     push(&mut conns[key]);
                 }
             }
-            Target::Room(room) => {
-                for &key in registry.room(room).into_iter().flatten() {
+            Recipients::Set(keys) => {
+                for &key in keys.into_iter().flatten() {
                     push(&mut conns[key]);
                 }
             }
             // The default namespace: the whole slab, skipping tenants'
             // connections and event listeners only when this shard has any
             // (so without them the loop is what it always was).
-            Target::All if registry.has_tenants() || !listeners.is_empty() => {
+            Recipients::DefaultNamespace => {
                 for (_, conn) in conns.iter_mut() {
                     if conn.tenant.is_none() && conn.listener.is_none() {
                         push(conn);
                     }
                 }
             }
-            Target::All => {
+            Recipients::Everyone => {
                 for (_, conn) in conns.iter_mut() {
                     push(conn);
                 }
             }
-            Target::Tenant(tenant) => {
-                for &key in registry.tenant(tenant).into_iter().flatten() {
-                    push(&mut conns[key]);
-                }
-            }
-            Target::Connection(_) => {}
         }
         let stats = self.stats();
         ShardStats::add(&stats.sent, tally.queued);
@@ -188,7 +199,9 @@ impl ShardCtx {
             ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
         }
         self.report_replay(replay);
-        self.count_tenant_sent(Self::tenant_of_target(target), tally.queued);
+        if tally.queued > 0 {
+            self.count_tenant_sent(Self::tenant_of_target(&target), tally.queued);
+        }
         tally.queued
     }
 
@@ -224,6 +237,30 @@ impl ShardCtx {
             })
         });
         crate::log!(Warn, "told subscribers of a bus gap", connections = told);
+    }
+}
+
+/// The local connections a delivery names, looked up once: to know whether
+/// anyone here gets the frame before the ring takes it, then to queue it.
+enum Recipients<'a> {
+    /// A user's connections.
+    Listed(&'a [usize]),
+    /// A room's members or a tenant's connections, if any here.
+    Set(Option<&'a AHashSet<usize>>),
+    /// Every connection of the default namespace, among others.
+    DefaultNamespace,
+    /// Every connection here (all in the default namespace).
+    Everyone,
+}
+
+impl Recipients<'_> {
+    /// True when no connection here is named (a broadcast counts any).
+    fn none(&self, conns: &Slab<Conn>) -> bool {
+        match self {
+            Recipients::Listed(keys) => keys.is_empty(),
+            Recipients::Set(keys) => keys.is_none_or(|set| set.is_empty()),
+            Recipients::DefaultNamespace | Recipients::Everyone => conns.is_empty(),
+        }
     }
 }
 

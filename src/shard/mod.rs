@@ -223,7 +223,7 @@ impl ShardCtx {
                 self.register(fd, subscription);
             }
             Envelope::Deliver { deliveries, reply } => {
-                let counts = deliveries.iter().map(|d| self.deliver(d)).collect();
+                let counts = deliveries.into_iter().map(|d| self.deliver(d)).collect();
                 if let Some(reply) = reply {
                     self.reply(reply, counts);
                 }

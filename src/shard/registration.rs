@@ -263,7 +263,7 @@ mod tests {
         let shared = Arc::new(shared);
         let ctx = ShardCtx::new(0, shared.clone(), lane).expect("an epoll set");
         let message = |id: &str| Delivery::message(Target::User("u".into()), encode(id, None, b"{}"), true);
-        ctx.deliver(&message("m1"));
+        ctx.deliver(message("m1"));
         // m2 comes from the bus for a user nobody here has: queued, not rung.
         let bus_lane = &shared.lanes[0];
         let probe = bus_lane.interest.probe(&Target::User("u".into()));

@@ -267,11 +267,11 @@ impl ReplayStore {
     /// With `skip_known` (a frame from another instance) a frame whose id
     /// the ring already holds is a repeat: nothing is recorded and the
     /// answer is false (deliver it to nobody).
-    pub fn record(&mut self, stream: Stream<'_>, frame: &Bytes, now_ms: u64, skip_known: bool) -> bool {
+    pub fn record(&mut self, stream: Stream<'_>, frame: Bytes, now_ms: u64, skip_known: bool) -> bool {
         if !self.enabled() {
             return true;
         }
-        let Some(id_len) = frame_id_len(frame) else { return true };
+        let Some(id_len) = frame_id_len(&frame) else { return true };
         let id = &frame[4..4 + id_len as usize];
         let id_print = id_print(id);
         let known = |ring: &Ring| skip_known && ring.holds(id, id_print);
@@ -300,14 +300,17 @@ impl ReplayStore {
             }
         };
         (self.next_seq, self.next_touch) = (seq, touch);
-        let entry = Entry { seq, id_len, id_print, frame: frame.clone() };
-        let tenant = match stream {
-            Stream::All => None,
-            Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
-            Stream::Tenant(name) => Some(name),
-        };
-        if let (true, Some(tenant)) = (created, tenant) {
-            ring.tenant = Some(intern(&mut self.tenant_use, tenant));
+        let frame_len = frame.len();
+        let entry = Entry { seq, id_len, id_print, frame };
+        if created {
+            let tenant = match stream {
+                Stream::All => None,
+                Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
+                Stream::Tenant(name) => Some(name),
+            };
+            if let Some(tenant) = tenant {
+                ring.tenant = Some(intern(&mut self.tenant_use, tenant));
+            }
         }
         ring.last_active_ms = now_ms;
         let len = ring.entries.len();
@@ -323,11 +326,11 @@ impl ReplayStore {
         }
         ring.entries.push_back(entry);
         self.entries += 1;
-        self.bytes += frame.len();
+        self.bytes += frame_len;
         if let Some(tenant) = ring.tenant.clone() {
             let name = ring.name.clone();
             let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
-            tenant_use.bytes = tenant_use.bytes + frame.len() - freed;
+            tenant_use.bytes = tenant_use.bytes + frame_len - freed;
             tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
             match created {
                 true => tenant_use.order.insert(touch, (kind, name)),
@@ -832,7 +835,7 @@ mod tests {
     }
 
     fn publish(store: &mut ReplayStore, stream: Stream<'_>, id: &str, now: u64) {
-        assert!(store.record(stream, &encode(id, None, b"x"), now, false));
+        assert!(store.record(stream, encode(id, None, b"x"), now, false));
     }
 
     #[test]
@@ -1102,12 +1105,12 @@ mod tests {
         publish(&mut store, Stream::User("u"), "1", 0);
         publish(&mut store, Stream::All, "2", 0);
         let entries = store.usage().entries;
-        assert!(!store.record(Stream::User("u"), &encode("1", None, b"other data"), 0, true));
-        assert!(!store.record(Stream::All, &encode("2", Some("e"), b"x"), 0, true));
+        assert!(!store.record(Stream::User("u"), encode("1", None, b"other data"), 0, true));
+        assert!(!store.record(Stream::All, encode("2", Some("e"), b"x"), 0, true));
         assert_eq!(store.usage().entries, entries, "a repeat is not recorded");
-        assert!(store.record(Stream::User("u"), &encode("1", None, b"again"), 0, false), "unless it may repeat");
-        assert!(store.record(Stream::User("v"), &encode("1", None, b"x"), 0, true));
-        assert!(store.record(Stream::All, &encode("1", None, b"x"), 0, true));
+        assert!(store.record(Stream::User("u"), encode("1", None, b"again"), 0, false), "unless it may repeat");
+        assert!(store.record(Stream::User("v"), encode("1", None, b"x"), 0, true));
+        assert!(store.record(Stream::All, encode("1", None, b"x"), 0, true));
         assert_eq!(store.usage().entries, entries + 3);
     }
 
