@@ -173,21 +173,18 @@ fn decode_message<'a>(
             target
         }
     };
-    let id = text(input.short()?)?;
-    if !valid_field(id) {
-        return Err(WireError("invalid id"));
-    }
-    let event = text(input.short()?)?;
-    if !event.is_empty() && !valid_field(event) {
-        return Err(WireError("invalid event"));
-    }
+    let id = field(input.short()?).ok_or(WireError("invalid id"))?;
+    let event = match input.short()? {
+        [] => None,
+        event => Some(field(event).ok_or(WireError("invalid event"))?),
+    };
     let len = input.take(4).ok_or(WireError("truncated data length"))?;
     let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
     let data = input.take(len).ok_or(WireError("truncated data"))?;
     if std::str::from_utf8(data).is_err() {
         return Err(WireError("data is not UTF-8"));
     }
-    Ok(WireMessage { target, id, event: (!event.is_empty()).then_some(event), data, room_change: None })
+    Ok(WireMessage { target, id, event, data, room_change: None })
 }
 
 fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
@@ -218,9 +215,17 @@ fn decode_room_change<'a>(input: &mut Reader<'a>, join: bool) -> Result<WireMess
     Ok(WireMessage { target, id: "", event: None, data: &[], room_change })
 }
 
-/// An id or event name as the HTTP edge accepts it.
-fn valid_field(value: &str) -> bool {
-    !value.is_empty() && value.len() <= MAX_FIELD && frame::check_field(value).is_ok()
+/// An id or event name as the HTTP edge accepts it: 1 to 256 bytes of
+/// UTF-8 without CR, LF or NUL.
+fn field(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_empty() || bytes.len() > MAX_FIELD {
+        return None;
+    }
+    if frame::is_plain_ascii_field(bytes) {
+        // SAFETY: ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok().filter(|text| frame::check_field(text).is_ok())
 }
 
 fn key(target: &Target) -> std::borrow::Cow<'_, str> {
