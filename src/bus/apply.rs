@@ -181,12 +181,10 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         })
         .collect();
     bus.count_received(deliveries.len() as u64);
-    if let [only] = &deliveries[..] {
-        // Most entries: one message, for one shard (a user's), handed on as it is.
-        let shards = shared.shards_for(&only.target);
-        if shards.len() == 1 {
-            return hand_on(shared, shards.start, deliveries).await;
-        }
+    if let Some(shard) = one_shard(shared, &deliveries) {
+        // Most entries: one message, or a run to one user, for one shard
+        // (the user's), handed on as they are.
+        return hand_on(shared, shard, deliveries).await;
     }
     for (shard, deliveries) in shared.route(deliveries).0.into_iter().enumerate() {
         if !deliveries.is_empty() {
@@ -195,18 +193,30 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
     }
 }
 
+/// The shard that queues every one of `deliveries`, if one does: a user's
+/// messages (a run of them shares its target, which compares by pointer).
+fn one_shard(shared: &Shared, deliveries: &[Delivery]) -> Option<usize> {
+    let first = &deliveries.first()?.target;
+    let shards = shared.shards_for(first);
+    let alone = shards.len() == 1
+        && deliveries[1..].iter().all(|d| d.target == *first || shared.shards_for(&d.target) == shards);
+    alone.then_some(shards.start)
+}
+
 /// Hands `shard` what it must apply of another instance's entry. Messages
 /// for nobody there wait for its next wake; a membership change is the
 /// shard's business now.
 async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>) {
     let interest = &shared.lanes[shard].interest;
-    let probes: SmallVec<[Probe; 4]> = deliveries
-        .iter()
-        .map(|d| match d.room_change {
-            Some(_) => Probe::Always,
-            None => interest.probe(&d.target),
-        })
-        .collect();
+    let mut probes: SmallVec<[Probe; 4]> = SmallVec::new();
+    for (at, delivery) in deliveries.iter().enumerate() {
+        match delivery.room_change {
+            Some(_) => probes.push(Probe::Always),
+            // A run to one target is probed once.
+            None if at > 0 && deliveries[at - 1].target == delivery.target => {}
+            None => probes.push(interest.probe(&delivery.target)),
+        }
+    }
     shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None }, &probes).await;
 }
 

@@ -157,6 +157,14 @@ struct TenantUse {
     order: ActivityOrder<(KeyedKind, Rc<str>)>,
 }
 
+/// The activity marks a record may give its ring: `fresh` (the next one),
+/// unless the ring already has `latest`, the newest given out.
+#[derive(Debug, Clone, Copy)]
+struct Touches {
+    latest: u64,
+    fresh: u64,
+}
+
 /// Rings by name with least-recently-active order.
 #[derive(Debug, Default)]
 struct Keyed {
@@ -275,30 +283,36 @@ impl ReplayStore {
         let id = &frame[4..4 + id_len as usize];
         let id_print = id_print(id);
         let known = |ring: &Ring| skip_known && ring.holds(id, id_print);
-        let (seq, touch, capacity) = (self.next_seq + 1, self.next_touch + 1, self.limits.entries);
+        let (seq, capacity) = (self.next_seq + 1, self.limits.entries);
+        let touches = Touches { latest: self.next_touch, fresh: self.next_touch + 1 };
         let (ring, created, kind) = match stream {
             Stream::All if known(&self.broadcast) => return false,
             Stream::All => {
-                self.broadcast.touch = touch;
+                self.broadcast.touch = touches.fresh;
                 (&mut self.broadcast, false, KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let Some((ring, created)) = self.users.touch(name, touch, seq, || connected.contains(name), known)
+                let Some((ring, created)) = self.users.touch(name, touches, seq, || connected.contains(name), known)
                 else {
                     return false;
                 };
                 (ring, created, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let Some((ring, created)) = self.rooms.touch(name, touch, seq, || false, known) else { return false };
+                let Some((ring, created)) = self.rooms.touch(name, touches, seq, || false, known) else {
+                    return false;
+                };
                 (ring, created, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let Some((ring, created)) = self.tenants.touch(name, touch, seq, || false, known) else { return false };
+                let Some((ring, created)) = self.tenants.touch(name, touches, seq, || false, known) else {
+                    return false;
+                };
                 (ring, created, KeyedKind::Tenants)
             }
         };
+        let touch = ring.touch;
         (self.next_seq, self.next_touch) = (seq, touch);
         let frame_len = frame.len();
         let entry = Entry { seq, id_len, id_print, frame };
@@ -332,9 +346,11 @@ impl ReplayStore {
             let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
             tenant_use.bytes = tenant_use.bytes + frame_len - freed;
             tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
-            match created {
-                true => tenant_use.order.insert(touch, (kind, name)),
-                false => tenant_use.order.moved(touch, (kind, name)),
+            match (created, touch == touches.fresh) {
+                (true, _) => tenant_use.order.insert(touch, (kind, name)),
+                (false, true) => tenant_use.order.moved(touch, (kind, name)),
+                // Already the most recently active: its place stands.
+                (false, false) => {}
             }
             self.enforce_tenant_budget(&tenant);
         }
@@ -646,19 +662,23 @@ impl Keyed {
     fn touch(
         &mut self,
         name: &str,
-        touch: u64,
+        touches: Touches,
         seq: u64,
         pin_new: impl FnOnce() -> bool,
         known: impl FnOnce(&Ring) -> bool,
     ) -> Option<(&mut Ring, bool)> {
         let Keyed { rings, order, pinned, .. } = self;
-        order.sweep(current(rings));
-        pinned.sweep(current(rings));
+        let touch = touches.fresh;
         let created = match rings.get_mut(name) {
             Some(ring) if known(ring) => return None,
+            // The most recently active ring already (a run of messages to
+            // one user): its place in the order stands, nothing to move.
+            Some(ring) if ring.touch == touches.latest => false,
             Some(ring) => {
                 ring.touch = touch;
-                if ring.pinned { &mut *pinned } else { &mut *order }.moved(touch, ring.name.clone());
+                let order = if ring.pinned { &mut *pinned } else { &mut *order };
+                order.moved(touch, ring.name.clone());
+                order.sweep(current(rings));
                 false
             }
             None => {
@@ -667,7 +687,9 @@ impl Keyed {
                 let ring =
                     Ring { name: name.clone(), created_at: seq - 1, touch, pinned: is_pinned, ..Ring::default() };
                 rings.insert(name.clone(), ring);
-                if is_pinned { &mut *pinned } else { &mut *order }.insert(touch, name);
+                let order = if is_pinned { &mut *pinned } else { &mut *order };
+                order.insert(touch, name);
+                order.sweep(current(rings));
                 true
             }
         };
@@ -910,6 +932,33 @@ mod tests {
             store.replay(Some("b"), &[], None, Some("b2"))
         };
         assert!(!recreated.gap && recreated.frames.is_empty(), "found at the newest entry");
+    }
+
+    #[test]
+    fn a_run_to_the_most_recent_ring_keeps_it_most_recent() {
+        // A run's later records leave the ring's place as it is (it is
+        // already the newest); what another ring does after still counts.
+        let mut store = ReplayStore::new(limits(5));
+        publish(&mut store, Stream::User("a"), "a1", 0);
+        publish(&mut store, Stream::User("b"), "b1", 0);
+        publish(&mut store, Stream::User("b"), "b2", 0);
+        publish(&mut store, Stream::User("c"), "c1", 0);
+        publish(&mut store, Stream::User("a"), "a2", 0);
+        publish(&mut store, Stream::User("a"), "a3", 0);
+        publish(&mut store, Stream::User("d"), "d1", 0);
+        assert!(resume(&store, "b", "b2").0, "b went first: a's run came after c");
+        publish(&mut store, Stream::User("c"), "c2", 0);
+        for id in ["e1", "e2", "e3"] {
+            publish(&mut store, Stream::User("e"), id, 0);
+        }
+        assert!(resume(&store, "a", "a3").0, "then a, the least recent");
+        assert_eq!(resume(&store, "c", "c1"), (false, vec!["c2".into()]));
+        assert_eq!(resume(&store, "e", "e1"), (false, vec!["e2".into(), "e3".into()]));
+        for _ in 0..100 {
+            publish(&mut store, Stream::User("e"), "e", 0);
+        }
+        assert_eq!(store.users.order.len(), 3, "c, d and e");
+        assert!(store.users.order.places() <= 2 * 3 + 32, "a long run leaves no stale places behind");
     }
 
     #[test]
