@@ -40,18 +40,19 @@ pub fn is_plain_ascii_field(bytes: &[u8]) -> bool {
     // Non-zero when a byte of `word` is zero (exactly: the borrow can mark
     // more bytes, but only above a zero one).
     let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
+    let plain = |chunk: &[u8]| {
         let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         let refused = (word & HIGHS)
             | zero_byte(word)
             | zero_byte(word ^ (ONES * u64::from(b'\r')))
             | zero_byte(word ^ (ONES * u64::from(b'\n')));
-        if refused != 0 {
-            return false;
-        }
+        refused == 0
+    };
+    match bytes.len() {
+        // The last eight bytes as one more word, overlapping the one before.
+        len @ 8.. => bytes.chunks_exact(8).all(plain) && plain(&bytes[len - 8..]),
+        _ => bytes.iter().all(|&b| b.is_ascii() && !matches!(b, b'\r' | b'\n' | 0)),
     }
-    chunks.remainder().iter().all(|&b| b.is_ascii() && !matches!(b, b'\r' | b'\n' | 0))
 }
 
 /// Encodes `id`, `event` (omitted when absent or `message`, the browser's default)
