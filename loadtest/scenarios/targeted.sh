@@ -9,7 +9,11 @@
 # the first server core that reads each request, sends a fixed answer and
 # one frame (ssekify-loadtest targeted-floor), the least CPU per targeted
 # publish any server can spend here.
-#   PEER=ssekify|nchan|floor SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 loadtest/scenarios/targeted.sh
+# RECIPIENTS=nobody: the subscribers connect as users the publishes never
+# address (nobody-{i}), so every message is for a user with no connection:
+# the cost of a message the server only records for replay (its
+# deliveries_lost then counts every message, as it should).
+#   PEER=ssekify|nchan|floor SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 ROOMS=${ROOMS:-100}
@@ -18,10 +22,13 @@ if ((BATCH > 1)); then RATE=${RATE:-200000}; else RATE=${RATE:-20000}; fi
 DURATION=${DURATION:-10}
 SIZE=${SIZE:-100}
 PUBLISHERS=${PUBLISHERS:-32}
+RECIPIENTS=${RECIPIENTS:-subscribers}
+[[ $RECIPIENTS == subscribers || $RECIPIENTS == nobody ]] || lt_die "RECIPIENTS is subscribers or nobody, not $RECIPIENTS"
 
 lt_setup
 if [[ $PEER == floor ]]; then
     ((BATCH == 1)) || lt_die "the targeted floor is for the single-message route; run BATCH=1"
+    [[ $RECIPIENTS == subscribers ]] || lt_die "the targeted floor sends every frame; RECIPIENTS=nobody is for a server"
     json=$(result_file targeted)
     server=$(lt_core_list "$SERVER_CORES" | head -n1)
     client=$(lt_core_list "$GEN_CORES" | head -n1)
@@ -43,6 +50,10 @@ if ((BATCH > 1)); then
 else
     name=targeted
     route=(--publish-url "$PUB_USER")
+fi
+if [[ $RECIPIENTS == nobody ]]; then
+    name+=-nobody
+    SSE_URL=${SSE_URL//userId=u/userId=nobody-}
 fi
 gen run "$(result_file "$name")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
     --mode users "${route[@]}" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
