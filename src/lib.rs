@@ -3,7 +3,7 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`events`], [`config`], [`tenants`], [`namespace`], [`log`](mod@log) are leaves. [`sign`] and
+//! [`events`], [`config`], [`tenants`], [`namespace`], [`text`], [`log`](mod@log) are leaves. [`sign`] and
 //! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
 //! beside the server. See `docs/architecture.md` for
 //! the data path.
@@ -25,5 +25,6 @@ pub mod shard;
 pub mod sign;
 pub mod sse;
 pub mod tenants;
+pub mod text;
 pub mod tls;
 pub mod units;

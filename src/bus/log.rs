@@ -239,8 +239,8 @@ pub struct Notice<'a> {
 pub fn parse_notice(payload: &Bytes) -> Option<Notice<'_>> {
     let first = memchr::memchr(b':', payload)?;
     let second = first + 1 + memchr::memchr(b':', &payload[first + 1..])?;
-    let epoch = std::str::from_utf8(&payload[..first]).ok()?;
-    let seq: u64 = std::str::from_utf8(&payload[first + 1..second]).ok()?.parse().ok()?;
+    let epoch = crate::text::utf8(&payload[..first])?;
+    let seq = crate::text::decimal(&payload[first + 1..second])?;
     let entry = payload.slice(second + 1..);
     (seq > 0 && !epoch.is_empty()).then(|| Notice { epoch, seq, entry: (!entry.is_empty()).then_some(entry) })
 }

@@ -547,7 +547,8 @@ impl Session {
                 _ => None,
             })
             .collect();
-        for action in std::mem::take(actions) {
+        // Drained, not taken: the list keeps its room for the next notice.
+        for action in actions.drain(..) {
             match action {
                 Action::Apply { entry, .. } => apply::apply(shared, bus, &mut durable.own, entry).await,
                 Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),

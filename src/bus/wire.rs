@@ -167,7 +167,7 @@ fn decode_message<'a>(
     let target = match (&*previous, last) {
         (Some((seen, key)), Some(last)) if *seen == kind && *key == raw => last.target.clone(),
         _ => {
-            let key = std::str::from_utf8(raw).map_err(|_| WireError("field is not UTF-8"))?;
+            let key = text(raw)?;
             let target = decode_target(kind, key)?;
             *previous = Some((kind, raw));
             target
@@ -181,7 +181,7 @@ fn decode_message<'a>(
     let len = input.take(4).ok_or(WireError("truncated data length"))?;
     let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
     let data = input.take(len).ok_or(WireError("truncated data"))?;
-    if std::str::from_utf8(data).is_err() {
+    if crate::text::utf8(data).is_none() {
         return Err(WireError("data is not UTF-8"));
     }
     Ok(WireMessage { target, id, event, data, room_change: None })
@@ -260,7 +260,7 @@ impl<'a> Reader<'a> {
 }
 
 fn text(bytes: &[u8]) -> Result<&str, WireError> {
-    std::str::from_utf8(bytes).map_err(|_| WireError("field is not UTF-8"))
+    crate::text::utf8(bytes).ok_or(WireError("field is not UTF-8"))
 }
 
 #[cfg(test)]
