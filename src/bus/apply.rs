@@ -171,15 +171,14 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         Some(list) => tenant_of(target).is_none_or(|tenant| list.iter().any(|t| &**t == tenant)),
         None => true,
     };
-    let deliveries: Vec<Delivery> = decoded
-        .messages
-        .into_iter()
-        .filter(|m| listed(&m.target))
-        .map(|WireMessage { target, id, event, data, room_change }| match room_change {
+    // Sized up front: collecting through the filter would grow it by doubling.
+    let mut deliveries = Vec::with_capacity(decoded.messages.len());
+    deliveries.extend(decoded.messages.into_iter().filter(|m| listed(&m.target)).map(
+        |WireMessage { target, id, event, data, room_change }| match room_change {
             Some(change) => Delivery::room_change(target, change),
             None => Delivery::message(target, frame::encode(id, event, data), true),
-        })
-        .collect();
+        },
+    ));
     bus.count_received(deliveries.len() as u64);
     if let Some(shard) = one_shard(shared, &deliveries) {
         // Most entries: one message, or a run to one user, for one shard

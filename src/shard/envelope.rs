@@ -186,8 +186,10 @@ pub struct Delivery {
     /// twice by id is delivered once. An empty frame delivers nothing (a
     /// message the bus log dropped as a duplicate).
     pub skip_known_id: bool,
-    /// Set for a live room change instead of a message (the frame is then empty).
-    pub room_change: Option<RoomChange>,
+    /// Set for a live room change instead of a message (the frame is then
+    /// empty); boxed, being rare, so that every message's delivery is
+    /// smaller to move.
+    pub room_change: Option<Box<RoomChange>>,
 }
 
 impl Delivery {
@@ -198,7 +200,7 @@ impl Delivery {
 
     /// A live room change of `target`'s connections.
     pub fn room_change(target: Target, change: RoomChange) -> Self {
-        Delivery { target, frame: Bytes::new(), skip_known_id: false, room_change: Some(change) }
+        Delivery { target, frame: Bytes::new(), skip_known_id: false, room_change: Some(Box::new(change)) }
     }
 }
 
