@@ -16,8 +16,17 @@ use super::tls::{self, TlsReader, TlsWriter};
 use super::url::RedisUrl;
 use crate::tls::Tls;
 
-/// Bytes requested per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes a new read buffer holds.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Room below which a read that starts a reply first gets a new buffer.
+/// Replies split from the buffer are usually still being applied when the
+/// next read starts, so asking for a whole chunk each time allocated a new
+/// buffer per read (per lone message); reading into the room left serves a
+/// few hundred of them, and a batch's notice (100 messages, ~15 KiB) whole.
+/// A read that continues a reply still asks for a whole chunk, so a large
+/// reply is moved to a new buffer once, not piece by piece.
+const READ_AT_LEAST: usize = 16 * 1024;
 
 /// A bus error: always the bus's (Redis's or the network's) fault, always
 /// answered by reconnecting.
@@ -51,7 +60,10 @@ impl ReplyReader {
             }
             let read = match &mut self.half {
                 ReadHalf::Plain(half) => {
-                    self.buf.reserve(READ_CHUNK);
+                    let wanted = if self.buf.is_empty() { READ_AT_LEAST } else { READ_CHUNK };
+                    if self.buf.capacity() - self.buf.len() < wanted {
+                        self.buf.reserve(READ_CHUNK);
+                    }
                     let filled = self.buf.len();
                     let spare = std::mem::take(&mut self.buf).slice_mut(filled..);
                     let (result, returned) = half.read(spare).await;
