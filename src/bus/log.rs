@@ -117,13 +117,8 @@ impl PartitionKeys {
 pub fn partition_of(keys: &[PartitionKeys], channel: &[u8]) -> Option<u16> {
     let close = memchr::memrchr(b'}', channel)?;
     let colon = memchr::memrchr(b':', &channel[..close])?;
-    let digits = &channel[colon + 1..close];
-    if digits.is_empty() || digits.len() > 5 {
-        return None;
-    }
-    let partition =
-        digits.iter().try_fold(0usize, |n, &b| b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0')))?;
-    (keys.get(partition)?.channel.as_bytes() == channel).then_some(partition as u16)
+    let partition = u16::try_from(crate::text::decimal(&channel[colon + 1..close])?).ok()?;
+    (keys.get(usize::from(partition))?.channel.as_bytes() == channel).then_some(partition)
 }
 
 /// Settings every append carries.

@@ -221,7 +221,7 @@ fn field(bytes: &[u8]) -> Option<&str> {
     if bytes.is_empty() || bytes.len() > MAX_FIELD {
         return None;
     }
-    if frame::is_plain_ascii_field(bytes) {
+    if crate::text::plain_field(bytes) {
         // SAFETY: ASCII is UTF-8.
         return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
     }

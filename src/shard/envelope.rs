@@ -36,8 +36,9 @@ impl PartialEq for Target {
     fn eq(&self, other: &Self) -> bool {
         let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
         match (self, other) {
-            (Target::User(a), Target::User(b)) | (Target::Room(a), Target::Room(b)) => same(a, b),
-            (Target::Tenant(a), Target::Tenant(b)) => same(a, b),
+            (Target::User(a), Target::User(b))
+            | (Target::Room(a), Target::Room(b))
+            | (Target::Tenant(a), Target::Tenant(b)) => same(a, b),
             (Target::All, Target::All) => true,
             (Target::Connection(a), Target::Connection(b)) => a == b,
             _ => false,
