@@ -54,6 +54,7 @@ fi
 if [[ $RECIPIENTS == nobody ]]; then
     name+=-nobody
     SSE_URL=${SSE_URL//userId=u/userId=nobody-}
+    [[ $SSE_URL == *userId=nobody-* ]] || lt_die "$PEER's subscribe URL names no userId=u{i} to rename: $SSE_URL"
 fi
 gen run "$(result_file "$name")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
     --mode users "${route[@]}" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
