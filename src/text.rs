@@ -58,6 +58,28 @@ pub fn plain_field(bytes: &[u8]) -> bool {
     }
 }
 
+/// Where a JSON string's plain run ends: the index of the first `"`, `\\`
+/// or control character (below 0x20) in `bytes`, else their length. Eight
+/// bytes at a time, as serde_json skips a string's plain run.
+pub fn json_string_stop(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Each test marks its first matching byte exactly; a borrow can mark
+    // more, but only above one that matched.
+    let below = |word: u64, bound: u8| word.wrapping_sub(ONES * u64::from(bound)) & !word & HIGHS;
+    let stops = |word: u64| {
+        below(word, 0x20) | below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1)
+    };
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let stopped = stops(word(chunk));
+        if stopped != 0 {
+            return at + stopped.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(bytes.len() - at)
+}
+
 /// A decimal number of 1 to 20 digits that fits a `u64` (no sign, no
 /// spaces), without a UTF-8 check and `str::parse`.
 pub fn decimal(bytes: &[u8]) -> Option<u64> {
@@ -110,6 +132,23 @@ mod tests {
         }
         assert!(plain_field(b"1733112345678-0-00012"));
         assert!(!plain_field("é1234567".as_bytes()));
+    }
+
+    #[test]
+    fn a_json_string_stops_at_its_first_quote_backslash_or_control_character() {
+        let stop =
+            |bytes: &[u8]| bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(bytes.len());
+        for len in 0..=24 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut run = vec![b'x'; len];
+                    run[at] = byte;
+                    assert_eq!(json_string_stop(&run), stop(&run), "byte {byte:#x} at {at} of {len}");
+                    run[len - 1] = b'"';
+                    assert_eq!(json_string_stop(&run), stop(&run), "byte {byte:#x} at {at} of {len}, a quote last");
+                }
+            }
+        }
     }
 
     #[test]

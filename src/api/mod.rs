@@ -10,6 +10,7 @@
 //! and the handlers get the [`Namespace`](crate::namespace::Namespace).
 
 pub mod admin;
+mod batch_scan;
 pub mod events;
 pub mod names;
 pub mod observe;

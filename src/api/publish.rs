@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use super::batch_scan::{self, Members};
 use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
 use crate::bus::{self, Bus, Outgoing};
@@ -531,7 +532,8 @@ async fn prepare_batch<'a>(
 /// preparing), else the `messages` array of a JSON object, read whole at
 /// once; never empty. Each message is read in one pass: its members
 /// borrowed from the body unless they hold an escape, its `data` validated
-/// as JSON on the way. Public, with [`Fields`], only so that the fuzz
+/// as JSON on the way; by [`batch_scan`] when it has the usual shape, else
+/// by serde_json. Public, with [`Fields`], only so that the fuzz
 /// targets (`fuzz/`) can reach the reading without a shard.
 pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Response> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
@@ -546,8 +548,23 @@ pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Re
         let list = read_list(text, &why, RawList)?;
         return Ok(BatchMessages::Raw(list.into_iter()));
     }
-    let list = read_list(text, &why, ListVisitor { why: &why })?;
+    let list = match batch_scan::list(text) {
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(index, members)| fields(members).map_err(|why| invalid(format!("messages[{index}]: {why}"))))
+            .collect::<Result<_, _>>()?,
+        None => read_list(text, &why, ListVisitor { why: &why })?,
+    };
     Ok(BatchMessages::Listed(list.into_iter()))
+}
+
+/// A JSON batch body read whole by serde_json alone, as [`batch_messages`]
+/// reads one the scan leaves to it. Public only for the fuzz target that
+/// checks the two readings agree.
+pub fn read_batch_by_serde(text: &str) -> Result<Vec<Fields<'_>>, Response> {
+    let why = Cell::new(None);
+    read_list(text, &why, ListVisitor { why: &why })
 }
 
 /// JSON batch bodies up to this size are read whole, each message in the
@@ -648,6 +665,7 @@ fn prepare_message<'a>(
 
 /// The fields of one batch message (public for the fuzz targets, see
 /// [`batch_messages`]); strings borrowed from the body unless they hold an escape.
+#[derive(Debug, PartialEq)]
 pub struct Fields<'a> {
     /// `user`, `room` or `"all": true`, a plain (unscoped) target.
     pub target: Target,
@@ -662,12 +680,22 @@ pub struct Fields<'a> {
 /// Reads one message (a line of an NDJSON batch) into its fields in one
 /// pass, or says why it is refused. Public only for the fuzz targets.
 pub fn parse_message(text: &str) -> Result<Fields<'_>, String> {
+    match batch_scan::message(text) {
+        Some(members) => fields(members),
+        None => parse_message_by_serde(text),
+    }
+}
+
+/// [`parse_message`] by serde_json alone, for every message the scan
+/// leaves to it. Public only for the fuzz target that checks the two
+/// readings agree.
+pub fn parse_message_by_serde(text: &str) -> Result<Fields<'_>, String> {
     let refusal = Cell::new(None);
     let mut reader = serde_json::Deserializer::from_str(text);
     let read = serde::Deserializer::deserialize_map(&mut reader, MessageVisitor { refusal: &refusal })
         .and_then(|message| reader.end().map(|()| message));
     match read {
-        Ok(message) => message.fields(),
+        Ok(members) => fields(members),
         Err(e) if e.is_syntax() || e.is_eof() => Err(format!("not valid JSON: {e}")),
         Err(_) => Err(refusal.take().unwrap_or("must be a JSON object").to_owned()),
     }
@@ -745,7 +773,7 @@ impl<'de> Visitor<'de> for ListVisitor<'_> {
             let why = |why: &str| Some(format!("messages[{index}]: {why}"));
             match seq.next_element_seed(MessageVisitor { refusal: &refusal }) {
                 Ok(None) => return Ok(list),
-                Ok(Some(message)) => list.push(message.fields().map_err(|refused| {
+                Ok(Some(members)) => list.push(fields(members).map_err(|refused| {
                     self.why.set(why(&refused));
                     A::Error::custom(refused)
                 })?),
@@ -758,54 +786,40 @@ impl<'de> Visitor<'de> for ListVisitor<'_> {
     }
 }
 
-/// One batch message's members, read in one pass of the message; a
-/// repeated member keeps its last value.
-#[derive(Default)]
-struct Message<'a> {
-    user: Option<Cow<'a, str>>,
-    room: Option<Cow<'a, str>>,
-    event: Option<Cow<'a, str>>,
-    id: Option<Cow<'a, str>>,
-    all: Option<bool>,
-    data: Option<&'a RawValue>,
+/// A message's target checked and its `data` taken out, or why it is refused.
+fn fields(members: Members<'_>) -> Result<Fields<'_>, String> {
+    let target = match (members.user, members.room, members.all.unwrap_or(false)) {
+        (Some(user), None, false) => {
+            check_name("user", &user)
+                .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
+            Target::User(user.into())
+        }
+        (None, Some(room), false) => {
+            check_name("room", &room)
+                .map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
+            Target::Room(room.into())
+        }
+        (None, None, true) => Target::All,
+        _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
+    };
+    let data = members.data.ok_or("needs `data`")?;
+    let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
+        // A valid JSON string without a backslash is its own text between the quotes.
+        Some(text) if memchr::memchr(b'\\', text.as_bytes()).is_none() => Cow::Borrowed(text),
+        Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
+        None => Cow::Borrowed(data),
+    };
+    Ok(Fields { target, event: members.event, id: members.id, data })
 }
 
-impl<'a> Message<'a> {
-    /// Its target checked and its `data` taken out, or why it is refused.
-    fn fields(self) -> Result<Fields<'a>, String> {
-        let target = match (self.user, self.room, self.all.unwrap_or(false)) {
-            (Some(user), None, false) => {
-                check_name("user", &user)
-                    .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
-                Target::User(user.into())
-            }
-            (None, Some(room), false) => {
-                check_name("room", &room)
-                    .map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
-                Target::Room(room.into())
-            }
-            (None, None, true) => Target::All,
-            _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
-        };
-        let data = self.data.ok_or("needs `data`")?.get();
-        let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
-            // A valid JSON string without a backslash is its own text between the quotes.
-            Some(text) if memchr::memchr(b'\\', text.as_bytes()).is_none() => Cow::Borrowed(text),
-            Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
-            None => Cow::Borrowed(data),
-        };
-        Ok(Fields { target, event: self.event, id: self.id, data })
-    }
-}
-
-/// Reads the members of a [`Message`]; a member of the wrong type puts its
+/// Reads a message's [`Members`]; a member of the wrong type puts its
 /// refusal in `refusal`.
 struct MessageVisitor<'r> {
     refusal: &'r Cell<Option<&'static str>>,
 }
 
 impl<'de> DeserializeSeed<'de> for MessageVisitor<'_> {
-    type Value = Message<'de>;
+    type Value = Members<'de>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -813,18 +827,18 @@ impl<'de> DeserializeSeed<'de> for MessageVisitor<'_> {
 }
 
 impl<'de> Visitor<'de> for MessageVisitor<'_> {
-    type Value = Message<'de>;
+    type Value = Members<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
         let refuse = |why: &'static str| {
             self.refusal.set(Some(why));
             A::Error::custom(why)
         };
-        let mut message = Message::default();
+        let mut message = Members::default();
         while let Some(Text(key)) = map.next_key::<Text>()? {
             match &*key {
                 "user" => {
@@ -838,7 +852,7 @@ impl<'de> Visitor<'de> for MessageVisitor<'_> {
                 }
                 "id" => message.id = Some(map.next_value::<Text>().map_err(|_| refuse("`id` must be a string"))?.0),
                 "all" => message.all = Some(map.next_value().map_err(|_| refuse("`all` must be true or false"))?),
-                "data" => message.data = Some(map.next_value()?),
+                "data" => message.data = Some(map.next_value::<&RawValue>()?.get()),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -1,0 +1,23 @@
+//! A batch message or JSON batch body is read by a hand-written scan when it
+//! has the usual shape, else by serde_json: whatever the input, the two
+//! readings must agree exactly (the same fields, or the same refusal), so
+//! the scan can take nothing serde_json refuses or reads otherwise.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ssekify::api::publish::{batch_messages, parse_message, parse_message_by_serde, read_batch_by_serde, Fields};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    assert_eq!(parse_message(text), parse_message_by_serde(text), "{text:?}");
+    let scanned = batch_messages(data, false).map(|list| {
+        list.map(|message| message.expect("a small JSON batch is read whole before")).collect::<Vec<Fields<'_>>>()
+    });
+    match (scanned, read_batch_by_serde(text)) {
+        (Ok(scanned), Ok(read)) => assert_eq!(scanned, read, "{text:?}"),
+        (Err(scanned), Err(read)) => {
+            assert_eq!((scanned.status, &scanned.body), (read.status, &read.body), "{text:?}")
+        }
+        (scanned, read) => panic!("{text:?}: the scan read {:?}, serde_json {:?}", scanned.is_ok(), read.is_ok()),
+    }
+});
