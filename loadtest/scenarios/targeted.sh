@@ -8,7 +8,10 @@
 # PEER=floor runs no server: the same requests answered by a bare thread on
 # the first server core that reads each request, sends a fixed answer and
 # one frame (ssekify-loadtest targeted-floor), the least CPU per targeted
-# publish any server can spend here.
+# publish any server can spend here. With BATCH=N, each request is sized as
+# ssekify's batch of N (its body and its answer of N results) and sends N
+# frames by io_uring, each to the next subscriber: the least CPU per batch
+# message delivered.
 # RECIPIENTS=nobody: the subscribers connect as users the publishes never
 # address (nobody-{i}), so every message is for a user with no connection:
 # the cost of a message the server only records for replay (its
@@ -27,14 +30,23 @@ RECIPIENTS=${RECIPIENTS:-subscribers}
 
 lt_setup
 if [[ $PEER == floor ]]; then
-    ((BATCH == 1)) || lt_die "the targeted floor is for the single-message route; run BATCH=1"
     [[ $RECIPIENTS == subscribers ]] || lt_die "the targeted floor sends every frame; RECIPIENTS=nobody is for a server"
-    json=$(result_file targeted)
+    if ((BATCH > 1)); then
+        # Sized as the generator's batch and ssekify's answer to it: a message
+        # is ~25 B of JSON around its payload, a result ~72 B, a frame's id
+        # line ~36 B.
+        json=$(result_file "targeted-batch$BATCH")
+        shape=(--frames-per-request "$BATCH" --rate $((RATE / BATCH)) --request-size $((114 + BATCH * (SIZE + 25)))
+            --answer-size $((110 + BATCH * 72)) --size $((SIZE + 44)) --method uring)
+    else
+        json=$(result_file targeted)
+        shape=(--rate "$RATE" --size $((SIZE + 30)))
+    fi
     server=$(lt_core_list "$SERVER_CORES" | head -n1)
     client=$(lt_core_list "$GEN_CORES" | head -n1)
     lt_log "ssekify-loadtest targeted-floor: server thread on core $server, client on core $client"
-    "$GEN_BIN" targeted-floor --connections "$SUBSCRIBERS" --publishers "$PUBLISHERS" --rate "$RATE" \
-        --size $((SIZE + 30)) --duration "$DURATION" --server-core "$server" --client-core "$client" \
+    "$GEN_BIN" targeted-floor --connections "$SUBSCRIBERS" --publishers "$PUBLISHERS" "${shape[@]}" \
+        --duration "$DURATION" --server-core "$server" --client-core "$client" \
         --json "$json" || exit 1
     [[ -n ${LT_RESULTS:-} ]] && echo "$json" >>"$LT_RESULTS"
     exit 0

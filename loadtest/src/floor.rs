@@ -134,13 +134,7 @@ fn sender(
     let rounds = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut ring = match method {
-        SendMethod::Uring => Some(
-            IoUring::builder()
-                .setup_single_issuer()
-                .setup_defer_taskrun()
-                .build(1024)
-                .or_else(|_| IoUring::new(1024))?,
-        ),
+        SendMethod::Uring => Some(ring()?),
         SendMethod::Syscall => None,
     };
     let mut took = Vec::with_capacity(rounds as usize);
@@ -185,7 +179,14 @@ pub(crate) fn frame(size: usize) -> Vec<u8> {
     frame
 }
 
-fn send_syscalls(fds: &[i32], frame: &[u8]) -> io::Result<()> {
+/// An io_uring of 1024 entries set up as ssekify's shards set theirs up
+/// (single issuer, deferred task work), where the kernel allows.
+pub(crate) fn ring() -> io::Result<IoUring> {
+    IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(1024).or_else(|_| IoUring::new(1024))
+}
+
+/// `frame` to each socket, one `send(2)` each.
+pub(crate) fn send_syscalls(fds: &[i32], frame: &[u8]) -> io::Result<()> {
     for &fd in fds {
         // SAFETY: fd is an open socket owned by the caller; frame outlives the call.
         let sent =
@@ -197,7 +198,9 @@ fn send_syscalls(fds: &[i32], frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn send_uring(ring: &mut IoUring, fds: &[i32], frame: &[u8]) -> io::Result<()> {
+/// `frame` to each socket, as io_uring `SEND`s, a ring's worth per
+/// `io_uring_enter`, every completion awaited.
+pub(crate) fn send_uring(ring: &mut IoUring, fds: &[i32], frame: &[u8]) -> io::Result<()> {
     for chunk in fds.chunks(ring.params().sq_entries() as usize) {
         for &fd in chunk {
             let send = opcode::Send::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)

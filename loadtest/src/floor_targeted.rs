@@ -10,13 +10,18 @@
 //! connections (one request in flight each, as an HTTP/1.1 publisher without
 //! pipelining) and drains the subscribers. The server thread's CPU time per
 //! request is the floor under a server's CPU per targeted publish.
+//!
+//! With `--frames-per-request N` a request stands for a batch publish of N
+//! messages, each to the next subscriber: the answer and then N frames (by
+//! io_uring with `--method uring`, as ssekify sends), so the CPU time per
+//! frame is the floor under a server's CPU per batch message delivered.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::floor::{pin, split_process, thread_cpu_micros};
+use crate::floor::{pin, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod};
 
 /// Sizes of what travels, in bytes.
 #[derive(Clone, Copy)]
@@ -25,14 +30,19 @@ pub struct Sizes {
     pub request: usize,
     /// Its answer.
     pub answer: usize,
-    /// The frame it delivers.
+    /// Each frame it delivers.
     pub frame: usize,
+    /// Frames a request delivers, each to the next subscriber (1: a
+    /// single-message publish; N: a batch of N messages).
+    pub frames_per_request: usize,
 }
 
 /// What the run measured.
 pub struct TargetedFloor {
     /// Requests the server thread answered.
     pub requests: u64,
+    /// Frames sent: requests × frames per request.
+    pub frames_sent: u64,
     /// Frames the subscribers received whole.
     pub frames_received: u64,
     /// Server thread CPU time (user + system), microseconds.
@@ -48,6 +58,7 @@ pub fn measure(
     publishers: usize,
     rate: f64,
     sizes: Sizes,
+    method: SendMethod,
     duration: Duration,
     cores: (Option<usize>, Option<usize>),
 ) -> io::Result<TargetedFloor> {
@@ -56,7 +67,7 @@ pub fn measure(
     let (served, report) = split_process(
         cores.1,
         |report_to| client(addr, connections, publishers, rate, sizes, duration, report_to),
-        || server(&listener, connections, publishers, sizes, cores.0),
+        || server(&listener, connections, publishers, sizes, method, cores.0),
     )?;
     let (requests, server_cpu_us) = served?;
     let mut fields = report.split_whitespace().map(|f| f.parse::<f64>());
@@ -65,6 +76,7 @@ pub fn measure(
     };
     Ok(TargetedFloor {
         requests,
+        frames_sent: requests * sizes.frames_per_request as u64,
         frames_received: frame_bytes as u64 / sizes.frame.max(1) as u64,
         server_cpu_us,
         window: Duration::from_secs_f64(window_s),
@@ -72,13 +84,14 @@ pub fn measure(
 }
 
 /// The parent: accepts the subscribers, then the publishers; answers every
-/// request and delivers its frame until the publishers close; closes the
+/// request and delivers its frames until the publishers close; closes the
 /// subscribers. Returns (requests, CPU µs).
 fn server(
     listener: &TcpListener,
     connections: usize,
     publishers: usize,
     sizes: Sizes,
+    method: SendMethod,
     core: Option<usize>,
 ) -> io::Result<(u64, f64)> {
     let accept = |count: usize| -> io::Result<Vec<TcpStream>> {
@@ -95,6 +108,13 @@ fn server(
     pin(core);
     let answer = vec![b'a'; sizes.answer];
     let frame = crate::floor::frame(sizes.frame);
+    // A request's frames go to the next subscribers in turn, wrapping round.
+    let fds: Vec<i32> = subscribers.iter().chain(&subscribers).map(AsRawFd::as_raw_fd).collect();
+    let per_request = sizes.frames_per_request.clamp(1, subscribers.len());
+    let mut ring = match method {
+        SendMethod::Uring => Some(crate::floor::ring()?),
+        SendMethod::Syscall => None,
+    };
     let epoll = Epoll::new()?;
     for (index, publisher) in publishers.iter().enumerate() {
         epoll.add(publisher.as_raw_fd(), index as u64)?;
@@ -118,8 +138,12 @@ fn server(
             partial[index as usize] = bytes % sizes.request;
             for _ in 0..bytes / sizes.request {
                 send_whole(publisher.as_raw_fd(), &answer)?;
-                send_whole(subscribers[next].as_raw_fd(), &frame)?;
-                next = (next + 1) % subscribers.len();
+                let to = &fds[next..next + per_request];
+                match ring.as_mut() {
+                    Some(ring) => send_uring(ring, to, &frame)?,
+                    None => send_syscalls(to, &frame)?,
+                }
+                next = (next + per_request) % subscribers.len();
                 requests += 1;
             }
         }

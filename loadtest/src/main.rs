@@ -231,6 +231,14 @@ struct TargetedFloorArgs {
     /// Bytes per frame (ssekify's frame for a 100-byte payload is ~130).
     #[arg(long, default_value_t = 130)]
     size: usize,
+    /// Frames each request delivers, each to the next subscriber: N stands
+    /// for a batch publish of N messages (size the request and answer as its).
+    #[arg(long, default_value_t = 1)]
+    frames_per_request: usize,
+    /// How the frames reach the kernel (the request's read and its answer
+    /// are system calls either way).
+    #[arg(long, value_enum, default_value_t = floor::SendMethod::Syscall)]
+    method: floor::SendMethod,
     /// Seconds of requests.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -362,11 +370,17 @@ fn floor_report(args: &FloorArgs) -> Result<Report, String> {
 }
 
 fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
-    let sizes = floor_targeted::Sizes { request: args.request_size, answer: args.answer_size, frame: args.size };
+    let sizes = floor_targeted::Sizes {
+        request: args.request_size,
+        answer: args.answer_size,
+        frame: args.size,
+        frames_per_request: args.frames_per_request,
+    };
     let duration = Duration::from_secs_f64(args.duration);
     let cores = (args.server_core, args.client_core);
-    let floor = floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, duration, cores)
-        .map_err(|error| format!("targeted floor: {error}"))?;
+    let floor =
+        floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, args.method, duration, cores)
+            .map_err(|error| format!("targeted floor: {error}"))?;
     // Keys named as in `run`'s report for `--mode users`, so compare.sh
     // prints the floor as one more row beside the servers.
     let mut report = Report::new(args.json.clone());
@@ -375,16 +389,17 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
     report.add("mode", "users");
     report.add("subscribers", args.connections);
     report.add("subscribers_reading", args.connections);
-    report.add("rate_msgs_per_s", args.rate);
+    report.add("rate_msgs_per_s", args.rate * args.frames_per_request as f64);
     report.add("payload_bytes", args.size);
-    report.add("batch", 1);
-    report.add("messages_sent", floor.requests);
+    report.add("batch", args.frames_per_request);
+    report.add("requests", floor.requests);
+    report.add("messages_sent", floor.frames_sent);
     report.add("messages_failed", 0);
     report.add("deliveries_received", floor.frames_received);
-    report.add("deliveries_lost", floor.requests.saturating_sub(floor.frames_received));
+    report.add("deliveries_lost", floor.frames_sent.saturating_sub(floor.frames_received));
     report.add("window_s", format!("{window:.2}"));
     report.add("server_cpu_core_share", format!("{:.3}", floor.server_cpu_us / 1e6 / window));
-    report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.requests.max(1) as f64));
+    report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.frames_sent.max(1) as f64));
     Ok(report)
 }
 

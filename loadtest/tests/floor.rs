@@ -48,3 +48,20 @@ fn the_targeted_floor_answers_every_request_and_delivers_every_frame() {
     let per_request: f64 = field(&stdout, "server_cpu_us_per_message").parse().expect("a number");
     assert!(per_request > 0.0, "a read and two sends cost something");
 }
+
+#[test]
+fn the_batch_floor_sends_every_frame_of_every_request() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+        .args(["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"])
+        .args(["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"])
+        .output()
+        .expect("run ssekify-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(field(&stdout, "batch"), "30");
+    assert_eq!(field(&stdout, "requests"), "20", "40 requests/s for 0.5 s");
+    assert_eq!(field(&stdout, "messages_sent"), "600", "30 frames per request");
+    assert_eq!(field(&stdout, "deliveries_received"), "600", "each to a subscriber, wrapping round the 50");
+    assert_eq!(field(&stdout, "rate_msgs_per_s"), "1200");
+    assert_eq!(field(&stdout, "deliveries_lost"), "0");
+}
