@@ -8,9 +8,23 @@
 /// The high bit of every byte of a word.
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
+/// The low bit of every byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
 /// Eight bytes as one word.
 fn word(chunk: &[u8]) -> u64 {
     u64::from_le_bytes(chunk.try_into().expect("8 bytes"))
+}
+
+/// The high bit set of each byte of `word` below `bound`, the first of them
+/// exactly (a borrow can mark more bytes, but only above one that is).
+fn bytes_below(word: u64, bound: u8) -> u64 {
+    word.wrapping_sub(ONES * u64::from(bound)) & !word & HIGHS
+}
+
+/// The high bit set of each byte of `word` equal to `byte`, the first exactly.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    bytes_below(word ^ (ONES * u64::from(byte)), 1)
 }
 
 /// `bytes` as text, if they are UTF-8.
@@ -39,16 +53,9 @@ fn ascii(bytes: &[u8]) -> bool {
 /// be UTF-8) by this one pass, eight bytes at a time, instead of a UTF-8
 /// check and a byte-by-byte scan each. False says nothing: check the slow way.
 pub fn plain_field(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    // Non-zero when a byte of `word` is zero (exactly: the borrow can mark
-    // more bytes, but only above a zero one).
-    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
     let plain = |chunk: &[u8]| {
         let word = word(chunk);
-        let refused = (word & HIGHS)
-            | zero_byte(word)
-            | zero_byte(word ^ (ONES * u64::from(b'\r')))
-            | zero_byte(word ^ (ONES * u64::from(b'\n')));
+        let refused = (word & HIGHS) | bytes_below(word, 1) | bytes_equal(word, b'\r') | bytes_equal(word, b'\n');
         refused == 0
     };
     match bytes.len() {
@@ -62,16 +69,10 @@ pub fn plain_field(bytes: &[u8]) -> bool {
 /// or control character (below 0x20) in `bytes`, else their length. Eight
 /// bytes at a time, as serde_json skips a string's plain run.
 pub fn json_string_stop(bytes: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    // Each test marks its first matching byte exactly; a borrow can mark
-    // more, but only above one that matched.
-    let below = |word: u64, bound: u8| word.wrapping_sub(ONES * u64::from(bound)) & !word & HIGHS;
-    let stops = |word: u64| {
-        below(word, 0x20) | below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1)
-    };
     let mut at = 0;
     for chunk in bytes.chunks_exact(8) {
-        let stopped = stops(word(chunk));
+        let word = word(chunk);
+        let stopped = bytes_below(word, 0x20) | bytes_equal(word, b'"') | bytes_equal(word, b'\\');
         if stopped != 0 {
             return at + stopped.trailing_zeros() as usize / 8;
         }
@@ -118,18 +119,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn plain_fields_are_told_from_the_rest_at_every_position() {
-        let plain = |bytes: &[u8]| bytes.iter().all(|&b| b.is_ascii() && !matches!(b, b'\r' | b'\n' | 0));
-        for len in 0..=24 {
+    /// Calls `check` with every run of 1 to 24 `x`s with one byte changed
+    /// to every value at every position, and the same with a `"` last; and
+    /// how it was made, for the failure's words.
+    fn each_byte_at_each_position(check: impl Fn(&[u8], &str)) {
+        for len in 1..=24 {
             for at in 0..len {
                 for byte in 0..=255u8 {
-                    let mut field = vec![b'x'; len];
-                    field[at] = byte;
-                    assert_eq!(plain_field(&field), plain(&field), "byte {byte:#x} at {at} of {len}");
+                    let mut run = vec![b'x'; len];
+                    run[at] = byte;
+                    check(&run, &format!("byte {byte:#x} at {at} of {len}"));
+                    run[len - 1] = b'"';
+                    check(&run, &format!("byte {byte:#x} at {at} of {len}, a quote last"));
                 }
             }
         }
+    }
+
+    #[test]
+    fn plain_fields_are_told_from_the_rest_at_every_position() {
+        let plain = |bytes: &[u8]| bytes.iter().all(|&b| b.is_ascii() && !matches!(b, b'\r' | b'\n' | 0));
+        each_byte_at_each_position(|field, how| assert_eq!(plain_field(field), plain(field), "{how}"));
         assert!(plain_field(b"1733112345678-0-00012"));
         assert!(!plain_field("é1234567".as_bytes()));
     }
@@ -138,17 +148,8 @@ mod tests {
     fn a_json_string_stops_at_its_first_quote_backslash_or_control_character() {
         let stop =
             |bytes: &[u8]| bytes.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(bytes.len());
-        for len in 0..=24 {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut run = vec![b'x'; len];
-                    run[at] = byte;
-                    assert_eq!(json_string_stop(&run), stop(&run), "byte {byte:#x} at {at} of {len}");
-                    run[len - 1] = b'"';
-                    assert_eq!(json_string_stop(&run), stop(&run), "byte {byte:#x} at {at} of {len}, a quote last");
-                }
-            }
-        }
+        each_byte_at_each_position(|run, how| assert_eq!(json_string_stop(run), stop(run), "{how}"));
+        assert_eq!(json_string_stop(b""), 0);
     }
 
     #[test]
