@@ -543,9 +543,8 @@ pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Re
         }
         return Ok(BatchMessages::Lines(text));
     }
-    let why = Cell::new(None);
     if body.len() > READ_WHOLE_UP_TO {
-        let list = read_list(text, &why, RawList)?;
+        let list = read_list(text, &Cell::new(None), RawList)?;
         return Ok(BatchMessages::Raw(list.into_iter()));
     }
     let list = match batch_scan::list(text) {
@@ -554,7 +553,7 @@ pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Re
             .enumerate()
             .map(|(index, members)| fields(members).map_err(|why| invalid(format!("messages[{index}]: {why}"))))
             .collect::<Result<_, _>>()?,
-        None => read_list(text, &why, ListVisitor { why: &why })?,
+        None => read_batch_by_serde(text)?,
     };
     Ok(BatchMessages::Listed(list.into_iter()))
 }
