@@ -14,16 +14,24 @@ fn field(output: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Runs `ssekify-loadtest` with the arguments, given in groups; its output,
+/// once it succeeded.
+fn run(groups: &[&[&str]]) -> String {
+    let args = groups.concat();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest")).args(&args).output().expect("run ssekify-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{args:?}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
 #[test]
 fn every_frame_reaches_every_connection_with_both_send_methods() {
     for method in ["uring", "syscall"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
-            .args(["floor", "--connections", "50", "--rate", "20", "--size", "64", "--duration", "0.5"])
-            .args(["--method", method])
-            .output()
-            .expect("run ssekify-loadtest");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{method}: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+        let stdout = run(&[
+            &["floor", "--connections", "50", "--rate", "20", "--size", "64", "--duration", "0.5"],
+            &["--method", method],
+        ]);
         assert_eq!(field(&stdout, "method"), method);
         assert_eq!(field(&stdout, "messages_sent"), "10", "{method}: 20 rounds/s for 0.5 s");
         assert_eq!(field(&stdout, "deliveries_received"), "500", "{method}: 10 rounds × 50 connections");
@@ -35,12 +43,8 @@ fn every_frame_reaches_every_connection_with_both_send_methods() {
 
 #[test]
 fn the_targeted_floor_answers_every_request_and_delivers_every_frame() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
-        .args(["targeted-floor", "--connections", "50", "--publishers", "4", "--rate", "200", "--duration", "0.5"])
-        .output()
-        .expect("run ssekify-loadtest");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let stdout =
+        run(&[&["targeted-floor", "--connections", "50", "--publishers", "4", "--rate", "200", "--duration", "0.5"]]);
     assert_eq!(field(&stdout, "mode"), "users");
     assert_eq!(field(&stdout, "messages_sent"), "100", "200 requests/s for 0.5 s");
     assert_eq!(field(&stdout, "deliveries_received"), "100", "one frame per request");
@@ -51,13 +55,10 @@ fn the_targeted_floor_answers_every_request_and_delivers_every_frame() {
 
 #[test]
 fn the_batch_floor_sends_every_frame_of_every_request() {
-    let output = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
-        .args(["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"])
-        .args(["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"])
-        .output()
-        .expect("run ssekify-loadtest");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let stdout = run(&[
+        &["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"],
+        &["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"],
+    ]);
     assert_eq!(field(&stdout, "batch"), "30");
     assert_eq!(field(&stdout, "requests"), "20", "40 requests/s for 0.5 s");
     assert_eq!(field(&stdout, "messages_sent"), "600", "30 frames per request");
