@@ -15,7 +15,9 @@
 # RECIPIENTS=nobody: the subscribers connect as users the publishes never
 # address (nobody-{i}), so every message is for a user with no connection:
 # the cost of a message the server only records for replay (its
-# deliveries_lost then counts every message, as it should).
+# deliveries_lost then counts every message, as it should). With PEER=floor
+# the bare thread reads each request and answers it, sending no frame: the
+# least CPU per message a server only records.
 #   PEER=ssekify|nchan|floor SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
@@ -30,23 +32,24 @@ RECIPIENTS=${RECIPIENTS:-subscribers}
 
 lt_setup
 if [[ $PEER == floor ]]; then
-    [[ $RECIPIENTS == subscribers ]] || lt_die "the targeted floor sends every frame; RECIPIENTS=nobody is for a server"
     if ((BATCH > 1)); then
         # Sized as the generator's batch and ssekify's answer to it: a message
         # is ~25 B of JSON around its payload, a result ~72 B, a frame's id
         # line ~36 B.
-        json=$(result_file "targeted-batch$BATCH")
+        name=targeted-batch$BATCH
         shape=(--frames-per-request "$BATCH" --rate $((RATE / BATCH)) --request-size $((114 + BATCH * (SIZE + 25)))
             --answer-size $((110 + BATCH * 72)) --size $((SIZE + 44)) --method uring)
     else
-        json=$(result_file targeted)
+        name=targeted
         shape=(--rate "$RATE" --size $((SIZE + 30)))
     fi
+    [[ $RECIPIENTS == nobody ]] && name+=-nobody
+    json=$(result_file "$name")
     server=$(lt_core_list "$SERVER_CORES" | head -n1)
     client=$(lt_core_list "$GEN_CORES" | head -n1)
     lt_log "ssekify-loadtest targeted-floor: server thread on core $server, client on core $client"
     "$GEN_BIN" targeted-floor --connections "$SUBSCRIBERS" --publishers "$PUBLISHERS" "${shape[@]}" \
-        --duration "$DURATION" --server-core "$server" --client-core "$client" \
+        --recipients "$RECIPIENTS" --duration "$DURATION" --server-core "$server" --client-core "$client" \
         --json "$json" || exit 1
     [[ -n ${LT_RESULTS:-} ]] && echo "$json" >>"$LT_RESULTS"
     exit 0

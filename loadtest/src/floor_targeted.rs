@@ -15,6 +15,9 @@
 //! messages, each to the next subscriber: the answer and then N frames (by
 //! io_uring with `--method uring`, as ssekify sends), so the CPU time per
 //! frame is the floor under a server's CPU per batch message delivered.
+//! With `--recipients nobody` as well, no frame is sent (the messages are
+//! for users with no connection): the request's read and its answer alone,
+//! the floor under a server's CPU per batch message it only records.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,13 +38,17 @@ pub struct Sizes {
     /// Frames a request delivers, each to the next subscriber (1: a
     /// single-message publish; N: a batch of N messages).
     pub frames_per_request: usize,
+    /// False: the messages are for nobody connected, no frame is sent.
+    pub deliver: bool,
 }
 
 /// What the run measured.
 pub struct TargetedFloor {
     /// Requests the server thread answered.
     pub requests: u64,
-    /// Frames sent: requests × frames per request.
+    /// Messages the requests stood for: requests × frames per request.
+    pub messages: u64,
+    /// Frames sent: the messages, or none for `--recipients nobody`.
     pub frames_sent: u64,
     /// Frames the subscribers received whole.
     pub frames_received: u64,
@@ -76,7 +83,8 @@ pub fn measure(
     };
     Ok(TargetedFloor {
         requests,
-        frames_sent: requests * sizes.frames_per_request as u64,
+        messages: requests * sizes.frames_per_request as u64,
+        frames_sent: if sizes.deliver { requests * sizes.frames_per_request as u64 } else { 0 },
         frames_received: frame_bytes as u64 / sizes.frame.max(1) as u64,
         server_cpu_us,
         window: Duration::from_secs_f64(window_s),
@@ -138,13 +146,16 @@ fn server(
             partial[index as usize] = bytes % sizes.request;
             for _ in 0..bytes / sizes.request {
                 send_whole(publisher.as_raw_fd(), &answer)?;
+                requests += 1;
+                if !sizes.deliver {
+                    continue;
+                }
                 let to = &fds[next..next + per_request];
                 match ring.as_mut() {
                     Some(ring) => send_uring(ring, to, &frame)?,
                     None => send_syscalls(to, &frame)?,
                 }
                 next = (next + per_request) % subscribers.len();
-                requests += 1;
             }
         }
     }

@@ -53,6 +53,15 @@ enum GeneratorDriver {
     Uring,
 }
 
+/// Who a targeted floor's messages are for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Recipients {
+    /// Connected subscribers: each message is a frame sent.
+    Subscribers,
+    /// Users with no connection: no frame is sent.
+    Nobody,
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// Subscribers plus paced publishers: latency, loss, server CPU per delivery.
@@ -235,6 +244,10 @@ struct TargetedFloorArgs {
     /// for a batch publish of N messages (size the request and answer as its).
     #[arg(long, default_value_t = 1)]
     frames_per_request: usize,
+    /// `nobody`: the messages are for users with no connection, so no frame
+    /// is sent (the floor under a message a server only records).
+    #[arg(long, value_enum, default_value_t = Recipients::Subscribers)]
+    recipients: Recipients,
     /// How the frames reach the kernel (the request's read and its answer
     /// are system calls either way).
     #[arg(long, value_enum, default_value_t = floor::SendMethod::Syscall)]
@@ -375,6 +388,7 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
         answer: args.answer_size,
         frame: args.size,
         frames_per_request: args.frames_per_request,
+        deliver: args.recipients == Recipients::Subscribers,
     };
     let duration = Duration::from_secs_f64(args.duration);
     let cores = (args.server_core, args.client_core);
@@ -393,13 +407,13 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
     report.add("payload_bytes", args.size);
     report.add("batch", args.frames_per_request);
     report.add("requests", floor.requests);
-    report.add("messages_sent", floor.frames_sent);
+    report.add("messages_sent", floor.messages);
     report.add("messages_failed", 0);
     report.add("deliveries_received", floor.frames_received);
     report.add("deliveries_lost", floor.frames_sent.saturating_sub(floor.frames_received));
     report.add("window_s", format!("{window:.2}"));
     report.add("server_cpu_core_share", format!("{:.3}", floor.server_cpu_us / 1e6 / window));
-    report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.frames_sent.max(1) as f64));
+    report.add("server_cpu_us_per_message", format!("{:.3}", floor.server_cpu_us / floor.messages.max(1) as f64));
     Ok(report)
 }
 

@@ -66,3 +66,17 @@ fn the_batch_floor_sends_every_frame_of_every_request() {
     assert_eq!(field(&stdout, "rate_msgs_per_s"), "1200");
     assert_eq!(field(&stdout, "deliveries_lost"), "0");
 }
+
+#[test]
+fn the_nobody_floor_answers_every_request_and_sends_no_frame() {
+    let stdout = run(&[
+        &["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"],
+        &["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--recipients", "nobody"],
+    ]);
+    assert_eq!(field(&stdout, "requests"), "20", "40 requests/s for 0.5 s");
+    assert_eq!(field(&stdout, "messages_sent"), "600", "30 messages per request");
+    assert_eq!(field(&stdout, "deliveries_received"), "0", "the messages are for nobody connected");
+    assert_eq!(field(&stdout, "deliveries_lost"), "0");
+    let per_message: f64 = field(&stdout, "server_cpu_us_per_message").parse().expect("a number");
+    assert!(per_message > 0.0, "a read and an answer cost something");
+}
