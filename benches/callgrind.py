@@ -120,10 +120,13 @@ class Instance:
 
 
 class Server(Instance):
-    def __init__(self, binary, driver, work, name="callgrind.out", extra=()):
+    """ssekify under callgrind; `tool` are more callgrind options (a cache simulation)."""
+
+    def __init__(self, binary, driver, work, name="callgrind.out", extra=(), tool=()):
         self.public, self.api = free_port(), free_port()
         self.work, self.name, self.polls = work, name, 0
-        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/{name}", "--compress-strings=no", binary,
+        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/{name}", "--compress-strings=no", *tool,
+                binary,
                 "--listen", f"127.0.0.1:{self.public}", "--api-listen", f"127.0.0.1:{self.api}",
                 "--shards", "1", "--io-driver", driver, "--keep-alive", "1h", "--log-level", "warn", *extra]
         self.logs = open(os.path.join(work, f"{name}.log"), "w")
@@ -151,6 +154,11 @@ class Server(Instance):
         """Instructions the server ran during `workload()`, less an idle phase
         as long with as many `GET /v1/stats` as the workload made (a wait
         for the bus polls them)."""
+        return self.counted_events(workload)["Ir"]
+
+    def counted_events(self, workload):
+        """Every event callgrind counted during `workload()` (instructions,
+        and with a cache simulation its misses), less the idle phase."""
         self.control("--zero")
         started, polls = time.time(), self.polls
         workload()
@@ -162,18 +170,24 @@ class Server(Instance):
             self.stats()
         time.sleep(max(0.0, took - (time.time() - idle_started)))
         idle = self.dump()
-        return busy - idle
+        return {event: busy[event] - idle.get(event, 0) for event in busy}
 
     def dump(self):
+        """The totals of a new dump, by event name."""
         pattern = f"{self.work}/{self.name}.*"
         before = set(glob.glob(pattern))
         self.control("--dump")
         valgrind_wait("the dump", lambda: set(glob.glob(pattern)) - before)
         (path,) = set(glob.glob(pattern)) - before
+        events = None
         with open(path) as dump:
             for line in dump:
-                if line.startswith("summary:") or line.startswith("totals:"):
-                    return int(line.split()[1])
+                if line.startswith("events:"):
+                    events = line.split()[1:]
+                if events and (line.startswith("summary:") or line.startswith("totals:")):
+                    # Trailing events that counted nothing are left out.
+                    counts = list(map(int, line.split()[1:]))
+                    return {event: counts[i] if i < len(counts) else 0 for i, event in enumerate(events)}
         raise SystemExit(f"no total in {path}")
 
 
