@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
+use slab::Slab;
 
 use super::activity::ActivityOrder;
 use crate::namespace::{tenant_of_key, Namespace};
@@ -166,8 +167,8 @@ impl TenantBudgets {
 struct TenantUse {
     /// Frame bytes its rings reference.
     bytes: usize,
-    /// Its rings, least recently active first.
-    order: ActivityOrder<(KeyedKind, Rc<str>)>,
+    /// Its rings (by kind and slot), least recently active first.
+    order: ActivityOrder<(KeyedKind, usize)>,
 }
 
 /// The activity marks a record may give its ring: `fresh` (the next one),
@@ -178,14 +179,23 @@ struct Touches {
     fresh: u64,
 }
 
-/// Rings by name with least-recently-active order.
+/// Rings by name with least-recently-active order. The rings stay at their
+/// slot while they live, and the orders hold slots: whether a place is
+/// current is a read of its slot's mark in `marks`, 8 bytes a ring side by
+/// side, not a lookup of the ring by name, which missed the cache about four
+/// times a place with 10,000 users (`benches/cachesim.py`).
 #[derive(Debug, Default)]
 struct Keyed {
-    rings: AHashMap<Rc<str>, Ring>,
+    /// Each ring's slot by name.
+    slots: AHashMap<Rc<str>, usize>,
+    rings: Slab<Ring>,
+    /// Each slot's ring's activity mark (its `touch`); 0 for an empty slot
+    /// (marks start at 1).
+    marks: Vec<u64>,
     /// Rings the count cap and the TTL may drop, least recently active first.
-    order: ActivityOrder<Rc<str>>,
+    order: ActivityOrder<usize>,
     /// Pinned rings, least recently active first (only the byte bound shortens them).
-    pinned: ActivityOrder<Rc<str>>,
+    pinned: ActivityOrder<usize>,
     /// Newest sequence held by a ring that was dropped whole (evicted, expired, cleared).
     forgotten_through: u64,
 }
@@ -302,7 +312,8 @@ impl ReplayStore {
             Stream::All if known(&self.broadcast) => return false,
             Stream::All => {
                 self.broadcast.touch = touches.fresh;
-                (&mut self.broadcast, false, KeyedKind::Users)
+                // No slot: the default namespace's broadcast ring is in no order.
+                ((&mut self.broadcast, usize::MAX), false, KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
@@ -325,6 +336,7 @@ impl ReplayStore {
                 (ring, created, KeyedKind::Tenants)
             }
         };
+        let (ring, slot) = ring;
         let touch = ring.touch;
         (self.next_seq, self.next_touch) = (seq, touch);
         let frame_len = frame.len();
@@ -355,13 +367,12 @@ impl ReplayStore {
         self.entries += 1;
         self.bytes += frame_len;
         if let Some(tenant) = ring.tenant.clone() {
-            let name = ring.name.clone();
             let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
             tenant_use.bytes = tenant_use.bytes + frame_len - freed;
             tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
             match (created, touch == touches.fresh) {
-                (true, _) => tenant_use.order.insert(touch, (kind, name)),
-                (false, true) => tenant_use.order.moved(touch, (kind, name)),
+                (true, _) => tenant_use.order.insert(touch, (kind, slot)),
+                (false, true) => tenant_use.order.moved(touch, (kind, slot)),
                 // Already the most recently active: its place stands.
                 (false, false) => {}
             }
@@ -377,14 +388,14 @@ impl ReplayStore {
     fn enforce_tenant_budget(&mut self, tenant: &str) {
         let Some(budget) = self.budgets.of(tenant) else { return };
         loop {
-            let (kind, name) = {
+            let (kind, slot) = {
                 let Some(tenant_use) = self.tenant_use.get_mut(tenant).filter(|u| u.bytes > budget) else { return };
                 let current = current_in_tenant(&self.users, &self.rooms, &self.tenants);
-                let Some((_, (kind, name))) = tenant_use.order.front(current) else { return };
-                (*kind, name.clone())
+                let Some((_, &(kind, slot))) = tenant_use.order.front(current) else { return };
+                (kind, slot)
             };
             let keyed = self.keyed_mut(kind);
-            let ring = keyed.rings.get_mut(&name).expect("a current place names a ring");
+            let ring = &mut keyed.rings[slot];
             if ring.pinned && ring.entries.len() > 1 {
                 let freed = drop_front(ring).expect("not empty");
                 self.entries -= 1;
@@ -393,7 +404,7 @@ impl ReplayStore {
                     tenant_use.bytes -= freed;
                 }
             } else {
-                let ring = keyed.remove(&name).expect("present");
+                let ring = keyed.remove_slot(slot);
                 self.forget(&ring);
             }
         }
@@ -431,12 +442,12 @@ impl ReplayStore {
     /// Moves the ring `name` of `kind`, now active at `touch`, in its
     /// tenant's order (rings of the default namespace have none).
     fn moved_in_tenant(&mut self, kind: KeyedKind, name: &str, touch: u64) {
-        let Some(ring) = self.keyed(kind).rings.get(name) else { return };
-        let Some(tenant) = ring.tenant.clone() else { return };
-        let name = ring.name.clone();
+        let keyed = self.keyed(kind);
+        let Some(&slot) = keyed.slots.get(name) else { return };
+        let Some(tenant) = keyed.rings[slot].tenant.clone() else { return };
         let Some(tenant_use) = self.tenant_use.get_mut(&*tenant) else { return };
         tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
-        tenant_use.order.moved(touch, (kind, name));
+        tenant_use.order.moved(touch, (kind, slot));
     }
 
     /// Frames for a new connection of `user` in `rooms` of `tenant` (`None`:
@@ -455,7 +466,7 @@ impl ReplayStore {
             .chain(user.map(|u| (&self.users, u)))
             .chain(rooms.iter().map(|r| (&self.rooms, &**r)));
         for (keyed, name) in keyed {
-            match keyed.rings.get(name) {
+            match keyed.get(name) {
                 Some(ring) => rings.push((ring, keyed.forgotten_through)),
                 None => missing_forgotten = missing_forgotten.max(keyed.forgotten_through),
             }
@@ -487,7 +498,7 @@ impl ReplayStore {
     /// broadcast ring (seed `clearRecent()` for one namespace).
     pub fn clear_namespace(&mut self, namespace: &Namespace) {
         for kind in [KeyedKind::Users, KeyedKind::Rooms] {
-            let keys: Vec<Rc<str>> = self.keyed(kind).rings.keys().filter(|key| namespace.owns(key)).cloned().collect();
+            let keys: Vec<Rc<str>> = self.keyed(kind).slots.keys().filter(|key| namespace.owns(key)).cloned().collect();
             for key in keys {
                 if let Some(ring) = self.keyed_mut(kind).remove(&key) {
                     self.forget(&ring);
@@ -506,12 +517,12 @@ impl ReplayStore {
 
     /// Drops every ring of every namespace.
     pub fn clear_all(&mut self) {
-        let users: Vec<Rc<str>> = self.users.rings.keys().cloned().collect();
+        let users: Vec<Rc<str>> = self.users.slots.keys().cloned().collect();
         for user in users {
             self.clear_user(&user);
         }
         for kind in [KeyedKind::Rooms, KeyedKind::Tenants] {
-            let names: Vec<Rc<str>> = self.keyed(kind).rings.keys().cloned().collect();
+            let names: Vec<Rc<str>> = self.keyed(kind).slots.keys().cloned().collect();
             for name in names {
                 if let Some(ring) = self.keyed_mut(kind).remove(&name) {
                     self.forget(&ring);
@@ -596,19 +607,18 @@ impl ReplayStore {
     /// ring (a pinned ring left empty goes whole); false when there is none.
     fn shorten_least_active(&mut self) -> bool {
         let users = &mut self.users;
-        let pinned = users.pinned.front(current(&users.rings)).map(|(touch, name)| (touch, name.clone()));
+        let pinned = users.pinned.front(current(&users.marks)).map(|(touch, &slot)| (touch, slot));
         let broadcast = (!self.broadcast.entries.is_empty()).then_some(self.broadcast.touch);
         let freed = match pinned {
-            Some((touch, name)) if broadcast.is_none_or(|b| touch < b) => {
-                let ring = self.users.rings.get_mut(&name).expect("pinned ring");
+            Some((touch, slot)) if broadcast.is_none_or(|b| touch < b) => {
+                let ring = &mut self.users.rings[slot];
                 let freed = drop_front(ring).expect("rings are never empty");
                 if let Some(tenant_use) = ring.tenant.as_ref().and_then(|tenant| self.tenant_use.get_mut(&**tenant)) {
                     tenant_use.bytes -= freed;
                 }
                 if ring.entries.is_empty() {
-                    if let Some(ring) = self.users.remove(&name) {
-                        self.forget(&ring);
-                    }
+                    let ring = self.users.remove_slot(slot);
+                    self.forget(&ring);
                 }
                 freed
             }
@@ -668,10 +678,14 @@ fn drop_front(ring: &mut Ring) -> Option<usize> {
 }
 
 impl Keyed {
+    fn get(&self, name: &str) -> Option<&Ring> {
+        self.slots.get(name).map(|&slot| &self.rings[slot])
+    }
+
     /// The ring of `name`, created if needed (pinned when `pin_new` says
-    /// so), marked most recently active (`touch`); true when created.
-    /// `None`, and nothing changed, when the ring exists and `known` says
-    /// the message is a repeat.
+    /// so), marked most recently active (`touch`), with its slot; true when
+    /// created. `None`, and nothing changed, when the ring exists and
+    /// `known` says the message is a repeat.
     fn touch(
         &mut self,
         name: &str,
@@ -679,46 +693,59 @@ impl Keyed {
         seq: u64,
         pin_new: impl FnOnce() -> bool,
         known: impl FnOnce(&Ring) -> bool,
-    ) -> Option<(&mut Ring, bool)> {
-        let Keyed { rings, order, pinned, .. } = self;
+    ) -> Option<((&mut Ring, usize), bool)> {
+        let Keyed { slots, rings, marks, order, pinned, .. } = self;
         let touch = touches.fresh;
-        let created = match rings.get_mut(name) {
-            Some(ring) if known(ring) => return None,
-            // The most recently active ring already (a run of messages to
-            // one user): its place in the order stands, nothing to move.
-            Some(ring) if ring.touch == touches.latest => false,
-            Some(ring) => {
-                ring.touch = touch;
-                let order = if ring.pinned { &mut *pinned } else { &mut *order };
-                order.moved(touch, ring.name.clone());
-                order.sweep(current(rings));
-                false
+        let (slot, created) = match slots.get(name) {
+            Some(&slot) => {
+                let ring = &mut rings[slot];
+                if known(ring) {
+                    return None;
+                }
+                // The most recently active ring already (a run of messages
+                // to one user): its place in the order stands, nothing to move.
+                if ring.touch != touches.latest {
+                    ring.touch = touch;
+                    marks[slot] = touch;
+                    let order = if ring.pinned { &mut *pinned } else { &mut *order };
+                    order.moved(touch, slot);
+                    order.sweep(current(marks));
+                }
+                (slot, false)
             }
             None => {
                 let name: Rc<str> = Rc::from(name);
                 let is_pinned = pin_new();
                 let ring =
                     Ring { name: name.clone(), created_at: seq - 1, touch, pinned: is_pinned, ..Ring::default() };
-                rings.insert(name.clone(), ring);
+                let slot = rings.insert(ring);
+                slots.insert(name, slot);
+                if slot == marks.len() {
+                    marks.push(touch);
+                } else {
+                    marks[slot] = touch;
+                }
                 let order = if is_pinned { &mut *pinned } else { &mut *order };
-                order.insert(touch, name);
-                order.sweep(current(rings));
-                true
+                order.insert(touch, slot);
+                order.sweep(current(marks));
+                (slot, true)
             }
         };
-        Some((rings.get_mut(name).expect("present"), created))
+        Some(((&mut rings[slot], slot), created))
     }
 
     /// Takes `name`'s ring, if any, out of the count cap and TTL order: a
     /// connection counts as activity (`touch`). True when it moved.
     fn pin(&mut self, name: &str, touch: u64) -> bool {
-        let Keyed { rings, order, pinned, .. } = self;
-        pinned.sweep(current(rings));
-        let Some(ring) = rings.get_mut(name).filter(|ring| !ring.pinned) else { return false };
+        let Keyed { slots, rings, marks, order, pinned, .. } = self;
+        pinned.sweep(current(marks));
+        let Some(&slot) = slots.get(name).filter(|&&slot| !rings[slot].pinned) else { return false };
+        let ring = &mut rings[slot];
         ring.pinned = true;
         ring.touch = touch;
+        marks[slot] = touch;
         order.removed();
-        pinned.insert(touch, ring.name.clone());
+        pinned.insert(touch, slot);
         true
     }
 
@@ -726,40 +753,51 @@ impl Keyed {
     /// most recently active (`touch`), active at `now_ms` at the earliest;
     /// true when it moved.
     fn unpin(&mut self, name: &str, touch: u64, now_ms: u64) -> bool {
-        let Keyed { rings, order, pinned, .. } = self;
-        order.sweep(current(rings));
-        let Some(ring) = rings.get_mut(name).filter(|ring| ring.pinned) else { return false };
+        let Keyed { slots, rings, marks, order, pinned, .. } = self;
+        order.sweep(current(marks));
+        let Some(&slot) = slots.get(name).filter(|&&slot| rings[slot].pinned) else { return false };
+        let ring = &mut rings[slot];
         ring.pinned = false;
         ring.touch = touch;
+        marks[slot] = touch;
         ring.last_active_ms = ring.last_active_ms.max(now_ms);
         pinned.removed();
-        order.insert(touch, ring.name.clone());
+        order.insert(touch, slot);
         true
     }
 
     /// The least recently active ring the count cap and TTL may drop.
     fn oldest(&mut self) -> Option<&Ring> {
-        let (_, name) = self.order.front(current(&self.rings))?;
-        self.rings.get(name)
+        let (_, &slot) = self.order.front(current(&self.marks))?;
+        Some(&self.rings[slot])
     }
 
     fn pop_oldest(&mut self) -> Option<Ring> {
-        let name = self.order.front(current(&self.rings))?.1.clone();
-        self.remove(&name)
+        let (_, &slot) = self.order.front(current(&self.marks))?;
+        Some(self.remove_slot(slot))
     }
 
     fn remove(&mut self, name: &str) -> Option<Ring> {
-        let ring = self.rings.remove(name)?;
+        let &slot = self.slots.get(name)?;
+        Some(self.remove_slot(slot))
+    }
+
+    /// Takes the ring at `slot` (which holds one) out of the store.
+    fn remove_slot(&mut self, slot: usize) -> Ring {
+        let ring = self.rings.remove(slot);
+        self.marks[slot] = 0;
+        self.slots.remove(&ring.name);
         if ring.pinned { &mut self.pinned } else { &mut self.order }.removed();
         self.forgotten_through = self.forgotten_through.max(newest(&ring));
-        Some(ring)
+        ring
     }
 }
 
-/// Whether a place in a [`Keyed`] order is current: its ring is there and
-/// still holds that activity mark.
-fn current(rings: &AHashMap<Rc<str>, Ring>) -> impl Fn(u64, &Rc<str>) -> bool + '_ {
-    move |touch, name| rings.get(name).is_some_and(|ring| ring.touch == touch)
+/// Whether a place in a [`Keyed`] order is current: its slot holds a ring
+/// with that activity mark (`marks`; marks are never given twice, so a ring
+/// that took the slot of one that went never has it).
+fn current(marks: &[u64]) -> impl Fn(u64, &usize) -> bool + '_ {
+    move |touch, &slot| marks.get(slot) == Some(&touch)
 }
 
 /// Whether a place in a tenant's order is current (see [`current`]).
@@ -767,14 +805,14 @@ fn current_in_tenant<'a>(
     users: &'a Keyed,
     rooms: &'a Keyed,
     tenants: &'a Keyed,
-) -> impl Fn(u64, &(KeyedKind, Rc<str>)) -> bool + 'a {
-    move |touch, (kind, name)| {
+) -> impl Fn(u64, &(KeyedKind, usize)) -> bool + 'a {
+    move |touch, (kind, slot)| {
         let keyed = match kind {
             KeyedKind::Users => users,
             KeyedKind::Rooms => rooms,
             KeyedKind::Tenants => tenants,
         };
-        current(&keyed.rings)(touch, name)
+        current(&keyed.marks)(touch, slot)
     }
 }
 
@@ -794,11 +832,11 @@ impl ReplayStore {
         for kind in [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants] {
             let keyed = self.keyed_mut(kind);
             keyed.forgotten_through = now;
-            for (name, ring) in keyed.rings.iter_mut() {
+            for (_, ring) in keyed.rings.iter_mut() {
                 let stream = match kind {
-                    KeyedKind::Users => Stream::User(name),
-                    KeyedKind::Rooms => Stream::Room(name),
-                    KeyedKind::Tenants => Stream::Tenant(name),
+                    KeyedKind::Users => Stream::User(&ring.name),
+                    KeyedKind::Rooms => Stream::Room(&ring.name),
+                    KeyedKind::Tenants => Stream::Tenant(&ring.name),
                 };
                 if lost(stream) {
                     ring.wrapped_through = now;
@@ -816,12 +854,12 @@ impl ReplayStore {
     pub fn newest_id(&self, user: Option<&str>, rooms: &[Rc<str>], tenant: Option<&str>) -> Option<String> {
         let broadcast = match tenant {
             None => Some(&self.broadcast),
-            Some(tenant) => self.tenants.rings.get(tenant),
+            Some(tenant) => self.tenants.get(tenant),
         };
         let rings = broadcast
             .into_iter()
-            .chain(user.and_then(|u| self.users.rings.get(u)))
-            .chain(rooms.iter().filter_map(|r| self.rooms.rings.get(&**r)));
+            .chain(user.and_then(|u| self.users.get(u)))
+            .chain(rooms.iter().filter_map(|r| self.rooms.get(r)));
         let newest = rings.filter_map(|ring| ring.entries.back()).max_by_key(|entry| entry.seq)?;
         Some(String::from_utf8_lossy(newest.id()).into_owned())
     }
@@ -862,9 +900,9 @@ mod tests {
     fn holds(store: &ReplayStore, stream: Stream<'_>, id: &str) -> bool {
         let ring = match stream {
             Stream::All => Some(&store.broadcast),
-            Stream::User(name) => store.users.rings.get(name),
-            Stream::Room(name) => store.rooms.rings.get(name),
-            Stream::Tenant(name) => store.tenants.rings.get(name),
+            Stream::User(name) => store.users.get(name),
+            Stream::Room(name) => store.rooms.get(name),
+            Stream::Tenant(name) => store.tenants.get(name),
         };
         ring.is_some_and(|ring| ring.holds(id.as_bytes(), id_print(id.as_bytes())))
     }
@@ -1150,7 +1188,7 @@ mod tests {
                 publish(&mut store, Stream::User(user), &format!("{user}{round}"), 0);
             }
         }
-        let places = |order: &ActivityOrder<Rc<str>>| order.places();
+        let places = |order: &ActivityOrder<usize>| order.places();
         assert!(places(&store.users.order) <= 2 * 2 + 33, "{}", places(&store.users.order));
         assert!(places(&store.users.pinned) <= 2 + 33, "{}", places(&store.users.pinned));
         assert_eq!(resume(&store, "a", "a4998"), (false, vec!["a4999".into()]));
