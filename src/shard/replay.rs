@@ -317,20 +317,21 @@ impl ReplayStore {
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let Some((ring, created)) = self.users.touch(name, touches, seq, || connected.contains(name), known)
+                let Some((ring, created)) =
+                    self.users.touch(name, touches, seq, || connected.get(name).cloned(), known)
                 else {
                     return false;
                 };
                 (ring, created, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let Some((ring, created)) = self.rooms.touch(name, touches, seq, || false, known) else {
+                let Some((ring, created)) = self.rooms.touch(name, touches, seq, || None, known) else {
                     return false;
                 };
                 (ring, created, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let Some((ring, created)) = self.tenants.touch(name, touches, seq, || false, known) else {
+                let Some((ring, created)) = self.tenants.touch(name, touches, seq, || None, known) else {
                     return false;
                 };
                 (ring, created, KeyedKind::Tenants)
@@ -682,16 +683,18 @@ impl Keyed {
         self.slots.get(name).map(|&slot| &self.rings[slot])
     }
 
-    /// The ring of `name`, created if needed (pinned when `pin_new` says
-    /// so), marked most recently active (`touch`), with its slot; true when
-    /// created. `None`, and nothing changed, when the ring exists and
-    /// `known` says the message is a repeat.
+    /// The ring of `name`, created if needed, marked most recently active
+    /// (`touch`), with its slot; true when created. A new ring is pinned
+    /// when `connected` gives the name of its connected user, which it then
+    /// shares (the connections' and the registry's): a message's two
+    /// lookups by that name read one string. `None`, and nothing changed,
+    /// when the ring exists and `known` says the message is a repeat.
     fn touch(
         &mut self,
         name: &str,
         touches: Touches,
         seq: u64,
-        pin_new: impl FnOnce() -> bool,
+        connected: impl FnOnce() -> Option<Rc<str>>,
         known: impl FnOnce(&Ring) -> bool,
     ) -> Option<((&mut Ring, usize), bool)> {
         let Keyed { slots, rings, marks, order, pinned, .. } = self;
@@ -714,8 +717,10 @@ impl Keyed {
                 (slot, false)
             }
             None => {
-                let name: Rc<str> = Rc::from(name);
-                let is_pinned = pin_new();
+                let (name, is_pinned) = match connected() {
+                    Some(shared) => (shared, true),
+                    None => (Rc::from(name), false),
+                };
                 let ring =
                     Ring { name: name.clone(), created_at: seq - 1, touch, pinned: is_pinned, ..Ring::default() };
                 let slot = rings.insert(ring);
@@ -1094,6 +1099,17 @@ mod tests {
         assert!(resume(&store, "d2", "d2-1").0, "d2 was the oldest left under the cap");
         assert_eq!(resume(&store, "d1", "d1-1"), (false, vec![]), "connected: kept though older");
         assert_eq!(store.usage().users, 6 + 3);
+    }
+
+    #[test]
+    fn a_ring_made_for_a_connected_user_shares_the_connections_name() {
+        let mut store = ReplayStore::new(limits(5));
+        let name: Rc<str> = Rc::from("c");
+        store.pin_user(&name);
+        publish(&mut store, Stream::User("c"), "c-1", 0);
+        publish(&mut store, Stream::User("d"), "d-1", 0);
+        assert!(Rc::ptr_eq(&store.users.get("c").expect("a ring").name, &name), "one string for both lookups");
+        assert_eq!(Rc::strong_count(&store.users.get("d").expect("a ring").name), 2, "its own: ring and slot");
     }
 
     #[test]
