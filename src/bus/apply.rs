@@ -21,7 +21,6 @@ use crate::namespace::tenant_of_key;
 use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
 use crate::shard::interest::Probe;
 use crate::shard::Shared;
-use crate::sse::frame;
 
 /// One wire entry a publisher hands to the bus thread.
 #[derive(Debug)]
@@ -174,9 +173,9 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
     // Sized up front: collecting through the filter would grow it by doubling.
     let mut deliveries = Vec::with_capacity(decoded.messages.len());
     deliveries.extend(decoded.messages.into_iter().filter(|m| listed(&m.target)).map(
-        |WireMessage { target, id, event, data, room_change }| match room_change {
+        |WireMessage { target, packed, room_change, .. }| match room_change {
             Some(change) => Delivery::room_change(target, change),
-            None => Delivery::message(target, frame::encode(id, event, data), true),
+            None => Delivery::packed(target, entry.slice_ref(packed)),
         },
     ));
     bus.count_received(deliveries.len() as u64);

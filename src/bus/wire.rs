@@ -53,6 +53,10 @@ pub struct WireMessage<'a> {
     pub event: Option<&'a str>,
     /// Payload.
     pub data: &'a [u8],
+    /// Id, event and data as they stand in the entry, lengths included
+    /// ([`frame::encode_packed`] reads them): what a shard encodes the frame
+    /// from.
+    pub packed: &'a [u8],
     /// Set for a live room change (id, event and data are then empty).
     pub room_change: Option<RoomChange>,
 }
@@ -173,6 +177,7 @@ fn decode_message<'a>(
             target
         }
     };
+    let packed_from = input.0;
     let id = field(input.short()?).ok_or(WireError("invalid id"))?;
     let event = match input.short()? {
         [] => None,
@@ -184,7 +189,8 @@ fn decode_message<'a>(
     if crate::text::utf8(data).is_none() {
         return Err(WireError("data is not UTF-8"));
     }
-    Ok(WireMessage { target, id, event, data, room_change: None })
+    let packed = &packed_from[..packed_from.len() - input.0.len()];
+    Ok(WireMessage { target, id, event, data, packed, room_change: None })
 }
 
 fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
@@ -212,7 +218,7 @@ fn decode_room_change<'a>(input: &mut Reader<'a>, join: bool) -> Result<WireMess
         return Err(WireError("invalid room name"));
     }
     let room_change = Some(RoomChange { room: room.into(), join });
-    Ok(WireMessage { target, id: "", event: None, data: &[], room_change })
+    Ok(WireMessage { target, id: "", event: None, data: &[], packed: &[], room_change })
 }
 
 /// An id or event name as the HTTP edge accepts it: 1 to 256 bytes of
@@ -282,6 +288,7 @@ mod tests {
                 id: "1",
                 event: Some("n"),
                 data: b"a\nb",
+                packed: &[],
                 room_change: None,
             },
             WireMessage {
@@ -289,14 +296,16 @@ mod tests {
                 id: "2",
                 event: None,
                 data: b"",
+                packed: &[],
                 room_change: None,
             },
-            WireMessage { target: Target::All, id: "3", event: None, data: b"{}", room_change: None },
+            WireMessage { target: Target::All, id: "3", event: None, data: b"{}", packed: &[], room_change: None },
             WireMessage {
                 target: Target::Tenant("acme".into()),
                 id: "4",
                 event: None,
                 data: "é".as_bytes(),
+                packed: &[],
                 room_change: None,
             },
         ]
@@ -308,13 +317,31 @@ mod tests {
         let encoded = entry(&messages);
         let lens: usize = messages.iter().map(|m| message_len(&m.target, m.id, m.event, m.data)).sum();
         assert_eq!(encoded.len(), HEADER_LEN + lens);
-        assert_eq!(decode(&encoded).unwrap(), Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
+        let decoded = decode(&encoded).unwrap();
+        for m in &decoded.messages {
+            let frame = frame::encode(m.id, m.event, m.data);
+            assert_eq!(frame::encode_packed(m.packed), Some(frame), "a shard encodes the same frame: {m:?}");
+        }
+        let decoded = Entry { messages: decoded.messages.into_iter().map(unpacked).collect(), ..decoded };
+        assert_eq!(decoded, Entry { instance: 0xdead_beef, token: 42, messages: messages.into() });
+    }
+
+    /// `m` without its packed fields (which the round trip tests check by
+    /// the frame they encode).
+    fn unpacked(m: WireMessage<'_>) -> WireMessage<'_> {
+        WireMessage { packed: &[], ..m }
     }
 
     #[test]
     fn runs_to_one_target_keep_each_target_of_its_kind() {
-        let to =
-            |target: Target, id: &'static str| WireMessage { target, id, event: None, data: b"{}", room_change: None };
+        let to = |target: Target, id: &'static str| WireMessage {
+            target,
+            id,
+            event: None,
+            data: b"{}",
+            packed: &[],
+            room_change: None,
+        };
         let messages = vec![
             to(Target::User("a".into()), "1"),
             to(Target::User("a".into()), "2"),
@@ -325,7 +352,7 @@ mod tests {
         ];
         let encoded = entry(&messages);
         let decoded = decode(&encoded).unwrap();
-        assert_eq!(decoded.messages.into_vec(), messages);
+        assert_eq!(decoded.messages.into_iter().map(unpacked).collect::<Vec<_>>(), messages);
         let mut bad = BytesMut::from(&entry(&messages[..1])[..]);
         bad.extend_from_slice(&message(&Target::User("a/b".into()), "7", None, b"{}"));
         assert_eq!(decode(&bad), Err(WireError("invalid target name")), "a new key is checked");
@@ -333,7 +360,7 @@ mod tests {
 
     #[test]
     fn more_messages_than_a_u16_count_survive() {
-        let one = WireMessage { target: Target::All, id: "x", event: None, data: b"1", room_change: None };
+        let one = WireMessage { target: Target::All, id: "x", event: None, data: b"1", packed: &[], room_change: None };
         let messages = vec![one; 70_000];
         assert_eq!(decode(&entry(&messages)).unwrap().messages.len(), 70_000);
     }

@@ -13,6 +13,7 @@ use super::queue::Pushed;
 use super::replay::{self, Stream};
 use super::{yielding, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
+use crate::sse::frame;
 
 /// Deliveries in one envelope to another shard: a large publish reaches
 /// them in several, each handled in one turn, so that shard's own streams
@@ -102,10 +103,14 @@ impl ShardCtx {
 
     /// Queues `frame` to the local connections `target` names; returns how many.
     pub fn deliver(&self, delivery: Delivery) -> u64 {
-        let Delivery { target, frame, skip_known_id, room_change } = delivery;
+        let Delivery { target, frame, skip_known_id, room_change, packed } = delivery;
         if let Some(change) = &room_change {
             return self.change_rooms(&target, change).pack();
         }
+        let frame = match packed {
+            true => frame::encode_packed(&frame).unwrap_or_default(),
+            false => frame,
+        };
         if frame.is_empty() {
             return 0;
         }

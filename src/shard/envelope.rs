@@ -191,17 +191,33 @@ pub struct Delivery {
     /// empty); boxed, being rare, so that every message's delivery is
     /// smaller to move.
     pub room_change: Option<Box<RoomChange>>,
+    /// The frame is not encoded yet: it holds the message's id, event and
+    /// data as the bus carries them ([`crate::sse::frame::encode_packed`]),
+    /// and the shard that delivers it encodes it.
+    pub packed: bool,
 }
 
 impl Delivery {
     /// A message: `frame` to `target`.
     pub fn message(target: Target, frame: Bytes, skip_known_id: bool) -> Self {
-        Delivery { target, frame, skip_known_id, room_change: None }
+        Delivery { target, frame, skip_known_id, room_change: None, packed: false }
+    }
+
+    /// A message from another instance, its fields `packed` as in its bus
+    /// log entry, for the shard that delivers it to encode.
+    pub fn packed(target: Target, packed: Bytes) -> Self {
+        Delivery { target, frame: packed, skip_known_id: true, room_change: None, packed: true }
     }
 
     /// A live room change of `target`'s connections.
     pub fn room_change(target: Target, change: RoomChange) -> Self {
-        Delivery { target, frame: Bytes::new(), skip_known_id: false, room_change: Some(Box::new(change)) }
+        Delivery {
+            target,
+            frame: Bytes::new(),
+            skip_known_id: false,
+            room_change: Some(Box::new(change)),
+            packed: false,
+        }
     }
 }
 
