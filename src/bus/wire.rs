@@ -18,7 +18,9 @@
 //! ([`crate::namespace`]): a tenant's user is `acme\0alice`, which keeps
 //! tenants apart on shared partitions. Receivers encode the SSE frame
 //! themselves, once per message, with the publisher's id, so every
-//! instance's replay rings hold the same ids.
+//! instance's replay rings hold the same ids: the shard that delivers a
+//! message encodes it from the message's id, event and data as they stand
+//! here (`sse::frame::encode_packed` reads that part).
 //!
 //! A log entry comes from Redis, which anyone with its password can write to:
 //! [`decode`] trusts nothing, and checks every field exactly as the HTTP edge
