@@ -27,7 +27,9 @@ async function cut(server, sub, errorsBefore = 0) {
 }
 
 test('the browser reconnects after retry: with Last-Event-ID and ends up with m1..m4 exactly once, in order', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '300ms']);
+  // The page stays away for the retry: long enough for the publishes below
+  // on a busy machine (300 ms was not, on a CI runner building beside it).
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '2s']);
   t.after(server.stop);
   const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1&rooms=r1` });
   t.after(sub.close);
@@ -39,7 +41,7 @@ test('the browser reconnects after retry: with Last-Event-ID and ends up with m1
   await sub.waitFor('m1 and m2', () => window.sub.received.length === 2);
 
   await cut(server, sub);
-  // While the page is disconnected (it retries after 300 ms): a broadcast and
+  // While the page is disconnected (it retries after 2 s): a broadcast and
   // a user message, which only the replay rings hold.
   const away = [];
   for (const [route, data] of [['/v1/broadcast', 'm3'], ['/v1/users/u1/events', 'm4']]) {
@@ -62,7 +64,7 @@ test('the browser reconnects after retry: with Last-Event-ID and ends up with m1
   assert.equal(state.errors[0].readyState, CONNECTING, 'the browser kept the EventSource and retried');
   assert.equal(state.readyState, OPEN);
   const delay = state.opens[1].at - state.errors[0].at;
-  assert.ok(delay < 5_000, `reconnected ${delay} ms after the cut (retry: 300)`);
+  assert.ok(delay < 5_000, `reconnected ${delay} ms after the cut (retry: 2000)`);
 
   await eventually('both stream requests in the network log', async () => streams(sub).filter((r) => r.headers).length === 2,
     async () => JSON.stringify(sub.sseRequests()));
@@ -129,7 +131,8 @@ test('an id the server never issued (?lastEventId=) gives the page an ssekify.ga
 });
 
 test('the browser\'s own reconnect past the ring\'s end gives ssekify.gap, then what is left', { timeout: 60_000 }, async (t) => {
-  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '300ms', '--recent-buffer', '2']);
+  // Away for 2 s (the retry), so the batch below lands while it is (see the first test).
+  const server = await startServer(['--cors-origin', fx.pages.origin, '--retry', '2s', '--recent-buffer', '2']);
   t.after(server.stop);
   const sub = await openPage(fx.browser, fx.pages, { src: `${server.publicUrl}/sse?userId=u1` });
   t.after(sub.close);
