@@ -135,8 +135,6 @@ struct Ring {
     wrapped_through: u64,
     /// Sequence counter value when the ring was created.
     created_at: u64,
-    /// Its activity mark: its place in the activity orders.
-    touch: u64,
     last_active_ms: u64,
     /// Its user has a connection here: out of reach of the count cap and TTL.
     pinned: bool,
@@ -171,6 +169,16 @@ struct TenantUse {
     order: ActivityOrder<(KeyedKind, usize)>,
 }
 
+/// The ring a record goes to: its slot (`None`: the default namespace's
+/// broadcast ring, in no map), its activity mark now, and whether the record
+/// created it.
+struct Touched<'a> {
+    ring: &'a mut Ring,
+    slot: Option<usize>,
+    touch: u64,
+    created: bool,
+}
+
 /// The activity marks a record may give its ring: `fresh` (the next one),
 /// unless the ring already has `latest`, the newest given out.
 #[derive(Debug, Clone, Copy)]
@@ -189,8 +197,8 @@ struct Keyed {
     /// Each ring's slot by name.
     slots: AHashMap<Rc<str>, usize>,
     rings: Slab<Ring>,
-    /// Each slot's ring's activity mark (its `touch`); 0 for an empty slot
-    /// (marks start at 1).
+    /// Each slot's ring's activity mark, its place in the orders; 0 for an
+    /// empty slot (marks start at 1).
     marks: Vec<u64>,
     /// Rings the count cap and the TTL may drop, least recently active first.
     order: ActivityOrder<usize>,
@@ -230,6 +238,9 @@ pub struct ReplayStore {
     rooms: Keyed,
     tenants: Keyed,
     broadcast: Ring,
+    /// The broadcast ring's activity mark (the other rings' are their
+    /// [`Keyed`]'s `marks`).
+    broadcast_touch: u64,
     broadcast_forgotten_through: u64,
     /// Users with a connection on this shard (their rings are pinned).
     connected: AHashSet<Rc<str>>,
@@ -251,6 +262,7 @@ impl ReplayStore {
             rooms: Keyed::default(),
             tenants: Keyed::default(),
             broadcast: Ring::default(),
+            broadcast_touch: 0,
             broadcast_forgotten_through: 0,
             connected: AHashSet::new(),
             next_seq: 0,
@@ -308,37 +320,29 @@ impl ReplayStore {
         let known = |ring: &Ring| skip_known && ring.holds(id, id_print);
         let (seq, capacity) = (self.next_seq + 1, self.limits.entries);
         let touches = Touches { latest: self.next_touch, fresh: self.next_touch + 1 };
-        let (ring, created, kind) = match stream {
+        let (Touched { ring, slot, touch, created }, kind) = match stream {
             Stream::All if known(&self.broadcast) => return false,
             Stream::All => {
-                self.broadcast.touch = touches.fresh;
-                // No slot: the default namespace's broadcast ring is in no order.
-                ((&mut self.broadcast, usize::MAX), false, KeyedKind::Users)
+                self.broadcast_touch = touches.fresh;
+                let touched = Touched { ring: &mut self.broadcast, slot: None, touch: touches.fresh, created: false };
+                (touched, KeyedKind::Users)
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let Some((ring, created)) =
-                    self.users.touch(name, touches, seq, || connected.get(name).cloned(), known)
-                else {
+                let Some(touched) = self.users.touch(name, touches, seq, || connected.get(name).cloned(), known) else {
                     return false;
                 };
-                (ring, created, KeyedKind::Users)
+                (touched, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let Some((ring, created)) = self.rooms.touch(name, touches, seq, || None, known) else {
-                    return false;
-                };
-                (ring, created, KeyedKind::Rooms)
+                let Some(touched) = self.rooms.touch(name, touches, seq, || None, known) else { return false };
+                (touched, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let Some((ring, created)) = self.tenants.touch(name, touches, seq, || None, known) else {
-                    return false;
-                };
-                (ring, created, KeyedKind::Tenants)
+                let Some(touched) = self.tenants.touch(name, touches, seq, || None, known) else { return false };
+                (touched, KeyedKind::Tenants)
             }
         };
-        let (ring, slot) = ring;
-        let touch = ring.touch;
         (self.next_seq, self.next_touch) = (seq, touch);
         let frame_len = frame.len();
         let entry = Entry { seq, id_len, id_print, frame };
@@ -368,6 +372,7 @@ impl ReplayStore {
         self.entries += 1;
         self.bytes += frame_len;
         if let Some(tenant) = ring.tenant.clone() {
+            let slot = slot.expect("a tenant's ring is in a map");
             let tenant_use = self.tenant_use.get_mut(&*tenant).expect("interned with the ring");
             tenant_use.bytes = tenant_use.bytes + frame_len - freed;
             tenant_use.order.sweep(current_in_tenant(&self.users, &self.rooms, &self.tenants));
@@ -542,7 +547,7 @@ impl ReplayStore {
         }
         let due = |ring: &Ring| now_ms.saturating_sub(ring.last_active_ms) >= ttl;
         for kind in [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants] {
-            while self.keyed_mut(kind).oldest().is_some_and(due) {
+            while self.keyed_mut(kind).oldest().is_some_and(|(_, ring)| due(ring)) {
                 let ring = self.keyed_mut(kind).pop_oldest().expect("a due ring");
                 self.forget(&ring);
             }
@@ -594,7 +599,7 @@ impl ReplayStore {
             // The least recently active unpinned ring of any kind goes first.
             let oldest = [KeyedKind::Users, KeyedKind::Rooms, KeyedKind::Tenants]
                 .into_iter()
-                .filter_map(|kind| self.keyed_mut(kind).oldest().map(|ring| (ring.touch, kind)))
+                .filter_map(|kind| self.keyed_mut(kind).oldest().map(|(touch, _)| (touch, kind)))
                 .min_by_key(|(touch, _)| *touch);
             match oldest.and_then(|(_, kind)| self.keyed_mut(kind).pop_oldest()) {
                 Some(ring) => self.forget(&ring),
@@ -609,7 +614,7 @@ impl ReplayStore {
     fn shorten_least_active(&mut self) -> bool {
         let users = &mut self.users;
         let pinned = users.pinned.front(current(&users.marks)).map(|(touch, &slot)| (touch, slot));
-        let broadcast = (!self.broadcast.entries.is_empty()).then_some(self.broadcast.touch);
+        let broadcast = (!self.broadcast.entries.is_empty()).then_some(self.broadcast_touch);
         let freed = match pinned {
             Some((touch, slot)) if broadcast.is_none_or(|b| touch < b) => {
                 let ring = &mut self.users.rings[slot];
@@ -696,7 +701,7 @@ impl Keyed {
         seq: u64,
         connected: impl FnOnce() -> Option<Rc<str>>,
         known: impl FnOnce(&Ring) -> bool,
-    ) -> Option<((&mut Ring, usize), bool)> {
+    ) -> Option<Touched<'_>> {
         let Keyed { slots, rings, marks, order, pinned, .. } = self;
         let touch = touches.fresh;
         let (slot, created) = match slots.get(name) {
@@ -707,8 +712,7 @@ impl Keyed {
                 }
                 // The most recently active ring already (a run of messages
                 // to one user): its place in the order stands, nothing to move.
-                if ring.touch != touches.latest {
-                    ring.touch = touch;
+                if marks[slot] != touches.latest {
                     marks[slot] = touch;
                     let order = if ring.pinned { &mut *pinned } else { &mut *order };
                     order.moved(touch, slot);
@@ -721,8 +725,7 @@ impl Keyed {
                     Some(shared) => (shared, true),
                     None => (Rc::from(name), false),
                 };
-                let ring =
-                    Ring { name: name.clone(), created_at: seq - 1, touch, pinned: is_pinned, ..Ring::default() };
+                let ring = Ring { name: name.clone(), created_at: seq - 1, pinned: is_pinned, ..Ring::default() };
                 let slot = rings.insert(ring);
                 slots.insert(name, slot);
                 if slot == marks.len() {
@@ -736,7 +739,7 @@ impl Keyed {
                 (slot, true)
             }
         };
-        Some(((&mut rings[slot], slot), created))
+        Some(Touched { ring: &mut rings[slot], slot: Some(slot), touch: marks[slot], created })
     }
 
     /// Takes `name`'s ring, if any, out of the count cap and TTL order: a
@@ -745,9 +748,7 @@ impl Keyed {
         let Keyed { slots, rings, marks, order, pinned, .. } = self;
         pinned.sweep(current(marks));
         let Some(&slot) = slots.get(name).filter(|&&slot| !rings[slot].pinned) else { return false };
-        let ring = &mut rings[slot];
-        ring.pinned = true;
-        ring.touch = touch;
+        rings[slot].pinned = true;
         marks[slot] = touch;
         order.removed();
         pinned.insert(touch, slot);
@@ -763,7 +764,6 @@ impl Keyed {
         let Some(&slot) = slots.get(name).filter(|&&slot| rings[slot].pinned) else { return false };
         let ring = &mut rings[slot];
         ring.pinned = false;
-        ring.touch = touch;
         marks[slot] = touch;
         ring.last_active_ms = ring.last_active_ms.max(now_ms);
         pinned.removed();
@@ -771,10 +771,10 @@ impl Keyed {
         true
     }
 
-    /// The least recently active ring the count cap and TTL may drop.
-    fn oldest(&mut self) -> Option<&Ring> {
-        let (_, &slot) = self.order.front(current(&self.marks))?;
-        Some(&self.rings[slot])
+    /// The least recently active ring the count cap and TTL may drop, and its mark.
+    fn oldest(&mut self) -> Option<(u64, &Ring)> {
+        let (touch, &slot) = self.order.front(current(&self.marks))?;
+        Some((touch, &self.rings[slot]))
     }
 
     fn pop_oldest(&mut self) -> Option<Ring> {
