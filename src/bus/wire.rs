@@ -90,7 +90,7 @@ pub fn header(instance: u32, token: u64) -> Bytes {
 
 /// Bytes [`message`] produces for these fields.
 pub fn message_len(target: &Target, id: &str, event: Option<&str>, data: &[u8]) -> usize {
-    11 + key(target).len() + id.len() + event.map_or(0, str::len) + data.len()
+    3 + key(target).len() + frame::packed_len(id, event, data)
 }
 
 /// One message's bytes; an entry is a header followed by any number of these.
@@ -105,10 +105,7 @@ pub fn message(target: &Target, id: &str, event: Option<&str>, data: &[u8]) -> B
         Target::Connection(_) => unreachable!("messages address users, rooms and broadcasts, not one connection"),
     });
     put_short(&mut out, key(target).as_bytes());
-    put_short(&mut out, id.as_bytes());
-    put_short(&mut out, event.unwrap_or_default().as_bytes());
-    out.put_u32(data.len() as u32);
-    out.put_slice(data);
+    frame::put_packed(&mut out, id, event, data);
     out.freeze()
 }
 
