@@ -118,7 +118,10 @@ impl ShardCtx {
         let ShardState { conns, registry, replay, listeners, ready, queue_items_max, queue_bytes_max, .. } =
             &mut *state;
         let (stream, recipients) = match &target {
-            Target::User(user) => (Stream::User(user), Recipients::Listed(registry.user(user))),
+            Target::User(user) => match registry.user_entry(user) {
+                Some(entry) => (Stream::UserAt(user, &entry.ring_slot), Recipients::Listed(&entry.conns)),
+                None => (Stream::User(user), Recipients::Listed(&[])),
+            },
             Target::Room(room) => (Stream::Room(room), Recipients::Set(registry.room(room))),
             Target::All if registry.has_tenants() || !listeners.is_empty() => {
                 (Stream::All, Recipients::DefaultNamespace)
@@ -235,7 +238,7 @@ impl ShardCtx {
         }
         replay.mark_lost(|stream| {
             in_partition(&match stream {
-                replay::Stream::User(key) => Target::User(key.into()),
+                replay::Stream::User(key) | replay::Stream::UserAt(key, _) => Target::User(key.into()),
                 replay::Stream::Room(key) => Target::Room(key.into()),
                 replay::Stream::All => Target::All,
                 replay::Stream::Tenant(name) => Target::Tenant(name.into()),

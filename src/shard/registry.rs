@@ -7,6 +7,7 @@
 //! another namespace's. Each tenant with connections here also has a member
 //! set, so its broadcast visits its own connections only.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -18,10 +19,24 @@ use super::interest::{Interest, Kind};
 /// Connections of one user on this shard (most users hold one or two tabs).
 pub type UserConns = SmallVec<[usize; 2]>;
 
+/// One user with connections on this shard: its connections, and where its
+/// replay ring was last found, so a message to the user finds both by one
+/// lookup of its name (the ring's own map by name missed the cache about
+/// once a message with 10,000 users, `benches/cachesim.py`).
+#[derive(Debug, Default)]
+pub struct UserEntry {
+    /// Its connections here.
+    pub conns: UserConns,
+    /// The slot its ring was last found at in the replay store (a slot
+    /// past `u32` is not kept); the store checks the ring there is still
+    /// this user's before trusting it.
+    pub ring_slot: Cell<Option<u32>>,
+}
+
 /// The user and room indexes of one shard.
 #[derive(Default, Debug)]
 pub struct Registry {
-    users: AHashMap<Rc<str>, UserConns>,
+    users: AHashMap<Rc<str>, UserEntry>,
     rooms: AHashMap<Rc<str>, AHashSet<usize>>,
     tenants: AHashMap<Rc<str>, AHashSet<usize>>,
     /// Told of each name's first and last connection here (with a bus).
@@ -47,7 +62,12 @@ impl Registry {
 
     /// Connections of `user` here.
     pub fn user(&self, user: &str) -> &[usize] {
-        self.users.get(user).map_or(&[], |conns| conns.as_slice())
+        self.users.get(user).map_or(&[], |entry| entry.conns.as_slice())
+    }
+
+    /// `user`'s connections and ring slot, if it has a connection here.
+    pub fn user_entry(&self, user: &str) -> Option<&UserEntry> {
+        self.users.get(user)
     }
 
     /// Members of `room` here.
@@ -80,12 +100,13 @@ impl Registry {
         match self.users.get_key_value(user) {
             Some((name, _)) => {
                 let name = name.clone();
-                self.users.get_mut(user).expect("present").push(conn);
+                self.users.get_mut(user).expect("present").conns.push(conn);
                 name
             }
             None => {
                 let name: Rc<str> = Rc::from(user);
-                self.users.insert(name.clone(), SmallVec::from_elem(conn, 1));
+                let entry = UserEntry { conns: SmallVec::from_elem(conn, 1), ring_slot: Cell::new(None) };
+                self.users.insert(name.clone(), entry);
                 if let Some(interest) = &self.interest {
                     interest.add(Kind::User, user);
                 }
@@ -106,9 +127,9 @@ impl Registry {
 
     /// Forgets `conn` under `user`, and the user when it was the last.
     pub fn remove_user(&mut self, user: &str, conn: usize) {
-        if let Some(conns) = self.users.get_mut(user) {
-            conns.retain(|c| *c != conn);
-            if conns.is_empty() {
+        if let Some(entry) = self.users.get_mut(user) {
+            entry.conns.retain(|c| *c != conn);
+            if entry.conns.is_empty() {
                 self.users.remove(user);
                 if let Some(interest) = &self.interest {
                     interest.remove(Kind::User, user);

@@ -35,6 +35,7 @@
 //! A resume merges the rings that apply to a connection by arrival sequence,
 //! so replayed frames come in the order they were published on this shard.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -71,6 +72,10 @@ pub struct ReplayLimits {
 pub enum Stream<'a> {
     /// A user's messages.
     User(&'a str),
+    /// A user's messages, with where its ring was last found (kept beside
+    /// its connections by the registry): the ring is taken from that slot
+    /// when it is still this user's, and the slot kept up to date.
+    UserAt(&'a str, &'a Cell<Option<u32>>),
     /// A room's messages.
     Room(&'a str),
     /// The default namespace's broadcasts.
@@ -329,17 +334,33 @@ impl ReplayStore {
             }
             Stream::User(name) => {
                 let connected = &self.connected;
-                let Some(touched) = self.users.touch(name, touches, seq, || connected.get(name).cloned(), known) else {
+                let found = self.users.slots.get(name).copied();
+                let Some(touched) = self.users.touch(name, found, touches, seq, || connected.get(name).cloned(), known)
+                else {
                     return false;
                 };
                 (touched, KeyedKind::Users)
             }
+            Stream::UserAt(name, ring_slot) => {
+                let connected = &self.connected;
+                let found = self.users.find(name, ring_slot.get());
+                let Some(touched) = self.users.touch(name, found, touches, seq, || connected.get(name).cloned(), known)
+                else {
+                    return false;
+                };
+                ring_slot.set(touched.slot.and_then(|slot| u32::try_from(slot).ok()));
+                (touched, KeyedKind::Users)
+            }
             Stream::Room(name) => {
-                let Some(touched) = self.rooms.touch(name, touches, seq, || None, known) else { return false };
+                let found = self.rooms.slots.get(name).copied();
+                let Some(touched) = self.rooms.touch(name, found, touches, seq, || None, known) else { return false };
                 (touched, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let Some(touched) = self.tenants.touch(name, touches, seq, || None, known) else { return false };
+                let found = self.tenants.slots.get(name).copied();
+                let Some(touched) = self.tenants.touch(name, found, touches, seq, || None, known) else {
+                    return false;
+                };
                 (touched, KeyedKind::Tenants)
             }
         };
@@ -349,7 +370,7 @@ impl ReplayStore {
         if created {
             let tenant = match stream {
                 Stream::All => None,
-                Stream::User(key) | Stream::Room(key) => tenant_of_key(key),
+                Stream::User(key) | Stream::UserAt(key, _) | Stream::Room(key) => tenant_of_key(key),
                 Stream::Tenant(name) => Some(name),
             };
             if let Some(tenant) = tenant {
@@ -688,8 +709,22 @@ impl Keyed {
         self.slots.get(name).map(|&slot| &self.rings[slot])
     }
 
-    /// The ring of `name`, created if needed, marked most recently active
-    /// (`touch`), with its slot; true when created. A new ring is pinned
+    /// The slot of `name`'s ring: `hint` when the ring there is still
+    /// `name`'s (a slot is reused once its ring goes), else by its name.
+    fn find(&self, name: &str, hint: Option<u32>) -> Option<usize> {
+        let at_hint = hint.map(|slot| slot as usize).filter(|&slot| {
+            // The same string as the registry's when the ring was made for a
+            // connected user: a pointer comparison, no read of the name.
+            self.rings
+                .get(slot)
+                .is_some_and(|ring| std::ptr::eq(ring.name.as_ptr(), name.as_ptr()) || *ring.name == *name)
+        });
+        at_hint.or_else(|| self.slots.get(name).copied())
+    }
+
+    /// The ring of `name` (at `found`, its slot if it has one), created if
+    /// needed, marked most recently active (`touch`), with its slot; true
+    /// when created. A new ring is pinned
     /// when `connected` gives the name of its connected user, which it then
     /// shares (the connections' and the registry's): a message's two
     /// lookups by that name read one string. `None`, and nothing changed,
@@ -697,6 +732,7 @@ impl Keyed {
     fn touch(
         &mut self,
         name: &str,
+        found: Option<usize>,
         touches: Touches,
         seq: u64,
         connected: impl FnOnce() -> Option<Rc<str>>,
@@ -704,8 +740,8 @@ impl Keyed {
     ) -> Option<Touched<'_>> {
         let Keyed { slots, rings, marks, order, pinned, .. } = self;
         let touch = touches.fresh;
-        let (slot, created) = match slots.get(name) {
-            Some(&slot) => {
+        let (slot, created) = match found {
+            Some(slot) => {
                 let ring = &mut rings[slot];
                 if known(ring) {
                     return None;
@@ -905,7 +941,7 @@ mod tests {
     fn holds(store: &ReplayStore, stream: Stream<'_>, id: &str) -> bool {
         let ring = match stream {
             Stream::All => Some(&store.broadcast),
-            Stream::User(name) => store.users.get(name),
+            Stream::User(name) | Stream::UserAt(name, _) => store.users.get(name),
             Stream::Room(name) => store.rooms.get(name),
             Stream::Tenant(name) => store.tenants.get(name),
         };
@@ -1110,6 +1146,31 @@ mod tests {
         publish(&mut store, Stream::User("d"), "d-1", 0);
         assert!(Rc::ptr_eq(&store.users.get("c").expect("a ring").name, &name), "one string for both lookups");
         assert_eq!(Rc::strong_count(&store.users.get("d").expect("a ring").name), 2, "its own: ring and slot");
+    }
+
+    #[test]
+    fn a_users_ring_is_taken_from_its_kept_slot_only_while_it_is_that_users() {
+        let mut store = ReplayStore::new(limits(4));
+        let slot = Cell::new(None);
+        publish(&mut store, Stream::UserAt("a", &slot), "a-1", 0);
+        let first = slot.get().expect("the new ring's slot is kept");
+        publish(&mut store, Stream::UserAt("a", &slot), "a-2", 0);
+        assert_eq!(slot.get(), Some(first));
+        assert_eq!(resume(&store, "a", "a-1"), (false, vec!["a-2".to_owned()]));
+        // Over the cap of 3 users, "a" goes, and "e"'s ring takes its slot.
+        for user in ["b", "c", "d", "e"] {
+            publish(&mut store, Stream::User(user), &format!("{user}-1"), 0);
+        }
+        assert!(holds(&store, Stream::User("e"), "e-1"));
+        assert_eq!(store.users.slots.get("e"), Some(&(first as usize)), "the test's premise: e's ring took a's slot");
+        publish(&mut store, Stream::UserAt("a", &slot), "a-3", 0);
+        assert!(!holds(&store, Stream::User("e"), "a-3"), "a slot now holding another user's ring is not used");
+        assert_eq!(resume(&store, "a", "a-1"), (true, vec!["a-3".to_owned()]), "a new ring, after a gap");
+        assert_eq!(slot.get().map(|s| s as usize), store.users.slots.get("a").copied(), "the slot is corrected");
+        slot.set(Some(1_000));
+        publish(&mut store, Stream::UserAt("a", &slot), "a-4", 0);
+        assert_eq!(resume(&store, "a", "a-3"), (false, vec!["a-4".to_owned()]), "an empty slot: found by name");
+        assert_eq!(slot.get().map(|s| s as usize), store.users.slots.get("a").copied());
     }
 
     #[test]
