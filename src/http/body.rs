@@ -71,6 +71,13 @@ impl BodyDecoder {
                     if self.body.is_empty() && take == remaining as usize {
                         self.body = input.split_to(take);
                     } else {
+                        if self.body.is_empty() {
+                            // The whole announced length at once (within the limit;
+                            // the connection charges its body budget for all of it
+                            // before reading): a body arriving in pieces is copied
+                            // once, never regrown.
+                            self.body.reserve(remaining as usize);
+                        }
                         self.body.extend_from_slice(&input[..take]);
                         input.advance(take);
                     }
