@@ -224,11 +224,15 @@ impl Shared {
     /// namespace) to every shard (the frame is shared, not copied). Also
     /// returns, per shard, the index each of its deliveries had in `deliveries`.
     pub fn route(&self, deliveries: Vec<Delivery>) -> (Vec<Vec<Delivery>>, Vec<Vec<usize>>) {
-        let shards = self.shard_count();
-        let mut per_shard: Vec<Vec<Delivery>> = (0..shards).map(|_| Vec::new()).collect();
-        let mut indexes: Vec<Vec<usize>> = (0..shards).map(|_| Vec::new()).collect();
-        for (index, delivery) in deliveries.into_iter().enumerate() {
-            let targets = self.shards_for(&delivery.target);
+        // Each shard's lists sized first, not regrown push by push.
+        let owners: Vec<std::ops::Range<usize>> = deliveries.iter().map(|d| self.shards_for(&d.target)).collect();
+        let mut counts = vec![0usize; self.shard_count()];
+        for shard in owners.iter().flat_map(Clone::clone) {
+            counts[shard] += 1;
+        }
+        let mut per_shard: Vec<Vec<Delivery>> = counts.iter().map(|&count| Vec::with_capacity(count)).collect();
+        let mut indexes: Vec<Vec<usize>> = counts.iter().map(|&count| Vec::with_capacity(count)).collect();
+        for ((index, delivery), targets) in deliveries.into_iter().enumerate().zip(owners) {
             let last = targets.end - 1;
             for shard in targets.start..last {
                 indexes[shard].push(index);
