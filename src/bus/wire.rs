@@ -31,6 +31,7 @@ use smallvec::SmallVec;
 
 use crate::namespace::{valid_key, valid_name};
 use crate::shard::envelope::{ConnId, RoomChange, Target};
+use crate::shard::key::Key;
 use crate::sse::frame;
 
 /// The only version written; others are refused on read.
@@ -195,9 +196,10 @@ fn decode_message<'a>(
 fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
     Ok(match kind {
         0 if key.is_empty() => Target::All,
-        1 if valid_key(key) => Target::User(key.into()),
-        2 if valid_key(key) => Target::Room(key.into()),
-        3 if valid_name(key) => Target::Tenant(key.into()),
+        // Held shared: a run of the entry's messages to one target copies it.
+        1 if valid_key(key) => Target::User(Key::shared(key)),
+        2 if valid_key(key) => Target::Room(Key::shared(key)),
+        3 if valid_name(key) => Target::Tenant(Key::shared(key)),
         0..=3 => return Err(WireError("invalid target name")),
         _ => return Err(WireError("unknown target")),
     })

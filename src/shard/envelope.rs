@@ -7,43 +7,28 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::idempotency::Ticket;
+use super::key::Key;
 use crate::events::{Event, EventTypes};
 use crate::namespace::Namespace;
 use crate::tenants::TenantConfig;
 
 /// Who a message is for. User and room names are internal keys
-/// ([`Namespace::key`]), in the process and on the bus alike, shared (`Arc`)
-/// so that the copies of one target cost a reference count, not an
-/// allocation: a room's or a broadcast's delivery to every shard, a bus
-/// entry's run of messages to one user.
-#[derive(Debug, Clone, Eq)]
+/// ([`Namespace::key`]), in the process and on the bus alike, held in place
+/// when short and shared when long ([`Key`]), so that a target costs no
+/// allocation and its copies (a room's or a broadcast's delivery to every
+/// shard, a bus entry's run of messages to one user) no copy of a long key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Every connection of one user (on the user's owner shard).
-    User(Arc<str>),
+    User(Key),
     /// Every member of a room (on every shard).
-    Room(Arc<str>),
+    Room(Key),
     /// Every connection of the default namespace (on every shard).
     All,
     /// Every connection of one tenant (on every shard).
-    Tenant(Arc<str>),
+    Tenant(Key),
     /// One connection, wherever in the cluster its id says it lives.
     Connection(ConnId),
-}
-
-/// Equal keys; the copies of one target (a run of a bus entry's messages)
-/// are told equal by their pointer, without reading the keys.
-impl PartialEq for Target {
-    fn eq(&self, other: &Self) -> bool {
-        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
-        match (self, other) {
-            (Target::User(a), Target::User(b))
-            | (Target::Room(a), Target::Room(b))
-            | (Target::Tenant(a), Target::Tenant(b)) => same(a, b),
-            (Target::All, Target::All) => true,
-            (Target::Connection(a), Target::Connection(b)) => a == b,
-            _ => false,
-        }
-    }
 }
 
 /// A connection's cluster-wide id, `<instance>-<shard>-<slot>-<serial>`

@@ -28,6 +28,7 @@ pub mod heartbeat;
 pub mod idempotency;
 pub mod inbox;
 pub mod interest;
+pub mod key;
 pub mod lane;
 mod listeners;
 pub mod presence;
