@@ -60,8 +60,8 @@ impl ShardCtx {
             return totals;
         }
         if let [delivery] = &deliveries[..] {
-            // A lone message for this shard alone (a user it owns, or the
-            // only shard): queued at once, without splitting by shard.
+            // A lone message for this shard alone (a user it owns): queued
+            // at once, without splitting by shard.
             if self.shared.shards_for(&delivery.target) == (self.id..self.id + 1) {
                 return deliveries.into_iter().map(|d| self.deliver(d)).collect();
             }
