@@ -84,6 +84,16 @@ pub enum Stream<'a> {
     Tenant(&'a str),
 }
 
+impl<'a> Stream<'a> {
+    /// The slot kept for a user's ring beside its connections, if any.
+    fn kept_slot(self) -> Option<&'a Cell<Option<u32>>> {
+        match self {
+            Stream::UserAt(_, kept) => Some(kept),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,
@@ -332,35 +342,21 @@ impl ReplayStore {
                 let touched = Touched { ring: &mut self.broadcast, slot: None, touch: touches.fresh, created: false };
                 (touched, KeyedKind::Users)
             }
-            Stream::User(name) => {
+            Stream::User(name) | Stream::UserAt(name, _) => {
                 let connected = &self.connected;
-                let found = self.users.slots.get(name).copied();
-                let Some(touched) = self.users.touch(name, found, touches, seq, || connected.get(name).cloned(), known)
+                let kept = stream.kept_slot();
+                let Some(touched) = self.users.touch(name, kept, touches, seq, || connected.get(name).cloned(), known)
                 else {
                     return false;
                 };
-                (touched, KeyedKind::Users)
-            }
-            Stream::UserAt(name, ring_slot) => {
-                let connected = &self.connected;
-                let found = self.users.find(name, ring_slot.get());
-                let Some(touched) = self.users.touch(name, found, touches, seq, || connected.get(name).cloned(), known)
-                else {
-                    return false;
-                };
-                ring_slot.set(touched.slot.and_then(|slot| u32::try_from(slot).ok()));
                 (touched, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let found = self.rooms.slots.get(name).copied();
-                let Some(touched) = self.rooms.touch(name, found, touches, seq, || None, known) else { return false };
+                let Some(touched) = self.rooms.touch(name, None, touches, seq, || None, known) else { return false };
                 (touched, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let found = self.tenants.slots.get(name).copied();
-                let Some(touched) = self.tenants.touch(name, found, touches, seq, || None, known) else {
-                    return false;
-                };
+                let Some(touched) = self.tenants.touch(name, None, touches, seq, || None, known) else { return false };
                 (touched, KeyedKind::Tenants)
             }
         };
@@ -709,22 +705,23 @@ impl Keyed {
         self.slots.get(name).map(|&slot| &self.rings[slot])
     }
 
-    /// The slot of `name`'s ring: `hint` when the ring there is still
-    /// `name`'s (a slot is reused once its ring goes), else by its name.
-    fn find(&self, name: &str, hint: Option<u32>) -> Option<usize> {
-        let at_hint = hint.map(|slot| slot as usize).filter(|&slot| {
+    /// The slot of `name`'s ring: the `kept` one when the ring there is
+    /// still `name`'s (a slot is reused once its ring goes), else by its name.
+    fn find(&self, name: &str, kept: Option<u32>) -> Option<usize> {
+        let at_kept = kept.map(|slot| slot as usize).filter(|&slot| {
             // The same string as the registry's when the ring was made for a
             // connected user: a pointer comparison, no read of the name.
             self.rings
                 .get(slot)
                 .is_some_and(|ring| std::ptr::eq(ring.name.as_ptr(), name.as_ptr()) || *ring.name == *name)
         });
-        at_hint.or_else(|| self.slots.get(name).copied())
+        at_kept.or_else(|| self.slots.get(name).copied())
     }
 
-    /// The ring of `name` (at `found`, its slot if it has one), created if
-    /// needed, marked most recently active (`touch`), with its slot; true
-    /// when created. A new ring is pinned
+    /// The ring of `name`, created if needed, marked most recently active
+    /// (`touch`), with its slot; true when created. A slot `kept` for it
+    /// (beside a user's connections) is tried first and set to where the
+    /// ring is. A new ring is pinned
     /// when `connected` gives the name of its connected user, which it then
     /// shares (the connections' and the registry's): a message's two
     /// lookups by that name read one string. `None`, and nothing changed,
@@ -732,12 +729,13 @@ impl Keyed {
     fn touch(
         &mut self,
         name: &str,
-        found: Option<usize>,
+        kept: Option<&Cell<Option<u32>>>,
         touches: Touches,
         seq: u64,
         connected: impl FnOnce() -> Option<Rc<str>>,
         known: impl FnOnce(&Ring) -> bool,
     ) -> Option<Touched<'_>> {
+        let found = self.find(name, kept.and_then(Cell::get));
         let Keyed { slots, rings, marks, order, pinned, .. } = self;
         let touch = touches.fresh;
         let (slot, created) = match found {
@@ -775,6 +773,9 @@ impl Keyed {
                 (slot, true)
             }
         };
+        if let Some(kept) = kept {
+            kept.set(u32::try_from(slot).ok());
+        }
         Some(Touched { ring: &mut rings[slot], slot: Some(slot), touch: marks[slot], created })
     }
 
