@@ -48,8 +48,11 @@ impl ShardCtx {
         if budget.overdue() {
             yielding::yield_now().await;
         }
-        if self.shared.shard_count() == 1 {
-            // Every delivery is this shard's, in order: nothing to route.
+        // Every delivery is this shard's (the only shard, or a lone message
+        // to a user it owns): queued in order, nothing to split by shard.
+        let only_here = self.shared.shard_count() == 1
+            || matches!(&deliveries[..], [lone] if self.shared.shards_for(&lone.target) == (self.id..self.id + 1));
+        if only_here {
             let mut totals = Vec::with_capacity(deliveries.len());
             for delivery in deliveries {
                 if budget.spent() {
@@ -58,13 +61,6 @@ impl ShardCtx {
                 totals.push(self.deliver(delivery));
             }
             return totals;
-        }
-        if let [delivery] = &deliveries[..] {
-            // A lone message for this shard alone (a user it owns): queued
-            // at once, without splitting by shard.
-            if self.shared.shards_for(&delivery.target) == (self.id..self.id + 1) {
-                return deliveries.into_iter().map(|d| self.deliver(d)).collect();
-            }
         }
         let shards = self.shared.shard_count();
         let mut totals = vec![0u64; deliveries.len()];
