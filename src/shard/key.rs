@@ -6,9 +6,10 @@
 //! free a message, ~200 instructions of a batch message's ~4,300 (glibc's
 //! per-thread cache holds 7 chunks of a size, and a batch frees its keys 100
 //! at a time). Most user ids and room names are short, so a key of up to
-//! [`INLINE`] bytes is held in place; a longer one is shared (`Arc`), so the
-//! copies of a target (a room's delivery to every shard, a bus entry's run of
-//! messages to one user) cost a reference count, not a copy.
+//! [`INLINE`] bytes is held in place; a longer one, and every key read from
+//! the bus, is shared (`Arc`), so the copies of a target (a room's delivery
+//! to every shard, a bus entry's run of messages to one user) cost a
+//! reference count, not a copy.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,21 +49,17 @@ impl From<&str> for Key {
     }
 }
 
+// A long key is copied into the `Arc` whatever it came from (an `Arc<str>`
+// cannot take over a `String`'s buffer), so these read the text as `&str`.
 impl From<String> for Key {
     fn from(text: String) -> Self {
-        match text.len() <= INLINE {
-            true => Key::from(text.as_str()),
-            false => Key(Repr::Shared(Arc::from(text))),
-        }
+        Key::from(text.as_str())
     }
 }
 
 impl From<Cow<'_, str>> for Key {
     fn from(text: Cow<'_, str>) -> Self {
-        match text {
-            Cow::Borrowed(text) => Key::from(text),
-            Cow::Owned(text) => Key::from(text),
-        }
+        Key::from(&*text)
     }
 }
 
