@@ -1,13 +1,17 @@
 //! A batch message or JSON batch body is read by a hand-written scan when it
 //! has the usual shape, else by serde_json: whatever the input, the two
 //! readings must agree exactly (the same fields, or the same refusal), so
-//! the scan can take nothing serde_json refuses or reads otherwise.
+//! the scan can take nothing serde_json refuses or reads otherwise. The same
+//! holds for a single publish's JSON body.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ssekify::api::publish::{batch_messages, parse_message, parse_message_by_serde, read_batch_by_serde, Fields};
+use ssekify::api::publish::{
+    batch_messages, check_json, check_json_by_serde, parse_message, parse_message_by_serde, read_batch_by_serde, Fields,
+};
 
 fuzz_target!(|data: &[u8]| {
+    assert_eq!(check_json(data), check_json_by_serde(data), "{:?}", String::from_utf8_lossy(data));
     let Ok(text) = std::str::from_utf8(data) else { return };
     assert_eq!(parse_message(text), parse_message_by_serde(text), "{text:?}");
     let scanned = batch_messages(data, false).map(|list| {

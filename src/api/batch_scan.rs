@@ -37,7 +37,7 @@ pub struct Members<'a> {
 }
 
 /// Arrays and objects nested deeper than this in a member's value are left
-/// to serde_json (the scan recurses).
+/// to serde_json (the scan keeps a bit for each open one in a `u64`).
 const MAX_DEPTH: u32 = 64;
 
 /// One message: `text` is its object and whitespace, nothing else.
@@ -47,6 +47,18 @@ pub fn message(text: &str) -> Option<Members<'_>> {
     let members = scan.members()?;
     scan.whitespace();
     scan.at_end().then_some(members)
+}
+
+/// True when `text` is one JSON value and whitespace (a single publish's
+/// body); false says nothing: a value nested past [`MAX_DEPTH`] is left
+/// to serde_json like everything else.
+pub fn json(text: &str) -> bool {
+    let mut scan = Scan { text, at: 0 };
+    scan.whitespace();
+    scan.value().is_some() && {
+        scan.whitespace();
+        scan.at_end()
+    }
 }
 
 /// A JSON batch body that is `{"messages":[…]}` and whitespace, nothing
@@ -145,10 +157,10 @@ impl<'a> Scan<'a> {
                 "all" => members.all = Some(self.boolean()?),
                 "data" => {
                     let start = self.at;
-                    self.value(MAX_DEPTH)?;
+                    self.value()?;
                     members.data = Some(self.text.get(start..self.at)?);
                 }
-                _ => self.value(MAX_DEPTH)?,
+                _ => self.value()?,
             }
             self.whitespace();
             match self.next()? {
@@ -167,47 +179,72 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Any JSON value, checked, not built.
-    fn value(&mut self, depth: u32) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'{' => self.container(b'}', depth, |scan| {
-                scan.string()?;
-                scan.whitespace();
-                scan.eat(b':')?;
-                scan.whitespace();
-                scan.value(depth - 1)
-            }),
-            b'[' => self.container(b']', depth, |scan| scan.value(depth - 1)),
-            b't' => self.literal("true"),
-            b'f' => self.literal("false"),
-            b'n' => self.literal("null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+    /// Any JSON value, checked, not built. Arrays and objects are followed
+    /// without recursion, up to [`MAX_DEPTH`] open at once: a bit for each
+    /// open one says whether it is an object, the innermost lowest.
+    fn value(&mut self) -> Option<()> {
+        let mut objects: u64 = 0;
+        let mut depth = 0;
+        loop {
+            match self.peek()? {
+                b'"' => self.string()?,
+                open @ (b'{' | b'[') => {
+                    if depth == MAX_DEPTH {
+                        return None;
+                    }
+                    self.at += 1;
+                    self.whitespace();
+                    let object = open == b'{';
+                    if self.peek()? == if object { b'}' } else { b']' } {
+                        self.at += 1;
+                    } else {
+                        objects = objects << 1 | u64::from(object);
+                        depth += 1;
+                        if object {
+                            self.member_name()?;
+                        }
+                        continue;
+                    }
+                }
+                b't' => self.literal("true")?,
+                b'f' => self.literal("false")?,
+                b'n' => self.literal("null")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => return None,
+            }
+            // A value has ended: the next one of its container, or the
+            // container's end, which ends a value in turn.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                self.whitespace();
+                let object = objects & 1 == 1;
+                match self.next()? {
+                    b',' => {
+                        self.whitespace();
+                        if object {
+                            self.member_name()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                objects >>= 1;
+                depth -= 1;
+            }
         }
     }
 
-    /// An array or object, which starts here: `item` reads each element or
-    /// member, separated by commas, up to `close`.
-    fn container(&mut self, close: u8, depth: u32, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        if depth == 0 {
-            return None;
-        }
-        self.at += 1;
+    /// An object member's name and its colon, and the whitespace after each.
+    fn member_name(&mut self) -> Option<()> {
+        self.string()?;
         self.whitespace();
-        if self.peek()? == close {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            item(self)?;
-            self.whitespace();
-            match self.next()? {
-                b',' => self.whitespace(),
-                byte if byte == close => return Some(()),
-                _ => return None,
-            }
-        }
+        self.eat(b':')?;
+        self.whitespace();
+        Some(())
     }
 
     /// A string, escapes checked as serde_json checks a string it skips
@@ -291,6 +328,8 @@ mod tests {
         let members = message("{\"all\":false,\"all\":true,\"data\":\"hi\"}\r").expect("plain");
         assert_eq!((members.all, members.data), (Some(true), Some("\"hi\"")));
         assert!(message("{}").is_some(), "no members: serde_json would read none either");
+        let nested = r#"{"data":[{"k":[1,{"j":{},"i":[[],[2]]}]},[],{"":null}], "user":"b"}"#;
+        assert_eq!(message(nested).expect("plain").data, Some(&nested[8..nested.len() - 13]));
     }
 
     #[test]
@@ -311,6 +350,10 @@ mod tests {
             r#"{"user":"a","data":[1,]}"#,
             r#"{"user":"a","data":{"k":1,}}"#,
             r#"{"user":"a","data":{"k"}}"#,
+            r#"{"user":"a","data":[1}}"#,
+            r#"{"user":"a","data":{"k":1]}"#,
+            r#"{"user":"a","data":[{"k":[1,{"j":2]]}]}"#,
+            r#"{"user":"a","data":[[],{}],]}"#,
             r#"{"user":"a","data":tru}"#,
             r#"{"user":"a","data":1,}"#,
             r#"{"user":"a","data":1} x"#,
@@ -324,6 +367,16 @@ mod tests {
         assert!(message(&deep).is_none(), "nesting past MAX_DEPTH");
         let deep = format!(r#"{{"user":"a","data":{}{}}}"#, "[".repeat(64), "]".repeat(64));
         assert!(message(&deep).is_some(), "nesting up to MAX_DEPTH");
+    }
+
+    #[test]
+    fn a_whole_json_text_is_taken_only_when_valid() {
+        for text in [" {\"a\":[1,\"x\"]} ", "\"hi\"", "-0.5e3", "[]", "null"] {
+            assert!(json(text), "{text}");
+        }
+        for text in ["", " ", "{\"a\":1", "[1,]", "\"a\" \"b\"", "01", "{\"a\":1}x", "nul"] {
+            assert!(!json(text), "{text}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub use crate::namespace::MAX_NAME;
 use crate::sse::frame;
 
 /// Checks a user id, room or tenant name ([`is_valid_name`]); `400` otherwise.
+#[inline]
 pub fn check_name(kind: &str, name: &str) -> Result<(), Response> {
     if is_valid_name(name) {
         Ok(())

@@ -461,12 +461,28 @@ fn prepare_single<'a>(
     };
     let is_json = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/json"));
     if is_json {
-        serde_json::from_slice::<&RawValue>(body).map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
-    } else if std::str::from_utf8(body).is_err() {
+        check_json(body).map_err(invalid)?;
+    } else if crate::text::utf8(body).is_none() {
         return Err(invalid("the body is not valid UTF-8"));
     }
     let owned = |name| param(&params, name).map(|value| Cow::Owned(value.to_owned()));
     prepare(ctx, target.scoped(ns), owned("event"), owned("id"), body.clone())
+}
+
+/// Checks that a single publish's body is one JSON text: by [`batch_scan`]
+/// when it takes it (~6 times fewer instructions than serde_json on a
+/// 100-byte body), else by serde_json, which words the refusal. Public only
+/// for the fuzz target that checks it against [`check_json_by_serde`].
+pub fn check_json(body: &[u8]) -> Result<(), String> {
+    match crate::text::utf8(body) {
+        Some(text) if batch_scan::json(text) => Ok(()),
+        _ => check_json_by_serde(body),
+    }
+}
+
+/// [`check_json`] by serde_json alone. Public only for the fuzz target.
+pub fn check_json_by_serde(body: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<&RawValue>(body).map(drop).map_err(|e| format!("the body is not valid JSON: {e}"))
 }
 
 /// Checks fields and size, assigns the id, encodes the frame once; `target`
