@@ -26,10 +26,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use smallvec::{smallvec, SmallVec};
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::http::query;
+use crate::http::query::{self, SEGMENTS_INLINE};
 use crate::http::request::{BodyFraming, Method, Request};
 use crate::http::response::Response;
 use crate::metrics::Rejection;
@@ -130,7 +131,7 @@ impl Endpoint {
 }
 
 fn find(segments: &[Cow<'_, str>]) -> Option<Route> {
-    let seg: Vec<&str> = segments.iter().map(|segment| &**segment).collect();
+    let seg: SmallVec<[&str; SEGMENTS_INLINE]> = segments.iter().map(|segment| &**segment).collect();
     match seg.as_slice() {
         ["t", tenant, "sse"] => Some(Route {
             allow: &[Method::Get],
@@ -139,7 +140,7 @@ fn find(segments: &[Cow<'_, str>]) -> Option<Route> {
             tenant: Some((*tenant).into()),
         }),
         ["v1", "t", tenant, rest @ ..] => {
-            let mut inner = vec!["v1"];
+            let mut inner: SmallVec<[&str; SEGMENTS_INLINE]> = smallvec!["v1"];
             inner.extend_from_slice(rest);
             let route = find_default(&inner).filter(|route| route.endpoint.per_tenant())?;
             Some(Route { tenant: Some((*tenant).into()), ..route })

@@ -17,6 +17,7 @@ use serde::de::{self, DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAcc
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use smallvec::{smallvec, SmallVec};
 
 use super::batch_scan::{self, Members};
 use super::names::{check_field, check_name, invalid};
@@ -88,7 +89,7 @@ pub async fn single(
         Ok(claim) => claim,
         Err(answer) => return answer,
     };
-    let prepare = async { Ok(vec![prepare_single(ctx, ns, request, body, to)?]) };
+    let prepare = async { Ok(smallvec![prepare_single(ctx, ns, request, body, to)?]) };
     let key = claim.as_ref().map(ClaimGuard::key);
     let response = match validate_and_deliver(ctx, bus, ns, request, key, prepare).await {
         Ok(results) => {
@@ -213,8 +214,8 @@ async fn validate_and_deliver<'a>(
     ns: &Namespace,
     request: &Request,
     idempotency_key: Option<&str>,
-    prepare: impl Future<Output = Result<Vec<Prepared<'a>>, Response>>,
-) -> Result<Vec<Outcome<'a>>, Response> {
+    prepare: impl Future<Output = Result<Listed<Prepared<'a>>, Response>>,
+) -> Result<Listed<Outcome<'a>>, Response> {
     let scope = scope(request)?;
     let prepared = prepare.await?;
     let messages = prepared.len() as u64;
@@ -297,15 +298,15 @@ async fn deliver<'a>(
     bus: Option<&Bus>,
     scope: Scope,
     idempotency_key: Option<&str>,
-    prepared: Vec<Prepared<'a>>,
-) -> Result<Vec<Outcome<'a>>, Response> {
+    prepared: Listed<Prepared<'a>>,
+) -> Result<Listed<Outcome<'a>>, Response> {
     let started = std::time::Instant::now();
     let count = prepared.len() as u64;
     let targets: Option<Vec<Target>> =
         ctx.shared.events.active().then(|| prepared.iter().map(|p| p.delivery.target.clone()).collect());
     let results = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
-            let mut ids = Vec::with_capacity(prepared.len());
+            let mut ids = Listed::with_capacity(prepared.len());
             let messages = prepared
                 .into_iter()
                 .enumerate()
@@ -348,18 +349,19 @@ async fn deliver<'a>(
                 .collect()
         }
         _ => {
-            // The ids are taken as the deliveries are, chunk by chunk (a
-            // batch's half a million are not moved in one stretch).
-            let mut ids = Vec::with_capacity(prepared.len());
+            // The outcomes are begun as the deliveries are taken, chunk by
+            // chunk (a batch's half a million are not moved in one stretch),
+            // and their counts filled in after.
+            let mut results = Listed::with_capacity(prepared.len());
             let deliveries = prepared.into_iter().map(|p| {
-                ids.push(p.id);
+                results.push(Outcome { id: p.id, delivered: 0, instances: None, duplicate: false });
                 p.delivery
             });
             let delivered = ctx.publish(deliveries).await;
-            ids.into_iter()
-                .zip(delivered)
-                .map(|(id, delivered)| Outcome { id, delivered, instances: None, duplicate: false })
-                .collect()
+            for (result, delivered) in results.iter_mut().zip(delivered) {
+                result.delivered = delivered;
+            }
+            results
         }
     };
     ShardStats::add(&ctx.stats().published, count);
@@ -369,6 +371,10 @@ async fn deliver<'a>(
     }
     Ok(results)
 }
+
+/// A publish's messages at one stage (prepared, their ids, their
+/// outcomes): a single publish's one held in place, not allocated.
+type Listed<T> = SmallVec<[T; 1]>;
 
 /// What a publish route answers for one message.
 struct Outcome<'a> {
@@ -528,10 +534,10 @@ async fn prepare_batch<'a>(
     ns: &Namespace,
     request: &Request,
     body: &'a Bytes,
-) -> Result<Vec<Prepared<'a>>, Response> {
+) -> Result<Listed<Prepared<'a>>, Response> {
     let ndjson = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/x-ndjson"));
     let messages = batch_messages(body, ndjson)?;
-    let mut prepared = Vec::with_capacity(messages.len_hint());
+    let mut prepared = Listed::with_capacity(messages.len_hint());
     let mut budget = yielding::Budget::default();
     for (index, fields) in messages.enumerate() {
         if budget.spent() {

@@ -70,7 +70,7 @@ pub async fn change(
                 bus::publish(ctx, bus, vec![Outgoing::room_change(delivery)]).await.map_err(|_| unavailable())?;
             (published.delivered[0], published.receivers)
         }
-        None => (ctx.publish(vec![delivery]).await[0], 1),
+        None => (ctx.publish([delivery]).await[0], 1),
     };
     let count = RoomChangeCount::unpack(count);
     if known_here && count.found == 0 {

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 /// Why a target component could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeError;
@@ -64,14 +66,26 @@ pub fn pairs(query: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
         .collect()
 }
 
+/// A path's segments: held in place up to [`SEGMENTS_INLINE`], as every
+/// route's are.
+pub type Segments<'a> = SmallVec<[Cow<'a, str>; SEGMENTS_INLINE]>;
+
+/// The most segments a route has (`/v1/t/{tenant}/users/{user}/rooms/{room}`).
+pub const SEGMENTS_INLINE: usize = 7;
+
 /// Decoded path segments after the leading `/` (`+` stays literal in paths),
 /// borrowed from `path` unless escaped.
-pub fn segments(path: &[u8]) -> Result<Vec<Cow<'_, str>>, DecodeError> {
+pub fn segments(path: &[u8]) -> Result<Segments<'_>, DecodeError> {
     let path = path.strip_prefix(b"/").unwrap_or(path);
-    // Most paths hold no escape: checked whole once, split as text.
+    // Most paths hold no escape: checked whole once, then split as bytes.
     if memchr::memchr(b'%', path).is_none() {
-        let text = std::str::from_utf8(path).map_err(|_| DecodeError)?;
-        return Ok(text.split('/').map(Cow::Borrowed).collect());
+        crate::text::utf8(path).ok_or(DecodeError)?;
+        let piece = |piece| {
+            // SAFETY: `path` is UTF-8 and `/` is ASCII, so what lies between
+            // two slashes is UTF-8 too.
+            Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(piece) })
+        };
+        return Ok(path.split(|&b| b == b'/').map(piece).collect());
     }
     path.split(|&b| b == b'/').map(|segment| decode_borrowed(segment, false)).collect()
 }
@@ -105,6 +119,6 @@ mod tests {
                 ("x".into(), "".into()),
             ]
         );
-        assert_eq!(segments(b"/v1/users/a%2Fb/events").unwrap(), vec!["v1", "users", "a/b", "events"]);
+        assert_eq!(segments(b"/v1/users/a%2Fb/events").unwrap().as_slice(), ["v1", "users", "a/b", "events"]);
     }
 }

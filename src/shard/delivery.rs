@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use ahash::AHashSet;
 use slab::Slab;
+use smallvec::{smallvec, SmallVec};
 
 use super::conn::{CloseReason, Closing, Conn};
 use super::envelope::{Delivery, Envelope, Target};
@@ -23,28 +24,34 @@ const DELIVERIES_PER_ENVELOPE: usize = 1024;
 /// Deliveries a publish routes at once: a few milliseconds of routing.
 const PUBLISH_CHUNK: usize = 16 * 1024;
 
+/// Per delivery of a publish, the connections it was queued to; a lone
+/// message's (every single publish's) held in place, not allocated.
+pub type Totals = SmallVec<[u64; 1]>;
+
+/// A chunk of a publish's deliveries, a lone one held in place.
+type Chunk = SmallVec<[Delivery; 1]>;
+
 impl ShardCtx {
     /// Publishes frames in order and returns, per delivery, the number of
     /// connections it was queued to across all shards. A large publish goes
     /// `PUBLISH_CHUNK` deliveries at a time, so no step of it (routing,
     /// delivering, freeing) holds the shard for long.
-    pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Vec<u64> {
+    pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Totals {
         let mut rest = deliveries.into_iter().peekable();
-        let mut totals = Vec::with_capacity(rest.size_hint().0);
+        let mut totals = Totals::with_capacity(rest.size_hint().0);
         let mut budget = yielding::Budget::default();
         while rest.peek().is_some() {
-            let chunk: Vec<Delivery> = rest.by_ref().take(PUBLISH_CHUNK).collect();
+            let mut chunk = Chunk::with_capacity(rest.size_hint().0.min(PUBLISH_CHUNK));
+            // Pushed from inside the iteration (`for_each`), which inlines
+            // the caller's mapping; `collect` into a SmallVec called it per item.
+            rest.by_ref().take(PUBLISH_CHUNK).for_each(|delivery| chunk.push(delivery));
             totals.extend(self.publish_chunk(chunk, &mut budget).await);
         }
         totals
     }
 
     /// One chunk of [`ShardCtx::publish`].
-    pub(super) async fn publish_chunk(
-        self: &Rc<Self>,
-        deliveries: Vec<Delivery>,
-        budget: &mut yielding::Budget,
-    ) -> Vec<u64> {
+    pub(super) async fn publish_chunk(self: &Rc<Self>, deliveries: Chunk, budget: &mut yielding::Budget) -> Totals {
         if budget.overdue() {
             yielding::yield_now().await;
         }
@@ -53,7 +60,7 @@ impl ShardCtx {
         let only_here = self.shared.shard_count() == 1
             || matches!(&deliveries[..], [lone] if self.shared.shards_for(&lone.target) == (self.id..self.id + 1));
         if only_here {
-            let mut totals = Vec::with_capacity(deliveries.len());
+            let mut totals = Totals::with_capacity(deliveries.len());
             for delivery in deliveries {
                 if budget.spent() {
                     yielding::yield_now().await;
@@ -63,8 +70,8 @@ impl ShardCtx {
             return totals;
         }
         let shards = self.shared.shard_count();
-        let mut totals = vec![0u64; deliveries.len()];
-        let (mut per_shard, routes) = self.shared.route(deliveries);
+        let mut totals: Totals = smallvec![0; deliveries.len()];
+        let (mut per_shard, routes) = self.shared.route(deliveries.into_vec());
         // Other shards get their part in envelopes of at most
         // DELIVERIES_PER_ENVELOPE, each handled in one turn of theirs; this
         // shard delivers its own part giving way now and then (`yielding`).
