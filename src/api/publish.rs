@@ -568,7 +568,7 @@ async fn prepare_batch<'a>(
 /// by serde_json. Public, with [`Fields`], only so that the fuzz
 /// targets (`fuzz/`) can reach the reading without a shard.
 pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Response> {
-    let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not valid UTF-8"))?;
+    let text = crate::text::utf8(body).ok_or_else(|| invalid("the body is not valid UTF-8"))?;
     if ndjson {
         if text.trim().is_empty() {
             return Err(invalid("`messages` is empty"));
