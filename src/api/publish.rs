@@ -53,7 +53,19 @@ struct Prepared<'a> {
     id: MessageId<'a>,
     event: Option<Cow<'a, str>>,
     data: Bytes,
-    delivery: Delivery,
+    target: Target,
+}
+
+impl Prepared<'_> {
+    /// The message's frame, encoded when it is delivered. With one shard a
+    /// batch's frames are made one at a time as they are delivered, each
+    /// right after the delivery before it dropped a full ring's oldest
+    /// frame: the allocator then serves it from its per-thread cache,
+    /// where a batch's frames all made first went through its bins
+    /// (~280 instructions a message, `benches/cachesim.py`).
+    fn frame(&self) -> Bytes {
+        frame::encode(self.id.as_str(), self.event.as_deref(), &self.data)
+    }
 }
 
 /// A message's id: assigned here, or the publisher's (a retry of which is
@@ -303,7 +315,7 @@ async fn deliver<'a>(
     let started = std::time::Instant::now();
     let count = prepared.len() as u64;
     let targets: Option<Vec<Target>> =
-        ctx.shared.events.active().then(|| prepared.iter().map(|p| p.delivery.target.clone()).collect());
+        ctx.shared.events.active().then(|| prepared.iter().map(|p| p.target.clone()).collect());
     let results = match (scope, bus) {
         (Scope::Cluster, Some(bus)) => {
             let mut ids = Listed::with_capacity(prepared.len());
@@ -311,15 +323,17 @@ async fn deliver<'a>(
                 .into_iter()
                 .enumerate()
                 .map(|(index, p)| {
+                    let frame = p.frame();
+                    let delivery = Delivery::message(p.target, frame, false);
                     let message = Outgoing {
                         dedupe: match (idempotency_key, &p.id) {
                             (Some(key), _) => Some(bus::idempotency_dedupe(key, index)),
-                            (None, MessageId::Given(id)) => Some(bus::id_dedupe(&p.delivery, id)),
+                            (None, MessageId::Given(id)) => Some(bus::id_dedupe(&delivery, id)),
                             (None, MessageId::Generated(_)) => None,
                         },
                         id: p.id.as_str().to_owned(),
                         event: p.event.map(Cow::into_owned),
-                        delivery: p.delivery,
+                        delivery,
                         data: p.data,
                     };
                     ids.push(p.id);
@@ -354,8 +368,9 @@ async fn deliver<'a>(
             // and their counts filled in after.
             let mut results = Listed::with_capacity(prepared.len());
             let deliveries = prepared.into_iter().map(|p| {
+                let frame = p.frame();
                 results.push(Outcome { id: p.id, delivered: 0, instances: None, duplicate: false });
-                p.delivery
+                Delivery::message(p.target, frame, false)
             });
             let delivered = ctx.publish(deliveries).await;
             for (result, delivered) in results.iter_mut().zip(delivered) {
@@ -512,11 +527,10 @@ fn prepare<'a>(
         }
         None => MessageId::Generated(ctx.ids.next_at(now)),
     };
-    // Encoded first, checked after: the payload is scanned once, and an
-    // oversized frame costs one buffer no larger than the body already read.
-    let frame = frame::encode(id.as_str(), event.as_deref(), &data);
-    let (size, limit) = (frame.len(), ctx.shared.config.max_payload);
-    if size > limit {
+    // Sized, not encoded: the frame is made where it is delivered (see
+    // Prepared::delivery).
+    let limit = ctx.shared.config.max_payload;
+    if let Some(size) = frame::encoded_len_over(id.as_str(), event.as_deref(), &data, limit) {
         let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");
         let tenant = match &target {
             Target::User(key) | Target::Room(key) => tenant_of_key(key),
@@ -526,7 +540,7 @@ fn prepare<'a>(
         ctx.emit_error("payload_too_large", &message, tenant);
         return Err(Response::error(413, "payload_too_large", message));
     }
-    Ok(Prepared { id, event, data, delivery: Delivery::message(target, frame, false) })
+    Ok(Prepared { id, event, data, target })
 }
 
 /// A batch's messages take their ids from one reading of the clock in this

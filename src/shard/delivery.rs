@@ -33,13 +33,25 @@ type Chunk = SmallVec<[Delivery; 1]>;
 
 impl ShardCtx {
     /// Publishes frames in order and returns, per delivery, the number of
-    /// connections it was queued to across all shards. A large publish goes
-    /// `PUBLISH_CHUNK` deliveries at a time, so no step of it (routing,
-    /// delivering, freeing) holds the shard for long.
+    /// connections it was queued to across all shards. With one shard each
+    /// delivery is made as it is taken; with more, a large publish goes
+    /// `PUBLISH_CHUNK` deliveries at a time. Either way no step of it
+    /// (routing, delivering, freeing) holds the shard for long.
     pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Totals {
         let mut rest = deliveries.into_iter().peekable();
         let mut totals = Totals::with_capacity(rest.size_hint().0);
         let mut budget = yielding::Budget::default();
+        if self.shared.shard_count() == 1 {
+            // Nothing to route: each delivery is taken from `deliveries` as
+            // it is made (a caller's lazy encoding runs right before it).
+            for delivery in rest {
+                if budget.spent() {
+                    yielding::yield_now().await;
+                }
+                totals.push(self.deliver(delivery));
+            }
+            return totals;
+        }
         while rest.peek().is_some() {
             let mut chunk = Chunk::with_capacity(rest.size_hint().0.min(PUBLISH_CHUNK));
             // Pushed from inside the iteration (`for_each`), which inlines

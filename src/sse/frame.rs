@@ -99,6 +99,20 @@ pub fn encode_control(event: &str, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The length [`encode`] gives these fields, found without encoding them,
+/// so a publish checks `--max-payload` before its frame is made (at
+/// delivery). The data's line breaks are looked for only when the data
+/// could hold enough of them to matter: each adds at most 6 bytes.
+pub fn encoded_len_over(id: &str, event: Option<&str>, data: &[u8], limit: usize) -> Option<usize> {
+    let head = 4 + id.len() + 1;
+    if head + one_line_body_len(event, data) + 6 * data.len() <= limit {
+        return None;
+    }
+    let event = event.filter(|e| *e != "message").map_or(0, |event| 7 + event.len() + 1);
+    let len = head + event + Lines::new(data).map(|line| 6 + line.len() + 1).sum::<usize>() + 1;
+    (len > limit).then_some(len)
+}
+
 /// Length of what [`put_body`] writes when `data` is one line.
 fn one_line_body_len(event: Option<&str>, data: &[u8]) -> usize {
     let event = event.filter(|e| *e != "message").map_or(0, |event| 7 + event.len() + 1);
@@ -162,6 +176,19 @@ mod tests {
 
     fn frame(id: &str, event: Option<&str>, data: &str) -> String {
         String::from_utf8(encode(id, event, data.as_bytes()).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_frames_length_is_known_before_it_is_encoded() {
+        for data in ["", "x", "a\nb", "a\r\nb\rc\n", "\n\n\n", &"y".repeat(300), &"\r\n".repeat(50)] {
+            for event in [None, Some("message"), Some("chat")] {
+                let len = encode("42", event, data.as_bytes()).len();
+                for limit in [0, len - 1, len, len + 1, 10 * len] {
+                    let over = encoded_len_over("42", event, data.as_bytes(), limit);
+                    assert_eq!(over, (len > limit).then_some(len), "{data:?} {event:?} limit {limit}");
+                }
+            }
+        }
     }
 
     /// Fields of every shape a frame has: events left out or not, data of
