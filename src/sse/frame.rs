@@ -9,6 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::one_allocation;
+
 /// The heartbeat comment; static, so a ping costs no allocation.
 pub const PING: Bytes = Bytes::from_static(b": ping\n\n");
 
@@ -32,15 +34,32 @@ pub fn check_field(value: &str) -> Result<(), FieldError> {
 
 /// Encodes `id`, `event` (omitted when absent or `message`, the browser's default)
 /// and `data` split into lines. Fields must have passed [`check_field`].
-/// The payload is scanned once, as it is written: the buffer is sized for
-/// one line (what a JSON payload is) and grows only for more.
+/// A payload of one line (what a JSON payload is) up to
+/// [`one_allocation::LARGEST`] makes a frame that is one allocation with its
+/// reference count, so the queues and the ring that hold it add nothing;
+/// longer payloads and payloads of several lines are encoded into a buffer
+/// sized for one line, which grows only for more.
 pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(4 + id.len() + 1 + one_line_body_len(event, data));
+    let one_line = 4 + id.len() + 1 + one_line_body_len(event, data);
+    if one_line <= one_allocation::LARGEST && memchr::memchr2(b'\n', b'\r', data).is_none() {
+        return one_allocation::frame(one_line, |out| {
+            put_id(out, id);
+            put_event(out, event);
+            put_data_line(out, data);
+            out.put_u8(b'\n');
+        });
+    }
+    let mut out = BytesMut::with_capacity(one_line);
+    put_id(&mut out, id);
+    put_body(&mut out, event, data);
+    out.freeze()
+}
+
+/// The `id:` line.
+fn put_id(out: &mut impl BufMut, id: &str) {
     out.put_slice(b"id: ");
     out.put_slice(id.as_bytes());
     out.put_u8(b'\n');
-    put_body(&mut out, event, data);
-    out.freeze()
 }
 
 /// Bytes [`put_packed`] writes for these fields.
@@ -121,16 +140,26 @@ fn one_line_body_len(event: Option<&str>, data: &[u8]) -> usize {
 
 /// The `event:` line, the `data:` lines and the blank line ending a frame.
 fn put_body(out: &mut BytesMut, event: Option<&str>, data: &[u8]) {
+    put_event(out, event);
+    for line in Lines::new(data) {
+        put_data_line(out, line);
+    }
+    out.put_u8(b'\n');
+}
+
+/// The `event:` line, none for the browser's default.
+fn put_event(out: &mut impl BufMut, event: Option<&str>) {
     if let Some(event) = event.filter(|e| *e != "message") {
         out.put_slice(b"event: ");
         out.put_slice(event.as_bytes());
         out.put_u8(b'\n');
     }
-    for line in Lines::new(data) {
-        out.put_slice(b"data: ");
-        out.put_slice(line);
-        out.put_u8(b'\n');
-    }
+}
+
+/// One `data:` line; `line` holds no line break.
+fn put_data_line(out: &mut impl BufMut, line: &[u8]) {
+    out.put_slice(b"data: ");
+    out.put_slice(line);
     out.put_u8(b'\n');
 }
 
@@ -240,6 +269,16 @@ mod tests {
         assert_eq!(frame("1", None, "hello"), "id: 1\ndata: hello\n\n");
         assert_eq!(frame("1", Some("message"), "hello"), "id: 1\ndata: hello\n\n");
         assert_eq!(frame("7", Some("notify"), "{\"a\":1}"), "id: 7\nevent: notify\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn one_line_frames_read_the_same_on_either_side_of_the_longest_made_in_one_allocation() {
+        for len in 980..1020 {
+            let data = "y".repeat(len);
+            let made = frame("1", Some("e"), &data);
+            assert_eq!(made, format!("id: 1\nevent: e\ndata: {data}\n\n"));
+            assert!((made.len() <= one_allocation::LARGEST) == (len <= 1001), "both ways are tried");
+        }
     }
 
     #[test]

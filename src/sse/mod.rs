@@ -1,4 +1,6 @@
-//! The SSE wire format: frames (`frame`) and event ids (`id`).
+//! The SSE wire format: frames (`frame`, each one allocation with its
+//! reference count: `one_allocation`) and event ids (`id`).
 
 pub mod frame;
 pub mod id;
+mod one_allocation;
