@@ -158,8 +158,9 @@ impl ShardCtx {
             Target::Connection(_) => return 0,
         };
         // The ring takes the frame itself when nobody here gets it (most of
-        // what the bus brings): a second holder would cost the frame its
-        // shared header, an allocation.
+        // what the bus brings): a frame of several lines or over 1 KiB has
+        // no reference count until its first clone allocates one (one-line
+        // frames up to 1 KiB carry theirs, `sse/one_allocation.rs`).
         let queued_frame = match recipients.none(conns) {
             true => None,
             false => Some(frame.clone()),
