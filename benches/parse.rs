@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use common::{header, measure, ratio};
-use ssekify::http::request::{parse, BodyFraming, HeadLimits, Method, MAX_HEADERS_LIMIT};
+use ssekify::http::request::{parse, BodyFraming, HeadLimits, Known, Method, MAX_HEADERS_LIMIT};
 
 /// The defaults: `--max-head 8KiB`, `--max-headers 64`.
 const LIMITS: HeadLimits = HeadLimits { max_head: 8 * 1024, max_headers: 64 };
@@ -67,7 +67,7 @@ fn main() {
     );
     let get = parse(&mut BytesMut::from(SUBSCRIBE), LIMITS).unwrap().unwrap();
     assert_eq!((get.method, &get.path[..], get.keep_alive), (Method::Get, &b"/sse"[..], true));
-    assert_eq!(get.header_str("last-event-id"), Some("1795996800000-0a1b2c3d-0000002a"));
+    assert_eq!(get.known_str(Known::LastEventId), Some("1795996800000-0a1b2c3d-0000002a"));
     let post = parse(&mut BytesMut::from(PUBLISH), LIMITS).unwrap().unwrap();
     assert_eq!((post.method, post.body), (Method::Post, BodyFraming::Length(187)));
 

@@ -11,7 +11,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ssekify::http::request::{self, BodyFraming, HeadLimits, Request};
+use ssekify::http::request::{self, BodyFraming, HeadLimits, Known, Request};
 use ssekify::http::Error;
 
 /// What a parse returned, with the number of bytes it took off the buffer.
@@ -44,6 +44,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(request.path.first(), Some(&b'/'), "an absolute path");
             assert!(!request.path.contains(&b'?'), "the query is split off the path");
             assert_ne!(request.body, BodyFraming::Length(0), "an empty body is BodyFraming::Empty");
+            for known in Known::ALL {
+                assert_eq!(request.known(known), request.header(known.name()), "{known:?} found as a search finds it");
+            }
         }
         Ok(None) => assert!(consumed == 0 && wire.len() <= limits.max_head, "not yet, within the limit"),
         Err(_) => {}

@@ -31,7 +31,7 @@ use smallvec::{smallvec, SmallVec};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::http::query::{self, SEGMENTS_INLINE};
-use crate::http::request::{BodyFraming, Method, Request};
+use crate::http::request::{BodyFraming, Known, Method, Request};
 use crate::http::response::Response;
 use crate::metrics::Rejection;
 use crate::namespace::Namespace;
@@ -348,7 +348,7 @@ fn not_found(role: Role, segments: &[Cow<'_, str>]) -> Response {
 /// route is open as before (the api listener is then loopback only).
 fn check_api_key(ctx: &ShardCtx, request: &Request, tenant: Option<&str>) -> Result<(), Response> {
     let config = &ctx.shared.config;
-    let given = request.header("authorization").and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
+    let given = request.known(Known::Authorization).and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
     if config.api_key.as_deref().is_some_and(|key| constant_time_eq(given, key.as_bytes())) {
         return Ok(());
     }

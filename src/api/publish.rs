@@ -24,7 +24,7 @@ use super::names::{check_field, check_name, invalid};
 use super::{param, query_params};
 use crate::bus::{self, Bus, Outgoing};
 use crate::events::{Event, EventKind};
-use crate::http::request::Request;
+use crate::http::request::{Known, Request};
 use crate::http::response::{Response, JSON};
 use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::{plain_name, tenant_of_key, Namespace};
@@ -135,7 +135,7 @@ async fn claim<'a>(
     ns: &Namespace,
     request: &'a Request,
 ) -> Result<Option<ClaimGuard<'a>>, Response> {
-    let Some(key) = request.header("idempotency-key") else { return Ok(None) };
+    let Some(key) = request.known(Known::IdempotencyKey) else { return Ok(None) };
     let Some(key) = std::str::from_utf8(key).ok().filter(|k| valid_key(k.as_bytes())) else {
         return Err(refused(ctx, invalid("Idempotency-Key must be 1-256 visible ASCII characters")));
     };
@@ -480,7 +480,7 @@ fn prepare_single<'a>(
         }
         To::All => Target::All,
     };
-    let is_json = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/json"));
+    let is_json = request.known_str(Known::ContentType).is_some_and(|t| media_type_is(t, "application/json"));
     if is_json {
         check_json(body).map_err(invalid)?;
     } else if crate::text::utf8(body).is_none() {
@@ -555,7 +555,7 @@ async fn prepare_batch<'a>(
     request: &Request,
     body: &'a Bytes,
 ) -> Result<Listed<Prepared<'a>>, Response> {
-    let ndjson = request.header_str("content-type").is_some_and(|t| media_type_is(t, "application/x-ndjson"));
+    let ndjson = request.known_str(Known::ContentType).is_some_and(|t| media_type_is(t, "application/x-ndjson"));
     let messages = batch_messages(body, ndjson)?;
     let mut prepared = Listed::with_capacity(messages.len_hint());
     let mut budget = yielding::Budget::default();

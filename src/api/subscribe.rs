@@ -16,7 +16,7 @@ use super::{param, query_params, Routed};
 use crate::auth::webhook::Forwarded;
 use crate::auth::{Authenticator, Credentials, Denied, Kind};
 use crate::bus::Bus;
-use crate::http::request::{Method, Request};
+use crate::http::request::{Known, Method, Request};
 use crate::http::response::Response;
 use crate::metrics::{Rejection, ShardStats};
 use crate::namespace::Namespace;
@@ -49,12 +49,12 @@ async fn subscription(
         return Err(Response::error(503, "not_accepting", "the server is not accepting new subscribers")
             .header("Retry-After", "1"));
     }
-    if !accepts_event_stream(request.header("accept")) {
+    if !accepts_event_stream(request.known(Known::Accept)) {
         return Err(Response::error(406, "not_acceptable", "this route only produces text/event-stream"));
     }
     let params = query_params(request)?;
     let credentials = Credentials {
-        authorization: request.header("authorization"),
+        authorization: request.known(Known::Authorization),
         token: param(&params, "token"),
         user_id: param(&params, "userId"),
         user: param(&params, "user"),
@@ -64,9 +64,9 @@ async fn subscription(
         tenant: namespace.tenant_name(),
         forwarded: Forwarded {
             query: &request.query,
-            cookie: request.header("cookie"),
-            authorization: request.header("authorization"),
-            forwarded_for: request.header("x-forwarded-for"),
+            cookie: request.known(Known::Cookie),
+            authorization: request.known(Known::Authorization),
+            forwarded_for: request.known(Known::XForwardedFor),
             tenant: namespace.tenant_name(),
         },
     };
@@ -140,7 +140,7 @@ async fn subscription(
     }
     // The header wins over the query parameter (API.md "Subscribe").
     let last_event_id = request
-        .header_str("last-event-id")
+        .known_str(Known::LastEventId)
         .map(str::to_owned)
         .or_else(|| param(&params, "lastEventId").map(str::to_owned))
         .filter(|id| !id.is_empty());

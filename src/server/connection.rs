@@ -23,7 +23,7 @@ use monoio::time::Sleep;
 use super::access;
 use crate::api::{self, Role, Routed, Services};
 use crate::http::body::BodyDecoder;
-use crate::http::request::{self, BodyFraming, HeadLimits, Method, Request};
+use crate::http::request::{self, BodyFraming, HeadLimits, Known, Method, Request};
 use crate::http::response::Response;
 use crate::http::Error;
 use crate::metrics::{Rejection, ShardStats};
@@ -308,7 +308,7 @@ async fn read_body<'a>(
 
 /// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1).
 fn expects_continue(request: &Request) -> bool {
-    request.http11 && request.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+    request.http11 && request.known(Known::Expect).is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Body bytes this request holds against its shard's `--body-budget`;
