@@ -38,20 +38,14 @@ impl ShardCtx {
     /// `PUBLISH_CHUNK` deliveries at a time. Either way no step of it
     /// (routing, delivering, freeing) holds the shard for long.
     pub async fn publish(self: &Rc<Self>, deliveries: impl IntoIterator<Item = Delivery>) -> Totals {
-        let mut rest = deliveries.into_iter().peekable();
-        let mut totals = Totals::with_capacity(rest.size_hint().0);
         let mut budget = yielding::Budget::default();
         if self.shared.shard_count() == 1 {
             // Nothing to route: each delivery is taken from `deliveries` as
             // it is made (a caller's lazy encoding runs right before it).
-            for delivery in rest {
-                if budget.spent() {
-                    yielding::yield_now().await;
-                }
-                totals.push(self.deliver(delivery));
-            }
-            return totals;
+            return self.deliver_each(deliveries, &mut budget).await;
         }
+        let mut rest = deliveries.into_iter().peekable();
+        let mut totals = Totals::with_capacity(rest.size_hint().0);
         while rest.peek().is_some() {
             let mut chunk = Chunk::with_capacity(rest.size_hint().0.min(PUBLISH_CHUNK));
             // Pushed from inside the iteration (`for_each`), which inlines
@@ -62,24 +56,32 @@ impl ShardCtx {
         totals
     }
 
-    /// One chunk of [`ShardCtx::publish`].
+    /// Delivers `deliveries` on this shard, in order, each taken as it is
+    /// delivered, giving way to the shard's other work when `budget` is spent.
+    async fn deliver_each(
+        self: &Rc<Self>,
+        deliveries: impl IntoIterator<Item = Delivery>,
+        budget: &mut yielding::Budget,
+    ) -> Totals {
+        let deliveries = deliveries.into_iter();
+        let mut totals = Totals::with_capacity(deliveries.size_hint().0);
+        for delivery in deliveries {
+            if budget.spent() {
+                yielding::yield_now().await;
+            }
+            totals.push(self.deliver(delivery));
+        }
+        totals
+    }
+
+    /// One chunk of [`ShardCtx::publish`] with more than one shard.
     pub(super) async fn publish_chunk(self: &Rc<Self>, deliveries: Chunk, budget: &mut yielding::Budget) -> Totals {
         if budget.overdue() {
             yielding::yield_now().await;
         }
-        // Every delivery is this shard's (the only shard, or a lone message
-        // to a user it owns): queued in order, nothing to split by shard.
-        let only_here = self.shared.shard_count() == 1
-            || matches!(&deliveries[..], [lone] if self.shared.shards_for(&lone.target) == (self.id..self.id + 1));
-        if only_here {
-            let mut totals = Totals::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                if budget.spent() {
-                    yielding::yield_now().await;
-                }
-                totals.push(self.deliver(delivery));
-            }
-            return totals;
+        // A lone message to a user this shard owns: nothing to split by shard.
+        if matches!(&deliveries[..], [lone] if self.shared.shards_for(&lone.target) == (self.id..self.id + 1)) {
+            return self.deliver_each(deliveries, budget).await;
         }
         let shards = self.shared.shard_count();
         let mut totals: Totals = smallvec![0; deliveries.len()];
