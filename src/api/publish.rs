@@ -528,7 +528,7 @@ fn prepare<'a>(
         None => MessageId::Generated(ctx.ids.next_at(now)),
     };
     // Sized, not encoded: the frame is made where it is delivered (see
-    // Prepared::delivery).
+    // Prepared::frame).
     let limit = ctx.shared.config.max_payload;
     if let Some(size) = frame::encoded_len_over(id.as_str(), event.as_deref(), &data, limit) {
         let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");

@@ -372,6 +372,16 @@ mod tests {
     }
 
     #[test]
+    fn every_known_header_is_found_by_its_name_at_its_place_in_the_index() {
+        for (place, known) in Known::ALL.into_iter().enumerate() {
+            assert_eq!(known as usize, place, "{known:?}: ALL lists the variants in order");
+            let name = known.name().as_bytes();
+            assert_eq!(Known::of(name), Some(known), "{known:?}: its length is among the candidates");
+            assert_eq!(Known::of(&name.to_ascii_uppercase()), Some(known));
+        }
+    }
+
+    #[test]
     fn a_token_matches_a_known_name_only_when_it_is_that_name_in_some_case() {
         let tchars: Vec<u8> = (0x21..0x7f).filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b)).collect();
         for known in Known::ALL {
