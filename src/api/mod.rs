@@ -290,13 +290,11 @@ pub async fn route(
             None => Box::pin(observe::stats(ctx, bus)).await,
             Some(tenant) => Box::pin(observe::tenant_stats(ctx, tenant)).await,
         },
-        Endpoint::PublishUser(user) => {
-            Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::User(user))).await
-        }
-        Endpoint::PublishRoom(room) => {
-            Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::Room(room))).await
-        }
-        Endpoint::Broadcast => Box::pin(publish::single(ctx, bus, &ns, request, &body, publish::To::All)).await,
+        // Not boxed here: `single` answers what completes on this shard at
+        // once without a future, and boxes the rest itself.
+        Endpoint::PublishUser(user) => publish::single(ctx, bus, &ns, request, &body, publish::To::User(user)).await,
+        Endpoint::PublishRoom(room) => publish::single(ctx, bus, &ns, request, &body, publish::To::Room(room)).await,
+        Endpoint::Broadcast => publish::single(ctx, bus, &ns, request, &body, publish::To::All).await,
         Endpoint::Batch => Box::pin(publish::batch(ctx, bus, &ns, request, &body)).await,
         Endpoint::UserPresence(user) => Box::pin(presence::presence(ctx, bus, &ns, request, presence::Of::User(user)))
             .await

@@ -161,7 +161,7 @@ pub fn render_refusal(refusal: &Refusal) -> Bytes {
             format!("user already holds {limit} connections (--max-connections-per-user)"),
         ),
     };
-    response.closing().encode(false, false).freeze()
+    response.closing().encode(false, false).into()
 }
 
 /// The refusal's answer; a `401` for a token names the scheme to use (RFC 6750 §3),

@@ -1,6 +1,6 @@
 //! Responses: status, a few headers and a body, serialised in one buffer.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 use crate::units::decimal;
 
@@ -56,8 +56,8 @@ impl Response {
 
     /// Serialises the answer; `head_only` for HEAD requests (RFC 9110 §9.3.2:
     /// the same headers, Content-Length included, and no body).
-    pub fn encode(&self, head_only: bool, keep_alive: bool) -> BytesMut {
-        let mut out = BytesMut::with_capacity(160 + self.body.len());
+    pub fn encode(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.body.len());
         let mut digits = [0; 20];
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(decimal(u64::from(self.status), &mut digits));
@@ -82,7 +82,7 @@ impl Response {
     }
 }
 
-fn put_header(out: &mut BytesMut, name: &str, value: &str) {
+fn put_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.put_slice(name.as_bytes());
     out.put_slice(b": ");
     out.put_slice(value.as_bytes());

@@ -143,7 +143,7 @@ async fn answer(
 ) -> bool {
     let shutting_down = ctx.shared.phase() == Phase::Closing;
     let keep_alive = request.keep_alive && !response.close && !unread_body && !shutting_down;
-    let bytes = response.encode(request.method == Method::Head, keep_alive).freeze();
+    let bytes = response.encode(request.method == Method::Head, keep_alive);
     let size = bytes.len();
     let (result, _) = stream.write_all(bytes).await;
     if let Some(started) = logged {
@@ -168,7 +168,7 @@ pub async fn at_capacity(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     )
     .header("Retry-After", "1")
     .closing();
-    let (result, _) = stream.write_all(response.encode(false, false).freeze()).await;
+    let (result, _) = stream.write_all(response.encode(false, false)).await;
     if result.is_ok() {
         linger(&mut stream).await;
     }
@@ -228,7 +228,7 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
     if error == Error::BodyBudget {
         response = response.header("Retry-After", "1");
     }
-    let _ = stream.write_all(response.encode(false, false).freeze()).await;
+    let _ = stream.write_all(response.encode(false, false)).await;
 }
 
 /// Reads until a whole head is buffered. The wait for a request's first byte
