@@ -21,8 +21,8 @@
 # instance 1 publishes, to BUS_USERS (1) users, BUS_SECONDS (10) s at BUS_RATE (2,000)
 # msg/s on the single route, then at BUS_BATCH_RATE (20,000) msg/s in batches
 # of BUS_BATCH (100); the last instance, which has no subscriber and publishes
-# nothing, is charged: (utime + stime from /proc/<pid>/stat over the phase) /
-# (its bus.received increase in GET /v1/stats). Beside each, the receiving
+# nothing, is charged: (its threads' run time, /proc/<pid>/task/*/schedstat,
+# over the phase) / (its bus.received increase in GET /v1/stats). Beside each, the receiving
 # floor (`ssekify-loadtest receive-floor`: a bare thread woken to read the
 # same number of messages per write, at the same rate).
 #   FAULTS=all|none PERSIST=0|1 SUBSCRIBERS RATE DURATION SETTLE=5 ROOMS INSTANCES=3
@@ -213,23 +213,24 @@ done
 printf '%-34s %s\n' bus_reconnects "$reconnects" server_queue_drops "$drops"
 sed -i "s|}\$|,\"bus_reconnects\":$reconnects,\"server_queue_drops\":$drops,\"faults\":\"${FAULT_LOG% }\",\"persist\":$PERSIST}|" "$json"
 
-# utime + stime of pid $1, in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
-cpu_ticks() {
-    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+# CPU time of every thread of pid $1 in nanoseconds (the first field of each
+# /proc/<pid>/task/*/schedstat): exact, where utime + stime count 10 ms ticks,
+# 4 % of a batched phase's CPU.
+cpu_ns() {
+    cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ ns += $1 } END { printf "%.0f\n", ns }'
 }
 
 # bus_cost NAME GENERATOR-ARGS...: one publishing phase on instance 0; prints
 # and records the CPU µs per message received of the last instance.
 bus_cost() {
-    local name=$1 last=$((INSTANCES - 1)) cpu0 cpu1 rx0 rx1 cost tick
+    local name=$1 last=$((INSTANCES - 1)) cpu0 cpu1 rx0 rx1 cost
     shift
-    tick=$(getconf CLK_TCK)
-    cpu0=$(cpu_ticks "${PID[last]}") rx0=$(stat_of "$last" bus.received)
+    cpu0=$(cpu_ns "${PID[last]}") rx0=$(stat_of "$last" bus.received)
     taskset -c "$GEN_CORES" "$GEN_BIN" run --subscribers "$BUS_USERS" --sse-url "http://127.0.0.1:${PORT[0]}/sse?userId=u{i}" \
         --mode users --duration "$BUS_SECONDS" --drain 1 "$@" </dev/null >"$LT_RUN/bus-$name.log" 2>&1 \
         || { lt_log "bus cost ($name): the generator failed"; return 0; }
-    cpu1=$(cpu_ticks "${PID[last]}") rx1=$(stat_of "$last" bus.received)
-    cost=$(awk -v c=$((cpu1 - cpu0)) -v t="$tick" -v n=$((rx1 - rx0)) 'BEGIN { printf "%.2f", (n > 0 ? c * 1e6 / t / n : 0) }')
+    cpu1=$(cpu_ns "${PID[last]}") rx1=$(stat_of "$last" bus.received)
+    cost=$(awk -v c=$((cpu1 - cpu0)) -v n=$((rx1 - rx0)) 'BEGIN { printf "%.3f", (n > 0 ? c / 1e3 / n : 0) }')
     printf '%-34s %s\n' "bus_received_$name" "$((rx1 - rx0))" "bus_cpu_us_per_msg_$name" "$cost"
     sed -i "s|}\$|,\"bus_received_$name\":$((rx1 - rx0)),\"bus_cpu_us_per_msg_$name\":$cost}|" "$json"
 }
