@@ -106,7 +106,7 @@ pub async fn single(
 /// `Idempotency-Key` to claim, nothing for the bus (none, or
 /// `scope=local`), no other shard to ask (one shard, or a user this shard
 /// owns). No future is made for it: [`single_anywhere`]'s, allocated and
-/// moved per request, cost ~1,000 instructions (`benches/callgrind.py`).
+/// moved per request, cost ~1,700 instructions (`benches/callgrind.py`).
 /// `Err` gives `to` back when the publish needs more than this shard.
 fn single_here(
     ctx: &ShardCtx,
