@@ -112,6 +112,35 @@ fn listeners_choose_kinds_and_tenants_hear_only_their_own() {
 }
 
 #[test]
+fn publishes_answered_where_they_were_read_are_heard_with_their_counts() {
+    // One shard: every single publish completes on the shard that read it,
+    // the path that answers without a future.
+    let server = Server::start(&["--shards", "1"]);
+    let mut publishes = SseClient::open_ready(server.api, "/v1/events?types=publish");
+    let _gus = SseClient::open_ready(server.public, "/sse?userId=gus&rooms=lab");
+    wait_connections(server.api, 1);
+
+    assert_eq!(delivered(publish_user(server.api, "gus", r#""u""#, "")), 1);
+    assert_eq!(delivered(publish_room(server.api, "lab", r#""r""#, "")), 1);
+    assert_eq!(delivered(publish_user(server.api, "nobody-here", r#""n""#, "")), 0);
+    let heard: Vec<(Value, Value)> = (0..3)
+        .map(|i| {
+            let (kind, event) = next(&mut publishes, &format!("publish {i}"));
+            assert_eq!(kind, "publish");
+            (event["target"].clone(), event["delivered"].clone())
+        })
+        .collect();
+    assert_eq!(
+        heard,
+        [
+            (json!({ "user": "gus" }), json!(1)),
+            (json!({ "room": "lab" }), json!(1)),
+            (json!({ "user": "nobody-here" }), json!(0))
+        ]
+    );
+}
+
+#[test]
 fn one_connection_joins_a_room_by_the_id_its_connect_event_gave() {
     let server = Server::start(&["--shards", "2"]);
     let mut listener = SseClient::open_ready(server.api, "/v1/events?types=connect");

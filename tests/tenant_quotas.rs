@@ -11,8 +11,9 @@
 //! `tenant` label, and a bad file refused at start; and `maxConnections`
 //! over two instances sharing a real Redis.
 //!
-//! Servers run two shards (one where eviction order must be exact), so a
-//! tenant's subscribers are spread across them.
+//! Servers run two shards (one where eviction order must be exact, one where
+//! every single publish completes on the shard that read it), so a tenant's
+//! subscribers are spread across them.
 
 mod common;
 #[path = "support_redis/mod.rs"]
@@ -206,6 +207,36 @@ fn a_tenants_publish_rate_refuses_beyond_its_burst_and_refills() {
     assert_eq!(acme["published"], 9, "{acme}");
     assert!(acme["rejected"]["tenant_rate_limited"].as_u64().unwrap() >= 6, "{acme}");
     assert!(server.stats()["rejected"]["tenant_rate_limited"].as_u64().unwrap() >= 5);
+}
+
+#[test]
+fn a_single_publish_answered_where_it_was_read_draws_from_the_tenants_bucket() {
+    // One shard and no bus: every single publish completes on the shard
+    // that read it, the path that answers without a future; the two-shard
+    // test above mostly takes the other.
+    let file =
+        TenantFile::new("rate-one-shard", &json!({ "tenants": { "acme": { "publishRate": 1, "publishBurst": 2 } } }));
+    let server = Server::start(&["--shards", "1", "--tenant-config", file.path()]);
+    let api = server.api;
+    let mut subscriber = SseClient::open_ready(server.public, &sse("acme", "u"));
+    wait_connections(api, 1);
+
+    for i in 0..2 {
+        let answer = ok_json(publish(api, "/v1/t/acme/users/u/events", &[], &format!("m{i}")));
+        assert_eq!(answer["delivered"], 1, "message {i}: {answer}");
+        assert_eq!(answer["instances"], Value::Null, "no bus: {answer}");
+    }
+    let refused = publish(api, "/v1/t/acme/users/u/events", &[], "one too many");
+    refused.assert_error(429, "tenant_rate_limited");
+    assert!(refused.header("retry-after").is_some(), "a refusal says when to retry");
+    publish(api, "/v1/t/acme/rooms/r/events", &[], "x").assert_error(429, "tenant_rate_limited");
+
+    let got: Vec<String> = (0..2).map(|i| subscriber.expect_event(&format!("m{i}")).data).collect();
+    assert_eq!(got, ["m0", "m1"]);
+    subscriber.expect_no_event(Duration::from_millis(200));
+    let acme = tenant_stats(api, "acme");
+    assert_eq!(acme["published"], 2, "{acme}");
+    assert_eq!(acme["rejected"]["tenant_rate_limited"], 2, "{acme}");
 }
 
 #[test]
