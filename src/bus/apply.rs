@@ -192,7 +192,7 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
 }
 
 /// The shard that queues every one of `deliveries`, if one does: a user's
-/// messages (a run of them shares its target, which compares by pointer).
+/// messages (a run of them shares its target, compared in a few words).
 fn one_shard(shared: &Shared, deliveries: &[Delivery]) -> Option<usize> {
     let first = &deliveries.first()?.target;
     let shards = shared.shards_for(first);
