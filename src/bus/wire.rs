@@ -200,7 +200,7 @@ fn decode_target(kind: u8, key: &str) -> Result<Target, WireError> {
         // place when short, a copy is a copy of its bytes. Held shared, each
         // copy took a reference on the bus thread that the shard gave back,
         // an atomic on a line the two cores passed to and fro for every
-        // message (~5 % of a batched bus message's CPU, `perf record`).
+        // message (~4 % of a receiving instance's CPU, `perf record`).
         1 if valid_key(key) => Target::User(Key::from(key)),
         2 if valid_key(key) => Target::Room(Key::from(key)),
         3 if valid_name(key) => Target::Tenant(Key::from(key)),
