@@ -24,11 +24,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use ssekify::shard::key::Key;
 use ssekify::shard::replay::{ReplayLimits, ReplayStore, Stream};
 use ssekify::sse::frame::encode;
 
@@ -115,7 +115,7 @@ fn id_of(now_ms: u64, sequence: u64) -> String {
 /// One shard's share of the load, driven through simulated time.
 struct Load {
     store: ReplayStore,
-    users: Vec<Rc<str>>,
+    users: Vec<Key>,
     /// Per user, the clock and sequence of the last frame it got (its id).
     last: Vec<Option<(u64, u64)>>,
     payload: Vec<u8>,
@@ -127,7 +127,7 @@ struct Load {
 impl Load {
     /// The load on `store` with `users` pinned (connected) and frames of
     /// `frame_len` bytes: a 31 B id, JSON data.
-    fn new(mut store: ReplayStore, users: Vec<Rc<str>>, frame_len: usize) -> Self {
+    fn new(mut store: ReplayStore, users: Vec<Key>, frame_len: usize) -> Self {
         for user in &users {
             store.pin_user(user);
         }
@@ -211,7 +211,7 @@ struct Held {
 fn scenario(frame_len: usize, recent_buffer: usize) -> Held {
     let users_here = USERS / SHARDS;
     // The registry's interned names: allocated before the count starts.
-    let users: Vec<Rc<str>> = (0..users_here).map(|i| Rc::from(format!("user-{i:06}"))).collect();
+    let users: Vec<Key> = (0..users_here).map(|i| Key::from(format!("user-{i:06}"))).collect();
     let share = |total: usize| total.div_ceil(SHARDS).max(1);
     let limits = ReplayLimits {
         entries: recent_buffer,

@@ -267,10 +267,10 @@ impl ShardCtx {
         }
         replay.mark_lost(|stream| {
             in_partition(&match stream {
-                replay::Stream::User(key) | replay::Stream::UserAt(key, _) => Target::User(key.into()),
-                replay::Stream::Room(key) => Target::Room(key.into()),
+                replay::Stream::User(key) | replay::Stream::UserAt(key, _) => Target::User(key.clone()),
+                replay::Stream::Room(key) => Target::Room(key.clone()),
                 replay::Stream::All => Target::All,
-                replay::Stream::Tenant(name) => Target::Tenant(name.into()),
+                replay::Stream::Tenant(name) => Target::Tenant(name.clone()),
             })
         });
         crate::log!(Warn, "told subscribers of a bus gap", connections = told);

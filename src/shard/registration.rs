@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 
 use super::conn::{CloseReason, Closing, Conn};
 use super::envelope::{Envelope, Refusal, Subscription};
+use super::key::Key;
 use super::{replay, socket, writer, ShardCtx, ShardState, Shared};
 use crate::config::UserLimitPolicy;
 use crate::metrics::ShardStats;
@@ -91,10 +92,12 @@ impl ShardCtx {
         let entry = state.conns.vacant_entry();
         let key = entry.key();
         let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
-        let user = subscription.user.as_deref().map(|user| state.registry.add_user(user, key));
-        if let Some(user) = user.as_ref().filter(|user| state.registry.user(user).len() == 1) {
-            state.replay.pin_user(user);
-        }
+        let user = subscription.user.as_deref().map(|user| {
+            if state.registry.add_user(user, key) {
+                state.replay.pin_user(user);
+            }
+            Key::from(user)
+        });
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(socket, key, tenant, user, rooms, serial, self.now_ms()));
         let ready = &mut state.ready;

@@ -1,7 +1,9 @@
 //! Which connections on this shard belong to which user and which room.
 //!
-//! Names are `Rc<str>` shared between the maps and the connections, so a
-//! name is allocated once per connection. Users are owned by exactly one
+//! Users are keyed by [`Key`], whose text most often sits in the map's own
+//! slot (a message to a user looks it up here first); room and tenant names
+//! are `Rc<str>` shared between the maps and the connections, allocated once
+//! per name. Users are owned by exactly one
 //! shard; rooms have a member set on every shard with members. User and room
 //! names are internal keys ([`crate::namespace`]), so a tenant's never meet
 //! another namespace's. Each tenant with connections here also has a member
@@ -15,6 +17,7 @@ use ahash::{AHashMap, AHashSet};
 use smallvec::SmallVec;
 
 use super::interest::{Interest, Kind};
+use super::key::Key;
 
 /// Connections of one user on this shard (most users hold one or two tabs).
 pub type UserConns = SmallVec<[usize; 2]>;
@@ -36,7 +39,7 @@ pub struct UserEntry {
 /// The user and room indexes of one shard.
 #[derive(Default, Debug)]
 pub struct Registry {
-    users: AHashMap<Rc<str>, UserEntry>,
+    users: AHashMap<Key, UserEntry>,
     rooms: AHashMap<Rc<str>, AHashSet<usize>>,
     tenants: AHashMap<Rc<str>, AHashSet<usize>>,
     /// Told of each name's first and last connection here (with a bus).
@@ -66,7 +69,7 @@ impl Registry {
     }
 
     /// `user`'s connections and ring slot, if it has a connection here.
-    pub fn user_entry(&self, user: &str) -> Option<&UserEntry> {
+    pub fn user_entry(&self, user: &Key) -> Option<&UserEntry> {
         self.users.get(user)
     }
 
@@ -95,24 +98,18 @@ impl Registry {
         self.tenants.iter()
     }
 
-    /// Interns `user` and records `conn` under it; returns the shared name.
-    pub fn add_user(&mut self, user: &str, conn: usize) -> Rc<str> {
-        match self.users.get_key_value(user) {
-            Some((name, _)) => {
-                let name = name.clone();
-                self.users.get_mut(user).expect("present").conns.push(conn);
-                name
-            }
-            None => {
-                let name: Rc<str> = Rc::from(user);
-                let entry = UserEntry { conns: SmallVec::from_elem(conn, 1), ring_slot: Cell::new(None) };
-                self.users.insert(name.clone(), entry);
-                if let Some(interest) = &self.interest {
-                    interest.add(Kind::User, user);
-                }
-                name
-            }
+    /// Records `conn` under `user`; true when it is the user's first here.
+    pub fn add_user(&mut self, user: &str, conn: usize) -> bool {
+        if let Some(entry) = self.users.get_mut(user) {
+            entry.conns.push(conn);
+            return false;
         }
+        let entry = UserEntry { conns: SmallVec::from_elem(conn, 1), ring_slot: Cell::new(None) };
+        self.users.insert(Key::from(user), entry);
+        if let Some(interest) = &self.interest {
+            interest.add(Kind::User, user);
+        }
+        true
     }
 
     /// Interns `room` and records `conn` as a member; returns the shared name.
@@ -211,9 +208,8 @@ mod tests {
     #[test]
     fn users_and_rooms_come_and_go() {
         let mut registry = Registry::default();
-        let a = registry.add_user("alice", 1);
-        let b = registry.add_user("alice", 2);
-        assert!(Rc::ptr_eq(&a, &b), "one allocation per name");
+        assert!(registry.add_user("alice", 1), "alice's first connection");
+        assert!(!registry.add_user("alice", 2));
         registry.add_member("lobby", 1);
         registry.add_member("lobby", 3);
         assert_eq!(registry.user("alice"), &[1, 2]);

@@ -45,6 +45,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::activity::ActivityOrder;
+use super::key::Key;
 use crate::namespace::{tenant_of_key, Namespace};
 use crate::sse::frame::encode_control;
 use crate::tenants::TenantConfig;
@@ -71,17 +72,17 @@ pub struct ReplayLimits {
 #[derive(Debug, Clone, Copy)]
 pub enum Stream<'a> {
     /// A user's messages.
-    User(&'a str),
+    User(&'a Key),
     /// A user's messages, with where its ring was last found (kept beside
     /// its connections by the registry): the ring is taken from that slot
     /// when it is still this user's, and the slot kept up to date.
-    UserAt(&'a str, &'a Cell<Option<u32>>),
+    UserAt(&'a Key, &'a Cell<Option<u32>>),
     /// A room's messages.
-    Room(&'a str),
+    Room(&'a Key),
     /// The default namespace's broadcasts.
     All,
     /// One tenant's broadcasts.
-    Tenant(&'a str),
+    Tenant(&'a Key),
 }
 
 impl<'a> Stream<'a> {
@@ -143,8 +144,8 @@ impl Ring {
 
 #[derive(Debug, Default)]
 struct Ring {
-    /// The name it is kept under (shared with the map's key).
-    name: Rc<str>,
+    /// The name it is kept under (the map's key).
+    name: Key,
     entries: VecDeque<Entry>,
     /// Sequence of the newest entry pushed out by wrap-around (0: none).
     wrapped_through: u64,
@@ -210,7 +211,7 @@ struct Touches {
 #[derive(Debug, Default)]
 struct Keyed {
     /// Each ring's slot by name.
-    slots: AHashMap<Rc<str>, usize>,
+    slots: AHashMap<Key, usize>,
     rings: Slab<Ring>,
     /// Each slot's ring's activity mark, its place in the orders; 0 for an
     /// empty slot (marks start at 1).
@@ -258,7 +259,7 @@ pub struct ReplayStore {
     broadcast_touch: u64,
     broadcast_forgotten_through: u64,
     /// Users with a connection on this shard (their rings are pinned).
-    connected: AHashSet<Rc<str>>,
+    connected: AHashSet<Key>,
     next_seq: u64,
     next_touch: u64,
     entries: usize,
@@ -345,18 +346,18 @@ impl ReplayStore {
             Stream::User(name) | Stream::UserAt(name, _) => {
                 let connected = &self.connected;
                 let kept = stream.kept_slot();
-                let Some(touched) = self.users.touch(name, kept, touches, seq, || connected.get(name).cloned(), known)
+                let Some(touched) = self.users.touch(name, kept, touches, seq, || connected.contains(name), known)
                 else {
                     return false;
                 };
                 (touched, KeyedKind::Users)
             }
             Stream::Room(name) => {
-                let Some(touched) = self.rooms.touch(name, None, touches, seq, || None, known) else { return false };
+                let Some(touched) = self.rooms.touch(name, None, touches, seq, || false, known) else { return false };
                 (touched, KeyedKind::Rooms)
             }
             Stream::Tenant(name) => {
-                let Some(touched) = self.tenants.touch(name, None, touches, seq, || None, known) else { return false };
+                let Some(touched) = self.tenants.touch(name, None, touches, seq, || false, known) else { return false };
                 (touched, KeyedKind::Tenants)
             }
         };
@@ -367,7 +368,7 @@ impl ReplayStore {
             let tenant = match stream {
                 Stream::All => None,
                 Stream::User(key) | Stream::UserAt(key, _) | Stream::Room(key) => tenant_of_key(key),
-                Stream::Tenant(name) => Some(name),
+                Stream::Tenant(name) => Some(&**name),
             };
             if let Some(tenant) = tenant {
                 ring.tenant = Some(intern(&mut self.tenant_use, tenant));
@@ -435,11 +436,11 @@ impl ReplayStore {
 
     /// Marks `user` as connected here (its first connection on this shard):
     /// its ring, now or once created, is kept whatever the user cap and TTL.
-    pub fn pin_user(&mut self, user: &Rc<str>) {
+    pub fn pin_user(&mut self, user: &str) {
         if !self.enabled() {
             return;
         }
-        self.connected.insert(user.clone());
+        self.connected.insert(Key::from(user));
         self.next_touch += 1;
         let touch = self.next_touch;
         if self.users.pin(user, touch) {
@@ -521,7 +522,7 @@ impl ReplayStore {
     /// broadcast ring (seed `clearRecent()` for one namespace).
     pub fn clear_namespace(&mut self, namespace: &Namespace) {
         for kind in [KeyedKind::Users, KeyedKind::Rooms] {
-            let keys: Vec<Rc<str>> = self.keyed(kind).slots.keys().filter(|key| namespace.owns(key)).cloned().collect();
+            let keys: Vec<Key> = self.keyed(kind).slots.keys().filter(|key| namespace.owns(key)).cloned().collect();
             for key in keys {
                 if let Some(ring) = self.keyed_mut(kind).remove(&key) {
                     self.forget(&ring);
@@ -540,12 +541,12 @@ impl ReplayStore {
 
     /// Drops every ring of every namespace.
     pub fn clear_all(&mut self) {
-        let users: Vec<Rc<str>> = self.users.slots.keys().cloned().collect();
+        let users: Vec<Key> = self.users.slots.keys().cloned().collect();
         for user in users {
             self.clear_user(&user);
         }
         for kind in [KeyedKind::Rooms, KeyedKind::Tenants] {
-            let names: Vec<Rc<str>> = self.keyed(kind).slots.keys().cloned().collect();
+            let names: Vec<Key> = self.keyed(kind).slots.keys().cloned().collect();
             for name in names {
                 if let Some(ring) = self.keyed_mut(kind).remove(&name) {
                     self.forget(&ring);
@@ -707,32 +708,25 @@ impl Keyed {
 
     /// The slot of `name`'s ring: the `kept` one when the ring there is
     /// still `name`'s (a slot is reused once its ring goes), else by its name.
-    fn find(&self, name: &str, kept: Option<u32>) -> Option<usize> {
-        let at_kept = kept.map(|slot| slot as usize).filter(|&slot| {
-            // The same string as the registry's when the ring was made for a
-            // connected user: a pointer comparison, no read of the name.
-            self.rings
-                .get(slot)
-                .is_some_and(|ring| std::ptr::eq(ring.name.as_ptr(), name.as_ptr()) || *ring.name == *name)
-        });
+    fn find(&self, name: &Key, kept: Option<u32>) -> Option<usize> {
+        let at_kept =
+            kept.map(|slot| slot as usize).filter(|&slot| self.rings.get(slot).is_some_and(|ring| ring.name == *name));
         at_kept.or_else(|| self.slots.get(name).copied())
     }
 
     /// The ring of `name`, created if needed, marked most recently active
     /// (`touch`), with its slot; true when created. A slot `kept` for it
     /// (beside a user's connections) is tried first and set to where the
-    /// ring is. A new ring is pinned
-    /// when `connected` gives the name of its connected user, which it then
-    /// shares (the connections' and the registry's): a message's two
-    /// lookups by that name read one string. `None`, and nothing changed,
+    /// ring is. A new ring is pinned when `connected` says its user has a
+    /// connection here. `None`, and nothing changed,
     /// when the ring exists and `known` says the message is a repeat.
     fn touch(
         &mut self,
-        name: &str,
+        name: &Key,
         kept: Option<&Cell<Option<u32>>>,
         touches: Touches,
         seq: u64,
-        connected: impl FnOnce() -> Option<Rc<str>>,
+        connected: impl FnOnce() -> bool,
         known: impl FnOnce(&Ring) -> bool,
     ) -> Option<Touched<'_>> {
         let found = self.find(name, kept.and_then(Cell::get));
@@ -755,13 +749,10 @@ impl Keyed {
                 (slot, false)
             }
             None => {
-                let (name, is_pinned) = match connected() {
-                    Some(shared) => (shared, true),
-                    None => (Rc::from(name), false),
-                };
+                let is_pinned = connected();
                 let ring = Ring { name: name.clone(), created_at: seq - 1, pinned: is_pinned, ..Ring::default() };
                 let slot = rings.insert(ring);
-                slots.insert(name, slot);
+                slots.insert(name.clone(), slot);
                 if slot == marks.len() {
                     marks.push(touch);
                 } else {
@@ -957,7 +948,7 @@ mod tests {
     fn resume_after_a_found_id_sends_the_rest_in_order() {
         let mut store = ReplayStore::new(limits(20));
         for i in 1..=5 {
-            publish(&mut store, Stream::User("u"), &i.to_string(), 0);
+            publish(&mut store, Stream::User(&"u".into()), &i.to_string(), 0);
         }
         let replay = store.replay(Some("u"), &[], None, Some("2"));
         assert!(!replay.gap);
@@ -969,13 +960,13 @@ mod tests {
     fn rings_merge_by_arrival_across_user_rooms_and_broadcast() {
         let mut store = ReplayStore::new(limits(20));
         let rooms: Vec<Rc<str>> = vec![Rc::from("a"), Rc::from("b")];
-        publish(&mut store, Stream::User("u"), "1", 0);
-        publish(&mut store, Stream::Room("a"), "2", 0);
+        publish(&mut store, Stream::User(&"u".into()), "1", 0);
+        publish(&mut store, Stream::Room(&"a".into()), "2", 0);
         publish(&mut store, Stream::All, "3", 0);
-        publish(&mut store, Stream::Room("c"), "not-mine", 0);
-        publish(&mut store, Stream::Room("b"), "4", 0);
-        publish(&mut store, Stream::User("other"), "not-mine-either", 0);
-        publish(&mut store, Stream::User("u"), "5", 0);
+        publish(&mut store, Stream::Room(&"c".into()), "not-mine", 0);
+        publish(&mut store, Stream::Room(&"b".into()), "4", 0);
+        publish(&mut store, Stream::User(&"other".into()), "not-mine-either", 0);
+        publish(&mut store, Stream::User(&"u".into()), "5", 0);
         assert_eq!(ids(&store.replay(Some("u"), &rooms, None, Some("1"))), ["2", "3", "4", "5"]);
         assert_eq!(ids(&store.replay(None, &rooms, None, Some("2"))), ["3", "4"], "anonymous: rooms and broadcast");
     }
@@ -984,7 +975,7 @@ mod tests {
     fn unknown_or_wrapped_ids_give_a_gap_and_the_whole_buffer() {
         let mut store = ReplayStore::new(limits(3));
         for i in 1..=5 {
-            publish(&mut store, Stream::User("u"), &i.to_string(), 0);
+            publish(&mut store, Stream::User(&"u".into()), &i.to_string(), 0);
         }
         let unknown = store.replay(Some("u"), &[], None, Some("nope"));
         assert!(unknown.gap);
@@ -999,7 +990,7 @@ mod tests {
     #[test]
     fn a_found_id_with_losses_in_another_ring_still_reports_the_gap() {
         let mut store = ReplayStore::new(limits(2));
-        publish(&mut store, Stream::User("u"), "u1", 0);
+        publish(&mut store, Stream::User(&"u".into()), "u1", 0);
         for i in 1..=3 {
             publish(&mut store, Stream::All, &format!("b{i}"), 0);
         }
@@ -1011,17 +1002,17 @@ mod tests {
     #[test]
     fn least_recently_active_users_are_evicted_and_counted() {
         let mut store = ReplayStore::new(limits(2));
-        publish(&mut store, Stream::User("a"), "a1", 0);
-        publish(&mut store, Stream::User("b"), "b1", 0);
-        publish(&mut store, Stream::User("c"), "c1", 0);
-        publish(&mut store, Stream::User("a"), "a2", 0);
-        publish(&mut store, Stream::User("d"), "d1", 0);
+        publish(&mut store, Stream::User(&"a".into()), "a1", 0);
+        publish(&mut store, Stream::User(&"b".into()), "b1", 0);
+        publish(&mut store, Stream::User(&"c".into()), "c1", 0);
+        publish(&mut store, Stream::User(&"a".into()), "a2", 0);
+        publish(&mut store, Stream::User(&"d".into()), "d1", 0);
         let usage = store.usage();
         assert_eq!((usage.users, usage.entries), (3, 4), "b was the least recently active");
         assert!(store.replay(Some("b"), &[], None, Some("b1")).gap);
         assert_eq!(ids(&store.replay(Some("a"), &[], None, Some("a1"))), ["a2"]);
         let recreated = {
-            publish(&mut store, Stream::User("b"), "b2", 0);
+            publish(&mut store, Stream::User(&"b".into()), "b2", 0);
             store.replay(Some("b"), &[], None, Some("b2"))
         };
         assert!(!recreated.gap && recreated.frames.is_empty(), "found at the newest entry");
@@ -1032,23 +1023,23 @@ mod tests {
         // A run's later records leave the ring's place as it is (it is
         // already the newest); what another ring does after still counts.
         let mut store = ReplayStore::new(limits(5));
-        publish(&mut store, Stream::User("a"), "a1", 0);
-        publish(&mut store, Stream::User("b"), "b1", 0);
-        publish(&mut store, Stream::User("b"), "b2", 0);
-        publish(&mut store, Stream::User("c"), "c1", 0);
-        publish(&mut store, Stream::User("a"), "a2", 0);
-        publish(&mut store, Stream::User("a"), "a3", 0);
-        publish(&mut store, Stream::User("d"), "d1", 0);
+        publish(&mut store, Stream::User(&"a".into()), "a1", 0);
+        publish(&mut store, Stream::User(&"b".into()), "b1", 0);
+        publish(&mut store, Stream::User(&"b".into()), "b2", 0);
+        publish(&mut store, Stream::User(&"c".into()), "c1", 0);
+        publish(&mut store, Stream::User(&"a".into()), "a2", 0);
+        publish(&mut store, Stream::User(&"a".into()), "a3", 0);
+        publish(&mut store, Stream::User(&"d".into()), "d1", 0);
         assert!(resume(&store, "b", "b2").0, "b went first: a's run came after c");
-        publish(&mut store, Stream::User("c"), "c2", 0);
+        publish(&mut store, Stream::User(&"c".into()), "c2", 0);
         for id in ["e1", "e2", "e3"] {
-            publish(&mut store, Stream::User("e"), id, 0);
+            publish(&mut store, Stream::User(&"e".into()), id, 0);
         }
         assert!(resume(&store, "a", "a3").0, "then a, the least recent");
         assert_eq!(resume(&store, "c", "c1"), (false, vec!["c2".into()]));
         assert_eq!(resume(&store, "e", "e1"), (false, vec!["e2".into(), "e3".into()]));
         for _ in 0..100 {
-            publish(&mut store, Stream::User("e"), "e", 0);
+            publish(&mut store, Stream::User(&"e".into()), "e", 0);
         }
         assert_eq!(store.users.order.len(), 3, "c, d and e");
         assert!(store.users.order.places() <= 2 * 3 + 32, "a long run leaves no stale places behind");
@@ -1059,20 +1050,20 @@ mod tests {
         let mut store = ReplayStore::new(ReplayLimits { entries: 100, ..limits(100) });
         let id = |len: usize, last: char| format!("{}{last}", "7".repeat(len - 1));
         for len in 1..=40 {
-            publish(&mut store, Stream::User("u"), &id(len, 'a'), 0);
+            publish(&mut store, Stream::User(&"u".into()), &id(len, 'a'), 0);
         }
         for len in 1..=40 {
-            assert!(holds(&store, Stream::User("u"), &id(len, 'a')), "length {len}");
-            assert!(!holds(&store, Stream::User("u"), &id(len, 'b')), "length {len}, another last byte");
+            assert!(holds(&store, Stream::User(&"u".into()), &id(len, 'a')), "length {len}");
+            assert!(!holds(&store, Stream::User(&"u".into()), &id(len, 'b')), "length {len}, another last byte");
         }
     }
 
     #[test]
     fn ttl_clear_and_disable() {
         let mut store = ReplayStore::new(limits(5));
-        publish(&mut store, Stream::User("old"), "o1", 0);
-        publish(&mut store, Stream::User("new"), "n1", 900);
-        publish(&mut store, Stream::Room("r"), "r1", 100);
+        publish(&mut store, Stream::User(&"old".into()), "o1", 0);
+        publish(&mut store, Stream::User(&"new".into()), "n1", 900);
+        publish(&mut store, Stream::Room(&"r".into()), "r1", 100);
         store.expire(1_500);
         assert_eq!(store.usage().users, 1);
         assert_eq!(store.usage().rooms, 0);
@@ -1084,7 +1075,7 @@ mod tests {
         assert_eq!(store.usage(), ReplayUsage::default());
 
         let mut off = ReplayStore::new(limits(0));
-        publish(&mut off, Stream::User("u"), "1", 0);
+        publish(&mut off, Stream::User(&"u".into()), "1", 0);
         assert_eq!(off.usage(), ReplayUsage::default());
         assert!(off.replay(Some("u"), &[], None, Some("1")).gap);
     }
@@ -1093,14 +1084,14 @@ mod tests {
     fn byte_bound_evicts_oldest_rings() {
         let mut store = ReplayStore::new(ReplayLimits { max_bytes: 100, ..limits(10) });
         for i in 0..20 {
-            publish(&mut store, Stream::User(&format!("u{i}")), &format!("{i}"), 0);
+            publish(&mut store, Stream::User(&format!("u{i}").into()), &format!("{i}"), 0);
         }
         assert!(store.usage().bytes <= 100, "{:?}", store.usage());
         assert!(store.usage().users >= 1);
     }
 
     fn pin(store: &mut ReplayStore, user: &str) {
-        store.pin_user(&Rc::from(user));
+        store.pin_user(user);
     }
 
     /// Resume of `user` (no rooms, default namespace) after `last_id`: (gap, ids).
@@ -1117,21 +1108,21 @@ mod tests {
             pin(&mut store, &format!("c{i}"));
         }
         for i in 0..5 {
-            publish(&mut store, Stream::User(&format!("c{i}")), &format!("c{i}-1"), 0);
+            publish(&mut store, Stream::User(&format!("c{i}").into()), &format!("c{i}-1"), 0);
         }
         for i in 0..4 {
-            publish(&mut store, Stream::User(&format!("d{i}")), &format!("d{i}-1"), 0);
+            publish(&mut store, Stream::User(&format!("d{i}").into()), &format!("d{i}-1"), 0);
         }
         assert_eq!(store.usage().users, 8, "5 connected + the cap of 3 without a connection");
         for i in 0..5 {
-            publish(&mut store, Stream::User(&format!("c{i}")), &format!("c{i}-2"), 0);
+            publish(&mut store, Stream::User(&format!("c{i}").into()), &format!("c{i}-2"), 0);
             assert_eq!(resume(&store, &format!("c{i}"), &format!("c{i}-1")), (false, vec![format!("c{i}-2")]));
         }
         assert!(resume(&store, "d0", "d0-1").0, "the least recently active user without a connection went");
         // Pinned after its ring exists, as on a connect to a known user.
         pin(&mut store, "d1");
         for i in 4..6 {
-            publish(&mut store, Stream::User(&format!("d{i}")), &format!("d{i}-1"), 0);
+            publish(&mut store, Stream::User(&format!("d{i}").into()), &format!("d{i}-1"), 0);
         }
         assert!(resume(&store, "d2", "d2-1").0, "d2 was the oldest left under the cap");
         assert_eq!(resume(&store, "d1", "d1-1"), (false, vec![]), "connected: kept though older");
@@ -1139,37 +1130,26 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_made_for_a_connected_user_shares_the_connections_name() {
-        let mut store = ReplayStore::new(limits(5));
-        let name: Rc<str> = Rc::from("c");
-        store.pin_user(&name);
-        publish(&mut store, Stream::User("c"), "c-1", 0);
-        publish(&mut store, Stream::User("d"), "d-1", 0);
-        assert!(Rc::ptr_eq(&store.users.get("c").expect("a ring").name, &name), "one string for both lookups");
-        assert_eq!(Rc::strong_count(&store.users.get("d").expect("a ring").name), 2, "its own: ring and slot");
-    }
-
-    #[test]
     fn a_users_ring_is_taken_from_its_kept_slot_only_while_it_is_that_users() {
         let mut store = ReplayStore::new(limits(4));
         let slot = Cell::new(None);
-        publish(&mut store, Stream::UserAt("a", &slot), "a-1", 0);
+        publish(&mut store, Stream::UserAt(&"a".into(), &slot), "a-1", 0);
         let first = slot.get().expect("the new ring's slot is kept");
-        publish(&mut store, Stream::UserAt("a", &slot), "a-2", 0);
+        publish(&mut store, Stream::UserAt(&"a".into(), &slot), "a-2", 0);
         assert_eq!(slot.get(), Some(first));
         assert_eq!(resume(&store, "a", "a-1"), (false, vec!["a-2".to_owned()]));
         // Over the cap of 3 users, "a" goes, and "e"'s ring takes its slot.
         for user in ["b", "c", "d", "e"] {
-            publish(&mut store, Stream::User(user), &format!("{user}-1"), 0);
+            publish(&mut store, Stream::User(&user.into()), &format!("{user}-1"), 0);
         }
-        assert!(holds(&store, Stream::User("e"), "e-1"));
+        assert!(holds(&store, Stream::User(&"e".into()), "e-1"));
         assert_eq!(store.users.slots.get("e"), Some(&(first as usize)), "the test's premise: e's ring took a's slot");
-        publish(&mut store, Stream::UserAt("a", &slot), "a-3", 0);
-        assert!(!holds(&store, Stream::User("e"), "a-3"), "a slot now holding another user's ring is not used");
+        publish(&mut store, Stream::UserAt(&"a".into(), &slot), "a-3", 0);
+        assert!(!holds(&store, Stream::User(&"e".into()), "a-3"), "a slot now holding another user's ring is not used");
         assert_eq!(resume(&store, "a", "a-1"), (true, vec!["a-3".to_owned()]), "a new ring, after a gap");
         assert_eq!(slot.get().map(|s| s as usize), store.users.slots.get("a").copied(), "the slot is corrected");
         slot.set(Some(1_000));
-        publish(&mut store, Stream::UserAt("a", &slot), "a-4", 0);
+        publish(&mut store, Stream::UserAt(&"a".into(), &slot), "a-4", 0);
         assert_eq!(resume(&store, "a", "a-3"), (false, vec!["a-4".to_owned()]), "an empty slot: found by name");
         assert_eq!(slot.get().map(|s| s as usize), store.users.slots.get("a").copied());
     }
@@ -1178,15 +1158,15 @@ mod tests {
     fn a_user_leaving_rejoins_the_cap_as_most_recent_with_its_ttl_from_then() {
         let mut store = ReplayStore::new(limits(5));
         pin(&mut store, "u");
-        publish(&mut store, Stream::User("u"), "u1", 0);
+        publish(&mut store, Stream::User(&"u".into()), "u1", 0);
         for (i, user) in ["a", "b", "c"].iter().enumerate() {
-            publish(&mut store, Stream::User(user), &format!("{user}1"), 10 * (i as u64 + 1));
+            publish(&mut store, Stream::User(&(*user).into()), &format!("{user}1"), 10 * (i as u64 + 1));
         }
         store.expire(5_000);
         assert_eq!(resume(&store, "u", "u1"), (false, vec![]), "no TTL while connected");
         assert_eq!(store.usage().users, 1, "a, b and c expired");
         for (i, user) in ["a", "b", "c"].iter().enumerate() {
-            publish(&mut store, Stream::User(user), &format!("{user}2"), 5_000 + 10 * i as u64);
+            publish(&mut store, Stream::User(&(*user).into()), &format!("{user}2"), 5_000 + 10 * i as u64);
         }
         store.unpin_user("u", 5_500);
         assert_eq!(store.usage().users, 3, "u is under the cap now");
@@ -1207,20 +1187,20 @@ mod tests {
         pin(&mut store, "p");
         pin(&mut store, "q");
         for id in ["p1", "p2", "p3"] {
-            publish(&mut store, Stream::User("p"), id, 0);
+            publish(&mut store, Stream::User(&"p".into()), id, 0);
         }
         for id in ["q1", "q2", "q3"] {
-            publish(&mut store, Stream::User("q"), id, 0);
+            publish(&mut store, Stream::User(&"q".into()), id, 0);
         }
-        publish(&mut store, Stream::Room("r"), "r1", 0);
-        publish(&mut store, Stream::User("d"), "d1", 0);
-        publish(&mut store, Stream::User("p"), "p4", 0);
+        publish(&mut store, Stream::Room(&"r".into()), "r1", 0);
+        publish(&mut store, Stream::User(&"d".into()), "d1", 0);
+        publish(&mut store, Stream::User(&"p".into()), "p4", 0);
         assert!(store.replay(None, &[Rc::from("r")], None, Some("r1")).gap, "the room ring went first");
-        publish(&mut store, Stream::User("q"), "q4", 0);
+        publish(&mut store, Stream::User(&"q".into()), "q4", 0);
         assert!(resume(&store, "d", "d1").0, "then the disconnected user's");
         assert_eq!((store.usage().users, store.usage().rooms, store.usage().bytes), (2, 0, 8 * frame));
 
-        publish(&mut store, Stream::User("p"), "p5", 0);
+        publish(&mut store, Stream::User(&"p".into()), "p5", 0);
         assert_eq!(store.usage().bytes, 8 * frame, "q, the least recently active, lost its oldest entry");
         assert_eq!(resume(&store, "q", "q1"), (true, vec!["q2".into(), "q3".into(), "q4".into()]));
         assert_eq!(resume(&store, "q", "q2"), (false, vec!["q3".into(), "q4".into()]));
@@ -1228,11 +1208,11 @@ mod tests {
         assert!(!resume(&store, "p", "p1").0);
 
         for id in ["p6", "p7", "p8"] {
-            publish(&mut store, Stream::User("p"), id, 0);
+            publish(&mut store, Stream::User(&"p".into()), id, 0);
         }
         assert_eq!(store.usage().users, 1, "q's ring, shortened to nothing, went whole");
         assert!(resume(&store, "q", "q4").0);
-        publish(&mut store, Stream::User("q"), "q5", 0);
+        publish(&mut store, Stream::User(&"q".into()), "q5", 0);
         assert!(store.usage().bytes <= 8 * frame);
         assert_eq!(resume(&store, "q", "q5"), (false, vec![]), "a new ring for q, still connected");
     }
@@ -1242,17 +1222,17 @@ mod tests {
         let frame = encode("p1", None, b"x").len();
         let mut store = ReplayStore::new(ReplayLimits { max_bytes: 4 * frame, ..limits(10) });
         for id in ["p1", "p2"] {
-            publish(&mut store, Stream::User("p"), id, 0);
+            publish(&mut store, Stream::User(&"p".into()), id, 0);
         }
         for id in ["q1", "q2"] {
-            publish(&mut store, Stream::User("q"), id, 0);
+            publish(&mut store, Stream::User(&"q".into()), id, 0);
         }
         pin(&mut store, "q");
         pin(&mut store, "p");
-        publish(&mut store, Stream::User("r"), "r1", 0);
+        publish(&mut store, Stream::User(&"r".into()), "r1", 0);
         assert!(resume(&store, "r", "r1").0, "an unpinned ring goes before pinned ones");
         pin(&mut store, "r");
-        publish(&mut store, Stream::User("r"), "r2", 0);
+        publish(&mut store, Stream::User(&"r".into()), "r2", 0);
         assert_eq!(resume(&store, "q", "q1"), (true, vec!["q2".into()]), "q connected before p: shortened first");
         assert_eq!(resume(&store, "p", "p1"), (false, vec!["p2".into()]));
     }
@@ -1263,7 +1243,7 @@ mod tests {
         pin(&mut store, "p");
         for round in 0..5_000 {
             for user in ["p", "a", "b"] {
-                publish(&mut store, Stream::User(user), &format!("{user}{round}"), 0);
+                publish(&mut store, Stream::User(&user.into()), &format!("{user}{round}"), 0);
             }
         }
         let places = |order: &ActivityOrder<usize>| order.places();
@@ -1278,10 +1258,10 @@ mod tests {
         let mut store = ReplayStore::new(ReplayLimits { max_bytes: 4 * frame, ..limits(10) });
         pin(&mut store, "p");
         publish(&mut store, Stream::All, "b1", 0);
-        publish(&mut store, Stream::User("p"), "p1", 0);
+        publish(&mut store, Stream::User(&"p".into()), "p1", 0);
         publish(&mut store, Stream::All, "b2", 0);
-        publish(&mut store, Stream::User("p"), "p2", 0);
-        publish(&mut store, Stream::User("p"), "p3", 0);
+        publish(&mut store, Stream::User(&"p".into()), "p2", 0);
+        publish(&mut store, Stream::User(&"p".into()), "p3", 0);
         publish(&mut store, Stream::All, "b3", 0);
         assert_eq!(store.usage().bytes, 4 * frame, "b1, then p1 went");
         assert_eq!(resume(&store, "p", "p2"), (false, vec!["p3".into(), "b3".into()]));
@@ -1293,14 +1273,14 @@ mod tests {
     #[test]
     fn a_repeat_is_an_id_in_the_targets_ring_only() {
         let mut store = ReplayStore::new(limits(5));
-        publish(&mut store, Stream::User("u"), "1", 0);
+        publish(&mut store, Stream::User(&"u".into()), "1", 0);
         publish(&mut store, Stream::All, "2", 0);
         let entries = store.usage().entries;
-        assert!(!store.record(Stream::User("u"), encode("1", None, b"other data"), 0, true));
+        assert!(!store.record(Stream::User(&"u".into()), encode("1", None, b"other data"), 0, true));
         assert!(!store.record(Stream::All, encode("2", Some("e"), b"x"), 0, true));
         assert_eq!(store.usage().entries, entries, "a repeat is not recorded");
-        assert!(store.record(Stream::User("u"), encode("1", None, b"again"), 0, false), "unless it may repeat");
-        assert!(store.record(Stream::User("v"), encode("1", None, b"x"), 0, true));
+        assert!(store.record(Stream::User(&"u".into()), encode("1", None, b"again"), 0, false), "unless it may repeat");
+        assert!(store.record(Stream::User(&"v".into()), encode("1", None, b"x"), 0, true));
         assert!(store.record(Stream::All, encode("1", None, b"x"), 0, true));
         assert_eq!(store.usage().entries, entries + 3);
     }
@@ -1312,26 +1292,26 @@ mod tests {
         let (acme_u, acme_r) = (acme.key("u").into_owned(), acme.key("r").into_owned());
         let acme_rooms: Vec<Rc<str>> = vec![Rc::from(acme_r.as_str())];
         let default_rooms: Vec<Rc<str>> = vec![Rc::from("r")];
-        publish(&mut store, Stream::User("u"), "d1", 0);
-        publish(&mut store, Stream::User(&acme_u), "t1", 0);
-        publish(&mut store, Stream::Room("r"), "d2", 0);
-        publish(&mut store, Stream::Room(&acme_r), "t2", 0);
+        publish(&mut store, Stream::User(&"u".into()), "d1", 0);
+        publish(&mut store, Stream::User(&acme_u.as_str().into()), "t1", 0);
+        publish(&mut store, Stream::Room(&"r".into()), "d2", 0);
+        publish(&mut store, Stream::Room(&acme_r.as_str().into()), "t2", 0);
         publish(&mut store, Stream::All, "d3", 0);
-        publish(&mut store, Stream::Tenant("acme"), "t3", 0);
-        publish(&mut store, Stream::Tenant("globex"), "g1", 0);
+        publish(&mut store, Stream::Tenant(&"acme".into()), "t3", 0);
+        publish(&mut store, Stream::Tenant(&"globex".into()), "g1", 0);
         assert_eq!(ids(&store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("t1"))), ["t2", "t3"]);
         assert_eq!(ids(&store.replay(Some("u"), &default_rooms, None, Some("d1"))), ["d2", "d3"]);
         let foreign = store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("d1"));
         assert!(foreign.gap, "another namespace's id is unknown here");
         assert_eq!(ids(&foreign), ["t1", "t2", "t3"]);
         assert_eq!(store.usage().rooms, 4, "2 rooms + 2 tenant broadcast rings");
-        assert!(holds(&store, Stream::Tenant("acme"), "t3"));
+        assert!(holds(&store, Stream::Tenant(&"acme".into()), "t3"));
         assert!(!holds(&store, Stream::All, "t3"));
 
         store.clear_namespace(&acme);
         assert!(store.replay(Some(&acme_u), &acme_rooms, Some("acme"), Some("t1")).gap);
         assert_eq!(ids(&store.replay(Some("u"), &default_rooms, None, Some("d1"))), ["d2", "d3"], "untouched");
-        assert!(holds(&store, Stream::Tenant("globex"), "g1"), "untouched");
+        assert!(holds(&store, Stream::Tenant(&"globex".into()), "g1"), "untouched");
         store.clear_namespace(&Namespace::DEFAULT);
         assert_eq!(store.usage().users, 0);
         assert_eq!(store.usage().rooms, 1, "globex's broadcast ring is left");
@@ -1348,13 +1328,13 @@ mod tests {
         store.set_budgets(TenantBudgets { config: Some(config), shards: 1 });
         let (a, b) = (Namespace::tenant("a"), Namespace::tenant("b"));
         let key = |ns: &Namespace, name: &str| ns.key(name).into_owned();
-        publish(&mut store, Stream::User(&key(&b, "u1")), "b1", 0);
-        publish(&mut store, Stream::User(&key(&b, "u2")), "b2", 0);
+        publish(&mut store, Stream::User(&key(&b, "u1").into()), "b1", 0);
+        publish(&mut store, Stream::User(&key(&b, "u2").into()), "b2", 0);
         for (user, id) in [("u1", "a1"), ("u2", "a2"), ("u3", "a3")] {
-            publish(&mut store, Stream::User(&key(&a, user)), id, 0);
+            publish(&mut store, Stream::User(&key(&a, user).into()), id, 0);
         }
         assert_eq!(store.tenant_bytes("a"), 3 * frame, "at its budget");
-        publish(&mut store, Stream::Room(&key(&a, "r")), "a4", 0);
+        publish(&mut store, Stream::Room(&key(&a, "r").into()), "a4", 0);
         assert_eq!(store.tenant_bytes("a"), 3 * frame);
         assert!(resume(&store, &key(&a, "u1"), "a1").0, "a's least recently active ring went");
         assert_eq!(resume(&store, &key(&a, "u2"), "a2"), (false, vec![]), "the others stay");
@@ -1364,11 +1344,11 @@ mod tests {
         // A connected user's ring loses its oldest entries instead of going whole.
         pin(&mut store, &key(&a, "p"));
         for id in ["p1", "p2", "p3", "p4"] {
-            publish(&mut store, Stream::User(&key(&a, "p")), id, 0);
+            publish(&mut store, Stream::User(&key(&a, "p").into()), id, 0);
         }
         assert_eq!(store.tenant_bytes("a"), 3 * frame);
         assert_eq!(resume(&store, &key(&a, "p"), "p2"), (false, vec!["p3".into(), "p4".into()]));
-        publish(&mut store, Stream::User(&key(&a, "p")), "p5", 0);
+        publish(&mut store, Stream::User(&key(&a, "p").into()), "p5", 0);
         assert_eq!(resume(&store, &key(&a, "p"), "p3"), (false, vec!["p4".into(), "p5".into()]));
         assert!(resume(&store, &key(&a, "p"), "p1").0, "shortened: a gap for what it lost");
         assert_eq!(store.tenants_bytes().map(|(_, bytes)| bytes).sum::<usize>(), store.usage().bytes);

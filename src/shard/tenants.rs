@@ -88,12 +88,12 @@ pub struct TenantFigures {
     pub tally: Tally,
 }
 
-/// What one shard knows of one label before the sum: room hashes, so that
-/// rooms spanning shards count once.
+/// What one shard knows of one label before the sum: user and room hashes,
+/// so that a user's connections count once, and rooms spanning shards too.
 #[derive(Default)]
 struct Partial {
     connections: u64,
-    users: AHashSet<*const u8>,
+    users: AHashSet<u64>,
     rooms: AHashSet<u64>,
     replay_bytes: u64,
     tally: Tally,
@@ -257,7 +257,7 @@ impl ShardCtx {
     fn add_conn(&self, partial: &mut Partial, conn: &super::conn::Conn) {
         partial.connections += 1;
         if let Some(user) = &conn.user {
-            partial.users.insert(Rc::as_ptr(user) as *const u8);
+            partial.users.insert(self.shared.owner_hasher.hash_one(&**user));
         }
         partial.rooms.extend(conn.rooms.iter().map(|room| self.shared.owner_hasher.hash_one(&**room)));
     }
