@@ -92,12 +92,12 @@ impl ShardCtx {
         let entry = state.conns.vacant_entry();
         let key = entry.key();
         let tenant = subscription.namespace.tenant_name().map(|tenant| state.registry.add_tenant_member(tenant, key));
-        let user = subscription.user.as_deref().map(|user| {
+        let user = subscription.user.as_deref().map(Key::from);
+        if let Some(user) = &user {
             if state.registry.add_user(user, key) {
                 state.replay.pin_user(user);
             }
-            Key::from(user)
-        });
+        }
         let rooms = subscription.rooms.iter().map(|room| state.registry.add_member(room, key)).collect();
         let conn = entry.insert(Conn::new(socket, key, tenant, user, rooms, serial, self.now_ms()));
         let ready = &mut state.ready;

@@ -3,8 +3,8 @@
 //! Users are keyed by [`Key`], whose text most often sits in the map's own
 //! slot (a message to a user looks it up here first); room and tenant names
 //! are `Rc<str>` shared between the maps and the connections, allocated once
-//! per name. Users are owned by exactly one
-//! shard; rooms have a member set on every shard with members. User and room
+//! per name. Users are owned by exactly one shard; rooms have a member set
+//! on every shard with members. User and room
 //! names are internal keys ([`crate::namespace`]), so a tenant's never meet
 //! another namespace's. Each tenant with connections here also has a member
 //! set, so its broadcast visits its own connections only.
@@ -99,13 +99,13 @@ impl Registry {
     }
 
     /// Records `conn` under `user`; true when it is the user's first here.
-    pub fn add_user(&mut self, user: &str, conn: usize) -> bool {
+    pub fn add_user(&mut self, user: &Key, conn: usize) -> bool {
         if let Some(entry) = self.users.get_mut(user) {
             entry.conns.push(conn);
             return false;
         }
         let entry = UserEntry { conns: SmallVec::from_elem(conn, 1), ring_slot: Cell::new(None) };
-        self.users.insert(Key::from(user), entry);
+        self.users.insert(user.clone(), entry);
         if let Some(interest) = &self.interest {
             interest.add(Kind::User, user);
         }
@@ -208,8 +208,8 @@ mod tests {
     #[test]
     fn users_and_rooms_come_and_go() {
         let mut registry = Registry::default();
-        assert!(registry.add_user("alice", 1), "alice's first connection");
-        assert!(!registry.add_user("alice", 2));
+        assert!(registry.add_user(&"alice".into(), 1), "alice's first connection");
+        assert!(!registry.add_user(&"alice".into(), 2));
         registry.add_member("lobby", 1);
         registry.add_member("lobby", 3);
         assert_eq!(registry.user("alice"), &[1, 2]);
@@ -230,8 +230,8 @@ mod tests {
         let mut registry = Registry::new(Some(interest.clone()));
         let none = std::sync::atomic::AtomicU64::new(0);
         let wanted = |target: Target| interest.wanted(interest.probe(&target), &none);
-        registry.add_user("alice", 1);
-        registry.add_user("alice", 2);
+        registry.add_user(&"alice".into(), 1);
+        registry.add_user(&"alice".into(), 2);
         registry.add_member("lobby", 1);
         registry.add_tenant_member("acme", 2);
         assert!(wanted(Target::User("alice".into())));

@@ -436,11 +436,11 @@ impl ReplayStore {
 
     /// Marks `user` as connected here (its first connection on this shard):
     /// its ring, now or once created, is kept whatever the user cap and TTL.
-    pub fn pin_user(&mut self, user: &str) {
+    pub fn pin_user(&mut self, user: &Key) {
         if !self.enabled() {
             return;
         }
-        self.connected.insert(Key::from(user));
+        self.connected.insert(user.clone());
         self.next_touch += 1;
         let touch = self.next_touch;
         if self.users.pin(user, touch) {
@@ -718,8 +718,8 @@ impl Keyed {
     /// (`touch`), with its slot; true when created. A slot `kept` for it
     /// (beside a user's connections) is tried first and set to where the
     /// ring is. A new ring is pinned when `connected` says its user has a
-    /// connection here. `None`, and nothing changed,
-    /// when the ring exists and `known` says the message is a repeat.
+    /// connection here. `None`, and nothing changed, when the ring exists
+    /// and `known` says the message is a repeat.
     fn touch(
         &mut self,
         name: &Key,
@@ -1091,7 +1091,7 @@ mod tests {
     }
 
     fn pin(store: &mut ReplayStore, user: &str) {
-        store.pin_user(user);
+        store.pin_user(&user.into());
     }
 
     /// Resume of `user` (no rooms, default namespace) after `last_id`: (gap, ids).
