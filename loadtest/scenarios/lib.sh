@@ -20,6 +20,8 @@
 #   NCHAN_CONF              nginx.conf to use (default loadtest/peers/nchan/nginx.conf)
 #   NGINX=nginx             nginx binary
 #   NO_BUILD=1              use target/release binaries as they are
+#   SSEKIFY_BIN             the ssekify binary to run (default target/release/ssekify):
+#                           with NO_BUILD=1, two builds compared in one sitting
 #   KEEP_RUN=1              keep the scratch dir (server logs, nginx prefix)
 #
 # A scenario script does:
@@ -43,7 +45,7 @@ LT_REPO=$(cd "$LT_LOADTEST/.." && pwd)
 : "${NCHAN_CONF:=$LT_LOADTEST/peers/nchan/nginx.conf}"
 : "${NGINX:=nginx}"
 
-SSEKIFY_BIN=$LT_REPO/target/release/ssekify
+: "${SSEKIFY_BIN:=$LT_REPO/target/release/ssekify}"
 GEN_BIN=$LT_REPO/target/release/ssekify-loadtest
 
 LT_STARTED=()      # pids this shell started (servers), stopped on exit
