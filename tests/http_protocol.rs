@@ -445,6 +445,36 @@ fn a_stalled_head_after_an_answered_request_is_408_after_read_timeout() {
 }
 
 #[test]
+fn a_connection_after_closed_ones_times_out_its_stalled_head_on_its_own_deadline() {
+    for driver in drivers() {
+        let server = Server::start_with_driver(driver, &["--read-timeout", "500ms", "--idle-timeout", "30s"]);
+        // Connections that end while waiting for their next request leave
+        // their read timers, due in 30 s, for the next connections to take.
+        for _ in 0..3 {
+            let mut conn = HttpConn::open(server.api);
+            assert_eq!(conn.request("GET", "/healthz", &[], b"").status, 200, "{driver}");
+        }
+        thread::sleep(Duration::from_millis(200));
+        for addr in [server.api, server.public] {
+            let mut stream = tcp_connect(addr);
+            let started = Instant::now();
+            stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Half: ").as_bytes()).unwrap();
+            let (raw, closed) = read_to_eof(&mut stream, IO_TIMEOUT);
+            let elapsed = started.elapsed();
+            assert!(closed, "{driver}: no close after a stalled head");
+            assert!(elapsed >= Duration::from_millis(400), "{driver}: closed too early ({elapsed:?})");
+            assert!(
+                elapsed < Duration::from_secs(10),
+                "{driver}: an ended connection's deadline applied ({elapsed:?})"
+            );
+            let responses = parse_responses(&raw);
+            assert_eq!(responses.len(), 1, "{driver}: {:?}", String::from_utf8_lossy(&raw));
+            responses[0].assert_error(408, "request_timeout");
+        }
+    }
+}
+
+#[test]
 fn error_bodies_are_json_with_content_length() {
     let server = Server::start(&[]);
     let resp = http(server.api, "GET", "/definitely/not/here", &[], b"");

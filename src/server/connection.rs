@@ -7,6 +7,7 @@
 //! within the shard's `--body-budget`. A body nobody may read is never
 //! buffered: the answer goes out and the connection closes.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -109,7 +110,7 @@ pub async fn serve(
         };
         match api::route(&ctx, &services, &request, admitted, body).await {
             Routed::Subscribe(subscription) => {
-                drop((buf, in_flight, pending));
+                drop((buf, timer, in_flight, pending));
                 // Boxed for the same reason as the routes in `api::route`.
                 Box::pin(ctx.subscribe(stream, subscription)).await;
                 return;
@@ -150,7 +151,9 @@ async fn answer(
         access::record(ctx, stream, started, request, response.status, size);
     }
     if result.is_ok() && unread_body {
-        linger(stream).await;
+        // Boxed: its timer would make every answer's future, moved as it is
+        // awaited, ~1 KiB larger for a path few requests take.
+        Box::pin(linger(stream)).await;
     }
     result.is_ok() && keep_alive
 }
@@ -234,7 +237,8 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
 /// Reads until a whole head is buffered. The wait for a request's first byte
 /// is bounded by `--idle-timeout` on a kept-alive connection and by
 /// `--read-timeout` on a new one; once bytes arrive, the whole head must
-/// arrive within `--read-timeout` (slow-loris clients are cut off).
+/// arrive within `--read-timeout` (slow-loris clients are cut off). The
+/// clock is read once a read (a kept-alive request's head: once).
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -245,7 +249,7 @@ async fn read_head(
 ) -> Result<Option<Request>, Error> {
     let config = &ctx.shared.config;
     let mut receiving = first;
-    let mut deadline = Instant::now() + if first { config.read_timeout } else { config.idle_timeout };
+    let mut deadline = None;
     loop {
         if !buf.is_empty() {
             if let Some(request) = request::parse(buf, limits)? {
@@ -253,16 +257,15 @@ async fn read_head(
             }
             if !receiving {
                 receiving = true;
-                deadline = Instant::now() + config.read_timeout;
+                deadline = None;
             }
         }
         let had_bytes = !buf.is_empty();
         // A full buffer holding part of a head doubles; an empty one asks for a head's worth.
         let want = if had_bytes { buf.len().clamp(FIRST_READ, READ_CHUNK) } else { FIRST_READ };
-        // A connection's first request (a subscriber's only one) reads
-        // without the kept timer (see `ReadTimer`).
-        let timer = if first { None } else { Some(&mut *timer) };
-        match read_some(stream, buf, timer, deadline, want).await {
+        let now = Instant::now();
+        let due = *deadline.get_or_insert(now + if receiving { config.read_timeout } else { config.idle_timeout });
+        match read_some(stream, buf, timer, due, now, want).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if had_bytes => return Err(Error::UnexpectedEof),
             ReadOutcome::Eof => return Ok(None),
@@ -292,13 +295,16 @@ async fn read_body<'a>(
         let (result, _) = stream.write_all(CONTINUE).await;
         result.map_err(|_| Error::UnexpectedEof)?;
     }
-    let deadline = Instant::now() + ctx.shared.config.read_timeout;
+    // Read from the clock only when the body is not all buffered already.
+    let mut deadline = None;
     loop {
         if let Some(body) = decoder.decode(buf)? {
             return Ok((body.freeze(), charge));
         }
         charge.raise_to(decoder.received() + buf.len())?;
-        match read_some(stream, buf, Some(&mut *timer), deadline, READ_CHUNK).await {
+        let now = Instant::now();
+        let due = *deadline.get_or_insert(now + ctx.shared.config.read_timeout);
+        match read_some(stream, buf, timer, due, now, READ_CHUNK).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof => return Err(Error::UnexpectedEof),
             ReadOutcome::TimedOut => return Err(Error::Timeout),
@@ -408,17 +414,30 @@ enum ReadOutcome {
     TimedOut,
 }
 
-/// One timer for the reads of a kept-alive connection, moved to each read's
-/// deadline: a timer made and dropped per read (and the timeout future
-/// around it, moved as it was awaited) cost ~800 instructions a request.
-/// Boxed, made at its first use: monoio's timer is 640 bytes, which held in
-/// the connection's task would make every waiting connection that much
-/// larger. Not used for a connection's first head: a subscriber, which sends
-/// one, would allocate it only to free it at the hand-over, and those frees
-/// among the streams' long-lived allocations left holes (idle memory per
-/// subscriber 584 → 750 B, `loadtest/scenarios/idle.sh`).
+/// One timer for the reads of a connection, moved to each read's deadline:
+/// a timer made and dropped per read (and the timeout future around it,
+/// moved as it was awaited) cost ~800 instructions a request, and a timeout
+/// held inline made every read's future, moved as it is awaited, ~1 KiB
+/// larger. Boxed (monoio's timer is 640 bytes, which held in the connection's
+/// task would make every waiting connection that much larger) and, when the
+/// connection ends or becomes a stream, kept for the next connection on
+/// this thread ([`SPARE_TIMERS`]): a subscriber's timer freed at the
+/// hand-over, among the stream's long-lived allocations, left holes (idle
+/// memory per subscriber 584 → 750 B, `loadtest/scenarios/idle.sh`).
 #[derive(Default)]
 struct ReadTimer(Option<Pin<Box<Sleep>>>);
+
+/// At most this many read timers are kept per shard thread for the next
+/// connections: a burst of connections reading their heads at once
+/// allocates beyond it, and frees what it allocated.
+const SPARE_TIMERS_KEPT: usize = 256;
+
+thread_local! {
+    /// Read timers of ended connections, for the next ones on this thread
+    /// (each shard runs on a thread of its own, and a timer belongs to its
+    /// thread's timer wheel).
+    static SPARE_TIMERS: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
+}
 
 impl ReadTimer {
     /// The timer, due at `deadline`.
@@ -426,20 +445,52 @@ impl ReadTimer {
         match &mut self.0 {
             Some(timer) if timer.deadline() == deadline => {}
             Some(timer) => timer.as_mut().reset(deadline),
-            None => self.0 = Some(Box::pin(monoio::time::sleep_until(deadline))),
+            None => {
+                let spare = SPARE_TIMERS.with(|spare| spare.borrow_mut().pop());
+                self.0 = Some(match spare {
+                    Some(mut timer) => {
+                        timer.as_mut().reset(deadline);
+                        timer
+                    }
+                    None => Box::pin(monoio::time::sleep_until(deadline)),
+                });
+            }
         }
         self.0.as_mut().expect("made above").as_mut()
     }
 }
 
+impl Drop for ReadTimer {
+    fn drop(&mut self) {
+        let Some(mut timer) = self.0.take() else { return };
+        // A monoio timer keeps the first waker it was polled with until it
+        // fires: made due a second ago it fires at once and lets go of this
+        // connection's task, or, when it cannot (its wheel not turned in that
+        // second), it is freed rather than kept.
+        let Some(past) = Instant::now().checked_sub(Duration::from_secs(1)) else { return };
+        timer.as_mut().reset(monoio::time::Instant::from_std(past));
+        if !timer.is_elapsed() {
+            return;
+        }
+        // At thread exit the list may be gone already; the timer is then freed.
+        let _ = SPARE_TIMERS.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_TIMERS_KEPT {
+                spare.push(timer);
+            }
+        });
+    }
+}
+
 /// Appends what arrives to `buf`, first growing it by `want` when less than
 /// [`MIN_SPARE`] bytes of room are left; gives up at `deadline` (at least a
-/// millisecond from now), timed by `timer` or, without one, a timer of its own.
+/// millisecond after `now`, the caller's reading of the clock), timed by `timer`.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    timer: Option<&mut ReadTimer>,
+    timer: &mut ReadTimer,
     deadline: Instant,
+    now: Instant,
     want: usize,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < MIN_SPARE {
@@ -448,20 +499,14 @@ async fn read_some(
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
-    let deadline = monoio::time::Instant::from_std(deadline.max(Instant::now() + Duration::from_millis(1)));
-    let read = stream.read(spare);
-    let done = match timer {
-        Some(timer) => {
-            let mut timer = timer.due(deadline);
-            let mut read = pin!(read);
-            std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
-                Poll::Ready(done) => Poll::Ready(Some(done)),
-                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-            })
-            .await
-        }
-        None => monoio::time::timeout_at(deadline, read).await.ok(),
-    };
+    let deadline = monoio::time::Instant::from_std(deadline.max(now + Duration::from_millis(1)));
+    let mut timer = timer.due(deadline);
+    let mut read = pin!(stream.read(spare));
+    let done = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Some(done)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
+    .await;
     match done {
         Some((result, returned)) => {
             *buf = returned.into_inner();
@@ -488,9 +533,11 @@ mod tests {
     /// a reconnect storm thousands of them are alive at once; when a route's
     /// state was inlined here (8.4 KiB) the heap they left behind raised idle
     /// memory from ~1.7 to 2.6–8 KiB per subscriber, varying run to run.
+    /// A timer held inline (monoio's is 640 bytes, 128-byte aligned) also
+    /// makes every read's and answer's future, moved per request, that large.
     #[test]
     fn a_connection_task_stays_small() {
         let size = future_size(super::serve);
-        assert!(size <= 3 * 1024, "the connection future is {size} B: box the large awaits (see api::route)");
+        assert!(size <= 2560, "the connection future is {size} B: box the large awaits (see api::route, ReadTimer)");
     }
 }
