@@ -18,7 +18,7 @@ use super::log::AppendItem;
 use super::wire::{self, WireMessage, HEADER_LEN};
 use super::Bus;
 use crate::namespace::tenant_of_key;
-use crate::shard::envelope::{Answer, Delivery, Envelope, ReplyTo, Target};
+use crate::shard::envelope::{Answer, Delivery, Envelope, PackedAt, ReplyTo, Target};
 use crate::shard::interest::Probe;
 use crate::shard::Shared;
 
@@ -159,8 +159,8 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
             }
         }
     }
-    let decoded = match wire::decode(&entry) {
-        Ok(decoded) => decoded,
+    let messages = match wire::decode(&entry) {
+        Ok(decoded) => decoded.messages,
         Err(error) => {
             bus.report_error(shared, &format!("undecodable bus log entry: {}", error.0));
             return;
@@ -171,22 +171,22 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         None => true,
     };
     // Sized up front: collecting through the filter would grow it by doubling.
-    let mut deliveries = Vec::with_capacity(decoded.messages.len());
-    deliveries.extend(decoded.messages.into_iter().filter(|m| listed(&m.target)).map(
+    let mut deliveries = Vec::with_capacity(messages.len());
+    deliveries.extend(messages.into_iter().filter(|m| listed(&m.target)).map(
         |WireMessage { target, packed, room_change, .. }| match room_change {
             Some(change) => Delivery::room_change(target, change),
-            None => Delivery::packed(target, entry.slice_ref(packed)),
+            None => Delivery::packed(target, PackedAt::within(&entry, packed).expect("decoded from the entry")),
         },
     ));
     bus.count_received(deliveries.len() as u64);
     if let Some(shard) = one_shard(shared, &deliveries) {
         // Most entries: one message, or a run to one user, for one shard
         // (the user's), handed on as they are.
-        return hand_on(shared, shard, deliveries).await;
+        return hand_on(shared, shard, deliveries, entry).await;
     }
     for (shard, deliveries) in shared.route(deliveries).0.into_iter().enumerate() {
         if !deliveries.is_empty() {
-            hand_on(shared, shard, deliveries).await;
+            hand_on(shared, shard, deliveries, entry.clone()).await;
         }
     }
 }
@@ -201,10 +201,10 @@ fn one_shard(shared: &Shared, deliveries: &[Delivery]) -> Option<usize> {
     alone.then_some(shards.start)
 }
 
-/// Hands `shard` what it must apply of another instance's entry. Messages
+/// Hands `shard` what it must apply of another instance's `entry`. Messages
 /// for nobody there wait for its next wake; a membership change is the
 /// shard's business now.
-async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>) {
+async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>, entry: Bytes) {
     let interest = &shared.lanes[shard].interest;
     let mut probes: SmallVec<[Probe; 4]> = SmallVec::new();
     for (at, delivery) in deliveries.iter().enumerate() {
@@ -215,7 +215,7 @@ async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>) {
             None => probes.push(interest.probe(&delivery.target)),
         }
     }
-    shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None }, &probes).await;
+    shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None, entry }, &probes).await;
 }
 
 /// Delivers an own entry with the publisher's frames; messages the log
@@ -236,7 +236,8 @@ async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
     let (mut per_shard, _) = shared.route(std::mem::take(&mut append.deliveries));
     for (shard, reply) in append.local {
         let deliveries = std::mem::take(&mut per_shard[shard]);
-        shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: Some(reply) }, Probe::NOW).await;
+        let envelope = Envelope::Deliver { deliveries, reply: Some(reply), entry: Bytes::new() };
+        shared.send_from_bus(shard, envelope, Probe::NOW).await;
     }
 }
 

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use ahash::AHashSet;
+use bytes::Bytes;
 use slab::Slab;
 use smallvec::{smallvec, SmallVec};
 
@@ -115,6 +116,7 @@ impl ShardCtx {
             self.ask(&targets, |_, reply| Envelope::Deliver {
                 deliveries: parts.next().expect("one part per target"),
                 reply: Some(reply),
+                entry: Bytes::new(),
             })
             .await
         };
@@ -129,15 +131,23 @@ impl ShardCtx {
         totals
     }
 
-    /// Queues `frame` to the local connections `target` names; returns how many.
+    /// Queues an encoded frame (a local publish's) to the local connections
+    /// its target names; returns how many.
     pub fn deliver(&self, delivery: Delivery) -> u64 {
+        self.deliver_from_entry(delivery, &[])
+    }
+
+    /// Queues a frame to the local connections its target names, encoding
+    /// it first from the bus log `entry` it came in when it is packed;
+    /// returns how many.
+    pub fn deliver_from_entry(&self, delivery: Delivery, entry: &[u8]) -> u64 {
         let Delivery { target, frame, skip_known_id, room_change, packed } = delivery;
         if let Some(change) = &room_change {
             return self.change_rooms(&target, change).pack();
         }
         let frame = match packed {
-            true => frame::encode_packed(&frame).unwrap_or_default(),
-            false => frame,
+            Some(at) => at.of(entry).and_then(frame::encode_packed).unwrap_or_default(),
+            None => frame,
         };
         if frame.is_empty() {
             return 0;

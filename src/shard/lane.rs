@@ -123,7 +123,7 @@ mod tests {
     use crate::shard::interest::Kind;
 
     fn deliver() -> Envelope {
-        Envelope::Deliver { deliveries: Vec::new(), reply: None }
+        Envelope::Deliver { deliveries: Vec::new(), reply: None, entry: bytes::Bytes::new() }
     }
 
     #[test]

@@ -223,10 +223,13 @@ impl ShardCtx {
                 ShardStats::add(&self.stats().moved_in, 1);
                 self.register(fd, subscription);
             }
-            Envelope::Deliver { deliveries, reply } => {
-                let counts = deliveries.into_iter().map(|d| self.deliver(d)).collect();
-                if let Some(reply) = reply {
-                    self.reply(reply, counts);
+            Envelope::Deliver { deliveries, reply, entry } => {
+                let counts = deliveries.into_iter().map(|d| self.deliver_from_entry(d, &entry));
+                // Counted only for someone waiting (most of what the bus
+                // brings has nobody): no list allocated otherwise.
+                match reply {
+                    Some(reply) => self.reply(reply, counts.collect()),
+                    None => counts.for_each(drop),
                 }
             }
             Envelope::Close { which, reply } => {

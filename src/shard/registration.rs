@@ -270,7 +270,9 @@ mod tests {
         // m2 comes from the bus for a user nobody here has: queued, not rung.
         let bus_lane = &shared.lanes[0];
         let probe = bus_lane.interest.probe(&Target::User("u".into()));
-        assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m2")], reply: None }).is_ok());
+        assert!(bus_lane
+            .push(Envelope::Deliver { deliveries: vec![message("m2")], reply: None, entry: Bytes::new() })
+            .is_ok());
         let connections = &shared.stats[0].connections;
         assert!(!bus_lane.must_ring(&[probe], connections), "nobody here wants it yet");
 
@@ -289,7 +291,9 @@ mod tests {
         assert_eq!(queued(&ctx, key), "HTTP/1.1 200 OK\r\n\r\n", "no gap and no repeat: m2 was in the ring");
 
         // From now on the bus sees the connection and rings for u's messages.
-        assert!(bus_lane.push(Envelope::Deliver { deliveries: vec![message("m3")], reply: None }).is_ok());
+        assert!(bus_lane
+            .push(Envelope::Deliver { deliveries: vec![message("m3")], reply: None, entry: Bytes::new() })
+            .is_ok());
         assert!(bus_lane.must_ring(&[probe], connections));
     }
 }

@@ -1286,6 +1286,26 @@ mod tests {
     }
 
     #[test]
+    fn a_wrapped_ring_knows_every_id_it_holds_and_none_it_dropped() {
+        let mut store = ReplayStore::new(limits(5));
+        let user = Key::from("u");
+        // Seven into five: the ring's storage has wrapped, its ids lie in two parts.
+        for i in 1..=7 {
+            publish(&mut store, Stream::User(&user), &i.to_string(), 0);
+        }
+        for held in 3..=7 {
+            assert!(holds(&store, Stream::User(&user), &held.to_string()), "{held} is held");
+            assert!(!store.record(Stream::User(&user), encode(&held.to_string(), None, b"x"), 0, true));
+        }
+        for dropped in ["1", "2"] {
+            assert!(!holds(&store, Stream::User(&user), dropped), "{dropped} was pushed out");
+        }
+        assert_eq!(resume(&store, "u", "5"), (false, vec!["6".into(), "7".into()]));
+        assert!(store.record(Stream::User(&user), encode("1", None, b"x"), 0, true), "no longer a repeat");
+        assert_eq!(resume(&store, "u", "7"), (false, vec!["1".into()]));
+    }
+
+    #[test]
     fn tenants_have_their_own_user_room_and_broadcast_rings() {
         let mut store = ReplayStore::new(limits(20));
         let acme = Namespace::tenant("acme");
