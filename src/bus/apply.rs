@@ -159,25 +159,17 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
             }
         }
     }
-    let messages = match wire::decode(&entry) {
-        Ok(decoded) => decoded.messages,
+    let listed = |target: &Target| match &bus.tenants {
+        Some(list) => tenant_of(target).is_none_or(|tenant| list.iter().any(|t| &**t == tenant)),
+        None => true,
+    };
+    let deliveries = match deliveries_of(&entry, listed) {
+        Ok(deliveries) => deliveries,
         Err(error) => {
             bus.report_error(shared, &format!("undecodable bus log entry: {}", error.0));
             return;
         }
     };
-    let listed = |target: &Target| match &bus.tenants {
-        Some(list) => tenant_of(target).is_none_or(|tenant| list.iter().any(|t| &**t == tenant)),
-        None => true,
-    };
-    // Sized up front: collecting through the filter would grow it by doubling.
-    let mut deliveries = Vec::with_capacity(messages.len());
-    deliveries.extend(messages.into_iter().filter(|m| listed(&m.target)).map(
-        |WireMessage { target, packed, room_change, .. }| match room_change {
-            Some(change) => Delivery::room_change(target, change),
-            None => Delivery::packed(target, PackedAt::within(&entry, packed).expect("decoded from the entry")),
-        },
-    ));
     bus.count_received(deliveries.len() as u64);
     if let Some(shard) = one_shard(shared, &deliveries) {
         // Most entries: one message, or a run to one user, for one shard
@@ -189,6 +181,25 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
             hand_on(shared, shard, deliveries, entry.clone()).await;
         }
     }
+}
+
+/// Another instance's `entry` as deliveries: its messages for `listed`
+/// targets, each checked as it is read, in a list sized up front; nothing
+/// when any message is undecodable.
+fn deliveries_of(entry: &Bytes, listed: impl Fn(&Target) -> bool) -> Result<Vec<Delivery>, wire::WireError> {
+    let messages = wire::messages(entry)?;
+    let mut deliveries = Vec::with_capacity(messages.count_ahead());
+    for message in messages {
+        let WireMessage { target, packed, room_change, .. } = message?;
+        if !listed(&target) {
+            continue;
+        }
+        deliveries.push(match room_change {
+            Some(change) => Delivery::room_change(target, change),
+            None => Delivery::packed(target, PackedAt::within(entry, packed).expect("read from the entry")),
+        });
+    }
+    Ok(deliveries)
 }
 
 /// The shard that queues every one of `deliveries`, if one does: a user's
