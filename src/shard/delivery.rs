@@ -134,6 +134,7 @@ impl ShardCtx {
     /// Queues an encoded frame (a local publish's) to the local connections
     /// its target names; returns how many.
     pub fn deliver(&self, delivery: Delivery) -> u64 {
+        debug_assert!(delivery.packed.is_none(), "a packed delivery needs its entry: deliver_from_entry");
         self.deliver_from_entry(delivery, &[])
     }
 
