@@ -3,7 +3,7 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`events`], [`config`], [`tenants`], [`namespace`], [`text`], [`log`](mod@log) are leaves. [`sign`] and
+//! [`events`], [`config`], [`tenants`], [`namespace`], [`text`], [`prefetch`], [`log`](mod@log) are leaves. [`sign`] and
 //! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
 //! beside the server. See `docs/architecture.md` for
 //! the data path.
@@ -19,6 +19,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod namespace;
+pub mod prefetch;
 pub mod server;
 pub mod setup;
 pub mod shard;

@@ -31,7 +31,7 @@ use crate::namespace::{plain_name, tenant_of_key, Namespace};
 use crate::shard::envelope::{Delivery, Target};
 use crate::shard::idempotency::{valid_key, Claim, Ticket};
 use crate::shard::yielding;
-use crate::shard::ShardCtx;
+use crate::shard::{ShardCtx, Upcoming};
 use crate::sse::frame;
 use crate::sse::id::{self, GeneratedId};
 use crate::tenants::quota::RateRefusal;
@@ -431,12 +431,7 @@ async fn deliver<'a>(
             // chunk (a batch's half a million are not moved in one stretch),
             // and their counts filled in after.
             let mut results = Listed::with_capacity(prepared.len());
-            let deliveries = prepared.into_iter().map(|p| {
-                let frame = p.frame();
-                results.push(Outcome { id: p.id, delivered: 0, instances: None, duplicate: false });
-                Delivery::message(p.target, frame, false)
-            });
-            let delivered = ctx.publish(deliveries).await;
+            let delivered = ctx.publish(Encoding { rest: prepared.into_iter(), results: &mut results }).await;
             for (result, delivered) in results.iter_mut().zip(delivered) {
                 result.delivered = delivered;
             }
@@ -445,6 +440,35 @@ async fn deliver<'a>(
     };
     count_published(ctx, started, targets, &results);
     Ok(results)
+}
+
+/// Prepared messages handed to the shard as deliveries, each frame encoded
+/// as its delivery is taken (see [`Prepared::frame`]) and its outcome begun
+/// in `results`; the targets further on can be read ahead ([`Upcoming`]).
+struct Encoding<'r, 'a> {
+    rest: smallvec::IntoIter<[Prepared<'a>; 1]>,
+    results: &'r mut Listed<Outcome<'a>>,
+}
+
+impl Iterator for Encoding<'_, '_> {
+    type Item = Delivery;
+
+    fn next(&mut self) -> Option<Delivery> {
+        let p = self.rest.next()?;
+        let frame = p.frame();
+        self.results.push(Outcome { id: p.id, delivered: 0, instances: None, duplicate: false });
+        Some(Delivery::message(p.target, frame, false))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.rest.size_hint()
+    }
+}
+
+impl Upcoming for Encoding<'_, '_> {
+    fn target_after(&self, n: usize) -> Option<&Target> {
+        self.rest.as_slice().get(n).map(|p| &p.target)
+    }
 }
 
 /// Delivers one message to this shard's connections alone, for

@@ -43,6 +43,8 @@ mod stats;
 mod tenants;
 
 use claims::claim_answer;
+use delivery::RingsAhead;
+pub use delivery::Upcoming;
 pub use inbox::INBOX_CAPACITY;
 pub use registration::EVICTED_EVENT;
 pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder};
@@ -224,7 +226,11 @@ impl ShardCtx {
                 self.register(fd, subscription);
             }
             Envelope::Deliver { deliveries, reply, entry } => {
-                let counts = deliveries.into_iter().map(|d| self.deliver_from_entry(d, &entry));
+                let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
+                let counts = std::iter::from_fn(|| {
+                    let (delivery, found) = self.take_next(&mut rest, &mut rings)?;
+                    Some(self.deliver_from_entry(delivery, &entry, found))
+                });
                 // Counted only for someone waiting (most of what the bus
                 // brings has nobody): no list allocated otherwise.
                 match reply {

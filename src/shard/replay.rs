@@ -47,7 +47,7 @@ use slab::Slab;
 use super::activity::ActivityOrder;
 use super::key::Key;
 use crate::namespace::{tenant_of_key, Namespace};
-use crate::sse::frame::encode_control;
+use crate::sse::frame::{self, encode_control};
 use crate::tenants::TenantConfig;
 
 /// Event name of the in-band "you may have missed messages" notice.
@@ -66,6 +66,18 @@ pub struct ReplayLimits {
     pub max_rooms: usize,
     /// Frame bytes referenced by this shard's rings.
     pub max_bytes: usize,
+}
+
+/// What [`ReplayStore::prefetch`] asks for: first the ring's own lines,
+/// then, once they have arrived, the frame its oldest entry holds (whose
+/// address is in them).
+#[derive(Debug, Clone, Copy)]
+pub enum Ahead {
+    /// The ring's oldest entry (a full ring writes the new one there) and
+    /// its activity mark.
+    Ring,
+    /// The oldest entry's frame, dropped when the next one is recorded.
+    Frame,
 }
 
 /// Which ring a published frame belongs to.
@@ -305,6 +317,36 @@ impl ReplayStore {
     /// Every tenant with rings here and their bytes.
     pub fn tenants_bytes(&self) -> impl Iterator<Item = (&str, usize)> {
         self.tenant_use.iter().map(|(name, u)| (&**name, u.bytes))
+    }
+
+    /// Asks for what recording a frame to `user` will touch, a few
+    /// messages before it is recorded ([`crate::prefetch`]): with
+    /// [`Ahead::Ring`], its ring's oldest entry and activity mark, looked up
+    /// by name and the slot kept in `found` (so that the record, as
+    /// [`Stream::UserAt`], does not look it up again); with
+    /// [`Ahead::Frame`], that entry's frame, at the slot `found` holds. A
+    /// slot another ring has taken since only asks for the wrong lines.
+    pub fn prefetch_user(&self, user: &Key, found: &Cell<Option<u32>>, ahead: Ahead) {
+        let keyed = &self.users;
+        let slot = match ahead {
+            Ahead::Ring => {
+                let Some(&slot) = keyed.slots.get(user) else { return };
+                found.set(u32::try_from(slot).ok());
+                slot
+            }
+            Ahead::Frame => match found.get() {
+                Some(slot) => slot as usize,
+                None => return,
+            },
+        };
+        let Some(oldest) = keyed.rings.get(slot).and_then(|ring| ring.entries.front()) else { return };
+        match ahead {
+            Ahead::Ring => {
+                crate::prefetch::line(oldest);
+                crate::prefetch::line(&keyed.marks[slot]);
+            }
+            Ahead::Frame => frame::prefetch_for_drop(&oldest.frame),
+        }
     }
 
     /// False when `--recent-buffer 0` disabled replay.

@@ -10,6 +10,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::one_allocation;
+pub use super::one_allocation::prefetch_for_drop;
 
 /// The heartbeat comment; static, so a ping costs no allocation.
 pub const PING: Bytes = Bytes::from_static(b": ping\n\n");
