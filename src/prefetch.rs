@@ -5,8 +5,9 @@
 //! it drops were last touched a full round of users before. Asked for a few
 //! messages ahead, they arrive while the messages before them are made
 //! (`loadtest/scenarios/interleave.py`: 5–7 % less CPU a batch message to
-//! nobody, though ~290 instructions more). A prefetch is a hint: it never faults and changes nothing but
-//! the caches, so any address, even a wrong one, is safe to give.
+//! nobody, though ~290 instructions more). A prefetch is a hint: it never
+//! faults and changes nothing but the caches, so any address, even a wrong
+//! one, is safe to give.
 
 /// Brings the cache line holding `at` into the cache, for writing.
 #[inline]

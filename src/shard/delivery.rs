@@ -225,7 +225,7 @@ impl ShardCtx {
     /// Queues a frame to the local connections its target names, encoding
     /// it first from the bus log `entry` it came in when it is packed;
     /// returns how many. `found`: where a user's ring was found ahead
-    /// ([`ShardCtx::take_next`]), if it was.
+    /// (`ShardCtx::take_next`), if it was.
     pub fn deliver_from_entry(&self, delivery: Delivery, entry: &[u8], found: Option<u32>) -> u64 {
         let Delivery { target, frame, skip_known_id, room_change, packed } = delivery;
         if let Some(change) = &room_change {

@@ -68,7 +68,7 @@ pub struct ReplayLimits {
     pub max_bytes: usize,
 }
 
-/// What [`ReplayStore::prefetch`] asks for: first the ring's own lines,
+/// What [`ReplayStore::prefetch_user`] asks for: first the ring's own lines,
 /// then, once they have arrived, the frame its oldest entry holds (whose
 /// address is in them).
 #[derive(Debug, Clone, Copy)]
@@ -343,7 +343,9 @@ impl ReplayStore {
         match ahead {
             Ahead::Ring => {
                 crate::prefetch::line(oldest);
-                crate::prefetch::line(&keyed.marks[slot]);
+                if let Some(mark) = keyed.marks.get(slot) {
+                    crate::prefetch::line(mark);
+                }
             }
             Ahead::Frame => frame::prefetch_for_drop(&oldest.frame),
         }

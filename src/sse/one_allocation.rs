@@ -70,7 +70,7 @@ fn sized<const N: usize>(len: usize, write: impl FnOnce(&mut &mut [u8])) -> Byte
 /// Asks for the lines of `frame`'s allocation ahead of its drop, when it
 /// was made here: the allocator's size word and the owner's count before its
 /// first byte (32 and 24 bytes before it: `Bytes::from_owner` keeps its count
-/// ahead of [`Sized`], whose length comes before the bytes), and the bytes,
+/// ahead of `Sized`, whose length comes before the bytes), and the bytes,
 /// which the next frame of its size class is written into once the
 /// allocator hands the freed block out again. For any other frame the hint
 /// is merely wasted ([`crate::prefetch`]).
