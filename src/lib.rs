@@ -3,10 +3,10 @@
 //! Layers, top to bottom (arrows point down only): [`server`] boots shards and
 //! serves sockets → [`api`] routes requests → [`shard`] owns connections,
 //! queues and cross-shard inboxes → [`auth`], [`http`], [`sse`], [`metrics`],
-//! [`events`], [`config`], [`tenants`], [`namespace`], [`text`], [`prefetch`], [`log`](mod@log) are leaves. [`sign`] and
-//! [`check`] are the `ssekify sign` and `ssekify check-config` subcommands
-//! beside the server. See `docs/architecture.md` for
-//! the data path.
+//! [`events`], [`config`], [`tenants`], [`namespace`], [`text`], [`prefetch`],
+//! [`log`](mod@log) are leaves. [`sign`] and [`check`] are the `ssekify sign`
+//! and `ssekify check-config` subcommands beside the server. See
+//! `docs/architecture.md` for the data path.
 #![warn(missing_docs)]
 
 pub mod api;

@@ -441,21 +441,15 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn rings_found_ahead_take_each_message_into_its_own_users_ring() {
-        // Seven users in turn with room for three rings: the ring of the
-        // message six ahead (the user just before) is evicted two messages
-        // later and its slot taken by the next new ring, another user's, which
-        // still holds it when the message six ahead is recorded there.
-        let ctx = shard("3");
-        let deliveries: Vec<Delivery> = (0..40)
+    /// Delivers `count` messages to `users` users `{prefix}0`… in turn, each
+    /// with id `{user}-{i}`, taken as a batch's are ([`ShardCtx::take_next`]);
+    /// returns how many were taken.
+    fn deliver_in_turn(ctx: &ShardCtx, prefix: &str, users: usize, count: usize) -> usize {
+        let deliveries: Vec<Delivery> = (0..count)
             .map(|i| {
-                let user = format!("u{}", i % 7);
-                Delivery::message(
-                    Target::User(user.as_str().into()),
-                    frame::encode(&format!("{user}-{i}"), None, b"{}"),
-                    false,
-                )
+                let user = format!("{prefix}{}", i % users);
+                let frame = frame::encode(&format!("{user}-{i}"), None, b"{}");
+                Delivery::message(Target::User(user.as_str().into()), frame, false)
             })
             .collect();
         let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
@@ -464,7 +458,17 @@ mod tests {
             ctx.deliver_from_entry(delivery, &[], found);
             made += 1;
         }
-        assert_eq!(made, 40, "every delivery is taken once, in order");
+        made
+    }
+
+    #[test]
+    fn rings_found_ahead_take_each_message_into_its_own_users_ring() {
+        // Seven users in turn with room for three rings: the ring of the
+        // message six ahead (the user just before) is evicted two messages
+        // later and its slot taken by the next new ring, another user's, which
+        // still holds it when the message six ahead is recorded there.
+        let ctx = shard("3");
+        assert_eq!(deliver_in_turn(&ctx, "u", 7, 40), 40, "every delivery is taken once");
         assert_eq!(ring_of(&ctx, "u4"), ["u4-39"]);
         assert_eq!(ring_of(&ctx, "u3"), ["u3-38"]);
         assert_eq!(ring_of(&ctx, "u2"), ["u2-37"]);
@@ -472,20 +476,7 @@ mod tests {
 
         // Rings that stay: each of three users gets its own four messages.
         let ctx = shard("3");
-        let deliveries: Vec<Delivery> = (0..30)
-            .map(|i| {
-                let user = format!("v{}", i % 3);
-                Delivery::message(
-                    Target::User(user.as_str().into()),
-                    frame::encode(&format!("{user}-{i}"), None, b"{}"),
-                    false,
-                )
-            })
-            .collect();
-        let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
-        while let Some((delivery, found)) = ctx.take_next(&mut rest, &mut rings) {
-            ctx.deliver_from_entry(delivery, &[], found);
-        }
+        assert_eq!(deliver_in_turn(&ctx, "v", 3, 30), 30);
         assert_eq!(ring_of(&ctx, "v0"), ["v0-18", "v0-21", "v0-24", "v0-27"]);
         assert_eq!(ring_of(&ctx, "v1"), ["v1-19", "v1-22", "v1-25", "v1-28"]);
         assert_eq!(ring_of(&ctx, "v2"), ["v2-20", "v2-23", "v2-26", "v2-29"]);
