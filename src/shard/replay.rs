@@ -321,23 +321,23 @@ impl ReplayStore {
 
     /// Asks for what recording a frame to `user` will touch, a few
     /// messages before it is recorded ([`crate::prefetch`]): with
-    /// [`Ahead::Ring`], its ring's oldest entry and activity mark, looked up
+    /// [`Ahead::Ring`], its ring's oldest entry and activity mark, at the
+    /// slot `found` already holds (one the registry kept) or else looked up
     /// by name and the slot kept in `found` (so that the record, as
     /// [`Stream::UserAt`], does not look it up again); with
     /// [`Ahead::Frame`], that entry's frame, at the slot `found` holds. A
     /// slot another ring has taken since only asks for the wrong lines.
     pub fn prefetch_user(&self, user: &Key, found: &Cell<Option<u32>>, ahead: Ahead) {
         let keyed = &self.users;
-        let slot = match ahead {
-            Ahead::Ring => {
+        let slot = match (ahead, found.get()) {
+            (Ahead::Ring, Some(kept)) => kept as usize,
+            (Ahead::Ring, None) => {
                 let Some(&slot) = keyed.slots.get(user) else { return };
                 found.set(u32::try_from(slot).ok());
                 slot
             }
-            Ahead::Frame => match found.get() {
-                Some(slot) => slot as usize,
-                None => return,
-            },
+            (Ahead::Frame, Some(slot)) => slot as usize,
+            (Ahead::Frame, None) => return,
         };
         let Some(oldest) = keyed.rings.get(slot).and_then(|ring| ring.entries.front()) else { return };
         match ahead {
