@@ -310,3 +310,47 @@ fn a_client_that_goes_away_in_any_way_is_unregistered_at_once() {
         wait_connections(server.api, 0);
     }
 }
+
+/// This port's sockets that the kernel holds in CLOSE_WAIT (state 08 of
+/// `/proc/net/tcp`): the peer closed and the server has not let go.
+fn close_wait_on(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "08"
+                })
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn a_hung_up_subscribers_socket_is_let_go() {
+    // Each stream is sent to before its client goes (under io_uring the
+    // write loop's ring then holds its socket in a table, which keeps it
+    // open past the descriptor's close unless it is taken out first).
+    for driver in drivers() {
+        let server = Server::start_with_driver(driver, &[]);
+        let mut clients: Vec<SseClient> =
+            (0..8).map(|i| SseClient::open_ready(server.public, &format!("/sse?userId=leaving{i}"))).collect();
+        wait_connections(server.api, 8);
+        for (i, client) in clients.iter_mut().enumerate() {
+            ok_json(publish_user(server.api, &format!("leaving{i}"), "hello", ""));
+            assert_eq!(client.expect_event("a message before leaving").data, "hello", "{driver}");
+        }
+        drop(clients);
+        wait_connections(server.api, 0);
+        assert!(
+            wait_until(Duration::from_secs(5), || close_wait_on(server.public.port()) == 0),
+            "{driver}: {} sockets the clients closed are still held open",
+            close_wait_on(server.public.port())
+        );
+    }
+}

@@ -106,6 +106,9 @@ pub struct Conn {
     /// The socket took less than it was offered: frames wait for the
     /// shard's epoll set to say it has room.
     pub blocked: bool,
+    /// The write loop's ring holds the socket at [`Conn::slot`] of its
+    /// table (`socket::SendRing::attach`): taken out before it is closed.
+    pub attached: bool,
     slot: u32,
     scheduled: bool,
 }
@@ -137,6 +140,7 @@ impl Conn {
             told_bus_gap: false,
             socket,
             blocked: false,
+            attached: false,
             slot: slot as u32,
             scheduled: false,
         }

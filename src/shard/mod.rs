@@ -72,7 +72,7 @@ use lane::LocalLane;
 use queue::QueueLimits;
 use registry::Registry;
 use replay::{ReplayLimits, ReplayStore, TenantBudgets};
-use socket::Watchlist;
+use socket::{SendRing, Watchlist};
 
 /// The mutable state of one shard.
 pub struct ShardState {
@@ -117,6 +117,9 @@ pub struct ShardCtx {
     tenants: RefCell<ShardTenants>,
     /// The epoll set of this shard's subscriber sockets.
     pub sockets: Watchlist,
+    /// The write loop's ring for sends (io_uring driver), here so that
+    /// [`ShardCtx::unregister`] can take a socket out of its table.
+    pub(super) send_ring: RefCell<Option<SendRing>>,
     /// Ids of the messages published through this shard without one.
     pub ids: IdGenerator,
     /// What the bus thread hands this shard (with a bus).
@@ -174,6 +177,7 @@ impl ShardCtx {
             sockets,
             ids,
             lane,
+            send_ring: RefCell::new(None),
         }))
     }
 

@@ -165,6 +165,11 @@ impl ShardCtx {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         let conn = state.conns.remove(key);
+        if conn.attached {
+            if let Some(ring) = &*self.send_ring.borrow() {
+                ring.detach(key as u32);
+            }
+        }
         socket::close(conn.socket);
         if conn.listener.is_some() {
             return self.unregister_listener(state, key);

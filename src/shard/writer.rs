@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 use slab::Slab;
 
 use super::conn::{slot_of, CloseReason, Closing, Conn, ReadyList};
-use super::socket::{self, SendRing};
+use super::socket::{self, SendRing, Socket};
 use super::{yielding, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
 
@@ -45,11 +45,10 @@ enum End {
     WriteFailed,
 }
 
-/// The write loop's reused buffers.
+/// The write loop's reused buffers. A round's sends go as one batch
+/// through the ring in `ShardCtx::send_ring`; without one (the epoll
+/// driver, or no ring to be had), a system call per send.
 struct Round {
-    /// A batch per round through a ring of the write loop's own; without
-    /// one (the epoll driver, or no ring to be had), a system call per send.
-    ring: Option<SendRing>,
     /// The iovecs of every send of the round; reserved once, never grown
     /// during a round, so the ring's pointers into it stay valid.
     iovecs: Vec<libc::iovec>,
@@ -62,7 +61,10 @@ struct Round {
 /// One send of a round.
 struct Pending {
     token: u64,
-    socket: RawFd,
+    /// The descriptor, for a send by system call.
+    fd: RawFd,
+    /// The socket as the ring names it.
+    socket: Socket,
     /// Its frames' iovecs in the round's array.
     iovecs: Range<usize>,
     /// Their length in bytes.
@@ -80,8 +82,8 @@ pub async fn run(ctx: Rc<ShardCtx>, uring: bool) {
         }
         None => None,
     };
+    *ctx.send_ring.borrow_mut() = ring;
     let mut round = Round {
-        ring,
         iovecs: Vec::with_capacity(ROUND as usize * MAX_FRAMES_PER_WRITE),
         sends: Vec::with_capacity(ROUND as usize),
         ends: Vec::new(),
@@ -111,8 +113,9 @@ impl Round {
         {
             let mut guard = ctx.state.borrow_mut();
             let ShardState { conns, ready, .. } = &mut *guard;
-            self.prepare(conns, tokens);
-            self.send(ctx, conns, ready, now_ms);
+            let mut ring = ctx.send_ring.borrow_mut();
+            self.prepare(conns, tokens, ring.as_ref());
+            self.send(ctx, conns, ready, &mut ring, now_ms);
         }
         for (slot, end) in self.ends.drain(..) {
             let reason = {
@@ -134,8 +137,9 @@ impl Round {
     }
 
     /// Describes each listed connection's waiting frames for one send, or
-    /// notes that it ends.
-    fn prepare(&mut self, conns: &mut Slab<Conn>, tokens: &[u64]) {
+    /// notes that it ends. A socket first sent to through `ring` is put in
+    /// its table.
+    fn prepare(&mut self, conns: &mut Slab<Conn>, tokens: &[u64], ring: Option<&SendRing>) {
         self.iovecs.clear();
         self.sends.clear();
         for &token in tokens {
@@ -147,7 +151,9 @@ impl Round {
             } else if conn.queue.has_waiting() && !conn.blocked {
                 let first = self.iovecs.len();
                 let offered = conn.queue.describe(&mut self.iovecs, MAX_FRAMES_PER_WRITE);
-                self.sends.push(Pending { token, socket: conn.socket, iovecs: first..self.iovecs.len(), offered });
+                let socket = ring.map_or(Socket::Fd(conn.socket), |ring| socket_in(ring, slot, conn));
+                let iovecs = first..self.iovecs.len();
+                self.sends.push(Pending { token, fd: conn.socket, socket, iovecs, offered });
             } else if finished(conn) {
                 self.ends.push((slot, End::Finished));
             }
@@ -155,8 +161,15 @@ impl Round {
     }
 
     /// Makes the round's sends and settles each connection's outcome.
-    fn send(&mut self, ctx: &ShardCtx, conns: &mut Slab<Conn>, ready: &mut ReadyList, now_ms: u64) {
-        let Round { ring, iovecs, sends, ends } = self;
+    fn send(
+        &mut self,
+        ctx: &ShardCtx,
+        conns: &mut Slab<Conn>,
+        ready: &mut ReadyList,
+        ring: &mut Option<SendRing>,
+        now_ms: u64,
+    ) {
+        let Round { iovecs, sends, ends } = self;
         if sends.is_empty() {
             return;
         }
@@ -169,7 +182,7 @@ impl Round {
         let failed = match ring {
             None => {
                 for send in sends.iter() {
-                    outcome(send, socket::send(send.socket, &iovecs[send.iovecs.clone()]));
+                    outcome(send, socket::send(send.fd, &iovecs[send.iovecs.clone()]));
                 }
                 None
             }
@@ -192,6 +205,19 @@ impl Round {
                 ready.add(&mut conns[slot_of(send.token)]);
             }
         }
+    }
+}
+
+/// How `ring` names `conn`'s socket (at `slot`): by its place in the
+/// ring's table, put there at its first send, or by descriptor when the
+/// table has no room for it.
+fn socket_in(ring: &SendRing, slot: usize, conn: &mut Conn) -> Socket {
+    if !conn.attached {
+        conn.attached = ring.attach(slot, conn.socket).is_some();
+    }
+    match conn.attached {
+        true => Socket::Attached(slot as u32),
+        false => Socket::Fd(conn.socket),
     }
 }
 
