@@ -94,9 +94,9 @@ impl SendRing {
     /// delivery's CPU). False when the table has no such slot or the kernel
     /// refused: send by descriptor. The table holds the socket open, so it
     /// must be [`SendRing::detach`]ed before the descriptor is closed.
-    pub fn attach(&self, slot: usize, fd: RawFd) -> Option<u32> {
-        let slot = u32::try_from(slot).ok().filter(|&slot| slot < self.table)?;
-        self.ring.submitter().register_files_update(slot, &[fd]).ok().map(|_| slot)
+    pub fn attach(&self, slot: usize, fd: RawFd) -> bool {
+        u32::try_from(slot)
+            .is_ok_and(|slot| slot < self.table && self.ring.submitter().register_files_update(slot, &[fd]).is_ok())
     }
 
     /// Empties `slot` of the table, letting go of the socket it held.

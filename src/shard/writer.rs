@@ -213,7 +213,7 @@ impl Round {
 /// table has no room for it.
 fn socket_in(ring: &SendRing, slot: usize, conn: &mut Conn) -> Socket {
     if !conn.attached {
-        conn.attached = ring.attach(slot, conn.socket).is_some();
+        conn.attached = ring.attach(slot, conn.socket);
     }
     match conn.attached {
         true => Socket::Attached(slot as u32),
