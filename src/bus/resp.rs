@@ -59,6 +59,14 @@ fn put_length(out: &mut BytesMut, kind: u8, n: usize) {
 
 /// Splits one complete reply off the front of `buf`, if there is one.
 pub fn decode(buf: &mut BytesMut, resp3: bool) -> Result<Option<Reply>, ProtocolError> {
+    match resp3 {
+        false => bulk_array(buf).or_else(|OtherShape| decode_any(buf, false)),
+        true => decode_any(buf, true),
+    }
+}
+
+/// [`decode`] by redis-protocol's reading of any reply.
+pub fn decode_any(buf: &mut BytesMut, resp3: bool) -> Result<Option<Reply>, ProtocolError> {
     let error = |e: redis_protocol::error::RedisProtocolError| ProtocolError(e.to_string());
     if resp3 {
         Ok(redis_protocol::resp3::decode::complete::decode_bytes_mut(buf).map_err(error)?.map(|(f, _, _)| from3(f)))
@@ -71,6 +79,75 @@ pub fn decode(buf: &mut BytesMut, resp3: bool) -> Result<Option<Reply>, Protocol
         let bytes = buf.split_to(len).freeze();
         Ok(Some(from_range(&bytes, frame)))
     }
+}
+
+/// Bytes that are not an array of bulk strings [`bulk_array`] reads:
+/// redis-protocol's to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherShape;
+
+/// Most bulk strings in an array [`bulk_array`] reads.
+const BULK_ARRAY_MAX: usize = 8;
+
+/// A RESP2 array of up to [`BULK_ARRAY_MAX`] bulk strings, the shape of
+/// every pushed message (`message`, channel, payload), read straight into a
+/// [`Reply`]: through redis-protocol's parser and its list of ranges a
+/// lone bus message's push cost ~1,300 of the ~10,600 instructions a
+/// receiving instance spends on it (`benches/callgrind.py`). `Ok(None)`
+/// while the bytes so far are such an array's beginning; `Err` when they
+/// are anything else, left to redis-protocol, which also words every
+/// refusal. `fuzz/fuzz_targets/resp_reply.rs` checks that whatever it
+/// reads, redis-protocol ([`decode_any`]) reads the same.
+pub fn bulk_array(buf: &mut BytesMut) -> Result<Option<Reply>, OtherShape> {
+    let mut at = 0;
+    let Some(count) = header(buf, &mut at, b'*')? else { return Ok(None) };
+    if count > BULK_ARRAY_MAX {
+        return Err(OtherShape);
+    }
+    let mut spans = [(0, 0); BULK_ARRAY_MAX];
+    for span in &mut spans[..count] {
+        let Some(len) = header(buf, &mut at, b'$')? else { return Ok(None) };
+        let end = at + len;
+        match buf.get(end..end + 2) {
+            None => return Ok(None),
+            Some(b"\r\n") => {}
+            Some(_) => return Err(OtherShape),
+        }
+        *span = (at, end);
+        at = end + 2;
+    }
+    let bytes = buf.split_to(at).freeze();
+    Ok(Some(Reply::Array(spans[..count].iter().map(|&(start, end)| Reply::Text(bytes.slice(start..end))).collect())))
+}
+
+/// `<kind><decimal>\r\n` at `at`, which it moves past it: `Ok(None)` while
+/// the bytes end before it does, `Err` when they are something else (a
+/// sign, over nine digits).
+fn header(bytes: &[u8], at: &mut usize, kind: u8) -> Result<Option<usize>, OtherShape> {
+    let rest = &bytes[*at..];
+    match rest.first() {
+        None => return Ok(None),
+        Some(&first) if first != kind => return Err(OtherShape),
+        Some(_) => {}
+    }
+    let mut value = 0;
+    for (place, &byte) in rest.iter().enumerate().skip(1) {
+        match byte {
+            b'0'..=b'9' if place <= 9 => value = value * 10 + usize::from(byte - b'0'),
+            b'\r' if place > 1 => {
+                return match rest.get(place + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => {
+                        *at += place + 2;
+                        Ok(Some(value))
+                    }
+                    Some(_) => Err(OtherShape),
+                };
+            }
+            _ => return Err(OtherShape),
+        }
+    }
+    Ok(None)
 }
 
 fn from_range(bytes: &Bytes, frame: RangeFrame) -> Reply {
@@ -146,6 +223,43 @@ mod tests {
             ]
         );
         assert!(buf.is_empty(), "every reply taken whole");
+    }
+
+    #[test]
+    fn bulk_arrays_are_read_as_redis_protocol_reads_them() {
+        let samples: [&[u8]; 8] = [
+            b"*3\r\n$7\r\nmessage\r\n$7\r\n{b:0}:n\r\n$14\r\n1a2b:17:\x00\r\nxyz\r\n+OK\r\n",
+            b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$2\r\nch\r\n$0\r\n\r\n",
+            b"*0\r\n",
+            b"*1\r\n$010\r\n0123456789\r\n",
+            b"*2\r\n:5\r\n$1\r\nx\r\n",
+            b"*2\r\n$-1\r\n$1\r\nx\r\n",
+            b"*9\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n",
+            b"*1\r\n$3\r\nabcX\n",
+        ];
+        // The first four are bulk arrays (the first followed by another
+        // reply); the others go to redis-protocol once their shape shows.
+        for (index, sample) in samples.iter().enumerate() {
+            let mut whole = false;
+            for end in 0..=sample.len() {
+                let (mut ours, mut reference) = (BytesMut::from(&sample[..end]), BytesMut::from(&sample[..end]));
+                let expected = decode_any(&mut reference, false);
+                match bulk_array(&mut ours) {
+                    Ok(Some(reply)) => {
+                        assert_eq!(expected, Ok(Some(reply)), "{sample:?} to {end}");
+                        assert_eq!(ours, reference, "{sample:?} to {end}: the same bytes left");
+                        whole = true;
+                    }
+                    Ok(None) => assert!(!matches!(expected, Ok(Some(_))), "{sample:?} to {end}: {expected:?}"),
+                    Err(OtherShape) => assert!(index >= 4, "{sample:?} to {end}: a bulk array left to redis-protocol"),
+                }
+            }
+            assert_eq!(whole, index < 4, "{sample:?} read whole");
+        }
+        assert_eq!(bulk_array(&mut BytesMut::from(samples[4])), Err(OtherShape), "an integer element");
+        assert_eq!(bulk_array(&mut BytesMut::from(samples[5])), Err(OtherShape), "a null bulk string");
+        assert_eq!(bulk_array(&mut BytesMut::from(samples[6])), Err(OtherShape), "more than BULK_ARRAY_MAX");
+        assert_eq!(bulk_array(&mut BytesMut::from(samples[7])), Err(OtherShape), "no CRLF after the string");
     }
 
     #[test]
