@@ -24,7 +24,6 @@ quartiles and how many windows were lower with B, and µs a message of each
 (from the receivers' own `bus.received`).
 """
 import argparse
-import glob
 import http.client
 import json
 import os
@@ -37,19 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from local import free_port, wait_for  # noqa: E402
-
-
-def cpu_ns(pid):
-    """Time the process's threads have run, by the scheduler's clock."""
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended between the listing and the read
-    return total
+from local import cpu_ns, free_port, wait_for  # noqa: E402
 
 
 def get_json(api, path):
@@ -124,13 +111,12 @@ def round_of(args, redis_url, order, builds):
                     time.sleep(due - now)
                 publish(conn, body)
                 sent += 1
-            time.sleep(0.2)  # the last messages heard
+            wait_for("both receivers to hear the window's messages",
+                     lambda: all(r.received() - heard[name] >= sent for name, r in receivers.items()), timeout=10)
             used = {name: cpu_ns(r.process.pid) - cpu[name] for name, r in receivers.items()}
             count = {name: r.received() - heard[name] for name, r in receivers.items()}
             if window < 0:
                 continue
-            if min(count.values()) < sent:
-                raise SystemExit(f"a receiver missed messages: sent {sent}, heard {count}")
             per = {name: used[name] / 1e3 / count[name] for name in used}
             windows.append((used["B"] / used["A"], per["A"], per["B"]))
             print(f"{''.join(order)} {window:3d} {per['A']:9.3f} {per['B']:9.3f} {windows[-1][0]:7.3f}", flush=True)

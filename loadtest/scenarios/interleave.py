@@ -30,7 +30,6 @@ publisher and the subscribers' readers run on core 1 (`--server-core`,
 `--client-core`).
 """
 import argparse
-import glob
 import multiprocessing
 import os
 import selectors
@@ -42,19 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from local import free_port, wait_for  # noqa: E402
-
-
-def cpu_ns(pid):
-    """Time the process's threads have run, by the scheduler's clock."""
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended between the listing and the read
-    return total
+from local import cpu_ns, free_port, wait_for  # noqa: E402
 
 
 class Server:

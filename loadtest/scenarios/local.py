@@ -1,5 +1,7 @@
 """What the Python scenarios (and benches/callgrind.py) share: a free
-loopback port, and waiting for a condition with a bound instead of sleeping."""
+loopback port, waiting for a condition with a bound instead of sleeping, and
+a process's CPU time by the scheduler's clock."""
+import glob
 import socket
 import time
 
@@ -23,3 +25,15 @@ def wait_for(what, condition, timeout=20):
             pass
         time.sleep(0.05)
     raise SystemExit(f"timed out waiting for {what}")
+
+
+def cpu_ns(pid):
+    """Time the process's threads have run, by the scheduler's clock."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended between the listing and the read
+    return total
