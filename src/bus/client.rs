@@ -21,7 +21,7 @@ use super::log::{AppendSettings, PartitionKeys};
 use super::peer::{self, Peers};
 use super::resp::{self, Reply};
 use super::sequencer::Sequencer;
-use super::session::{Durable, Session};
+use super::session::{Durable, Session, TICK};
 use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
 use crate::config::IoDriver;
@@ -39,8 +39,9 @@ const BATCH: usize = 256;
 
 /// Starts the bus thread, on the kernel interface `--io-driver` names (as
 /// the shards: where io_uring is refused, e.g. by a container's seccomp
-/// profile, `epoll` keeps every thread off it).
+/// profile, `epoll` keeps every thread off it), and its ticker.
 pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, url: RedisUrl) -> std::io::Result<()> {
+    spawn_ticker(bus.clone())?;
     std::thread::Builder::new().name("bus".into()).spawn(move || {
         let driver = shared.config.io_driver;
         let serve = move || run(shared, bus, inbox, url);
@@ -59,6 +60,22 @@ pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, 
         }
     })?;
     Ok(())
+}
+
+/// A thread that sends the bus thread [`BusCommand::Tick`] every [`TICK`]
+/// for as long as the process lives, so the bus thread's waits carry no
+/// timeout: a timeout is a kernel timer set and cancelled at every wait,
+/// about 6 % of what a lone message costs a receiving instance on the VMs
+/// this was measured on (`loadtest/scenarios/bus_interleave.py`). A full
+/// inbox drops the tick: the bus thread has work and turns anyway.
+fn spawn_ticker(bus: Arc<Bus>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("bus-tick".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            let _ = bus.inbox.try_send(BusCommand::Tick);
+        })
+        .map(drop)
 }
 
 async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusCommand>, url: RedisUrl) {
@@ -137,7 +154,7 @@ async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: 
                         )
                         .await
                 }
-                BusCommand::Answer { .. } | BusCommand::Evict(_) => {}
+                BusCommand::Answer { .. } | BusCommand::Evict(_) | BusCommand::Tick => {}
             }
         }
     }

@@ -72,6 +72,9 @@ pub enum BusCommand {
     },
     /// Have connection `id`'s instance close it with `ssekify.evicted`.
     Evict(ConnId),
+    /// The housekeeping tick is due (sent by the ticker thread, see
+    /// [`client::spawn`]): wakes a session that nothing else woke.
+    Tick,
 }
 
 /// A question for other instances (see [`peer`]).

@@ -7,7 +7,10 @@
 //! housekeeping tick in turn, so no kind of work can starve another. The tick
 //! runs on its own clock: the acknowledgement deadline and the canary are
 //! checked every [`TICK`] however busy the bus is, and a Redis that stops
-//! answering is noticed within `--bus-timeout`.
+//! answering is noticed within `--bus-timeout`. The loop waits on its sockets
+//! and inbox only: a quiet bus is woken for the tick by [`BusCommand::Tick`],
+//! not by a timer of its own, which would be set and cancelled in the kernel
+//! at every wait.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -33,7 +36,7 @@ use crate::shard::interest::Probe;
 use crate::shard::Shared;
 
 /// Pace of the housekeeping: deadlines, canary, overdue notifications.
-const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 /// Commands taken from the inbox per turn.
 const BATCH: usize = 256;
 /// An acknowledged own entry whose notification has not come after this is read from the stream.
@@ -283,13 +286,12 @@ impl Session {
             if let Err(error) = self.flush(durable, bus.timeout).await {
                 return error;
             }
-            let deadline = monoio::time::Instant::from_std(next_tick);
             monoio::select! {
                 _ = self.events.take(&mut events) => {}
                 _ = inbox.recv_batch(&mut commands, BATCH) => {}
-                _ = monoio::time::sleep_until(deadline) => {}
             }
             let now = Instant::now();
+            let mut ticked = false;
             for command in commands.drain(..) {
                 match command {
                     BusCommand::Append(append) if append.deadline <= now => apply::refuse(shared, *append).await,
@@ -307,6 +309,9 @@ impl Session {
                     BusCommand::Evict(id) => {
                         self.send_peer(peer::own_channel(&self.prefix, id.instance), &PeerMessage::Evict { id })
                     }
+                    // The ticker's clock is not the loop's: a tick it sends a
+                    // little early is taken, not left for the next one.
+                    BusCommand::Tick => ticked = true,
                 }
             }
             for event in events.drain(..) {
@@ -351,7 +356,7 @@ impl Session {
                 self.carry_out(shared, bus, durable, &mut synced_later).await;
                 durable.health.live(shared, bus, self.address());
             }
-            if now >= next_tick {
+            if ticked || now >= next_tick {
                 next_tick = now + TICK;
                 // What the shards were not woken for is in their rings a tick later at most.
                 shared.ring_waiting_lanes();
