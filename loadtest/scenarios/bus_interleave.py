@@ -22,6 +22,12 @@ turn and the run is repeated with their order swapped (`--rounds`).
 Prints each window and, per round and overall, the median of B/A, its
 quartiles and how many windows were lower with B, and µs a message of each
 (from the receivers' own `bus.received`).
+
+With `--floor`, three bare subscribers (`ssekify-loadtest subscribe-floor`:
+a blocking read, monoio on io_uring, monoio on epoll) read the same pushes
+through each round on the same core, and their µs a message is printed
+beside the receivers': what hearing a message costs here before anything
+is done with it.
 """
 import argparse
 import http.client
@@ -94,6 +100,14 @@ def round_of(args, redis_url, order, builds):
     publisher = Instance("the publisher", builds["publisher"], redis_url, args.server_core)
     receivers = {name: Instance(f"receiver {name}", builds[name], redis_url, args.server_core) for name in order}
     os.sched_setaffinity(0, {args.client_core})
+    floors = {}
+    if args.floor:
+        seconds = (args.windows + 1) * args.window + 1
+        for reader in ("blocking", "uring", "epoll"):
+            floors[reader] = subprocess.Popen(
+                [args.loadtest, "subscribe-floor", "--redis", redis_url.removeprefix("redis://"), "--reader", reader,
+                 "--duration", str(seconds), "--core", str(args.server_core)],
+                stdout=subprocess.PIPE, text=True)
     conn = http.client.HTTPConnection("127.0.0.1", publisher.api, timeout=10)
     body = json.dumps({"text": "x" * 87})
     interval = 1 / args.rate
@@ -120,8 +134,18 @@ def round_of(args, redis_url, order, builds):
             per = {name: used[name] / 1e3 / count[name] for name in used}
             windows.append((used["B"] / used["A"], per["A"], per["B"]))
             print(f"{''.join(order)} {window:3d} {per['A']:9.3f} {per['B']:9.3f} {windows[-1][0]:7.3f}", flush=True)
+        for reader, process in floors.items():
+            out, _ = process.communicate(timeout=args.window * 2 + 30)
+            fields = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+            if process.returncode != 0 or "subscriber_cpu_us_per_msg" not in fields:
+                raise SystemExit(f"subscribe-floor --reader {reader} failed: {out}")
+            print(f"floor {reader:8s} {float(fields['subscriber_cpu_us_per_msg']):9.3f} µs a message "
+                  f"({fields['messages_received'].strip()} messages)", flush=True)
     finally:
         conn.close()
+        for process in floors.values():
+            process.kill()
+            process.wait()
         for instance in (*receivers.values(), publisher):
             instance.stop()
     return windows
@@ -145,6 +169,11 @@ def main():
     parser.add_argument("--window", type=float, default=2.0, help="seconds of one window")
     parser.add_argument("--windows", type=int, default=10, help="windows per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the receivers' order swapped each")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time three bare subscribers to the same pushes (see above)")
+    parser.add_argument("--loadtest", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                            "../../target/release/ssekify-loadtest"),
+                        help="the ssekify-loadtest binary, for --floor")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     args = parser.parse_args()

@@ -6,13 +6,15 @@
 //! measures subscriber accepts per second; `idle` the server's memory per
 //! connection; `floor` what the kernel alone charges per send, with no server,
 //! `targeted-floor` per targeted publish (a read and two sends) and
-//! `receive-floor` per message pushed to a waiting thread (a bus instance's);
-//! `chaos` whether acknowledged messages survive faults across instances.
+//! `receive-floor` per message pushed to a waiting thread (a bus instance's),
+//! `subscribe-floor` per message a running bus's Redis pushes to a bare
+//! subscriber; `chaos` whether acknowledged messages survive faults across instances.
 //! Every scenario prints a table and can write JSON.
 
 mod chaos;
 mod floor;
 mod floor_receive;
+mod floor_subscribe;
 mod floor_targeted;
 mod net;
 mod proc;
@@ -81,6 +83,10 @@ enum Scenario {
     /// it on this machine (woken by the data, one read), the floor under an
     /// instance's CPU per message it receives from the bus.
     ReceiveFloor(ReceiveFloorArgs),
+    /// A bare subscriber to a running bus's Redis channels: the least CPU
+    /// hearing one of its messages costs in that same run (blocking read,
+    /// or monoio on io_uring or epoll, nothing done with the message).
+    SubscribeFloor(SubscribeFloorArgs),
     /// Subscribers hopping between instances with Last-Event-ID while
     /// publishers send to random instances: acknowledged messages lost,
     /// duplicated or reordered (exit status 2 when any was lost, duplicated or
@@ -291,12 +297,36 @@ struct ReceiveFloorArgs {
     json: Option<String>,
 }
 
+#[derive(Args)]
+struct SubscribeFloorArgs {
+    /// Redis address.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: std::net::SocketAddr,
+    /// Channels to subscribe to, as a `PUBSUB CHANNELS` pattern (the bus
+    /// partitions' channels by default).
+    #[arg(long, default_value = "{ssekify:bus:*}:n")]
+    channels: String,
+    /// How the subscriber waits.
+    #[arg(long, value_enum, default_value_t = floor_subscribe::Reader::Blocking)]
+    reader: floor_subscribe::Reader,
+    /// Seconds of reading.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Core the subscriber is pinned to.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let bare = match &cli.scenario {
         Scenario::Floor(args) => Some(floor_report(args)),
         Scenario::TargetedFloor(args) => Some(targeted_floor_report(args)),
         Scenario::ReceiveFloor(args) => Some(receive_floor_report(args)),
+        Scenario::SubscribeFloor(args) => Some(subscribe_floor_report(args)),
         _ => None,
     };
     if let Some(report) = bare {
@@ -315,7 +345,10 @@ fn main() {
             Scenario::Churn(args) => churn(args).await,
             Scenario::Idle(args) => idle(args).await,
             Scenario::Chaos(args) => chaos::run(args).await,
-            Scenario::Floor(_) | Scenario::TargetedFloor(_) | Scenario::ReceiveFloor(_) => {
+            Scenario::Floor(_)
+            | Scenario::TargetedFloor(_)
+            | Scenario::ReceiveFloor(_)
+            | Scenario::SubscribeFloor(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -431,6 +464,19 @@ fn receive_floor_report(args: &ReceiveFloorArgs) -> Result<Report, String> {
     report.add("reads", floor.reads);
     report.add("window_s", format!("{:.2}", floor.window.as_secs_f64()));
     report.add("receiver_cpu_us_per_msg", format!("{:.3}", floor.receiver_cpu_us / floor.messages.max(1) as f64));
+    Ok(report)
+}
+
+fn subscribe_floor_report(args: &SubscribeFloorArgs) -> Result<Report, String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let floor = floor_subscribe::measure(args.redis, &args.channels, args.reader, duration, args.core)
+        .map_err(|error| format!("subscribe floor: {error}"))?;
+    let mut report = Report::new(args.json.clone());
+    report.add("scenario", "subscribe-floor");
+    report.add("reader", format!("{:?}", args.reader).to_lowercase());
+    report.add("messages_received", floor.messages);
+    report.add("reads", floor.reads);
+    report.add("subscriber_cpu_us_per_msg", format!("{:.3}", floor.cpu_us / floor.messages.max(1) as f64));
     Ok(report)
 }
 
