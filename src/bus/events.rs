@@ -1,7 +1,9 @@
-//! The queue between the tasks that read the bus's sockets and the session
-//! loop that handles what they read: one queue, so the loop waits on one
-//! thing for every connection however many a Cluster needs, and a stop
-//! signal that ends the readers with the session.
+//! The queue between the tasks that read the bus's command connections (and
+//! a sharded Cluster's subscriptions, and Sentinel) and the session loop that
+//! handles what they read: one queue, so the loop waits on one thing for
+//! every connection however many a Cluster needs, and a stop signal that ends
+//! the readers with the session. The main subscription is read by the loop
+//! itself (see [`super::session`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -51,18 +53,26 @@ impl Events {
     /// Waits for at least one event and moves all into `out`.
     pub async fn take(&self, out: &mut Vec<Event>) {
         std::future::poll_fn(|cx| {
-            let mut queue = self.queue.borrow_mut();
-            if queue.is_empty() {
+            if self.queue.borrow().is_empty() {
                 *self.waker.borrow_mut() = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            out.extend(queue.drain(..));
-            for waker in self.room_wakers.borrow_mut().drain(..) {
-                waker.wake();
-            }
+            self.take_queued(out);
             Poll::Ready(())
         })
         .await
+    }
+
+    /// Moves whatever is queued into `out`, without waiting.
+    pub fn take_queued(&self, out: &mut Vec<Event>) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty() {
+            return;
+        }
+        out.extend(queue.drain(..));
+        for waker in self.room_wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
     }
 
     /// Waits until the queue has room for more events.

@@ -2,9 +2,17 @@
 //! partition; one outside Cluster), a subscription to every partition's
 //! channel, and the loop that serves them until something fails.
 //!
-//! Every socket is read by a task of its own that queues what it reads as an
-//! [`Event`] ([`super::events`]); the loop takes events, publishes from the shards and its own
-//! housekeeping tick in turn, so no kind of work can starve another. The tick
+//! The subscription that carries the partitions' notices (outside a sharded
+//! Cluster), the canary and the peers' messages is read by the loop itself,
+//! through one read that lives across its turns: a lone message then wakes
+//! one task, not a reader task and the loop. Every other socket is read by a
+//! task of its own that queues what it reads as an [`Event`]
+//! ([`super::events`]); the loop takes what was heard and queued, publishes
+//! from the shards and its own housekeeping tick in turn, so no kind of work
+//! can starve another. What the readers queued is handled before the
+//! subscription's message of the same turn; an own entry's notice can still
+//! come before its append's reply, and is applied at once
+//! ([`super::apply::apply`]). The tick
 //! runs on its own clock: the acknowledgement deadline and the canary are
 //! checked every [`TICK`] however busy the bus is, and a Redis that stops
 //! answering is noticed within `--bus-timeout`. The loop waits on its sockets
@@ -109,6 +117,10 @@ pub struct Session {
     events: Rc<Events>,
     /// The subscription connections' writing halves, kept open.
     subscriptions: Vec<CommandWriter>,
+    /// The reading half of the subscription to the partitions' channels
+    /// (outside a sharded Cluster) and to the canary's and the peers':
+    /// read by the session loop itself, taken by [`Session::serve`].
+    subscription: Option<ReplyReader>,
     canary_channel: String,
     /// Heartbeats and questions to every instance.
     peers_channel: String,
@@ -163,7 +175,6 @@ impl Session {
             channels.extend(durable.keys.iter().map(|k| k.channel.as_bytes()));
         }
         let subscriber = subscribe(url, address, b"SUBSCRIBE", &channels, timeout).await?;
-        spawn_reader(&events, subscriber.reader, Event::Pushed);
         if let Some(sentinel) = sentinel {
             let RedisConn { reader, writer, .. } = sentinel;
             let watch = events.clone();
@@ -181,6 +192,7 @@ impl Session {
             partition_node: vec![0; durable.keys.len()],
             events,
             subscriptions: vec![subscriber.writer],
+            subscription: Some(subscriber.reader),
             canary_channel,
             peers_channel,
             own_channel,
@@ -282,14 +294,24 @@ impl Session {
         let mut actions = Vec::new();
         let mut live = false;
         let mut synced_later = Vec::new();
+        let subscription = self.subscription.take().expect("a session is served once");
+        let mut pushed = std::pin::pin!(next_reply(subscription));
         loop {
             if let Err(error) = self.flush(durable, bus.timeout).await {
                 return error;
             }
+            let mut heard = None;
             monoio::select! {
+                (reader, reply) = &mut pushed => heard = Some((reader, reply)),
                 _ = self.events.take(&mut events) => {}
                 _ = inbox.recv_batch(&mut commands, BATCH) => {}
             }
+            let heard = heard.map(|(reader, reply)| {
+                pushed.set(next_reply(reader));
+                reply
+            });
+            // The replies read so far go first: an append's reply before its notice where it can.
+            self.events.take_queued(&mut events);
             let now = Instant::now();
             let mut ticked = false;
             for command in commands.drain(..) {
@@ -329,13 +351,18 @@ impl Session {
                             return error;
                         }
                     }
-                    Event::Pushed(Ok(reply)) => match self.on_pushed(durable, reply, &mut actions, &mut peer_work) {
-                        Ok(true) => canary_seen = Instant::now(),
-                        Ok(false) => {}
-                        Err(error) => return error,
-                    },
-                    Event::Pushed(Err(error)) => return format!("subscription: {error}"),
+                    Event::Pushed(reply) => {
+                        if let Err(error) = self.pushed(durable, reply, &mut actions, &mut peer_work, &mut canary_seen)
+                        {
+                            return error;
+                        }
+                    }
                     Event::Failover(error) => return error,
+                }
+            }
+            if let Some(reply) = heard {
+                if let Err(error) = self.pushed(durable, reply, &mut actions, &mut peer_work, &mut canary_seen) {
+                    return error;
                 }
             }
             if !live {
@@ -435,9 +462,8 @@ impl Session {
                 }
                 reply => {
                     let appended = log::parse_appended(reply)?;
-                    if let Some(append) = durable.own.get(token) {
-                        let messages = append.items.len() - appended.duplicates.len();
-                        bus.count_published(messages as u64);
+                    if let Some(messages) = durable.own.messages(token) {
+                        bus.count_published((messages - appended.duplicates.len()) as u64);
                     }
                     durable.own.acknowledged(shared, token, &appended, Instant::now()).await;
                 }
@@ -453,6 +479,22 @@ impl Session {
                 bus.count_catch_up();
                 durable.sequencer.on_range(partition, entries, actions);
             }
+        }
+        Ok(())
+    }
+
+    /// Handles what a subscription read; notes when this instance's canary came back.
+    fn pushed(
+        &mut self,
+        durable: &mut Durable,
+        reply: Result<Reply, BusError>,
+        actions: &mut Vec<Action>,
+        peer_work: &mut Vec<PeerWork>,
+        canary_seen: &mut Instant,
+    ) -> Result<(), BusError> {
+        let reply = reply.map_err(|error| format!("subscription: {error}"))?;
+        if self.on_pushed(durable, reply, actions, peer_work)? {
+            *canary_seen = Instant::now();
         }
         Ok(())
     }
@@ -719,6 +761,14 @@ async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) 
             }
         }
     }
+}
+
+/// The next reply `reader` reads, and the reader back: a future that owns
+/// its reader lives across the session loop's turns, so a read under way is
+/// never dropped when another source wins a turn.
+async fn next_reply(mut reader: ReplyReader) -> (ReplyReader, Result<Reply, BusError>) {
+    let reply = reader.next().await;
+    (reader, reply)
 }
 
 /// A connection to `address` subscribed (`SUBSCRIBE` or `SSUBSCRIBE`) to
