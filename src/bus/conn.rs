@@ -52,10 +52,15 @@ pub struct ReplyReader {
 }
 
 impl ReplyReader {
+    /// The next reply if it is already read in whole, without reading more.
+    pub fn buffered(&mut self) -> Result<Option<Reply>, BusError> {
+        resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)
+    }
+
     /// Waits for the next reply (or pushed message).
     pub async fn next(&mut self) -> Result<Reply, BusError> {
         loop {
-            if let Some(reply) = resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)? {
+            if let Some(reply) = self.buffered()? {
                 return Ok(reply);
             }
             let read = match &mut self.half {

@@ -296,6 +296,7 @@ impl Session {
         let mut synced_later = Vec::new();
         let subscription = self.subscription.take().expect("a session is served once");
         let mut pushed = std::pin::pin!(next_reply(subscription));
+        let mut heard_now = Vec::new();
         loop {
             if let Err(error) = self.flush(durable, bus.timeout).await {
                 return error;
@@ -306,10 +307,22 @@ impl Session {
                 _ = self.events.take(&mut events) => {}
                 _ = inbox.recv_batch(&mut commands, BATCH) => {}
             }
-            let heard = heard.map(|(reader, reply)| {
+            // A read may have brought several messages: each one already
+            // whole is taken in this turn.
+            if let Some((mut reader, reply)) = heard {
+                heard_now.push(reply);
+                loop {
+                    match reader.buffered() {
+                        Ok(Some(reply)) => heard_now.push(Ok(reply)),
+                        Ok(None) => break,
+                        Err(error) => {
+                            heard_now.push(Err(error));
+                            break;
+                        }
+                    }
+                }
                 pushed.set(next_reply(reader));
-                reply
-            });
+            }
             // The replies read so far go first: an append's reply before its notice where it can.
             self.events.take_queued(&mut events);
             let now = Instant::now();
@@ -360,7 +373,7 @@ impl Session {
                     Event::Failover(error) => return error,
                 }
             }
-            if let Some(reply) = heard {
+            for reply in heard_now.drain(..) {
                 if let Err(error) = self.pushed(durable, reply, &mut actions, &mut peer_work, &mut canary_seen) {
                     return error;
                 }
