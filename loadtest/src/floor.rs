@@ -45,13 +45,26 @@ pub struct Floor {
     pub rounds: Vec<Duration>,
 }
 
+/// How long the sender sends.
+#[derive(Clone, Copy)]
+pub enum Sending {
+    /// One window of this length.
+    For(Duration),
+    /// Slices of the lengths in seconds standard input gives, a line each,
+    /// until it ends: "ready" on standard output once every connection is
+    /// accepted, then "slice <sends> <sender CPU µs>" after each, so that a
+    /// script can time a server and the floor in turns within one run
+    /// (`loadtest/scenarios/floor_interleave.py`).
+    Slices,
+}
+
 /// Runs the measurement; see the module doc. The reader is a forked child
 /// process so that each side stays under the per-process file limit.
 pub fn measure(
     connections: usize,
     rate: f64,
     size: usize,
-    duration: Duration,
+    sending: Sending,
     method: SendMethod,
     cores: (Option<usize>, Option<usize>),
 ) -> io::Result<Floor> {
@@ -60,7 +73,7 @@ pub fn measure(
     let (sent, report) = split_process(
         cores.1,
         |report_to| reader(addr, connections, report_to),
-        || sender(&listener, connections, rate, size, duration, method, cores.0),
+        || sender(&listener, connections, rate, size, sending, method, cores.0),
     )?;
     let (sends, sender_cpu_us, window, rounds) = sent?;
     let mut fields = report.split_whitespace().map(|f| f.parse::<f64>());
@@ -118,7 +131,7 @@ fn sender(
     connections: usize,
     rate: f64,
     size: usize,
-    duration: Duration,
+    sending: Sending,
     method: SendMethod,
     core: Option<usize>,
 ) -> io::Result<(u64, f64, Duration, Vec<Duration>)> {
@@ -131,13 +144,47 @@ fn sender(
     pin(core);
     let frame = frame(size);
     let fds: Vec<i32> = servers.iter().map(|s| s.as_raw_fd()).collect();
-    let rounds = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let period = Duration::from_secs_f64(1.0 / rate);
     let mut ring = match method {
         SendMethod::Uring => Some(ring()?),
         SendMethod::Syscall => None,
     };
-    let mut took = Vec::with_capacity(rounds as usize);
+    let mut took = Vec::new();
+    let start = Instant::now();
+    let (mut sends, mut cpu) = (0, 0.0);
+    match sending {
+        Sending::For(duration) => (sends, cpu) = send_rounds(ring.as_mut(), &fds, &frame, rate, duration, &mut took)?,
+        Sending::Slices => {
+            let mut out = io::stdout().lock();
+            writeln!(out, "ready")?;
+            out.flush()?;
+            for line in io::stdin().lines() {
+                let seconds: f64 =
+                    line?.trim().parse().map_err(|_| io::Error::other("a slice is a number of seconds"))?;
+                let (slice_sends, slice_cpu) =
+                    send_rounds(ring.as_mut(), &fds, &frame, rate, Duration::from_secs_f64(seconds), &mut took)?;
+                writeln!(out, "slice {slice_sends} {slice_cpu:.1}")?;
+                out.flush()?;
+                sends += slice_sends;
+                cpu += slice_cpu;
+            }
+        }
+    }
+    took.sort_unstable();
+    Ok((sends, cpu, start.elapsed(), took))
+}
+
+/// Sends `rate` rounds a second for `duration` (at least one), each round's
+/// time added to `took`; returns the sends and the sender's CPU µs.
+fn send_rounds(
+    mut ring: Option<&mut IoUring>,
+    fds: &[i32],
+    frame: &[u8],
+    rate: f64,
+    duration: Duration,
+    took: &mut Vec<Duration>,
+) -> io::Result<(u64, f64)> {
+    let rounds = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / rate);
     let cpu_before = thread_cpu_micros();
     let start = Instant::now();
     for round in 0..rounds {
@@ -146,15 +193,13 @@ fn sender(
             std::thread::sleep(wait);
         }
         let began = Instant::now();
-        match ring.as_mut() {
-            Some(ring) => send_uring(ring, &fds, &frame)?,
-            None => send_syscalls(&fds, &frame)?,
+        match ring.as_deref_mut() {
+            Some(ring) => send_uring(ring, fds, frame)?,
+            None => send_syscalls(fds, frame)?,
         }
         took.push(began.elapsed());
     }
-    let cpu = thread_cpu_micros() - cpu_before;
-    took.sort_unstable();
-    Ok((rounds * connections as u64, cpu, start.elapsed(), took))
+    Ok((rounds * fds.len() as u64, thread_cpu_micros() - cpu_before))
 }
 
 /// The child: connects, drains every socket until each has closed, then

@@ -212,6 +212,11 @@ struct FloorArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Send in slices whose lengths (seconds) standard input gives, a line
+    /// each, instead of for --duration: prints "ready", then "slice <sends>
+    /// <sender CPU µs>" after each (a server and the floor timed in turns).
+    #[arg(long)]
+    slices: bool,
     /// How frames reach the kernel.
     #[arg(long, value_enum, default_value = "uring")]
     method: floor::SendMethod,
@@ -382,9 +387,12 @@ fn main() {
 }
 
 fn floor_report(args: &FloorArgs) -> Result<Report, String> {
-    let duration = Duration::from_secs_f64(args.duration);
+    let sending = match args.slices {
+        true => floor::Sending::Slices,
+        false => floor::Sending::For(Duration::from_secs_f64(args.duration)),
+    };
     let cores = (args.sender_core, args.reader_core);
-    let floor = floor::measure(args.connections, args.rate, args.size, duration, args.method, cores)
+    let floor = floor::measure(args.connections, args.rate, args.size, sending, args.method, cores)
         .map_err(|error| format!("floor: {error}"))?;
     // Keys named as in `run`'s report (the sender in the server's place), so
     // compare.sh prints the floor as one more row beside the servers.

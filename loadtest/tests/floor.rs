@@ -1,9 +1,10 @@
 //! `ssekify-loadtest floor` and `targeted-floor` end to end: the bare sender
 //! reaches every connection with every frame (through both send methods),
-//! the bare responder answers every request and delivers its frame, and
-//! both report it.
+//! sends in the slices it is asked for, the bare responder answers every
+//! request and delivers its frame, and both report it.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 
 fn field(output: &str, key: &str) -> String {
     output
@@ -39,6 +40,32 @@ fn every_frame_reaches_every_connection_with_both_send_methods() {
         let per_send: f64 = field(&stdout, "server_cpu_us_per_delivery").parse().expect("a number");
         assert!(per_send >= 0.0);
     }
+}
+
+#[test]
+fn slices_send_when_asked_and_report_each_one() {
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+        .args(["floor", "--connections", "40", "--rate", "20", "--size", "64", "--slices"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ssekify-loadtest");
+    let mut lines = BufReader::new(floor.stdout.take().expect("piped")).lines().map(|line| line.expect("a line"));
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let mut ask = floor.stdin.take().expect("piped");
+    for (seconds, rounds) in [("0.25", 5), ("0.1", 2)] {
+        writeln!(ask, "{seconds}").expect("ask for a slice");
+        let slice = lines.next().expect("a slice's line");
+        let fields: Vec<&str> = slice.split(' ').collect();
+        assert_eq!(fields[..2], ["slice", &(rounds * 40).to_string()], "{seconds} s at 20 rounds/s: {slice}");
+        assert!(fields[2].parse::<f64>().expect("CPU µs") > 0.0, "{slice}");
+    }
+    drop(ask);
+    let rest: String = lines.map(|line| line + "\n").collect();
+    assert!(floor.wait().expect("the floor ends").success());
+    assert_eq!(field(&rest, "messages_sent"), "7", "5 + 2 rounds over the two slices");
+    assert_eq!(field(&rest, "deliveries_received"), "280");
+    assert_eq!(field(&rest, "deliveries_lost"), "0");
 }
 
 #[test]
