@@ -18,13 +18,19 @@
 //! With `--recipients nobody` as well, no frame is sent (the messages are
 //! for users with no connection): the request's read and its answer alone,
 //! the floor under a server's CPU per batch message it only records.
+//!
+//! With `--slices` the client sends when standard input asks, a line per
+//! slice (its length in seconds): "ready" once connected, "slice <requests>"
+//! once a slice's requests are all answered. The server thread is the
+//! process's only thread, so a script reads its CPU per slice from the
+//! process's scheduler clock (`loadtest/scenarios/floor_interleave.py`).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::floor::{pin, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod};
+use crate::floor::{pin, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod, Sending};
 
 /// Sizes of what travels, in bytes.
 #[derive(Clone, Copy)]
@@ -66,14 +72,14 @@ pub fn measure(
     rate: f64,
     sizes: Sizes,
     method: SendMethod,
-    duration: Duration,
+    sending: Sending,
     cores: (Option<usize>, Option<usize>),
 ) -> io::Result<TargetedFloor> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let (served, report) = split_process(
         cores.1,
-        |report_to| client(addr, connections, publishers, rate, sizes, duration, report_to),
+        |report_to| client(addr, connections, publishers, rate, sizes, sending, report_to),
         || server(&listener, connections, publishers, sizes, method, cores.0),
     )?;
     let (requests, server_cpu_us) = served?;
@@ -177,16 +183,49 @@ fn send_whole(fd: i32, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Requests sent at `rate` from `start`: `total` of them after the `base`
+/// sent before.
+struct Pace {
+    start: Instant,
+    base: u64,
+    total: u64,
+}
+
+impl Pace {
+    fn new(rate: f64, seconds: f64, base: u64) -> Self {
+        Pace { start: Instant::now(), base, total: (rate * seconds).round() as u64 }
+    }
+
+    /// Requests that should have been sent by now.
+    fn due(&self, rate: f64) -> u64 {
+        self.base + ((self.start.elapsed().as_secs_f64() * rate) as u64).min(self.total)
+    }
+
+    fn end(&self) -> u64 {
+        self.base + self.total
+    }
+}
+
+/// The next slice's length from standard input; `None` at its end.
+fn next_slice() -> io::Result<Option<f64>> {
+    let mut line = String::new();
+    if io::stdin().read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    line.trim().parse().map(Some).map_err(|_| io::Error::other("a slice is a number of seconds"))
+}
+
 /// The child: connects the subscribers and publishers, paces the requests
-/// (one in flight per publisher), drains the subscribers until the server
-/// closes them, and writes "frame_bytes window_s" to `report_to`.
+/// (one in flight per publisher) for the run or for each slice asked for,
+/// drains the subscribers until the server closes them, and writes
+/// "frame_bytes window_s" to `report_to`.
 fn client(
     addr: std::net::SocketAddr,
     connections: usize,
     publishers: usize,
     rate: f64,
     sizes: Sizes,
-    duration: Duration,
+    sending: Sending,
     mut report_to: std::fs::File,
 ) -> io::Result<()> {
     let connect = |count: usize| -> io::Result<Vec<TcpStream>> {
@@ -207,7 +246,6 @@ fn client(
         epoll.add(stream.as_raw_fd(), index as u64)?;
     }
     let request = vec![b'r'; sizes.request];
-    let total = (rate * duration.as_secs_f64()).round() as u64;
     let mut answered_bytes = vec![0usize; publishers.len()];
     let mut free: Vec<usize> = (0..publishers.len()).collect();
     let (mut sent, mut answered, mut frame_bytes) = (0u64, 0u64, 0u64);
@@ -215,17 +253,36 @@ fn client(
     let mut buffer = vec![0u8; 64 * 1024];
     let mut ready = Vec::with_capacity(EVENTS);
     let start = Instant::now();
-    let give_up = duration + Duration::from_secs(10);
+    let (mut pace, give_up) = match sending {
+        Sending::For(duration) => {
+            (Some(Pace::new(rate, duration.as_secs_f64(), 0)), duration + Duration::from_secs(10))
+        }
+        Sending::Slices => {
+            println!("ready");
+            (next_slice()?.map(|seconds| Pace::new(rate, seconds, 0)), Duration::MAX)
+        }
+    };
     let mut window = None;
     while open_subscribers > 0 {
-        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
-        while sent < due && window.is_none() {
-            let Some(index) = free.pop() else { break };
-            publishers[index].write_all(&request)?;
-            sent += 1;
+        if let Some(current) = &pace {
+            while sent < current.due(rate) {
+                let Some(index) = free.pop() else { break };
+                publishers[index].write_all(&request)?;
+                sent += 1;
+            }
+            if answered == current.end() {
+                pace = match sending {
+                    Sending::For(_) => None,
+                    Sending::Slices => {
+                        println!("slice {}", current.total);
+                        next_slice()?.map(|seconds| Pace::new(rate, seconds, sent))
+                    }
+                };
+            }
         }
-        if (answered == total || start.elapsed() > give_up) && window.is_none() {
+        if (pace.is_none() || start.elapsed() > give_up) && window.is_none() {
             window = Some(start.elapsed());
+            pace = None;
             // Everything answered (or never will be): closing the publishers
             // ends the server's loop, which then closes the subscribers.
             publishers.clear();

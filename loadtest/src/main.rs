@@ -266,6 +266,11 @@ struct TargetedFloorArgs {
     /// Seconds of requests.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Send requests in slices whose lengths (seconds) standard input gives,
+    /// a line each, instead of for --duration: prints "ready", then "slice
+    /// <requests>" once each is answered (a server and the floor timed in turns).
+    #[arg(long)]
+    slices: bool,
     /// Core the server thread is pinned to.
     #[arg(long)]
     server_core: Option<usize>,
@@ -431,10 +436,13 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
         frames_per_request: args.frames_per_request,
         deliver: args.recipients == Recipients::Subscribers,
     };
-    let duration = Duration::from_secs_f64(args.duration);
+    let sending = match args.slices {
+        true => floor::Sending::Slices,
+        false => floor::Sending::For(Duration::from_secs_f64(args.duration)),
+    };
     let cores = (args.server_core, args.client_core);
     let floor =
-        floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, args.method, duration, cores)
+        floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, args.method, sending, cores)
             .map_err(|error| format!("targeted floor: {error}"))?;
     // Keys named as in `run`'s report for `--mode users`, so compare.sh
     // prints the floor as one more row beside the servers.

@@ -95,6 +95,31 @@ fn the_batch_floor_sends_every_frame_of_every_request() {
 }
 
 #[test]
+fn the_batch_floor_sends_the_slices_it_is_asked_for() {
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+        .args(["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--slices"])
+        .args(["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ssekify-loadtest");
+    let mut lines = BufReader::new(floor.stdout.take().expect("piped")).lines().map(|line| line.expect("a line"));
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let mut ask = floor.stdin.take().expect("piped");
+    for (seconds, requests) in [("0.25", "10"), ("0.1", "4")] {
+        writeln!(ask, "{seconds}").expect("ask for a slice");
+        assert_eq!(lines.next(), Some(format!("slice {requests}")), "{seconds} s at 40 requests/s");
+    }
+    drop(ask);
+    let rest: String = lines.map(|line| line + "\n").collect();
+    assert!(floor.wait().expect("the floor ends").success());
+    assert_eq!(field(&rest, "requests"), "14", "10 + 4 over the two slices");
+    assert_eq!(field(&rest, "messages_sent"), "420", "30 frames per request");
+    assert_eq!(field(&rest, "deliveries_received"), "420");
+    assert_eq!(field(&rest, "deliveries_lost"), "0");
+}
+
+#[test]
 fn the_nobody_floor_answers_every_request_and_sends_no_frame() {
     let stdout = run(&[
         &["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"],
