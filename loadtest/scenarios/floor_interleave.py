@@ -59,21 +59,6 @@ BATCH = 100
 BATCH_RATE = 50_000
 
 
-def read_answer(server):
-    """The answer to the request just sent on the publisher's connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += server.publisher.recv(65536)
-    head, _, answer = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise SystemExit(f"ssekify answered {head[:200]!r}")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(answer) < length:
-        answer += server.publisher.recv(65536)
-    return answer
-
-
 class Broadcasts:
     """ssekify sent `rate` broadcasts a second; costs in µs per delivery."""
 
@@ -90,10 +75,9 @@ class Broadcasts:
                 time.sleep(due - time.perf_counter())
             head = f'{{"s":{self.seq},"t":{time.time_ns()},"p":"'
             body = (head + "x" * (SIZE - len(head) - 2) + '"}').encode()
-            self.server.publisher.sendall(
-                b"POST /v1/broadcast HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            delivered += json.loads(read_answer(self.server))["delivered"]
+            answer = self.server.post(b"POST /v1/broadcast HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            delivered += json.loads(answer)["delivered"]
             self.seq += 1
         # The last broadcast's sends end well within a period after its answer.
         time.sleep(1 / self.rate)
@@ -184,6 +168,8 @@ def main():
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     args = parser.parse_args()
+    if args.pairs < 2:
+        raise SystemExit("--pairs must be at least 2 (the quartiles need two)")
     if args.warm is None:
         args.warm = 2.0 if args.scenario == "broadcast" else 6.0
     if args.scenario == "batch" and args.subscribers % BATCH:

@@ -62,8 +62,8 @@ class Server:
         self.publisher.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def post(self, request):
-        """Sends one prepared request and reads its whole answer; exits on
-        anything but 200."""
+        """Sends one prepared request and returns its answer's body; exits
+        on anything but 200."""
         self.publisher.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:
@@ -78,6 +78,7 @@ class Server:
                       if line.lower().startswith(b"content-length:"))
         while len(body) < length:
             body += self.publisher.recv(65536)
+        return body
 
     def stop(self):
         self.process.terminate()

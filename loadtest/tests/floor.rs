@@ -4,7 +4,7 @@
 //! request and delivers its frame, and both report it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 fn field(output: &str, key: &str) -> String {
     output
@@ -26,6 +26,22 @@ fn run(groups: &[&[&str]]) -> String {
     stdout
 }
 
+/// `ssekify-loadtest` with the arguments and `--slices`, once it said it is
+/// ready: the child, where to ask for slices, and its output's lines.
+fn sliced(args: &[&str]) -> (Child, ChildStdin, impl Iterator<Item = String>) {
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
+        .args(args)
+        .arg("--slices")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ssekify-loadtest");
+    let mut lines = BufReader::new(floor.stdout.take().expect("piped")).lines().map(|line| line.expect("a line"));
+    assert_eq!(lines.next().as_deref(), Some("ready"));
+    let ask = floor.stdin.take().expect("piped");
+    (floor, ask, lines)
+}
+
 #[test]
 fn every_frame_reaches_every_connection_with_both_send_methods() {
     for method in ["uring", "syscall"] {
@@ -44,15 +60,7 @@ fn every_frame_reaches_every_connection_with_both_send_methods() {
 
 #[test]
 fn slices_send_when_asked_and_report_each_one() {
-    let mut floor = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
-        .args(["floor", "--connections", "40", "--rate", "20", "--size", "64", "--slices"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ssekify-loadtest");
-    let mut lines = BufReader::new(floor.stdout.take().expect("piped")).lines().map(|line| line.expect("a line"));
-    assert_eq!(lines.next().as_deref(), Some("ready"));
-    let mut ask = floor.stdin.take().expect("piped");
+    let (mut floor, mut ask, mut lines) = sliced(&["floor", "--connections", "40", "--rate", "20", "--size", "64"]);
     for (seconds, rounds) in [("0.25", 5), ("0.1", 2)] {
         writeln!(ask, "{seconds}").expect("ask for a slice");
         let slice = lines.next().expect("a slice's line");
@@ -96,16 +104,13 @@ fn the_batch_floor_sends_every_frame_of_every_request() {
 
 #[test]
 fn the_batch_floor_sends_the_slices_it_is_asked_for() {
-    let mut floor = Command::new(env!("CARGO_BIN_EXE_ssekify-loadtest"))
-        .args(["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--slices"])
-        .args(["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ssekify-loadtest");
-    let mut lines = BufReader::new(floor.stdout.take().expect("piped")).lines().map(|line| line.expect("a line"));
-    assert_eq!(lines.next().as_deref(), Some("ready"));
-    let mut ask = floor.stdin.take().expect("piped");
+    let (mut floor, mut ask, mut lines) = sliced(
+        &[
+            &["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40"][..],
+            &["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--method", "uring"],
+        ]
+        .concat(),
+    );
     for (seconds, requests) in [("0.25", "10"), ("0.1", "4")] {
         writeln!(ask, "{seconds}").expect("ask for a slice");
         assert_eq!(lines.next(), Some(format!("slice {requests}")), "{seconds} s at 40 requests/s");

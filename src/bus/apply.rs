@@ -124,7 +124,7 @@ impl OwnAppends {
             refuse(shared, pending.append).await;
         } else if let Some((ack, _)) = self.applied_early.remove(&token) {
             // Applied already: only the acknowledgement is left to refuse.
-            answer(shared, ack, Answer { values: vec![1], body: None }).await;
+            unavailable(shared, ack).await;
         }
     }
 
@@ -292,8 +292,13 @@ async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
 
 /// Answers a publish that will not be applied: 503 to its publisher.
 pub async fn refuse(shared: &Shared, append: Append) {
-    answer(shared, append.ack, Answer { values: vec![1], body: None }).await;
+    unavailable(shared, append.ack).await;
     answer_locals(shared, &append, |_| Vec::new()).await;
+}
+
+/// Tells the publisher waiting at `ack` that the bus could not take its publish.
+async fn unavailable(shared: &Shared, ack: ReplyTo) {
+    answer(shared, ack, Answer { values: vec![1], body: None }).await;
 }
 
 /// Answers every shard slot of `append` with `counts(deliveries routed there)`.
