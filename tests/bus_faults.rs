@@ -5,8 +5,10 @@
 //! (`CLIENT KILL TYPE pubsub`, a tiny `client-output-buffer-limit`), or
 //! restarts with and without persistence (without: exactly one `ssekify.gap`
 //! with reason `bus`), comes back from an older snapshot (one gap, then
-//! every message: the log gets a new epoch instead of reusing numbers), or
-//! fails over under Sentinel or in a Cluster (at most one gap, which covers
+//! every message: the log gets a new epoch instead of reusing numbers), is
+//! flushed (`FLUSHALL`: a gap notice per partition whose log was lost, then
+//! every message), runs out of memory (`maxmemory`: publishes refused, none
+//! lost), loses its scripts (`SCRIPT FLUSH`), or fails over under Sentinel or in a Cluster (at most one gap, which covers
 //! what the old master had not replicated); an instance that missed more
 //! than the log keeps gets one gap. Also a 100,000-message batch crossing
 //! whole.
@@ -259,8 +261,14 @@ fn check(name: &str, events: &[SseEvent], acked: &[Acked], gaps: usize, may_miss
 }
 
 /// Publishes a while, runs `fault`, publishes a while longer, then checks
-/// every subscriber (see [`check`]).
-fn under_fault(tier: Tier, data: usize, fault: impl FnOnce(&mut Tier, &Publisher), gaps: usize) -> Tier {
+/// every subscriber (see [`check`]), who heard a number of gap notices in
+/// `gaps`.
+fn under_fault(
+    tier: Tier,
+    data: usize,
+    fault: impl FnOnce(&mut Tier, &Publisher),
+    gaps: std::ops::RangeInclusive<usize>,
+) -> Tier {
     let mut tier = tier;
     let apis = tier.instances.iter().map(|s| s.api).collect();
     let publisher = Publisher::start(apis, data, Duration::from_millis(20));
@@ -278,8 +286,10 @@ fn under_fault(tier: Tier, data: usize, fault: impl FnOnce(&mut Tier, &Publisher
     let readers = std::mem::take(&mut tier.readers);
     for (n, reader) in readers.into_iter().enumerate() {
         let events = reader.finish();
-        let may_miss = if gaps > 0 { fault_started..recovered } else { 0..0 };
-        check(&format!("instance {n}"), &events, &acked, gaps, may_miss);
+        let announced = events.iter().filter(|e| e.event.as_deref() == Some("ssekify.gap")).count();
+        assert!(gaps.contains(&announced), "instance {n}: {announced} gap notices, expected {gaps:?}");
+        let may_miss = if announced > 0 { fault_started..recovered } else { 0..0 };
+        check(&format!("instance {n}"), &events, &acked, announced, may_miss);
     }
     tier
 }
@@ -308,7 +318,7 @@ fn a_frozen_redis_is_noticed_and_nothing_acknowledged_is_lost() {
             std::thread::sleep(Duration::from_secs(3).saturating_sub(frozen.elapsed()));
             tier.redis.signal("CONT");
         },
-        0,
+        0..=0,
     );
     for server in &tier.instances {
         assert!(bus(server)["reconnects"].as_u64() > Some(0), "the freeze ended the session: {}", bus(server));
@@ -329,7 +339,7 @@ fn debug_sleep_loses_nothing_acknowledged() {
             let sleeper = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", "2"]));
             sleeper.join().expect("redis-cli");
         },
-        0,
+        0..=0,
     );
 }
 
@@ -353,7 +363,7 @@ fn killed_subscriptions_are_caught_up_from_the_log() {
                 assert!(back, "not every instance resubscribed after kill {round}");
             }
         },
-        0,
+        0..=0,
     );
     for server in &tier.instances {
         assert!(bus(server)["reconnects"].as_u64() > Some(0), "the subscription was rebuilt: {}", bus(server));
@@ -377,7 +387,7 @@ fn an_output_buffer_limit_that_cuts_subscribers_loses_nothing() {
             let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
             assert_eq!(set.as_deref().map(str::trim), Some("OK"));
         },
-        0,
+        0..=0,
     );
 }
 
@@ -387,7 +397,7 @@ fn a_redis_restart_with_persistence_loses_nothing() {
         return;
     }
     let tier = tier(&["--appendonly", "yes", "--appendfsync", "always"], 2, &[]);
-    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 0);
+    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 0..=0);
     for server in &tier.instances {
         assert_eq!(bus(server)["gaps"], json!(0), "the log survived: {}", bus(server));
     }
@@ -399,7 +409,7 @@ fn a_redis_restart_without_persistence_is_one_gap_then_every_message() {
         return;
     }
     let tier = tier(&[], 2, &[]);
-    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 1);
+    let tier = under_fault(tier, 100, |tier, _| tier.redis.restart(), 1..=1);
     for server in &tier.instances {
         assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
     }
@@ -423,7 +433,7 @@ fn a_redis_restored_from_an_older_snapshot_is_one_gap_then_every_message() {
             publisher.wait_for_more(40);
             tier.redis.restart();
         },
-        1,
+        1..=1,
     );
     for server in &tier.instances {
         assert!(bus(server)["gaps"].as_u64() >= Some(1), "the lost tail is a gap: {}", bus(server));
@@ -432,6 +442,91 @@ fn a_redis_restored_from_an_older_snapshot_is_one_gap_then_every_message() {
         tier.instances.iter().any(|server| server.logs().contains("bus log went back")),
         "the first instance back started a new epoch"
     );
+}
+
+#[test]
+fn a_full_redis_refuses_publishes_and_loses_nothing_acknowledged() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier, publisher| {
+            // Over `maxmemory` with nothing to evict: Redis refuses every
+            // write, the appends among them (`OOM command not allowed…`).
+            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            let refused = wait_until(Duration::from_secs(10), || {
+                tier.instances.iter().any(|s| bus(s)["lastError"].as_str().is_some_and(|e| e.contains("OOM")))
+            });
+            assert!(refused, "no append was refused: {}", bus(&tier.instances[0]));
+            let stalled_at = publisher.acked();
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(publisher.acked() <= stalled_at + 1, "publishes were acknowledged by a full Redis");
+            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+        },
+        0..=0,
+    );
+    for server in &tier.instances {
+        assert_eq!(bus(server)["gaps"], json!(0), "nothing was lost: {}", bus(server));
+    }
+}
+
+#[test]
+fn a_flushed_script_cache_loses_nothing() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier, publisher| {
+            // The next append finds no script (`NOSCRIPT`): its publisher
+            // hears 503 and the session loads the script again.
+            for _ in 0..2 {
+                assert_eq!(tier.redis.cli(&["SCRIPT", "FLUSH"]).as_deref().map(str::trim), Some("OK"));
+                publisher.wait_for_more(20);
+            }
+        },
+        0..=0,
+    );
+    for server in &tier.instances {
+        assert_eq!(bus(server)["gaps"], json!(0), "nothing was lost: {}", bus(server));
+    }
+    let reloaded = tier.instances.iter().any(|server| bus(server)["reconnects"].as_u64() >= Some(1));
+    assert!(reloaded, "no session met the missing script: {}", bus(&tier.instances[0]));
+}
+
+#[test]
+fn a_flushall_is_a_gap_per_partition_then_every_message() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier, publisher| {
+            // The logs and their sequences are gone while every instance
+            // stays connected: each partition's next append starts a new
+            // epoch (before, an instance that had created a log made it again
+            // under the same epoch, and receivers dropped its entries as old).
+            assert_eq!(tier.redis.cli(&["FLUSHALL"]).as_deref().map(str::trim), Some("OK"));
+            publisher.wait_for_more(20);
+        },
+        // Found partition by partition, at its next append: one notice for
+        // each of the user's, the room's and the broadcast's (which may share).
+        1..=3,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
+    }
 }
 
 #[test]

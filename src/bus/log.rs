@@ -17,14 +17,18 @@
 //! `<epoch>:<seq>:<entry>` — the entry left out when it is large, so a burst
 //! of big batches never fills a subscriber's output buffer: receivers read
 //! those from the stream. A log whose `meta` is gone (Redis restarted without
-//! persistence, keys evicted) starts over under a new epoch, which tells every
-//! receiver that what it knew is gone.
+//! persistence, `FLUSHALL`, keys evicted) starts over under a new epoch, which
+//! tells every receiver that what it knew is gone: the appending instance's
+//! prefix and Redis's clock to the microsecond, so a log an instance creates
+//! again within one session (a flush, no reconnect) never has the epoch of
+//! the log it replaces, whose sequence numbers receivers would take for old
+//! news.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::resp::{self, Reply};
 
-/// The append script. KEYS: meta, log. ARGV: new epoch, history, channel,
+/// The append script. KEYS: meta, log. ARGV: a new epoch's prefix, history, channel,
 /// inline limit, window (ms), the publish command (`PUBLISH`, or `SPUBLISH`
 /// for sharded Pub/Sub on a Redis 7 Cluster), header, then (dedupe key, id,
 /// message) triples.
@@ -33,11 +37,13 @@ use super::resp::{self, Reply};
 /// `seq` 0 when all were.
 pub const APPEND: &str = r#"
 local meta, log = KEYS[1], KEYS[2]
-if redis.call('HSETNX', meta, 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', log)
-  redis.call('HSET', meta, 'base', 1)
-end
 local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = ARGV[1] .. now[1] .. string.format('%06d', now[2])
+  redis.call('HSET', meta, 'epoch', epoch, 'base', 1)
+  redis.call('DEL', log)
+end
 local kept, dups, n = {ARGV[7]}, {}, 0
 for i = 8, #ARGV, 3 do
   n = n + 1

@@ -101,7 +101,8 @@ pub struct Durable {
     pub keys: Vec<PartitionKeys>,
     /// Sent with every append.
     pub settings: AppendSettings,
-    /// The epoch a log gets if this instance creates it (new for every session).
+    /// The prefix of the epoch a log gets if this instance creates it (new
+    /// for every session; the append script adds Redis's clock).
     pub epoch_candidate: String,
     /// What the log has said about the link so far.
     pub health: Health,
