@@ -1,8 +1,9 @@
 //! The bus's promise under the faults operators meet: every publish answered
 //! `200` reaches every instance's subscriber exactly once and in order for
 //! its user, room and broadcast, while publishers keep publishing and Redis
-//! freezes (`kill -STOP`), sleeps (`DEBUG SLEEP`), drops the subscriptions
-//! (`CLIENT KILL TYPE pubsub`, a tiny `client-output-buffer-limit`), or
+//! freezes (`kill -STOP`), sleeps (`DEBUG SLEEP`), pauses writes (`CLIENT
+//! PAUSE … WRITE`), drops the subscriptions (`CLIENT KILL TYPE pubsub`, a tiny
+//! `client-output-buffer-limit`) or the command connections, or
 //! restarts with and without persistence (without: exactly one `ssekify.gap`
 //! with reason `bus`), comes back from an older snapshot (one gap, then
 //! every message: the log gets a new epoch instead of reusing numbers), is
@@ -341,6 +342,54 @@ fn debug_sleep_loses_nothing_acknowledged() {
         },
         0..=0,
     );
+}
+
+#[test]
+fn paused_writes_lose_nothing_acknowledged() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier, _| {
+            // What an operator's `FAILOVER` or a manual switch does: reads
+            // go on, appends (and the canary's PUBLISH) wait for 2 s.
+            let paused = tier.redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
+            assert_eq!(paused.as_deref().map(str::trim), Some("OK"));
+            std::thread::sleep(Duration::from_millis(2500));
+        },
+        0..=0,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["reconnects"].as_u64() >= Some(1), "the stall was noticed: {}", bus(server));
+    }
+}
+
+#[test]
+fn killed_command_connections_lose_nothing_acknowledged() {
+    if !require_redis() {
+        return;
+    }
+    let tier = tier(&[], 2, &[]);
+    let tier = under_fault(
+        tier,
+        100,
+        |tier, publisher| {
+            // Appends in flight are cut off: their publishers hear 503 and
+            // retry with the same ids, which the log takes once.
+            for _ in 0..3 {
+                let killed = tier.redis.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]).unwrap_or_default();
+                assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 2), "CLIENT KILL answered {killed:?}");
+                publisher.wait_for_more(10);
+            }
+        },
+        0..=0,
+    );
+    for server in &tier.instances {
+        assert!(bus(server)["reconnects"].as_u64() >= Some(1), "the session was rebuilt: {}", bus(server));
+    }
 }
 
 #[test]
