@@ -364,6 +364,36 @@ fn an_instance_alone_delivers_once_and_skips_its_own_echo() {
     assert_eq!(metric(&s, "ssekify_bus_received"), 0.0);
 }
 
+#[test]
+fn an_instance_with_another_partition_count_stays_out_until_the_old_count_is_gone() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let mut on_a = subscribe(&a, &sse_path("split", &[]), 1);
+    // Its users would go to partitions `a` does not read: acknowledged
+    // messages `a`'s subscribers never get. It refuses to go live instead.
+    let b = Server::start(&["--redis", &redis.url(), "--shards", "2", "--bus-timeout", "1s", "--bus-partitions", "64"]);
+    let refusal = "this instance has --bus-partitions 64, the instances on --channel ssekify:bus have 16";
+    assert_bus_stays_down(&b, Duration::from_millis(1500), &[refusal], "another partition count");
+    let last_error = bus(&b)["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(last_error.contains(refusal), "bus.lastError {last_error:?}");
+    assert_bus_unavailable(&publish_user(b.api, "split", "must-not-pass", ""), "another partition count");
+
+    let answer = ok_json(publish_user(a.api, "split", "still served", ""));
+    check_answer(&answer, json!(1), 1, "the tier's own count");
+    assert_eq!(take(&mut on_a, 1, "the tier's own count"), vec![ev(&id_of(&answer), None, "still served")]);
+
+    // Once the last instance of the old count is gone, its claim lapses
+    // and the new count's instances go live.
+    drop(a);
+    wait_ready(&b, "after the old count's last instance stopped");
+    let mut on_b = subscribe(&b, &sse_path("split", &[]), 1);
+    let answer = ok_json(publish_user(b.api, "split", "new count", ""));
+    assert_eq!(take(&mut on_b, 1, "the new count"), vec![ev(&id_of(&answer), None, "new count")]);
+}
+
 // ---------------------------------------------------------------------------
 // 4. Redis goes away and comes back
 // ---------------------------------------------------------------------------

@@ -86,6 +86,50 @@ end
 return redis.call('HMGET', meta, 'epoch', 'seq', 'base')
 "#;
 
+/// Claims the bus's partition count for this instance's, or renews the
+/// claim when the count held is the same; returns the count held (this
+/// instance's unless another is). KEYS: the layout key. ARGV: partitions,
+/// lease (ms). A write Redis refuses (a full Redis) leaves the claim as it
+/// was without contradicting it.
+pub const LAYOUT: &str = r#"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.pcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"#;
+
+/// Where the partition count of bus `channel` is held: on partition 0's
+/// slot, so a Cluster keeps it beside that partition's log.
+///
+/// Instances that split users, rooms and broadcasts over different counts
+/// publish each to a partition the others may not read: acknowledged
+/// messages would not reach them. The count is claimed with a lease each
+/// live instance renews (its canary's pace), so a tier restarted with a new
+/// count is held back only until the last old instance's lease runs out.
+pub fn layout_key(channel: &str) -> String {
+    format!("{{{channel}:0}}:partitions")
+}
+
+/// How long a claim on the partition count outlives its last renewal: three
+/// times what a session may go unanswered plus a canary's interval.
+pub fn layout_lease(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout + super::peer::heartbeat_every(timeout)) * 3
+}
+
+/// `EVAL LAYOUT` for `partitions`; answered with the count the bus holds.
+pub fn layout_command(out: &mut BytesMut, key: &str, partitions: u16, lease: std::time::Duration) {
+    let (partitions, lease) = (partitions.to_string(), lease.as_millis().max(1).to_string());
+    resp::command(out, &[b"EVAL", LAYOUT.as_bytes(), b"1", key.as_bytes(), partitions.as_bytes(), lease.as_bytes()]);
+}
+
+/// The partition count in a reply to [`layout_command`].
+pub fn parse_layout(reply: &Reply) -> Result<u16, String> {
+    reply
+        .text()
+        .and_then(|count| count.parse().ok())
+        .ok_or_else(|| format!("unexpected reply to the partition count's claim: {reply:?}"))
+}
+
 /// Entries up to this size travel inside the notification; larger ones are
 /// read from the stream (see the module docs).
 pub const INLINE_MAX: usize = 64 * 1024;
@@ -386,6 +430,21 @@ mod tests {
         {
             assert_eq!(partition_of(&keys, other), None, "{}", String::from_utf8_lossy(other));
         }
+    }
+
+    #[test]
+    fn the_partition_count_held_is_read_and_nonsense_refused() {
+        let text = |s: &'static str| Reply::Text(Bytes::from_static(s.as_bytes()));
+        assert_eq!(parse_layout(&text("16")), Ok(16));
+        assert!(parse_layout(&text("sixteen")).is_err());
+        assert!(parse_layout(&text("70000")).is_err());
+        assert!(parse_layout(&Reply::Int(16)).is_err());
+        assert_eq!(layout_key("ssekify:bus"), "{ssekify:bus:0}:partitions");
+        assert_eq!(
+            redis_protocol::redis_keyslot(layout_key("c").as_bytes()),
+            redis_protocol::redis_keyslot(PartitionKeys::new("c", 0).meta.as_bytes()),
+            "on partition 0's slot"
+        );
     }
 
     #[test]

@@ -52,12 +52,27 @@ const NOTICE_OVERDUE: Duration = Duration::from_millis(250);
 /// What a command connection still owes a reply for, in write order.
 #[derive(Debug)]
 enum Sent {
-    Append { token: u64 },
+    Append {
+        token: u64,
+    },
     Canary,
-    State { partition: u16 },
-    Range { partition: u16, from: u64 },
-    Rebase { partition: u16, epoch: String },
-    Peer { channel: String, message: PeerPayload },
+    /// The claim on the bus's partition count ([`log::LAYOUT`]), on partition 0's node.
+    Layout,
+    State {
+        partition: u16,
+    },
+    Range {
+        partition: u16,
+        from: u64,
+    },
+    Rebase {
+        partition: u16,
+        epoch: String,
+    },
+    Peer {
+        channel: String,
+        message: PeerPayload,
+    },
 }
 
 /// A peer message's bytes, shown by length (a room's answer may be large).
@@ -132,6 +147,10 @@ pub struct Session {
     url: RedisUrl,
     /// This instance's id, written into every entry it appends.
     instance: u32,
+    /// Where the bus's partition count is claimed ([`log::layout_key`]).
+    layout_key: String,
+    /// Redis holds this instance's partition count: the session may go live.
+    layout_confirmed: bool,
 }
 
 impl Drop for Session {
@@ -200,6 +219,8 @@ impl Session {
             prefix: bus.channel.clone(),
             url: url.clone(),
             instance: bus.instance,
+            layout_key: log::layout_key(&bus.channel),
+            layout_confirmed: false,
         };
         if let Some(slots) = slots {
             session.subscribe_sharded(durable, &slots, timeout).await?;
@@ -281,6 +302,7 @@ impl Session {
         inbox: &mut LocalInbox<BusCommand>,
         durable: &mut Durable,
     ) -> BusError {
+        self.queue(0, Sent::Layout);
         for partition in 0..durable.sequencer.len() {
             self.queue(partition, Sent::State { partition });
         }
@@ -390,7 +412,7 @@ impl Session {
             }
             self.carry_out(shared, bus, durable, &mut actions).await;
             serve_peers(shared, bus, &mut peer_work).await;
-            if !live && durable.sequencer.all_synced() {
+            if !live && self.layout_confirmed && durable.sequencer.all_synced() {
                 // Publishes wait until every partition is synced: a log that
                 // went back must get its new epoch before anyone appends.
                 live = true;
@@ -410,6 +432,7 @@ impl Session {
                 if now >= next_canary {
                     next_canary = now + canary_every;
                     self.queue_on(0, Sent::Canary);
+                    self.queue(0, Sent::Layout);
                     let heartbeat = PeerMessage::Heartbeat { instance: self.instance, tenants: tenant_counts(shared) };
                     self.send_peer(self.peers_channel.clone(), &heartbeat);
                     // The others' counts change at their heartbeats' pace:
@@ -449,6 +472,7 @@ impl Session {
                     Sent::State { partition } | Sent::Range { partition, .. } | Sent::Rebase { partition, .. } => {
                         Some(*partition)
                     }
+                    Sent::Layout => Some(0),
                     Sent::Canary | Sent::Peer { .. } => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
@@ -483,6 +507,7 @@ impl Session {
                 }
             },
             Sent::Canary => bus.record_round_trip(at.elapsed()),
+            Sent::Layout => self.on_layout(bus, durable, &reply)?,
             Sent::Peer { .. } => {}
             Sent::State { partition } | Sent::Rebase { partition, .. } => {
                 let state = log::parse_state(&check(reply)?)?;
@@ -494,6 +519,33 @@ impl Session {
                 durable.sequencer.on_range(partition, entries, actions);
             }
         }
+        Ok(())
+    }
+
+    /// Redis's answer to the claim on the partition count: the session ends
+    /// when the bus has another count than this instance (its messages would
+    /// go to partitions the others do not read). A claim Redis could not run
+    /// contradicts nothing: it is reported, and the session goes on.
+    fn on_layout(&mut self, bus: &Bus, durable: &Durable, reply: &Reply) -> Result<(), BusError> {
+        let ours = durable.sequencer.len();
+        match reply {
+            Reply::Error(error) => {
+                crate::log!(Warn, "bus partition count not claimed", error = error);
+            }
+            reply => {
+                let held = log::parse_layout(reply)?;
+                if held != ours {
+                    return Err(format!(
+                        "this instance has --bus-partitions {ours}, the instances on --channel {} have {held}: \
+                         every instance of a tier needs the same count (to change it, give the new count another \
+                         --channel, or stop every instance of the old count; its claim lapses {:?} after the last)",
+                        bus.channel,
+                        log::layout_lease(bus.timeout)
+                    ));
+                }
+            }
+        }
+        self.layout_confirmed = true;
         Ok(())
     }
 
@@ -676,6 +728,12 @@ impl Session {
                         );
                     }
                     Sent::Canary => resp::command(&mut node.out, &[b"PUBLISH", self.canary_channel.as_bytes(), b"1"]),
+                    Sent::Layout => log::layout_command(
+                        &mut node.out,
+                        &self.layout_key,
+                        durable.sequencer.len(),
+                        log::layout_lease(timeout),
+                    ),
                     Sent::Peer { channel, message } => {
                         resp::command(&mut node.out, &[b"PUBLISH", channel.as_bytes(), &message.0])
                     }
