@@ -394,6 +394,50 @@ fn an_instance_with_another_partition_count_stays_out_until_the_old_count_is_gon
     assert_eq!(take(&mut on_b, 1, "the new count"), vec![ev(&id_of(&answer), None, "new count")]);
 }
 
+#[test]
+fn an_unreadable_log_entry_is_a_gap_for_its_partition_then_every_message() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    let a = instance(None, &redis.url(), &[]);
+    let b = instance(None, &redis.url(), &[]);
+    let mut on_b = subscribe(&b, &sse_path("garbled", &[]), 1);
+    let first = ok_json(publish_user(a.api, "garbled", "before", ""));
+    assert_eq!(take(&mut on_b, 1, "before"), vec![ev(&id_of(&first), None, "before")]);
+    // Positions are published at the bus's tick.
+    let used = || -> Vec<u64> {
+        let partitions = bus(&b)["partitions"].as_array().cloned().unwrap_or_default();
+        partitions.iter().filter(|p| p["applied"].as_u64() > Some(0)).filter_map(|p| p["partition"].as_u64()).collect()
+    };
+    assert!(wait_until(Duration::from_secs(5), || !used().is_empty()), "no position: {}", bus(&b));
+    let [partition] = used()[..] else { panic!("one partition carried the message: {}", bus(&b)) };
+
+    // An entry no instance can read (corrupt, or from a build with another
+    // wire version), appended and announced as the append script would.
+    let tag = format!("{{ssekify:bus:{partition}}}");
+    let inject = "local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) \
+                  local epoch = redis.call('HGET', KEYS[1], 'epoch') \
+                  redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[1]) \
+                  redis.call('PUBLISH', KEYS[3], epoch .. ':' .. seq .. ':' .. ARGV[1]) \
+                  return seq";
+    let (meta, log, channel) = (format!("{tag}:meta"), format!("{tag}:log"), format!("{tag}:n"));
+    let injected = redis.cli(&["EVAL", inject, "3", &meta, &log, &channel, "not an entry"]);
+    assert_eq!(injected.as_deref().map(str::trim), Some("2"), "the second entry of partition {partition}");
+
+    let gap = on_b.expect_event("the gap for the unreadable entry");
+    assert_eq!(gap.event.as_deref(), Some("ssekify.gap"), "{gap:?}");
+    assert_eq!(gap.id, None, "{gap:?}");
+    let data: Value = serde_json::from_str(&gap.data).expect("gap data is JSON");
+    assert_eq!(data, json!({"lastEventId": id_of(&first), "reason": "bus"}));
+    let last_error = bus(&b)["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(last_error.contains("undecodable bus log entry in partition"), "bus.lastError {last_error:?}");
+    assert!(bus_count(&b, "gaps") >= 1, "{}", bus(&b));
+
+    let after = ok_json(publish_user(a.api, "garbled", "after", ""));
+    assert_eq!(take(&mut on_b, 1, "after"), vec![ev(&id_of(&after), None, "after")]);
+}
+
 // ---------------------------------------------------------------------------
 // 4. Redis goes away and comes back
 // ---------------------------------------------------------------------------

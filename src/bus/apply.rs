@@ -179,7 +179,9 @@ impl OwnAppends {
 }
 
 /// Applies one log entry: this instance's own publish with its publisher's
-/// frames, anything else decoded from the entry.
+/// frames, anything else decoded from the entry. An entry that cannot be
+/// read (corrupt, or from a build with another wire version) applies
+/// nothing and comes back as the error: its messages are lost here.
 ///
 /// An own entry's notice may be read before its append's reply (Redis
 /// writes the reply first, but the two connections are read apart): it is
@@ -187,13 +189,14 @@ impl OwnAppends {
 /// ([`OwnAppends::acknowledged`]). Before that was so, a session loop that
 /// read the subscription itself got notices first under the bus tests' load
 /// and left 5 to 9 of their 18 tests' publishers with a 503.
-pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry: Bytes) {
+pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry: Bytes) -> Result<(), wire::WireError> {
     if entry.len() >= HEADER_LEN {
         let instance = u32::from_be_bytes(entry[1..5].try_into().expect("4 bytes"));
         let token = u64::from_be_bytes(entry[5..13].try_into().expect("8 bytes"));
         if instance == bus.instance {
             if let Some(append) = own.take(token) {
-                return apply_own(shared, append, entry).await;
+                apply_own(shared, append, entry).await;
+                return Ok(());
             }
         }
     }
@@ -201,24 +204,20 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
         Some(list) => tenant_of(target).is_none_or(|tenant| list.iter().any(|t| &**t == tenant)),
         None => true,
     };
-    let deliveries = match deliveries_of(&entry, listed) {
-        Ok(deliveries) => deliveries,
-        Err(error) => {
-            bus.report_error(shared, &format!("undecodable bus log entry: {}", error.0));
-            return;
-        }
-    };
+    let deliveries = deliveries_of(&entry, listed)?;
     bus.count_received(deliveries.len() as u64);
     if let Some(shard) = one_shard(shared, &deliveries) {
         // Most entries: one message, or a run to one user, for one shard
         // (the user's), handed on as they are.
-        return hand_on(shared, shard, deliveries, entry).await;
+        hand_on(shared, shard, deliveries, entry).await;
+        return Ok(());
     }
     for (shard, deliveries) in shared.route(deliveries).0.into_iter().enumerate() {
         if !deliveries.is_empty() {
             hand_on(shared, shard, deliveries, entry.clone()).await;
         }
     }
+    Ok(())
 }
 
 /// Another instance's `entry` as deliveries: its messages for `listed`

@@ -663,7 +663,21 @@ impl Session {
         // Drained, not taken: the list keeps its room for the next notice.
         for action in actions.drain(..) {
             match action {
-                Action::Apply { entry, .. } => apply::apply(shared, bus, &mut durable.own, entry).await,
+                Action::Apply { partition, entry, .. } => {
+                    if let Err(error) = apply::apply(shared, bus, &mut durable.own, entry).await {
+                        // Its messages cannot reach anyone here: the
+                        // subscribers who may have wanted one hear so.
+                        let error = format!("undecodable bus log entry in partition {partition}: {}", error.0);
+                        crate::log!(Warn, "bus log entry unreadable: announced as a gap", error = error);
+                        bus.report_error(shared, &error);
+                        bus.count_gap();
+                        let partitions = durable.sequencer.len();
+                        for shard in 0..shared.shard_count() {
+                            let gap = Envelope::BusGap { lost: vec![partition], partitions };
+                            shared.send_from_bus(shard, gap, Probe::NOW).await;
+                        }
+                    }
+                }
                 Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),
                 Action::Sync { partition } => self.queue(partition, Sent::State { partition }),
                 Action::Rebase { partition, epoch } => {
