@@ -11,7 +11,9 @@
 //! every message), runs out of memory (`maxmemory`: publishes refused, none
 //! lost), loses its scripts (`SCRIPT FLUSH`), or fails over under Sentinel or in a Cluster (at most one gap, which covers
 //! what the old master had not replicated); an instance that missed more
-//! than the log keeps gets one gap. Also a 100,000-message batch crossing
+//! than the log keeps gets one gap; one whose catch-up is more than Redis
+//! lets an ordinary client receive (`client-output-buffer-limit normal`)
+//! reads it in smaller pieces. Also a 100,000-message batch crossing
 //! whole.
 //!
 //! Every scenario counts every acknowledged message on every instance: a
@@ -576,6 +578,43 @@ fn a_flushall_is_a_gap_per_partition_then_every_message() {
     for server in &tier.instances {
         assert!(bus(server)["gaps"].as_u64() >= Some(1), "the log was lost: {}", bus(server));
     }
+}
+
+#[test]
+fn a_catch_up_larger_than_redis_lets_a_client_receive_is_read_in_smaller_pieces() {
+    if !require_redis() {
+        return;
+    }
+    // 100 KB messages: over the 64 KiB a notification carries, so every one
+    // is read from the log, and a catch-up read of many is megabytes. The
+    // streams' queues hold the catch-up's burst (at the default 256 KiB,
+    // `--drop-policy oldest` would drop frames of it: not what this tests).
+    let mut tier = tier(&[], 2, &["--max-queue-bytes", "64MiB", "--max-queue-items", "1000"]);
+    let publisher = Publisher::start(vec![tier.instances[0].api], 100_000, Duration::from_millis(20));
+    publisher.wait_for_more(20);
+    tier.instances[1].signal("STOP");
+    tier.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    publisher.wait_for_more(60);
+    // Redis now closes an ordinary client whose unread replies pass 1 MB:
+    // the frozen instance's first catch-up reads are cut off.
+    let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "normal 1mb 512kb 1"]);
+    assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+    tier.instances[1].signal("CONT");
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let b = bus(&tier.instances[1]);
+        b["state"] == "live" && b["partitions"].as_array().is_some_and(|p| p.iter().all(|p| p["lag"] == 0))
+    });
+    assert!(caught_up, "instance 1 did not catch up: {}\n{}", bus(&tier.instances[1]), tier.instances[1].logs());
+    publisher.wait_for_more(20);
+    let acked = publisher.finish();
+    for (n, reader) in std::mem::take(&mut tier.readers).into_iter().enumerate() {
+        check(&format!("instance {n}"), &reader.finish(), &acked, 0, 0..0);
+    }
+    assert!(
+        tier.instances[1].logs().contains("bus catch-up reads made smaller"),
+        "the limit cut a read off: {}",
+        bus(&tier.instances[1])
+    );
 }
 
 #[test]

@@ -95,6 +95,7 @@ async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusComman
         },
         epoch_candidate: String::new(),
         health: Health::default(),
+        range_size: Default::default(),
         peers: Peers::new(peer::alive_for(bus.timeout)),
     };
     let mut first = true;

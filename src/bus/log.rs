@@ -139,8 +139,66 @@ pub const INLINE_MAX: usize = 64 * 1024;
 /// catch-up of [`RANGE_COUNT`] entries.
 pub const CHUNK_MAX: usize = 256 * 1024;
 
-/// Entries asked for per catch-up read.
+/// Entries asked for per catch-up read, at most: a Redis that cuts off
+/// large replies to ordinary clients (`client-output-buffer-limit normal`)
+/// gets fewer ([`RangeSize`]).
 pub const RANGE_COUNT: usize = 64;
+
+/// How catch-up reads go: how many entries each asks for, and whether they
+/// wait for each other. Each time a session ends while a read was on its way
+/// (Redis may have closed the connection over the replies' size: a
+/// `client-output-buffer-limit normal`), reads ask for half as many and go
+/// one at a time per connection from then on; every [`GROW_AFTER`] reads
+/// that came back full, one entry more. A Redis with a tight limit is then
+/// read in pieces it lets through, instead of the same reads cut off at every
+/// reconnect; an instance whose connection broke for another reason grows
+/// back to [`RANGE_COUNT`] as it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeSize {
+    count: usize,
+    full_reads: usize,
+    one_at_a_time: bool,
+}
+
+/// Full reads between two steps of growth.
+const GROW_AFTER: usize = 16;
+
+impl Default for RangeSize {
+    fn default() -> Self {
+        RangeSize { count: RANGE_COUNT, full_reads: 0, one_at_a_time: false }
+    }
+}
+
+impl RangeSize {
+    /// Entries the next read asks for.
+    pub fn get(self) -> usize {
+        self.count
+    }
+
+    /// True once a read was cut off: a connection has one read out at a time.
+    pub fn one_at_a_time(self) -> bool {
+        self.one_at_a_time
+    }
+
+    /// A session ended with a read outstanding.
+    pub fn cut(&mut self) {
+        self.count = (self.count / 2).max(1);
+        self.full_reads = 0;
+        self.one_at_a_time = true;
+    }
+
+    /// A read asking for `asked` brought that many.
+    pub fn came_back_full(&mut self, asked: usize) {
+        if asked < self.count {
+            return;
+        }
+        self.full_reads += 1;
+        if self.full_reads >= GROW_AFTER {
+            self.full_reads = 0;
+            self.count = (self.count + 1).min(RANGE_COUNT);
+        }
+    }
+}
 
 /// The names of one partition's keys and channel.
 #[derive(Debug, Clone)]
@@ -330,12 +388,12 @@ pub fn parse_state(reply: &Reply) -> Result<LogState, String> {
     }
 }
 
-/// `XRANGE log <from>-0 + COUNT n`: entries from sequence `from` on.
-pub fn range_command(out: &mut BytesMut, keys: &PartitionKeys, from: u64) {
+/// `XRANGE log <from>-0 + COUNT count`: entries from sequence `from` on.
+pub fn range_command(out: &mut BytesMut, keys: &PartitionKeys, from: u64, count: usize) {
     let mut start = BytesMut::with_capacity(24);
     start.put_slice(from.to_string().as_bytes());
     start.put_slice(b"-0");
-    let count = RANGE_COUNT.to_string();
+    let count = count.to_string();
     resp::command(out, &[b"XRANGE", keys.log.as_bytes(), &start, b"+", b"COUNT", count.as_bytes()]);
 }
 
@@ -430,6 +488,32 @@ mod tests {
         {
             assert_eq!(partition_of(&keys, other), None, "{}", String::from_utf8_lossy(other));
         }
+    }
+
+    #[test]
+    fn catch_up_reads_halve_when_cut_and_grow_back_slowly() {
+        let mut size = RangeSize::default();
+        assert_eq!((size.get(), size.one_at_a_time()), (RANGE_COUNT, false));
+        size.cut();
+        size.cut();
+        assert_eq!((size.get(), size.one_at_a_time()), (RANGE_COUNT / 4, true));
+        for _ in 0..GROW_AFTER - 1 {
+            size.came_back_full(RANGE_COUNT / 4);
+        }
+        size.came_back_full(RANGE_COUNT);
+        assert_eq!(size.get(), RANGE_COUNT / 4 + 1, "a step after {GROW_AFTER} full reads");
+        for _ in 0..GROW_AFTER * 4 {
+            size.came_back_full(1);
+        }
+        assert_eq!(size.get(), RANGE_COUNT / 4 + 1, "reads asked before the cut do not count");
+        for _ in 0..GROW_AFTER * RANGE_COUNT * 2 {
+            size.came_back_full(size.get());
+        }
+        assert_eq!(size.get(), RANGE_COUNT, "never above the most");
+        for _ in 0..10 {
+            size.cut();
+        }
+        assert_eq!(size.get(), 1, "never below one entry");
     }
 
     #[test]

@@ -251,15 +251,15 @@ impl Sequencer {
         Self::advance(p, part, out);
     }
 
-    /// The stream of `p` from the last fetch's `from` on: `entries` as read.
-    pub fn on_range(&mut self, p: u16, entries: Vec<(u64, Bytes)>, out: &mut Vec<Action>) {
+    /// The stream of `p` from the last fetch's `from` on: `entries` as read;
+    /// `full` when the read brought as many as it asked for (there may be more).
+    pub fn on_range(&mut self, p: u16, entries: Vec<(u64, Bytes)>, full: bool, out: &mut Vec<Action>) {
         let part = &mut self.partitions[p as usize];
         if !part.fetching {
             // Not asked for (a reply to a fetch from before a reset): ignore.
             return;
         }
         part.fetching = false;
-        let full = entries.len() >= super::log::RANGE_COUNT;
         for (seq, entry) in entries {
             if seq <= part.applied {
                 continue;
@@ -351,9 +351,12 @@ mod tests {
         out
     }
 
+    /// A read of up to [`super::super::log::RANGE_COUNT`] entries brought `seqs`.
     fn range(s: &mut Sequencer, seqs: impl IntoIterator<Item = u64>) -> Vec<Action> {
         let mut out = Vec::new();
-        s.on_range(0, seqs.into_iter().map(|q| (q, entry(q).unwrap())).collect(), &mut out);
+        let entries: Vec<(u64, Bytes)> = seqs.into_iter().map(|q| (q, entry(q).unwrap())).collect();
+        let full = entries.len() >= super::super::log::RANGE_COUNT;
+        s.on_range(0, entries, full, &mut out);
         out
     }
 

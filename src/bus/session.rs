@@ -64,6 +64,7 @@ enum Sent {
     Range {
         partition: u16,
         from: u64,
+        count: usize,
     },
     Rebase {
         partition: u16,
@@ -121,6 +122,8 @@ pub struct Durable {
     pub epoch_candidate: String,
     /// What the log has said about the link so far.
     pub health: Health,
+    /// Entries a catch-up read asks for.
+    pub range_size: log::RangeSize,
     /// Other instances heard, and this instance's questions to them.
     pub peers: Peers,
 }
@@ -271,6 +274,16 @@ impl Session {
         durable: &mut Durable,
     ) -> BusError {
         let error = self.serve(shared, bus, inbox, durable).await;
+        let reading =
+            self.nodes.iter().any(|node| node.in_flight.iter().any(|(sent, _)| matches!(sent, Sent::Range { .. })));
+        if reading {
+            durable.range_size.cut();
+            crate::log!(
+                Warn,
+                "bus catch-up reads made smaller: the session ended during one (a client-output-buffer-limit normal?)",
+                entries = durable.range_size.get(),
+            );
+        }
         for node in &mut self.nodes {
             for sent in node.queued.drain(..).chain(node.in_flight.drain(..).map(|(sent, _)| sent)) {
                 if let Sent::Append { token } = sent {
@@ -513,10 +526,14 @@ impl Session {
                 let state = log::parse_state(&check(reply)?)?;
                 durable.sequencer.on_state(partition, state.epoch, state.seq, state.base, actions);
             }
-            Sent::Range { partition, .. } => {
+            Sent::Range { partition, count, .. } => {
                 let entries = log::parse_range(&check(reply)?)?;
                 bus.count_catch_up();
-                durable.sequencer.on_range(partition, entries, actions);
+                let full = entries.len() >= count;
+                if full {
+                    durable.range_size.came_back_full(count);
+                }
+                durable.sequencer.on_range(partition, entries, full, actions);
             }
         }
         Ok(())
@@ -678,7 +695,9 @@ impl Session {
                         }
                     }
                 }
-                Action::Fetch { partition, from } => self.queue(partition, Sent::Range { partition, from }),
+                Action::Fetch { partition, from } => {
+                    self.queue(partition, Sent::Range { partition, from, count: durable.range_size.get() })
+                }
                 Action::Sync { partition } => self.queue(partition, Sent::State { partition }),
                 Action::Rebase { partition, epoch } => {
                     crate::log!(
@@ -725,7 +744,16 @@ impl Session {
                 continue;
             }
             let now = Instant::now();
+            let mut reading = node.in_flight.iter().any(|(sent, _)| matches!(sent, Sent::Range { .. }));
             for sent in std::mem::take(&mut node.queued) {
+                if matches!(sent, Sent::Range { .. }) && durable.range_size.one_at_a_time() {
+                    if reading {
+                        // Sent when the read out now is answered.
+                        node.queued.push(sent);
+                        continue;
+                    }
+                    reading = true;
+                }
                 match &sent {
                     Sent::Append { token } => {
                         let Some(append) = durable.own.get(*token) else { continue };
@@ -752,8 +780,8 @@ impl Session {
                         resp::command(&mut node.out, &[b"PUBLISH", channel.as_bytes(), &message.0])
                     }
                     Sent::State { partition } => log::state_command(&mut node.out, &durable.keys[*partition as usize]),
-                    Sent::Range { partition, from } => {
-                        log::range_command(&mut node.out, &durable.keys[*partition as usize], *from)
+                    Sent::Range { partition, from, count } => {
+                        log::range_command(&mut node.out, &durable.keys[*partition as usize], *from, *count)
                     }
                     Sent::Rebase { partition, epoch } => {
                         let new_epoch = super::new_epoch();
@@ -761,6 +789,9 @@ impl Session {
                     }
                 }
                 node.in_flight.push_back((sent, now));
+            }
+            if node.out.is_empty() {
+                continue;
             }
             let out = std::mem::take(&mut node.out);
             match monoio::time::timeout(timeout, node.writer.write(out)).await {
