@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
                     seq += u64::from(*b % 2) + 1;
                     entry
                 });
-                sequencer.on_range(partition, entries.collect(), &mut actions);
+                let entries: Vec<(u64, Bytes)> = entries.collect();
+                // A read of up to four entries: as many as that may leave more.
+                let full = entries.len() >= 4;
+                sequencer.on_range(partition, entries, full, &mut actions);
             }
             Some(b'd') => {
                 sequencer.disconnected();
