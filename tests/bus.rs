@@ -708,6 +708,29 @@ fn cluster_instances_on_different_nodes_reach_each_other() {
     assert_eq!(presence, json!({ "user": "cu", "online": true, "connections": 1, "instances": 2 }));
 }
 
+#[test]
+fn cluster_command_connections_outlive_redis_closing_idle_clients() {
+    if !require_redis() {
+        return;
+    }
+    let cluster = RedisCluster::start(3);
+    // `timeout 1`: Redis closes an ordinary client idle for over a second.
+    // The instance's connections to the nodes whose partitions carry no
+    // traffic must not go idle and take the session down with them.
+    for node in &cluster.nodes {
+        assert_eq!(node.cli(&["CONFIG", "SET", "timeout", "1"]).as_deref().map(str::trim), Some("OK"));
+    }
+    let a = instance(None, &cluster.url_via(0), &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(bus_count(&a, "reconnects"), 0, "a connection was closed as idle: {}", bus(&a));
+    // Users spread over the partitions, so every node's connection is used.
+    for n in 0..32 {
+        let answer = ok_json(publish_user(a.api, &format!("idle{n}"), "after the quiet", ""));
+        assert_eq!(answer["delivered"], json!(0), "{answer}");
+    }
+    assert_eq!(bus_count(&a, "reconnects"), 0, "{}", bus(&a));
+}
+
 // ---------------------------------------------------------------------------
 // 8. TLS (rediss://)
 // ---------------------------------------------------------------------------

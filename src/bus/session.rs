@@ -58,6 +58,9 @@ enum Sent {
     Canary,
     /// The claim on the bus's partition count ([`log::LAYOUT`]), on partition 0's node.
     Layout,
+    /// Keeps a command connection that carries no canary from going idle (a
+    /// Redis with `timeout` closes idle clients) and checks that it answers.
+    Ping,
     State {
         partition: u16,
     },
@@ -446,6 +449,9 @@ impl Session {
                     next_canary = now + canary_every;
                     self.queue_on(0, Sent::Canary);
                     self.queue(0, Sent::Layout);
+                    for node in 1..self.nodes.len() {
+                        self.queue_on(node, Sent::Ping);
+                    }
                     let heartbeat = PeerMessage::Heartbeat { instance: self.instance, tenants: tenant_counts(shared) };
                     self.send_peer(self.peers_channel.clone(), &heartbeat);
                     // The others' counts change at their heartbeats' pace:
@@ -486,7 +492,7 @@ impl Session {
                         Some(*partition)
                     }
                     Sent::Layout => Some(0),
-                    Sent::Canary | Sent::Peer { .. } => None,
+                    Sent::Canary | Sent::Ping | Sent::Peer { .. } => None,
                 };
                 let Some(partition) = partition else { return Ok(()) };
                 // Sharded Pub/Sub: a partition that moved took its
@@ -521,7 +527,7 @@ impl Session {
             },
             Sent::Canary => bus.record_round_trip(at.elapsed()),
             Sent::Layout => self.on_layout(bus, durable, &reply)?,
-            Sent::Peer { .. } => {}
+            Sent::Peer { .. } | Sent::Ping => {}
             Sent::State { partition } | Sent::Rebase { partition, .. } => {
                 let state = log::parse_state(&check(reply)?)?;
                 durable.sequencer.on_state(partition, state.epoch, state.seq, state.base, actions);
@@ -770,6 +776,7 @@ impl Session {
                         );
                     }
                     Sent::Canary => resp::command(&mut node.out, &[b"PUBLISH", self.canary_channel.as_bytes(), b"1"]),
+                    Sent::Ping => resp::command(&mut node.out, &[b"PING"]),
                     Sent::Layout => log::layout_command(
                         &mut node.out,
                         &self.layout_key,
