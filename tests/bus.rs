@@ -438,6 +438,47 @@ fn an_unreadable_log_entry_is_a_gap_for_its_partition_then_every_message() {
     assert_eq!(take(&mut on_b, 1, "after"), vec![ev(&id_of(&after), None, "after")]);
 }
 
+#[test]
+fn the_documented_redis_user_works_and_one_without_a_needed_command_stays_down() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(&[]);
+    for (user, denied) in [("noscripts", ["-eval", "-evalsha"]), ("nosubscribe", ["-subscribe", "-ssubscribe"])] {
+        let acl = ["ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", denied[0], denied[1]];
+        assert_eq!(redis.cli(&acl).as_deref().map(str::trim), Some("OK"));
+    }
+    for (user, says) in [
+        ("noscripts", "the Redis user may not run the bus's scripts: NOPERM"),
+        ("nosubscribe", "NOPERM this user has no permissions to run the 'subscribe' command"),
+    ] {
+        let url = format!("redis://{user}:pw@127.0.0.1:{}", redis.port());
+        let server = Server::start(&["--redis", &url, "--bus-timeout", "1s"]);
+        assert_bus_stays_down(&server, Duration::from_millis(1500), &[says], user);
+        let last_error = bus(&server)["lastError"].as_str().unwrap_or_default().to_string();
+        assert!(last_error.contains(says), "{user}: bus.lastError {last_error:?}");
+    }
+
+    // The user docs/operations.md gives: exactly what the bus needs.
+    let acl = "ACL SETUSER ssekify on >secret ~{ssekify:bus:* &ssekify:bus:* &{ssekify:bus:* +@connection +info \
+               +role +cluster|slots +cluster|nodes +script|load +eval +evalsha +xrange +hmget +publish +spublish \
+               +subscribe +ssubscribe +hget +hset +hincrby +set +get +del +xadd +time";
+    let words: Vec<&str> = acl.split_whitespace().collect();
+    assert_eq!(redis.cli(&words).as_deref().map(str::trim), Some("OK"));
+    let url = format!("redis://ssekify:secret@127.0.0.1:{}", redis.port());
+    let a = instance(None, &url, &[]);
+    let b = instance(None, &url, &[]);
+    let mut on_b = subscribe(&b, &sse_path("acl", &["acl-room"]), 1);
+    let to_user = ok_json(publish_user(a.api, "acl", "as the bus's user", "id=acl-1"));
+    let again = http(a.api, "POST", "/v1/users/acl/events?id=acl-1", &[("Idempotency-Key", "k")], b"again");
+    assert_eq!(again.status, 200, "{:?}", again.text());
+    let to_room = ok_json(publish_room(a.api, "acl-room", "room", ""));
+    assert_eq!(
+        take(&mut on_b, 2, "as the bus's user"),
+        vec![ev(&id_of(&to_user), None, "as the bus's user"), ev(&id_of(&to_room), None, "room")]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. Redis goes away and comes back
 // ---------------------------------------------------------------------------

@@ -157,6 +157,8 @@ pub struct Session {
     layout_key: String,
     /// Redis holds this instance's partition count: the session may go live.
     layout_confirmed: bool,
+    /// A claim Redis could not run was logged (once a session).
+    layout_unclaimed_logged: bool,
 }
 
 impl Drop for Session {
@@ -227,6 +229,7 @@ impl Session {
             instance: bus.instance,
             layout_key: log::layout_key(&bus.channel),
             layout_confirmed: false,
+            layout_unclaimed_logged: false,
         };
         if let Some(slots) = slots {
             session.subscribe_sharded(durable, &slots, timeout).await?;
@@ -547,13 +550,21 @@ impl Session {
 
     /// Redis's answer to the claim on the partition count: the session ends
     /// when the bus has another count than this instance (its messages would
-    /// go to partitions the others do not read). A claim Redis could not run
-    /// contradicts nothing: it is reported, and the session goes on.
+    /// go to partitions the others do not read), or when the Redis user may
+    /// not run scripts (no append could be made either). A claim Redis could
+    /// not run for another reason (a full Redis) contradicts nothing: it is
+    /// logged once a session, and the session goes on.
     fn on_layout(&mut self, bus: &Bus, durable: &Durable, reply: &Reply) -> Result<(), BusError> {
         let ours = durable.sequencer.len();
         match reply {
+            Reply::Error(error) if error.starts_with("NOPERM") => {
+                return Err(format!("the Redis user may not run the bus's scripts: {error}"));
+            }
             Reply::Error(error) => {
-                crate::log!(Warn, "bus partition count not claimed", error = error);
+                if !self.layout_unclaimed_logged {
+                    self.layout_unclaimed_logged = true;
+                    crate::log!(Warn, "bus partition count not claimed", error = error);
+                }
             }
             reply => {
                 let held = log::parse_layout(reply)?;
