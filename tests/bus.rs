@@ -439,6 +439,25 @@ fn an_unreadable_log_entry_is_a_gap_for_its_partition_then_every_message() {
 }
 
 #[test]
+fn a_read_only_replica_given_as_redis_keeps_the_instance_down_saying_so() {
+    if !require_redis() {
+        return;
+    }
+    let master = RedisServer::start(&[]);
+    let port = master.port().to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+    // A reader endpoint by mistake: every append would be refused.
+    let server = Server::start(&["--redis", &replica.url(), "--bus-timeout", "1s"]);
+    let says = format!("Redis at 127.0.0.1:{} is a read-only replica", replica.port());
+    assert_bus_stays_down(&server, Duration::from_millis(1500), &[&says], "a replica");
+    let last_error = bus(&server)["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(last_error.contains(&says), "bus.lastError {last_error:?}");
+    // The master, named instead, serves.
+    let on_master = instance(None, &master.url(), &[]);
+    ok_json(publish_user(on_master.api, "r", "to the master", ""));
+}
+
+#[test]
 fn the_documented_redis_user_works_and_one_without_a_needed_command_stays_down() {
     if !require_redis() {
         return;

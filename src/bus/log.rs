@@ -89,12 +89,14 @@ return redis.call('HMGET', meta, 'epoch', 'seq', 'base')
 /// Claims the bus's partition count for this instance's, or renews the
 /// claim when the count held is the same; returns the count held (this
 /// instance's unless another is). KEYS: the layout key. ARGV: partitions,
-/// lease (ms). A write Redis refuses (a full Redis) leaves the claim as it
-/// was without contradicting it.
+/// lease (ms). A write Redis refuses for now (a full Redis) leaves the claim
+/// as it was without contradicting it; a read-only replica's refusal is the
+/// answer (no append could be made there either).
 pub const LAYOUT: &str = r#"
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] then return held end
-redis.pcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local set = redis.pcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if type(set) == 'table' and set.err and string.sub(set.err, 1, 8) == 'READONLY' then return set end
 return ARGV[1]
 "#;
 

@@ -551,7 +551,8 @@ impl Session {
     /// Redis's answer to the claim on the partition count: the session ends
     /// when the bus has another count than this instance (its messages would
     /// go to partitions the others do not read), or when the Redis user may
-    /// not run scripts (no append could be made either). A claim Redis could
+    /// not run scripts or Redis is a read-only replica (no append could be
+    /// made either). A claim Redis could
     /// not run for another reason (a full Redis) contradicts nothing: it is
     /// logged once a session, and the session goes on.
     fn on_layout(&mut self, bus: &Bus, durable: &Durable, reply: &Reply) -> Result<(), BusError> {
@@ -559,6 +560,13 @@ impl Session {
         match reply {
             Reply::Error(error) if error.starts_with("NOPERM") => {
                 return Err(format!("the Redis user may not run the bus's scripts: {error}"));
+            }
+            Reply::Error(error) if error.starts_with("READONLY") => {
+                return Err(format!(
+                    "Redis at {} is a read-only replica: --redis must name the master (or Sentinel, which finds it): \
+                     {error}",
+                    self.address()
+                ));
             }
             Reply::Error(error) => {
                 if !self.layout_unclaimed_logged {
