@@ -150,11 +150,11 @@ pub const RANGE_COUNT: usize = 64;
 /// wait for each other. Each time a session ends while a read was on its way
 /// (Redis may have closed the connection over the replies' size: a
 /// `client-output-buffer-limit normal`), reads ask for half as many and go
-/// one at a time per connection from then on; every [`GROW_AFTER`] reads
-/// that came back full, one entry more. A Redis with a tight limit is then
-/// read in pieces it lets through, instead of the same reads cut off at every
-/// reconnect; an instance whose connection broke for another reason grows
-/// back to [`RANGE_COUNT`] as it reads.
+/// one at a time per connection; every [`GROW_AFTER`] reads that came back
+/// full, one entry more, and back at [`RANGE_COUNT`] they go together again.
+/// A Redis with a tight limit is then read in pieces it lets through, instead
+/// of the same reads cut off at every reconnect; an instance whose connection
+/// broke for another reason is back where it was as it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangeSize {
     count: usize,
@@ -177,7 +177,8 @@ impl RangeSize {
         self.count
     }
 
-    /// True once a read was cut off: a connection has one read out at a time.
+    /// True after a read was cut off, until reads are back at their largest:
+    /// a connection has one read out at a time.
     pub fn one_at_a_time(self) -> bool {
         self.one_at_a_time
     }
@@ -198,6 +199,7 @@ impl RangeSize {
         if self.full_reads >= GROW_AFTER {
             self.full_reads = 0;
             self.count = (self.count + 1).min(RANGE_COUNT);
+            self.one_at_a_time &= self.count < RANGE_COUNT;
         }
     }
 }
@@ -511,7 +513,7 @@ mod tests {
         for _ in 0..GROW_AFTER * RANGE_COUNT * 2 {
             size.came_back_full(size.get());
         }
-        assert_eq!(size.get(), RANGE_COUNT, "never above the most");
+        assert_eq!((size.get(), size.one_at_a_time()), (RANGE_COUNT, false), "never above the most, together again");
         for _ in 0..10 {
             size.cut();
         }
