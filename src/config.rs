@@ -312,10 +312,10 @@ pub struct ServerArgs {
     /// Redis that stops answering is noticed (publishes and /readyz go 503).
     #[arg(long, env = "SSEKIFY_BUS_TIMEOUT", default_value = "2s")]
     pub bus_timeout: String,
-    /// Frames a connection may have waiting to be written.
+    /// Frames a connection may have waiting for its client (what its socket will not take now).
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_ITEMS", default_value_t = DEFAULT_MAX_QUEUE_ITEMS)]
     pub max_queue_items: usize,
-    /// Bytes a connection may have waiting to be written.
+    /// Bytes a connection may have waiting for its client (what its socket will not take now).
     #[arg(long, env = "SSEKIFY_MAX_QUEUE_BYTES", default_value = DEFAULT_MAX_QUEUE_BYTES)]
     pub max_queue_bytes: String,
     /// What a full queue does to the next frame.

@@ -247,3 +247,61 @@ fn a_subscriber_that_pauses_gets_every_frame_in_order_when_it_reads_again() {
         assert_eq!(stat(&stats, "connections"), 1, "{driver}: {stats}");
     }
 }
+
+/// A burst that reaches one stream within a turn — a batch with more
+/// messages for it than its queue holds, big messages over its byte bound
+/// — goes to a client that keeps up whole, under every policy: the bounds
+/// hold what a slow client leaves waiting, not what one publish brings.
+/// (Before, the write loop ran only after the whole batch was queued: 200
+/// of 300 messages to one user were dropped as "oldest", a policy of
+/// `disconnect` cut the stream.)
+#[test]
+fn a_burst_larger_than_the_queue_reaches_a_subscriber_that_keeps_up_whole() {
+    const SMALL: usize = 1000;
+    const BIG: usize = 100 * 1024;
+    for driver in drivers() {
+        for policy in ["oldest", "newest", "disconnect"] {
+            let server = Server::start(&["--io-driver", driver, "--drop-policy", policy, "--shards", "2"]);
+            let mut reader = SseClient::open_ready(server.public, "/sse?userId=fast&rooms=lobby");
+            wait_connections(server.api, 1);
+            let reading = thread::spawn(move || {
+                let mut events = Vec::new();
+                while events.len() < SMALL + 3 {
+                    match reader.next_event(Duration::from_secs(20)) {
+                        Some(event) => events.push(event),
+                        None => break,
+                    }
+                }
+                // Handed back: the stream stays open for the stats below.
+                (events, reader)
+            });
+            // Ten times the default 100 frames a queue holds, in one publish.
+            let small: Vec<_> = (0..SMALL).map(|n| serde_json::json!({"user": "fast", "data": {"n": n}})).collect();
+            let answer = ok_json(publish_batch(server.api, &serde_json::json!(small)));
+            assert!(answer["results"].as_array().unwrap().iter().all(|r| r["delivered"] == 1), "{driver} {policy}");
+            // 300 KB to one stream at once, over the default 256 KiB bound.
+            let big = |n: usize| format!("{n}{}", "x".repeat(BIG - 1));
+            let targets = [("user", "fast".into()), ("room", "lobby".into()), ("all", serde_json::json!(true))];
+            let big: Vec<_> = targets
+                .iter()
+                .enumerate()
+                .map(|(n, (key, value))| serde_json::json!({ *key: value, "data": big(n) }))
+                .collect();
+            ok_json(publish_batch(server.api, &serde_json::json!(big)));
+
+            let (events, _reader) = reading.join().expect("reader thread");
+            assert_eq!(events.len(), SMALL + 3, "{driver} {policy}: the stream lost messages");
+            for (n, event) in events[..SMALL].iter().enumerate() {
+                assert_eq!(event.data, format!("{{\"n\":{n}}}"), "{driver} {policy}: out of order");
+            }
+            for (n, event) in events[SMALL..].iter().enumerate() {
+                assert!(event.data.len() == BIG && event.data.starts_with(&n.to_string()), "{driver} {policy}");
+            }
+            let stats = stats(server.api);
+            for counter in ["droppedOldest", "droppedNewest", "disconnectedByBackpressure"] {
+                assert_eq!(stat(&stats, counter), 0, "{driver} {policy}: {stats}");
+            }
+            assert_eq!(stat(&stats, "connections"), 1, "{driver} {policy}: {stats}");
+        }
+    }
+}

@@ -586,8 +586,9 @@ fn a_catch_up_larger_than_redis_lets_a_client_receive_is_read_in_smaller_pieces(
         return;
     }
     // 100 KB messages: over the 64 KiB a notification carries, so every one
-    // is read from the log, and a catch-up read of many is megabytes. The
-    // streams' queues hold the catch-up's burst (at the default 256 KiB,
+    // is read from the log, and a catch-up read of many is megabytes, more
+    // than a client's socket takes at once. The streams' queues hold the
+    // rest of the catch-up's burst (at the default 256 KiB,
     // `--drop-policy oldest` would drop frames of it: not what this tests).
     let mut tier = tier(&[], 2, &["--max-queue-bytes", "64MiB", "--max-queue-items", "1000"]);
     let publisher = Publisher::start(vec![tier.instances[0].api], 100_000, Duration::from_millis(20));

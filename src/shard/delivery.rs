@@ -14,7 +14,7 @@ use super::conn::{CloseReason, Closing, Conn};
 use super::envelope::{Delivery, Envelope, Target};
 use super::queue::Pushed;
 use super::replay::{self, Ahead, Stream};
-use super::{yielding, ShardCtx, ShardState};
+use super::{writer, yielding, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
 use crate::sse::frame;
 
@@ -286,11 +286,12 @@ impl ShardCtx {
             return 0;
         };
         let mut tally = Tally::default();
+        let now_ms = self.clock_ms.get();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {
                 return;
             }
-            match conn.queue.push(frame.clone(), &self.limits) {
+            match writer::offer(conn, frame.clone(), &self.limits, now_ms) {
                 Pushed::Queued { dropped_oldest } => {
                     conn.told_bus_gap = false;
                     conn.sent += 1;

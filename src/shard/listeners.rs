@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::conn::{CloseReason, Conn};
 use super::envelope::{Envelope, Subscription};
 use super::queue::{Pushed, QueueLimits};
-use super::{ShardCtx, ShardState};
+use super::{writer, ShardCtx, ShardState};
 use crate::config::DropPolicy;
 use crate::events::{error_event, Event, EventKind, EventTypes};
 use crate::namespace::plain_name;
@@ -52,6 +52,7 @@ impl ShardCtx {
         let mut state = self.state.borrow_mut();
         let ShardState { conns, listeners, ready, .. } = &mut *state;
         let mut dropped = 0;
+        let now_ms = self.now_ms();
         for &key in listeners.iter() {
             let conn = &mut conns[key];
             let Some(types) = conn.listener else { continue };
@@ -60,7 +61,7 @@ impl ShardCtx {
             if !types.contains(event.kind) || !in_scope || conn.closing.is_some() {
                 continue;
             }
-            match conn.queue.push(event.frame.clone(), &LISTENER_QUEUE) {
+            match writer::offer(conn, event.frame.clone(), &LISTENER_QUEUE, now_ms) {
                 Pushed::Queued { dropped_oldest } => {
                     dropped += dropped_oldest as u64;
                     ready.add(conn);

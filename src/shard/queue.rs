@@ -76,8 +76,8 @@ impl FrameQueue {
     /// so a message larger than `max_bytes` (but within `--max-payload`) still
     /// reaches a connection that keeps up.
     pub fn push(&mut self, frame: Bytes, limits: &QueueLimits) -> Pushed {
-        let fits = |q: &Self| q.items() < limits.max_items && q.bytes() + frame.len() <= limits.max_bytes;
-        if self.is_idle() || fits(self) {
+        let fits = |q: &Self| q.fits(frame.len(), limits);
+        if fits(self) {
             self.push_unbounded(frame);
             return Pushed::Queued { dropped_oldest: 0 };
         }
@@ -107,6 +107,12 @@ impl FrameQueue {
         }
     }
 
+    /// True when a frame of `len` bytes can be queued within `limits`
+    /// without dropping anything.
+    pub fn fits(&self, len: usize, limits: &QueueLimits) -> bool {
+        self.is_idle() || (self.items() < limits.max_items && self.bytes() + len <= limits.max_bytes)
+    }
+
     /// Queues a control frame (preamble, heartbeat, shutdown notice) outside the limits.
     pub fn push_unbounded(&mut self, frame: Bytes) {
         self.bytes += frame.len();
@@ -115,7 +121,7 @@ impl FrameQueue {
 
     /// Describes up to `max` of the oldest frames in `iovecs` for one send;
     /// returns their length in bytes.
-    pub fn describe(&self, iovecs: &mut Vec<libc::iovec>, max: usize) -> usize {
+    pub fn describe(&self, iovecs: &mut impl Extend<libc::iovec>, max: usize) -> usize {
         let mut total = 0;
         iovecs.extend(self.frames.iter().take(max).map(|frame| {
             total += frame.len();

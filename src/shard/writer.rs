@@ -20,8 +20,10 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::conn::{slot_of, CloseReason, Closing, Conn, ReadyList};
+use super::queue::{Pushed, QueueLimits};
 use super::socket::{self, SendRing, Socket};
 use super::{yielding, ShardCtx, ShardState};
 use crate::metrics::ShardStats;
@@ -231,6 +233,19 @@ fn settle(
     now_ms: u64,
     ready: &mut ReadyList,
 ) -> Option<End> {
+    if record(conn, result, offered, now_ms).is_err() {
+        return Some(End::WriteFailed);
+    }
+    if conn.queue.has_waiting() {
+        ready.add(conn);
+        return None;
+    }
+    finished(conn).then_some(End::Finished)
+}
+
+/// Applies what a send of `offered` bytes took to `conn`'s queue and its
+/// write clocks; a failure other than a full socket is given back.
+fn record(conn: &mut Conn, result: io::Result<usize>, offered: usize, now_ms: u64) -> io::Result<()> {
     match result {
         Ok(sent) => {
             conn.queue.consume(sent);
@@ -243,13 +258,40 @@ fn settle(
             conn.blocked = true;
             conn.writing_since_ms.get_or_insert(now_ms);
         }
-        Err(_) => return Some(End::WriteFailed),
+        Err(error) => return Err(error),
     }
-    if conn.queue.has_waiting() {
-        ready.add(conn);
-        return None;
+    Ok(())
+}
+
+/// Queues a message frame to `conn` under `limits`. When it would not fit,
+/// the socket of a connection not known to be slow first takes what it
+/// will, at once: the bounds are for what a slow client leaves waiting, not
+/// for a burst that reached the connection within one turn (a batch, a bus
+/// catch-up) before the write loop had its turn. A fast client's socket
+/// takes such a burst whole, so it loses nothing to the drop policy. Costs
+/// a system call only then; no send of `conn` is in flight meanwhile (a
+/// round's sends are answered before the round returns). A failed send is
+/// left for the connection's turn in the loop, which ends it.
+#[inline]
+pub fn offer(conn: &mut Conn, frame: Bytes, limits: &QueueLimits, now_ms: u64) -> Pushed {
+    if !conn.blocked && !conn.queue.fits(frame.len(), limits) {
+        make_room(conn, frame.len(), limits, now_ms);
     }
-    finished(conn).then_some(End::Finished)
+    conn.queue.push(frame, limits)
+}
+
+/// [`offer`]'s sends, until `len` more bytes fit or the socket is full.
+#[cold]
+#[inline(never)]
+fn make_room(conn: &mut Conn, len: usize, limits: &QueueLimits, now_ms: u64) {
+    let mut iovecs: SmallVec<[libc::iovec; MAX_FRAMES_PER_WRITE]> = SmallVec::new();
+    while !conn.blocked && !conn.queue.fits(len, limits) {
+        iovecs.clear();
+        let offered = conn.queue.describe(&mut iovecs, MAX_FRAMES_PER_WRITE);
+        if record(conn, socket::send(conn.socket, &iovecs), offered, now_ms).is_err() {
+            break;
+        }
+    }
 }
 
 /// True when a graceful close was asked for and everything is sent.
