@@ -73,7 +73,8 @@ static GLOBAL: Counting = Counting;
 
 const RECIPIENTS: usize = 10_000;
 /// The server's defaults are far above one frame per queue; nothing is dropped.
-const LIMITS: QueueLimits = QueueLimits { max_items: 1024, max_bytes: 1 << 20, policy: DropPolicy::Oldest };
+const LIMITS: QueueLimits =
+    QueueLimits { max_items: 1024, max_bytes: 1 << 20, policy: DropPolicy::Oldest, notice: true };
 /// Frames the write loop sends at once.
 const BATCH: usize = 64;
 

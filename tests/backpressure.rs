@@ -37,6 +37,35 @@ fn seq_of(data: &str) -> usize {
     data[4..9].parse().unwrap_or_else(|_| panic!("payload damaged: {:?}", &data[..20]))
 }
 
+/// What a stuck subscriber reads once it reads again: the messages'
+/// sequence numbers and the messages the drop notices said it lost.
+struct Read {
+    seqs: Vec<usize>,
+    told_dropped: u64,
+    notices: usize,
+}
+
+/// Reads events until `end` says to stop (or none comes for `quiet`),
+/// telling messages from `ssekify.gap` drop notices.
+fn read_stuck(client: &mut SseClient, quiet: Duration, end: impl Fn(&SseEvent) -> bool) -> Read {
+    let mut read = Read { seqs: Vec::new(), told_dropped: 0, notices: 0 };
+    while let Some(ev) = client.next_event(quiet) {
+        if end(&ev) {
+            break;
+        }
+        if ev.event.as_deref() == Some("ssekify.gap") {
+            let data: serde_json::Value = serde_json::from_str(&ev.data).expect("a notice's data is JSON");
+            assert_eq!(data["reason"], "slow", "{}", ev.data);
+            assert_eq!(ev.id, None, "a notice carries no id");
+            read.told_dropped += data["dropped"].as_u64().expect("a count");
+            read.notices += 1;
+        } else {
+            read.seqs.push(seq_of(&ev.data));
+        }
+    }
+    read
+}
+
 struct Outcome {
     server: Server,
     unread: SseClient,
@@ -117,20 +146,19 @@ fn drop_oldest_keeps_the_newest_frames_for_a_stuck_subscriber() {
     assert_eq!(stat(&stats, "disconnectedByBackpressure"), 0, "{stats}");
     assert_eq!(stat(&stats, "connections"), 2, "{stats}");
 
-    // Now the stuck subscriber reads: whole frames, in order, ending with the newest.
+    // Now the stuck subscriber reads: whole frames, in order, ending with the
+    // newest, and a notice of every message dropped (one for the whole run,
+    // since it reads nothing until the end).
     ok_json(broadcast(server.api, "end", "event=end"));
     assert_eq!(unread.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)));
-    let mut seqs = Vec::new();
-    loop {
-        let ev = unread.next_event(Duration::from_secs(20)).expect("the end marker");
-        if ev.event.as_deref() == Some("end") {
-            break;
-        }
-        seqs.push(seq_of(&ev.data));
-    }
+    let Read { seqs, told_dropped, notices } =
+        read_stuck(&mut unread, Duration::from_secs(20), |ev| ev.event.as_deref() == Some("end"));
     assert!(seqs.len() < MESSAGES, "nothing was dropped?");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames reordered: {seqs:?}");
     assert_eq!(seqs.last(), Some(&(MESSAGES - 1)), "drop-oldest must keep the newest frame");
+    assert_eq!(seqs.len() as u64 + told_dropped, MESSAGES as u64, "every message received or told dropped");
+    assert_eq!(told_dropped, stat(&server.stats(), "droppedOldest"));
+    assert_eq!(notices, 1, "one notice for one run of drops");
 }
 
 #[test]
@@ -142,13 +170,13 @@ fn drop_newest_keeps_the_oldest_frames_for_a_stuck_subscriber() {
     assert_eq!(stat(&stats, "disconnectedByBackpressure"), 0, "{stats}");
 
     assert_eq!(unread.next_item(IO_TIMEOUT), Some(SseItem::Retry(2000)));
-    let mut seqs = Vec::new();
-    while let Some(ev) = unread.next_event(Duration::from_secs(2)) {
-        seqs.push(seq_of(&ev.data));
-    }
+    let Read { seqs, told_dropped, notices } = read_stuck(&mut unread, Duration::from_secs(2), |_| false);
     assert_eq!(seqs.first(), Some(&0), "drop-newest must keep the oldest frame");
     assert!(seqs.len() < MESSAGES, "nothing was dropped?");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "frames reordered: {seqs:?}");
+    assert_eq!(seqs.len() as u64 + told_dropped, MESSAGES as u64, "every message received or told dropped");
+    assert_eq!(told_dropped, stat(&stats, "droppedNewest"));
+    assert!(notices >= 1, "the drops were told");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::namespace::plain_name;
 /// A listener's queue: thousands of events of slack for a reader that
 /// pauses, then the oldest go (counted in `eventsDropped`).
 pub const LISTENER_QUEUE: QueueLimits =
-    QueueLimits { max_items: 10_000, max_bytes: 4 << 20, policy: DropPolicy::Oldest };
+    QueueLimits { max_items: 10_000, max_bytes: 4 << 20, policy: DropPolicy::Oldest, notice: false };
 
 impl ShardCtx {
     /// Registers a lifecycle events listener, its socket in the epoll set.

@@ -145,6 +145,7 @@ impl ShardCtx {
             max_items: config.max_queue_items.get(),
             max_bytes: config.max_queue_bytes.get(),
             policy: config.drop_policy,
+            notice: true,
         };
         let sockets = Watchlist::new()?;
         let ids = IdGenerator::new(shared.instance, id);

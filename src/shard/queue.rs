@@ -6,12 +6,22 @@
 //! connection that keeps up (one frame at a time) never allocates one. The
 //! bounds count everything accepted and not yet written; a frame the socket
 //! took part of stays first and is never dropped, so a frame is never cut.
+//!
+//! What the policy drops is told to the stream: the next send starts, after
+//! a frame it finishes, with one `ssekify.gap` notice (`"reason":"slow"`,
+//! the count of messages dropped since the last one), so a client is never
+//! silently short of messages and a slow one gets no flood of notices.
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
 use crate::config::DropPolicy;
+
+/// How a drop notice starts (an `ssekify.gap` control frame, no `id:`
+/// line); the count and [`NOTICE_TAIL`] follow.
+const NOTICE_HEAD: &str = "event: ssekify.gap\ndata: {\"reason\":\"slow\",\"dropped\":";
+const NOTICE_TAIL: &str = "}\n\n";
 
 /// Ring capacity kept after a burst drains; larger rings are released so an
 /// idle connection does not keep the memory of its busiest moment.
@@ -26,6 +36,10 @@ pub struct QueueLimits {
     pub max_bytes: usize,
     /// What a frame that does not fit does.
     pub policy: DropPolicy,
+    /// Whether drops are told to the stream (a drop notice): subscribers'
+    /// queues; not the lifecycle events listeners', whose stream the
+    /// contract keeps to events.
+    pub notice: bool,
 }
 
 /// What happened to a pushed frame.
@@ -49,6 +63,8 @@ pub struct FrameQueue {
     bytes: usize,
     /// The socket took part of the first frame: the rest must follow it.
     started: bool,
+    /// Messages dropped and not yet told: a notice goes out with the next send.
+    untold: u32,
 }
 
 impl FrameQueue {
@@ -82,10 +98,13 @@ impl FrameQueue {
             return Pushed::Queued { dropped_oldest: 0 };
         }
         match limits.policy {
-            DropPolicy::Newest => Pushed::DroppedNewest,
+            DropPolicy::Newest => {
+                self.count_untold(1, limits);
+                Pushed::DroppedNewest
+            }
             DropPolicy::Disconnect => Pushed::Overflow,
             DropPolicy::Oldest => {
-                let mut dropped = 0;
+                let (mut dropped, mut messages) = (0, 0);
                 // A started frame stays: the oldest one that may go is after it.
                 let oldest = usize::from(self.started);
                 while !fits(self) {
@@ -93,14 +112,25 @@ impl FrameQueue {
                         break;
                     };
                     self.bytes -= old.len();
-                    dropped += 1;
+                    // A notice that had not gone out yet is told again, with
+                    // these; a message starts with its `id:` line (a
+                    // heartbeat or other control frame is no message lost).
+                    match notice_count(&old) {
+                        Some(told) => self.untold = self.untold.saturating_add(told),
+                        None => {
+                            dropped += 1;
+                            messages += u32::from(old.starts_with(b"id:"));
+                        }
+                    }
                 }
-                if fits(self) || self.is_idle() {
+                self.count_untold(messages, limits);
+                if fits(self) {
                     self.push_unbounded(frame);
                     Pushed::Queued { dropped_oldest: dropped }
                 } else {
                     // Only the started frame is left and the frame still does
                     // not fit beside it: the frame is the one dropped.
+                    self.count_untold(1, limits);
                     Pushed::DroppedNewest
                 }
             }
@@ -113,6 +143,13 @@ impl FrameQueue {
         self.is_idle() || (self.items() < limits.max_items && self.bytes() + len <= limits.max_bytes)
     }
 
+    /// Counts `dropped` frames for the next notice, where drops are told.
+    fn count_untold(&mut self, dropped: u32, limits: &QueueLimits) {
+        if limits.notice {
+            self.untold = self.untold.saturating_add(dropped);
+        }
+    }
+
     /// Queues a control frame (preamble, heartbeat, shutdown notice) outside the limits.
     pub fn push_unbounded(&mut self, frame: Bytes) {
         self.bytes += frame.len();
@@ -120,14 +157,27 @@ impl FrameQueue {
     }
 
     /// Describes up to `max` of the oldest frames in `iovecs` for one send;
-    /// returns their length in bytes.
-    pub fn describe(&self, iovecs: &mut impl Extend<libc::iovec>, max: usize) -> usize {
+    /// returns their length in bytes. Drops not yet told are told first
+    /// (after a started frame): their notice is queued here.
+    pub fn describe(&mut self, iovecs: &mut impl Extend<libc::iovec>, max: usize) -> usize {
+        if self.untold > 0 {
+            self.queue_notice();
+        }
         let mut total = 0;
         iovecs.extend(self.frames.iter().take(max).map(|frame| {
             total += frame.len();
             libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() }
         }));
         total
+    }
+
+    /// Puts the notice of the untold drops before the oldest frame not started.
+    #[cold]
+    fn queue_notice(&mut self) {
+        let notice = Bytes::from(format!("{NOTICE_HEAD}{}{NOTICE_TAIL}", self.untold));
+        self.untold = 0;
+        self.bytes += notice.len();
+        self.frames.insert(usize::from(self.started), notice);
     }
 
     /// Forgets the `written` bytes the socket took: whole frames leave, a
@@ -192,6 +242,21 @@ impl Frames {
         }
     }
 
+    /// Puts `frame` at `index` (at most the length), the frames from there on after it.
+    fn insert(&mut self, index: usize, frame: Bytes) {
+        match (index, self.oldest.take()) {
+            (0, Some(oldest)) => {
+                self.others.push_front(oldest);
+                self.oldest = Some(frame);
+            }
+            (_, None) => self.oldest = Some(frame),
+            (_, oldest) => {
+                self.oldest = oldest;
+                self.others.insert(index - 1, frame);
+            }
+        }
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Bytes> {
         self.oldest.iter().chain(&self.others)
     }
@@ -204,12 +269,19 @@ impl Frames {
     }
 }
 
+/// The count a drop notice carries; `None` for any other frame (a message
+/// frame starts with its `id:` line, so it is never taken for one).
+fn notice_count(frame: &Bytes) -> Option<u32> {
+    let digits = frame.strip_prefix(NOTICE_HEAD.as_bytes())?.strip_suffix(NOTICE_TAIL.as_bytes())?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn limits(policy: DropPolicy) -> QueueLimits {
-        QueueLimits { max_items: 3, max_bytes: 10, policy }
+        QueueLimits { max_items: 3, max_bytes: 10, policy, notice: false }
     }
 
     fn frame(text: &'static str) -> Bytes {
@@ -294,5 +366,95 @@ mod tests {
         let big = frame("0123456789abcdef");
         assert_eq!(queue.push(big.clone(), &limits(DropPolicy::Newest)), Pushed::Queued { dropped_oldest: 0 });
         assert_eq!(queue.push(frame("x"), &limits(DropPolicy::Newest)), Pushed::DroppedNewest);
+    }
+
+    /// Limits where drops are told, with room for three messages.
+    fn told(policy: DropPolicy) -> QueueLimits {
+        QueueLimits { max_items: 3, max_bytes: 100, policy, notice: true }
+    }
+
+    /// A message frame (it starts with its `id:` line).
+    fn msg(id: &'static str) -> Bytes {
+        Bytes::from(format!("id:{id};"))
+    }
+
+    fn notice(dropped: u32) -> String {
+        format!("event: ssekify.gap\ndata: {{\"reason\":\"slow\",\"dropped\":{dropped}}}\n\n")
+    }
+
+    fn text(queue: &mut FrameQueue, take: usize) -> String {
+        String::from_utf8(send(queue, take)).unwrap()
+    }
+
+    #[test]
+    fn drops_are_told_once_where_the_messages_were() {
+        let mut queue = FrameQueue::default();
+        for id in ["a", "b", "c", "d", "e"] {
+            queue.push(msg(id), &told(DropPolicy::Oldest));
+        }
+        assert_eq!(text(&mut queue, usize::MAX), notice(2) + "id:c;id:d;id:e;");
+        // Told: the next drops are news again.
+        for id in ["f", "g", "h", "i"] {
+            queue.push(msg(id), &told(DropPolicy::Oldest));
+        }
+        assert_eq!(text(&mut queue, usize::MAX), notice(1) + "id:g;id:h;id:i;");
+        assert!(queue.is_idle());
+    }
+
+    #[test]
+    fn a_notice_waiting_for_room_counts_the_drops_after_it() {
+        let mut queue = FrameQueue::default();
+        for id in ["a", "b"] {
+            queue.push(msg(id), &told(DropPolicy::Oldest));
+        }
+        // The socket takes part of the first frame, which stays first.
+        assert_eq!(text(&mut queue, 2), "id");
+        for id in ["c", "d"] {
+            queue.push(msg(id), &told(DropPolicy::Oldest));
+        }
+        // A send the socket takes nothing of: the notice of "b" now waits after "a".
+        assert_eq!(text(&mut queue, 0), "");
+        // Dropped with "c", that notice is told again, counting both.
+        queue.push(msg("e"), &told(DropPolicy::Oldest));
+        assert_eq!(text(&mut queue, usize::MAX), ":a;".to_owned() + &notice(2) + "id:d;id:e;");
+    }
+
+    #[test]
+    fn a_dropped_heartbeat_is_no_message_lost() {
+        let mut queue = FrameQueue::default();
+        queue.push_unbounded(frame(": ping\n\n"));
+        for id in ["a", "b", "c"] {
+            queue.push(msg(id), &told(DropPolicy::Oldest));
+        }
+        assert_eq!(text(&mut queue, usize::MAX), "id:a;id:b;id:c;", "a ping alone dropped: nothing to tell");
+    }
+
+    #[test]
+    fn newest_policy_tells_its_drops_before_what_is_queued() {
+        let mut queue = FrameQueue::default();
+        for id in ["a", "b", "c", "d", "e"] {
+            queue.push(msg(id), &told(DropPolicy::Newest));
+        }
+        assert_eq!(text(&mut queue, usize::MAX), notice(2) + "id:a;id:b;id:c;");
+    }
+
+    #[test]
+    fn no_notice_where_drops_are_not_told_nor_for_a_disconnect() {
+        let mut queue = FrameQueue::default();
+        for id in ["a", "b", "c", "d"] {
+            queue.push(msg(id), &QueueLimits { notice: false, ..told(DropPolicy::Oldest) });
+        }
+        queue.push(msg("e"), &told(DropPolicy::Disconnect));
+        assert_eq!(text(&mut queue, usize::MAX), "id:b;id:c;id:d;");
+    }
+
+    #[test]
+    fn only_a_notice_is_read_as_one() {
+        assert_eq!(notice_count(&Bytes::from(notice(17))), Some(17));
+        assert_eq!(notice_count(&frame("id: 1\ndata: x\n\n")), None);
+        assert_eq!(
+            notice_count(&frame("event: ssekify.gap\ndata: {\"lastEventId\":null,\"reason\":\"bus\"}\n\n")),
+            None
+        );
     }
 }

@@ -248,7 +248,7 @@ mod tests {
 
     /// Everything queued to connection `key`, as its socket would get it.
     fn queued(ctx: &ShardCtx, key: usize) -> String {
-        let state = ctx.state.borrow();
+        let mut state = ctx.state.borrow_mut();
         let mut iovecs = Vec::new();
         state.conns[key].queue.describe(&mut iovecs, 64);
         iovecs
