@@ -10,7 +10,9 @@
 //! What the policy drops is told to the stream: the next send starts, after
 //! a frame it finishes, with one `ssekify.gap` notice (`"reason":"slow"`,
 //! the count of messages dropped since the last one), so a client is never
-//! silently short of messages and a slow one gets no flood of notices.
+//! silently short of messages and a slow one gets no flood of notices. The
+//! policy drops messages and heartbeats, never a notice of another loss (a
+//! bus gap, a resume's gap, the shutdown announcement).
 
 use std::collections::VecDeque;
 
@@ -106,19 +108,27 @@ impl FrameQueue {
             DropPolicy::Oldest => {
                 let (mut dropped, mut messages) = (0, 0);
                 // A started frame stays: the oldest one that may go is after it.
-                let oldest = usize::from(self.started);
+                let mut at = usize::from(self.started);
                 while !fits(self) {
-                    let Some(old) = self.frames.remove(oldest) else {
+                    let Some(old) = self.frames.get(at) else {
                         break;
                     };
+                    // A notice of a loss (a bus gap, a resume's gap, the
+                    // shutdown announcement) stays: dropped, that news would
+                    // be lost without a word. A drop notice that had not
+                    // gone out yet goes, and is told again with these.
+                    let told = notice_count(old);
+                    if told.is_none() && old.starts_with(b"event:") {
+                        at += 1;
+                        continue;
+                    }
+                    let old = self.frames.remove(at).expect("the frame just read");
                     self.bytes -= old.len();
-                    // A notice that had not gone out yet is told again, with
-                    // these; a message starts with its `id:` line (a
-                    // heartbeat or other control frame is no message lost).
-                    match notice_count(&old) {
+                    match told {
                         Some(told) => self.untold = self.untold.saturating_add(told),
                         None => {
                             dropped += 1;
+                            // A message starts with its `id:` line; a heartbeat is no message lost.
                             messages += u32::from(old.starts_with(b"id:"));
                         }
                     }
@@ -128,8 +138,9 @@ impl FrameQueue {
                     self.push_unbounded(frame);
                     Pushed::Queued { dropped_oldest: dropped }
                 } else {
-                    // Only the started frame is left and the frame still does
-                    // not fit beside it: the frame is the one dropped.
+                    // Only the started frame (and notices of losses) is left
+                    // and the frame still does not fit beside it: the frame
+                    // is the one dropped.
                     self.count_untold(1, limits);
                     Pushed::DroppedNewest
                 }
@@ -171,13 +182,19 @@ impl FrameQueue {
         total
     }
 
-    /// Puts the notice of the untold drops before the oldest frame not started.
+    /// Puts the notice of the untold drops where they were: before the
+    /// oldest frame not started, after the notices of other losses the
+    /// policy kept there.
     #[cold]
     fn queue_notice(&mut self) {
         let notice = Bytes::from(format!("{NOTICE_HEAD}{}{NOTICE_TAIL}", self.untold));
         self.untold = 0;
         self.bytes += notice.len();
-        self.frames.insert(usize::from(self.started), notice);
+        let mut at = usize::from(self.started);
+        while self.frames.get(at).is_some_and(|frame| frame.starts_with(b"event:")) {
+            at += 1;
+        }
+        self.frames.insert(at, notice);
     }
 
     /// Forgets the `written` bytes the socket took: whole frames leave, a
@@ -239,6 +256,13 @@ impl Frames {
         match index {
             0 => self.pop_front(),
             _ => self.others.remove(index - 1),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&Bytes> {
+        match index {
+            0 => self.oldest.as_ref(),
+            _ => self.others.get(index - 1),
         }
     }
 
@@ -456,5 +480,17 @@ mod tests {
             notice_count(&frame("event: ssekify.gap\ndata: {\"lastEventId\":null,\"reason\":\"bus\"}\n\n")),
             None
         );
+    }
+
+    #[test]
+    fn a_notice_of_another_loss_is_kept_when_messages_are_dropped() {
+        let mut queue = FrameQueue::default();
+        let bus_gap = "event: ssekify.gap\ndata: {\"lastEventId\":null,\"reason\":\"bus\"}\n\n";
+        queue.push_unbounded(Bytes::from_static(bus_gap.as_bytes()));
+        for id in ["a", "b", "c"] {
+            queue.push(msg(id), &QueueLimits { max_bytes: 1000, ..told(DropPolicy::Oldest) });
+        }
+        // Full by count: "a" goes, the bus gap's notice stays first.
+        assert_eq!(text(&mut queue, usize::MAX), bus_gap.to_owned() + &notice(1) + "id:b;id:c;");
     }
 }
