@@ -113,12 +113,14 @@ impl FrameQueue {
                     let Some(old) = self.frames.get(at) else {
                         break;
                     };
-                    // A notice of a loss (a bus gap, a resume's gap, the
-                    // shutdown announcement) stays: dropped, that news would
-                    // be lost without a word. A drop notice that had not
-                    // gone out yet goes, and is told again with these.
+                    // Where drops are told, a notice of a loss (a bus gap,
+                    // a resume's gap, the shutdown announcement) stays:
+                    // dropped, that news would be lost without a word. A
+                    // drop notice that had not gone out yet goes, and is
+                    // told again with these. (A listener's frames are all
+                    // `event:` lines: there every frame may go.)
                     let told = notice_count(old);
-                    if told.is_none() && old.starts_with(b"event:") {
+                    if limits.notice && told.is_none() && old.starts_with(b"event:") {
                         at += 1;
                         continue;
                     }
@@ -492,5 +494,16 @@ mod tests {
         }
         // Full by count: "a" goes, the bus gap's notice stays first.
         assert_eq!(text(&mut queue, usize::MAX), bus_gap.to_owned() + &notice(1) + "id:b;id:c;");
+    }
+
+    #[test]
+    fn where_drops_are_not_told_every_frame_may_go() {
+        // A lifecycle events listener's frames: `event:` lines, no id.
+        let mut queue = FrameQueue::default();
+        let limits = QueueLimits { max_items: 2, max_bytes: 1000, policy: DropPolicy::Oldest, notice: false };
+        for kind in ["event: a\n\n", "event: b\n\n", "event: c\n\n"] {
+            queue.push(frame(kind), &limits);
+        }
+        assert_eq!(text(&mut queue, usize::MAX), "event: b\n\nevent: c\n\n");
     }
 }
