@@ -344,10 +344,18 @@ impl Session {
                 return error;
             }
             let mut heard = None;
+            // The subscription first: a message already read is taken
+            // without setting up the other waits (the inbox's costs two
+            // channel reads and a fence), whose work is then taken below
+            // without waiting, so neither waits behind a busy subscription.
             monoio::select! {
+                biased;
                 (reader, reply) = &mut pushed => heard = Some((reader, reply)),
                 _ = self.events.take(&mut events) => {}
                 _ = inbox.recv_batch(&mut commands, BATCH) => {}
+            }
+            if heard.is_some() {
+                inbox.take_ready(&mut commands, BATCH);
             }
             // A read may have brought several messages: each one already
             // whole is taken in this turn.
