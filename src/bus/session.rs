@@ -110,6 +110,13 @@ struct Node {
     queued: Vec<Sent>,
 }
 
+impl Node {
+    /// True while a catch-up read sent on this connection awaits its reply.
+    fn reading(&self) -> bool {
+        self.in_flight.iter().any(|(sent, _)| matches!(sent, Sent::Range { .. }))
+    }
+}
+
 /// The parts of the bus thread that outlive a session.
 pub struct Durable {
     /// Positions in the log.
@@ -280,9 +287,7 @@ impl Session {
         durable: &mut Durable,
     ) -> BusError {
         let error = self.serve(shared, bus, inbox, durable).await;
-        let reading =
-            self.nodes.iter().any(|node| node.in_flight.iter().any(|(sent, _)| matches!(sent, Sent::Range { .. })));
-        if reading {
+        if self.nodes.iter().any(Node::reading) {
             durable.range_size.cut();
             crate::log!(
                 Warn,
@@ -560,9 +565,9 @@ impl Session {
     /// when the bus has another count than this instance (its messages would
     /// go to partitions the others do not read), or when the Redis user may
     /// not run scripts or Redis is a read-only replica (no append could be
-    /// made either). A claim Redis could
-    /// not run for another reason (a full Redis) contradicts nothing: it is
-    /// logged once a session, and the session goes on.
+    /// made either). A claim Redis could not run for another reason (a full
+    /// Redis) contradicts nothing: it is logged once a session, and the
+    /// session goes on.
     fn on_layout(&mut self, bus: &Bus, durable: &Durable, reply: &Reply) -> Result<(), BusError> {
         let ours = durable.sequencer.len();
         match reply {
@@ -721,11 +726,7 @@ impl Session {
                         crate::log!(Warn, "bus log entry unreadable: announced as a gap", error = error);
                         bus.report_error(shared, &error);
                         bus.count_gap();
-                        let partitions = durable.sequencer.len();
-                        for shard in 0..shared.shard_count() {
-                            let gap = Envelope::BusGap { lost: vec![partition], partitions };
-                            shared.send_from_bus(shard, gap, Probe::NOW).await;
-                        }
+                        tell_shards_of_loss(shared, &[partition], durable.sequencer.len()).await;
                     }
                 }
                 Action::Fetch { partition, from } => {
@@ -749,12 +750,7 @@ impl Session {
                         let applied = durable.sequencer.position(partition).applied;
                         durable.own.forget_lost(shared, partition, applied).await;
                     }
-                    let partitions = durable.sequencer.len();
-                    for shard in 0..shared.shard_count() {
-                        shared
-                            .send_from_bus(shard, Envelope::BusGap { lost: lost.clone(), partitions }, Probe::NOW)
-                            .await;
-                    }
+                    tell_shards_of_loss(shared, &lost, durable.sequencer.len()).await;
                 }
             }
         }
@@ -777,7 +773,7 @@ impl Session {
                 continue;
             }
             let now = Instant::now();
-            let mut reading = node.in_flight.iter().any(|(sent, _)| matches!(sent, Sent::Range { .. }));
+            let mut reading = node.reading();
             for sent in std::mem::take(&mut node.queued) {
                 if matches!(sent, Sent::Range { .. }) && durable.range_size.one_at_a_time() {
                     if reading {
@@ -857,6 +853,14 @@ impl Session {
         let node = open_node(&self.url, address, &self.events, index, timeout).await?;
         self.nodes.push(node);
         Ok(index)
+    }
+}
+
+/// Tells every shard that the `lost` partitions (of `partitions`) lost
+/// messages: their subscribers concerned get an `ssekify.gap`.
+async fn tell_shards_of_loss(shared: &Arc<Shared>, lost: &[u16], partitions: u16) {
+    for shard in 0..shared.shard_count() {
+        shared.send_from_bus(shard, Envelope::BusGap { lost: lost.to_vec(), partitions }, Probe::NOW).await;
     }
 }
 
