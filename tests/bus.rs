@@ -466,7 +466,7 @@ fn the_documented_redis_user_works_and_one_without_a_needed_command_stays_down()
     let redis = RedisServer::start(&[]);
     for (user, denied) in [("noscripts", ["-eval", "-evalsha"]), ("nosubscribe", ["-subscribe", "-ssubscribe"])] {
         let acl = ["ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", denied[0], denied[1]];
-        assert_eq!(redis.cli(&acl).as_deref().map(str::trim), Some("OK"));
+        redis.ok(&acl);
     }
     for (user, says) in [
         ("noscripts", "the Redis user may not run the bus's scripts: NOPERM"),
@@ -484,7 +484,7 @@ fn the_documented_redis_user_works_and_one_without_a_needed_command_stays_down()
                +role +cluster|slots +cluster|nodes +script|load +eval +evalsha +xrange +hmget +publish +spublish \
                +subscribe +ssubscribe +hget +hset +hincrby +set +get +del +xadd +time";
     let words: Vec<&str> = acl.split_whitespace().collect();
-    assert_eq!(redis.cli(&words).as_deref().map(str::trim), Some("OK"));
+    redis.ok(&words);
     let url = format!("redis://ssekify:secret@127.0.0.1:{}", redis.port());
     let a = instance(None, &url, &[]);
     let b = instance(None, &url, &[]);
@@ -829,7 +829,7 @@ fn cluster_command_connections_outlive_redis_closing_idle_clients() {
     // The instance's connections to the nodes whose partitions carry no
     // traffic must not go idle and take the session down with them.
     for node in &cluster.nodes {
-        assert_eq!(node.cli(&["CONFIG", "SET", "timeout", "1"]).as_deref().map(str::trim), Some("OK"));
+        node.ok(&["CONFIG", "SET", "timeout", "1"]);
     }
     let a = instance(None, &cluster.url_via(0), &[]);
     std::thread::sleep(Duration::from_secs(4));

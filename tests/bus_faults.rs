@@ -358,8 +358,7 @@ fn paused_writes_lose_nothing_acknowledged() {
         |tier, _| {
             // What an operator's `FAILOVER` or a manual switch does: reads
             // go on, appends (and the canary's PUBLISH) wait for 2 s.
-            let paused = tier.redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
-            assert_eq!(paused.as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["CLIENT", "PAUSE", "2000", "WRITE"]);
             std::thread::sleep(Duration::from_millis(2500));
         },
         0..=0,
@@ -432,11 +431,9 @@ fn an_output_buffer_limit_that_cuts_subscribers_loses_nothing() {
         4096,
         |tier, _| {
             // A subscriber more than 8 KiB behind is cut at once.
-            let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 8kb 4kb 1"]);
-            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 8kb 4kb 1"]);
             std::thread::sleep(Duration::from_secs(3));
-            let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
-            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 32mb 8mb 60"]);
         },
         0..=0,
     );
@@ -480,7 +477,7 @@ fn a_redis_restored_from_an_older_snapshot_is_one_gap_then_every_message() {
             // crash: Redis comes back with the snapshot, its logs behind what
             // the instances applied, and would give out those sequence
             // numbers again.
-            assert_eq!(tier.redis.cli(&["SAVE"]).as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["SAVE"]);
             publisher.wait_for_more(40);
             tier.redis.restart();
         },
@@ -507,10 +504,8 @@ fn a_full_redis_refuses_publishes_and_loses_nothing_acknowledged() {
         |tier, publisher| {
             // Over `maxmemory` with nothing to evict: Redis refuses every
             // write, the appends among them (`OOM command not allowed…`).
-            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
-            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
-            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+            tier.redis.ok(&["CONFIG", "SET", "maxmemory", "1"]);
             let refused = wait_until(Duration::from_secs(10), || {
                 tier.instances.iter().any(|s| bus(s)["lastError"].as_str().is_some_and(|e| e.contains("OOM")))
             });
@@ -518,8 +513,7 @@ fn a_full_redis_refuses_publishes_and_loses_nothing_acknowledged() {
             let stalled_at = publisher.acked();
             std::thread::sleep(Duration::from_secs(2));
             assert!(publisher.acked() <= stalled_at + 1, "publishes were acknowledged by a full Redis");
-            let set = tier.redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
-            assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["CONFIG", "SET", "maxmemory", "0"]);
         },
         0..=0,
     );
@@ -541,7 +535,7 @@ fn a_flushed_script_cache_loses_nothing() {
             // The next append finds no script (`NOSCRIPT`): its publisher
             // hears 503 and the session loads the script again.
             for _ in 0..2 {
-                assert_eq!(tier.redis.cli(&["SCRIPT", "FLUSH"]).as_deref().map(str::trim), Some("OK"));
+                tier.redis.ok(&["SCRIPT", "FLUSH"]);
                 publisher.wait_for_more(20);
             }
         },
@@ -568,7 +562,7 @@ fn a_flushall_is_a_gap_per_partition_then_every_message() {
             // stays connected: each partition's next append starts a new
             // epoch (before, an instance that had created a log made it again
             // under the same epoch, and receivers dropped its entries as old).
-            assert_eq!(tier.redis.cli(&["FLUSHALL"]).as_deref().map(str::trim), Some("OK"));
+            tier.redis.ok(&["FLUSHALL"]);
             publisher.wait_for_more(20);
         },
         // Found partition by partition, at its next append: one notice for
@@ -598,8 +592,7 @@ fn a_catch_up_larger_than_redis_lets_a_client_receive_is_read_in_smaller_pieces(
     publisher.wait_for_more(60);
     // Redis now closes an ordinary client whose unread replies pass 1 MB:
     // the frozen instance's first catch-up reads are cut off.
-    let set = tier.redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "normal 1mb 512kb 1"]);
-    assert_eq!(set.as_deref().map(str::trim), Some("OK"));
+    tier.redis.ok(&["CONFIG", "SET", "client-output-buffer-limit", "normal 1mb 512kb 1"]);
     tier.instances[1].signal("CONT");
     publisher.wait_for_more(20);
     let acked = publisher.finish();

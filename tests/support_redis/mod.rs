@@ -453,6 +453,12 @@ impl RedisServer {
         }
     }
 
+    /// Runs a command that answers `OK`; anything else fails the test.
+    pub fn ok(&self, args: &[&str]) {
+        let answer = self.cli(args);
+        assert_eq!(answer.as_deref().map(str::trim), Some("OK"), "redis-cli {args:?}");
+    }
+
     /// Everything the process logged (all runs).
     pub fn logs(&self) -> String {
         let mut out = String::new();
