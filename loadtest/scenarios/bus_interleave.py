@@ -27,7 +27,9 @@ With `--floor`, three bare subscribers (`ssekify-loadtest subscribe-floor`:
 a blocking read, monoio on io_uring, monoio on epoll) read the same pushes
 through each round on the same core, and their µs a message is printed
 beside the receivers': what hearing a message costs here before anything
-is done with it.
+is done with it. With `--floor-first` they subscribe before the receivers
+(Redis writes a message to its subscribers in the order they subscribed),
+to see whether that order moves what the floors cost.
 """
 import argparse
 import http.client
@@ -98,16 +100,23 @@ def round_of(args, redis_url, order, builds):
     """One round: the receivers started in `order`; returns each window's
     (B/A, A µs a message, B µs a message)."""
     publisher = Instance("the publisher", builds["publisher"], redis_url, args.server_core)
-    receivers = {name: Instance(f"receiver {name}", builds[name], redis_url, args.server_core) for name in order}
-    os.sched_setaffinity(0, {args.client_core})
     floors = {}
-    if args.floor:
-        seconds = (args.windows + 1) * args.window + 1
+
+    def start_floors(slack):
+        seconds = (args.windows + 1) * args.window + 1 + slack
         for reader in ("blocking", "uring", "epoll"):
             floors[reader] = subprocess.Popen(
                 [args.loadtest, "subscribe-floor", "--redis", redis_url.removeprefix("redis://"), "--reader", reader,
                  "--duration", str(seconds), "--core", str(args.server_core)],
                 stdout=subprocess.PIPE, text=True)
+
+    if args.floor and args.floor_first:
+        # The receivers' start-up (a few seconds each) is slack for the floors.
+        start_floors(slack=30)
+    receivers = {name: Instance(f"receiver {name}", builds[name], redis_url, args.server_core) for name in order}
+    os.sched_setaffinity(0, {args.client_core})
+    if args.floor and not args.floor_first:
+        start_floors(slack=0)
     conn = http.client.HTTPConnection("127.0.0.1", publisher.api, timeout=10)
     body = json.dumps({"text": "x" * 87})
     interval = 1 / args.rate
@@ -171,6 +180,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="rounds, the receivers' order swapped each")
     parser.add_argument("--floor", action="store_true",
                         help="also time three bare subscribers to the same pushes (see above)")
+    parser.add_argument("--floor-first", action="store_true",
+                        help="subscribe the bare subscribers before the receivers (Redis writes to them first)")
     parser.add_argument("--loadtest", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                             "../../target/release/ssekify-loadtest"),
                         help="the ssekify-loadtest binary, for --floor")
