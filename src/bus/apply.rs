@@ -89,7 +89,7 @@ impl OwnAppends {
 
     /// Answers the publisher of `token`: acknowledged as `seq` (0: every
     /// message was a duplicate, nothing to apply).
-    pub async fn acknowledged(
+    pub fn acknowledged(
         &mut self,
         shared: &Shared,
         token: u64,
@@ -102,14 +102,14 @@ impl OwnAppends {
             .then(|| Bytes::from(appended.duplicates.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join("\n")));
         let Some(pending) = self.by_token.get_mut(&token) else {
             if let Some((ack, _)) = self.applied_early.remove(&token) {
-                answer(shared, ack, Answer { values, body }).await;
+                answer(shared, ack, Answer { values, body });
             }
             return;
         };
-        answer(shared, pending.append.ack, Answer { values, body }).await;
+        answer(shared, pending.append.ack, Answer { values, body });
         if appended.seq == 0 {
             let pending = self.by_token.remove(&token).expect("present");
-            answer_locals(shared, &pending.append, |count| vec![0; count]).await;
+            answer_locals(shared, &pending.append, |count| vec![0; count]);
         } else {
             pending.seq = Some(appended.seq);
             pending.acked_at = Some(now);
@@ -119,17 +119,17 @@ impl OwnAppends {
     /// The publish of `token` was not acknowledged (refused, or its outcome
     /// unknown): the publisher gets a 503. Should the entry be in the log
     /// after all, it is applied from there like another instance's.
-    pub async fn failed(&mut self, shared: &Shared, token: u64) {
+    pub fn failed(&mut self, shared: &Shared, token: u64) {
         if let Some(pending) = self.by_token.remove(&token) {
-            refuse(shared, pending.append).await;
+            refuse(shared, pending.append);
         } else if let Some((ack, _)) = self.applied_early.remove(&token) {
             // Applied already: only the acknowledgement is left to refuse.
-            unavailable(shared, ack).await;
+            unavailable(shared, ack);
         }
     }
 
     /// Every publish not yet acknowledged fails (the connection is gone).
-    pub async fn fail_unacknowledged(&mut self, shared: &Shared) {
+    pub fn fail_unacknowledged(&mut self, shared: &Shared) {
         let tokens: Vec<u64> = self
             .by_token
             .iter()
@@ -138,14 +138,14 @@ impl OwnAppends {
             .chain(self.applied_early.keys().copied())
             .collect();
         for token in tokens {
-            self.failed(shared, token).await;
+            self.failed(shared, token);
         }
     }
 
     /// Acknowledged publishes of `partition` whose entries the log lost
     /// (sequence at or below `applied`, never applied): their publishers
     /// stop waiting for counts.
-    pub async fn forget_lost(&mut self, shared: &Shared, partition: u16, applied: u64) {
+    pub fn forget_lost(&mut self, shared: &Shared, partition: u16, applied: u64) {
         let lost: Vec<u64> = self
             .by_token
             .iter()
@@ -154,7 +154,7 @@ impl OwnAppends {
             .collect();
         for token in lost {
             let pending = self.by_token.remove(&token).expect("present");
-            answer_locals(shared, &pending.append, |_| Vec::new()).await;
+            answer_locals(shared, &pending.append, |_| Vec::new());
         }
     }
 
@@ -189,13 +189,13 @@ impl OwnAppends {
 /// ([`OwnAppends::acknowledged`]). Before that was so, a session loop that
 /// read the subscription itself got notices first under the bus tests' load
 /// and left 5 to 9 of their 18 tests' publishers with a 503.
-pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry: Bytes) -> Result<(), wire::WireError> {
+pub fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry: Bytes) -> Result<(), wire::WireError> {
     if entry.len() >= HEADER_LEN {
         let instance = u32::from_be_bytes(entry[1..5].try_into().expect("4 bytes"));
         let token = u64::from_be_bytes(entry[5..13].try_into().expect("8 bytes"));
         if instance == bus.instance {
             if let Some(append) = own.take(token) {
-                apply_own(shared, append, entry).await;
+                apply_own(shared, append, entry);
                 return Ok(());
             }
         }
@@ -209,12 +209,12 @@ pub async fn apply(shared: &Arc<Shared>, bus: &Bus, own: &mut OwnAppends, entry:
     if let Some(shard) = one_shard(shared, &deliveries) {
         // Most entries: one message, or a run to one user, for one shard
         // (the user's), handed on as they are.
-        hand_on(shared, shard, deliveries, entry).await;
+        hand_on(shared, shard, deliveries, entry);
         return Ok(());
     }
     for (shard, deliveries) in shared.route(deliveries).0.into_iter().enumerate() {
         if !deliveries.is_empty() {
-            hand_on(shared, shard, deliveries, entry.clone()).await;
+            hand_on(shared, shard, deliveries, entry.clone());
         }
     }
     Ok(())
@@ -252,7 +252,7 @@ fn one_shard(shared: &Shared, deliveries: &[Delivery]) -> Option<usize> {
 /// Hands `shard` what it must apply of another instance's `entry`. Messages
 /// for nobody there wait for its next wake; a membership change is the
 /// shard's business now.
-async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>, entry: Bytes) {
+fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>, entry: Bytes) {
     let interest = &shared.lanes[shard].interest;
     let mut probes: SmallVec<[Probe; 4]> = SmallVec::new();
     for (at, delivery) in deliveries.iter().enumerate() {
@@ -263,12 +263,12 @@ async fn hand_on(shared: &Shared, shard: usize, deliveries: Vec<Delivery>, entry
             None => probes.push(interest.probe(&delivery.target)),
         }
     }
-    shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None, entry }, &probes).await;
+    shared.send_from_bus(shard, Envelope::Deliver { deliveries, reply: None, entry }, &probes);
 }
 
 /// Delivers an own entry with the publisher's frames; messages the log
 /// dropped as duplicates get an empty frame, which delivers nothing.
-async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
+fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
     if append.deduplicated() {
         let kept = wire::decode(&entry).map(|e| e.messages).unwrap_or_default();
         let mut kept = kept.iter().peekable();
@@ -285,31 +285,31 @@ async fn apply_own(shared: &Shared, mut append: Append, entry: Bytes) {
     for (shard, reply) in append.local {
         let deliveries = std::mem::take(&mut per_shard[shard]);
         let envelope = Envelope::Deliver { deliveries, reply: Some(reply), entry: Bytes::new() };
-        shared.send_from_bus(shard, envelope, Probe::NOW).await;
+        shared.send_from_bus(shard, envelope, Probe::NOW);
     }
 }
 
 /// Answers a publish that will not be applied: 503 to its publisher.
-pub async fn refuse(shared: &Shared, append: Append) {
-    unavailable(shared, append.ack).await;
-    answer_locals(shared, &append, |_| Vec::new()).await;
+pub fn refuse(shared: &Shared, append: Append) {
+    unavailable(shared, append.ack);
+    answer_locals(shared, &append, |_| Vec::new());
 }
 
 /// Tells the publisher waiting at `ack` that the bus could not take its publish.
-async fn unavailable(shared: &Shared, ack: ReplyTo) {
-    answer(shared, ack, Answer { values: vec![1], body: None }).await;
+fn unavailable(shared: &Shared, ack: ReplyTo) {
+    answer(shared, ack, Answer { values: vec![1], body: None });
 }
 
 /// Answers every shard slot of `append` with `counts(deliveries routed there)`.
-async fn answer_locals(shared: &Shared, append: &Append, counts: impl Fn(usize) -> Vec<u64>) {
+fn answer_locals(shared: &Shared, append: &Append, counts: impl Fn(usize) -> Vec<u64>) {
     let routed = shared.route_indexes(&append.deliveries);
     for &(shard, reply) in &append.local {
-        answer(shared, reply, Answer { values: counts(routed[shard].len()), body: None }).await;
+        answer(shared, reply, Answer { values: counts(routed[shard].len()), body: None });
     }
 }
 
-async fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
-    shared.send_from_bus(to.shard, Envelope::Reply { to, answer }, Probe::NOW).await;
+fn answer(shared: &Shared, to: ReplyTo, answer: Answer) {
+    shared.send_from_bus(to.shard, Envelope::Reply { to, answer }, Probe::NOW);
 }
 
 /// The tenant a target belongs to (`None`: the default namespace).

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::clock;
 use super::conn::{BusError, RedisConn};
 use super::health::Health;
 use super::log::{AppendSettings, PartitionKeys};
 use super::peer::{self, Peers};
 use super::resp::{self, Reply};
 use super::sequencer::Sequencer;
-use super::session::{Durable, Session, TICK};
+use super::session::{Durable, Session};
 use super::url::{RedisUrl, Topology};
 use super::{apply, Bus, BusCommand, BusState};
 use crate::config::IoDriver;
@@ -41,12 +42,12 @@ const BATCH: usize = 256;
 /// the shards: where io_uring is refused, e.g. by a container's seccomp
 /// profile, `epoll` keeps every thread off it), and its ticker.
 pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, url: RedisUrl) -> std::io::Result<()> {
-    spawn_ticker(bus.clone())?;
+    clock::spawn_ticker(bus.clone())?;
     std::thread::Builder::new().name("bus".into()).spawn(move || {
         let driver = shared.config.io_driver;
         let serve = move || run(shared, bus, inbox, url);
         if driver.tries_uring() {
-            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().build() {
                 Ok(mut runtime) => return runtime.block_on(serve()),
                 Err(error) if driver == IoDriver::Auto => {
                     crate::log!(Warn, "bus: io_uring runtime failed; falling back to epoll", error = error)
@@ -54,28 +55,12 @@ pub fn spawn(shared: Arc<Shared>, bus: Arc<Bus>, inbox: LocalInbox<BusCommand>, 
                 Err(error) => return crate::log!(Error, "bus runtime failed to start", error = error),
             }
         }
-        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+        match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build() {
             Ok(mut runtime) => runtime.block_on(serve()),
             Err(error) => crate::log!(Error, "bus runtime failed to start", error = error),
         }
     })?;
     Ok(())
-}
-
-/// A thread that sends the bus thread [`BusCommand::Tick`] every [`TICK`]
-/// for as long as the process lives, so the bus thread's waits carry no
-/// timeout: a timeout is a kernel timer set and cancelled at every wait,
-/// about 6 % of what a lone message costs a receiving instance on the VMs
-/// this was measured on (`loadtest/scenarios/bus_interleave.py`). A full
-/// inbox drops the tick: the bus thread has work and turns anyway.
-fn spawn_ticker(bus: Arc<Bus>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("bus-tick".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            let _ = bus.inbox.try_send(BusCommand::Tick);
-        })
-        .map(drop)
 }
 
 async fn run(shared: Arc<Shared>, bus: Arc<Bus>, mut inbox: LocalInbox<BusCommand>, url: RedisUrl) {
@@ -140,21 +125,17 @@ async fn refuse_for(shared: &Shared, inbox: &mut LocalInbox<BusCommand>, delay: 
         if left.is_zero() {
             return;
         }
-        if monoio::time::timeout(left, inbox.recv_batch(&mut commands, BATCH)).await.is_err() {
-            return;
-        }
+        // The ticker's tick comes through this inbox: the wait ends at
+        // least every [`clock::TICK`] to look at the time left.
+        inbox.recv_batch(&mut commands, BATCH).await;
         for command in commands.drain(..) {
             match command {
-                BusCommand::Append(append) => apply::refuse(shared, *append).await,
-                BusCommand::Ask(ask) => {
-                    shared
-                        .send_from_bus(
-                            ask.reply.shard,
-                            Envelope::Reply { to: ask.reply, answer: Answer::default() },
-                            Probe::NOW,
-                        )
-                        .await
-                }
+                BusCommand::Append(append) => apply::refuse(shared, *append),
+                BusCommand::Ask(ask) => shared.send_from_bus(
+                    ask.reply.shard,
+                    Envelope::Reply { to: ask.reply, answer: Answer::default() },
+                    Probe::NOW,
+                ),
                 BusCommand::Answer { .. } | BusCommand::Evict(_) | BusCommand::Tick => {}
             }
         }
@@ -215,9 +196,7 @@ async fn discover_master(
             let mut out = BytesMut::new();
             resp::command(&mut out, &[b"SUBSCRIBE", b"+switch-master"]);
             conn.writer.write(out).await?;
-            monoio::time::timeout(timeout, conn.reader.next())
-                .await
-                .map_err(|_| "SUBSCRIBE timed out".to_string())??;
+            clock::timeout(timeout, conn.reader.next()).await.map_err(|_| "SUBSCRIBE timed out".to_string())??;
             Ok::<_, BusError>((address, conn))
         };
         match attempt.await {

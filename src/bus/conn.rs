@@ -11,6 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
+use super::clock;
 use super::resp::{self, Reply};
 use super::tls::{self, TlsReader, TlsWriter};
 use super::url::RedisUrl;
@@ -150,14 +151,14 @@ impl RedisConn {
             .map_err(|e| format!("cannot resolve {address}: {e}"))?
             .next()
             .ok_or_else(|| format!("{address} resolves to nothing"))?;
-        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(target))
+        let stream = clock::timeout(timeout, TcpStream::connect_addr(target))
             .await
             .map_err(|_| format!("connect to {address} timed out"))?
             .map_err(|e| format!("connect to {address} failed: {e}"))?;
         let _ = stream.set_nodelay(true);
         let (half_r, half_w) = match tls {
             Some(settings) => {
-                let (r, w) = monoio::time::timeout(timeout, tls::connect(stream, address, settings))
+                let (r, w) = clock::timeout(timeout, tls::connect(stream, address, settings))
                     .await
                     .map_err(|_| format!("TLS handshake with {address} timed out"))??;
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
@@ -183,7 +184,7 @@ impl RedisConn {
             self.writer.write(out).await?;
             self.reader.next().await
         };
-        match monoio::time::timeout(timeout, exchange).await {
+        match clock::timeout(timeout, exchange).await {
             Err(_) => Err(format!("{name} to {} timed out", self.address)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(Reply::Error(e))) => Err(format!("{name} to {}: {e}", self.address)),

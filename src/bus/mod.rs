@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod clock;
 pub mod conn;
 pub mod events;
 pub mod health;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::apply::{self, OwnAppends};
+use super::clock::{self, TICK};
 use super::conn::{BusError, CommandWriter, RedisConn, ReplyReader};
 use super::events::{spawn_reader, Event, Events};
 use super::health::Health;
@@ -43,8 +44,6 @@ use crate::shard::inbox::LocalInbox;
 use crate::shard::interest::Probe;
 use crate::shard::Shared;
 
-/// Pace of the housekeeping: deadlines, canary, overdue notifications.
-pub const TICK: Duration = Duration::from_millis(100);
 /// Commands taken from the inbox per turn.
 const BATCH: usize = 256;
 /// An acknowledged own entry whose notification has not come after this is read from the stream.
@@ -298,11 +297,11 @@ impl Session {
         for node in &mut self.nodes {
             for sent in node.queued.drain(..).chain(node.in_flight.drain(..).map(|(sent, _)| sent)) {
                 if let Sent::Append { token } = sent {
-                    durable.own.failed(shared, token).await;
+                    durable.own.failed(shared, token);
                 }
             }
         }
-        durable.own.fail_unacknowledged(shared).await;
+        durable.own.fail_unacknowledged(shared);
         durable.sequencer.disconnected();
         // Answers that can no longer come: the askers hear "unavailable".
         bus.record_instances(0);
@@ -312,9 +311,7 @@ impl Session {
             quotas.set_elsewhere(Default::default());
         }
         for (reply, _) in durable.peers.abandon() {
-            shared
-                .send_from_bus(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }, Probe::NOW)
-                .await;
+            shared.send_from_bus(reply.shard, Envelope::Reply { to: reply, answer: Answer::default() }, Probe::NOW);
         }
         error
     }
@@ -384,7 +381,7 @@ impl Session {
             let mut ticked = false;
             for command in commands.drain(..) {
                 match command {
-                    BusCommand::Append(append) if append.deadline <= now => apply::refuse(shared, *append).await,
+                    BusCommand::Append(append) if append.deadline <= now => apply::refuse(shared, *append),
                     BusCommand::Append(append) => {
                         let (partition, token) = (append.partition, append.token);
                         durable.own.insert(*append);
@@ -442,13 +439,13 @@ impl Session {
                 actions = now;
                 synced_later.extend(later);
             }
-            self.carry_out(shared, bus, durable, &mut actions).await;
-            serve_peers(shared, bus, &mut peer_work).await;
+            self.carry_out(shared, bus, durable, &mut actions);
+            serve_peers(shared, bus, &mut peer_work);
             if !live && self.layout_confirmed && durable.sequencer.all_synced() {
                 // Publishes wait until every partition is synced: a log that
                 // went back must get its new epoch before anyone appends.
                 live = true;
-                self.carry_out(shared, bus, durable, &mut synced_later).await;
+                self.carry_out(shared, bus, durable, &mut synced_later);
                 durable.health.live(shared, bus, self.address());
             }
             if ticked || now >= next_tick {
@@ -478,11 +475,11 @@ impl Session {
                 }
                 peer_work.extend(durable.peers.settle(now).into_iter().map(|(reply, a)| PeerWork::Reply(reply, a)));
                 bus.record_instances(durable.peers.alive(now).len());
-                serve_peers(shared, bus, &mut peer_work).await;
+                serve_peers(shared, bus, &mut peer_work);
                 for (partition, seq) in durable.own.overdue(now - NOTICE_OVERDUE) {
                     durable.sequencer.expect(partition, seq, &mut actions);
                 }
-                self.carry_out(shared, bus, durable, &mut actions).await;
+                self.carry_out(shared, bus, durable, &mut actions);
                 bus.publish_positions(&durable.sequencer);
             }
         }
@@ -525,20 +522,20 @@ impl Session {
         match sent {
             Sent::Append { token } => match &reply {
                 Reply::Error(error) if error.starts_with("NOSCRIPT") => {
-                    durable.own.failed(shared, token).await;
+                    durable.own.failed(shared, token);
                     return Err(format!("Redis lost the bus script: {error}"));
                 }
                 Reply::Error(error) => {
                     crate::log!(Warn, "bus append refused by Redis", error = error);
                     bus.report_error(shared, &format!("the log append was refused: {error}"));
-                    durable.own.failed(shared, token).await;
+                    durable.own.failed(shared, token);
                 }
                 reply => {
                     let appended = log::parse_appended(reply)?;
                     if let Some(messages) = durable.own.messages(token) {
                         bus.count_published((messages - appended.duplicates.len()) as u64);
                     }
-                    durable.own.acknowledged(shared, token, &appended, Instant::now()).await;
+                    durable.own.acknowledged(shared, token, &appended, Instant::now());
                 }
             },
             Sent::Canary => bus.record_round_trip(at.elapsed()),
@@ -706,7 +703,7 @@ impl Session {
     /// Carries out the sequencer's actions in order. The gaps among them
     /// are announced together, at the first: a subscriber whose user, rooms
     /// and broadcast lost messages at once hears it once.
-    async fn carry_out(&mut self, shared: &Arc<Shared>, bus: &Bus, durable: &mut Durable, actions: &mut Vec<Action>) {
+    fn carry_out(&mut self, shared: &Arc<Shared>, bus: &Bus, durable: &mut Durable, actions: &mut Vec<Action>) {
         let mut announced = false;
         let lost: Vec<u16> = actions
             .iter()
@@ -719,14 +716,14 @@ impl Session {
         for action in actions.drain(..) {
             match action {
                 Action::Apply { partition, entry, .. } => {
-                    if let Err(error) = apply::apply(shared, bus, &mut durable.own, entry).await {
+                    if let Err(error) = apply::apply(shared, bus, &mut durable.own, entry) {
                         // Its messages cannot reach anyone here: the
                         // subscribers who may have wanted one hear so.
                         let error = format!("undecodable bus log entry in partition {partition}: {}", error.0);
                         crate::log!(Warn, "bus log entry unreadable: announced as a gap", error = error);
                         bus.report_error(shared, &error);
                         bus.count_gap();
-                        tell_shards_of_loss(shared, &[partition], durable.sequencer.len()).await;
+                        tell_shards_of_loss(shared, &[partition], durable.sequencer.len());
                     }
                 }
                 Action::Fetch { partition, from } => {
@@ -748,9 +745,9 @@ impl Session {
                         bus.count_gap();
                         crate::log!(Warn, "bus log gap: messages were lost", partition = partition);
                         let applied = durable.sequencer.position(partition).applied;
-                        durable.own.forget_lost(shared, partition, applied).await;
+                        durable.own.forget_lost(shared, partition, applied);
                     }
-                    tell_shards_of_loss(shared, &lost, durable.sequencer.len()).await;
+                    tell_shards_of_loss(shared, &lost, durable.sequencer.len());
                 }
             }
         }
@@ -824,7 +821,7 @@ impl Session {
                 continue;
             }
             let out = std::mem::take(&mut node.out);
-            match monoio::time::timeout(timeout, node.writer.write(out)).await {
+            match clock::timeout(timeout, node.writer.write(out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Err(error),
                 Err(_) => return Err(format!("writing to Redis at {} timed out", node.address)),
@@ -858,9 +855,9 @@ impl Session {
 
 /// Tells every shard that the `lost` partitions (of `partitions`) lost
 /// messages: their subscribers concerned get an `ssekify.gap`.
-async fn tell_shards_of_loss(shared: &Arc<Shared>, lost: &[u16], partitions: u16) {
+fn tell_shards_of_loss(shared: &Arc<Shared>, lost: &[u16], partitions: u16) {
     for shard in 0..shared.shard_count() {
-        shared.send_from_bus(shard, Envelope::BusGap { lost: lost.to_vec(), partitions }, Probe::NOW).await;
+        shared.send_from_bus(shard, Envelope::BusGap { lost: lost.to_vec(), partitions }, Probe::NOW);
     }
 }
 
@@ -882,20 +879,16 @@ fn tenant_counts(shared: &Shared) -> Vec<(Box<str>, u64)> {
 
 /// Hands what other instances asked to the shards that know, and answers
 /// to the shards that asked.
-async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) {
+fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) {
     for item in work.drain(..) {
         match item {
-            PeerWork::Reply(reply, answers) => {
-                shared
-                    .send_from_bus(
-                        reply.shard,
-                        Envelope::Reply { to: reply, answer: answers.into_answer() },
-                        Probe::NOW,
-                    )
-                    .await
-            }
+            PeerWork::Reply(reply, answers) => shared.send_from_bus(
+                reply.shard,
+                Envelope::Reply { to: reply, answer: answers.into_answer() },
+                Probe::NOW,
+            ),
             PeerWork::Evict(id) if usize::from(id.shard) < shared.shard_count() => {
-                shared.send_from_bus(usize::from(id.shard), Envelope::Evict { id }, Probe::NOW).await
+                shared.send_from_bus(usize::from(id.shard), Envelope::Evict { id }, Probe::NOW)
             }
             PeerWork::Evict(_) => {}
             PeerWork::Question { from, id, question } => {
@@ -909,7 +902,7 @@ async fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) 
                     let _ = inbox.try_send(BusCommand::Answer { to: from, id, body });
                 });
                 if shard < shared.shard_count() {
-                    shared.send_from_bus(shard, Envelope::Question { question, answer }, Probe::NOW).await;
+                    shared.send_from_bus(shard, Envelope::Question { question, answer }, Probe::NOW);
                 } else {
                     answer(crate::shard::presence::encode_answer(&[0], &[]));
                 }
@@ -950,7 +943,7 @@ async fn subscribe(
     conn.writer.write(out).await?;
     let name = String::from_utf8_lossy(command).into_owned();
     for _ in channels {
-        let confirmation = monoio::time::timeout(timeout, conn.reader.next())
+        let confirmation = clock::timeout(timeout, conn.reader.next())
             .await
             .map_err(|_| format!("{name} to {address} timed out"))??;
         if let Reply::Error(e) = confirmation {

@@ -141,12 +141,14 @@ impl Shared {
     /// bus handed it before. The shard is woken now unless `probes` show
     /// that nobody there wants it: then it waits for the shard's next wake
     /// (at the latest [`Shared::ring_waiting_lanes`] on the bus's tick).
-    pub async fn send_from_bus(&self, shard: usize, mut envelope: Envelope, probes: &[Probe]) {
+    pub fn send_from_bus(&self, shard: usize, mut envelope: Envelope, probes: &[Probe]) {
         let lane = &self.lanes[shard];
         while let Err(back) = lane.push(envelope) {
             envelope = back;
             self.ring(shard);
-            Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
+            // The bus thread's runtime has no timer (`bus::clock`): the
+            // thread itself waits while the woken shard takes from its lane.
+            std::thread::sleep(Duration::from_millis(1));
         }
         if lane.must_ring(probes, &self.stats[shard].connections) {
             self.ring(shard);
