@@ -224,12 +224,13 @@ impl PartitionKeys {
 }
 
 /// The partition whose notification channel is `channel`: read from its
-/// name (`{<bus channel>:<partition>}:n`), then checked against `keys`
-/// (one comparison per notification, not one per partition).
+/// name (`{<bus channel>:<partition>}:n`, the number's digits just before
+/// the fixed `}:n`, found without a search of the name), then checked
+/// against `keys` (one comparison per notification, not one per partition).
 pub fn partition_of(keys: &[PartitionKeys], channel: &[u8]) -> Option<u16> {
-    let close = memchr::memrchr(b'}', channel)?;
-    let colon = memchr::memrchr(b':', &channel[..close])?;
-    let partition = u16::try_from(crate::text::decimal(&channel[colon + 1..close])?).ok()?;
+    let end = channel.len().checked_sub(3).filter(|&end| &channel[end..] == b"}:n")?;
+    let digits = channel[..end].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let partition = u16::try_from(crate::text::decimal(&channel[end - digits..end])?).ok()?;
     (keys.get(usize::from(partition))?.channel.as_bytes() == channel).then_some(partition)
 }
 
@@ -487,9 +488,16 @@ mod tests {
         let keys: Vec<PartitionKeys> = (0..16).map(|p| PartitionKeys::new("ssekify:bus", p)).collect();
         assert_eq!(partition_of(&keys, b"{ssekify:bus:0}:n"), Some(0));
         assert_eq!(partition_of(&keys, b"{ssekify:bus:15}:n"), Some(15));
-        for other in
-            [&b"{ssekify:bus:16}:n"[..], b"{other:bus:3}:n", b"{ssekify:bus:03}:n", b"ssekify:bus:peers", b"{}:n"]
-        {
+        for other in [
+            &b"{ssekify:bus:16}:n"[..],
+            b"{other:bus:3}:n",
+            b"{ssekify:bus:03}:n",
+            b"ssekify:bus:peers",
+            b"{}:n",
+            b"}:n",
+            b"",
+            b"{ssekify:bus:99999999999999999999999}:n",
+        ] {
             assert_eq!(partition_of(&keys, other), None, "{}", String::from_utf8_lossy(other));
         }
     }
