@@ -12,7 +12,7 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::clock;
-use super::resp::{self, Reply};
+use super::resp::{self, Heard, Reply};
 use super::tls::{self, TlsReader, TlsWriter};
 use super::url::RedisUrl;
 use crate::tls::Tls;
@@ -52,16 +52,33 @@ pub struct ReplyReader {
     resp3: bool,
 }
 
+/// Reads one reply off the front of a buffer, if it is there whole.
+type Decode<T> = fn(&mut BytesMut, bool) -> Result<Option<T>, resp::ProtocolError>;
+
 impl ReplyReader {
     /// The next reply if it is already read in whole, without reading more.
     pub fn buffered(&mut self) -> Result<Option<Reply>, BusError> {
         resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)
     }
 
+    /// What a subscription heard next, if it is already read in whole.
+    pub fn buffered_heard(&mut self) -> Result<Option<Heard>, BusError> {
+        resp::decode_heard(&mut self.buf, self.resp3).map_err(|e| e.0)
+    }
+
     /// Waits for the next reply (or pushed message).
     pub async fn next(&mut self) -> Result<Reply, BusError> {
+        self.next_as(resp::decode).await
+    }
+
+    /// Waits for what a subscription hears next.
+    pub async fn next_heard(&mut self) -> Result<Heard, BusError> {
+        self.next_as(resp::decode_heard).await
+    }
+
+    async fn next_as<T>(&mut self, decode: Decode<T>) -> Result<T, BusError> {
         loop {
-            if let Some(reply) = self.buffered()? {
+            if let Some(reply) = decode(&mut self.buf, self.resp3).map_err(|e| e.0)? {
                 return Ok(reply);
             }
             let read = match &mut self.half {

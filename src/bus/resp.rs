@@ -90,34 +90,94 @@ pub struct OtherShape;
 const BULK_ARRAY_MAX: usize = 8;
 
 /// A RESP2 array of up to [`BULK_ARRAY_MAX`] bulk strings, the shape of
-/// every pushed message (`message`, channel, payload), read straight into a
-/// [`Reply`]: through redis-protocol's parser and its list of ranges a
-/// lone bus message's push cost ~1,300 of the ~10,600 instructions a
-/// receiving instance spends on it (`benches/callgrind.py`). `Ok(None)`
+/// every pushed message (`message`, channel, payload) and of most replies
+/// the bus reads, read straight into a [`Reply`] (a subscription's
+/// messages by [`decode_heard`], without the array): through
+/// redis-protocol's parser and its list of ranges a lone bus message's
+/// push cost ~1,300 of the ~10,600 instructions a receiving instance spent
+/// on it (`benches/callgrind.py`). `Ok(None)`
 /// while the bytes so far are such an array's beginning; `Err` when they
 /// are anything else, left to redis-protocol, which also words every
 /// refusal. `fuzz/fuzz_targets/resp_reply.rs` checks that whatever it
 /// reads, redis-protocol ([`decode_any`]) reads the same.
 pub fn bulk_array(buf: &mut BytesMut) -> Result<Option<Reply>, OtherShape> {
-    let mut at = 0;
-    let Some(count) = header(buf, &mut at, b'*')? else { return Ok(None) };
-    if count > BULK_ARRAY_MAX {
-        return Err(OtherShape);
-    }
-    let mut spans = [(0, 0); BULK_ARRAY_MAX];
-    for span in &mut spans[..count] {
-        let Some(len) = header(buf, &mut at, b'$')? else { return Ok(None) };
-        let end = at + len;
-        match buf.get(end..end + 2) {
-            None => return Ok(None),
-            Some(b"\r\n") => {}
-            Some(_) => return Err(OtherShape),
+    let Some(array) = BulkArray::read(buf)? else { return Ok(None) };
+    let bytes = buf.split_to(array.len).freeze();
+    Ok(Some(array.into_reply(&bytes)))
+}
+
+/// Where the strings of a whole RESP2 array of bulk strings stand in a buffer.
+struct BulkArray {
+    spans: [(usize, usize); BULK_ARRAY_MAX],
+    count: usize,
+    /// Bytes the array takes.
+    len: usize,
+}
+
+impl BulkArray {
+    /// The array at the start of `buf`, read as [`bulk_array`] says.
+    fn read(buf: &[u8]) -> Result<Option<BulkArray>, OtherShape> {
+        let mut at = 0;
+        let Some(count) = header(buf, &mut at, b'*')? else { return Ok(None) };
+        if count > BULK_ARRAY_MAX {
+            return Err(OtherShape);
         }
-        *span = (at, end);
-        at = end + 2;
+        let mut spans = [(0, 0); BULK_ARRAY_MAX];
+        for span in &mut spans[..count] {
+            let Some(len) = header(buf, &mut at, b'$')? else { return Ok(None) };
+            let end = at + len;
+            match buf.get(end..end + 2) {
+                None => return Ok(None),
+                Some(b"\r\n") => {}
+                Some(_) => return Err(OtherShape),
+            }
+            *span = (at, end);
+            at = end + 2;
+        }
+        Ok(Some(BulkArray { spans, count, len: at }))
     }
-    let bytes = buf.split_to(at).freeze();
-    Ok(Some(Reply::Array(spans[..count].iter().map(|&(start, end)| Reply::Text(bytes.slice(start..end))).collect())))
+
+    /// The array as a reply, its strings slices of `bytes` (the array's own).
+    fn into_reply(self, bytes: &Bytes) -> Reply {
+        Reply::Array(
+            self.spans[..self.count].iter().map(|&(start, end)| Reply::Text(bytes.slice(start..end))).collect(),
+        )
+    }
+}
+
+/// What a subscription reads: a message pushed on a channel, or any other reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heard {
+    /// `message`/`smessage`, channel, payload: every message of the bus,
+    /// read without the array a [`Reply`] would allocate for it.
+    Message {
+        /// The channel it was published on.
+        channel: Bytes,
+        /// What was published.
+        payload: Bytes,
+    },
+    /// Anything else (subscription confirmations, RESP3 pushes, errors).
+    Reply(Reply),
+}
+
+/// [`decode`] for a subscription: a pushed message (RESP2) as [`Heard::Message`].
+pub fn decode_heard(buf: &mut BytesMut, resp3: bool) -> Result<Option<Heard>, ProtocolError> {
+    if !resp3 {
+        if let Ok(read) = BulkArray::read(buf) {
+            let Some(array) = read else { return Ok(None) };
+            let bytes = buf.split_to(array.len).freeze();
+            let [kind, channel, payload, ..] = array.spans;
+            let message = array.count == 3 && matches!(&bytes[kind.0..kind.1], b"message" | b"smessage");
+            return Ok(Some(match message {
+                true => Heard::Message {
+                    channel: bytes.slice(channel.0..channel.1),
+                    payload: bytes.slice(payload.0..payload.1),
+                },
+                false => Heard::Reply(array.into_reply(&bytes)),
+            }));
+        }
+    }
+    Ok(decode_any(buf, resp3)?.map(Heard::Reply))
 }
 
 /// `<kind><decimal>\r\n` at `at`, which it moves past it: `Ok(None)` while
@@ -223,6 +283,32 @@ mod tests {
             ]
         );
         assert!(buf.is_empty(), "every reply taken whole");
+    }
+
+    #[test]
+    fn a_subscription_hears_messages_whole_and_anything_else_as_a_reply() {
+        let wire = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\na\r\n\r\n\
+            *3\r\n$8\r\nsmessage\r\n$3\r\n{c}\r\n$0\r\n\r\n*3\r\n$4\r\nlist\r\n$1\r\nx\r\n$1\r\ny\r\n-ERR no\r\n";
+        let mut buf = BytesMut::new();
+        let mut heard = Vec::new();
+        for byte in wire {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(one) = decode_heard(&mut buf, false).unwrap() {
+                heard.push(one);
+            }
+        }
+        let text = |t: &'static [u8]| Reply::Text(Bytes::from_static(t));
+        assert_eq!(
+            heard,
+            vec![
+                Heard::Reply(Reply::Array(vec![text(b"subscribe"), text(b"ch"), Reply::Int(1)])),
+                Heard::Message { channel: Bytes::from_static(b"ch"), payload: Bytes::from_static(b"a\r\n") },
+                Heard::Message { channel: Bytes::from_static(b"{c}"), payload: Bytes::new() },
+                Heard::Reply(Reply::Array(vec![text(b"list"), text(b"x"), text(b"y")])),
+                Heard::Reply(Reply::Error("ERR no".into())),
+            ]
+        );
+        assert!(buf.is_empty(), "everything taken whole");
     }
 
     #[test]

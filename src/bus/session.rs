@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::apply::{self, OwnAppends};
 use super::clock::{self, TICK};
@@ -34,7 +34,7 @@ use super::events::{spawn_reader, Event, Events};
 use super::health::Health;
 use super::log::{self, AppendSettings, PartitionKeys};
 use super::peer::{self, Answers, PeerMessage, Peers};
-use super::resp::{self, Reply};
+use super::resp::{self, Heard, Reply};
 use super::sequencer::{Action, Sequencer};
 use super::url::{RedisUrl, Topology};
 use super::{Ask, Bus, BusCommand};
@@ -79,7 +79,7 @@ enum Sent {
 }
 
 /// A peer message's bytes, shown by length (a room's answer may be large).
-struct PeerPayload(bytes::Bytes);
+struct PeerPayload(Bytes);
 
 impl std::fmt::Debug for PeerPayload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -339,7 +339,7 @@ impl Session {
         let mut live = false;
         let mut synced_later = Vec::new();
         let subscription = self.subscription.take().expect("a session is served once");
-        let mut pushed = std::pin::pin!(next_reply(subscription));
+        let mut pushed = std::pin::pin!(next_heard(subscription));
         let mut heard_now = Vec::new();
         loop {
             if let Err(error) = self.flush(durable, bus.timeout).await {
@@ -364,8 +364,8 @@ impl Session {
             if let Some((mut reader, reply)) = heard {
                 heard_now.push(reply);
                 loop {
-                    match reader.buffered() {
-                        Ok(Some(reply)) => heard_now.push(Ok(reply)),
+                    match reader.buffered_heard() {
+                        Ok(Some(heard)) => heard_now.push(Ok(heard)),
                         Ok(None) => break,
                         Err(error) => {
                             heard_now.push(Err(error));
@@ -373,7 +373,7 @@ impl Session {
                         }
                     }
                 }
-                pushed.set(next_reply(reader));
+                pushed.set(next_heard(reader));
             }
             // The replies read so far go first: an append's reply before its notice where it can.
             self.events.take_queued(&mut events);
@@ -417,7 +417,8 @@ impl Session {
                         }
                     }
                     Event::Pushed(reply) => {
-                        if let Err(error) = self.pushed(durable, reply, &mut actions, &mut peer_work, &mut canary_seen)
+                        let heard = reply.map(Heard::Reply);
+                        if let Err(error) = self.pushed(durable, heard, &mut actions, &mut peer_work, &mut canary_seen)
                         {
                             return error;
                         }
@@ -605,13 +606,13 @@ impl Session {
     fn pushed(
         &mut self,
         durable: &mut Durable,
-        reply: Result<Reply, BusError>,
+        heard: Result<Heard, BusError>,
         actions: &mut Vec<Action>,
         peer_work: &mut Vec<PeerWork>,
         canary_seen: &mut Instant,
     ) -> Result<(), BusError> {
-        let reply = reply.map_err(|error| format!("subscription: {error}"))?;
-        if self.on_pushed(durable, reply, actions, peer_work)? {
+        let heard = heard.map_err(|error| format!("subscription: {error}"))?;
+        if self.on_pushed(durable, heard, actions, peer_work)? {
             *canary_seen = Instant::now();
         }
         Ok(())
@@ -621,23 +622,17 @@ impl Session {
     fn on_pushed(
         &mut self,
         durable: &mut Durable,
-        reply: Reply,
+        heard: Heard,
         actions: &mut Vec<Action>,
         peer_work: &mut Vec<PeerWork>,
     ) -> Result<bool, BusError> {
-        let Reply::Array(mut parts) = reply else { return Ok(false) };
-        match parts.first() {
-            Some(Reply::Text(kind))
-                if parts.len() == 3 && (kind[..] == b"message"[..] || kind[..] == b"smessage"[..]) => {}
-            // A slot moved (resharding, failover): its channel's
-            // subscription ended with it.
-            Some(Reply::Text(kind)) if kind[..] == b"sunsubscribe"[..] => {
-                return Err("a partition's node changed (sunsubscribe)".into())
-            }
-            _ => return Ok(false),
-        }
-        let Some(Reply::Text(payload)) = parts.pop() else { return Ok(false) };
-        let Some(Reply::Text(channel)) = parts.pop() else { return Ok(false) };
+        let (channel, payload) = match heard {
+            Heard::Message { channel, payload } => (channel, payload),
+            Heard::Reply(reply) => match message_of(reply)? {
+                Some(message) => message,
+                None => return Ok(false),
+            },
+        };
         if let Some(partition) = log::partition_of(&durable.keys, &channel) {
             if let Some(notice) = log::parse_notice(&payload) {
                 durable.sequencer.on_notice(partition, notice.epoch, notice.seq, notice.entry, actions);
@@ -655,7 +650,7 @@ impl Session {
 
     /// Takes a message from another instance (or this one's own heartbeat
     /// and questions, which come back like everyone's).
-    fn on_peer_message(&mut self, durable: &mut Durable, payload: &bytes::Bytes, peer_work: &mut Vec<PeerWork>) {
+    fn on_peer_message(&mut self, durable: &mut Durable, payload: &Bytes, peer_work: &mut Vec<PeerWork>) {
         let Some(message) = PeerMessage::parse(payload) else { return };
         let now = Instant::now();
         match message {
@@ -911,12 +906,31 @@ fn serve_peers(shared: &Arc<Shared>, bus: &Bus, work: &mut Vec<PeerWork>) {
     }
 }
 
-/// The next reply `reader` reads, and the reader back: a future that owns
-/// its reader lives across the session loop's turns, so a read under way is
-/// never dropped when another source wins a turn.
-async fn next_reply(mut reader: ReplyReader) -> (ReplyReader, Result<Reply, BusError>) {
-    let reply = reader.next().await;
-    (reader, reply)
+/// What the subscription `reader` hears next, and the reader back: a future
+/// that owns its reader lives across the session loop's turns, so a read
+/// under way is never dropped when another source wins a turn.
+async fn next_heard(mut reader: ReplyReader) -> (ReplyReader, Result<Heard, BusError>) {
+    let heard = reader.next_heard().await;
+    (reader, heard)
+}
+
+/// A pushed message read as a plain reply (a RESP3 push, a sharded
+/// subscription's reader): its channel and payload; `None` for anything
+/// else; `Err` when a partition's subscription ended.
+fn message_of(reply: Reply) -> Result<Option<(Bytes, Bytes)>, BusError> {
+    let Reply::Array(mut parts) = reply else { return Ok(None) };
+    match parts.first() {
+        Some(Reply::Text(kind)) if parts.len() == 3 && (kind[..] == b"message"[..] || kind[..] == b"smessage"[..]) => {}
+        // A slot moved (resharding, failover): its channel's
+        // subscription ended with it.
+        Some(Reply::Text(kind)) if kind[..] == b"sunsubscribe"[..] => {
+            return Err("a partition's node changed (sunsubscribe)".into())
+        }
+        _ => return Ok(None),
+    }
+    let Some(Reply::Text(payload)) = parts.pop() else { return Ok(None) };
+    let Some(Reply::Text(channel)) = parts.pop() else { return Ok(None) };
+    Ok(Some((channel, payload)))
 }
 
 /// A connection to `address` subscribed (`SUBSCRIBE` or `SSUBSCRIBE`) to
