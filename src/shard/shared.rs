@@ -310,3 +310,53 @@ impl ShutdownOrder {
         Envelope::Shutdown { grace: self.grace, announce: self.announce.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::Cli;
+    use crate::shard::inbox::{inbox, INBOX_CAPACITY};
+    use crate::shard::lane::LANE_CAPACITY;
+
+    fn marked(n: u8) -> Envelope {
+        Envelope::Deliver { deliveries: Vec::new(), reply: None, entry: Bytes::from(vec![n]) }
+    }
+
+    #[test]
+    fn the_bus_waits_at_a_full_lane_until_its_shard_takes_from_it_and_keeps_the_order() {
+        let config = Config::try_from(&Cli::parse_from(["ssekify", "--shards", "1"]).server).expect("defaults");
+        let (shared_inbox, mut shard_inbox) = inbox(INBOX_CAPACITY);
+        let (lifecycle, _) = mpsc::channel();
+        let refusal = |_: &Refusal| Bytes::new();
+        let mut shared = Shared::new(config, Authenticator::None, None, refusal, vec![shared_inbox], 1, lifecycle);
+        let lane = shared.open_bus_lanes().pop().expect("one shard");
+        for _ in 0..LANE_CAPACITY {
+            assert!(shared.lanes[0].push(marked(0)).is_ok());
+        }
+        // The shard: waits for the doorbell the full lane makes the bus ring,
+        // then takes everything the lane holds until the bus's last envelope.
+        let shard = std::thread::spawn(move || {
+            let give_up = std::time::Instant::now() + Duration::from_secs(10);
+            let mut rung = Vec::new();
+            while rung.is_empty() && std::time::Instant::now() < give_up {
+                shard_inbox.take_ready(&mut rung, 1);
+                std::thread::yield_now();
+            }
+            let mut taken = Vec::new();
+            while !rung.is_empty() && taken.last() != Some(&1) && std::time::Instant::now() < give_up {
+                lane.begin();
+                while let Some(Envelope::Deliver { entry, .. }) = lane.next() {
+                    taken.push(entry[0]);
+                }
+            }
+            (matches!(rung.first(), Some(Envelope::BusDoorbell)), taken)
+        });
+        shared.send_from_bus(0, marked(1), Probe::NOW);
+        let (doorbell, taken) = shard.join().expect("the shard thread");
+        assert!(doorbell, "the bus rang the shard");
+        assert_eq!(taken.len(), LANE_CAPACITY + 1, "nothing dropped");
+        assert_eq!(taken.last(), Some(&1), "the waiting envelope after the ones before it");
+    }
+}
