@@ -56,11 +56,6 @@ pub struct ReplyReader {
 type Decode<T> = fn(&mut BytesMut, bool) -> Result<Option<T>, resp::ProtocolError>;
 
 impl ReplyReader {
-    /// The next reply if it is already read in whole, without reading more.
-    pub fn buffered(&mut self) -> Result<Option<Reply>, BusError> {
-        resp::decode(&mut self.buf, self.resp3).map_err(|e| e.0)
-    }
-
     /// What a subscription heard next, if it is already read in whole.
     pub fn buffered_heard(&mut self) -> Result<Option<Heard>, BusError> {
         resp::decode_heard(&mut self.buf, self.resp3).map_err(|e| e.0)

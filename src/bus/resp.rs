@@ -149,7 +149,7 @@ impl BulkArray {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Heard {
     /// `message`/`smessage`, channel, payload: every message of the bus,
-    /// read without the array a [`Reply`] would allocate for it.
+    /// read from RESP2 without the array a [`Reply`] would allocate for it.
     Message {
         /// The channel it was published on.
         channel: Bytes,
@@ -167,8 +167,7 @@ pub fn decode_heard(buf: &mut BytesMut, resp3: bool) -> Result<Option<Heard>, Pr
             let Some(array) = read else { return Ok(None) };
             let bytes = buf.split_to(array.len).freeze();
             let [kind, channel, payload, ..] = array.spans;
-            let message = array.count == 3 && matches!(&bytes[kind.0..kind.1], b"message" | b"smessage");
-            return Ok(Some(match message {
+            return Ok(Some(match array.count == 3 && is_message(&bytes[kind.0..kind.1]) {
                 true => Heard::Message {
                     channel: bytes.slice(channel.0..channel.1),
                     payload: bytes.slice(payload.0..payload.1),
@@ -177,7 +176,27 @@ pub fn decode_heard(buf: &mut BytesMut, resp3: bool) -> Result<Option<Heard>, Pr
             }));
         }
     }
-    Ok(decode_any(buf, resp3)?.map(Heard::Reply))
+    Ok(decode_any(buf, resp3)?.map(Heard::from))
+}
+
+impl From<Reply> for Heard {
+    /// A pushed message read as a plain reply (a RESP3 push, a sharded
+    /// subscription's reader) is a [`Heard::Message`] all the same.
+    fn from(reply: Reply) -> Heard {
+        let Reply::Array(parts) = reply else { return Heard::Reply(reply) };
+        match <[Reply; 3]>::try_from(parts) {
+            Ok([Reply::Text(kind), Reply::Text(channel), Reply::Text(payload)]) if is_message(&kind) => {
+                Heard::Message { channel, payload }
+            }
+            Ok(three) => Heard::Reply(Reply::Array(three.into())),
+            Err(parts) => Heard::Reply(Reply::Array(parts)),
+        }
+    }
+}
+
+/// The kind of a pushed message (`smessage`: sharded Pub/Sub).
+fn is_message(kind: &[u8]) -> bool {
+    matches!(kind, b"message" | b"smessage")
 }
 
 /// `<kind><decimal>\r\n` at `at`, which it moves past it: `Ok(None)` while
@@ -260,14 +279,7 @@ mod tests {
     #[test]
     fn replies_split_across_reads() {
         let wire = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n:5\r\n-ERR no\r\n$-1\r\n+OK\r\n";
-        let mut buf = BytesMut::new();
-        let mut replies = Vec::new();
-        for byte in wire {
-            buf.extend_from_slice(&[*byte]);
-            while let Some(reply) = decode(&mut buf, false).unwrap() {
-                replies.push(reply);
-            }
-        }
+        let (replies, left) = one_byte_at_a_time(wire, decode);
         assert_eq!(
             replies,
             vec![
@@ -282,21 +294,30 @@ mod tests {
                 Reply::Text(Bytes::from_static(b"OK")),
             ]
         );
-        assert!(buf.is_empty(), "every reply taken whole");
+        assert!(left.is_empty(), "every reply taken whole");
+    }
+
+    /// What `decode` reads from `wire` arriving a byte at a time, and the bytes left.
+    fn one_byte_at_a_time<T>(
+        wire: &[u8],
+        decode: fn(&mut BytesMut, bool) -> Result<Option<T>, ProtocolError>,
+    ) -> (Vec<T>, BytesMut) {
+        let mut buf = BytesMut::new();
+        let mut read = Vec::new();
+        for byte in wire {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(one) = decode(&mut buf, false).unwrap() {
+                read.push(one);
+            }
+        }
+        (read, buf)
     }
 
     #[test]
     fn a_subscription_hears_messages_whole_and_anything_else_as_a_reply() {
         let wire = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\na\r\n\r\n\
             *3\r\n$8\r\nsmessage\r\n$3\r\n{c}\r\n$0\r\n\r\n*3\r\n$4\r\nlist\r\n$1\r\nx\r\n$1\r\ny\r\n-ERR no\r\n";
-        let mut buf = BytesMut::new();
-        let mut heard = Vec::new();
-        for byte in wire {
-            buf.extend_from_slice(&[*byte]);
-            while let Some(one) = decode_heard(&mut buf, false).unwrap() {
-                heard.push(one);
-            }
-        }
+        let (heard, left) = one_byte_at_a_time(wire, decode_heard);
         let text = |t: &'static [u8]| Reply::Text(Bytes::from_static(t));
         assert_eq!(
             heard,
@@ -308,7 +329,16 @@ mod tests {
                 Heard::Reply(Reply::Error("ERR no".into())),
             ]
         );
-        assert!(buf.is_empty(), "everything taken whole");
+        assert!(left.is_empty(), "everything taken whole");
+        // Read as plain replies (RESP3 pushes, a sharded subscription's
+        // reader), messages are heard the same.
+        let message = Reply::Array(vec![text(b"smessage"), text(b"{c}"), text(b"x")]);
+        let expected = Heard::Message { channel: Bytes::from_static(b"{c}"), payload: Bytes::from_static(b"x") };
+        assert_eq!(Heard::from(message), expected);
+        let mut buf = BytesMut::from(&b">3\r\n$8\r\nsmessage\r\n$3\r\n{c}\r\n$1\r\nx\r\n"[..]);
+        assert_eq!(decode_heard(&mut buf, true).unwrap(), Some(expected));
+        let not_text = Reply::Array(vec![text(b"message"), text(b"ch"), Reply::Int(1)]);
+        assert_eq!(Heard::from(not_text.clone()), Heard::Reply(not_text));
     }
 
     #[test]

@@ -417,7 +417,7 @@ impl Session {
                         }
                     }
                     Event::Pushed(reply) => {
-                        let heard = reply.map(Heard::Reply);
+                        let heard = reply.map(Heard::from);
                         if let Err(error) = self.pushed(durable, heard, &mut actions, &mut peer_work, &mut canary_seen)
                         {
                             return error;
@@ -628,10 +628,12 @@ impl Session {
     ) -> Result<bool, BusError> {
         let (channel, payload) = match heard {
             Heard::Message { channel, payload } => (channel, payload),
-            Heard::Reply(reply) => match message_of(reply)? {
-                Some(message) => message,
-                None => return Ok(false),
-            },
+            // A slot moved (resharding, failover): its channel's
+            // subscription ended with it.
+            Heard::Reply(Reply::Array(parts)) if is_kind(&parts, b"sunsubscribe") => {
+                return Err("a partition's node changed (sunsubscribe)".into())
+            }
+            Heard::Reply(_) => return Ok(false),
         };
         if let Some(partition) = log::partition_of(&durable.keys, &channel) {
             if let Some(notice) = log::parse_notice(&payload) {
@@ -914,23 +916,9 @@ async fn next_heard(mut reader: ReplyReader) -> (ReplyReader, Result<Heard, BusE
     (reader, heard)
 }
 
-/// A pushed message read as a plain reply (a RESP3 push, a sharded
-/// subscription's reader): its channel and payload; `None` for anything
-/// else; `Err` when a partition's subscription ended.
-fn message_of(reply: Reply) -> Result<Option<(Bytes, Bytes)>, BusError> {
-    let Reply::Array(mut parts) = reply else { return Ok(None) };
-    match parts.first() {
-        Some(Reply::Text(kind)) if parts.len() == 3 && (kind[..] == b"message"[..] || kind[..] == b"smessage"[..]) => {}
-        // A slot moved (resharding, failover): its channel's
-        // subscription ended with it.
-        Some(Reply::Text(kind)) if kind[..] == b"sunsubscribe"[..] => {
-            return Err("a partition's node changed (sunsubscribe)".into())
-        }
-        _ => return Ok(None),
-    }
-    let Some(Reply::Text(payload)) = parts.pop() else { return Ok(None) };
-    let Some(Reply::Text(channel)) = parts.pop() else { return Ok(None) };
-    Ok(Some((channel, payload)))
+/// True when a subscription's reply `parts` is of `kind` (its first string).
+fn is_kind(parts: &[Reply], kind: &[u8]) -> bool {
+    matches!(parts.first(), Some(Reply::Text(first)) if first[..] == *kind)
 }
 
 /// A connection to `address` subscribed (`SUBSCRIBE` or `SSUBSCRIBE`) to
