@@ -24,7 +24,7 @@
 #      target/pgo/ssekify.
 #
 # Needs: rustup (adds llvm-tools when it is missing), redis-server and
-# redis-cli, python3, curl, taskset (scripts/test.sh installs them on Debian).
+# redis-cli, curl and taskset (scripts/test.sh installs them on Debian).
 # Extra RUSTFLAGS (e.g. -Ctarget-cpu=native) are kept for both builds.
 #
 #   scripts/build-pgo.sh            # then: target/pgo/ssekify --help
@@ -37,7 +37,7 @@ profiles=$pgo/profiles
 die() { printf 'build-pgo: %s\n' "$*" >&2; exit 1; }
 say() { printf '== build-pgo: %s\n' "$*" >&2; }
 
-for tool in redis-server redis-cli python3 curl taskset; do
+for tool in redis-server redis-cli curl taskset; do
     command -v "$tool" >/dev/null || die "$tool is needed (scripts/test.sh installs it on Debian)"
 done
 

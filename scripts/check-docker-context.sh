@@ -106,6 +106,20 @@ for line in text.splitlines():
             continue
         if src.rstrip("/") not in files and not any(p.startswith(src.rstrip("/") + "/") for p in files):
             problems.append(f"the Dockerfile copies {src}, which is not in the build context")
+# Every script a RUN line starts from the context is there; for
+# scripts/build-pgo.sh (--build-arg PGO=1), so are the load scenarios it
+# trains on and what they source.
+needed = set()
+for line in text.splitlines():
+    if line.split()[:1] == ["RUN"]:
+        needed.update(re.findall(r"(?<![\w/])(scripts/[\w.-]+)", line))
+if "scripts/build-pgo.sh" in needed:
+    with open(os.path.join(root, "scripts/build-pgo.sh")) as f:
+        trained = re.findall(r"^train (\w+)", f.read(), re.M)
+    needed.update(f"loadtest/scenarios/{name}.sh" for name in trained)
+    needed.add("loadtest/scenarios/lib.sh")
+for path in sorted(needed - files):
+    problems.append(f"the Dockerfile runs {path} (or what it needs), which is not in the build context")
 limit = 16 * 1024 * 1024
 if size > limit:
     problems.append(f"the build context is {size} bytes (more than {limit}): does the ignore file miss something big?")
