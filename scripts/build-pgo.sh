@@ -5,8 +5,8 @@
 # Why: the same code, laid out and inlined by LLVM after a run of the load it
 # serves, spends 11–19 % fewer user-space instructions on every hot path
 # (benches/callgrind.py: a delivery, a publish, a batch message, a message
-# heard from the bus) and ~17 % less CPU on a message heard from the bus.
-# The measurements table in README.md is of this build. `cargo build
+# heard from the bus) and 16–17 % less CPU on a message heard from the bus.
+# The measurements table in README.md is of this build since 89f7504. `cargo build
 # --release` stays the plain build (the tests and the quick start use it).
 #
 # Steps, each in its own target directory under target/pgo/ (a build with
