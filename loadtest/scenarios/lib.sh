@@ -1,7 +1,8 @@
 # Shared functions for the load scenarios; sourced by loadtest/scenarios/*.sh.
 #
 # Knobs (environment), with defaults:
-#   PEER=ssekify|nchan      server under test (broadcast.sh and targeted.sh also take PEER=floor)
+#   PEER=ssekify|nchan      server under test (broadcast.sh and targeted.sh also take PEER=floor,
+#                           targeted.sh PEER=floor-uring)
 #   SERVER_CORES=0          taskset core list for the server (e.g. 0-3 or 0,2);
 #                           ssekify gets --shards <count>, nginx that many workers
 #   GEN_CORES=1             taskset core list for the generator

@@ -18,7 +18,12 @@
 # deliveries_lost then counts every message, as it should). With PEER=floor
 # the bare thread reads each request and answers it, sending no frame: the
 # least CPU per message a server only records.
-#   PEER=ssekify|nchan|floor SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody loadtest/scenarios/targeted.sh
+# PEER=floor-uring: the floor with everything through one io_uring, as
+# ssekify does it (a RECV kept armed per publisher, the answer and the frames
+# as SENDs submitted with it): the floor under a server built on io_uring,
+# where PEER=floor (epoll, read(2), send(2)) is the one under a server built
+# on epoll, as Nchan is.
+#   PEER=ssekify|nchan|floor|floor-uring SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 ROOMS=${ROOMS:-100}
@@ -31,7 +36,7 @@ RECIPIENTS=${RECIPIENTS:-subscribers}
 [[ $RECIPIENTS == subscribers || $RECIPIENTS == nobody ]] || lt_die "RECIPIENTS is subscribers or nobody, not $RECIPIENTS"
 
 lt_setup
-if [[ $PEER == floor ]]; then
+if [[ $PEER == floor || $PEER == floor-uring ]]; then
     if ((BATCH > 1)); then
         # Sized as the generator's batch and ssekify's answer to it: a message
         # is ~25 B of JSON around its payload, a result ~72 B, a frame's id
@@ -44,6 +49,7 @@ if [[ $PEER == floor ]]; then
         shape=(--rate "$RATE" --size $((SIZE + 30)))
     fi
     [[ $RECIPIENTS == nobody ]] && name+=-nobody
+    [[ $PEER == floor-uring ]] && shape+=(--requests uring)
     json=$(result_file "$name")
     server=$(lt_core_list "$SERVER_CORES" | head -n1)
     client=$(lt_core_list "$GEN_CORES" | head -n1)

@@ -265,7 +265,8 @@ pub(crate) fn send_uring(ring: &mut IoUring, fds: &[i32], frame: &[u8]) -> io::R
     Ok(())
 }
 
-fn short_send(result: isize) -> io::Error {
+/// The error for a send that did not go out whole.
+pub(crate) fn short_send(result: isize) -> io::Error {
     if result < 0 {
         io::Error::from_raw_os_error(-result as i32)
     } else {

@@ -19,6 +19,15 @@
 //! for users with no connection): the request's read and its answer alone,
 //! the floor under a server's CPU per batch message it only records.
 //!
+//! With `--requests uring` the server thread does all of it through one
+//! io_uring, as ssekify's shards do: each publisher's request is read by a
+//! `RECV` kept armed, and its answer and frames go out as `SEND`s submitted
+//! with the re-armed `RECV` in the `io_uring_enter` that also waits for the
+//! next completion (deferred task work, single issuer). Without it (the
+//! default) the requests are read by `epoll_wait` and `read(2)` and answered
+//! by `send(2)`; the first is the floor under a server built on io_uring,
+//! the second under one built on epoll.
+//!
 //! With `--slices` the client sends when standard input asks, a line per
 //! slice (its length in seconds): "ready" once connected, "slice <requests>"
 //! once a slice's requests are all answered. The server thread is the
@@ -30,7 +39,21 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use io_uring::{opcode, squeue, types, IoUring};
+
 use crate::floor::{pin, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod, Sending};
+
+/// How the server thread reads its requests and sends its answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum RequestIo {
+    /// `epoll_wait`, then `read(2)` and `send(2)` system calls (the frames as
+    /// `--method` says): the floor under a server built on epoll.
+    Syscall,
+    /// One io_uring for everything: `RECV`s kept armed, the answer and the
+    /// frames as `SEND`s (`--method` is then ignored): the floor under a
+    /// server built on io_uring, as ssekify is.
+    Uring,
+}
 
 /// Sizes of what travels, in bytes.
 #[derive(Clone, Copy)]
@@ -71,7 +94,7 @@ pub fn measure(
     publishers: usize,
     rate: f64,
     sizes: Sizes,
-    method: SendMethod,
+    io: (RequestIo, SendMethod),
     sending: Sending,
     cores: (Option<usize>, Option<usize>),
 ) -> io::Result<TargetedFloor> {
@@ -80,7 +103,7 @@ pub fn measure(
     let (served, report) = split_process(
         cores.1,
         |report_to| client(addr, connections, publishers, rate, sizes, sending, report_to),
-        || server(&listener, connections, publishers, sizes, method, cores.0),
+        || server(&listener, connections, publishers, sizes, io, cores.0),
     )?;
     let (requests, server_cpu_us) = served?;
     let mut fields = report.split_whitespace().map(|f| f.parse::<f64>());
@@ -105,7 +128,7 @@ fn server(
     connections: usize,
     publishers: usize,
     sizes: Sizes,
-    method: SendMethod,
+    (request_io, method): (RequestIo, SendMethod),
     core: Option<usize>,
 ) -> io::Result<(u64, f64)> {
     let accept = |count: usize| -> io::Result<Vec<TcpStream>> {
@@ -120,11 +143,28 @@ fn server(
     let subscribers = accept(connections)?;
     let mut publishers = accept(publishers)?;
     pin(core);
-    let answer = vec![b'a'; sizes.answer];
-    let frame = crate::floor::frame(sizes.frame);
     // A request's frames go to the next subscribers in turn, wrapping round.
     let fds: Vec<i32> = subscribers.iter().chain(&subscribers).map(AsRawFd::as_raw_fd).collect();
-    let per_request = sizes.frames_per_request.clamp(1, subscribers.len());
+    let served = match request_io {
+        RequestIo::Syscall => serve_syscalls(&mut publishers, &fds, sizes, method),
+        RequestIo::Uring => serve_uring(&publishers, &fds, sizes),
+    };
+    drop(subscribers);
+    served
+}
+
+/// [`RequestIo::Syscall`]: epoll, `read(2)`, `send(2)`. `fds` names every
+/// subscriber twice over, so that a request's frames are one slice.
+fn serve_syscalls(
+    publishers: &mut [TcpStream],
+    fds: &[i32],
+    sizes: Sizes,
+    method: SendMethod,
+) -> io::Result<(u64, f64)> {
+    let subscribers = fds.len() / 2;
+    let answer = vec![b'a'; sizes.answer];
+    let frame = crate::floor::frame(sizes.frame);
+    let per_request = sizes.frames_per_request.clamp(1, subscribers);
     let mut ring = match method {
         SendMethod::Uring => Some(crate::floor::ring()?),
         SendMethod::Syscall => None,
@@ -161,13 +201,101 @@ fn server(
                     Some(ring) => send_uring(ring, to, &frame)?,
                     None => send_syscalls(to, &frame)?,
                 }
-                next = (next + per_request) % subscribers.len();
+                next = (next + per_request) % subscribers;
             }
         }
     }
-    let cpu = thread_cpu_micros() - cpu_before;
-    drop(subscribers);
-    Ok((requests, cpu))
+    Ok((requests, thread_cpu_micros() - cpu_before))
+}
+
+/// `user_data` of a `SEND`; a `RECV`'s is its publisher's index.
+const SENT: u64 = u64::MAX;
+
+/// Bytes each publisher's armed `RECV` may read at once.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// [`RequestIo::Uring`]: one ring, a `RECV` armed per publisher, the
+/// answers and frames as `SEND`s, all submitted by the `io_uring_enter`
+/// that waits for the next completion. `fds` as for [`serve_syscalls`].
+fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Result<(u64, f64)> {
+    let subscribers = fds.len() / 2;
+    let answer = vec![b'a'; sizes.answer];
+    let frame = crate::floor::frame(sizes.frame);
+    let per_request = sizes.frames_per_request.clamp(1, subscribers);
+    let mut ring = crate::floor::ring()?;
+    let mut buffers = vec![vec![0u8; RECV_BUFFER]; publishers.len()];
+    let recv = |index: usize, buffer: &mut [u8]| {
+        opcode::Recv::new(types::Fd(publishers[index].as_raw_fd()), buffer.as_mut_ptr(), buffer.len() as u32)
+            .build()
+            .user_data(index as u64)
+    };
+    let send = |fd: i32, bytes: &[u8]| {
+        opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .build()
+            .user_data(SENT)
+    };
+    let mut partial = vec![0usize; publishers.len()];
+    let (mut requests, mut next, mut open, mut sending) = (0u64, 0usize, publishers.len(), 0usize);
+    let mut completions = Vec::with_capacity(1024);
+    let cpu_before = thread_cpu_micros();
+    for (index, buffer) in buffers.iter_mut().enumerate() {
+        push(&mut ring, &recv(index, buffer))?;
+    }
+    // Until every publisher has closed and every send has completed (the
+    // kernel reads the answer and the frame until then).
+    while open > 0 || sending > 0 {
+        ring.submit_and_wait(1)?;
+        completions.extend(ring.completion().map(|done| (done.user_data(), done.result())));
+        for (token, result) in completions.drain(..) {
+            if token == SENT {
+                if result != answer.len() as i32 && result != frame.len() as i32 {
+                    return Err(crate::floor::short_send(result as isize));
+                }
+                sending -= 1;
+                continue;
+            }
+            let index = token as usize;
+            if result <= 0 {
+                if result < 0 {
+                    return Err(io::Error::from_raw_os_error(-result));
+                }
+                open -= 1;
+                continue;
+            }
+            let bytes = partial[index] + result as usize;
+            partial[index] = bytes % sizes.request;
+            for _ in 0..bytes / sizes.request {
+                push(&mut ring, &send(publishers[index].as_raw_fd(), &answer))?;
+                requests += 1;
+                sending += 1;
+                if !sizes.deliver {
+                    continue;
+                }
+                for &fd in &fds[next..next + per_request] {
+                    push(&mut ring, &send(fd, &frame))?;
+                }
+                sending += per_request;
+                next = (next + per_request) % subscribers;
+            }
+            push(&mut ring, &recv(index, &mut buffers[index]))?;
+        }
+    }
+    Ok((requests, thread_cpu_micros() - cpu_before))
+}
+
+/// Queues `entry`, first submitting what is queued when the submission
+/// queue is full.
+fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    // SAFETY: every buffer an entry names (the answer, the frame, the
+    // publishers' receive buffers) lives until the serving loop has seen
+    // its completion.
+    if unsafe { ring.submission().push(entry) }.is_ok() {
+        return Ok(());
+    }
+    ring.submit()?;
+    // SAFETY: as above.
+    unsafe { ring.submission().push(entry) }.map_err(|_| io::Error::other("submission queue full after a submit"))
 }
 
 /// One non-blocking send that must go out whole (small, to a socket that keeps up).

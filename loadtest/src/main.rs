@@ -259,10 +259,14 @@ struct TargetedFloorArgs {
     /// is sent (the floor under a message a server only records).
     #[arg(long, value_enum, default_value_t = Recipients::Subscribers)]
     recipients: Recipients,
-    /// How the frames reach the kernel (the request's read and its answer
-    /// are system calls either way).
+    /// How the frames reach the kernel when `--requests syscall` (the
+    /// request's read and its answer are system calls then).
     #[arg(long, value_enum, default_value_t = floor::SendMethod::Syscall)]
     method: floor::SendMethod,
+    /// How the requests are read and answered: `uring` puts everything,
+    /// frames too, through one io_uring as ssekify does.
+    #[arg(long, value_enum, default_value_t = floor_targeted::RequestIo::Syscall)]
+    requests: floor_targeted::RequestIo,
     /// Seconds of requests.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -441,9 +445,9 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
         false => floor::Sending::For(Duration::from_secs_f64(args.duration)),
     };
     let cores = (args.server_core, args.client_core);
-    let floor =
-        floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, args.method, sending, cores)
-            .map_err(|error| format!("targeted floor: {error}"))?;
+    let io = (args.requests, args.method);
+    let floor = floor_targeted::measure(args.connections, args.publishers, args.rate, sizes, io, sending, cores)
+        .map_err(|error| format!("targeted floor: {error}"))?;
     // Keys named as in `run`'s report for `--mode users`, so compare.sh
     // prints the floor as one more row beside the servers.
     let mut report = Report::new(args.json.clone());
@@ -455,6 +459,7 @@ fn targeted_floor_report(args: &TargetedFloorArgs) -> Result<Report, String> {
     report.add("rate_msgs_per_s", args.rate * args.frames_per_request as f64);
     report.add("payload_bytes", args.size);
     report.add("batch", args.frames_per_request);
+    report.add("requests_io", format!("{:?}", args.requests).to_lowercase());
     report.add("requests", floor.requests);
     report.add("messages_sent", floor.messages);
     report.add("messages_failed", 0);

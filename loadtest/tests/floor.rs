@@ -1,7 +1,8 @@
 //! `ssekify-loadtest floor` and `targeted-floor` end to end: the bare sender
 //! reaches every connection with every frame (through both send methods),
 //! sends in the slices it is asked for, the bare responder answers every
-//! request and delivers its frame, and both report it.
+//! request and delivers its frame (by system calls and through io_uring),
+//! and both report it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -77,15 +78,36 @@ fn slices_send_when_asked_and_report_each_one() {
 }
 
 #[test]
-fn the_targeted_floor_answers_every_request_and_delivers_every_frame() {
-    let stdout =
-        run(&[&["targeted-floor", "--connections", "50", "--publishers", "4", "--rate", "200", "--duration", "0.5"]]);
-    assert_eq!(field(&stdout, "mode"), "users");
-    assert_eq!(field(&stdout, "messages_sent"), "100", "200 requests/s for 0.5 s");
-    assert_eq!(field(&stdout, "deliveries_received"), "100", "one frame per request");
-    assert_eq!(field(&stdout, "deliveries_lost"), "0");
-    let per_request: f64 = field(&stdout, "server_cpu_us_per_message").parse().expect("a number");
-    assert!(per_request > 0.0, "a read and two sends cost something");
+fn the_targeted_floor_answers_every_request_and_delivers_every_frame_by_either_io() {
+    for io in ["syscall", "uring"] {
+        let stdout = run(&[
+            &["targeted-floor", "--connections", "50", "--publishers", "4", "--rate", "200", "--duration", "0.5"],
+            &["--requests", io],
+        ]);
+        assert_eq!(field(&stdout, "mode"), "users");
+        assert_eq!(field(&stdout, "requests_io"), io);
+        assert_eq!(field(&stdout, "requests"), "100", "{io}: 200 requests/s for 0.5 s, each answered");
+        assert_eq!(field(&stdout, "messages_sent"), "100", "{io}");
+        assert_eq!(field(&stdout, "deliveries_received"), "100", "{io}: one frame per request");
+        assert_eq!(field(&stdout, "deliveries_lost"), "0");
+        let per_request: f64 = field(&stdout, "server_cpu_us_per_message").parse().expect("a number");
+        assert!(per_request > 0.0, "{io}: a read and two sends cost something");
+    }
+}
+
+#[test]
+fn the_io_uring_floor_serves_batches_and_requests_for_nobody() {
+    let batch =
+        ["--frames-per-request", "30", "--request-size", "4000", "--answer-size", "2000", "--requests", "uring"];
+    let shape = ["targeted-floor", "--connections", "50", "--publishers", "2", "--rate", "40", "--duration", "0.5"];
+    let delivered = run(&[&shape, &batch]);
+    assert_eq!(field(&delivered, "requests"), "20", "40 requests/s for 0.5 s");
+    assert_eq!(field(&delivered, "deliveries_received"), "600", "30 frames per request, wrapping round the 50");
+    assert_eq!(field(&delivered, "deliveries_lost"), "0");
+    let nobody = run(&[&shape, &batch, &["--recipients", "nobody"]]);
+    assert_eq!(field(&nobody, "requests"), "20");
+    assert_eq!(field(&nobody, "messages_sent"), "600");
+    assert_eq!(field(&nobody, "deliveries_received"), "0", "the messages are for nobody connected");
 }
 
 #[test]
