@@ -34,6 +34,12 @@ const PUBLISH_CHUNK: usize = 16 * 1024;
 const RING_AHEAD: usize = 6;
 const FRAME_AHEAD: usize = 2;
 
+/// The rings of this many deliveries are asked for together, one after the
+/// other: finding a ring by its user's name waits for the name table's
+/// lines, and lookups made back to back wait for their misses together,
+/// where one made between two messages' work waits alone.
+const RINGS_AT_ONCE: usize = 4;
+
 /// Deliveries in order whose targets further on can be read before they are
 /// taken, so that their replay state is asked for ahead of their turn: a
 /// list's own iterator, or a caller's that encodes each frame as it is
@@ -63,10 +69,11 @@ impl Upcoming for smallvec::IntoIter<[Delivery; 1]> {
 
 /// Where the rings of the next deliveries were found as they were asked for
 /// ([`ShardCtx::take_next`]), each at its place in the publish modulo the
-/// array's length (more than [`RING_AHEAD`], so no two waiting share one).
+/// array's length (more than [`RING_AHEAD`] + [`RINGS_AT_ONCE`], so no two
+/// waiting share one).
 #[derive(Default)]
 pub(super) struct RingsAhead {
-    found: [Cell<Option<u32>>; 8],
+    found: [Cell<Option<u32>>; 16],
     taken: usize,
 }
 
@@ -181,9 +188,10 @@ impl ShardCtx {
     }
 
     /// Takes the next of `rest`, with where its user's ring was found if it
-    /// was asked for ahead; first asks for the ring (and the connections)
-    /// of the delivery [`RING_AHEAD`] after it and the oldest frame of the
-    /// one [`FRAME_AHEAD`] after it ([`crate::prefetch`]). A batch to 10,000
+    /// was asked for ahead; first asks, every [`RINGS_AT_ONCE`] deliveries,
+    /// for the rings (and the connections) of that many from [`RING_AHEAD`]
+    /// after it on, and for the oldest frame of the one [`FRAME_AHEAD`]
+    /// after it ([`crate::prefetch`]). A batch to 10,000
     /// users touches ~43 MB of rings and their connections' records, which
     /// no cache holds; asked for ahead, they arrive while the messages
     /// before them are made.
@@ -196,8 +204,13 @@ impl ShardCtx {
         let index = rings.taken;
         // A run of messages to one user (a batch to one user, a bus entry of
         // one partition) finds its ring warm: asked for once, at its first.
-        if let Some(target) = rest.target_after(RING_AHEAD).filter(|&t| rest.target_after(RING_AHEAD - 1) != Some(t)) {
-            self.prefetch(target, &rings.found[(index + RING_AHEAD) % slots], Ahead::Ring);
+        if index % RINGS_AT_ONCE == 0 {
+            for ahead in RING_AHEAD..RING_AHEAD + RINGS_AT_ONCE {
+                let Some(target) = rest.target_after(ahead) else { break };
+                if rest.target_after(ahead - 1) != Some(target) {
+                    self.prefetch(target, &rings.found[(index + ahead) % slots], Ahead::Ring);
+                }
+            }
         }
         if let Some(target) = rest.target_after(FRAME_AHEAD) {
             self.prefetch(target, &rings.found[(index + FRAME_AHEAD) % slots], Ahead::Frame);
