@@ -218,12 +218,32 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// answers and frames as `SEND`s, all submitted by the `io_uring_enter`
 /// that waits for the next completion. `fds` as for [`serve_syscalls`].
 fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Result<(u64, f64)> {
-    let subscribers = fds.len() / 2;
     let answer = vec![b'a'; sizes.answer];
     let frame = crate::floor::frame(sizes.frame);
-    let per_request = sizes.frames_per_request.clamp(1, subscribers);
-    let mut ring = crate::floor::ring()?;
     let mut buffers = vec![vec![0u8; RECV_BUFFER]; publishers.len()];
+    let mut ring = crate::floor::ring()?;
+    let served = drive_uring(&mut ring, publishers, fds, sizes, (&answer, &frame), &mut buffers);
+    if served.is_err() {
+        // Operations may still be in flight on an error: the kernel may
+        // read or write their buffers until the ring is torn down.
+        drop(ring);
+        std::mem::forget((answer, frame, buffers));
+    }
+    served
+}
+
+/// [`serve_uring`]'s loop, until every publisher has closed and every send
+/// has completed.
+fn drive_uring(
+    ring: &mut IoUring,
+    publishers: &[TcpStream],
+    fds: &[i32],
+    sizes: Sizes,
+    (answer, frame): (&[u8], &[u8]),
+    buffers: &mut [Vec<u8>],
+) -> io::Result<(u64, f64)> {
+    let subscribers = fds.len() / 2;
+    let per_request = sizes.frames_per_request.clamp(1, subscribers);
     let recv = |index: usize, buffer: &mut [u8]| {
         opcode::Recv::new(types::Fd(publishers[index].as_raw_fd()), buffer.as_mut_ptr(), buffer.len() as u32)
             .build()
@@ -240,10 +260,9 @@ fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Resul
     let mut completions = Vec::with_capacity(1024);
     let cpu_before = thread_cpu_micros();
     for (index, buffer) in buffers.iter_mut().enumerate() {
-        push(&mut ring, &recv(index, buffer))?;
+        push(ring, &recv(index, buffer))?;
     }
-    // Until every publisher has closed and every send has completed (the
-    // kernel reads the answer and the frame until then).
+    // The kernel reads the answer and the frame until their sends complete.
     while open > 0 || sending > 0 {
         ring.submit_and_wait(1)?;
         completions.extend(ring.completion().map(|done| (done.user_data(), done.result())));
@@ -266,19 +285,19 @@ fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Resul
             let bytes = partial[index] + result as usize;
             partial[index] = bytes % sizes.request;
             for _ in 0..bytes / sizes.request {
-                push(&mut ring, &send(publishers[index].as_raw_fd(), &answer))?;
+                push(ring, &send(publishers[index].as_raw_fd(), answer))?;
                 requests += 1;
                 sending += 1;
                 if !sizes.deliver {
                     continue;
                 }
                 for &fd in &fds[next..next + per_request] {
-                    push(&mut ring, &send(fd, &frame))?;
+                    push(ring, &send(fd, frame))?;
                 }
                 sending += per_request;
                 next = (next + per_request) % subscribers;
             }
-            push(&mut ring, &recv(index, &mut buffers[index]))?;
+            push(ring, &recv(index, &mut buffers[index]))?;
         }
     }
     Ok((requests, thread_cpu_micros() - cpu_before))
@@ -289,7 +308,8 @@ fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Resul
 fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
     // SAFETY: every buffer an entry names (the answer, the frame, the
     // publishers' receive buffers) lives until the serving loop has seen
-    // its completion.
+    // its completion, or is never freed when the loop ends in an error
+    // (`serve_uring`).
     if unsafe { ring.submission().push(entry) }.is_ok() {
         return Ok(());
     }
