@@ -243,14 +243,20 @@ pub(crate) fn send_syscalls(fds: &[i32], frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// An io_uring `SEND` of `bytes` to `fd`, as ssekify sends (no signal,
+/// never waiting for room); `bytes` must outlive its completion.
+pub(crate) fn send_entry(fd: i32, bytes: &[u8]) -> io_uring::squeue::Entry {
+    opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+        .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        .build()
+}
+
 /// `frame` to each socket, as io_uring `SEND`s, a ring's worth per
 /// `io_uring_enter`, every completion awaited.
 pub(crate) fn send_uring(ring: &mut IoUring, fds: &[i32], frame: &[u8]) -> io::Result<()> {
     for chunk in fds.chunks(ring.params().sq_entries() as usize) {
         for &fd in chunk {
-            let send = opcode::Send::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)
-                .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-                .build();
+            let send = send_entry(fd, frame);
             // SAFETY: the frame outlives the operation: this function waits for
             // every completion of the chunk before returning.
             unsafe { ring.submission().push(&send) }.map_err(|_| io::Error::other("submission queue full"))?;

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::floor::{pin, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod, Sending};
+use crate::floor::{pin, send_entry, send_syscalls, send_uring, split_process, thread_cpu_micros, SendMethod, Sending};
 
 /// How the server thread reads its requests and sends its answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -208,8 +208,9 @@ fn serve_syscalls(
     Ok((requests, thread_cpu_micros() - cpu_before))
 }
 
-/// `user_data` of a `SEND`; a `RECV`'s is its publisher's index.
-const SENT: u64 = u64::MAX;
+/// Marks a `SEND`'s `user_data`, whose other bits are its length (a
+/// `RECV`'s is its publisher's index), so each send is checked whole.
+const SENT: u64 = 1 << 63;
 
 /// Bytes each publisher's armed `RECV` may read at once.
 const RECV_BUFFER: usize = 64 * 1024;
@@ -226,7 +227,6 @@ fn serve_uring(publishers: &[TcpStream], fds: &[i32], sizes: Sizes) -> io::Resul
     if served.is_err() {
         // Operations may still be in flight on an error: the kernel may
         // read or write their buffers until the ring is torn down.
-        drop(ring);
         std::mem::forget((answer, frame, buffers));
     }
     served
@@ -249,12 +249,7 @@ fn drive_uring(
             .build()
             .user_data(index as u64)
     };
-    let send = |fd: i32, bytes: &[u8]| {
-        opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            .build()
-            .user_data(SENT)
-    };
+    let send = |fd: i32, bytes: &[u8]| send_entry(fd, bytes).user_data(SENT | bytes.len() as u64);
     let mut partial = vec![0usize; publishers.len()];
     let (mut requests, mut next, mut open, mut sending) = (0u64, 0usize, publishers.len(), 0usize);
     let mut completions = Vec::with_capacity(1024);
@@ -267,8 +262,8 @@ fn drive_uring(
         ring.submit_and_wait(1)?;
         completions.extend(ring.completion().map(|done| (done.user_data(), done.result())));
         for (token, result) in completions.drain(..) {
-            if token == SENT {
-                if result != answer.len() as i32 && result != frame.len() as i32 {
+            if token & SENT != 0 {
+                if result as u64 != token & !SENT {
                     return Err(crate::floor::short_send(result as isize));
                 }
                 sending -= 1;
