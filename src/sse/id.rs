@@ -115,12 +115,19 @@ fn format_id(millis: u64, instance: u32, sequence: u32) -> GeneratedId {
     GeneratedId(out).with_sequence(sequence)
 }
 
-/// `value` as eight lower-case hex digits.
+/// `value` as eight lower-case hex digits, all eight made at once in one
+/// word (a digit at a time was ~50 of a batch message's instructions).
 fn put_hex(out: &mut [u8], value: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[((value >> (28 - 4 * i)) & 0xf) as usize];
-    }
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Each nibble into a byte of its own, the lowest nibble in the lowest byte.
+    let mut x = u64::from(value);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more (no byte carries into the next).
+    let letters = ((x + 6 * ONES) >> 4) & ONES;
+    let digits = x + u64::from(b'0') * ONES + letters * u64::from(b'a' - b'0' - 10);
+    out.copy_from_slice(&digits.to_be_bytes());
 }
 
 impl GeneratedId {
@@ -150,6 +157,17 @@ mod tests {
         assert_eq!(&first.as_str()[14..22], "abcdef01");
         let sequence = u32::from_str_radix(&first.as_str()[23..], 16).unwrap();
         assert_eq!(sequence & 0x3ff, 3, "the shard in the low 10 bits");
+    }
+
+    #[test]
+    fn hex_digits_are_the_standard_formatting() {
+        let samples = [0, 1, 9, 10, 15, 16, 0x0a0b_0c0d, 0x9fa0_09af, 0xabcd_ef01, 0x1234_5678, u32::MAX];
+        let spread = (0..64).map(|i| 0x9e37_79b9u32.wrapping_mul(i).rotate_left(i));
+        for value in samples.into_iter().chain(spread) {
+            let mut out = [0; 8];
+            put_hex(&mut out, value);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{value:08x}"));
+        }
     }
 
     #[test]
