@@ -18,7 +18,9 @@ seconds; ssekify's CPU is read from its threads' scheduler clock
   messages to u0…u9999 in turn at 50,000 messages a second (as
   `BATCH=100 RATE=50000 targeted.sh`); `ssekify-loadtest targeted-floor
   --slices` reads requests sized as those batches, answers each and sends
-  its 100 frames by io_uring. µs per message against the floor's. With
+  its 100 frames by io_uring (with `--requests uring` it reads the requests
+  through that io_uring too, as ssekify does: `PEER=floor-uring`). µs per
+  message against the floor's. With
   `--recipients nobody` the subscribers are other users and the floor
   sends no frame (the row for messages only recorded).
 
@@ -140,7 +142,7 @@ def floor_command(args):
                    "--rate", str(BATCH_RATE // BATCH), "--frames-per-request", str(BATCH),
                    "--request-size", str(114 + BATCH * (SIZE + 25)), "--answer-size", str(110 + BATCH * 72),
                    "--size", str(SIZE + 44), "--method", "uring", "--recipients", args.recipients,
-                   "--slices"] + cores
+                   "--requests", args.requests, "--slices"] + cores
 
 
 def goal(args):
@@ -157,6 +159,9 @@ def main():
     parser.add_argument("--scenario", choices=["broadcast", "batch"], default="broadcast")
     parser.add_argument("--recipients", choices=["subscribers", "nobody"], default="subscribers",
                         help="batch: whether the messages' users have a stream")
+    parser.add_argument("--requests", choices=["syscall", "uring"], default="syscall",
+                        help="batch: the floor reads its requests by epoll and read(2), or through its "
+                             "io_uring as ssekify does (targeted.sh's PEER=floor-uring)")
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/ssekify"))
     parser.add_argument("--loadtest", default=os.path.join(ROOT, "target/release/ssekify-loadtest"))
     parser.add_argument("--subscribers", type=int, default=10_000)

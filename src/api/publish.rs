@@ -779,6 +779,11 @@ impl<'a> Iterator for BatchMessages<'a> {
                 if rest.is_empty() {
                     return None;
                 }
+                // The usual line, read where it stands: no search for its end first.
+                if let Some((members, next)) = batch_scan::line(rest) {
+                    *rest = &rest[next..];
+                    return Some(fields(members));
+                }
                 let (line, after) = match memchr::memchr(b'\n', rest.as_bytes()) {
                     Some(at) => (&rest[..at], &rest[at + 1..]),
                     None => (*rest, ""),
