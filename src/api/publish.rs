@@ -789,10 +789,7 @@ impl<'a> Iterator for BatchMessages<'a> {
                     None => (*rest, ""),
                 };
                 *rest = after;
-                // A message starts with its `{`: only a line that does not
-                // is read for being blank (the check costs a message ~25
-                // instructions).
-                if line.starts_with('{') || !line.trim_start().is_empty() {
+                if !line.trim_start().is_empty() {
                     return Some(parse_message(line));
                 }
             },
