@@ -24,8 +24,7 @@
 #      target/pgo/ssekify. It also splits each function's blocks the profile
 #      never reached into a cold section (LLVM's machine function splitting),
 #      so the code a request runs sits in fewer lines and pages: a batch to
-#      nobody, 500 requests a second (each met with caches the idle
-#      interval let go cold), 0.969 of the unsplit build's CPU
+#      nobody at 500 requests a second, 0.969 of the unsplit build's CPU
 #      (loadtest/scenarios/interleave.py, 124 of 200 pairs lower); delivered
 #      0.994 (111 of 200).
 #
