@@ -7,11 +7,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use ssekify::api::publish::{
-    batch_messages, check_json, check_json_by_serde, parse_message, parse_message_by_serde, read_batch_by_serde, Fields,
+    batch_messages, check_json_by_serde, json_text, parse_message, parse_message_by_serde, read_batch_by_serde, Fields,
 };
 
 fuzz_target!(|data: &[u8]| {
-    assert_eq!(check_json(data), check_json_by_serde(data), "{:?}", String::from_utf8_lossy(data));
+    assert_eq!(json_text(data).map(drop), check_json_by_serde(data), "{:?}", String::from_utf8_lossy(data));
     let Ok(text) = std::str::from_utf8(data) else { return };
     assert_eq!(parse_message(text), parse_message_by_serde(text), "{text:?}");
     let scanned = batch_messages(data, false).map(|list| {

@@ -52,7 +52,11 @@ pub enum To {
 struct Prepared<'a> {
     id: MessageId<'a>,
     event: Option<Cow<'a, str>>,
-    data: Bytes,
+    /// Borrowed from the request's body unless decoded from an escaped
+    /// string: the frame copies it, so holding a share of the body (a
+    /// reference count taken and given back, two atomic operations a
+    /// message) bought nothing.
+    data: Cow<'a, str>,
     target: Target,
 }
 
@@ -64,7 +68,7 @@ impl Prepared<'_> {
     /// where a batch's frames all made first went through its bins
     /// (~280 instructions a message, `benches/cachesim.py`).
     fn frame(&self) -> Bytes {
-        frame::encode(self.id.as_str(), self.event.as_deref(), &self.data)
+        frame::encode(self.id.as_str(), self.event.as_deref(), self.data.as_bytes())
     }
 }
 
@@ -165,7 +169,7 @@ async fn single_anywhere(
     };
     let prepare = async { Ok(smallvec![prepare_single(ctx, ns, request, body, to)?]) };
     let key = claim.as_ref().map(ClaimGuard::key);
-    let response = match validate_and_deliver(ctx, bus, ns, request, key, prepare).await {
+    let response = match validate_and_deliver(ctx, bus, ns, (request, body), key, prepare).await {
         Ok(results) => single_answer(&results[0]),
         Err(response) => refused(ctx, response),
     };
@@ -262,7 +266,9 @@ async fn publish_batch(
     idempotency_key: Option<&str>,
     body: &Bytes,
 ) -> Response {
-    match validate_and_deliver(ctx, bus, ns, request, idempotency_key, prepare_batch(ctx, ns, request, body)).await {
+    match validate_and_deliver(ctx, bus, ns, (request, body), idempotency_key, prepare_batch(ctx, ns, request, body))
+        .await
+    {
         Ok(results) => {
             // ~75 bytes per result with a generated id: one allocation.
             let mut body = Vec::with_capacity(16 + results.len() * 96);
@@ -289,7 +295,7 @@ async fn validate_and_deliver<'a>(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     ns: &Namespace,
-    request: &Request,
+    (request, body): (&Request, &Bytes),
     idempotency_key: Option<&str>,
     prepare: impl Future<Output = Result<Listed<Prepared<'a>>, Response>>,
 ) -> Result<Listed<Outcome<'a>>, Response> {
@@ -299,7 +305,7 @@ async fn validate_and_deliver<'a>(
     if let Some(tenant) = ns.tenant_name() {
         take_tenant_rate(ctx, tenant, messages)?;
     }
-    let results = deliver(ctx, bus, scope, idempotency_key, prepared).await?;
+    let results = deliver(ctx, bus, scope, idempotency_key, prepared, body).await?;
     if let Some(tenant) = ns.tenant_name() {
         ctx.count_tenant_published(tenant, messages);
     }
@@ -376,6 +382,7 @@ async fn deliver<'a>(
     scope: Scope,
     idempotency_key: Option<&str>,
     prepared: Listed<Prepared<'a>>,
+    body: &Bytes,
 ) -> Result<Listed<Outcome<'a>>, Response> {
     let started = std::time::Instant::now();
     let targets: Option<Vec<Target>> =
@@ -398,7 +405,10 @@ async fn deliver<'a>(
                         id: p.id.as_str().to_owned(),
                         event: p.event.map(Cow::into_owned),
                         delivery,
-                        data: p.data,
+                        data: match p.data {
+                            Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
+                            Cow::Owned(text) => Bytes::from(text),
+                        },
                     };
                     ids.push(p.id);
                     message
@@ -571,7 +581,7 @@ fn prepare_single<'a>(
     ctx: &ShardCtx,
     ns: &Namespace,
     request: &Request,
-    body: &Bytes,
+    body: &'a Bytes,
     to: To,
 ) -> Result<Prepared<'a>, Response> {
     let params = query_params(request)?;
@@ -587,23 +597,23 @@ fn prepare_single<'a>(
         To::All => Target::All,
     };
     let is_json = request.known(Known::ContentType).is_some_and(|t| media_type_is(t, "application/json"));
-    if is_json {
-        check_json(body).map_err(invalid)?;
-    } else if crate::text::utf8(body).is_none() {
-        return Err(invalid("the body is not valid UTF-8"));
-    }
+    let text = match is_json {
+        true => json_text(body).map_err(invalid)?,
+        false => crate::text::utf8(body).ok_or_else(|| invalid("the body is not valid UTF-8"))?,
+    };
     let owned = |name| param(&params, name).map(|value| Cow::Owned(value.to_owned()));
-    prepare(ctx, target.scoped(ns), owned("event"), owned("id"), body.clone(), id::now_micros())
+    prepare(ctx, target.scoped(ns), owned("event"), owned("id"), Cow::Borrowed(text), id::now_micros())
 }
 
-/// Checks that a single publish's body is one JSON text: by [`batch_scan`]
-/// when it takes it (~6 times fewer instructions than serde_json on a
-/// 100-byte body), else by serde_json, which words the refusal. Public only
-/// for the fuzz target that checks it against [`check_json_by_serde`].
-pub fn check_json(body: &[u8]) -> Result<(), String> {
+/// A single publish's body as the one JSON text it must be: checked by
+/// [`batch_scan`] when it takes it (~6 times fewer instructions than
+/// serde_json on a 100-byte body), else by serde_json, which words the
+/// refusal (and takes no text that is not UTF-8). Public only for the fuzz
+/// target that checks it against [`check_json_by_serde`].
+pub fn json_text(body: &[u8]) -> Result<&str, String> {
     match crate::text::utf8(body) {
-        Some(text) if batch_scan::json(text) => Ok(()),
-        _ => check_json_by_serde(body),
+        Some(text) if batch_scan::json(text) => Ok(text),
+        text => check_json_by_serde(body).and_then(|()| text.ok_or_else(|| "the body is not valid UTF-8".to_owned())),
     }
 }
 
@@ -620,7 +630,7 @@ fn prepare<'a>(
     target: Target,
     event: Option<Cow<'a, str>>,
     id: Option<Cow<'a, str>>,
-    data: Bytes,
+    data: Cow<'a, str>,
     now: u64,
 ) -> Result<Prepared<'a>, Response> {
     if let Some(event) = &event {
@@ -636,7 +646,7 @@ fn prepare<'a>(
     // Sized, not encoded: the frame is made where it is delivered (see
     // Prepared::frame).
     let limit = ctx.shared.config.max_payload;
-    if let Some(size) = frame::encoded_len_over(id.as_str(), event.as_deref(), &data, limit) {
+    if let Some(size) = frame::encoded_len_over(id.as_str(), event.as_deref(), data.as_bytes(), limit) {
         let message = format!("the encoded event is {size} bytes, over --max-payload {limit}");
         let tenant = match &target {
             Target::User(key) | Target::Room(key) => tenant_of_key(key),
@@ -674,7 +684,7 @@ async fn prepare_batch<'a>(
             now = id::now_micros();
         }
         let fields = fields.map_err(|why| invalid(format!("messages[{index}]: {why}")))?;
-        prepared.push(prepare_message(ctx, ns, body, fields, now).map_err(|refusal| at_index(index, refusal))?);
+        prepared.push(prepare_message(ctx, ns, fields, now).map_err(|refusal| at_index(index, refusal))?);
     }
     Ok(prepared)
 }
@@ -805,19 +815,8 @@ fn at_index(index: usize, refusal: Response) -> Response {
     Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
-fn prepare_message<'a>(
-    ctx: &ShardCtx,
-    ns: &Namespace,
-    body: &Bytes,
-    fields: Fields<'a>,
-    now: u64,
-) -> Result<Prepared<'a>, Response> {
-    // Data without escapes is a slice of the body: no copy.
-    let data = match fields.data {
-        Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
-        Cow::Owned(text) => Bytes::from(text),
-    };
-    prepare(ctx, fields.target.scoped(ns), fields.event, fields.id, data, now)
+fn prepare_message<'a>(ctx: &ShardCtx, ns: &Namespace, fields: Fields<'a>, now: u64) -> Result<Prepared<'a>, Response> {
+    prepare(ctx, fields.target.scoped(ns), fields.event, fields.id, fields.data, now)
 }
 
 /// The fields of one batch message (public for the fuzz targets, see
