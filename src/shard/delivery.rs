@@ -118,13 +118,15 @@ impl ShardCtx {
     ) -> Totals {
         let mut rest = deliveries.into_iter();
         let mut totals = Totals::with_capacity(rest.size_hint().0);
-        let mut rings = RingsAhead::default();
+        let (mut rings, mut tally) = (RingsAhead::default(), Tally::default());
         while let Some((delivery, found)) = self.take_next(&mut rest, &mut rings) {
             if budget.spent() {
+                self.report(std::mem::take(&mut tally));
                 yielding::yield_now().await;
             }
-            totals.push(self.deliver_from_entry(delivery, &[], found));
+            totals.push(self.deliver_from_entry(delivery, &[], found, &mut tally));
         }
+        self.report(tally);
         totals
     }
 
@@ -152,15 +154,17 @@ impl ShardCtx {
         }
         let local = std::mem::take(&mut per_shard[self.id]);
         // By value: each delivery is freed as it is done, not all at the end.
-        let (mut rest, mut rings) = (local.into_iter(), RingsAhead::default());
+        let (mut rest, mut rings, mut tally) = (local.into_iter(), RingsAhead::default(), Tally::default());
         let mut indexes = routes[self.id].iter();
         while let Some((delivery, found)) = self.take_next(&mut rest, &mut rings) {
             if budget.spent() {
+                self.report(std::mem::take(&mut tally));
                 yielding::yield_now().await;
             }
             let index = *indexes.next().expect("a route per local delivery");
-            totals[index] += self.deliver_from_entry(delivery, &[], found);
+            totals[index] += self.deliver_from_entry(delivery, &[], found, &mut tally);
         }
+        self.report(tally);
         // Asked after the local part (as before yielding came in), so the
         // wait for the other shards is not part of the loop's state: the
         // future of every publish stays small.
@@ -246,14 +250,24 @@ impl ShardCtx {
     /// its target names; returns how many.
     pub fn deliver(&self, delivery: Delivery) -> u64 {
         debug_assert!(delivery.packed.is_none(), "a packed delivery needs its entry: deliver_from_entry");
-        self.deliver_from_entry(delivery, &[], None)
+        let mut tally = Tally::default();
+        let queued = self.deliver_from_entry(delivery, &[], None, &mut tally);
+        self.report(tally);
+        queued
     }
 
     /// Queues a frame to the local connections its target names, encoding
     /// it first from the bus log `entry` it came in when it is packed;
-    /// returns how many. `found`: where a user's ring was found ahead
-    /// (`ShardCtx::take_next`), if it was.
-    pub fn deliver_from_entry(&self, delivery: Delivery, entry: &[u8], found: Option<u32>) -> u64 {
+    /// returns how many, and counts what happened in `tally`, the run's
+    /// ([`ShardCtx::report`] once it ends). `found`: where a user's ring
+    /// was found ahead (`ShardCtx::take_next`), if it was.
+    pub(super) fn deliver_from_entry(
+        &self,
+        delivery: Delivery,
+        entry: &[u8],
+        found: Option<u32>,
+        tally: &mut Tally,
+    ) -> u64 {
         let Delivery { target, frame, skip_known_id, room_change, packed } = delivery;
         if let Some(change) = &room_change {
             return self.change_rooms(&target, change).pack();
@@ -294,11 +308,8 @@ impl ShardCtx {
         if !replay.record(stream, frame, self.clock_ms.get(), skip_known_id) {
             return 0;
         }
-        let Some(frame) = queued_frame else {
-            self.report_replay(replay);
-            return 0;
-        };
-        let mut tally = Tally::default();
+        let Some(frame) = queued_frame else { return 0 };
+        let mut queued = 0;
         let now_ms = self.clock_ms.get();
         let mut push = |conn: &mut Conn| {
             if conn.closing.is_some() {
@@ -308,7 +319,7 @@ impl ShardCtx {
                 Pushed::Queued { dropped_oldest } => {
                     conn.told_bus_gap = false;
                     conn.sent += 1;
-                    tally.queued += 1;
+                    queued += 1;
                     tally.dropped_oldest += dropped_oldest as u64;
                     ready.add(conn);
                     if conn.queue.items() > *queue_items_max || conn.queue.bytes() > *queue_bytes_max {
@@ -351,20 +362,29 @@ impl ShardCtx {
                 }
             }
         }
+        tally.queued += queued;
+        if queued > 0 {
+            self.count_tenant_sent(Self::tenant_of_target(&target), queued);
+        }
+        queued
+    }
+
+    /// Adds a run of deliveries' counts to the shard's counters and
+    /// publishes its replay gauges: once a run (a publish, an envelope, a
+    /// stretch between two turns given away), where once a delivery they
+    /// were an atomic addition and four stores a message.
+    pub(super) fn report(&self, tally: Tally) {
         let stats = self.stats();
         ShardStats::add(&stats.sent, tally.queued);
         ShardStats::add(&stats.dropped_oldest, tally.dropped_oldest);
         ShardStats::add(&stats.dropped_newest, tally.dropped_newest);
         ShardStats::add(&stats.disconnected_by_backpressure, tally.overflowed);
+        let state = self.state.borrow();
         if tally.raised_marks {
-            ShardStats::raise(&stats.queue_items_max, *queue_items_max as u64);
-            ShardStats::raise(&stats.queue_bytes_max, *queue_bytes_max as u64);
+            ShardStats::raise(&stats.queue_items_max, state.queue_items_max as u64);
+            ShardStats::raise(&stats.queue_bytes_max, state.queue_bytes_max as u64);
         }
-        self.report_replay(replay);
-        if tally.queued > 0 {
-            self.count_tenant_sent(Self::tenant_of_target(&target), tally.queued);
-        }
-        tally.queued
+        self.report_replay(&state.replay);
     }
 
     /// The bus lost messages of the `lost` partitions: every local
@@ -426,9 +446,10 @@ impl Recipients<'_> {
     }
 }
 
-/// Counts of one fan-out, added to the shard's counters once at the end.
+/// Counts of a run of deliveries, added to the shard's counters once at
+/// its end ([`ShardCtx::report`]).
 #[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     queued: u64,
     dropped_oldest: u64,
     dropped_newest: u64,
@@ -484,7 +505,7 @@ mod tests {
         let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
         let mut made = 0;
         while let Some((delivery, found)) = ctx.take_next(&mut rest, &mut rings) {
-            ctx.deliver_from_entry(delivery, &[], found);
+            ctx.deliver_from_entry(delivery, &[], found, &mut Tally::default());
             made += 1;
         }
         made

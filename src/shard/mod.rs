@@ -43,8 +43,8 @@ mod stats;
 mod tenants;
 
 use claims::claim_answer;
-use delivery::RingsAhead;
 pub use delivery::Upcoming;
+use delivery::{RingsAhead, Tally};
 pub use inbox::INBOX_CAPACITY;
 pub use registration::EVICTED_EVENT;
 pub use shared::{LifecycleEvent, Phase, Shared, ShutdownOrder};
@@ -231,10 +231,11 @@ impl ShardCtx {
                 self.register(fd, subscription);
             }
             Envelope::Deliver { deliveries, reply, entry } => {
-                let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
+                let (mut rest, mut rings, mut tally) =
+                    (deliveries.into_iter(), RingsAhead::default(), Tally::default());
                 let counts = std::iter::from_fn(|| {
                     let (delivery, found) = self.take_next(&mut rest, &mut rings)?;
-                    Some(self.deliver_from_entry(delivery, &entry, found))
+                    Some(self.deliver_from_entry(delivery, &entry, found, &mut tally))
                 });
                 // Counted only for someone waiting (most of what the bus
                 // brings has nobody): no list allocated otherwise.
@@ -242,6 +243,7 @@ impl ShardCtx {
                     Some(reply) => self.reply(reply, counts.collect()),
                     None => counts.for_each(drop),
                 }
+                self.report(tally);
             }
             Envelope::Close { which, reply } => {
                 let closed = self.close_local(&which, CloseReason::AdminClose);
