@@ -644,8 +644,22 @@ impl ReplayStore {
 
     /// Evicts least-recently-active unpinned rings beyond the count bounds,
     /// then, beyond the byte bound, unpinned rings of any kind and, when only
-    /// pinned and broadcast rings are left, their oldest entries.
+    /// pinned and broadcast rings are left, their oldest entries. Within
+    /// them (nearly every record), four comparisons and nothing else.
+    #[inline]
     fn enforce_bounds(&mut self) {
+        let within = self.bytes <= self.limits.max_bytes
+            && self.users.order.len() <= self.limits.max_users
+            && self.rooms.order.len() <= self.limits.max_rooms
+            && self.tenants.order.len() <= self.limits.max_rooms;
+        if !within {
+            self.evict_beyond_bounds();
+        }
+    }
+
+    /// [`ReplayStore::enforce_bounds`] once a bound is passed.
+    #[cold]
+    fn evict_beyond_bounds(&mut self) {
         let caps = [
             (KeyedKind::Users, self.limits.max_users),
             (KeyedKind::Rooms, self.limits.max_rooms),
