@@ -67,14 +67,34 @@ impl Upcoming for smallvec::IntoIter<[Delivery; 1]> {
     }
 }
 
-/// Where the rings of the next deliveries were found as they were asked for
+/// What was found of the next deliveries' users as they were asked for
 /// ([`ShardCtx::take_next`]), each at its place in the publish modulo the
 /// array's length (more than [`RING_AHEAD`] + [`RINGS_AT_ONCE`], so no two
 /// waiting share one).
 #[derive(Default)]
 pub(super) struct RingsAhead {
-    found: [Cell<Option<u32>>; 16],
+    found: [FoundCells; 16],
     taken: usize,
+}
+
+/// One place of [`RingsAhead`], filled as its delivery's user is asked for.
+#[derive(Default)]
+struct FoundCells {
+    ring: Cell<Option<u32>>,
+    no_entry_as_of: Cell<Option<u64>>,
+}
+
+/// What [`ShardCtx::take_next`] found of a delivery's user ahead of its
+/// turn, so that its delivery need not look again.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Found {
+    /// Where its replay ring was.
+    ring: Option<u32>,
+    /// The registry's [`Registry::users_added`](super::registry::Registry::users_added)
+    /// when it had no entry for the user: while that count stands the user
+    /// still has none (a message to nobody here, most of what a bus
+    /// brings, looked its user up twice, ~50 instructions the second time).
+    no_entry_as_of: Option<u64>,
 }
 
 /// Per delivery of a publish, the connections it was queued to; a lone
@@ -199,11 +219,7 @@ impl ShardCtx {
     /// users touches ~43 MB of rings and their connections' records, which
     /// no cache holds; asked for ahead, they arrive while the messages
     /// before them are made.
-    pub(super) fn take_next(
-        &self,
-        rest: &mut impl Upcoming,
-        rings: &mut RingsAhead,
-    ) -> Option<(Delivery, Option<u32>)> {
+    pub(super) fn take_next(&self, rest: &mut impl Upcoming, rings: &mut RingsAhead) -> Option<(Delivery, Found)> {
         let slots = rings.found.len();
         let index = rings.taken;
         // A run of messages to one user (a batch to one user, a bus entry of
@@ -221,7 +237,8 @@ impl ShardCtx {
         }
         let delivery = rest.next()?;
         rings.taken += 1;
-        Some((delivery, rings.found[index % slots].take()))
+        let cells = &rings.found[index % slots];
+        Some((delivery, Found { ring: cells.ring.take(), no_entry_as_of: cells.no_entry_as_of.take() }))
     }
 
     /// Asks for what delivering a frame to `target` will touch, when it is
@@ -230,19 +247,23 @@ impl ShardCtx {
     /// with connections here, its registry entry (read now: ~4 % of a
     /// delivered batch message's time was the miss on its key) and the
     /// connections the frame is queued to; `found` keeps where the ring is,
-    /// taken from the entry when it has it (no lookup by name).
-    fn prefetch(&self, target: &Target, found: &Cell<Option<u32>>, ahead: Ahead) {
+    /// taken from the entry when it has it (no lookup by name), or that
+    /// there is no entry.
+    fn prefetch(&self, target: &Target, found: &FoundCells, ahead: Ahead) {
         if let Target::User(user) = target {
             let state = self.state.borrow();
             if let Ahead::Ring = ahead {
-                if let Some(entry) = state.registry.user_entry(user) {
-                    found.set(entry.ring_slot.get());
-                    for conn in entry.conns.iter().filter_map(|&key| state.conns.get(key)) {
-                        crate::prefetch::lines((conn as *const Conn).cast(), std::mem::size_of::<Conn>());
+                match state.registry.user_entry(user) {
+                    Some(entry) => {
+                        found.ring.set(entry.ring_slot.get());
+                        for conn in entry.conns.iter().filter_map(|&key| state.conns.get(key)) {
+                            crate::prefetch::lines((conn as *const Conn).cast(), std::mem::size_of::<Conn>());
+                        }
                     }
+                    None => found.no_entry_as_of.set(Some(state.registry.users_added())),
                 }
             }
-            state.replay.prefetch_user(user, found, ahead);
+            state.replay.prefetch_user(user, &found.ring, ahead);
         }
     }
 
@@ -251,7 +272,7 @@ impl ShardCtx {
     pub fn deliver(&self, delivery: Delivery) -> u64 {
         debug_assert!(delivery.packed.is_none(), "a packed delivery needs its entry: deliver_from_entry");
         let mut tally = Tally::default();
-        let queued = self.deliver_from_entry(delivery, &[], None, &mut tally);
+        let queued = self.deliver_from_entry(delivery, &[], Found::default(), &mut tally);
         self.report(tally);
         queued
     }
@@ -259,15 +280,9 @@ impl ShardCtx {
     /// Queues a frame to the local connections its target names, encoding
     /// it first from the bus log `entry` it came in when it is packed;
     /// returns how many, and counts what happened in `tally`, the run's
-    /// ([`ShardCtx::report`] once it ends). `found`: where a user's ring
-    /// was found ahead (`ShardCtx::take_next`), if it was.
-    pub(super) fn deliver_from_entry(
-        &self,
-        delivery: Delivery,
-        entry: &[u8],
-        found: Option<u32>,
-        tally: &mut Tally,
-    ) -> u64 {
+    /// ([`ShardCtx::report`] once it ends). `found`: what was found of a
+    /// user ahead (`ShardCtx::take_next`), if it was asked for.
+    pub(super) fn deliver_from_entry(&self, delivery: Delivery, entry: &[u8], found: Found, tally: &mut Tally) -> u64 {
         let Delivery { target, frame, skip_known_id, room_change, packed } = delivery;
         if let Some(change) = &room_change {
             return self.change_rooms(&target, change).pack();
@@ -279,15 +294,21 @@ impl ShardCtx {
         if frame.is_empty() {
             return 0;
         }
-        let found = Cell::new(found);
+        let ring_found = Cell::new(found.ring);
         let mut state = self.state.borrow_mut();
         let ShardState { conns, registry, replay, listeners, ready, queue_items_max, queue_bytes_max, .. } =
             &mut *state;
         let (stream, recipients) = match &target {
-            Target::User(user) => match registry.user_entry(user) {
-                Some(entry) => (Stream::UserAt(user, &entry.ring_slot), Recipients::Listed(&entry.conns)),
-                None => (Stream::UserAt(user, &found), Recipients::Listed(&[])),
-            },
+            Target::User(user) => {
+                let entry = match found.no_entry_as_of {
+                    Some(added) if added == registry.users_added() => None,
+                    _ => registry.user_entry(user),
+                };
+                match entry {
+                    Some(entry) => (Stream::UserAt(user, &entry.ring_slot), Recipients::Listed(&entry.conns)),
+                    None => (Stream::UserAt(user, &ring_found), Recipients::Listed(&[])),
+                }
+            }
             Target::Room(room) => (Stream::Room(room), Recipients::Set(registry.room(room))),
             Target::All if registry.has_tenants() || !listeners.is_empty() => {
                 (Stream::All, Recipients::DefaultNamespace)
@@ -509,6 +530,36 @@ mod tests {
             made += 1;
         }
         made
+    }
+
+    #[test]
+    fn a_user_connecting_after_its_messages_were_looked_ahead_at_gets_them() {
+        // Seven users without connections in turn; w3 connects right before
+        // message 10 (its own) is delivered, after take_next found it had no
+        // entry: that message and w3's after it reach the connection.
+        let ctx = shard("10");
+        let deliveries: Vec<Delivery> = (0..40)
+            .map(|i| {
+                let user = format!("w{}", i % 7);
+                Delivery::message(
+                    Target::User(user.as_str().into()),
+                    frame::encode(&format!("{user}-{i}"), None, b"{}"),
+                    false,
+                )
+            })
+            .collect();
+        let (mut rest, mut rings) = (deliveries.into_iter(), RingsAhead::default());
+        let (mut taken, mut conn) = (0, None);
+        while let Some((delivery, found)) = ctx.take_next(&mut rest, &mut rings) {
+            if taken == 10 {
+                assert!(found.no_entry_as_of.is_some(), "w3 was looked up ahead and had no entry");
+                conn = Some(connect(&ctx, "w3"));
+            }
+            ctx.deliver_from_entry(delivery, &[], found, &mut Tally::default());
+            taken += 1;
+        }
+        let sent = (10..40).filter(|i| i % 7 == 3).count() as u64;
+        assert_eq!(ctx.state.borrow().conns[conn.expect("connected")].sent, sent);
     }
 
     #[test]

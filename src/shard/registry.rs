@@ -44,6 +44,8 @@ pub struct Registry {
     tenants: AHashMap<Rc<str>, AHashSet<usize>>,
     /// Told of each name's first and last connection here (with a bus).
     interest: Option<Arc<Interest>>,
+    /// See [`Registry::users_added`].
+    users_added: u64,
 }
 
 impl Registry {
@@ -66,6 +68,12 @@ impl Registry {
     /// Connections of `user` here.
     pub fn user(&self, user: &str) -> &[usize] {
         self.users.get(user).map_or(&[], |entry| entry.conns.as_slice())
+    }
+
+    /// How many times a user has had a first connection here: a user found
+    /// without an entry has none still while this count stands.
+    pub fn users_added(&self) -> u64 {
+        self.users_added
     }
 
     /// `user`'s connections and ring slot, if it has a connection here.
@@ -106,6 +114,7 @@ impl Registry {
         }
         let entry = UserEntry { conns: SmallVec::from_elem(conn, 1), ring_slot: Cell::new(None) };
         self.users.insert(user.clone(), entry);
+        self.users_added += 1;
         if let Some(interest) = &self.interest {
             interest.add(Kind::User, user);
         }
