@@ -169,7 +169,7 @@ async fn single_anywhere(
     };
     let prepare = async { Ok(smallvec![prepare_single(ctx, ns, request, body, to)?]) };
     let key = claim.as_ref().map(ClaimGuard::key);
-    let response = match validate_and_deliver(ctx, bus, ns, (request, body), key, prepare).await {
+    let response = match validate_and_deliver(ctx, bus, ns, request, body, key, prepare).await {
         Ok(results) => single_answer(&results[0]),
         Err(response) => refused(ctx, response),
     };
@@ -266,7 +266,7 @@ async fn publish_batch(
     idempotency_key: Option<&str>,
     body: &Bytes,
 ) -> Response {
-    match validate_and_deliver(ctx, bus, ns, (request, body), idempotency_key, prepare_batch(ctx, ns, request, body))
+    match validate_and_deliver(ctx, bus, ns, request, body, idempotency_key, prepare_batch(ctx, ns, request, body))
         .await
     {
         Ok(results) => {
@@ -295,7 +295,8 @@ async fn validate_and_deliver<'a>(
     ctx: &Rc<ShardCtx>,
     bus: Option<&Bus>,
     ns: &Namespace,
-    (request, body): (&Request, &Bytes),
+    request: &Request,
+    body: &Bytes,
     idempotency_key: Option<&str>,
     prepare: impl Future<Output = Result<Listed<Prepared<'a>>, Response>>,
 ) -> Result<Listed<Outcome<'a>>, Response> {
