@@ -25,6 +25,16 @@ Rows (instructions, Ir):
   batch message, delivered     one message of an NDJSON batch of 1,000, each to
                                a user with one subscriber
   batch message, nobody        the same to users with no subscriber here
+  JSON batch of 100, delivered the same 1,000 messages as JSON bodies
+  JSON batch of 100, nobody    (`{"messages":[...]}`) of 100, as the load
+                               generator sends them (loadtest/src/publisher.rs):
+                               what `compare.sh targeted` with BATCH=100 times.
+                               Counted last, when each user's ring is full
+                               (the rows before gave it 20 entries, the
+                               default --recent-buffer): each frame takes the
+                               place of the oldest, freed, as in the load
+                               scenarios' steady state, where the rows above
+                               grow the rings and allocate from fresh memory
   bus message, single          on an instance that receives from the bus
                                (redis-server and a second instance, not
                                counted, publish), one message to a user with
@@ -63,6 +73,7 @@ SUBSCRIBERS = 100
 BROADCASTS = 200
 SINGLES = 1000
 BATCH = 1000
+JSON_BATCH = 100
 DATA = '{"text":"' + "x" * 87 + '"}'  # 100 B of JSON
 
 
@@ -308,6 +319,23 @@ def main():
 
             rows["batch message, delivered"] = server.counted(batch("u", True)) / BATCH
             rows["batch message, nobody"] = server.counted(batch("nobody", False)) / BATCH
+
+            def json_batches(prefix, wait):
+                messages = [f'{{"user":"{prefix}{i % SUBSCRIBERS}","data":{DATA}}}' for i in range(BATCH)]
+                bodies = [
+                    '{"messages":[' + ",".join(messages[at:at + JSON_BATCH]) + "]}"
+                    for at in range(0, BATCH, JSON_BATCH)
+                ]
+
+                def run():
+                    expected = readers.total() + (BATCH if wait else 0)
+                    for body in bodies:
+                        server.post("/v1/publish", body)
+                    valgrind_wait("the batches' deliveries", lambda: readers.total() >= expected)
+                return run
+
+            rows["JSON batch of 100, delivered"] = server.counted(json_batches("u", True)) / BATCH
+            rows["JSON batch of 100, nobody"] = server.counted(json_batches("nobody", False)) / BATCH
             readers.close()
         finally:
             server.stop()
