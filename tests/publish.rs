@@ -378,6 +378,23 @@ fn invalid_batches_deliver_nothing() {
             "error for {bad} should name messages[{index}]: {message}"
         );
     }
+    // Two refused messages (a bad event, then no target): the first in order
+    // is named, in either format.
+    let two_bad = [
+        good.clone(),
+        json!({"user": "v", "event": "bad\nevent", "data": "x"}),
+        json!({"data": "no target"}),
+        good.clone(),
+    ];
+    let ndjson: String = two_bad.iter().map(|message| format!("{message}\n")).collect();
+    for (content_type, body) in
+        [("application/json", json!({ "messages": two_bad }).to_string()), ("application/x-ndjson", ndjson)]
+    {
+        let resp = http(api, "POST", "/v1/publish", &[("Content-Type", content_type)], body.as_bytes());
+        resp.assert_error(400, "invalid_request");
+        let message = resp.json()["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with("messages[1]: "), "{content_type}: {message}");
+    }
     // NDJSON: an invalid line is named by its index too.
     let body = "{\"user\":\"v\",\"data\":\"x\"}\nnot json\n";
     let resp = http(api, "POST", "/v1/publish", &[("Content-Type", "application/x-ndjson")], body.as_bytes());

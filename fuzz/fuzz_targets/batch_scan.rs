@@ -7,17 +7,22 @@
 
 use libfuzzer_sys::fuzz_target;
 use ssekify::api::publish::{
-    batch_messages, check_json_by_serde, json_text, parse_message, parse_message_by_serde, read_batch_by_serde, Fields,
+    batch_messages, check_json_by_serde, json_text, message_refusal, parse_message, parse_message_by_serde,
+    read_batch_by_serde, BatchMessages, Fields,
 };
+use ssekify::http::response::Response;
+
+/// A batch's messages as the publish route takes them: the first refused
+/// message names the refusal.
+fn as_the_route_reads(read: Result<BatchMessages<'_>, Response>) -> Result<Vec<Fields<'_>>, Response> {
+    read?.enumerate().map(|(index, message)| message.map_err(|why| message_refusal(index, &why))).collect()
+}
 
 fuzz_target!(|data: &[u8]| {
     assert_eq!(json_text(data).map(drop), check_json_by_serde(data), "{:?}", String::from_utf8_lossy(data));
     let Ok(text) = std::str::from_utf8(data) else { return };
     assert_eq!(parse_message(text), parse_message_by_serde(text), "{text:?}");
-    let scanned = batch_messages(data, false).map(|list| {
-        list.map(|message| message.expect("a small JSON batch is read whole before")).collect::<Vec<Fields<'_>>>()
-    });
-    match (scanned, read_batch_by_serde(text)) {
+    match (as_the_route_reads(batch_messages(data, false)), as_the_route_reads(read_batch_by_serde(text))) {
         (Ok(scanned), Ok(read)) => assert_eq!(scanned, read, "{text:?}"),
         (Err(scanned), Err(read)) => {
             assert_eq!((scanned.status, &scanned.body), (read.status, &read.body), "{text:?}")
