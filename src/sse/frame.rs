@@ -42,7 +42,7 @@ pub fn check_field(value: &str) -> Result<(), FieldError> {
 /// sized for one line, which grows only for more.
 pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
     let one_line = 4 + id.len() + 1 + one_line_body_len(event, data);
-    if one_line <= one_allocation::LARGEST && memchr::memchr2(b'\n', b'\r', data).is_none() {
+    if one_line <= one_allocation::LARGEST && !crate::text::has_line_break(data) {
         return one_allocation::frame(one_line, |out| {
             put_id(out, id);
             put_event(out, event);
