@@ -654,7 +654,7 @@ pub fn json_text(body: &[u8]) -> Result<&str, String> {
     }
 }
 
-/// [`check_json`] by serde_json alone. Public only for the fuzz target.
+/// [`json_text`]'s check by serde_json alone. Public only for the fuzz target.
 pub fn check_json_by_serde(body: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<&RawValue>(body).map(drop).map_err(|e| format!("the body is not valid JSON: {e}"))
 }
