@@ -205,6 +205,25 @@ pub fn has_line_break(bytes: &[u8]) -> bool {
     memchr::memchr2(b'\n', b'\r', bytes).is_some()
 }
 
+/// How many ASCII digits `bytes` starts with, eight at a time: a JSON
+/// number's digits (a timestamp in a payload is ~19) cost ~5 instructions
+/// each read one by one.
+pub fn digit_run(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = word(chunk);
+        // A byte is a digit when its high nibble is 3 and its low nibble
+        // plus 6 stays below 16 (no carry leaves a byte either way).
+        let not_digit = ((word & 0xf0f0_f0f0_f0f0_f0f0) ^ 0x3030_3030_3030_3030)
+            | (((word & 0x0f0f_0f0f_0f0f_0f0f) + 0x0606_0606_0606_0606) & 0xf0f0_f0f0_f0f0_f0f0);
+        if not_digit != 0 {
+            return at + not_digit.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
 /// A decimal number of 1 to 20 digits that fits a `u64` (no sign, no
 /// spaces), without a UTF-8 check and `str::parse`.
 pub fn decimal(bytes: &[u8]) -> Option<u64> {
@@ -232,6 +251,21 @@ mod tests {
                     broken[at] = byte;
                     assert!(has_line_break(&broken), "{byte} at {at} of {len}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_digit_run_ends_at_the_first_byte_that_is_not_a_digit() {
+        for len in 0..=20 {
+            let digits: Vec<u8> = (0..len).map(|i| b'0' + (i % 10) as u8).collect();
+            assert_eq!(digit_run(&digits), len, "{len} digits");
+            for stop in 0..=255u8 {
+                let mut text = digits.clone();
+                text.push(stop);
+                text.extend_from_slice(b"123456789");
+                let expected = if stop.is_ascii_digit() { len + 10 } else { len };
+                assert_eq!(digit_run(&text), expected, "{len} digits, then {stop}");
             }
         }
     }
