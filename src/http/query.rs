@@ -18,7 +18,7 @@ pub fn decode(raw: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
 /// every path segment): no allocation then.
 fn decode_borrowed(raw: &[u8], plus_is_space: bool) -> Result<Cow<'_, str>, DecodeError> {
     if !raw.iter().any(|&b| b == b'%' || (plus_is_space && b == b'+')) {
-        return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| DecodeError);
+        return crate::text::utf8(raw).map(Cow::Borrowed).ok_or(DecodeError);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;

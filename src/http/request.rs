@@ -309,7 +309,7 @@ fn framing(request: &Request, http11: bool) -> Result<BodyFraming, Error> {
             if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 18 {
                 return Err(Error::BadRequest("invalid Content-Length"));
             }
-            let parsed = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            let parsed = crate::text::decimal(value);
             match (length, parsed) {
                 (_, None) => return Err(Error::BadRequest("invalid Content-Length")),
                 (Some(previous), Some(n)) if previous != n => {
