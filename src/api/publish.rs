@@ -709,19 +709,26 @@ async fn prepare_batch<'a>(
     body: &'a Bytes,
 ) -> Result<Listed<Prepared<'a>>, Response> {
     let ndjson = request.known(Known::ContentType).is_some_and(|t| media_type_is(t, "application/x-ndjson"));
-    let messages = batch_messages(body, ndjson)?;
+    let mut messages = batch_messages(body, ndjson)?;
     let mut prepared = Listed::with_capacity(messages.len_hint());
     let mut budget = yielding::Budget::default();
-    let mut now = 0;
-    for (index, fields) in messages.enumerate() {
+    let (mut index, mut now) = (0, 0);
+    // Each message's members go straight into its prepared form: taken as
+    // `Fields` first, the fields and the `Result`s around them were moved
+    // from stage to stage.
+    while let Some(read) = messages.next_members() {
         if budget.spent() {
             yielding::yield_now().await;
         }
         if index % IDS_PER_CLOCK == 0 {
             now = id::now_micros();
         }
-        let fields = fields.map_err(|why| message_refusal(index, &why))?;
-        prepared.push(prepare_message(ctx, ns, fields, now).map_err(|refusal| at_index(index, refusal))?);
+        let members = read.map_err(|why| message_refusal(index, &why))?;
+        let target = target_of(&members).map_err(|why| message_refusal(index, why))?;
+        let data = data_of(members.data).map_err(|why| message_refusal(index, why))?;
+        let message = prepare(ctx, target.scoped(ns), members.event, members.id, data, now);
+        prepared.push(message.map_err(|refusal| at_index(index, refusal))?);
+        index += 1;
     }
     Ok(prepared)
 }
@@ -818,9 +825,17 @@ impl<'a> Iterator for BatchMessages<'a> {
     type Item = Result<Fields<'a>, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_members().map(|read| read.and_then(fields))
+    }
+}
+
+impl<'a> BatchMessages<'a> {
+    /// The next message's members as read, its target and data not yet
+    /// checked ([`fields`]), or why it cannot be read.
+    fn next_members(&mut self) -> Option<Result<Members<'a>, String>> {
         match self {
-            BatchMessages::Read(list) => list.next().map(fields),
-            BatchMessages::Raw(list) => list.next().map(|raw| parse_message(raw.get())),
+            BatchMessages::Read(list) => list.next().map(Ok),
+            BatchMessages::Raw(list) => list.next().map(|raw| read_message(raw.get())),
             BatchMessages::Lines(rest) => loop {
                 if rest.is_empty() {
                     return None;
@@ -828,7 +843,7 @@ impl<'a> Iterator for BatchMessages<'a> {
                 // The usual line, read where it stands: no search for its end first.
                 if let Some((members, next)) = batch_scan::line(rest) {
                     *rest = &rest[next..];
-                    return Some(fields(members));
+                    return Some(Ok(members));
                 }
                 let (line, after) = match memchr::memchr(b'\n', rest.as_bytes()) {
                     Some(at) => (&rest[..at], &rest[at + 1..]),
@@ -836,7 +851,7 @@ impl<'a> Iterator for BatchMessages<'a> {
                 };
                 *rest = after;
                 if !line.trim_start().is_empty() {
-                    return Some(parse_message(line));
+                    return Some(read_message(line));
                 }
             },
         }
@@ -857,10 +872,6 @@ fn at_index(index: usize, refusal: Response) -> Response {
     Response::error(refusal.status, code, format!("messages[{index}]: {message}"))
 }
 
-fn prepare_message<'a>(ctx: &ShardCtx, ns: &Namespace, fields: Fields<'a>, now: u64) -> Result<Prepared<'a>, Response> {
-    prepare(ctx, fields.target.scoped(ns), fields.event, fields.id, fields.data, now)
-}
-
 /// The fields of one batch message (public for the fuzz targets, see
 /// [`batch_messages`]); strings borrowed from the body unless they hold an escape.
 #[derive(Debug, PartialEq)]
@@ -878,9 +889,15 @@ pub struct Fields<'a> {
 /// Reads one message (a line of an NDJSON batch) into its fields in one
 /// pass, or says why it is refused. Public only for the fuzz targets.
 pub fn parse_message(text: &str) -> Result<Fields<'_>, String> {
+    read_message(text).and_then(fields)
+}
+
+/// A message's members, read by [`batch_scan`] when it has the usual
+/// shape, else by serde_json.
+fn read_message(text: &str) -> Result<Members<'_>, String> {
     match batch_scan::message(text) {
-        Some(members) => fields(members),
-        None => parse_message_by_serde(text),
+        Some(members) => Ok(members),
+        None => read_message_by_serde(text),
     }
 }
 
@@ -888,12 +905,17 @@ pub fn parse_message(text: &str) -> Result<Fields<'_>, String> {
 /// leaves to it. Public only for the fuzz target that checks the two
 /// readings agree.
 pub fn parse_message_by_serde(text: &str) -> Result<Fields<'_>, String> {
+    read_message_by_serde(text).and_then(fields)
+}
+
+/// [`read_message`] by serde_json alone.
+fn read_message_by_serde(text: &str) -> Result<Members<'_>, String> {
     let refusal = Cell::new(None);
     let mut reader = serde_json::Deserializer::from_str(text);
     let read = serde::Deserializer::deserialize_map(&mut reader, MessageVisitor { refusal: &refusal })
         .and_then(|message| reader.end().map(|()| message));
     match read {
-        Ok(members) => fields(members),
+        Ok(members) => Ok(members),
         Err(e) if e.is_syntax() || e.is_eof() => Err(format!("not valid JSON: {e}")),
         Err(_) => Err(refusal.take().unwrap_or("must be a JSON object").to_owned()),
     }
@@ -983,28 +1005,38 @@ impl<'de> Visitor<'de> for ListVisitor<'_> {
 
 /// A message's target checked and its `data` taken out, or why it is refused.
 fn fields(members: Members<'_>) -> Result<Fields<'_>, String> {
-    let target = match (members.user, members.room, members.all.unwrap_or(false)) {
+    let target = target_of(&members)?;
+    let data = data_of(members.data)?;
+    Ok(Fields { target, event: members.event, id: members.id, data })
+}
+
+/// A message's one target, its name checked, or why it is refused.
+fn target_of(members: &Members<'_>) -> Result<Target, &'static str> {
+    match (&members.user, &members.room, members.all.unwrap_or(false)) {
         (Some(user), None, false) => {
-            check_name("user", &user)
+            check_name("user", user)
                 .map_err(|_| "`user` must be 1-128 bytes without control characters, ',' or '/'")?;
-            Target::User(user.into())
+            Ok(Target::User((&**user).into()))
         }
         (None, Some(room), false) => {
-            check_name("room", &room)
+            check_name("room", room)
                 .map_err(|_| "`room` must be 1-128 bytes without control characters, ',' or '/'")?;
-            Target::Room(room.into())
+            Ok(Target::Room((&**room).into()))
         }
-        (None, None, true) => Target::All,
-        _ => return Err("needs exactly one target: `user`, `room` or `\"all\": true`".to_owned()),
-    };
-    let data = members.data.ok_or("needs `data`")?;
-    let data = match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
+        (None, None, true) => Ok(Target::All),
+        _ => Err("needs exactly one target: `user`, `room` or `\"all\": true`"),
+    }
+}
+
+/// A message's `data`: a JSON string's text, else the value's JSON text.
+fn data_of(data: Option<&str>) -> Result<Cow<'_, str>, &'static str> {
+    let data = data.ok_or("needs `data`")?;
+    Ok(match data.strip_prefix('"').and_then(|text| text.strip_suffix('"')) {
         // A valid JSON string without a backslash is its own text between the quotes.
         Some(text) if memchr::memchr(b'\\', text.as_bytes()).is_none() => Cow::Borrowed(text),
         Some(_) => serde_json::from_str::<Text>(data).map_err(|_| "`data` is not a valid string")?.0,
         None => Cow::Borrowed(data),
-    };
-    Ok(Fields { target, event: members.event, id: members.id, data })
+    })
 }
 
 /// Reads a message's [`Members`]; a member of the wrong type puts its
