@@ -740,8 +740,9 @@ async fn prepare_batch<'a>(
 /// message refused in order is the one named, as in NDJSON); never empty.
 /// Each message is read in one pass: its members borrowed from the body
 /// unless they hold an escape, its `data` validated as JSON on the way; by
-/// [`batch_scan`] when it has the usual shape, else by serde_json. Public, with [`Fields`], only so that the fuzz
-/// targets (`fuzz/`) can reach the reading without a shard.
+/// [`batch_scan`] when it has the usual shape, else by serde_json. Public,
+/// with [`Fields`], only so that the fuzz targets (`fuzz/`) can reach the
+/// reading without a shard.
 pub fn batch_messages(body: &[u8], ndjson: bool) -> Result<BatchMessages<'_>, Response> {
     let text = crate::text::utf8(body).ok_or_else(|| invalid("the body is not valid UTF-8"))?;
     if ndjson {
