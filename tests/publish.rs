@@ -273,6 +273,28 @@ fn batch_json_is_delivered_in_order() {
     }
 }
 
+/// JSON allows line breaks inside a value only as whitespace between its
+/// tokens: such a `data` is sent as those lines, however the batch was read.
+#[test]
+fn batch_data_spread_over_lines_arrives_as_those_lines() {
+    let server = Server::start(&[]);
+    let api = server.api;
+    let mut c = SseClient::open_ready(server.public, "/sse?userId=sp");
+    let json = "{\"messages\":[{\"user\":\"sp\",\"data\":{\"k\":\n1}},{\"user\":\"sp\",\"data\":[1,\r\n2]},\
+                {\"user\":\"sp\",\"data\":{\"k\": 1}},{\"user\":\"sp\",\n\"data\":\"a\\nb\"}]}";
+    let ndjson = "{\"user\":\"sp\",\"data\":[1,\r2]}\n{\"user\":\"sp\",\"data\":{\"k\": 1}}\n";
+    for (content_type, body, expected) in [
+        ("application/json", json, &["{\"k\":\n1}", "[1,\n2]", "{\"k\": 1}", "a\nb"][..]),
+        ("application/x-ndjson", ndjson, &["[1,\n2]", "{\"k\": 1}"][..]),
+    ] {
+        let answer = ok_json(http(api, "POST", "/v1/publish", &[("Content-Type", content_type)], body.as_bytes()));
+        assert_eq!(answer["results"].as_array().map(Vec::len), Some(expected.len()), "{content_type}: {answer}");
+        for (i, data) in expected.iter().enumerate() {
+            assert_eq!(c.expect_event(content_type).data, *data, "{content_type}: message {i}");
+        }
+    }
+}
+
 #[test]
 fn batch_ndjson_is_delivered_in_order() {
     let server = Server::start(&[]);

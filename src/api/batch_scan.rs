@@ -34,6 +34,10 @@ pub struct Members<'a> {
     pub all: Option<bool>,
     /// `data`: the value's JSON text, as it stands in the message.
     pub data: Option<&'a str>,
+    /// True when the scan saw that `data`'s text holds no CR or LF, so its
+    /// frame needs no search for one; false says nothing (serde_json's
+    /// reading leaves it so).
+    pub data_is_one_line: bool,
 }
 
 /// Arrays and objects nested deeper than this in a member's value are left
@@ -202,11 +206,12 @@ impl<'a> Scan<'a> {
                     literal_end(bytes, at, word.as_bytes())?
                 }
                 Name::Data => {
-                    let end = value_end(bytes, at, lf_is_space)?;
+                    let (end, breaks) = value_end(bytes, at, lf_is_space)?;
                     members.data = Some(text.get(at..end)?);
+                    members.data_is_one_line = !breaks;
                     end
                 }
-                Name::Other => value_end(bytes, at, lf_is_space)?,
+                Name::Other => value_end(bytes, at, lf_is_space)?.0,
             };
             at = whitespace_end(bytes, at, lf_is_space);
             match *bytes.get(at)? {
@@ -222,7 +227,7 @@ impl<'a> Scan<'a> {
 
     /// Any JSON value, checked, not built (see [`value_end`]).
     fn value(&mut self) -> Option<()> {
-        self.at = value_end(self.text.as_bytes(), self.at, self.lf_is_space)?;
+        self.at = value_end(self.text.as_bytes(), self.at, self.lf_is_space)?.0;
         Some(())
     }
 }
@@ -308,15 +313,23 @@ fn plain_string_at(text: &str, at: usize) -> Option<(&str, usize)> {
 /// Where JSON whitespace from `at` ends: space, tab, CR, and LF unless
 /// `lf_is_space` is false (a line read in place ends at one).
 #[inline(always)]
-fn whitespace_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> usize {
+fn whitespace_end(bytes: &[u8], at: usize, lf_is_space: bool) -> usize {
+    whitespace_end_noting_breaks(bytes, at, lf_is_space, &mut false)
+}
+
+/// [`whitespace_end`], setting `breaks` when the whitespace holds a CR or
+/// an LF: inside a value the only place JSON allows one.
+#[inline(always)]
+fn whitespace_end_noting_breaks(bytes: &[u8], mut at: usize, lf_is_space: bool, breaks: &mut bool) -> usize {
     while let Some(&byte) = bytes.get(at) {
         // Most places have none: one comparison says so.
         if byte > b' ' {
             break;
         }
         match byte {
-            b' ' | b'\t' | b'\r' => {}
-            b'\n' if lf_is_space => {}
+            b' ' | b'\t' => {}
+            b'\r' => *breaks = true,
+            b'\n' if lf_is_space => *breaks = true,
             _ => break,
         }
         at += 1;
@@ -324,13 +337,15 @@ fn whitespace_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> usize {
     at
 }
 
-/// Where the JSON value starting at `at` ends, when it is one. Arrays and
-/// objects are followed without recursion, up to [`MAX_DEPTH`] open at
-/// once: a bit for each open one says whether it is an object, the
-/// innermost lowest.
-fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<usize> {
+/// Where the JSON value starting at `at` ends, when it is one, and whether
+/// its text holds a line break (CR or LF: JSON has them only as whitespace
+/// between tokens, never unescaped in a string). Arrays and objects are
+/// followed without recursion, up to [`MAX_DEPTH`] open at once: a bit for
+/// each open one says whether it is an object, the innermost lowest.
+fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<(usize, bool)> {
     let mut objects: u64 = 0;
     let mut depth = 0;
+    let mut breaks = false;
     loop {
         match *bytes.get(at)? {
             b'"' => at = string_end(bytes, at + 1)?,
@@ -338,7 +353,7 @@ fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<usize> {
                 if depth == MAX_DEPTH {
                     return None;
                 }
-                at = whitespace_end(bytes, at + 1, lf_is_space);
+                at = whitespace_end_noting_breaks(bytes, at + 1, lf_is_space, &mut breaks);
                 let object = open == b'{';
                 if *bytes.get(at)? == if object { b'}' } else { b']' } {
                     at += 1;
@@ -346,7 +361,7 @@ fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<usize> {
                     objects = objects << 1 | u64::from(object);
                     depth += 1;
                     if object {
-                        at = member_name_end(bytes, at, lf_is_space)?;
+                        at = member_name_end(bytes, at, lf_is_space, &mut breaks)?;
                     }
                     continue;
                 }
@@ -361,15 +376,15 @@ fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<usize> {
         // container's end, which ends a value in turn.
         loop {
             if depth == 0 {
-                return Some(at);
+                return Some((at, breaks));
             }
-            at = whitespace_end(bytes, at, lf_is_space);
+            at = whitespace_end_noting_breaks(bytes, at, lf_is_space, &mut breaks);
             let object = objects & 1 == 1;
             match *bytes.get(at)? {
                 b',' => {
-                    at = whitespace_end(bytes, at + 1, lf_is_space);
+                    at = whitespace_end_noting_breaks(bytes, at + 1, lf_is_space, &mut breaks);
                     if object {
-                        at = member_name_end(bytes, at, lf_is_space)?;
+                        at = member_name_end(bytes, at, lf_is_space, &mut breaks)?;
                     }
                     break;
                 }
@@ -385,17 +400,18 @@ fn value_end(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<usize> {
 }
 
 /// Where an object member's name, its colon and the whitespace after each
-/// end, when the name starts at `at`.
+/// end, when the name starts at `at`; `breaks` set as by
+/// [`whitespace_end_noting_breaks`].
 #[inline(always)]
-fn member_name_end(bytes: &[u8], at: usize, lf_is_space: bool) -> Option<usize> {
+fn member_name_end(bytes: &[u8], at: usize, lf_is_space: bool, breaks: &mut bool) -> Option<usize> {
     if *bytes.get(at)? != b'"' {
         return None;
     }
-    let at = whitespace_end(bytes, string_end(bytes, at + 1)?, lf_is_space);
+    let at = whitespace_end_noting_breaks(bytes, string_end(bytes, at + 1)?, lf_is_space, breaks);
     if *bytes.get(at)? != b':' {
         return None;
     }
-    Some(whitespace_end(bytes, at + 1, lf_is_space))
+    Some(whitespace_end_noting_breaks(bytes, at + 1, lf_is_space, breaks))
 }
 
 /// Where a string whose text starts at `at` (past its opening quote) ends,
@@ -500,6 +516,28 @@ mod tests {
         // A known name whose value is of the wrong kind is left to serde_json.
         assert!(message(r#"{"user":1,"data":2}"#).is_none());
         assert!(message(r#"{"all":"yes","data":2}"#).is_none());
+    }
+
+    #[test]
+    fn data_is_one_line_unless_its_whitespace_breaks_it() {
+        let one_line =
+            [r#"{"s":1,"p":"x"}"#, r#"{ "s" : [1, 2] ,"p" :	"x" }"#, r#""a string, \n escaped""#, "[]", "17"];
+        for data in one_line {
+            let text = format!(r#"{{"user":"u","data":{data}}}"#);
+            let members = message(&text).expect("plain");
+            assert_eq!((members.data, members.data_is_one_line), (Some(data), true), "{data}");
+        }
+        for data in ["{\"s\":1,\n\"p\":\"x\"}", "[1,\r\n2]", "{\r\"s\"\n:1}", "{\"s\":\n[]}", "[\r]"] {
+            let text = format!(r#"{{"user":"u","data":{data}}}"#);
+            let members = message(&text).expect("plain");
+            assert_eq!((members.data, members.data_is_one_line), (Some(data), false), "{data:?}");
+        }
+        // Around the value, not in it: the data is still one line.
+        let members = message("{\"user\":\"u\",\n\"data\" :\r\n[1]\n}").expect("plain");
+        assert_eq!((members.data, members.data_is_one_line), (Some("[1]"), true));
+        // A line read in place: a CR in its data breaks it.
+        let (members, _) = line("{\"user\":\"u\",\"data\":[1,\r2]}\n").expect("one line");
+        assert_eq!((members.data, members.data_is_one_line), (Some("[1,\r2]"), false));
     }
 
     #[test]

@@ -43,17 +43,37 @@ pub fn check_field(value: &str) -> Result<(), FieldError> {
 pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
     let one_line = 4 + id.len() + 1 + one_line_body_len(event, data);
     if one_line <= one_allocation::LARGEST && !crate::text::has_line_break(data) {
-        return one_allocation::frame(one_line, |out| {
-            put_id(out, id);
-            put_event(out, event);
-            put_data_line(out, data);
-            out.put_u8(b'\n');
-        });
+        return one_allocation_frame(one_line, id, event, data);
     }
     let mut out = BytesMut::with_capacity(one_line);
     put_id(&mut out, id);
     put_body(&mut out, event, data);
     out.freeze()
+}
+
+/// [`encode`] for `line`, data its caller knows holds no CR or LF (a batch
+/// message's, as the scan of its JSON saw it): one `data:` line, without
+/// the search for a break.
+pub fn encode_line(id: &str, event: Option<&str>, line: &[u8]) -> Bytes {
+    debug_assert!(!crate::text::has_line_break(line), "a line holds no CR or LF");
+    let len = 4 + id.len() + 1 + one_line_body_len(event, line);
+    if len <= one_allocation::LARGEST {
+        return one_allocation_frame(len, id, event, line);
+    }
+    let mut out = BytesMut::with_capacity(len);
+    put_id(&mut out, id);
+    put_body(&mut out, event, line);
+    out.freeze()
+}
+
+/// A frame of one `data:` line, `len` bytes, in one allocation with its count.
+fn one_allocation_frame(len: usize, id: &str, event: Option<&str>, line: &[u8]) -> Bytes {
+    one_allocation::frame(len, |out| {
+        put_id(out, id);
+        put_event(out, event);
+        put_data_line(out, line);
+        out.put_u8(b'\n');
+    })
 }
 
 /// The `id:` line.
