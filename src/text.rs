@@ -205,6 +205,35 @@ pub fn has_line_break(bytes: &[u8]) -> bool {
     memchr::memchr2(b'\n', b'\r', bytes).is_some()
 }
 
+/// Where the first LF in `bytes` is, for one a few tens of bytes in (the
+/// end of a frame's `id:` line): sixteen bytes at a time with SSE2, ~12
+/// instructions at 31 bytes where `memchr`'s dispatch and set-up cost ~40.
+#[cfg(target_arch = "x86_64")]
+pub fn lf_position(bytes: &[u8]) -> Option<usize> {
+    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    const BLOCK: usize = 16;
+    let mut at = 0;
+    while at + BLOCK <= bytes.len() {
+        // SAFETY: SSE2 is part of the x86-64 baseline, and the load reads
+        // bytes[at..at + 16], inside `bytes` as the loop's bound says.
+        let found = unsafe {
+            let block = _mm_loadu_si128(bytes.as_ptr().add(at).cast::<__m128i>());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(b'\n' as i8)))
+        };
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize);
+        }
+        at += BLOCK;
+    }
+    bytes[at..].iter().position(|&b| b == b'\n').map(|found| at + found)
+}
+
+/// Where the first LF in `bytes` is (see the x86-64 version).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn lf_position(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', bytes)
+}
+
 /// How many ASCII digits `bytes` starts with, eight at a time: a JSON
 /// number's digits (a timestamp in a payload is ~19) cost ~5 instructions
 /// each read one by one.
@@ -251,6 +280,20 @@ mod tests {
                     broken[at] = byte;
                     assert!(has_line_break(&broken), "{byte} at {at} of {len}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_lf_is_found_wherever_it_is() {
+        for len in 0..=70 {
+            let plain: Vec<u8> = (0..len).map(|i| if i % 7 == 0 { b'\r' } else { b'a' + (i % 26) as u8 }).collect();
+            assert_eq!(lf_position(&plain), None, "{len} bytes without an LF");
+            for at in 0..len {
+                let mut broken = plain.clone();
+                broken[at] = b'\n';
+                broken[(at + 5).min(len - 1)] = b'\n';
+                assert_eq!(lf_position(&broken), Some(at), "the first LF at {at} of {len}");
             }
         }
     }

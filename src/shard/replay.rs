@@ -910,7 +910,7 @@ fn current_in_tenant<'a>(
 /// Length of the id in a frame starting `id: <id>\n`.
 fn frame_id_len(frame: &[u8]) -> Option<u16> {
     let rest = frame.strip_prefix(b"id: ")?;
-    let len = memchr::memchr(b'\n', rest)?;
+    let len = crate::text::lf_position(rest)?;
     u16::try_from(len).ok()
 }
 
