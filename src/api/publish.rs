@@ -284,13 +284,15 @@ async fn publish_batch(
             let mut budget = yielding::Budget::default();
             // By value, each result freed once written (see ShardCtx::publish).
             for (index, result) in results.into_iter().enumerate() {
-                if budget.spent() {
-                    yielding::yield_now().await;
-                }
                 if index > 0 {
                     body.push(b',');
                 }
                 result.write_json(&mut body);
+                // After the result, which then does not live across the yield
+                // (see ShardCtx::publish's loop).
+                if budget.spent() {
+                    yielding::yield_now().await;
+                }
             }
             body.extend_from_slice(b"]}");
             Response::with_body(200, JSON, body)
@@ -724,10 +726,9 @@ async fn prepare_batch<'a>(
     // Each message's members go straight into its prepared form: taken as
     // `Fields` first, the fields and the `Result`s around them were moved
     // from stage to stage.
+    // The budget is looked at after a message, which then does not live
+    // across the yield (see ShardCtx::publish's loop).
     while let Some(read) = messages.next_members() {
-        if budget.spent() {
-            yielding::yield_now().await;
-        }
         if index % IDS_PER_CLOCK == 0 {
             now = id::now_micros();
         }
@@ -737,6 +738,9 @@ async fn prepare_batch<'a>(
         let message = prepare(ctx, target.scoped(ns), members.event, members.id, data, now);
         prepared.push(message.map_err(|refusal| at_index(index, refusal))?);
         index += 1;
+        if budget.spent() {
+            yielding::yield_now().await;
+        }
     }
     Ok(prepared)
 }
