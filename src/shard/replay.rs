@@ -319,6 +319,14 @@ impl ReplayStore {
         self.tenant_use.iter().map(|(name, u)| (&**name, u.bytes))
     }
 
+    /// The slot of `user`'s ring, if it has one, and whether it is pinned:
+    /// one that is not says its user has no connection here
+    /// ([`ReplayStore::pin_user`] pins the ring of every user with one).
+    pub fn user_ring(&self, user: &Key) -> Option<(u32, bool)> {
+        let slot = *self.users.slots.get(user)?;
+        Some((u32::try_from(slot).ok()?, self.users.rings.get(slot)?.pinned))
+    }
+
     /// Asks for what recording a frame to `user` will touch, a few
     /// messages before it is recorded ([`crate::prefetch`]): with
     /// [`Ahead::Ring`], its ring's oldest entry and activity mark, at the
