@@ -72,6 +72,8 @@ def valgrind_wait(what, condition):
     (and far slower under `cachesim.py`'s cache simulation: a dump of its
     10,000 subscribers' server took over two minutes on the EPYC VM)."""
     wait_for(what, condition, timeout=600)
+
+
 SUBSCRIBERS = 100
 BROADCASTS = 200
 SINGLES = 1000

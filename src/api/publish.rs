@@ -722,11 +722,10 @@ async fn prepare_batch<'a>(
     let mut prepared = Listed::with_capacity(messages.len_hint());
     let mut budget = yielding::Budget::default();
     let (mut index, mut now) = (0, 0);
-    // Each message's members go straight into its prepared form: taken as
+    // Each message's members go straight into its prepared form (taken as
     // `Fields` first, the fields and the `Result`s around them were moved
-    // from stage to stage.
-    // The budget is looked at after a message, which then does not live
-    // across the yield (see ShardCtx::publish's loop).
+    // from stage to stage), and the budget is looked at after a message,
+    // which then does not live across the yield (see ShardCtx::publish's loop).
     while let Some(read) = messages.next_members() {
         if index % IDS_PER_CLOCK == 0 {
             now = id::now_micros();

@@ -57,13 +57,11 @@ pub fn encode(id: &str, event: Option<&str>, data: &[u8]) -> Bytes {
 pub fn encode_line(id: &str, event: Option<&str>, line: &[u8]) -> Bytes {
     debug_assert!(!crate::text::has_line_break(line), "a line holds no CR or LF");
     let len = 4 + id.len() + 1 + one_line_body_len(event, line);
-    if len <= one_allocation::LARGEST {
-        return one_allocation_frame(len, id, event, line);
+    match len <= one_allocation::LARGEST {
+        true => one_allocation_frame(len, id, event, line),
+        // Too long for one allocation: `encode` then searches nothing either.
+        false => encode(id, event, line),
     }
-    let mut out = BytesMut::with_capacity(len);
-    put_id(&mut out, id);
-    put_body(&mut out, event, line);
-    out.freeze()
 }
 
 /// A frame of one `data:` line, `len` bytes, in one allocation with its count.
@@ -299,6 +297,7 @@ mod tests {
             let made = frame("1", Some("e"), &data);
             assert_eq!(made, format!("id: 1\nevent: e\ndata: {data}\n\n"));
             assert!((made.len() <= one_allocation::LARGEST) == (len <= 1001), "both ways are tried");
+            assert_eq!(encode_line("1", Some("e"), data.as_bytes()), made, "a known line frames alike");
         }
     }
 
