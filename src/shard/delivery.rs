@@ -40,6 +40,11 @@ const FRAME_AHEAD: usize = 2;
 /// where one made between two messages' work waits alone.
 const RINGS_AT_ONCE: usize = 4;
 
+/// How many deliveries ahead the name table's slot of a user's entry is
+/// asked for ([`ShardCtx::prefetch_slot`]): by the time its lookup is made,
+/// [`RINGS_AT_ONCE`] deliveries later, the slot has arrived.
+const SLOT_AHEAD: usize = RING_AHEAD + RINGS_AT_ONCE;
+
 /// Deliveries in order whose targets further on can be read before they are
 /// taken, so that their replay state is asked for ahead of their turn: a
 /// list's own iterator, or a caller's that encodes each frame as it is
@@ -234,6 +239,12 @@ impl ShardCtx {
         // A run of messages to one user (a batch to one user, a bus entry of
         // one partition) finds its ring warm: asked for once, at its first.
         if index % RINGS_AT_ONCE == 0 {
+            for ahead in SLOT_AHEAD..SLOT_AHEAD + RINGS_AT_ONCE {
+                let Some(target) = rest.target_after(ahead) else { break };
+                if rest.target_after(ahead - 1) != Some(target) {
+                    self.prefetch_slot(target, rings.nobody_last.get());
+                }
+            }
             for ahead in RING_AHEAD..RING_AHEAD + RINGS_AT_ONCE {
                 let Some(target) = rest.target_after(ahead) else { break };
                 if rest.target_after(ahead - 1) != Some(target) {
@@ -249,6 +260,19 @@ impl ShardCtx {
         rings.taken += 1;
         let cells = &rings.found[index % slots];
         Some((delivery, Found { ring: cells.ring.take(), no_entry_as_of: cells.no_entry_as_of.take() }))
+    }
+
+    /// Asks for the slot of the name table [`ShardCtx::prefetch_ring`] will
+    /// look `target` up in first, when it is a user's: the replay rings' after
+    /// a user with no connection here (`nobody_last`), else the registry's.
+    fn prefetch_slot(&self, target: &Target, nobody_last: bool) {
+        let Target::User(user) = target else { return };
+        let state = self.state.borrow();
+        if nobody_last {
+            state.replay.prefetch_ring_slot(user);
+        } else {
+            state.registry.prefetch_user_slot(user);
+        }
     }
 
     /// Asks for what delivering a frame to `target` will touch, when it is

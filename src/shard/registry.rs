@@ -17,7 +17,7 @@ use ahash::{AHashMap, AHashSet};
 use smallvec::SmallVec;
 
 use super::interest::{Interest, Kind};
-use super::key::Key;
+use super::key::{self, Key};
 
 /// Connections of one user on this shard (most users hold one or two tabs).
 pub type UserConns = SmallVec<[usize; 2]>;
@@ -79,6 +79,12 @@ impl Registry {
     /// `user`'s connections and ring slot, if it has a connection here.
     pub fn user_entry(&self, user: &Key) -> Option<&UserEntry> {
         self.users.get(user)
+    }
+
+    /// Asks for the line [`Registry::user_entry`] of `user` will wait for
+    /// ([`key::prefetch_slot`]).
+    pub fn prefetch_user_slot(&self, user: &Key) {
+        key::prefetch_slot(&self.users, user);
     }
 
     /// Members of `room` here.

@@ -45,7 +45,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::activity::ActivityOrder;
-use super::key::Key;
+use super::key::{self, Key};
 use crate::namespace::{tenant_of_key, Namespace};
 use crate::sse::frame::{self, encode_control};
 use crate::tenants::TenantConfig;
@@ -325,6 +325,12 @@ impl ReplayStore {
     pub fn user_ring(&self, user: &Key) -> Option<(u32, bool)> {
         let slot = *self.users.slots.get(user)?;
         Some((u32::try_from(slot).ok()?, self.users.rings.get(slot)?.pinned))
+    }
+
+    /// Asks for the line [`ReplayStore::user_ring`] of `user` will wait for
+    /// ([`key::prefetch_slot`]).
+    pub fn prefetch_ring_slot(&self, user: &Key) {
+        key::prefetch_slot(&self.users.slots, user);
     }
 
     /// Asks for what recording a frame to `user` will touch, a few
