@@ -73,8 +73,8 @@ pub struct ReplayLimits {
 /// address is in them).
 #[derive(Debug, Clone, Copy)]
 pub enum Ahead {
-    /// The ring's oldest entry (a full ring writes the new one there) and
-    /// its activity mark.
+    /// The ring itself, its oldest entry (a full ring writes the new one
+    /// there) and its activity mark.
     Ring,
     /// The oldest entry's frame, dropped when the next one is recorded.
     Frame,
@@ -335,10 +335,11 @@ impl ReplayStore {
 
     /// Asks for what recording a frame to `user` will touch, a few
     /// messages before it is recorded ([`crate::prefetch`]): with
-    /// [`Ahead::Ring`], its ring's oldest entry and activity mark, at the
-    /// slot `found` already holds (one the registry kept) or else looked up
-    /// by name and the slot kept in `found` (so that the record, as
-    /// [`Stream::UserAt`], does not look it up again); with
+    /// [`Ahead::Ring`], every line of its ring and of its oldest entry, and
+    /// its activity mark, at the slot `found` already holds (one the
+    /// registry kept) or else looked up by name and the slot kept in `found`
+    /// (so that the record, as [`Stream::UserAt`], does not look it up
+    /// again); with
     /// [`Ahead::Frame`], that entry's frame, at the slot `found` holds. A
     /// slot another ring has taken since only asks for the wrong lines.
     pub fn prefetch_user(&self, user: &Key, found: &Cell<Option<u32>>, ahead: Ahead) {
@@ -353,10 +354,16 @@ impl ReplayStore {
             (Ahead::Frame, Some(slot)) => slot as usize,
             (Ahead::Frame, None) => return,
         };
-        let Some(oldest) = keyed.rings.get(slot).and_then(|ring| ring.entries.front()) else { return };
+        let Some(ring) = keyed.rings.get(slot) else { return };
+        let Some(oldest) = ring.entries.front() else { return };
         match ahead {
             Ahead::Ring => {
-                crate::prefetch::line(oldest);
+                // Every line of both: the record reads most of their fields,
+                // and an entry (48 bytes) or a ring straddles two lines as
+                // often as not (`perf annotate`: a third of the record's
+                // samples waited on the oldest entry's second line).
+                crate::prefetch::lines((ring as *const Ring).cast(), std::mem::size_of::<Ring>());
+                crate::prefetch::lines((oldest as *const Entry).cast(), std::mem::size_of::<Entry>());
                 if let Some(mark) = keyed.marks.get(slot) {
                     crate::prefetch::line(mark);
                 }
