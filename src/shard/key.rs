@@ -161,9 +161,9 @@ impl AnySlotFor {
 
 /// Asks for the cache line of `map`'s slot where `key`'s entry most likely
 /// is, without reading it ([`crate::prefetch`]): a lookup by name waits
-/// first for the table's control bytes, which stay in the caches (a byte a
-/// slot), then for the slot, whose key it compares, which does not (a batch
-/// to 10,000 users: a third of the delivery loop's samples, `perf
+/// first for the table's control bytes, which mostly stay in the caches (a
+/// byte a slot), then for the slot, whose key it compares, which does not
+/// (a batch to 10,000 users: a third of the delivery loop's samples, `perf
 /// annotate`, sat on that comparison). Asked for a few messages ahead, the
 /// lookup finds it arrived. A slot of another key whose tag matches is a
 /// wasted hint, nothing more.

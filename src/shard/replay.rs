@@ -339,9 +339,9 @@ impl ReplayStore {
     /// its activity mark, at the slot `found` already holds (one the
     /// registry kept) or else looked up by name and the slot kept in `found`
     /// (so that the record, as [`Stream::UserAt`], does not look it up
-    /// again); with
-    /// [`Ahead::Frame`], that entry's frame, at the slot `found` holds. A
-    /// slot another ring has taken since only asks for the wrong lines.
+    /// again); with [`Ahead::Frame`], that entry's frame, at the slot
+    /// `found` holds. A slot another ring has taken since only asks for the
+    /// wrong lines.
     pub fn prefetch_user(&self, user: &Key, found: &Cell<Option<u32>>, ahead: Ahead) {
         let keyed = &self.users;
         let slot = match (ahead, found.get()) {
