@@ -193,6 +193,12 @@ impl Request {
         self.header_pairs().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
     }
 
+    /// Bytes the head took on the wire: with the body's, how much a
+    /// connection's next read likely needs room for.
+    pub fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
     /// Every header as (name, value), in order.
     fn header_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let at = |(start, end): (u32, u32)| &self.head[start as usize..end as usize];

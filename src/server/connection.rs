@@ -43,8 +43,15 @@ const FIRST_READ: usize = 4 * 1024;
 /// Spare room under which a read first grows the buffer.
 const MIN_SPARE: usize = 512;
 
-/// Most bytes asked of one read of a head or body.
+/// Most bytes asked of one read of a head or of a chunked body.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// A kept-alive connection keeps a read buffer up to this size between
+/// requests, and its wait for the next request asks for as much as the last
+/// request took, up to it: a publisher's batch of a hundred messages
+/// (~13 KiB) arrives in one read, as its floor reads it, where a 4 KiB wait
+/// and 8 KiB reads took three, each a submission and a turn of the runtime.
+const KEPT_BUFFER: usize = 16 * 1024;
 
 /// At most this many bytes of a body nobody will read are read and thrown
 /// away after the answer, so a client still sending gets the answer rather
@@ -72,9 +79,10 @@ pub async fn serve(
     let limits = HeadLimits { max_head: config.max_head, max_headers: config.max_headers };
     let mut buf = BytesMut::new();
     let mut first = true;
+    let mut expected = FIRST_READ;
     let mut timer = ReadTimer::default();
     loop {
-        let request = match read_head(&mut stream, &mut buf, limits, &ctx, first, &mut timer).await {
+        let request = match read_head(&mut stream, &mut buf, limits, &ctx, (first, expected), &mut timer).await {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(error) => {
@@ -108,6 +116,7 @@ pub async fn serve(
             }
             _ => (Bytes::new(), BodyCharge::none(&ctx)),
         };
+        expected = (request.head_len() + body.len()).clamp(FIRST_READ, KEPT_BUFFER);
         match api::route(&ctx, &services, &request, admitted, body).await {
             Routed::Subscribe(subscription) => {
                 drop((buf, timer, in_flight, pending));
@@ -122,7 +131,7 @@ pub async fn serve(
                 }
             }
         }
-        if buf.is_empty() && buf.capacity() > READ_CHUNK * 2 {
+        if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
             buf = BytesMut::new();
         }
     }
@@ -238,13 +247,15 @@ async fn refuse(ctx: &ShardCtx, stream: &mut TcpStream, error: Error) {
 /// is bounded by `--idle-timeout` on a kept-alive connection and by
 /// `--read-timeout` on a new one; once bytes arrive, the whole head must
 /// arrive within `--read-timeout` (slow-loris clients are cut off). The
-/// clock is read once a read (a kept-alive request's head: once).
+/// clock is read once a read (a kept-alive request's head: once). An empty
+/// buffer is given room for `expected` bytes, the size of the connection's
+/// last request ([`KEPT_BUFFER`]).
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     limits: HeadLimits,
     ctx: &ShardCtx,
-    first: bool,
+    (first, expected): (bool, usize),
     timer: &mut ReadTimer,
 ) -> Result<Option<Request>, Error> {
     let config = &ctx.shared.config;
@@ -261,11 +272,15 @@ async fn read_head(
             }
         }
         let had_bytes = !buf.is_empty();
-        // A full buffer holding part of a head doubles; an empty one asks for a head's worth.
-        let want = if had_bytes { buf.len().clamp(FIRST_READ, READ_CHUNK) } else { FIRST_READ };
+        if !had_bytes {
+            make_room(buf, expected, expected);
+        } else {
+            // A full buffer holding part of a head doubles.
+            make_room(buf, MIN_SPARE, buf.len().clamp(FIRST_READ, READ_CHUNK));
+        }
         let now = Instant::now();
         let due = *deadline.get_or_insert(now + if receiving { config.read_timeout } else { config.idle_timeout });
-        match read_some(stream, buf, timer, due, now, want).await {
+        match read_some(stream, buf, timer, due, now).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if had_bytes => return Err(Error::UnexpectedEof),
             ReadOutcome::Eof => return Ok(None),
@@ -276,8 +291,10 @@ async fn read_head(
 }
 
 /// Reads the body the head announced, within `--read-timeout`, `limit` and
-/// the shard's `--body-budget`. A client that sent `Expect: 100-continue` is
-/// told to go on only here, once the request is known to be read.
+/// the shard's `--body-budget`: a Content-Length body into room made for all
+/// of it at once (charged to the budget before it is read), a chunked one in
+/// reads of up to [`READ_CHUNK`]. A client that sent `Expect: 100-continue`
+/// is told to go on only here, once the request is known to be read.
 async fn read_body<'a>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -302,9 +319,13 @@ async fn read_body<'a>(
             return Ok((body.freeze(), charge));
         }
         charge.raise_to(decoder.received() + buf.len())?;
+        match decoder.awaiting(buf) {
+            0 => make_room(buf, MIN_SPARE, READ_CHUNK),
+            missing => make_room(buf, missing, missing),
+        }
         let now = Instant::now();
         let due = *deadline.get_or_insert(now + ctx.shared.config.read_timeout);
-        match read_some(stream, buf, timer, due, now, READ_CHUNK).await {
+        match read_some(stream, buf, timer, due, now).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof => return Err(Error::UnexpectedEof),
             ReadOutcome::TimedOut => return Err(Error::Timeout),
@@ -482,20 +503,24 @@ impl Drop for ReadTimer {
     }
 }
 
-/// Appends what arrives to `buf`, first growing it by `want` when less than
-/// [`MIN_SPARE`] bytes of room are left; gives up at `deadline` (at least a
-/// millisecond after `now`, the caller's reading of the clock), timed by `timer`.
+/// Grows `buf` by `grow` bytes when it has room for fewer than `least`
+/// (reclaiming its own allocation when nothing else holds it).
+fn make_room(buf: &mut BytesMut, least: usize, grow: usize) {
+    if buf.capacity() - buf.len() < least {
+        buf.reserve(grow);
+    }
+}
+
+/// Appends what arrives to `buf`'s spare room; gives up at `deadline` (at
+/// least a millisecond after `now`, the caller's reading of the clock),
+/// timed by `timer`.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     timer: &mut ReadTimer,
     deadline: Instant,
     now: Instant,
-    want: usize,
 ) -> ReadOutcome {
-    if buf.capacity() - buf.len() < MIN_SPARE {
-        buf.reserve(want);
-    }
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
     let spare = std::mem::take(buf).slice_mut(filled..);
