@@ -23,7 +23,14 @@
 # as SENDs submitted with it): the floor under a server built on io_uring,
 # where PEER=floor (epoll, read(2), send(2)) is the one under a server built
 # on epoll, as Nchan is.
-#   PEER=ssekify|nchan|floor|floor-uring SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody loadtest/scenarios/targeted.sh
+# WARM_UP=S (seconds, default 0): the same load for S seconds first, not
+# counted, so the window measures a server in its steady state: its replay
+# rings full (users x --recent-buffer entries) and their memory reused,
+# where a cold server's first ~200,000 messages (10,000 users x 20) also pay
+# the kernel for fresh pages (~6 page faults a 100-message batch, each a
+# walk of the nested guest's page tables here). The floors keep nothing
+# and are not warmed.
+#   PEER=ssekify|nchan|floor|floor-uring SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody WARM_UP=0 loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}
 ROOMS=${ROOMS:-100}
@@ -77,9 +84,15 @@ if [[ $RECIPIENTS == nobody ]]; then
     SSE_URL=${SSE_URL//userId=u/userId=nobody-}
     [[ $SSE_URL == *userId=nobody-* ]] || lt_die "$PEER's subscribe URL names no userId=u{i} to rename: $SSE_URL"
 fi
-gen run "$(result_file "$name")" --subscribers "$SUBSCRIBERS" --rooms "$ROOMS" \
-    --mode users "${route[@]}" --rate "$RATE" --size "$SIZE" --duration "$DURATION" \
-    --publishers "$PUBLISHERS"
+load=(--subscribers "$SUBSCRIBERS" --rooms "$ROOMS" --mode users "${route[@]}" --rate "$RATE" --size "$SIZE"
+    --publishers "$PUBLISHERS")
+WARM_UP=${WARM_UP:-0}
+if [[ $WARM_UP != 0 ]]; then
+    lt_log "warming $PEER up: the same load for ${WARM_UP}s, not counted"
+    LT_RESULTS="" gen run "$LT_RUN/warm-up.json" "${load[@]}" --duration "$WARM_UP" --drain 1 || exit 1
+    name+=-warm
+fi
+gen run "$(result_file "$name")" "${load[@]}" --duration "$DURATION"
 status=$?
 peer_stop
 exit $status
