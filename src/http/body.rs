@@ -183,6 +183,24 @@ mod tests {
     }
 
     #[test]
+    fn a_content_length_body_is_taken_whole_from_the_input_never_copied() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Length(5), 1 << 20).unwrap();
+        let mut input = BytesMut::with_capacity(64);
+        input.extend_from_slice(b"he");
+        assert_eq!(decoder.awaiting(&input), 3, "what the reader must make room for");
+        assert!(decoder.decode(&mut input).unwrap().is_none());
+        assert_eq!(&input[..], b"he", "nothing is taken before the whole body is there");
+        input.extend_from_slice(b"lloNEXT");
+        assert_eq!(decoder.awaiting(&input), 0);
+        let start = input.as_ptr();
+        let body = decoder.decode(&mut input).unwrap().expect("the whole body");
+        assert_eq!((&body[..], &input[..]), (&b"hello"[..], &b"NEXT"[..]));
+        assert_eq!(body.as_ptr(), start, "the body is the read buffer's own bytes");
+        let chunked = BodyDecoder::new(BodyFraming::Chunked, 1 << 20).unwrap();
+        assert_eq!(chunked.awaiting(&BytesMut::new()), 0, "a chunked body's size is not known ahead");
+    }
+
+    #[test]
     fn content_length_split_anywhere() {
         for piece in 1..8 {
             let body = decode_in_pieces(BodyFraming::Length(5), b"hello", piece);
