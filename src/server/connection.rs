@@ -46,11 +46,13 @@ const MIN_SPARE: usize = 512;
 /// Most bytes asked of one read of a head or of a chunked body.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// A kept-alive connection keeps a read buffer up to this size between
-/// requests, and its wait for the next request asks for as much as the last
-/// request took, up to it: a publisher's batch of a hundred messages
-/// (~13 KiB) arrives in one read, as its floor reads it, where a 4 KiB wait
-/// and 8 KiB reads took three, each a submission and a turn of the runtime.
+/// A kept-alive connection whose last request took at most this many bytes
+/// keeps its read buffer (that size and a head's room, [`FIRST_READ`]) for
+/// the next, and its wait asks for as much as the last request took: a
+/// publisher's batch of a hundred messages (~13 KiB) arrives in one read, as
+/// its floor reads it, where a 4 KiB wait and 8 KiB reads took three, each a
+/// submission and a turn of the runtime. A larger request's buffer goes
+/// with its body (a 16 MiB batch is not kept by an idle connection).
 const KEPT_BUFFER: usize = 16 * 1024;
 
 /// At most this many bytes of a body nobody will read are read and thrown
@@ -116,7 +118,8 @@ pub async fn serve(
             }
             _ => (Bytes::new(), BodyCharge::none(&ctx)),
         };
-        expected = (request.head_len() + body.len()).clamp(FIRST_READ, KEPT_BUFFER);
+        let size = request.head_len() + body.len();
+        expected = size.clamp(FIRST_READ, KEPT_BUFFER);
         match api::route(&ctx, &services, &request, admitted, body).await {
             Routed::Subscribe(subscription) => {
                 drop((buf, timer, in_flight, pending));
@@ -131,7 +134,9 @@ pub async fn serve(
                 }
             }
         }
-        if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
+        // A buffer that held a larger request goes with its body, rather
+        // than be kept at that size while the connection waits.
+        if buf.is_empty() && (size > KEPT_BUFFER || buf.capacity() > KEPT_BUFFER) {
             buf = BytesMut::new();
         }
     }
@@ -321,7 +326,9 @@ async fn read_body<'a>(
         charge.raise_to(decoder.received() + buf.len())?;
         match decoder.awaiting(buf) {
             0 => make_room(buf, MIN_SPARE, READ_CHUNK),
-            missing => make_room(buf, missing, missing),
+            // With room for the next request's head after it: the buffer the
+            // next wait takes back is then as large as this whole request.
+            missing => make_room(buf, missing, missing + FIRST_READ),
         }
         let now = Instant::now();
         let due = *deadline.get_or_insert(now + ctx.shared.config.read_timeout);
