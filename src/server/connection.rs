@@ -46,6 +46,12 @@ const MIN_SPARE: usize = 512;
 /// Most bytes asked of one read of a head or of a chunked body.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Most bytes any one read asks for, though room for a whole body is made
+/// at once: a read of megabytes into fresh memory (its page faults taken in
+/// the kernel's copy) held the shard from its other connections for up to
+/// 31 ms at the start of a 16 MiB batch (`loadtest/scenarios/stall.py`).
+const MAX_READ: usize = 256 * 1024;
+
 /// A kept-alive connection whose last request took at most this many bytes
 /// keeps its read buffer (that size and a head's room, [`FIRST_READ`]) for
 /// the next, and its wait asks for as much as the last request took: a
@@ -518,7 +524,8 @@ fn make_room(buf: &mut BytesMut, least: usize, grow: usize) {
     }
 }
 
-/// Appends what arrives to `buf`'s spare room; gives up at `deadline` (at
+/// Appends what arrives to `buf`'s spare room (at most [`MAX_READ`] bytes);
+/// gives up at `deadline` (at
 /// least a millisecond after `now`, the caller's reading of the clock),
 /// timed by `timer`.
 async fn read_some(
@@ -530,7 +537,8 @@ async fn read_some(
 ) -> ReadOutcome {
     // Reads fill from the buffer's start; a slice from `len` appends instead.
     let filled = buf.len();
-    let spare = std::mem::take(buf).slice_mut(filled..);
+    let end = buf.capacity().min(filled + MAX_READ);
+    let spare = std::mem::take(buf).slice_mut(filled..end);
     let deadline = monoio::time::Instant::from_std(deadline.max(now + Duration::from_millis(1)));
     let mut timer = timer.due(deadline);
     let mut read = pin!(stream.read(spare));
