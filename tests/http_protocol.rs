@@ -257,8 +257,9 @@ fn large_bodies_arrive_intact() {
     for driver in drivers() {
         let server = Server::start_with_driver(driver, &[]);
         let mut sub = SseClient::open_ready(server.public, "/sse");
-        // 256 KiB: always more than one read on the server side.
-        let body: String = (0..32 * 1024).map(|i| format!("{:07}\n", i % 10_000_000)).collect::<String>();
+        // 512 KiB: the server's wait takes 16 KiB, and the room it then
+        // makes for the rest is filled by reads of at most 256 KiB each.
+        let body: String = (0..64 * 1024).map(|i| format!("{:07}\n", i % 10_000_000)).collect::<String>();
         let body = body.trim_end().to_string();
         let mut conn = HttpConn::open(server.api);
         for round in 0..3 {
