@@ -525,9 +525,8 @@ fn make_room(buf: &mut BytesMut, least: usize, grow: usize) {
 }
 
 /// Appends what arrives to `buf`'s spare room (at most [`MAX_READ`] bytes);
-/// gives up at `deadline` (at
-/// least a millisecond after `now`, the caller's reading of the clock),
-/// timed by `timer`.
+/// gives up at `deadline` (at least a millisecond after `now`, the caller's
+/// reading of the clock), timed by `timer`.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
