@@ -126,6 +126,13 @@ pub async fn serve(
         };
         let size = request.head_len() + body.len();
         expected = size.clamp(FIRST_READ, KEPT_BUFFER);
+        // A buffer that held a larger request goes with its body, rather
+        // than be kept at that size while the connection waits. Decided
+        // here, not after the route: what a connection's task holds across
+        // that await, a subscriber holds for as long as its stream lives.
+        if size > KEPT_BUFFER && buf.is_empty() {
+            buf = BytesMut::new();
+        }
         match api::route(&ctx, &services, &request, admitted, body).await {
             Routed::Subscribe(subscription) => {
                 drop((buf, timer, in_flight, pending));
@@ -140,9 +147,7 @@ pub async fn serve(
                 }
             }
         }
-        // A buffer that held a larger request goes with its body, rather
-        // than be kept at that size while the connection waits.
-        if buf.is_empty() && (size > KEPT_BUFFER || buf.capacity() > KEPT_BUFFER) {
+        if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
             buf = BytesMut::new();
         }
     }
