@@ -27,9 +27,9 @@
 # counted, so the window measures a server in its steady state: its replay
 # rings full (users x --recent-buffer entries) and their memory reused,
 # where a cold server's first ~200,000 messages (10,000 users x 20) also pay
-# the kernel for fresh pages (~6 page faults a 100-message batch, each a
-# walk of the nested guest's page tables here). The floors keep nothing
-# and are not warmed.
+# the kernel for fresh pages (~6 page faults a 100-message batch on the
+# EPYC VM, 18 % of the shard's samples there). The floors keep nothing and
+# are not warmed.
 #   PEER=ssekify|nchan|floor|floor-uring SUBSCRIBERS RATE DURATION SIZE=100 PUBLISHERS=32 BATCH=1 RECIPIENTS=subscribers|nobody WARM_UP=0 loadtest/scenarios/targeted.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SUBSCRIBERS=${SUBSCRIBERS:-10000}

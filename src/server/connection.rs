@@ -128,9 +128,10 @@ pub async fn serve(
         expected = size.clamp(FIRST_READ, KEPT_BUFFER);
         // A buffer that held a larger request goes with its body, rather
         // than be kept at that size while the connection waits. Decided
-        // here, not after the route: what a connection's task holds across
-        // that await, a subscriber holds for as long as its stream lives.
-        if size > KEPT_BUFFER && buf.is_empty() {
+        // here, not after the route (which leaves the buffer as it is): what
+        // a connection's task holds across that await, a subscriber holds
+        // for as long as its stream lives.
+        if buf.is_empty() && (size > KEPT_BUFFER || buf.capacity() > KEPT_BUFFER) {
             buf = BytesMut::new();
         }
         match api::route(&ctx, &services, &request, admitted, body).await {
@@ -146,9 +147,6 @@ pub async fn serve(
                     break;
                 }
             }
-        }
-        if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
-            buf = BytesMut::new();
         }
     }
     let _ = stream.shutdown().await;
