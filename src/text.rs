@@ -27,6 +27,12 @@ fn bytes_equal(word: u64, byte: u8) -> u64 {
     bytes_below(word ^ (ONES * u64::from(byte)), 1)
 }
 
+/// The high bit set of each byte of `word` that stops a JSON string's plain
+/// run (`"`, `\\` or below 0x20), the first of them exactly.
+pub fn json_stops(word: u64) -> u64 {
+    bytes_equal(word, b'"') | bytes_equal(word, b'\\') | bytes_below(word, 0x20)
+}
+
 /// `bytes` as text, if they are UTF-8.
 pub fn utf8(bytes: &[u8]) -> Option<&str> {
     if ascii(bytes) {
@@ -241,10 +247,11 @@ pub fn digit_run(bytes: &[u8]) -> usize {
     let mut at = 0;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let word = word(chunk);
-        // A byte is a digit when its high nibble is 3 and its low nibble
-        // plus 6 stays below 16 (no carry leaves a byte either way).
-        let not_digit = ((word & 0xf0f0_f0f0_f0f0_f0f0) ^ 0x3030_3030_3030_3030)
-            | (((word & 0x0f0f_0f0f_0f0f_0f0f) + 0x0606_0606_0606_0606) & 0xf0f0_f0f0_f0f0_f0f0);
+        // A digit xor '0' is 0 to 9: plus 0x76 it stays below 0x80. Any
+        // other byte has its high bit set either way; a carry out of it
+        // can only mark bytes above it, so the lowest mark is exact.
+        let value = word ^ (ONES * u64::from(b'0'));
+        let not_digit = (value.wrapping_add(ONES * 0x76) | value) & HIGHS;
         if not_digit != 0 {
             return at + not_digit.trailing_zeros() as usize / 8;
         }
