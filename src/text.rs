@@ -160,7 +160,7 @@ pub fn json_string_stop(bytes: &[u8]) -> usize {
     let mut at = 0;
     for chunk in bytes.chunks_exact(8) {
         let word = word(chunk);
-        let stopped = bytes_below(word, 0x20) | bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        let stopped = json_stops(word);
         if stopped != 0 {
             return at + stopped.trailing_zeros() as usize / 8;
         }

@@ -346,14 +346,12 @@ fn whitespace_end_noting_breaks(bytes: &[u8], mut at: usize, lf_is_space: bool, 
 /// writes it is read member by member first ([`compact_object`]); the rest,
 /// from wherever that stops, by [`nested_value_end`].
 fn value_end(bytes: &[u8], at: usize, lf_is_space: bool) -> Option<(usize, bool)> {
-    let fresh = Reading { at, objects: 0, depth: 0, breaks: false, value_ended: false };
     let reading = match bytes.get(at) {
-        Some(b'{') => match compact_object(bytes, at + 1, lf_is_space)? {
+        Some(b'{') => match compact_object(bytes, at, lf_is_space)? {
             Compact::End(end) => return Some((end, false)),
             Compact::From(reading) => reading,
-            Compact::Unread => fresh,
         },
-        _ => fresh,
+        _ => Reading::outside(at),
     };
     nested_value_end(bytes, reading, lf_is_space)
 }
@@ -369,36 +367,47 @@ struct Reading {
     value_ended: bool,
 }
 
+impl Reading {
+    /// At the value starting at `at`, in no container.
+    fn outside(at: usize) -> Reading {
+        Reading { at, objects: 0, depth: 0, breaks: false, value_ended: false }
+    }
+}
+
 /// What [`compact_object`] read of an object.
 enum Compact {
     /// All of it: it ends here.
     End(usize),
-    /// Its members up to something else (whitespace, a nested value): the
-    /// reading goes on from there.
+    /// Up to something else (whitespace, a nested value, a name it does not
+    /// take): the reading goes on from there, or from the brace when that
+    /// is its first member.
     From(Reading),
-    /// Nothing: its first member is not compact, so the reading starts at
-    /// its brace.
-    Unread,
 }
 
-/// An object whose text starts at `at` (past its brace), read while it is
-/// as compact JSON writes it: no whitespace, a name and its colon, a
-/// string, number or literal, then a comma or the closing brace. Read by
-/// [`nested_value_end`] alone, the load generator's payload (three members)
-/// cost ~600 instructions, most of them on whitespace and container
-/// bookkeeping between its tokens; read so, ~450 (`benches/callgrind.py`'s
-/// JSON rows went 3,374 → 3,172 a message). `None`: not JSON.
+/// The object whose brace is at `open`, read while it is as compact JSON
+/// writes it: no whitespace, a name and its colon, a string, number or
+/// literal, then a comma or the closing brace. Read by [`nested_value_end`]
+/// alone, the load generator's payload (three members) cost 656
+/// instructions, most of them on whitespace and container bookkeeping
+/// between its tokens; read so, 450 (`benches/callgrind.py`'s JSON batch
+/// to nobody, `value_end` with what it calls). `None`: not JSON.
 #[inline(always)]
-fn compact_object(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<Compact> {
-    // Inside this object, just past the value that ends at `at`.
-    let past_value = |at: usize| Compact::From(Reading { at, objects: 1, depth: 1, breaks: false, value_ended: true });
+fn compact_object(bytes: &[u8], open: usize, lf_is_space: bool) -> Option<Compact> {
+    // Inside this object at `at`: at a value, or just past one.
+    let inside = |at: usize, breaks: bool, value_ended: bool| {
+        Compact::From(Reading { at, objects: 1, depth: 1, breaks, value_ended })
+    };
+    let mut at = open + 1;
     if *bytes.get(at)? == b'}' {
         return Some(Compact::End(at + 1));
     }
     let mut comma = None;
     loop {
         let Some(value_at) = compact_name_end(bytes, at) else {
-            return Some(comma.map_or(Compact::Unread, past_value));
+            return Some(match comma {
+                Some(comma) => inside(comma, false, true),
+                None => Compact::From(Reading::outside(open)),
+            });
         };
         at = match *bytes.get(value_at)? {
             b'"' => string_end(bytes, value_at + 1)?,
@@ -410,13 +419,13 @@ fn compact_object(bytes: &[u8], mut at: usize, lf_is_space: bool) -> Option<Comp
                 // Whitespace, or a nested value: read on at the value.
                 let mut breaks = false;
                 let at = whitespace_end_noting_breaks(bytes, value_at, lf_is_space, &mut breaks);
-                return Some(Compact::From(Reading { at, objects: 1, depth: 1, breaks, value_ended: false }));
+                return Some(inside(at, breaks, false));
             }
         };
         match *bytes.get(at)? {
             b',' => comma = Some(at),
             b'}' => return Some(Compact::End(at + 1)),
-            _ => return Some(past_value(at)),
+            _ => return Some(inside(at, false, true)),
         }
         at += 1;
     }
